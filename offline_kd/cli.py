@@ -1,0 +1,236 @@
+"""The `offline-kd` command line: parses options, loads configs, calls one recipe. No tensor math here.
+
+Every user mistake surfaces as `OfflineKDError` from the library and is printed here as one line with exit code 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from offline_kd import __version__
+from offline_kd.errors import OfflineKDError
+
+
+def _friendly(fn):
+    """Turn library errors into one-line click errors (exit 1), never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OfflineKDError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+def _log(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                          help="Override a config value (repeatable), e.g. --set train.epochs=5.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="offline-kd")
+def main():
+    """offline-kd: run a CTC teacher once, cache its outputs (Zarr v3), distil students from the cache."""
+
+
+# ------------------------------------------------------------------------------------------------------ data
+@main.group()
+def data():
+    """Create, import and validate HDF5 corpora."""
+
+
+@data.command("synth")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output corpus directory.")
+@click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same bytes).")
+@click.option("--num-train", default=2000, show_default=True, help="Training utterances.")
+@click.option("--num-dev", default=200, show_default=True, help="Dev utterances.")
+@click.option("--num-test", default=200, show_default=True, help="Test utterances.")
+@click.option("--feature-dim", default=512, show_default=True, help="Feature dimension.")
+@click.option("--num-units", default=1228, show_default=True, help="Word units (the vocabulary adds the blank).")
+@click.option("--num-speakers", default=40, show_default=True, help="Speakers (the last 8 appear only in dev/test).")
+@click.option("--snr-db", nargs=2, type=float, default=(4.0, 20.0), show_default=True,
+              help="Range of per-utterance signal-to-noise ratios in dB.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing corpus at --out.")
+@_friendly
+def data_synth(out, seed, num_train, num_dev, num_test, feature_dim, num_units, num_speakers, snr_db, overwrite):
+    """Write the deterministic synthetic demo corpus (seed geometry by default)."""
+    from pathlib import Path
+    from offline_kd.data.synth import SynthSpec, write_synth_corpus
+    if (Path(out) / "corpus.json").exists() and not overwrite:
+        raise OfflineKDError(f"{out} already holds a corpus; use --overwrite to replace it")
+    spec = SynthSpec(seed=seed, num_train=num_train, num_dev=num_dev, num_test=num_test, feature_dim=feature_dim,
+                     num_units=num_units, num_speakers=num_speakers, test_speakers=min(8, num_speakers // 5),
+                     snr_db=tuple(snr_db))
+    write_synth_corpus(out, spec, log=_log)
+
+
+@data.command("import")
+@click.option("--manifest", required=True, type=click.Path(dir_okay=False),
+              help="JSONL ({\"id\", \"features\", \"text\"[, \"split\"]}) or TSV (id<TAB>features.npy<TAB>text).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output corpus directory.")
+@click.option("--split", "split_name", default=None, help="Split name for all rows (else the 'split' field).")
+@click.option("--vocab", type=click.Path(dir_okay=False), default=None,
+              help="Vocabulary file (token per line, <blank> first); built from the transcripts if omitted.")
+@click.option("--tokenizer", type=click.Choice(["char", "word"]), default="char", show_default=True,
+              help="How transcripts are split into tokens.")
+@click.option("--word-separator", default="|", show_default=True, help="Word-separator token (char tokenizer).")
+@_friendly
+def data_import(manifest, out, split_name, vocab, tokenizer, word_separator):
+    """Build HDF5 splits from per-utterance .npy feature files and a transcript manifest."""
+    from offline_kd.data.importer import import_manifest
+    import_manifest(manifest, out, split_name, vocab, tokenizer, word_separator, log=_log)
+
+
+@data.command("validate")
+@click.option("--corpus", required=True, type=click.Path(file_okay=False), help="Corpus directory.")
+@click.option("--split", "splits", multiple=True, default=["train", "dev", "test"], show_default=True,
+              help="Splits to check (repeatable).")
+@click.option("--subsampling", default=2, show_default=True, help="Model subsampling (for the CTC length check).")
+@click.option("--skip-invalid", is_flag=True, help="Report invalid utterances instead of failing.")
+@_friendly
+def data_validate(corpus, splits, subsampling, skip_invalid):
+    """Check a corpus the way training and dumping will."""
+    from offline_kd.data.corpus import Corpus
+    from offline_kd.data.validate import validate_split
+    c = Corpus(corpus)
+    for s in splits:
+        r = c.split(s)
+        ok = validate_split(r, c.vocab, c.feature_dim, subsampling, skip_invalid, log=_log)
+        click.echo(f"{s}: {len(ok)}/{len(r)} valid utterances, {int(r.lengths[ok].sum())} frames")
+
+
+# ----------------------------------------------------------------------------------------------- training
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Experiment YAML.")
+@click.option("--resume", is_flag=True, help="Continue the run in train.output_dir from checkpoint_last.pt.")
+@set_option
+@_friendly
+def train(config_path, resume, overrides):
+    """Train a CTC model (teacher, or the CTC-only student baseline)."""
+    from offline_kd.config import ExperimentConfig, load_config
+    from offline_kd.recipes import train as recipe
+    cfg = load_config(config_path, ExperimentConfig, list(overrides))
+    out = recipe.run(cfg, resume=resume, log=_log)
+    click.echo(json.dumps(out))
+
+
+@main.command("train-student")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Distillation YAML (with a 'distill' section).")
+@click.option("--resume", is_flag=True, help="Continue the run in train.output_dir from checkpoint_last.pt.")
+@click.option("--online-teacher", type=click.Path(dir_okay=False), default=None,
+              help="Compute the targets from this live teacher checkpoint instead of the cache (for comparison).")
+@set_option
+@_friendly
+def train_student(config_path, resume, online_teacher, overrides):
+    """Distil a student from the teacher cache with the hybrid loss (the teacher is never loaded)."""
+    from offline_kd.config import ExperimentConfig, load_config
+    from offline_kd.recipes import train_student as recipe
+    cfg = load_config(config_path, ExperimentConfig, list(overrides))
+    out = recipe.run(cfg, resume=resume, online_teacher=online_teacher, log=_log)
+    click.echo(json.dumps(out))
+
+
+@main.command("dump-teacher")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Dump YAML.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing cache from another teacher/corpus/config.")
+@set_option
+@_friendly
+def dump_teacher(config_path, overwrite, overrides):
+    """Run the teacher once over the corpus and write its outputs to a Zarr v3 cache (resumable)."""
+    from offline_kd.config import DumpRootConfig, load_config
+    from offline_kd.recipes import dump_teacher as recipe
+    cfg = load_config(config_path, DumpRootConfig, list(overrides))
+    out = recipe.run(cfg.dump, overwrite=overwrite, log=_log)
+    click.echo(json.dumps(out))
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Model checkpoint (.pt).")
+@click.option("--split", default="test", show_default=True, help="Corpus split to evaluate.")
+@click.option("--corpus", default=None, type=click.Path(file_okay=False),
+              help="Corpus directory (default: the one the checkpoint was trained on).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--batch-size", default=32, show_default=True, help="Utterances per inference batch.")
+@click.option("--skip-invalid", is_flag=True, help="Skip invalid utterances instead of failing.")
+@click.option("--decoder", type=click.Choice(["greedy", "beam"]), default="greedy", show_default=True,
+              help="Greedy CTC decoding or beam search (pyctcdecode).")
+@click.option("--lm", type=click.Path(dir_okay=False), default=None, help="KenLM model (.arpa or binary) for beam.")
+@click.option("--alpha", default=0.5, show_default=True, help="LM weight (beam).")
+@click.option("--beta", default=1.0, show_default=True, help="Word insertion bonus (beam).")
+@click.option("--beam-width", default=32, show_default=True, help="Beam width.")
+@click.option("--compare-greedy", is_flag=True, help="Also report greedy WER/CER (beam).")
+@click.option("--num-processes", default=1, show_default=True, help="Parallel beam-search processes.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--hypotheses", type=click.Path(dir_okay=False), default=None,
+              help="Write per-utterance reference/hypothesis pairs to this JSONL file.")
+@_friendly
+def evaluate(checkpoint, split, corpus, device, batch_size, skip_invalid, decoder, lm, alpha, beta, beam_width,
+             compare_greedy, num_processes, as_json, hypotheses):
+    """WER/CER, parameters, size and decoding speed of a checkpoint."""
+    from offline_kd.recipes import evaluate as recipe
+    res = recipe.run(checkpoint, split, corpus, device, batch_size, skip_invalid, decoder, lm, alpha, beta,
+                     beam_width, compare_greedy, num_processes, log=_log)
+    refs, hyps, ids = res.pop("references"), res.pop("hypotheses"), res.pop("utterance_ids")
+    if hypotheses:
+        with open(hypotheses, "w") as f:
+            for u, r, h in zip(ids, refs, hyps):
+                f.write(json.dumps({"utterance_id": u, "reference": r, "hypothesis": h}) + "\n")
+    if as_json:
+        click.echo(json.dumps(res))
+        return
+    click.echo(f"{res['checkpoint']} on {res['split']} ({res['num_utterances']} utterances, {decoder})")
+    if "greedy_wer" in res:
+        click.echo(f"  greedy  WER {res['greedy_wer']:6.2f}%  CER {res['greedy_cer']:6.2f}%")
+    click.echo(f"  {decoder:<7} WER {res['wer']:6.2f}%  CER {res['cer']:6.2f}%")
+    click.echo(f"  parameters {res['num_parameters']:,}  size {res['model_size_mb']:.1f} MB  "
+               f"decoding {res['frames_per_second']:.0f} frames/s")
+
+
+# --------------------------------------------------------------------------------------------------- cache
+@main.group()
+def cache():
+    """Inspect and verify teacher caches."""
+
+
+@cache.command("info")
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_friendly
+def cache_info(path, as_json):
+    """Utterances, frames, bytes per field and per frame, codecs and fingerprints of a cache."""
+    from offline_kd.cache.info import cache_info as info, format_info
+    res = info(path)
+    click.echo(json.dumps(res) if as_json else format_info(res))
+
+
+@cache.command("verify")
+@click.argument("path")
+@click.option("--teacher", type=click.Path(dir_okay=False), default=None,
+              help="Teacher checkpoint: recompute a sample and compare with the cache.")
+@click.option("--sample", default=32, show_default=True, help="Utterances per split to recompute.")
+@click.option("--device", default="auto", show_default=True, help="Device for the teacher.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_friendly
+def cache_verify(path, teacher, sample, device, as_json):
+    """Completeness, checksums and shapes; with --teacher, fidelity of the cached outputs."""
+    from offline_kd.cache.verify import verify_cache, format_verify
+    res = verify_cache(path, teacher, sample, device, log=_log)
+    click.echo(json.dumps(res) if as_json else format_verify(res))
+    if not res["ok"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

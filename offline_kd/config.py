@@ -1,0 +1,266 @@
+"""YAML configs as frozen, typed dataclasses.
+
+`load_config(path, Schema, overrides)` reads YAML with `yaml.safe_load` (configs are data, never code), applies
+`--set section.key=value` overrides, and builds the dataclass tree. Unknown keys and wrong types are rejected with
+the full key path in the message (`model.hidden_dim: expected int, got 'big'`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from offline_kd.errors import OfflineKDError
+
+
+# ----------------------------------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class DataConfig:
+    corpus: str = "data/demo"           # directory with {split}.h5, vocab.txt, corpus.json
+    train_split: str = "train"
+    dev_split: str = "dev"
+    batch_size: int = 16                # utterances per batch (upper bound)
+    max_frames_per_batch: Optional[int] = None  # input frames per batch (upper bound), null = unbounded
+    num_buckets: int = 10               # length buckets for the bucketed sampler
+    num_workers: int = 0                # DataLoader worker processes
+    skip_invalid: bool = False          # skip invalid utterances instead of failing
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    input_dim: int = 512
+    hidden_dim: int = 256               # LSTM units per direction
+    num_layers: int = 4
+    num_classes: int = 1229             # including the CTC blank (id 0)
+    dropout: float = 0.3
+    subsampling: int = 2
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """SpecAugment-style masking of the input. It keeps the number of frames, so cached targets still line up."""
+
+    time_masks: int = 0
+    time_mask_width: int = 10
+    freq_masks: int = 0
+    freq_mask_width: int = 20
+    speed_perturb: Optional[list] = None   # changes the frame count: refused for distillation from a cache
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"            # adam | adamw
+    scheduler: str = "cosine"           # cosine | constant
+    warmup_steps: int = 0
+    grad_clip: float = 5.0
+    accumulation_steps: int = 1
+    eval_every: int = 1                 # epochs between dev evaluations
+    seed: int = 0
+    device: str = "auto"                # auto | cpu | cuda | cuda:N
+    output_dir: str = "runs/model"
+    log_every: int = 10                 # optimizer steps between scalar logs
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    cache: str = "cache/teacher.zarr"
+    alpha: float = 0.7                  # soft KL weight
+    beta: float = 0.2                   # hard CTC weight
+    gamma: float = 0.1                  # feature-matching weight
+    seq_weight: float = 0.0             # CTC on the teacher's cached 1-best (sequence-level KD)
+    # [[first_epoch, temperature], ...]: T applies from that (1-based) epoch on
+    temperature_schedule: list = field(default_factory=lambda: [[1, 4.0], [31, 3.5], [71, 3.0]])
+    layer_mapping: dict = field(default_factory=lambda: {2: 2, 3: 4})   # student layer -> teacher layer
+    init_checkpoint: Optional[str] = None
+    storage_options: dict = field(default_factory=dict)   # fsspec options for a URL cache
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    log_probs: str = "float16"          # float32 | float16 | topk
+    topk_k: int = 16                    # max k for topk
+    topk_coverage: Optional[float] = None  # if set, per-frame k = smallest reaching this probability mass (<= topk_k)
+    hidden: str = "float16"             # float32 | float16 | int8 | lowrank
+    lowrank_rank: int = 256
+    lowrank_fit_frames: int = 20000
+    lowrank_coeff: str = "float16"      # float16 | int8
+    compressor: str = "zstd"            # zstd | blosc | none
+    level: int = 3
+
+
+@dataclass(frozen=True)
+class DumpConfig:
+    teacher: str = "runs/teacher/checkpoint_best.pt"
+    corpus: str = "data/demo"
+    splits: list = field(default_factory=lambda: ["train", "dev"])
+    layers: list = field(default_factory=lambda: [2, 4])
+    output: str = "cache/teacher.zarr"
+    batch_size: int = 32
+    max_frames_per_batch: Optional[int] = None
+    device: str = "auto"
+    chunk_frames: int = 512             # frames per zarr chunk (the unit of compression and reading)
+    shard_chunks: int = 32              # chunks per shard (the unit of storage objects and of resume)
+    skip_invalid: bool = False
+    writer_queue: int = 4               # batches in flight between the teacher and the background writer
+    progress: bool = True
+    codecs: CodecConfig = field(default_factory=CodecConfig)
+    storage_options: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------- top level
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """`offline-kd train` (teacher / CTC-only baseline) and `offline-kd train-student` (with `distill`)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    distill: Optional[DistillConfig] = None
+
+
+@dataclass(frozen=True)
+class DumpRootConfig:
+    dump: DumpConfig = field(default_factory=DumpConfig)
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except OfflineKDError as exc:
+                errors.append(str(exc))
+        raise OfflineKDError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise OfflineKDError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return build_dataclass(tp, value, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise OfflineKDError(f"{path}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise OfflineKDError(f"{path}: expected int, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise OfflineKDError(f"{path}: expected float, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise OfflineKDError(f"{path}: expected string, got {value!r}")
+    if tp is list or origin is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise OfflineKDError(f"{path}: expected a list, got {value!r}")
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise OfflineKDError(f"{path}: expected a mapping, got {value!r}")
+    raise OfflineKDError(f"{path}: unsupported type {_type_name(tp)}")
+
+
+def build_dataclass(cls: type, data: dict, path: str = "") -> Any:
+    """Build `cls` from a plain dict, rejecting unknown keys and wrong types (messages carry the key path)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{path}.{key}" if path else str(key)
+            raise OfflineKDError(f"unknown config key '{where}' (valid keys here: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            where = f"{path}.{f.name}" if path else f.name
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], where)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (["section", "key"], yaml-parsed value)."""
+    if "=" not in text:
+        raise OfflineKDError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise OfflineKDError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            if node.get(k) is None:
+                node[k] = {}
+            if not isinstance(node[k], dict):
+                raise OfflineKDError(f"--set {'.'.join(keys)}: '{k}' is not a section")
+            node = node[k]
+        node[keys[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise OfflineKDError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise OfflineKDError(f"{p}: invalid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise OfflineKDError(f"{p}: top level must be a mapping")
+    return data
+
+
+def load_config(path: str | Path | None, schema: type, overrides: list[str] | None = None):
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides or [])
+    try:
+        return build_dataclass(schema, data)
+    except OfflineKDError as exc:
+        where = f"{path}: " if path else ""
+        raise OfflineKDError(f"{where}{exc}") from None
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config (after defaults and overrides) beside an output."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def replace(cfg: Any, **changes) -> Any:
+    return dataclasses.replace(cfg, **changes)

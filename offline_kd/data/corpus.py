@@ -1,0 +1,193 @@
+"""HDF5 corpora: one file per split, features of all utterances concatenated along time.
+
+Layout (see docs/data-format.md):
+
+    CORPUS/corpus.json        {"format_version", "feature_dim", "tokenizer", "word_separator"}
+    CORPUS/vocab.txt          one token per line, line 0 = <blank>
+    CORPUS/{split}.h5
+        features        float32 (total_frames, D)   all utterances back to back
+        offsets         int64   (N + 1,)            utterance i = features[offsets[i]:offsets[i+1]]
+        utterance_ids   str     (N,)
+        transcripts     str     (N,)                words separated by single spaces
+        feature_sha256  str     (N,)                sha256 of each utterance's float32 feature bytes
+        nonfinite       int64   (N,)                count of NaN/Inf values per utterance (written by the writer)
+
+Readers hold only the small per-utterance arrays in memory and read feature slices on demand, so a corpus of any
+size opens instantly. The h5py handle is opened lazily per process, so readers survive DataLoader forking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from offline_kd.data.vocab import Vocabulary
+from offline_kd.errors import OfflineKDError
+
+FORMAT_VERSION = 1
+_STR = h5py.string_dtype(encoding="utf-8")
+
+
+def feature_sha256(features: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(features, dtype=np.float32).tobytes()).hexdigest()
+
+
+class SplitWriter:
+    """Append utterances to `{split}.h5`; the file appears under its final name only after `close()`."""
+
+    def __init__(self, path: str | Path, feature_dim: int):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".partial")
+        self.feature_dim = feature_dim
+        self._f = h5py.File(self.tmp, "w")
+        self._feats = self._f.create_dataset(
+            "features", shape=(0, feature_dim), maxshape=(None, feature_dim), dtype="float32",
+            chunks=(max(1, min(1024, 2 ** 20 // (4 * feature_dim))), feature_dim))
+        self._offsets = [0]
+        self._ids: list[str] = []
+        self._texts: list[str] = []
+        self._hashes: list[str] = []
+        self._nonfinite: list[int] = []
+        self._pending: list[np.ndarray] = []
+        self._pending_frames = 0
+
+    def add(self, utterance_id: str, features: np.ndarray, transcript: str) -> None:
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != self.feature_dim:
+            raise OfflineKDError(
+                f"utterance {utterance_id}: features have shape {features.shape}, expected (T, {self.feature_dim})")
+        self._ids.append(utterance_id)
+        self._texts.append(" ".join(transcript.split()))
+        self._hashes.append(feature_sha256(features))
+        self._nonfinite.append(int((~np.isfinite(features)).sum()))
+        self._offsets.append(self._offsets[-1] + features.shape[0])
+        self._pending.append(features)
+        self._pending_frames += features.shape[0]
+        if self._pending_frames >= 65536:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        block = np.concatenate(self._pending)
+        n = self._feats.shape[0]
+        self._feats.resize(n + block.shape[0], axis=0)
+        self._feats[n:] = block
+        self._pending, self._pending_frames = [], 0
+
+    def close(self) -> None:
+        if len(set(self._ids)) != len(self._ids):
+            seen, dups = set(), []
+            for u in self._ids:
+                if u in seen:
+                    dups.append(u)
+                seen.add(u)
+            self.abort()
+            raise OfflineKDError(f"{self.path.name}: duplicate utterance ids: {', '.join(dups[:10])}")
+        self._flush()
+        f = self._f
+        f.create_dataset("offsets", data=np.asarray(self._offsets, dtype=np.int64))
+        f.create_dataset("utterance_ids", data=np.asarray(self._ids, dtype=object), dtype=_STR)
+        f.create_dataset("transcripts", data=np.asarray(self._texts, dtype=object), dtype=_STR)
+        f.create_dataset("feature_sha256", data=np.asarray(self._hashes, dtype=object), dtype=_STR)
+        f.create_dataset("nonfinite", data=np.asarray(self._nonfinite, dtype=np.int64))
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["feature_dim"] = self.feature_dim
+        f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self._f.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+class SplitReader:
+    """Random access to one split. Small per-utterance arrays live in memory; features are read on demand."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise OfflineKDError(f"corpus split not found: {self.path}")
+        try:
+            with h5py.File(self.path, "r") as f:
+                for key in ("features", "offsets", "utterance_ids", "transcripts"):
+                    if key not in f:
+                        raise OfflineKDError(f"{self.path}: missing dataset '{key}' (see docs/data-format.md)")
+                self.feature_dim = int(f["features"].shape[1])
+                self.offsets = f["offsets"][:].astype(np.int64)
+                self.utterance_ids = [s.decode() if isinstance(s, bytes) else s for s in f["utterance_ids"][:]]
+                self.transcripts = [s.decode() if isinstance(s, bytes) else s for s in f["transcripts"][:]]
+                self.feature_hashes = ([s.decode() if isinstance(s, bytes) else s for s in f["feature_sha256"][:]]
+                                       if "feature_sha256" in f else None)
+                self.nonfinite = f["nonfinite"][:] if "nonfinite" in f else None
+        except OSError as exc:
+            raise OfflineKDError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+        if len(self.offsets) != len(self.utterance_ids) + 1 or len(self.transcripts) != len(self.utterance_ids):
+            raise OfflineKDError(f"{self.path}: offsets/utterance_ids/transcripts lengths disagree")
+        self.lengths = np.diff(self.offsets)
+        self.index = {u: i for i, u in enumerate(self.utterance_ids)}
+        self._h5 = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self.utterance_ids)
+
+    def _file(self):
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._h5
+
+    def features(self, i: int) -> np.ndarray:
+        """(T, D) float32 features of utterance i."""
+        return self._file()["features"][self.offsets[i]:self.offsets[i + 1]]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_h5"] = None
+        return state
+
+    def compute_feature_hash(self, i: int) -> str:
+        return feature_sha256(self.features(i))
+
+
+class Corpus:
+    """A corpus directory: its vocabulary, feature dimension and splits."""
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        meta_path = self.dir / "corpus.json"
+        if not meta_path.is_file():
+            raise OfflineKDError(f"not a corpus directory (no corpus.json): {self.dir}")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise OfflineKDError(f"{meta_path}: invalid JSON ({exc})") from None
+        for key in ("feature_dim", "tokenizer"):
+            if key not in self.meta:
+                raise OfflineKDError(f"{meta_path}: missing key '{key}'")
+        self.feature_dim = int(self.meta["feature_dim"])
+        self.vocab = Vocabulary.load(self.dir / "vocab.txt", self.meta["tokenizer"], self.meta.get("word_separator"))
+
+    def split(self, name: str) -> SplitReader:
+        path = self.dir / f"{name}.h5"
+        if not path.is_file():
+            have = sorted(p.stem for p in self.dir.glob("*.h5"))
+            raise OfflineKDError(f"split '{name}' not found in {self.dir} (have: {', '.join(have) or 'none'})")
+        return SplitReader(path)
+
+
+def write_corpus_meta(directory: str | Path, vocab: Vocabulary, feature_dim: int, **extra) -> None:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    vocab.save(d)
+    meta = {"format_version": FORMAT_VERSION, "feature_dim": feature_dim, "tokenizer": vocab.tokenizer,
+            "word_separator": vocab.word_separator, **extra}
+    (d / "corpus.json").write_text(json.dumps(meta, indent=2) + "\n")

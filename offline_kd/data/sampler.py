@@ -1,0 +1,73 @@
+"""Length-bucketed batch sampler: reads lengths only, never features.
+
+Utterances are sorted by length and cut into `num_buckets` buckets of equal count; each epoch shuffles within
+buckets, cuts batches bounded by `batch_size` utterances and/or `max_frames` padded frames, and shuffles the batch
+order. The result depends only on (seed, epoch), so resume and multi-process runs see the same batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def make_batches(lengths: np.ndarray, indices: np.ndarray, batch_size: int | None, max_frames: int | None,
+                 order: np.ndarray) -> list[list[int]]:
+    """Cut `order` (positions into `indices`) into batches; padded size = max length * count."""
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    cur_max = 0
+    for pos in order:
+        n = int(lengths[indices[pos]])
+        new_max = max(cur_max, n)
+        too_many = batch_size is not None and len(cur) + 1 > batch_size
+        too_long = max_frames is not None and cur and new_max * (len(cur) + 1) > max_frames
+        if cur and (too_many or too_long):
+            batches.append(cur)
+            cur, new_max = [], n
+        cur.append(int(indices[pos]))
+        cur_max = new_max
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+class BucketBatchSampler:
+    def __init__(self, lengths: np.ndarray, indices: np.ndarray, batch_size: int | None = 16,
+                 max_frames: int | None = None, num_buckets: int = 10, shuffle: bool = True, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size is None and max_frames is None:
+            raise ValueError("give batch_size or max_frames")
+        self.lengths = np.asarray(lengths)
+        self.indices = np.asarray(indices)
+        self.batch_size, self.max_frames = batch_size, max_frames
+        self.num_buckets = max(1, num_buckets)
+        self.shuffle, self.seed = shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        sorted_pos = np.argsort(self.lengths[self.indices], kind="stable")
+        if not self.shuffle:
+            out = make_batches(self.lengths, self.indices, self.batch_size, self.max_frames, sorted_pos)
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            out = []
+            for bucket in np.array_split(sorted_pos, self.num_buckets):
+                if len(bucket):
+                    out.extend(make_batches(self.lengths, self.indices, self.batch_size, self.max_frames,
+                                            rng.permutation(bucket)))
+            perm = rng.permutation(len(out))
+            out = [out[i] for i in perm]
+        if self.world_size > 1:   # every rank gets the same number of batches
+            n = len(out) // self.world_size
+            out = out[self.rank * n:(self.rank + 1) * n]
+        return out
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.batches())

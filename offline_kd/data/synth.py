@@ -1,0 +1,144 @@
+"""A deterministic synthetic speech-like corpus: the built-in demo data.
+
+Geometry follows the seed by default: 512-dim features, 1,228 word units + blank. How it is made:
+
+* Each word unit is spelled with 3 "phones" from a shared inventory (default 48), so units share parts and the
+  model must learn phones *and* their order (a frame classifier alone cannot do it).
+* Sentences come from a sparse random bigram language model over Zipf-distributed units (each unit has a few
+  likely successors), so a word LM helps beam search, as it does on speech.
+* Each phone lasts a random 1-4 frames scaled by the speaker's rate; neighbouring phones blur into each other
+  (coarticulation); short pauses appear between some words.
+* Each speaker has its own linear distortion, offset and rate; each utterance its own noise level (SNR drawn
+  from a range), so the task is learnable but not trivial, and a small model is clearly worse than a large one.
+
+Everything is drawn from `numpy.random.default_rng(seed)`: the same arguments give byte-identical files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from offline_kd.data.corpus import SplitWriter, write_corpus_meta
+from offline_kd.data.vocab import BLANK, Vocabulary
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    seed: int = 0
+    num_train: int = 2000
+    num_dev: int = 200
+    num_test: int = 200
+    feature_dim: int = 512
+    num_units: int = 1228
+    num_phones: int = 48
+    phones_per_unit: int = 3
+    num_speakers: int = 40
+    test_speakers: int = 8            # held-out speakers used only in dev/test
+    min_words: int = 4
+    max_words: int = 12
+    zipf: float = 1.1
+    snr_db: tuple = (4.0, 20.0)
+    speaker_distortion: float = 0.35
+
+
+def _unit_spellings(rng, spec: SynthSpec) -> np.ndarray:
+    seen, out = set(), []
+    while len(out) < spec.num_units:
+        s = tuple(int(p) for p in rng.integers(0, spec.num_phones, spec.phones_per_unit))
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    return np.asarray(out)
+
+
+class SynthCorpus:
+    def __init__(self, spec: SynthSpec):
+        self.spec = spec
+        rng = np.random.default_rng([spec.seed, 1])
+        d = spec.feature_dim
+        self.phones = rng.normal(0.0, 1.0, (spec.num_phones, d)).astype(np.float32)
+        self.pause = rng.normal(0.0, 0.3, d).astype(np.float32)
+        self.spellings = _unit_spellings(rng, spec)
+        ranks = rng.permutation(spec.num_units)
+        weights = 1.0 / (1.0 + ranks) ** spec.zipf
+        self.unigram = weights / weights.sum()
+        # sparse bigram: each unit prefers 8 successors (70% of its mass), the rest follows the unigram
+        self.successors = np.stack([rng.choice(spec.num_units, 8, replace=False, p=self.unigram)
+                                    for _ in range(spec.num_units)])
+        n_spk = spec.num_speakers
+        self.spk_mix = [np.eye(d, dtype=np.float32) + spec.speaker_distortion / np.sqrt(d)
+                        * rng.normal(size=(d, d)).astype(np.float32) for _ in range(n_spk)]
+        self.spk_bias = rng.normal(0.0, 0.3, (n_spk, d)).astype(np.float32)
+        self.spk_rate = rng.uniform(0.75, 1.35, n_spk)
+
+    def sentence(self, rng) -> list[int]:
+        n = int(rng.integers(self.spec.min_words, self.spec.max_words + 1))
+        words = [int(rng.choice(self.spec.num_units, p=self.unigram))]
+        while len(words) < n:
+            if rng.random() < 0.7:
+                words.append(int(rng.choice(self.successors[words[-1]])))
+            else:
+                words.append(int(rng.choice(self.spec.num_units, p=self.unigram)))
+        return words
+
+    def render(self, rng, words: list[int], speaker: int) -> np.ndarray:
+        """Word ids -> (T, D) float32 features."""
+        segs = [self.pause] * int(rng.integers(1, 4))
+        for w in words:
+            for p in self.spellings[w]:
+                dur = max(1, int(round(rng.integers(1, 5) * self.spk_rate[speaker])))
+                segs.extend([self.phones[p]] * dur)
+            if rng.random() < 0.3:
+                segs.extend([self.pause] * int(rng.integers(1, 3)))
+        segs.extend([self.pause] * int(rng.integers(1, 4)))
+        x = np.stack(segs)
+        # coarticulation: a short moving average blurs phone boundaries
+        k = np.array([0.25, 0.5, 0.25], dtype=np.float32)
+        x = k[0] * np.roll(x, 1, 0) + k[1] * x + k[2] * np.roll(x, -1, 0)
+        x = x @ self.spk_mix[speaker] + self.spk_bias[speaker]
+        snr_db = rng.uniform(*self.spec.snr_db)
+        noise_std = np.sqrt(np.mean(x ** 2) / (10 ** (snr_db / 10)))
+        x = x + rng.normal(0.0, noise_std, x.shape)
+        return x.astype(np.float32)
+
+    def vocab(self) -> Vocabulary:
+        return Vocabulary((BLANK,) + tuple(f"w{i:04d}" for i in range(self.spec.num_units)), "word", None)
+
+
+def write_synth_corpus(out: str | Path, spec: SynthSpec, log=print) -> dict:
+    """Write train/dev/test HDF5 splits + vocab + corpus.json (+ lm_train.txt with the training transcripts)."""
+    out = Path(out)
+    corpus = SynthCorpus(spec)
+    vocab = corpus.vocab()
+    write_corpus_meta(out, vocab, spec.feature_dim, source="offline-kd data synth",
+                      synth={k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.__dict__.items()})
+    train_speakers = spec.num_speakers - spec.test_speakers
+    counts = {}
+    for split_no, (split, n) in enumerate((("train", spec.num_train), ("dev", spec.num_dev),
+                                           ("test", spec.num_test))):
+        rng = np.random.default_rng([spec.seed, 100 + split_no])
+        writer = SplitWriter(out / f"{split}.h5", spec.feature_dim)
+        texts = []
+        try:
+            for i in range(n):
+                if split == "train" or spec.test_speakers == 0:
+                    spk = int(rng.integers(0, max(1, train_speakers)))
+                else:   # half of dev/test from held-out speakers
+                    spk = int(rng.integers(0, spec.num_speakers)) if rng.random() < 0.5 else \
+                        int(rng.integers(train_speakers, spec.num_speakers))
+                words = corpus.sentence(rng)
+                text = " ".join(vocab.tokens[w + 1] for w in words)
+                writer.add(f"{split}-{i:06d}-spk{spk:03d}", corpus.render(rng, words, spk), text)
+                texts.append(text)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        if split == "train":
+            (out / "lm_train.txt").write_text("\n".join(texts) + "\n")
+        counts[split] = n
+        log(f"wrote {out / (split + '.h5')}: {n} utterances")
+    return counts

@@ -1,0 +1,77 @@
+"""Corpus validation: what would make CTC training or a cache silently wrong is found before any work starts."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+from offline_kd.data.corpus import SplitReader
+from offline_kd.data.vocab import Vocabulary
+from offline_kd.errors import OfflineKDError
+
+
+def ctc_min_frames(labels: list[int]) -> int:
+    """Frames CTC needs to emit `labels`: one per label plus a blank between each pair of repeated labels."""
+    repeats = sum(1 for a, b in zip(labels, labels[1:]) if a == b)
+    return len(labels) + repeats
+
+
+def output_frames(num_frames: int, subsampling: int) -> int:
+    return math.ceil(num_frames / subsampling)
+
+
+def validate_split(reader: SplitReader, vocab: Vocabulary, feature_dim: int, subsampling: int,
+                   skip_invalid: bool = False, log=print) -> np.ndarray:
+    """Return the indices of valid utterances.
+
+    Checks: feature dimension, zero-length utterances, NaN/Inf features, tokens not in the vocabulary, transcripts
+    longer than the model's output frames. With `skip_invalid=False` any problem raises one error listing the
+    offending utterance ids per problem; with `skip_invalid=True` they are skipped and counted.
+    """
+    name = reader.path.name
+    if reader.feature_dim != feature_dim:
+        raise OfflineKDError(f"{name}: feature dim is {reader.feature_dim}, the model expects {feature_dim} "
+                             f"(model.input_dim)")
+    problems: dict[str, list[str]] = defaultdict(list)
+    nonfinite = reader.nonfinite
+    if nonfinite is None:   # a file written by hand without the per-utterance count: scan it
+        nonfinite = np.array([int((~np.isfinite(reader.features(i))).sum()) for i in range(len(reader))])
+    valid = []
+    for i, utt in enumerate(reader.utterance_ids):
+        bad = False
+        if reader.lengths[i] == 0:
+            problems["zero-length features"].append(utt)
+            bad = True
+        if nonfinite[i] > 0:
+            problems["NaN/Inf in features"].append(utt)
+            bad = True
+        text = reader.transcripts[i]
+        unknown = vocab.unknown_units(text)
+        if unknown:
+            problems[f"tokens not in the vocabulary (e.g. {unknown[0]!r})"].append(utt)
+            bad = True
+        elif not text.strip():
+            problems["empty transcript"].append(utt)
+            bad = True
+        elif reader.lengths[i] > 0:
+            need = ctc_min_frames(vocab.encode(text))
+            have = output_frames(int(reader.lengths[i]), subsampling)
+            if need > have:
+                problems[f"transcript longer than the model's output frames (CTC cannot align it)"].append(
+                    f"{utt} ({need} > {have})")
+                bad = True
+        if not bad:
+            valid.append(i)
+    if problems:
+        n_bad = len(reader) - len(valid)
+        parts = [f"{what}: {', '.join(ids[:8])}{' ...' if len(ids) > 8 else ''} ({len(ids)})"
+                 for what, ids in problems.items()]
+        if not skip_invalid:
+            raise OfflineKDError(f"{name}: {n_bad} invalid utterance(s): " + "; ".join(parts)
+                                 + " (use --skip-invalid to skip them)")
+        log(f"{name}: skipping {n_bad} invalid utterance(s): " + "; ".join(parts))
+    if not valid:
+        raise OfflineKDError(f"{name}: no valid utterances")
+    return np.asarray(valid, dtype=np.int64)

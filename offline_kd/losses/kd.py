@@ -1,0 +1,99 @@
+"""The seed's hybrid distillation loss, as small pure functions (tensors in, tensors out, no I/O).
+
+Shapes: log-probs are time-major `(T, B, V)` as the model returns them; hidden states are `(B, T, H)`;
+`lengths (B,)` count valid frames. Every term is computed in float32, masks padding and averages over valid
+frames, so padding never changes a value.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B, T) bool, True on valid frames."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def soft_kd_loss(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, lengths: torch.Tensor,
+                 temperature: float) -> torch.Tensor:
+    """T^2 * mean over valid frames of KL(softmax(teacher/T) || softmax(student/T)).
+
+    Both inputs are log-probabilities at temperature 1, `(T, B, V)`. Because log_softmax(log_softmax(z)/T) ==
+    log_softmax(z/T), re-tempering cached temperature-1 log-probs is exact.
+    """
+    t_max = student_log_probs.shape[0]
+    mask = frame_mask(lengths, t_max).transpose(0, 1)                      # (T, B)
+    if not mask.any():
+        return student_log_probs.new_zeros((), dtype=torch.float32)
+    s = F.log_softmax(student_log_probs.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_log_probs[:t_max].float() / temperature, dim=-1)
+    p = t.exp()
+    kl = torch.where(p > 0, p * (t - s), torch.zeros_like(p)).sum(-1)       # (T, B)
+    return (kl * mask).sum() / mask.sum() * temperature ** 2
+
+
+def ctc_loss(log_probs: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor,
+             label_lengths: torch.Tensor) -> torch.Tensor:
+    """CTC (blank 0, zero_infinity), mean over the batch of per-utterance loss / label length."""
+    return F.ctc_loss(log_probs.float(), labels, lengths, label_lengths, blank=0, reduction="mean",
+                      zero_infinity=True)
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over valid frames and all dims; prediction/target (B, T, H)."""
+    t_max = prediction.shape[1]
+    mask = frame_mask(lengths, t_max)[..., None].float()
+    denom = mask.sum() * prediction.shape[-1]
+    if denom == 0:
+        return prediction.new_zeros((), dtype=torch.float32)
+    diff = (prediction.float() - target[:, :t_max].float()) ** 2
+    return (diff * mask).sum() / denom
+
+
+def feature_matching_loss(projected_student: dict[int, torch.Tensor], teacher_hidden: dict[int, torch.Tensor],
+                          layer_mapping: dict[int, int], lengths: torch.Tensor) -> torch.Tensor:
+    """Mean over mapped layer pairs of masked MSE(projected student layer s, teacher layer layer_mapping[s])."""
+    terms = [masked_mse(projected_student[s], teacher_hidden[t], lengths) for s, t in layer_mapping.items()]
+    return torch.stack(terms).mean()
+
+
+def temperature_at(epoch: int, schedule: list) -> float:
+    """schedule [[first_epoch, T], ...] (1-based epochs): the T of the last entry whose first_epoch <= epoch."""
+    temp = float(schedule[0][1])
+    for first, value in sorted(schedule, key=lambda e: e[0]):
+        if epoch >= first:
+            temp = float(value)
+    return temp
+
+
+def hybrid_loss(student_log_probs: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
+                label_lengths: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float,
+                alpha: float, beta: float, gamma: float,
+                projected_student: dict[int, torch.Tensor] | None = None,
+                teacher_hidden: dict[int, torch.Tensor] | None = None,
+                layer_mapping: dict[int, int] | None = None,
+                seq_weight: float = 0.0, teacher_tokens: torch.Tensor | None = None,
+                teacher_token_lengths: torch.Tensor | None = None):
+    """alpha * soft KD + beta * CTC + gamma * feature MSE (+ seq_weight * CTC on the teacher's 1-best).
+
+    Returns (total, {"soft": ..., "ctc": ..., "feature": ..., "seq": ..., "total": ...}) with detached terms.
+    A term whose weight is 0 is not computed.
+    """
+    terms: dict[str, torch.Tensor] = {}
+    total = student_log_probs.new_zeros((), dtype=torch.float32)
+    if alpha:
+        terms["soft"] = soft_kd_loss(student_log_probs, teacher_log_probs, lengths, temperature)
+        total = total + alpha * terms["soft"]
+    if beta:
+        terms["ctc"] = ctc_loss(student_log_probs, labels, lengths, label_lengths)
+        total = total + beta * terms["ctc"]
+    if gamma and layer_mapping:
+        terms["feature"] = feature_matching_loss(projected_student, teacher_hidden, layer_mapping, lengths)
+        total = total + gamma * terms["feature"]
+    if seq_weight:
+        terms["seq"] = ctc_loss(student_log_probs, teacher_tokens, lengths, teacher_token_lengths)
+        total = total + seq_weight * terms["seq"]
+    terms["total"] = total
+    return total, {k: v.detach() for k, v in terms.items()}

@@ -1,0 +1,45 @@
+"""SpecAugment-style time and frequency masking of the input features.
+
+Masking keeps every frame in place, so targets cached per frame still line up with the student's outputs. An
+augmentation that changes the number of frames (speed perturbation) is refused for distillation from a cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from offline_kd.config import AugmentConfig
+from offline_kd.errors import OfflineKDError
+
+
+class SpecAugment:
+    def __init__(self, cfg: AugmentConfig, allow_frame_change: bool):
+        if cfg.speed_perturb and not allow_frame_change:
+            raise OfflineKDError("augment.speed_perturb changes the number of frames, so the cached teacher targets "
+                                 "would no longer line up with the student's outputs; remove it (time/frequency "
+                                 "masking keeps frames aligned)")
+        if cfg.speed_perturb:
+            raise OfflineKDError("augment.speed_perturb is not implemented; use time_masks/freq_masks")
+        self.cfg = cfg
+
+    @property
+    def active(self) -> bool:
+        return bool(self.cfg.time_masks or self.cfg.freq_masks)
+
+    def __call__(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D) -> masked copy (same shape). Uses the torch RNG (reproducible under the run's seed)."""
+        if not self.active:
+            return x
+        x = x.clone()
+        b, t, d = x.shape
+        for i in range(b):
+            n = int(lengths[i])
+            for _ in range(self.cfg.freq_masks):
+                w = int(torch.randint(0, self.cfg.freq_mask_width + 1, ()))
+                f0 = int(torch.randint(0, max(1, d - w), ()))
+                x[i, :, f0:f0 + w] = 0
+            for _ in range(self.cfg.time_masks):
+                w = min(int(torch.randint(0, self.cfg.time_mask_width + 1, ())), n)
+                t0 = int(torch.randint(0, max(1, n - w), ()))
+                x[i, t0:t0 + w, :] = 0
+        return x

@@ -1,0 +1,96 @@
+"""The seed's BiLSTM CTC model.
+
+    features (B, T, D) -> Linear(D, H) -> 2x subsampling (mask-aware mean of frame pairs)
+      -> N x [bidirectional LSTM(H per direction) -> dropout] -> Linear(2H, V) -> log_softmax
+
+Layer indices are 1-based as in the seed: layer k is the output of the k-th BiLSTM, shape (B, T', 2H).
+Subsampling averages only valid frames (a trailing odd frame is its own mean), and LSTMs run on packed sequences,
+so an utterance's outputs do not depend on how much padding its batch has.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, PackedSequence
+
+from offline_kd.config import ModelConfig
+
+
+def output_lengths(lengths: torch.Tensor, subsampling: int) -> torch.Tensor:
+    return torch.div(lengths + subsampling - 1, subsampling, rounding_mode="floor")
+
+
+class BiLSTMCTC(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        h = config.hidden_dim
+        self.input_proj = nn.Linear(config.input_dim, h)
+        self.lstms = nn.ModuleList(
+            nn.LSTM(h if i == 0 else 2 * h, h, batch_first=True, bidirectional=True)
+            for i in range(config.num_layers))
+        self.dropout = nn.Dropout(config.dropout)
+        self.output_proj = nn.Linear(2 * h, config.num_classes)
+
+    @property
+    def hidden_size(self) -> int:
+        """Dimension of every cached/returned hidden state (2H: both directions)."""
+        return 2 * self.config.hidden_dim
+
+    def subsample(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, H) -> (B, ceil(T/s), H), mean over the valid frames of each group of s."""
+        s = self.config.subsampling
+        out_len = output_lengths(lengths, s)
+        if s == 1:
+            return x, out_len
+        b, t, h = x.shape
+        mask = (torch.arange(t, device=x.device)[None, :] < lengths[:, None]).to(x.dtype)
+        pad = (-t) % s
+        if pad:
+            x = nn.functional.pad(x, (0, 0, 0, pad))
+            mask = nn.functional.pad(mask, (0, pad))
+        x = (x * mask[..., None]).view(b, -1, s, h).sum(2)
+        count = mask.view(b, -1, s).sum(2).clamp_min(1.0)
+        return x / count[..., None], out_len
+
+    def forward_with_hidden_states(self, x: torch.Tensor, lengths: torch.Tensor,
+                                   return_layer_indices: Optional[Iterable[int]] = None):
+        """x (B, T, D), lengths (B,) -> log_probs (T', B, V), output_lengths (B,), {layer: (B, T', 2H)}."""
+        wanted = set(return_layer_indices or [])
+        bad = [i for i in wanted if not 1 <= i <= self.config.num_layers]
+        if bad:
+            raise ValueError(f"layer indices {bad} out of range 1..{self.config.num_layers}")
+        y, out_len = self.subsample(self.input_proj(x), lengths)
+        t_out = y.shape[1]
+        packed = pack_padded_sequence(y, out_len.cpu(), batch_first=True, enforce_sorted=False)
+        hidden: dict[int, torch.Tensor] = {}
+        for i, lstm in enumerate(self.lstms, start=1):
+            packed, _ = lstm(packed)
+            if i in wanted:
+                hidden[i] = pad_packed_sequence(packed, batch_first=True, total_length=t_out)[0]
+            packed = PackedSequence(self.dropout(packed.data), packed.batch_sizes, packed.sorted_indices,
+                                    packed.unsorted_indices)
+        y = pad_packed_sequence(packed, batch_first=True, total_length=t_out)[0]
+        log_probs = self.output_proj(y).log_softmax(-1).transpose(0, 1)
+        return log_probs, out_len, hidden
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+        """x (B, T, D), lengths (B,) -> log_probs (T', B, V), output_lengths (B,)."""
+        log_probs, out_len, _ = self.forward_with_hidden_states(x, lengths, None)
+        return log_probs, out_len
+
+
+def build_model(config: ModelConfig) -> BiLSTMCTC:
+    return BiLSTMCTC(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_size_mb(model: nn.Module) -> float:
+    """float32 weight bytes in MB (10^6)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6

@@ -1,0 +1,81 @@
+"""Batched inference over a split: shared by evaluation, dump-teacher and cache verification."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from offline_kd.data.corpus import SplitReader
+from offline_kd.data.dataset import SpeechDataset, collate
+from offline_kd.data.sampler import make_batches
+from offline_kd.data.vocab import Vocabulary
+from offline_kd.decoding.greedy import greedy_ids
+from offline_kd.decoding.metrics import error_rates
+from offline_kd.errors import OfflineKDError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise OfflineKDError(f"device '{name}' requested but CUDA is not available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise OfflineKDError(f"unknown device '{name}'") from None
+
+
+def sorted_batches(reader: SplitReader, indices: np.ndarray, batch_size: Optional[int],
+                   max_frames: Optional[int]) -> list[list[int]]:
+    """Deterministic batches of length-sorted utterances (longest first, ties by position): the dump plan."""
+    order = np.argsort(-reader.lengths[indices], kind="stable")
+    return make_batches(reader.lengths, indices, batch_size, max_frames, order)
+
+
+def loader_for(reader: SplitReader, vocab: Vocabulary, batches: list[list[int]], num_workers: int = 0):
+    return DataLoader(SpeechDataset(reader, vocab), batch_sampler=batches, collate_fn=collate,
+                      num_workers=num_workers, pin_memory=False)
+
+
+@torch.no_grad()
+def iterate_outputs(model, loader, device: torch.device, layers=None) -> Iterator[tuple]:
+    """Yield (batch, log_probs (T', B, V), output_lengths (B,), hidden {layer: (B, T', H)}) in eval mode."""
+    model.eval()
+    for batch in loader:
+        x = batch["features"].to(device, non_blocking=True)
+        lengths = batch["feature_lengths"].to(device)
+        log_probs, out_len, hidden = model.forward_with_hidden_states(x, lengths, layers)
+        yield batch, log_probs, out_len, hidden
+
+
+def evaluate_greedy(model, reader: SplitReader, indices: np.ndarray, vocab: Vocabulary, device: torch.device,
+                    batch_size: int = 32, num_workers: int = 0, keep_log_probs: bool = False) -> dict:
+    """Greedy WER/CER on a split. Returns rates, counts, decoding throughput and (optionally) per-utterance log-probs."""
+    batches = sorted_batches(reader, indices, batch_size, None)
+    refs, hyps, ids, all_lp = [], [], [], []
+    frames = 0
+    start = time.perf_counter()
+    for batch, log_probs, out_len, _ in iterate_outputs(model, loader_for(reader, vocab, batches, num_workers),
+                                                        device):
+        for b, seq in enumerate(greedy_ids(log_probs, out_len)):
+            i = batch["indices"][b]
+            refs.append(reader.transcripts[i])
+            hyps.append(vocab.decode(seq))
+            ids.append(reader.utterance_ids[i])
+            if keep_log_probs:
+                all_lp.append(log_probs[: out_len[b], b].float().cpu().numpy())
+        frames += int(batch["feature_lengths"].sum())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    out = error_rates(refs, hyps)
+    out.update({"num_utterances": len(refs), "frames": frames, "seconds": elapsed,
+                "frames_per_second": frames / max(elapsed, 1e-9), "utterance_ids": ids,
+                "references": refs, "hypotheses": hyps})
+    if keep_log_probs:
+        out["log_probs"] = all_lp
+    return out

@@ -1,0 +1,228 @@
+"""The training loop shared by `train` (CTC) and `train-student` (hybrid KD).
+
+A recipe supplies the model, optional extra trainable modules (feature projections), a `loss_fn(batch, epoch)`
+returning `(loss, {term: value})`, and the data; the trainer owns everything else: optimizer and LR schedule,
+gradient accumulation and clipping, dev evaluation every N epochs with greedy WER, best/last checkpoints,
+exact `--resume`, TensorBoard + metrics.jsonl, progress bar, seeds.
+
+Resume is at epoch granularity: checkpoint_last.pt is written after each epoch with the optimizer, scheduler and
+RNG state; batches depend only on (seed, epoch), so a resumed run retraces the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from offline_kd.config import ExperimentConfig, save_config
+from offline_kd.data.corpus import SplitReader
+from offline_kd.data.sampler import BucketBatchSampler
+from offline_kd.data.vocab import Vocabulary
+from offline_kd.errors import OfflineKDError
+from offline_kd.models.bilstm import BiLSTMCTC, count_parameters
+from offline_kd.training.checkpoint import (load_checkpoint, rng_state, save_checkpoint, seed_everything,
+                                            set_rng_state)
+from offline_kd.training.inference import evaluate_greedy
+
+
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise OfflineKDError(f"train.optimizer: unknown optimizer '{cfg.optimizer}' (adam | adamw)")
+
+
+def make_scheduler(optimizer, cfg, total_steps: int):
+    warm = max(0, cfg.warmup_steps)
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.scheduler == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    if cfg.scheduler not in ("cosine", "constant"):
+        raise OfflineKDError(f"train.scheduler: unknown scheduler '{cfg.scheduler}' (cosine | constant)")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, model: BiLSTMCTC, vocab: Vocabulary, train_dataset,
+                 train_lengths: np.ndarray, train_indices: np.ndarray, dev_reader: Optional[SplitReader],
+                 dev_indices: Optional[np.ndarray], loss_fn: Callable, device: torch.device,
+                 extra: Optional[nn.Module] = None, collate_fn=None, extra_meta: Optional[dict] = None,
+                 rank: int = 0, world_size: int = 1, wrap_model: Optional[Callable] = None):
+        self.cfg, self.model, self.vocab, self.device = cfg, model, vocab, device
+        self.extra = extra
+        self.loss_fn = loss_fn
+        self.dev_reader, self.dev_indices = dev_reader, dev_indices
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+        self.out = Path(cfg.train.output_dir)
+        self.extra_meta = extra_meta or {}
+        self.sampler = BucketBatchSampler(train_lengths, train_indices, cfg.data.batch_size,
+                                          cfg.data.max_frames_per_batch, cfg.data.num_buckets, shuffle=True,
+                                          seed=cfg.train.seed, rank=rank, world_size=world_size)
+        self.loader = DataLoader(train_dataset, batch_sampler=self.sampler, collate_fn=collate_fn,
+                                 num_workers=cfg.data.num_workers,
+                                 persistent_workers=False, prefetch_factor=4 if cfg.data.num_workers else None)
+        params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
+        self.optimizer = make_optimizer(params, cfg.train)
+        steps_per_epoch = math.ceil(len(self.sampler) / cfg.train.accumulation_steps)
+        self.scheduler = make_scheduler(self.optimizer, cfg.train, steps_per_epoch * cfg.train.epochs)
+        self.trainable = params
+        self.forward_model = wrap_model(model) if wrap_model else model
+        self.start_epoch, self.step, self.best_wer = 1, 0, float("inf")
+        self.tb = None
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def _state(self, epoch: int, dev: Optional[dict]) -> dict:
+        return {
+            "model_config": asdict(self.model.config),
+            "model_state_dict": self.model.state_dict(),
+            "extra_state_dict": self.extra.state_dict() if self.extra is not None else None,
+            "vocab": self.vocab.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch, "step": self.step, "best_wer": self.best_wer,
+            "dev": {k: v for k, v in (dev or {}).items() if k in ("wer", "cer", "num_utterances")},
+            "rng": rng_state(),
+            "config": asdict(self.cfg),
+            **self.extra_meta,
+        }
+
+    def resume(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model_state_dict"])
+        if self.extra is not None and ckpt.get("extra_state_dict") is not None:
+            self.extra.load_state_dict(ckpt["extra_state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        self.start_epoch, self.step, self.best_wer = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_wer"]
+
+    # ------------------------------------------------------------------------------------------------ logs
+    def _log(self, record: dict, scalars: Optional[dict] = None) -> None:
+        if not self.is_main:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None and scalars:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, self.step)
+
+    # ------------------------------------------------------------------------------------------------- fit
+    def fit(self, resume: bool = False) -> dict:
+        cfg = self.cfg
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        last = self.out / "checkpoint_last.pt"
+        if resume:
+            if not last.is_file():
+                raise OfflineKDError(f"--resume: no checkpoint at {last}")
+            self.resume(last)
+        else:
+            if last.is_file():
+                raise OfflineKDError(f"{self.out} already holds a run (checkpoint_last.pt); "
+                                     f"use --resume to continue it or choose another train.output_dir")
+            seed_everything(cfg.train.seed)
+            if self.is_main:
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        if self.is_main:
+            save_config(cfg, self.out / "config.yaml")
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
+            if not resume:
+                self._log({"event": "start", "num_parameters": count_parameters(self.model),
+                           "train_batches": len(self.sampler)})
+        summary = {}
+        for epoch in range(self.start_epoch, cfg.train.epochs + 1):
+            summary = self._epoch(epoch)
+        if self.tb is not None:
+            self.tb.close()
+        return summary
+
+    def _epoch(self, epoch: int) -> dict:
+        cfg = self.cfg
+        self.sampler.set_epoch(epoch)
+        self.model.train()
+        if self.extra is not None:
+            self.extra.train()
+        accum = cfg.train.accumulation_steps
+        sums: dict[str, float] = {}
+        n_batches, frames = 0, 0
+        start = time.perf_counter()
+        bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch",
+                   disable=not (cfg.train.progress and self.is_main), dynamic_ncols=True, leave=False)
+        self.optimizer.zero_grad(set_to_none=True)
+        num_batches = len(self.sampler)
+        for i, batch in enumerate(bar):
+            loss, terms = self.loss_fn(self.forward_model, batch, epoch)
+            if not torch.isfinite(loss):
+                raise OfflineKDError(f"epoch {epoch}: non-finite loss on batch with utterances "
+                                     f"{', '.join(batch['utterance_ids'][:4])}")
+            (loss / accum).backward()
+            n_batches += 1
+            frames += int(batch["feature_lengths"].sum())
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if (i + 1) % accum == 0 or i + 1 == num_batches:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.train.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                if self.step % cfg.train.log_every == 0:
+                    scalars = {f"train/{k}": float(v) for k, v in terms.items()}
+                    scalars["train/lr"] = self.scheduler.get_last_lr()[0]
+                    scalars["train/grad_norm"] = float(grad_norm)
+                    for k, v in self.extra_scalars(epoch).items():
+                        scalars[k] = v
+                    self._log({"event": "step", "epoch": epoch, "step": self.step, **scalars}, scalars)
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{float(terms.get('total', loss)):.3f}",
+                            fps=f"{frames * self.world_size / max(elapsed, 1e-9):.0f}")
+        elapsed = time.perf_counter() - start
+        record = {"event": "epoch", "epoch": epoch, "step": self.step, "seconds": elapsed,
+                  "frames_per_second": frames * self.world_size / max(elapsed, 1e-9),
+                  **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()},
+                  **{k.split("/", 1)[1]: v for k, v in self.extra_scalars(epoch).items()}}
+        dev = None
+        if self.dev_reader is not None and (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs):
+            if self.is_main:
+                dev = evaluate_greedy(self.model, self.dev_reader, self.dev_indices, self.vocab, self.device,
+                                      batch_size=max(cfg.data.batch_size, 1))
+                record.update({"dev_wer": dev["wer"], "dev_cer": dev["cer"]})
+        if dev is not None and dev["wer"] < self.best_wer:
+            self.best_wer = dev["wer"]
+            record["best"] = True
+            if self.is_main:
+                save_checkpoint(self.out / "checkpoint_best.pt", self._state(epoch, dev))
+        self._log(record, {"epoch/" + k: v for k, v in record.items()
+                           if isinstance(v, (int, float)) and k not in ("event", "best")})
+        if self.is_main:
+            save_checkpoint(self.out / "checkpoint_last.pt", self._state(epoch, dev))
+            msg = f"epoch {epoch}: loss {record.get('train_total', float('nan')):.4f}"
+            if dev is not None:
+                msg += f", dev WER {dev['wer']:.2f}% CER {dev['cer']:.2f}%"
+            msg += f", {record['frames_per_second']:.0f} frames/s"
+            tqdm.write(msg)
+        return record
+
+    def extra_scalars(self, epoch: int) -> dict:
+        """Hook: per-epoch scalars such as the KD temperature (prefixed 'train/')."""
+        fn = getattr(self.loss_fn, "scalars", None)
+        return fn(epoch) if fn else {}
