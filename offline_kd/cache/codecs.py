@@ -1,0 +1,245 @@
+"""Per-field codecs: writer/reader pairs registered by name, self-describing through `to_dict()`.
+
+A codec turns one field of a batch of frames into named per-frame arrays (`encode`) and back (`decode`). Its spec
+(name + settings, and any fitted state such as a low-rank basis, stored as cache arrays) is written into the cache,
+so a reader never needs settings retyped. Every codec is exercised by the same round-trip test with its error bound.
+
+Log-prob codecs (input `(F, V)` float32 log-probabilities at temperature 1):
+  float32   exact
+  float16   |error| <= 2^-11 * |x| (fp16 rounding)
+  topk      per frame the k largest log-probs (fp16) with their token ids and the log of the remaining tail mass;
+            `coverage` makes k per frame the smallest that reaches that probability mass (capped at `k`).
+            Decoding spreads the tail mass uniformly over the V - k tokens that were not kept, so the dense
+            distribution sums to 1 (the documented approximation; see docs/cache-format.md).
+Hidden-state codecs (input `(F, D)` float32):
+  float32, float16
+  int8      per-frame symmetric scale (absmax / 127), |error| <= scale / 2
+  lowrank   x ~ mean + coeffs @ basis, basis (r, D) fitted by PCA on a sample of frames; coeffs fp16 or int8
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from offline_kd.errors import OfflineKDError
+
+
+@dataclass(frozen=True)
+class FieldArray:
+    """One stored per-frame array: name suffix, per-frame shape, numpy dtype."""
+    suffix: str
+    shape: tuple
+    dtype: str
+
+
+# ----------------------------------------------------------------------------------------- log-prob codecs
+@dataclass(frozen=True)
+class Float32LogProbs:
+    name: ClassVar[str] = "float32"
+    num_classes: int
+
+    def arrays(self) -> list[FieldArray]:
+        return [FieldArray("", (self.num_classes,), "float32")]
+
+    def encode(self, x: np.ndarray) -> dict:
+        return {"": np.ascontiguousarray(x, dtype=np.float32)}
+
+    def decode(self, a: dict) -> np.ndarray:
+        return np.asarray(a[""], dtype=np.float32)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Float16LogProbs(Float32LogProbs):
+    name: ClassVar[str] = "float16"
+
+    def arrays(self) -> list[FieldArray]:
+        return [FieldArray("", (self.num_classes,), "float16")]
+
+    def encode(self, x: np.ndarray) -> dict:
+        # clip before the cast: log-probs below fp16's range would become -inf
+        return {"": np.clip(x, -65000.0, 0.0).astype(np.float16)}
+
+
+@dataclass(frozen=True)
+class TopKLogProbs:
+    name: ClassVar[str] = "topk"
+    num_classes: int
+    k: int = 16
+    coverage: float | None = None
+
+    def __post_init__(self):
+        if not 1 <= self.k < self.num_classes:
+            raise OfflineKDError(f"codecs.topk_k must be in 1..{self.num_classes - 1}, got {self.k}")
+        if self.coverage is not None and not 0.0 < self.coverage <= 1.0:
+            raise OfflineKDError(f"codecs.topk_coverage must be in (0, 1], got {self.coverage}")
+
+    def arrays(self) -> list[FieldArray]:
+        idx_dtype = "uint16" if self.num_classes <= 65535 else "int32"
+        return [FieldArray("/values", (self.k,), "float16"), FieldArray("/indices", (self.k,), idx_dtype),
+                FieldArray("/count", (), "uint8" if self.k < 256 else "uint16"),
+                FieldArray("/tail_log_mass", (), "float32")]
+
+    def encode(self, x: np.ndarray) -> dict:
+        f = x.shape[0]
+        idx = np.argpartition(-x, self.k - 1, axis=1)[:, : self.k]
+        vals = np.take_along_axis(x, idx, 1)
+        order = np.argsort(-vals, axis=1, kind="stable")
+        idx = np.take_along_axis(idx, order, 1)
+        vals = np.take_along_axis(vals, order, 1).astype(np.float64)
+        probs = np.exp(vals)
+        if self.coverage is None:
+            count = np.full(f, self.k, dtype=np.int64)
+        else:
+            reached = np.cumsum(probs, axis=1) >= self.coverage
+            count = np.where(reached.any(1), reached.argmax(1) + 1, self.k)
+        keep = np.arange(self.k)[None, :] < count[:, None]
+        kept_mass = np.where(keep, probs, 0.0).sum(1)
+        tail = np.log(np.clip(1.0 - kept_mass, 0.0, None))          # -inf when the kept tokens hold everything
+        vals16 = np.where(keep, np.clip(vals, -65000.0, 0.0), -np.inf).astype(np.float16)
+        return {"/values": vals16, "/indices": np.where(keep, idx, 0).astype(self.arrays()[1].dtype),
+                "/count": count.astype(self.arrays()[2].dtype), "/tail_log_mass": tail.astype(np.float32)}
+
+    def decode_sparse(self, a: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """-> values (F, k) log-probs (-inf where unused), indices (F, k), count (F,), tail_log_mass (F,)."""
+        return (np.asarray(a["/values"], np.float32), np.asarray(a["/indices"], np.int64),
+                np.asarray(a["/count"], np.int64), np.asarray(a["/tail_log_mass"], np.float32))
+
+    def decode(self, a: dict) -> np.ndarray:
+        values, indices, count, tail = self.decode_sparse(a)
+        f = values.shape[0]
+        rest = np.maximum(self.num_classes - count, 1).astype(np.float32)
+        dense = np.repeat((tail - np.log(rest))[:, None], self.num_classes, axis=1).astype(np.float32)
+        keep = np.arange(self.k)[None, :] < count[:, None]
+        rows = np.repeat(np.arange(f), self.k).reshape(f, self.k)
+        dense[rows[keep], indices[keep]] = values[keep]
+        return dense
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **asdict(self)}
+
+
+# ------------------------------------------------------------------------------------------- hidden codecs
+@dataclass(frozen=True)
+class Float32Hidden:
+    name: ClassVar[str] = "float32"
+    dim: int
+
+    def arrays(self) -> list[FieldArray]:
+        return [FieldArray("", (self.dim,), "float32")]
+
+    def encode(self, x: np.ndarray) -> dict:
+        return {"": np.ascontiguousarray(x, dtype=np.float32)}
+
+    def decode(self, a: dict) -> np.ndarray:
+        return np.asarray(a[""], dtype=np.float32)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Float16Hidden(Float32Hidden):
+    name: ClassVar[str] = "float16"
+
+    def arrays(self) -> list[FieldArray]:
+        return [FieldArray("", (self.dim,), "float16")]
+
+    def encode(self, x: np.ndarray) -> dict:
+        return {"": x.astype(np.float16)}
+
+
+def _int8_encode(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scale = np.abs(x).max(axis=1) / 127.0
+    safe = np.where(scale > 0, scale, 1.0)
+    q = np.clip(np.rint(x / safe[:, None]), -127, 127).astype(np.int8)
+    return q, scale.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Int8Hidden(Float32Hidden):
+    name: ClassVar[str] = "int8"
+
+    def arrays(self) -> list[FieldArray]:
+        return [FieldArray("/q", (self.dim,), "int8"), FieldArray("/scale", (), "float32")]
+
+    def encode(self, x: np.ndarray) -> dict:
+        q, scale = _int8_encode(np.asarray(x, np.float32))
+        return {"/q": q, "/scale": scale}
+
+    def decode(self, a: dict) -> np.ndarray:
+        return np.asarray(a["/q"], np.float32) * np.asarray(a["/scale"], np.float32)[:, None]
+
+
+@dataclass(frozen=True)
+class LowRankHidden:
+    """x ~ mean + coeffs @ basis. `basis` (r, D) and `mean` (D,) are fitted once and stored in the cache."""
+    name: ClassVar[str] = "lowrank"
+    dim: int
+    rank: int = 256
+    coeff: str = "float16"           # float16 | int8
+    basis: np.ndarray | None = None  # (rank, dim), rows orthonormal
+    mean: np.ndarray | None = None   # (dim,)
+
+    def __post_init__(self):
+        if not 1 <= self.rank <= self.dim:
+            raise OfflineKDError(f"codecs.lowrank_rank must be in 1..{self.dim}, got {self.rank}")
+        if self.coeff not in ("float16", "int8"):
+            raise OfflineKDError(f"codecs.lowrank_coeff must be float16 or int8, got {self.coeff!r}")
+
+    @staticmethod
+    def fit(sample: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+        """PCA on (N, D) frames -> basis (rank, D), mean (D,)."""
+        mean = sample.mean(0)
+        _, _, vt = np.linalg.svd((sample - mean).astype(np.float64), full_matrices=False)
+        return vt[:rank].astype(np.float32), mean.astype(np.float32)
+
+    def with_state(self, basis: np.ndarray, mean: np.ndarray) -> "LowRankHidden":
+        return LowRankHidden(self.dim, self.rank, self.coeff, basis, mean)
+
+    def arrays(self) -> list[FieldArray]:
+        if self.coeff == "int8":
+            return [FieldArray("/q", (self.rank,), "int8"), FieldArray("/scale", (), "float32")]
+        return [FieldArray("/coeffs", (self.rank,), "float16")]
+
+    def encode(self, x: np.ndarray) -> dict:
+        c = (np.asarray(x, np.float32) - self.mean) @ self.basis.T
+        if self.coeff == "int8":
+            q, scale = _int8_encode(c)
+            return {"/q": q, "/scale": scale}
+        return {"/coeffs": c.astype(np.float16)}
+
+    def decode(self, a: dict) -> np.ndarray:
+        if self.coeff == "int8":
+            c = np.asarray(a["/q"], np.float32) * np.asarray(a["/scale"], np.float32)[:, None]
+        else:
+            c = np.asarray(a["/coeffs"], np.float32)
+        return c @ self.basis + self.mean
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dim": self.dim, "rank": self.rank, "coeff": self.coeff}
+
+
+LOG_PROB_CODECS = {c.name: c for c in (Float32LogProbs, Float16LogProbs, TopKLogProbs)}
+HIDDEN_CODECS = {c.name: c for c in (Float32Hidden, Float16Hidden, Int8Hidden, LowRankHidden)}
+
+
+def log_prob_codec(spec: dict):
+    spec = dict(spec)
+    name = spec.pop("name")
+    if name not in LOG_PROB_CODECS:
+        raise OfflineKDError(f"codecs.log_probs: unknown codec '{name}' ({' | '.join(LOG_PROB_CODECS)})")
+    return LOG_PROB_CODECS[name](**spec)
+
+
+def hidden_codec(spec: dict):
+    spec = dict(spec)
+    name = spec.pop("name")
+    if name not in HIDDEN_CODECS:
+        raise OfflineKDError(f"codecs.hidden: unknown codec '{name}' ({' | '.join(HIDDEN_CODECS)})")
+    return HIDDEN_CODECS[name](**spec)

@@ -1,0 +1,77 @@
+"""The cache layout on Zarr v3 (documented for plain-zarr readers in docs/cache-format.md).
+
+    CACHE.zarr/                       root group, attrs["offline_kd"] = metadata (see `CacheMeta`)
+      lowrank/hidden_{L}/basis, mean  fitted state of the low-rank hidden codec (only with that codec)
+      {split}/                        attrs: num_utterances, num_frames, frames_done, utterances_done, complete
+        utterance_id    str    (N,)   in dump order (longest first)
+        offset          int64  (N+1,) utterance i = frames offset[i]:offset[i+1] of every per-frame array
+        input_frames    int64  (N,)   feature frames before subsampling
+        feature_sha256  str    (N,)   sha256 of the utterance's float32 input features
+        checksum        uint32 (N,)   crc32 of the utterance's stored bytes, all fields in order
+        best_path       int32  (F,)   teacher argmax per frame (the greedy 1-best before collapsing)
+        log_probs[...]  (F, ...)      codec arrays, e.g. log_probs (F, V) or log_probs/values (F, k) ...
+        hidden_{L}[...] (F, ...)      codec arrays per cached layer L
+
+Per-frame arrays concatenate all utterances of a split, chunked along frames and grouped into shards, so the number
+of stored objects grows with frames / shard size, never with utterances, and a length-sorted training batch is a
+contiguous read.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from offline_kd.errors import OfflineKDError
+
+FORMAT_VERSION = 1
+META_KEY = "offline_kd"
+
+
+def field_arrays(log_prob_codec, hidden_codecs: dict) -> list[tuple[str, tuple, str]]:
+    """All per-frame arrays of a split, as (path, per-frame shape, dtype), in checksum order."""
+    out = [("best_path", (), "int32")]
+    out += [("log_probs" + a.suffix, a.shape, a.dtype) for a in log_prob_codec.arrays()]
+    for layer, codec in sorted(hidden_codecs.items()):
+        out += [(f"hidden_{layer}" + a.suffix, a.shape, a.dtype) for a in codec.arrays()]
+    return out
+
+
+def compressors(name: str, level: int):
+    if name == "zstd":
+        return [ZstdCodec(level=level)]
+    if name == "blosc":
+        return [BloscCodec(cname="zstd", clevel=level, shuffle="bitshuffle")]
+    if name == "none":
+        return None
+    raise OfflineKDError(f"codecs.compressor: unknown compressor '{name}' (zstd | blosc | none)")
+
+
+def utterance_checksum(encoded: dict, lo: int, hi: int) -> int:
+    """crc32 over the stored bytes of frames [lo, hi) of every field (dict path -> (F, ...) array)."""
+    crc = 0
+    for path in sorted(encoded):
+        crc = zlib.crc32(np.ascontiguousarray(encoded[path][lo:hi]).tobytes(), crc)
+    return crc & 0xFFFFFFFF
+
+
+def open_group(path: str, mode: str, storage_options: dict | None = None) -> zarr.Group:
+    try:
+        return zarr.open_group(store=path, mode=mode, storage_options=storage_options or None)
+    except FileNotFoundError:
+        raise OfflineKDError(f"no cache at {path}") from None
+    except Exception as exc:  # noqa: BLE001 - zarr raises many types for "not a group"
+        raise OfflineKDError(f"{path}: cannot open as a Zarr v3 group ({exc.__class__.__name__}: {exc})") from None
+
+
+def read_meta(group: zarr.Group, path: str) -> dict:
+    meta = group.attrs.get(META_KEY)
+    if not isinstance(meta, dict):
+        raise OfflineKDError(f"{path}: not an offline-kd cache (no '{META_KEY}' metadata)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise OfflineKDError(f"{path}: cache format version {meta.get('format_version')} is not supported "
+                             f"(this offline-kd reads version {FORMAT_VERSION})")
+    return meta

@@ -1,0 +1,117 @@
+"""Reading a teacher cache: opened read-only, refused unless complete, codecs rebuilt from the cache itself.
+
+`TeacherCache(path).split(name)` gives a `CacheSplit`; `read_range(lo, hi)` decodes the utterances at dump-order
+positions lo..hi-1 with one contiguous read per stored array (a length-sorted batch is such a range), and
+`read(position)` a single utterance.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import zarr
+
+from offline_kd.cache.codecs import hidden_codec, log_prob_codec, LowRankHidden
+from offline_kd.cache.layout import field_arrays, open_group, read_meta
+from offline_kd.errors import OfflineKDError
+
+
+def build_codecs(meta: dict, root: zarr.Group):
+    lp = log_prob_codec(meta["codecs"]["log_probs"])
+    hidden = {}
+    for layer, spec in meta["codecs"]["hidden"].items():
+        codec = hidden_codec(spec)
+        if isinstance(codec, LowRankHidden):
+            g = root[f"lowrank/hidden_{layer}"]
+            codec = codec.with_state(g["basis"][:], g["mean"][:])
+        hidden[int(layer)] = codec
+    return lp, hidden
+
+
+class CacheSplit:
+    def __init__(self, cache: "TeacherCache", name: str):
+        self.cache, self.name = cache, name
+        g = cache.root[name]
+        self.group = g
+        self.attrs = dict(g.attrs)
+        self.utterance_ids = [str(u) for u in g["utterance_id"][:]]
+        self.offsets = g["offset"][:].astype(np.int64)
+        self.input_frames = g["input_frames"][:].astype(np.int64)
+        self.feature_hashes = [str(h) for h in g["feature_sha256"][:]]
+        self.position = {u: i for i, u in enumerate(self.utterance_ids)}
+        self.paths = [p for p, _, _ in field_arrays(cache.lp_codec, cache.hidden_codecs)]
+        self._arrays = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self.utterance_ids)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.offsets[-1])
+
+    def _arr(self) -> dict:
+        # zarr arrays are re-opened after a fork (DataLoader workers) to avoid sharing event-loop state
+        if self._arrays is None or self._pid != os.getpid():
+            self._arrays = {p: self.group[p] for p in self.paths}
+            self._pid = os.getpid()
+        return self._arrays
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_arrays"] = None
+        return state
+
+    def read_raw(self, lo: int, hi: int) -> dict:
+        """Stored (encoded) arrays of positions lo..hi-1: {path: (F, ...)} with F = offsets[hi] - offsets[lo]."""
+        a, b = int(self.offsets[lo]), int(self.offsets[hi])
+        return {p: arr[a:b] for p, arr in self._arr().items()}
+
+    def decode(self, raw: dict) -> dict:
+        """Encoded arrays -> {"log_probs": (F, V) float32, "hidden": {L: (F, H) float32}, "best_path": (F,)}."""
+        lp = {k[len("log_probs"):]: v for k, v in raw.items() if k.startswith("log_probs")}
+        out = {"log_probs": self.cache.lp_codec.decode(lp), "best_path": raw["best_path"], "hidden": {}}
+        for layer, codec in self.cache.hidden_codecs.items():
+            key = f"hidden_{layer}"
+            out["hidden"][layer] = codec.decode({k[len(key):]: v for k, v in raw.items()
+                                                 if k == key or k.startswith(key + "/")})
+        return out
+
+    def read_range(self, lo: int, hi: int, layers=None) -> list[dict]:
+        """Decoded utterances at positions lo..hi-1, each {"log_probs", "hidden", "best_path"} (numpy)."""
+        dec = self.decode(self.read_raw(lo, hi))
+        base = int(self.offsets[lo])
+        out = []
+        for p in range(lo, hi):
+            a, b = int(self.offsets[p]) - base, int(self.offsets[p + 1]) - base
+            out.append({"log_probs": dec["log_probs"][a:b], "best_path": dec["best_path"][a:b],
+                        "hidden": {L: h[a:b] for L, h in dec["hidden"].items() if layers is None or L in layers}})
+        return out
+
+    def read(self, position: int) -> dict:
+        return self.read_range(position, position + 1)[0]
+
+
+class TeacherCache:
+    def __init__(self, path: str, storage_options: dict | None = None, require_complete: bool = True):
+        self.path = str(path)
+        self.root = open_group(self.path, "r", storage_options)
+        self.meta = read_meta(self.root, self.path)
+        if require_complete and not self.meta.get("complete"):
+            done = {s: f"{self.root[s].attrs.get('utterances_done', 0)}/{self.root[s].attrs.get('num_utterances')}"
+                    for s in self.meta.get("splits", []) if s in self.root}
+            raise OfflineKDError(f"{self.path}: the cache is incomplete (utterances written per split: {done}); "
+                                 f"rerun the same `offline-kd dump-teacher` command to finish it")
+        self.lp_codec, self.hidden_codecs = build_codecs(self.meta, self.root)
+        self.layers = sorted(self.hidden_codecs)
+        self.layer_dims = {int(k): int(v) for k, v in self.meta["layers"].items()}
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.meta["splits"])
+
+    def split(self, name: str) -> CacheSplit:
+        if name not in self.meta["splits"]:
+            raise OfflineKDError(f"{self.path}: split '{name}' is not in the cache (has: {', '.join(self.splits)})")
+        return CacheSplit(self, name)

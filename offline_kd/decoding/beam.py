@@ -1,0 +1,127 @@
+"""CTC prefix beam search with an optional KenLM n-gram LM (shallow fusion), via pyctcdecode.
+
+Score of a hypothesis y for acoustic log-probs X:
+    log P_ctc(y | X) + alpha * ln P_lm(words(y)) + beta * |words(y)|
+(pyctcdecode converts KenLM's log10 scores to natural log before weighting with alpha).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+
+import numpy as np
+
+_BPE = "\u2581"  # "▁": pyctcdecode's word-start marker for BPE-style alphabets
+_SPECIAL_UNIGRAMS = {"<s>", "</s>", "<unk>"}
+
+
+def _is_arpa(path: str) -> bool:
+    """True if `path` is a plain-text ARPA file (KenLM binaries start with a different magic)."""
+    with open(path, "rb") as f:
+        return f.read(64).lstrip().startswith(b"\\data\\")
+
+
+def read_arpa_unigrams(path: str) -> list[str]:
+    """Words of an ARPA file's \\1-grams section, without <s>, </s>, <unk>.
+
+    Unlike pyctcdecode's own reader this accepts entries without a backoff weight
+    (e.g. order-1 models or hand-written files) and space- as well as tab-separated fields.
+    """
+    words, inside = [], False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("\\"):
+                if inside:
+                    break
+                inside = line == "\\1-grams:"
+            elif inside and line:
+                parts = line.split()
+                if len(parts) >= 2 and parts[1] not in _SPECIAL_UNIGRAMS:
+                    words.append(parts[1])
+    return words
+
+
+class BeamSearchDecoder:
+    """pyctcdecode beam search over a CTC vocabulary, optionally fused with a KenLM model.
+
+    Args:
+        tokens: the V vocabulary entries, index-aligned with the log-probs' last axis;
+            tokens[0] is the CTC blank.
+        tokenizer: "char" (one character per token, words separated by `word_separator`)
+            or "word" (every non-blank token is a whole word, e.g. "w0042").
+        word_separator: the char-vocabulary token between words (e.g. "|"); ignored for "word".
+        lm_path: KenLM model, ARPA text or KenLM binary; None decodes without an LM.
+        alpha: LM weight. beta: word insertion bonus (added per word; only used with an LM).
+        beam_width: beams kept per frame.
+        unigrams: the LM's word list; if None it is read from an ARPA file, or for a word
+            vocabulary with a binary LM taken from the vocabulary itself.
+        num_processes: > 1 decodes a batch in a fork-context multiprocessing Pool.
+    """
+
+    def __init__(self, tokens: list[str], tokenizer: str, word_separator: str | None,
+                 lm_path: str | None = None, alpha: float = 0.5, beta: float = 1.0,
+                 beam_width: int = 32, unigrams: list[str] | None = None, num_processes: int = 1):
+        from pyctcdecode import build_ctcdecoder
+
+        if tokenizer not in ("char", "word"):
+            raise ValueError(f"tokenizer must be 'char' or 'word', got {tokenizer!r}")
+        if len(tokens) < 2:
+            raise ValueError(f"need the blank plus at least one token, got {len(tokens)} tokens")
+        if lm_path is not None and not os.path.isfile(lm_path):
+            raise ValueError(f"language model file not found: {lm_path}")
+        self.tokens = list(tokens)
+        self.vocab_size = len(tokens)
+        self.beam_width = int(beam_width)
+        self.num_processes = max(1, int(num_processes))
+
+        if tokenizer == "char":
+            # "" is pyctcdecode's blank; " " its word boundary.
+            labels = [""] + [" " if t == word_separator else t for t in tokens[1:]]
+        else:
+            # "▁w0042" makes pyctcdecode's BPE mode start a new word at every token.
+            labels = [""] + [_BPE + t for t in tokens[1:]]
+
+        if lm_path is not None and unigrams is None:
+            if _is_arpa(lm_path):
+                unigrams = read_arpa_unigrams(lm_path)
+            elif tokenizer == "word":
+                unigrams = [t for t in tokens[1:] if t not in _SPECIAL_UNIGRAMS]
+        self._decoder = build_ctcdecoder(
+            labels, kenlm_model_path=lm_path, unigrams=unigrams,
+            alpha=float(alpha), beta=float(beta))
+        if len(self._decoder._idx2vocab) != self.vocab_size:  # pyctcdecode appends a blank if absent
+            raise ValueError("pyctcdecode changed the vocabulary size; check the blank token")
+
+    def _check(self, lp: np.ndarray, i: int) -> np.ndarray:
+        lp = np.asarray(lp, dtype=np.float32)
+        if lp.ndim != 2 or lp.shape[1] != self.vocab_size:
+            raise ValueError(f"log_probs[{i}] has shape {lp.shape}; expected (T, V) with "
+                             f"V = {self.vocab_size} (the vocabulary size)")
+        return lp
+
+    def decode(self, log_probs: list[np.ndarray]) -> list[str]:
+        """Beam-search a batch.
+
+        Args:
+            log_probs: per utterance a (T_i, V) float32 array of CTC log-probabilities
+                (log_softmax output). They are passed to pyctcdecode unchanged: its check
+                "mean row sum == 1" is false for log-probs, so it applies log_softmax,
+                which leaves normalised log-probs as they are (then clips at ln 1e-15).
+        Returns:
+            one hypothesis per utterance: words separated by single spaces ("" if empty).
+        """
+        arrays = [self._check(lp, i) for i, lp in enumerate(log_probs)]
+        empty = [a.shape[0] == 0 for a in arrays]
+        todo = [a for a, e in zip(arrays, empty) if not e]
+        kw = dict(beam_width=self.beam_width)
+        if self.num_processes > 1 and len(todo) > 1:
+            # Fork (not spawn/forkserver): the children must inherit pyctcdecode's class-level
+            # LM registry; the pool is created here, after the LM was loaded.
+            with mp.get_context("fork").Pool(min(self.num_processes, len(todo))) as pool:
+                texts = self._decoder.decode_batch(pool, todo, **kw)
+        else:
+            texts = self._decoder.decode_batch(None, todo, **kw)
+        it = iter(texts)
+        return ["" if e else " ".join(next(it).split()) for e in empty]

@@ -1,0 +1,233 @@
+"""`offline-kd dump-teacher`: run the teacher once over the corpus into a Zarr v3 cache.
+
+The dump plan (utterance order, batches, frame offsets) is a pure function of the corpus and the dump config, so
+an interrupted dump resumes on exactly the same batches and the finished cache is byte-identical to an
+uninterrupted one. Teacher inference overlaps encoding and writing, which run in a background thread.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from offline_kd import __version__
+from offline_kd.cache.codecs import (Float16Hidden, Float16LogProbs, Float32Hidden, Float32LogProbs, Int8Hidden,
+                                     LowRankHidden, TopKLogProbs)
+from offline_kd.cache.layout import FORMAT_VERSION, META_KEY, field_arrays, open_group
+from offline_kd.cache.writer import SplitWriter, create_split
+from offline_kd.config import CodecConfig, DumpConfig
+from offline_kd.data.corpus import Corpus, feature_sha256
+from offline_kd.errors import OfflineKDError
+from offline_kd.recipes.common import open_split
+from offline_kd.training.checkpoint import file_sha256, model_from_checkpoint, weights_sha256
+from offline_kd.training.inference import iterate_outputs, loader_for, resolve_device, sorted_batches
+
+
+def make_codecs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int]):
+    lp = {"float32": lambda: Float32LogProbs(num_classes), "float16": lambda: Float16LogProbs(num_classes),
+          "topk": lambda: TopKLogProbs(num_classes, c.topk_k, c.topk_coverage)}
+    if c.log_probs not in lp:
+        raise OfflineKDError(f"dump.codecs.log_probs: unknown codec '{c.log_probs}' (float32 | float16 | topk)")
+    hid = {"float32": Float32Hidden, "float16": Float16Hidden, "int8": Int8Hidden}
+    hidden = {}
+    for layer, dim in layer_dims.items():
+        if c.hidden == "lowrank":
+            hidden[layer] = LowRankHidden(dim, min(c.lowrank_rank, dim), c.lowrank_coeff)
+        elif c.hidden in hid:
+            hidden[layer] = hid[c.hidden](dim)
+        else:
+            raise OfflineKDError(f"dump.codecs.hidden: unknown codec '{c.hidden}' (float32 | float16 | int8 | lowrank)")
+    return lp[c.log_probs](), hidden
+
+
+def _plan(cfg: DumpConfig, corpus: Corpus, model, log):
+    """Per split: validated utterances in dump order (longest first), batches, frame offsets."""
+    plans = {}
+    s = model.config.subsampling
+    for split in cfg.splits:
+        reader, valid = open_split(corpus, split, model.config, cfg.skip_invalid, log)
+        batches = sorted_batches(reader, valid, cfg.batch_size, cfg.max_frames_per_batch)
+        order = [i for b in batches for i in b]
+        out_frames = (reader.lengths[order] + s - 1) // s
+        offsets = np.concatenate([[0], np.cumsum(out_frames)]).astype(np.int64)
+        hashes = reader.feature_hashes or [reader.compute_feature_hash(i) for i in range(len(reader))]
+        plans[split] = {"reader": reader, "batches": batches, "order": order, "offsets": offsets,
+                        "hashes": [hashes[i] for i in order]}
+    return plans
+
+
+def _identity(meta: dict, plans: dict) -> str:
+    """What must match for a rerun to resume rather than start over: teacher, vocabulary, data, settings."""
+    h = hashlib.sha256()
+    d = meta["dump_config"]
+    keys = {k: d[k] for k in ("layers", "batch_size", "max_frames_per_batch", "chunk_frames", "shard_chunks",
+                               "skip_invalid", "codecs", "splits")}
+    h.update(json.dumps([meta["teacher"]["weights_sha256"], meta["vocab_sha256"], meta["device_type"], keys],
+                        sort_keys=True).encode())
+    for split, p in plans.items():
+        h.update(split.encode())
+        for u, fh in zip((p["reader"].utterance_ids[i] for i in p["order"]), p["hashes"]):
+            h.update(f"{u}:{fh}".encode())
+    return h.hexdigest()
+
+
+def _fit_lowrank(model, vocab, plans, cfg, hidden_codecs, device, log):
+    """Fit each layer's low-rank basis on the first `lowrank_fit_frames` frames of the first split."""
+    first = plans[cfg.splits[0]]
+    layers = sorted(hidden_codecs)
+    collected = {L: [] for L in layers}
+    n = 0
+    loader = loader_for(first["reader"], vocab, first["batches"])
+    for batch, _, out_len, hidden in iterate_outputs(model, loader, device, layers):
+        for b, t in enumerate(out_len.tolist()):
+            for L in layers:
+                collected[L].append(hidden[L][b, :t].float().cpu().numpy())
+            n += t
+        if n >= cfg.codecs.lowrank_fit_frames:
+            break
+    log(f"fitting low-rank bases on {n} frames")
+    return {L: LowRankHidden.fit(np.concatenate(collected[L])[: cfg.codecs.lowrank_fit_frames],
+                                 hidden_codecs[L].rank) for L in layers}
+
+
+def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
+    device = resolve_device(cfg.device)
+    model, vocab, ckpt = model_from_checkpoint(cfg.teacher, device)
+    corpus = Corpus(cfg.corpus)
+    if corpus.vocab.tokens != vocab.tokens:
+        raise OfflineKDError(f"the vocabulary of {corpus.dir} differs from the teacher's ({cfg.teacher})")
+    layers = sorted(int(L) for L in cfg.layers)
+    bad = [L for L in layers if not 1 <= L <= model.config.num_layers]
+    if bad:
+        raise OfflineKDError(f"dump.layers: {bad} out of range; the teacher has layers 1..{model.config.num_layers}")
+    if not cfg.splits:
+        raise OfflineKDError("dump.splits: give at least one split")
+    layer_dims = {L: model.hidden_size for L in layers}
+    lp_codec, hidden_codecs = make_codecs(cfg.codecs, model.config.num_classes, layer_dims)
+    plans = _plan(cfg, corpus, model, log)
+
+    meta = {
+        "format_version": FORMAT_VERSION, "tool_version": __version__, "complete": False,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "teacher": {"path": str(cfg.teacher), "sha256": file_sha256(cfg.teacher),
+                    "weights_sha256": weights_sha256(model), "model_config": asdict(model.config)},
+        "vocab": vocab.to_dict(), "vocab_sha256": vocab.sha256, "corpus": str(corpus.dir),
+        "subsampling": model.config.subsampling, "num_classes": model.config.num_classes,
+        "layers": {str(L): d for L, d in layer_dims.items()},
+        "codecs": {"log_probs": lp_codec.to_dict(), "hidden": {str(L): c.to_dict() for L, c in hidden_codecs.items()},
+                   "compressor": cfg.codecs.compressor, "level": cfg.codecs.level},
+        "chunk_frames": cfg.chunk_frames, "shard_frames": cfg.chunk_frames * cfg.shard_chunks,
+        "splits": list(cfg.splits), "dump_config": asdict(cfg), "device_type": device.type,
+    }
+    meta["identity_sha256"] = _identity(meta, plans)
+
+    root = open_group(cfg.output, "a", cfg.storage_options)
+    old = root.attrs.get(META_KEY)
+    resume = False
+    if isinstance(old, dict):
+        if old.get("identity_sha256") == meta["identity_sha256"] and not overwrite:
+            resume = True
+            if old.get("complete"):
+                log(f"{cfg.output}: already complete, nothing to do")
+                return {"cache": cfg.output, "resumed": True, "frames_written": 0}
+            meta["created"] = old["created"]
+            if old["codecs"]["hidden"] and "lowrank" in json.dumps(old["codecs"]["hidden"]):
+                meta["codecs"] = old["codecs"]
+        elif not overwrite:
+            raise OfflineKDError(
+                f"{cfg.output} holds a cache from another teacher, corpus or dump config "
+                f"(teacher {old.get('teacher', {}).get('sha256', '?')[:12]}, created {old.get('created', '?')}); "
+                f"use --overwrite to replace it or choose another dump.output")
+    elif len(list(root.keys())) and not overwrite:
+        raise OfflineKDError(f"{cfg.output} exists and is not an offline-kd cache; use --overwrite or another path")
+    if not resume:
+        root = open_group(cfg.output, "w", cfg.storage_options)
+        if cfg.codecs.hidden == "lowrank":
+            fitted = _fit_lowrank(model, vocab, plans, cfg, hidden_codecs, device, log)
+            for L, (basis, mean) in fitted.items():
+                g = root.require_group(f"lowrank/hidden_{L}")
+                for key, arr in (("basis", basis), ("mean", mean)):
+                    a = g.create_array(key, shape=arr.shape, dtype="float32", chunks=arr.shape)
+                    a[:] = arr
+        root.attrs.update({META_KEY: meta})
+    if cfg.codecs.hidden == "lowrank":
+        hidden_codecs = {L: c.with_state(root[f"lowrank/hidden_{L}/basis"][:], root[f"lowrank/hidden_{L}/mean"][:])
+                         for L, c in hidden_codecs.items()}
+    fields = field_arrays(lp_codec, hidden_codecs)
+
+    totals = {"frames": 0, "utterances": 0, "seconds": 0.0}
+    for split in cfg.splits:
+        p = plans[split]
+        reader = p["reader"]
+        ids = [reader.utterance_ids[i] for i in p["order"]]
+        if not resume or split not in root:
+            g = create_split(root, split, ids, p["offsets"], reader.lengths[p["order"]], p["hashes"], fields,
+                             cfg.chunk_frames, cfg.shard_chunks, cfg.codecs.compressor, cfg.codecs.level)
+        else:
+            g = root[split]
+            if g.attrs.get("complete"):
+                log(f"{split}: already complete")
+                continue
+        frames_done = int(g.attrs["frames_done"])
+        # first batch that reaches past what is stored
+        starts = np.cumsum([0] + [len(b) for b in p["batches"]])
+        first = 0
+        for bi in range(len(p["batches"])):
+            if p["offsets"][starts[bi + 1]] > frames_done:
+                first = bi
+                break
+        else:
+            first = len(p["batches"])
+        if frames_done:
+            log(f"{split}: resuming at frame {frames_done}/{int(p['offsets'][-1])} (batch {first + 1}/{len(p['batches'])})")
+        writer = SplitWriter(g, lp_codec, hidden_codecs, cfg.chunk_frames * cfg.shard_chunks, cfg.writer_queue)
+        todo = p["batches"][first:]
+        pos = int(starts[first])
+        bar = tqdm(total=int(p["offsets"][-1]) - frames_done, unit="frame", unit_scale=True,
+                   desc=f"dump {split}", disable=not cfg.progress, dynamic_ncols=True)
+        start = time.perf_counter()
+        n_utts = 0
+        try:
+            loader = loader_for(reader, vocab, todo)
+            for batch, log_probs, out_len, hidden in iterate_outputs(model, loader, device, layers):
+                for b, i in enumerate(batch["indices"]):
+                    if p["hashes"][pos + b] != feature_sha256(batch["features"][b, :reader.lengths[i]].numpy()):
+                        raise OfflineKDError(f"utterance {reader.utterance_ids[i]}: features changed since the "
+                                             f"corpus was written (feature_sha256 mismatch)")
+                lp = log_probs.transpose(0, 1).float().cpu().numpy()
+                best = lp.argmax(-1)
+                hid = {L: h.float().cpu().numpy() for L, h in hidden.items()}
+                outputs = []
+                for b, t in enumerate(out_len.tolist()):
+                    outputs.append((pos + b, {"log_probs": lp[b, :t], "best_path": best[b, :t],
+                                              "hidden": {L: h[b, :t] for L, h in hid.items()}}))
+                writer.put(outputs)
+                pos += len(outputs)
+                n_utts += len(outputs)
+                new = int(out_len.sum())
+                bar.update(new)
+                el = time.perf_counter() - start
+                bar.set_postfix(utt_per_s=f"{n_utts / max(el, 1e-9):.1f}")
+            writer.close()
+        except BaseException:
+            bar.close()
+            writer.abort()   # keep the whole shards computed so far: a rerun resumes after them
+            raise
+        bar.close()
+        el = time.perf_counter() - start
+        totals["frames"] += int(p["offsets"][-1]) - frames_done
+        totals["utterances"] += n_utts
+        totals["seconds"] += el
+        log(f"{split}: {n_utts} utterances, {int(p['offsets'][-1]) - frames_done} frames in {el:.1f}s")
+    meta["complete"] = True
+    meta["completed"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    root.attrs.update({META_KEY: meta})
+    return {"cache": cfg.output, "resumed": resume, "frames_written": totals["frames"],
+            "utterances_written": totals["utterances"], "seconds": round(totals["seconds"], 2)}
