@@ -71,3 +71,41 @@ class BucketBatchSampler:
 
     def __len__(self) -> int:
         return len(self.batches())
+
+
+class SortedRunBatchSampler:
+    """Batches of consecutive utterances in dump order (longest first, ties by index): each batch is one contiguous
+    range of a teacher cache, so reading its targets is one read per stored array.
+
+    Each epoch shifts the batch boundaries by a random offset and shuffles the batch order, both from (seed,
+    epoch). The order is computed from lengths alone, so online distillation sees the very same batches.
+    """
+
+    def __init__(self, lengths: np.ndarray, indices: np.ndarray, batch_size: int | None = 16,
+                 max_frames: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.lengths, self.indices = np.asarray(lengths), np.asarray(indices)
+        self.order = np.argsort(-self.lengths[self.indices], kind="stable")
+        self.batch_size, self.max_frames, self.seed = batch_size, max_frames, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        shift = int(rng.integers(0, max(1, (self.batch_size or 8))))
+        head = make_batches(self.lengths, self.indices, self.batch_size, self.max_frames, self.order[:shift])
+        tail = make_batches(self.lengths, self.indices, self.batch_size, self.max_frames, self.order[shift:])
+        out = head + tail
+        out = [out[i] for i in rng.permutation(len(out))]
+        if self.world_size > 1:
+            n = len(out) // self.world_size
+            out = out[self.rank * n:(self.rank + 1) * n]
+        return out
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.batches())

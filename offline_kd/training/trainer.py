@@ -64,7 +64,8 @@ class Trainer:
                  train_lengths: np.ndarray, train_indices: np.ndarray, dev_reader: Optional[SplitReader],
                  dev_indices: Optional[np.ndarray], loss_fn: Callable, device: torch.device,
                  extra: Optional[nn.Module] = None, collate_fn=None, extra_meta: Optional[dict] = None,
-                 rank: int = 0, world_size: int = 1, wrap_model: Optional[Callable] = None):
+                 rank: int = 0, world_size: int = 1, wrap_model: Optional[Callable] = None,
+                 sampler=None):
         self.cfg, self.model, self.vocab, self.device = cfg, model, vocab, device
         self.extra = extra
         self.loss_fn = loss_fn
@@ -73,12 +74,15 @@ class Trainer:
         self.is_main = rank == 0
         self.out = Path(cfg.train.output_dir)
         self.extra_meta = extra_meta or {}
-        self.sampler = BucketBatchSampler(train_lengths, train_indices, cfg.data.batch_size,
-                                          cfg.data.max_frames_per_batch, cfg.data.num_buckets, shuffle=True,
-                                          seed=cfg.train.seed, rank=rank, world_size=world_size)
-        self.loader = DataLoader(train_dataset, batch_sampler=self.sampler, collate_fn=collate_fn,
-                                 num_workers=cfg.data.num_workers,
-                                 persistent_workers=False, prefetch_factor=4 if cfg.data.num_workers else None)
+        workers = {"num_workers": cfg.data.num_workers, "prefetch_factor": 4 if cfg.data.num_workers else None}
+        if sampler is None:
+            self.sampler = BucketBatchSampler(train_lengths, train_indices, cfg.data.batch_size,
+                                              cfg.data.max_frames_per_batch, cfg.data.num_buckets, shuffle=True,
+                                              seed=cfg.train.seed, rank=rank, world_size=world_size)
+            self.loader = DataLoader(train_dataset, batch_sampler=self.sampler, collate_fn=collate_fn, **workers)
+        else:   # the dataset builds whole batches itself (one contiguous cache read per batch)
+            self.sampler = sampler
+            self.loader = DataLoader(train_dataset, sampler=sampler, batch_size=None, **workers)
         params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
         self.optimizer = make_optimizer(params, cfg.train)
         steps_per_epoch = math.ceil(len(self.sampler) / cfg.train.accumulation_steps)

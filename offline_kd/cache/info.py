@@ -1,0 +1,79 @@
+"""`offline-kd cache info`: what a cache holds and what it costs on disk, per field and per frame."""
+
+from __future__ import annotations
+
+from offline_kd.cache.layout import open_group, read_meta
+
+
+def _stored_bytes(arr) -> int:
+    try:
+        return int(arr.nbytes_stored())
+    except Exception:  # noqa: BLE001 - stores that cannot list sizes
+        return 0
+
+
+def cache_info(path: str, storage_options: dict | None = None) -> dict:
+    root = open_group(path, "r", storage_options)
+    meta = read_meta(root, path)
+    v = meta["num_classes"]
+    dims = {int(k): int(x) for k, x in meta["layers"].items()}
+    float32_per_frame = 4 * (v + sum(dims.values()))
+    splits, totals = {}, {}
+    total_frames = 0
+    for s in meta["splits"]:
+        if s not in root:
+            continue
+        g = root[s]
+        fields: dict[str, int] = {}
+        for name, node in g.members(max_depth=None):
+            if hasattr(node, "nbytes_stored") and hasattr(node, "shape"):
+                top = name.split("/")[0]
+                fields[top] = fields.get(top, 0) + _stored_bytes(node)
+        frames = int(g.attrs.get("num_frames", 0))
+        total_frames += frames
+        splits[s] = {"utterances": int(g.attrs.get("num_utterances", 0)), "frames": frames,
+                     "utterances_done": int(g.attrs.get("utterances_done", 0)),
+                     "complete": bool(g.attrs.get("complete")), "bytes": fields}
+        for k, b in fields.items():
+            totals[k] = totals.get(k, 0) + b
+    per_frame = {k: b / max(total_frames, 1) for k, b in totals.items()}
+    # targets = what the loss consumes: log-probs + hidden states (+ the 1-best path); index arrays are overhead
+    target_keys = [k for k in totals if k == "log_probs" or k.startswith("hidden_") or k == "best_path"]
+    target_per_frame = sum(per_frame[k] for k in target_keys)
+    all_bytes = sum(totals.values()) + sum(_stored_bytes(a) for _, a in root.members(max_depth=None)
+                                           if _.startswith("lowrank") and hasattr(a, "nbytes_stored"))
+    return {
+        "path": path, "complete": bool(meta.get("complete")), "format_version": meta["format_version"],
+        "tool_version": meta["tool_version"], "created": meta["created"],
+        "teacher_sha256": meta["teacher"]["sha256"], "teacher_weights_sha256": meta["teacher"]["weights_sha256"],
+        "teacher_model_config": meta["teacher"]["model_config"], "vocab_sha256": meta["vocab_sha256"],
+        "identity_sha256": meta["identity_sha256"], "num_classes": v, "layers": dims,
+        "subsampling": meta["subsampling"], "codecs": meta["codecs"],
+        "utterances": sum(x["utterances"] for x in splits.values()), "frames": total_frames,
+        "bytes_total": all_bytes, "bytes_per_field": totals, "bytes_per_frame": per_frame,
+        "target_bytes_per_frame": target_per_frame, "float32_bytes_per_frame": float32_per_frame,
+        "ratio_to_float32": target_per_frame / float32_per_frame, "splits": splits,
+    }
+
+
+def format_info(info: dict) -> str:
+    c = info["codecs"]
+    hidden = ", ".join(f"{L}: {spec['name']}" for L, spec in c["hidden"].items())
+    lines = [
+        f"cache {info['path']}  ({'complete' if info['complete'] else 'INCOMPLETE'}, format v{info['format_version']}, "
+        f"offline-kd {info['tool_version']}, created {info['created']})",
+        f"  teacher sha256 {info['teacher_sha256'][:16]}  vocab sha256 {info['vocab_sha256'][:16]}  "
+        f"identity {info['identity_sha256'][:16]}",
+        f"  classes {info['num_classes']}, layers {info['layers']}, subsampling {info['subsampling']}",
+        f"  codecs: log_probs {c['log_probs']}, hidden {{{hidden}}}, compressor {c['compressor']} level {c['level']}",
+        f"  {info['utterances']} utterances, {info['frames']} frames, {info['bytes_total'] / 1e6:.2f} MB on disk",
+    ]
+    for s, x in info["splits"].items():
+        lines.append(f"  split {s}: {x['utterances_done']}/{x['utterances']} utterances, {x['frames']} frames"
+                     f"{'' if x['complete'] else ' (incomplete)'}")
+    lines.append("  bytes per frame:")
+    for k, b in sorted(info["bytes_per_frame"].items()):
+        lines.append(f"    {k:<16} {b:10.1f}")
+    lines.append(f"  targets {info['target_bytes_per_frame']:.1f} B/frame = {100 * info['ratio_to_float32']:.2f}% of "
+                 f"float32 ({info['float32_bytes_per_frame']} B/frame)")
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""`offline-kd cache verify`: completeness, per-utterance checksums and shapes; with the teacher, fidelity.
+
+Structural checks read every utterance's stored bytes back and compare them with the crc32 recorded by the writer,
+and check offsets against the recorded input frame counts. With `--teacher`, a sample of utterances per split is
+recomputed live and compared with the decoded cache: KL(live || cached) at T = 1, 3, 4 (mean and max per frame),
+top-1 agreement, hidden-state relative squared error, and the greedy WER of cached vs live outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from offline_kd.cache.layout import utterance_checksum
+from offline_kd.cache.reader import TeacherCache
+from offline_kd.data.distill_dataset import collapse_best_path
+from offline_kd.data.vocab import Vocabulary
+from offline_kd.decoding.metrics import error_rates
+from offline_kd.errors import OfflineKDError
+
+TEMPERATURES = (1.0, 3.0, 4.0)
+_READ_FRAMES = 65536   # structural check reads utterances in runs of about this many frames
+
+
+def kl_per_frame(live: np.ndarray, cached: np.ndarray, temperature: float) -> np.ndarray:
+    """KL(softmax(live/T) || softmax(cached/T)) per frame; inputs (F, V) log-probs."""
+    p = torch.log_softmax(torch.from_numpy(live).double() / temperature, -1)
+    q = torch.log_softmax(torch.from_numpy(cached).double() / temperature, -1)
+    return (p.exp() * (p - q)).sum(-1).clamp_min(0).numpy()
+
+
+def structural_check(cache: TeacherCache, log=print) -> dict:
+    problems, checked = [], 0
+    for s in cache.splits:
+        split = cache.split(s)
+        sums = split.group["checksum"][:]
+        n = len(split)
+        if np.any(np.diff(split.offsets) < 0) or split.offsets[0] != 0:
+            problems.append(f"{s}: offsets are not increasing")
+        expected = (split.input_frames + cache.meta["subsampling"] - 1) // cache.meta["subsampling"]
+        bad_len = np.nonzero(np.diff(split.offsets) != expected)[0]
+        problems += [f"{s}/{split.utterance_ids[i]}: {int(np.diff(split.offsets)[i])} frames stored, "
+                     f"{int(expected[i])} expected" for i in bad_len[:10]]
+        lo = 0
+        while lo < n:
+            hi = int(np.searchsorted(split.offsets, split.offsets[lo] + _READ_FRAMES, side="right"))
+            hi = min(max(hi - 1, lo + 1), n)
+            raw = split.read_raw(lo, hi)
+            base = int(split.offsets[lo])
+            for p in range(lo, hi):
+                a, b = int(split.offsets[p]) - base, int(split.offsets[p + 1]) - base
+                for path, arr in raw.items():
+                    if arr.shape[0] != int(split.offsets[hi]) - base:
+                        problems.append(f"{s}/{path}: shape {arr.shape} does not match the offsets")
+                if utterance_checksum(raw, a, b) != int(sums[p]):
+                    problems.append(f"{s}/{split.utterance_ids[p]}: checksum mismatch")
+                checked += 1
+            lo = hi
+    return {"utterances_checked": checked, "problems": problems}
+
+
+@torch.no_grad()
+def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, log=print) -> dict:
+    from offline_kd.data.corpus import Corpus
+    from offline_kd.training.checkpoint import file_sha256, model_from_checkpoint
+    from offline_kd.training.inference import resolve_device
+    dev = resolve_device(device)
+    if file_sha256(teacher_path) != cache.meta["teacher"]["sha256"]:
+        log(f"warning: {teacher_path} is not the checkpoint file the cache was made from (sha256 differs)")
+    model, vocab, _ = model_from_checkpoint(teacher_path, dev)
+    corpus = Corpus(cache.meta["corpus"])
+    layers = cache.layers
+    kls = {t: [] for t in TEMPERATURES}
+    agree, frames, herr_num, herr_den = 0, 0, {L: 0.0 for L in layers}, {L: 0.0 for L in layers}
+    refs, hyps = [], []
+    for s in cache.splits:
+        split = cache.split(s)
+        reader = corpus.split(s)
+        positions = np.linspace(0, len(split) - 1, num=min(sample, len(split))).round().astype(int)
+        for p in sorted(set(positions.tolist())):
+            u = split.utterance_ids[p]
+            if u not in reader.index:
+                raise OfflineKDError(f"utterance {u} of the cache is not in {reader.path}")
+            i = reader.index[u]
+            x = torch.from_numpy(reader.features(i))[None].to(dev)
+            lp, out_len, hidden = model.forward_with_hidden_states(x, torch.tensor([x.shape[1]], device=dev), layers)
+            live = lp[:, 0].float().cpu().numpy()
+            cached = split.read(p)
+            for t in TEMPERATURES:
+                kls[t].append(kl_per_frame(live, cached["log_probs"], t))
+            agree += int((live.argmax(-1) == cached["log_probs"].argmax(-1)).sum())
+            frames += live.shape[0]
+            for L in layers:
+                h = hidden[L][0].float().cpu().numpy()
+                herr_num[L] += float(((h - cached["hidden"][L]) ** 2).sum())
+                herr_den[L] += float((h ** 2).sum())
+            hyps.append(vocab.decode(collapse_best_path(cached["best_path"]).tolist()))
+            refs.append(vocab.decode(collapse_best_path(live.argmax(-1)).tolist()))
+    out = {"frames_compared": frames, "top1_agreement": agree / max(frames, 1),
+           "hidden_relative_sq_error": {L: herr_num[L] / max(herr_den[L], 1e-30) for L in layers}}
+    for t in TEMPERATURES:
+        allk = np.concatenate(kls[t]) if kls[t] else np.zeros(1)
+        out[f"kl_T{t:g}_mean"] = float(allk.mean())
+        out[f"kl_T{t:g}_max"] = float(allk.max())
+    rates = error_rates(refs, hyps)
+    out["greedy_wer_cached_vs_live"] = rates["wer"] if not math.isnan(rates["wer"]) else 0.0
+    # the cached 1-best must also match the cached log-probs' own argmax path
+    return out
+
+
+def verify_cache(path: str, teacher: str | None = None, sample: int = 32, device: str = "auto",
+                 storage_options: dict | None = None, log=print) -> dict:
+    cache = TeacherCache(path, storage_options, require_complete=False)
+    res = {"path": path, "complete": bool(cache.meta.get("complete"))}
+    problems = []
+    if not res["complete"]:
+        problems.append("cache is incomplete (rerun the same dump-teacher command to finish it)")
+    st = structural_check(cache, log)
+    res["utterances_checked"] = st["utterances_checked"]
+    problems += st["problems"]
+    if teacher is not None:
+        res["fidelity"] = fidelity(cache, teacher, sample, device, log)
+    res["problems"] = problems
+    res["ok"] = not problems
+    return res
+
+
+def format_verify(res: dict) -> str:
+    lines = [f"cache {res['path']}: {'OK' if res['ok'] else 'PROBLEMS FOUND'} "
+             f"({res['utterances_checked']} utterances checked, {'complete' if res['complete'] else 'incomplete'})"]
+    lines += [f"  - {p}" for p in res["problems"][:50]]
+    f = res.get("fidelity")
+    if f:
+        lines.append(f"  fidelity on {f['frames_compared']} frames (live teacher vs cache):")
+        for t in TEMPERATURES:
+            lines.append(f"    KL T={t:g}: mean {f[f'kl_T{t:g}_mean']:.3e}  max {f[f'kl_T{t:g}_max']:.3e}")
+        lines.append(f"    top-1 agreement {100 * f['top1_agreement']:.3f}%")
+        for L, e in f["hidden_relative_sq_error"].items():
+            lines.append(f"    hidden layer {L}: relative squared error {e:.3e}")
+        lines.append(f"    greedy WER cached vs live {f['greedy_wer_cached_vs_live']:.2f}%")
+    return "\n".join(lines)
