@@ -57,19 +57,23 @@ def data():
 @click.option("--num-test", default=200, show_default=True, help="Test utterances.")
 @click.option("--feature-dim", default=512, show_default=True, help="Feature dimension.")
 @click.option("--num-units", default=1228, show_default=True, help="Word units (the vocabulary adds the blank).")
+@click.option("--num-phones", default=48, show_default=True, help="Phone inventory the units are spelled with.")
+@click.option("--phones-per-unit", default=3, show_default=True, help="Phones per word unit.")
 @click.option("--num-speakers", default=40, show_default=True, help="Speakers (the last 8 appear only in dev/test).")
 @click.option("--snr-db", nargs=2, type=float, default=(4.0, 20.0), show_default=True,
               help="Range of per-utterance signal-to-noise ratios in dB.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing corpus at --out.")
 @_friendly
-def data_synth(out, seed, num_train, num_dev, num_test, feature_dim, num_units, num_speakers, snr_db, overwrite):
+def data_synth(out, seed, num_train, num_dev, num_test, feature_dim, num_units, num_phones, phones_per_unit,
+               num_speakers, snr_db, overwrite):
     """Write the deterministic synthetic demo corpus (seed geometry by default)."""
     from pathlib import Path
     from offline_kd.data.synth import SynthSpec, write_synth_corpus
     if (Path(out) / "corpus.json").exists() and not overwrite:
         raise OfflineKDError(f"{out} already holds a corpus; use --overwrite to replace it")
     spec = SynthSpec(seed=seed, num_train=num_train, num_dev=num_dev, num_test=num_test, feature_dim=feature_dim,
-                     num_units=num_units, num_speakers=num_speakers, test_speakers=min(8, num_speakers // 5),
+                     num_units=num_units, num_phones=num_phones, phones_per_unit=phones_per_unit,
+                     num_speakers=num_speakers, test_speakers=min(8, num_speakers // 5),
                      snr_db=tuple(snr_db))
     write_synth_corpus(out, spec, log=_log)
 

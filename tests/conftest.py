@@ -16,8 +16,8 @@ from offline_kd.data.synth import SynthSpec, write_synth_corpus  # noqa: E402
 
 def tiny_spec(**kw) -> SynthSpec:
     """An easy corpus: 16-dim features, 8 word units of 2 phones, clean, 2 speakers."""
-    base = dict(seed=3, num_train=96, num_dev=16, num_test=16, feature_dim=16, num_units=8, num_phones=6,
-                phones_per_unit=2, num_speakers=2, test_speakers=0, min_words=2, max_words=4,
+    base = dict(seed=3, num_train=96, num_dev=16, num_test=16, feature_dim=16, num_units=8, num_phones=8,
+                phones_per_unit=1, num_speakers=2, test_speakers=0, min_words=2, max_words=4,
                 snr_db=(30.0, 40.0), speaker_distortion=0.05)
     base.update(kw)
     return SynthSpec(**base)
@@ -30,9 +30,9 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return out
 
 
-def experiment_dict(corpus: Path, out: Path, hidden=24, layers=2, epochs=3, **train) -> dict:
+def experiment_dict(corpus: Path, out: Path, hidden=24, layers=2, epochs=3, batch_size=8, **train) -> dict:
     return {
-        "data": {"corpus": str(corpus), "batch_size": 8, "num_buckets": 2},
+        "data": {"corpus": str(corpus), "batch_size": batch_size, "num_buckets": 2},
         "model": {"input_dim": 16, "hidden_dim": hidden, "num_layers": layers, "num_classes": 9, "dropout": 0.0},
         "train": {"epochs": epochs, "lr": 0.01, "output_dir": str(out), "progress": False, "log_every": 1,
                   "seed": 0, **train},
@@ -46,10 +46,11 @@ def write_yaml(path: Path, data: dict) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_teacher(tiny_corpus, tmp_path_factory) -> Path:
-    """A 3-layer teacher trained for a few epochs on the tiny corpus (shared by cache and distillation tests)."""
+    """A 3-layer teacher trained for ~15 s on the tiny corpus (shared by cache and distillation tests)."""
     from offline_kd.config import ExperimentConfig, build_dataclass
     from offline_kd.recipes import train
     out = tmp_path_factory.mktemp("teacher")
-    cfg = build_dataclass(ExperimentConfig, experiment_dict(tiny_corpus, out, hidden=32, layers=3, epochs=6))
+    cfg = build_dataclass(ExperimentConfig, experiment_dict(tiny_corpus, out, hidden=32, layers=3, epochs=15,
+                                                             batch_size=4))
     train.run(cfg, log=lambda *_: None)
     return out / "checkpoint_last.pt"

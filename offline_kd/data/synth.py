@@ -6,7 +6,7 @@ Geometry follows the seed by default: 512-dim features, 1,228 word units + blank
   model must learn phones *and* their order (a frame classifier alone cannot do it).
 * Sentences come from a sparse random bigram language model over Zipf-distributed units (each unit has a few
   likely successors), so a word LM helps beam search, as it does on speech.
-* Each phone lasts a random 1-4 frames scaled by the speaker's rate; neighbouring phones blur into each other
+* Each phone lasts max(2, round(U{1..4} x the speaker's rate)) frames; neighbouring phones blur into each other
   (coarticulation); short pauses appear between some words.
 * Each speaker has its own linear distortion, offset and rate; each utterance its own noise level (SNR drawn
   from a range), so the task is learnable but not trivial, and a small model is clearly worse than a large one.
@@ -87,12 +87,14 @@ class SynthCorpus:
     def render(self, rng, words: list[int], speaker: int) -> np.ndarray:
         """Word ids -> (T, D) float32 features."""
         segs = [self.pause] * int(rng.integers(1, 4))
-        for w in words:
+        for j, w in enumerate(words):
+            # a repeated word is always separated by a pause (CTC needs a blank between repeats)
+            if j and (words[j - 1] == w or rng.random() < 0.3):
+                segs.extend([self.pause] * int(rng.integers(2, 4)))
             for p in self.spellings[w]:
-                dur = max(1, int(round(rng.integers(1, 5) * self.spk_rate[speaker])))
+                # at least 2 frames per phone: every phone survives 2x subsampling, so CTC can always align
+                dur = max(2, int(round(rng.integers(1, 5) * self.spk_rate[speaker])))
                 segs.extend([self.phones[p]] * dur)
-            if rng.random() < 0.3:
-                segs.extend([self.pause] * int(rng.integers(1, 3)))
         segs.extend([self.pause] * int(rng.integers(1, 4)))
         x = np.stack(segs)
         # coarticulation: a short moving average blurs phone boundaries

@@ -1,0 +1,99 @@
+"""One round-trip suite every codec must pass, each with its documented error bound."""
+
+import numpy as np
+import pytest
+
+from offline_kd.cache.codecs import (Float16Hidden, Float16LogProbs, Float32Hidden, Float32LogProbs, Int8Hidden,
+                                     LowRankHidden, TopKLogProbs, hidden_codec, log_prob_codec)
+
+
+def _log_probs(f=200, v=50, peak=6.0, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(f, v))
+    z[np.arange(f), rng.integers(0, v, f)] += peak
+    return (z - np.log(np.exp(z).sum(1, keepdims=True))).astype(np.float32)
+
+
+def _hidden(f=300, d=32, rank=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.tanh(rng.normal(size=(f, rank)) @ rng.normal(size=(rank, d)) / np.sqrt(rank)).astype(np.float32)
+
+
+def _roundtrip(codec, x):
+    enc = codec.encode(x)
+    assert set(enc) == {a.suffix for a in codec.arrays()}
+    for a in codec.arrays():
+        assert enc[a.suffix].dtype == np.dtype(a.dtype)
+        assert enc[a.suffix].shape == (x.shape[0], *a.shape)
+    return codec.decode(enc)
+
+
+def test_float32_log_probs_exact():
+    x = _log_probs()
+    np.testing.assert_array_equal(_roundtrip(Float32LogProbs(50), x), x)
+
+
+def test_float16_log_probs_bound():
+    x = _log_probs()
+    y = _roundtrip(Float16LogProbs(50), x)
+    assert np.all(np.abs(y - x) <= np.abs(x) * 2.0 ** -11 + 1e-7)
+
+
+@pytest.mark.parametrize("coverage", [None, 0.99])
+def test_topk_keeps_top_tokens_and_normalises(coverage):
+    x = _log_probs()
+    codec = TopKLogProbs(50, k=8, coverage=coverage)
+    enc = codec.encode(x)
+    y = codec.decode(enc)
+    # still a distribution
+    np.testing.assert_allclose(np.exp(y.astype(np.float64)).sum(1), 1.0, atol=2e-3)
+    # kept tokens are the true top tokens with fp16 values; the argmax never changes
+    assert np.array_equal(y.argmax(1), x.argmax(1))
+    count = enc["/count"].astype(int)
+    for f in range(0, 200, 17):
+        top = np.argsort(-x[f])[: count[f]]
+        assert set(enc["/indices"][f, : count[f]]) == set(top)
+        assert np.all(np.abs(y[f, top] - x[f, top]) <= np.abs(x[f, top]) * 2.0 ** -11 + 1e-6)
+    # the tail mass matches what was dropped
+    kept = np.exp(np.where(np.arange(8)[None] < count[:, None], enc["/values"].astype(np.float64), -np.inf)).sum(1)
+    np.testing.assert_allclose(np.exp(enc["/tail_log_mass"].astype(np.float64)), 1 - kept, atol=3e-3)
+    if coverage is not None:
+        assert count.min() >= 1 and count.max() <= 8
+        reached = kept >= coverage - 2e-3
+        assert np.all(reached | (count == 8))
+
+
+def test_float_hidden_codecs():
+    x = _hidden()
+    np.testing.assert_array_equal(_roundtrip(Float32Hidden(32), x), x)
+    y = _roundtrip(Float16Hidden(32), x)
+    assert np.all(np.abs(y - x) <= np.abs(x) * 2.0 ** -11 + 2.0 ** -24)
+
+
+def test_int8_hidden_bound():
+    x = _hidden()
+    y = _roundtrip(Int8Hidden(32), x)
+    scale = np.abs(x).max(1, keepdims=True) / 127
+    assert np.all(np.abs(y - x) <= scale / 2 + 1e-7)
+
+
+@pytest.mark.parametrize("coeff", ["float16", "int8"])
+def test_lowrank_hidden_exact_rank_and_truncated(coeff):
+    x = _hidden(rank=8)                         # the data has rank 8 before tanh: mostly low-rank
+    basis, mean = LowRankHidden.fit(x, 32)
+    full = LowRankHidden(32, 32, coeff).with_state(basis, mean)
+    y = _roundtrip(full, x)
+    tol = 2e-3 if coeff == "float16" else 3e-2
+    assert np.abs(y - x).max() < tol
+    b8, m8 = LowRankHidden.fit(x, 8)
+    y8 = _roundtrip(LowRankHidden(32, 8, coeff).with_state(b8, m8), x)
+    rel = ((y8 - x) ** 2).sum() / (x ** 2).sum()
+    assert rel < 0.05
+
+
+def test_specs_round_trip_through_to_dict():
+    for codec in (Float32LogProbs(7), Float16LogProbs(7), TopKLogProbs(7, 3, 0.9)):
+        assert log_prob_codec(codec.to_dict()) == codec
+    for codec in (Float32Hidden(4), Float16Hidden(4), Int8Hidden(4)):
+        assert hidden_codec(codec.to_dict()) == codec
+    assert hidden_codec(LowRankHidden(4, 2, "int8").to_dict()).rank == 2

@@ -1,0 +1,155 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from offline_kd.cli import main
+from offline_kd.config import ExperimentConfig, build_dataclass
+from offline_kd.errors import OfflineKDError
+from offline_kd.recipes import dump_teacher, train_student
+
+from conftest import experiment_dict, write_yaml
+from test_cache import QUIET, dump_cfg
+
+
+@pytest.fixture(scope="module")
+def f32_cache(tiny_teacher, tiny_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache") / "f32.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["train"]), **QUIET)
+    return out
+
+
+def student_dict(corpus, cache, out, epochs=2, **distill):
+    d = experiment_dict(corpus, out, hidden=16, layers=2, epochs=epochs, batch_size=8)
+    d["distill"] = {"cache": str(cache), "layer_mapping": {1: 1, 2: 3}, "alpha": 0.7, "beta": 0.2, "gamma": 0.1,
+                    "seq_weight": 0.1, **distill}
+    return d
+
+
+def _weights(path):
+    return torch.load(path, weights_only=False)
+
+
+def test_offline_equals_online_with_float32_cache(f32_cache, tiny_teacher, tiny_corpus, tmp_path):
+    """The proof that the cache changes nothing: same losses, gradients and weights as a live teacher."""
+    off = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, f32_cache, tmp_path / "off"))
+    on = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, f32_cache, tmp_path / "on"))
+    train_student.run(off, **QUIET)
+    train_student.run(on, online_teacher=str(tiny_teacher), **QUIET)
+    steps = lambda p: [json.loads(l) for l in (p / "metrics.jsonl").read_text().splitlines()  # noqa: E731
+                       if json.loads(l)["event"] == "step"]
+    a, b = steps(tmp_path / "off"), steps(tmp_path / "on")
+    assert len(a) == len(b) > 10
+    for x, y in zip(a, b):
+        for k in ("train/soft", "train/ctc", "train/feature", "train/seq", "train/total", "train/grad_norm"):
+            assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-6), (x["step"], k)
+    wa, wb = _weights(tmp_path / "off" / "checkpoint_last.pt"), _weights(tmp_path / "on" / "checkpoint_last.pt")
+    for k in wa["model_state_dict"]:
+        torch.testing.assert_close(wa["model_state_dict"][k], wb["model_state_dict"][k], rtol=1e-4, atol=1e-5)
+    for k in wa["extra_state_dict"]:
+        torch.testing.assert_close(wa["extra_state_dict"][k], wb["extra_state_dict"][k], rtol=1e-4, atol=1e-5)
+    # gradients on one batch: cache vs live teacher
+    from offline_kd.data.distill_dataset import DistillBatchDataset
+    from offline_kd.cache.reader import TeacherCache
+    from offline_kd.data.corpus import Corpus
+    from offline_kd.models.bilstm import build_model
+    from offline_kd.models.projection import FeatureProjections
+    from offline_kd.models.augment import SpecAugment
+    from offline_kd.training.checkpoint import model_from_checkpoint
+    corpus = Corpus(tiny_corpus)
+    reader = corpus.split("train")
+    split = TeacherCache(str(f32_cache)).split("train")
+    ids = [int(i) for i in np.argsort(-reader.lengths, kind="stable")[:6]]
+    teacher = model_from_checkpoint(tiny_teacher)[0]
+    grads = []
+    for targets, live in ((split, None), (None, teacher)):
+        torch.manual_seed(0)
+        model = build_model(off.model)
+        proj = FeatureProjections({1: 1, 2: 3}, model.hidden_size, {1: 64, 3: 64})
+        loss_fn = train_student.DistillLoss(off, proj, SpecAugment(off.augment, False), torch.device("cpu"), live)
+        batch = DistillBatchDataset(reader, corpus.vocab, targets, layers={1, 3})[ids]
+        model.eval()
+        loss, _ = loss_fn(model, batch, 1)
+        loss.backward()
+        grads.append([p.grad.clone() for p in list(model.parameters()) + list(proj.parameters())])
+    for g1, g2 in zip(*grads):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+
+
+def test_end_to_end_dump_train_student_evaluate(f32_cache, tiny_corpus, tmp_path):
+    cfg = write_yaml(tmp_path / "s.yaml", student_dict(tiny_corpus, f32_cache, tmp_path / "run", epochs=2))
+    runner = CliRunner()
+    res = runner.invoke(main, ["train-student", "--config", str(cfg), "--set", "augment.time_masks=1",
+                               "--set", "augment.freq_masks=1"])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    step = next(l for l in lines if l["event"] == "step")
+    assert {"train/soft", "train/ctc", "train/feature", "train/seq", "train/temperature", "train/lr"} <= set(step)
+    assert step["train/temperature"] == 4.0
+    res = runner.invoke(main, ["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoint_last.pt"),
+                               "--split", "dev", "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output.strip().splitlines()[-1])
+    assert r["num_parameters"] < 20000 and 0 <= r["wer"]
+    # resume continues from the last checkpoint
+    res = runner.invoke(main, ["train-student", "--config", str(cfg), "--resume", "--set", "train.epochs=3",
+                               "--set", "augment.time_masks=1", "--set", "augment.freq_masks=1"])
+    assert res.exit_code == 0, res.output
+    assert torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)["epoch"] == 3
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"model": {"num_classes": 12}}, "num_classes"),
+    ({"model": {"subsampling": 1}}, "subsamples"),
+    ({"distill": {"layer_mapping": {1: 2}}}, "teacher layer 2 is not in the cache"),
+    ({"distill": {"layer_mapping": {5: 1}}}, "student layer 5 out of range"),
+    ({"augment": {"speed_perturb": [0.9, 1.1]}}, "cached teacher targets would no longer line up"),
+    ({"data": {"train_split": "dev"}}, "split 'dev' is not in the cache"),
+])
+def test_mismatches_are_refused_with_their_message(f32_cache, tiny_corpus, tmp_path, change, message):
+    d = student_dict(tiny_corpus, f32_cache, tmp_path / "run")
+    for section, values in change.items():
+        d.setdefault(section, {}).update(values)
+    res = CliRunner().invoke(main, ["train-student", "--config", str(write_yaml(tmp_path / "s.yaml", d))])
+    assert res.exit_code == 1, res.output
+    assert message in res.output and "Traceback" not in res.output
+
+
+def test_corpus_that_does_not_match_the_cache_is_refused(f32_cache, tiny_corpus, tmp_path):
+    from offline_kd.data.synth import write_synth_corpus
+    from conftest import tiny_spec
+    other = tmp_path / "other"
+    write_synth_corpus(other, tiny_spec(seed=99), **QUIET)
+    d = student_dict(other, f32_cache, tmp_path / "run")
+    res = CliRunner().invoke(main, ["train-student", "--config", str(write_yaml(tmp_path / "s.yaml", d))])
+    assert res.exit_code == 1 and "feature_sha256" in res.output
+
+
+def test_incomplete_cache_is_refused(f32_cache, tiny_corpus, tmp_path):
+    import shutil
+    import zarr
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(f32_cache, broken)
+    root = zarr.open_group(str(broken), mode="r+")
+    meta = dict(root.attrs["offline_kd"])
+    meta["complete"] = False
+    root.attrs["offline_kd"] = meta
+    d = student_dict(tiny_corpus, broken, tmp_path / "run")
+    res = CliRunner().invoke(main, ["train-student", "--config", str(write_yaml(tmp_path / "s.yaml", d))])
+    assert res.exit_code == 1 and "incomplete" in res.output
+
+
+def test_train_student_never_reads_the_teacher_checkpoint(f32_cache, tiny_teacher, tiny_corpus, tmp_path,
+                                                          monkeypatch):
+    import offline_kd.training.checkpoint as ck
+    orig = ck.load_checkpoint
+
+    def guarded(path, *a, **k):
+        assert str(path) != str(tiny_teacher), "train-student read the teacher checkpoint"
+        return orig(path, *a, **k)
+    monkeypatch.setattr(ck, "load_checkpoint", guarded)
+    monkeypatch.setattr(train_student, "load_checkpoint", guarded)
+    cfg = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, f32_cache, tmp_path / "run", epochs=1))
+    train_student.run(cfg, **QUIET)
