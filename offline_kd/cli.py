@@ -202,6 +202,25 @@ def evaluate(checkpoint, split, corpus, device, batch_size, skip_invalid, decode
                f"decoding {res['frames_per_second']:.0f} frames/s")
 
 
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Report directory.")
+@click.option("--split", default="test", show_default=True, help="Split to evaluate every run on.")
+@click.option("--corpus", default=None, type=click.Path(file_okay=False), help="Corpus (default: each run's own).")
+@click.option("--lm", type=click.Path(dir_okay=False), default=None, help="KenLM model: adds beam-search columns.")
+@click.option("--alpha", default=0.5, show_default=True, help="LM weight (beam).")
+@click.option("--beta", default=1.0, show_default=True, help="Word insertion bonus (beam).")
+@click.option("--beam-width", default=32, show_default=True, help="Beam width.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@_friendly
+def report(run_dirs, out, split, corpus, lm, alpha, beta, beam_width, device):
+    """Markdown table (WER/CER, parameters, size, speed) and PNG plots comparing trained runs."""
+    from offline_kd.recipes import report as recipe
+    res = recipe.run(list(run_dirs), out, split, corpus, lm, alpha, beta, beam_width, device, log=_log)
+    click.echo(res["table"])
+    click.echo(f"report: {res['report']}", err=True)
+
+
 # --------------------------------------------------------------------------------------------------- cache
 @main.group()
 def cache():

@@ -1,0 +1,123 @@
+"""`offline-kd report`: compare trained runs (teacher, baseline, students) in one Markdown table with plots.
+
+For every run directory it evaluates the best checkpoint on a split (greedy, plus beam search when an LM is
+given), reads the run's metrics.jsonl, and writes `report.md`, `results.json`, `curves.png` (every loss term and
+dev WER per epoch) and `wer.png` (a bar chart) into `--out`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from offline_kd.errors import OfflineKDError
+from offline_kd.recipes import evaluate
+
+
+def _checkpoint(run: Path) -> Path:
+    for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
+        if (run / name).is_file():
+            return run / name
+    raise OfflineKDError(f"{run}: no checkpoint_best.pt or checkpoint_last.pt")
+
+
+def _epochs(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("event") == "epoch"]
+
+
+def _kind(run: Path) -> str:
+    import yaml
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    return "distilled" if cfg and cfg.get("distill") else "CTC"
+
+
+def markdown_table(rows: list[dict], with_beam: bool) -> str:
+    head = ["run", "type", "params", "size MB", "WER greedy", "CER greedy"]
+    if with_beam:
+        head += ["WER beam", "CER beam"]
+    head += ["best epoch", "decode frames/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["name"], r["type"], f"{r['num_parameters']:,}", f"{r['model_size_mb']:.1f}",
+                 f"{r['wer']:.2f}", f"{r['cer']:.2f}"]
+        if with_beam:
+            cells += [f"{r.get('beam_wer', float('nan')):.2f}", f"{r.get('beam_cer', float('nan')):.2f}"]
+        cells += [str(r.get("best_epoch", "")), f"{r['frames_per_second']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plots(rows: list[dict], curves: dict[str, list[dict]], out: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    terms = sorted({k for eps in curves.values() for e in eps for k in e if k.startswith("train_")})
+    n = len(terms) + 1
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
+    for ax, term in zip(axes[0], terms + ["dev_wer"]):
+        for name, eps in curves.items():
+            pts = [(e["epoch"], e[term]) for e in eps if term in e]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=name)
+        ax.set_title(term.replace("train_", "train loss: ") if term != "dev_wer" else "dev WER (%)")
+        ax.set_xlabel("epoch")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 3.2))
+    names = [r["name"] for r in rows]
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], [r["wer"] for r in rows], width=0.4, label="greedy")
+    if any("beam_wer" in r for r in rows):
+        ax.bar([i + 0.2 for i in x], [r.get("beam_wer", 0) for r in rows], width=0.4, label="beam + LM")
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(names, rotation=20, fontsize=8)
+    ax.set_ylabel("WER (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "wer.png", dpi=110)
+    plt.close(fig)
+    return ["curves.png", "wer.png"]
+
+
+def run(run_dirs: list[str], out: str, split: str = "test", corpus: str | None = None, lm: str | None = None,
+        alpha: float = 0.5, beta: float = 1.0, beam_width: int = 32, device: str = "auto", log=print) -> dict:
+    if not run_dirs:
+        raise OfflineKDError("give at least one run directory")
+    outdir = Path(out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    rows, curves = [], {}
+    for d in run_dirs:
+        run_dir = Path(d)
+        if not run_dir.is_dir():
+            raise OfflineKDError(f"run directory not found: {run_dir}")
+        ckpt = _checkpoint(run_dir)
+        res = evaluate.run(str(ckpt), split, corpus, device, log=log)
+        row = {"name": run_dir.name, "path": str(run_dir), "checkpoint": str(ckpt), "type": _kind(run_dir),
+               **{k: res[k] for k in ("wer", "cer", "num_parameters", "model_size_mb", "frames_per_second",
+                                      "num_utterances")}}
+        if lm:
+            beam = evaluate.run(str(ckpt), split, corpus, device, decoder="beam", lm=lm, alpha=alpha, beta=beta,
+                                beam_width=beam_width, log=log)
+            row.update({"beam_wer": beam["wer"], "beam_cer": beam["cer"]})
+        eps = _epochs(run_dir)
+        curves[run_dir.name] = eps
+        best = [e for e in eps if e.get("best")]
+        if best:
+            row["best_epoch"] = best[-1]["epoch"]
+        row["train_seconds"] = round(sum(e.get("seconds", 0) for e in eps), 1)
+        rows.append(row)
+        log(f"{run_dir.name}: WER {row['wer']:.2f}%")
+    table = markdown_table(rows, bool(lm))
+    images = _plots(rows, curves, outdir)
+    md = [f"# offline-kd report ({split} split)", "", table, "",
+          f"WER/CER in %, pooled over {rows[0]['num_utterances']} utterances; size = float32 weights.", ""]
+    md += [f"![{img}]({img})" for img in images]
+    (outdir / "report.md").write_text("\n".join(md) + "\n")
+    (outdir / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return {"table": table, "rows": rows, "report": str(outdir / "report.md")}
