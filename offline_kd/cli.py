@@ -203,6 +203,53 @@ def evaluate(checkpoint, split, corpus, device, batch_size, skip_invalid, decode
 
 
 @main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Ablation YAML: base distillation config + grid/runs of variations.")
+@click.option("--parallel", type=int, default=None, help="Runs at a time (overrides the config's 'parallel').")
+@_friendly
+def ablate(config_path, parallel):
+    """Train many students against one cache (resumable; failed runs are reported, the others go on)."""
+    from offline_kd.recipes import ablate as recipe
+    res = recipe.run(config_path, parallel, log=_log)
+    click.echo(res["table"])
+    click.echo(f"results: {res['output_dir']}/results.md, results.csv", err=True)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
+@main.command("tune-lm")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Model checkpoint (.pt).")
+@click.option("--lm", required=True, type=click.Path(dir_okay=False), help="KenLM model (.arpa or binary).")
+@click.option("--alphas", default="0,0.25,0.5,0.75,1.0,1.5", show_default=True, help="LM weights to try.")
+@click.option("--betas", default="0,0.5,1,2", show_default=True, help="Word insertion bonuses to try.")
+@click.option("--dev-split", default="dev", show_default=True, help="Split the search runs on.")
+@click.option("--test-split", default="test", show_default=True, help="Split evaluated with the best pair ('' = none).")
+@click.option("--corpus", default=None, type=click.Path(file_okay=False), help="Corpus (default: the checkpoint's).")
+@click.option("--beam-width", default=32, show_default=True, help="Beam width.")
+@click.option("--num-processes", default=1, show_default=True, help="Parallel beam-search processes.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the full result as JSON here.")
+@_friendly
+def tune_lm(checkpoint, lm, alphas, betas, dev_split, test_split, corpus, beam_width, num_processes, device, out):
+    """Search the LM weight (alpha) and word bonus (beta) on dev; evaluate test with the best pair."""
+    from offline_kd.recipes import tune_lm as recipe
+    res = recipe.run(checkpoint, lm, _floats(alphas), _floats(betas), dev_split, test_split or None, corpus,
+                     beam_width, num_processes, device, out, log=_log)
+    best = res["best"]
+    click.echo(f"best on {dev_split}: alpha {best['alpha']:g} beta {best['beta']:g} -> WER {best['wer']:.2f}% "
+               f"(greedy {res['dev_greedy_wer']:.2f}%)")
+    if "test" in res:
+        t = res["test"]
+        click.echo(f"{t['split']}: greedy WER {t['greedy_wer']:.2f}% CER {t['greedy_cer']:.2f}%  |  beam+LM WER "
+                   f"{t['beam_wer']:.2f}% CER {t['beam_cer']:.2f}%")
+
+
+@main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Report directory.")
 @click.option("--split", default="test", show_default=True, help="Split to evaluate every run on.")

@@ -94,6 +94,10 @@ class BeamSearchDecoder:
         if len(self._decoder._idx2vocab) != self.vocab_size:  # pyctcdecode appends a blank if absent
             raise ValueError("pyctcdecode changed the vocabulary size; check the blank token")
 
+    def set_weights(self, alpha: float, beta: float) -> None:
+        """Change the LM weight and word bonus without reloading the LM (for alpha/beta search)."""
+        self._decoder.reset_params(alpha=float(alpha), beta=float(beta))
+
     def _check(self, lp: np.ndarray, i: int) -> np.ndarray:
         lp = np.asarray(lp, dtype=np.float32)
         if lp.ndim != 2 or lp.shape[1] != self.vocab_size:

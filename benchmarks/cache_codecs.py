@@ -1,0 +1,110 @@
+"""Bytes per frame and fidelity of each cache codec combination, on a real teacher.
+
+    python benchmarks/cache_codecs.py --teacher runs/seed/teacher/checkpoint_best.pt --corpus data/seed \
+        --split dev --sample 64
+
+For each combination: dump the split into a temporary cache, then report target bytes per frame (log-probs +
+cached hidden layers + 1-best path, after compression) and the ratio to float32 (4 * (V + sum of hidden dims)),
+KL(live || cached) at T = 1, 3, 4 (mean and max over frames of `--sample` utterances, as `cache verify` computes
+it), top-1 agreement, hidden-state relative squared error, encode speed (codec encode only, frames/s) and decode
+speed (read + decompress + decode of the whole split in batch-sized ranges, frames/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from _common import Timer, command_line, machine, write_section
+from offline_kd.cache.info import cache_info
+from offline_kd.cache.reader import TeacherCache
+from offline_kd.cache.verify import fidelity
+from offline_kd.config import DumpConfig, build_dataclass
+from offline_kd.recipes import dump_teacher
+
+COMBOS = {
+    "float32": {"log_probs": "float32", "hidden": "float32"},
+    "float16": {"log_probs": "float16", "hidden": "float16"},
+    "topk16 + int8": {"log_probs": "topk", "topk_k": 16, "hidden": "int8"},
+    "topk(cov .999, k<=32) + int8": {"log_probs": "topk", "topk_k": 32, "topk_coverage": 0.999, "hidden": "int8"},
+    "topk(cov .999, k<=32) + lowrank256/int8": {"log_probs": "topk", "topk_k": 32, "topk_coverage": 0.999,
+                                                "hidden": "lowrank", "lowrank_rank": 256, "lowrank_coeff": "int8"},
+    "topk(cov .999, k<=32) + lowrank384/int8": {"log_probs": "topk", "topk_k": 32, "topk_coverage": 0.999,
+                                                "hidden": "lowrank", "lowrank_rank": 384, "lowrank_coeff": "int8"},
+}
+
+
+def decode_speed(split, batch: int = 16) -> float:
+    with Timer() as t:
+        for lo in range(0, len(split), batch):
+            split.read_range(lo, min(len(split), lo + batch))
+    return split.num_frames / t.seconds
+
+
+def encode_speed(cache: TeacherCache, split_name: str, ref: TeacherCache) -> float:
+    """Encode the float32 reference arrays of the split with this cache's codecs (no compression)."""
+    data = ref.split(split_name).read_range(0, len(ref.split(split_name)))
+    lp = np.concatenate([d["log_probs"] for d in data])
+    hid = {L: np.concatenate([d["hidden"][L] for d in data]) for L in cache.hidden_codecs}
+    with Timer() as t:
+        cache.lp_codec.encode(lp)
+        for L, c in cache.hidden_codecs.items():
+            c.encode(hid[L])
+    return len(lp) / t.seconds
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--corpus", required=True)
+    ap.add_argument("--split", default="dev")
+    ap.add_argument("--sample", type=int, default=64)
+    ap.add_argument("--only", default=None, help="comma-separated combo names")
+    ap.add_argument("--keep", default=None, help="directory to keep the caches in (default: temporary)")
+    args = ap.parse_args()
+    tmp = Path(args.keep or tempfile.mkdtemp())
+    tmp.mkdir(parents=True, exist_ok=True)
+    rows = []
+    ref = None
+    names = list(COMBOS) if not args.only else args.only.split(",")
+    for i, name in enumerate(names):
+        out = tmp / f"codec{i}.zarr"
+        cfg = build_dataclass(DumpConfig, {"teacher": args.teacher, "corpus": args.corpus, "splits": [args.split],
+                                           "output": str(out), "progress": False, "codecs": COMBOS[name]})
+        dump_teacher.run(cfg, overwrite=True, log=lambda *_: None)
+        cache = TeacherCache(str(out))
+        if name == "float32":
+            ref = cache
+        info = cache_info(str(out))
+        fid = fidelity(cache, args.teacher, args.sample, "auto", log=lambda *_: None)
+        row = {"name": name, "bytes": info["target_bytes_per_frame"], "ratio": info["ratio_to_float32"],
+               "f32": info["float32_bytes_per_frame"], **fid,
+               "decode_fps": decode_speed(cache.split(args.split)),
+               "encode_fps": encode_speed(cache, args.split, ref) if ref is not None else float("nan")}
+        rows.append(row)
+        print(name, {k: v for k, v in row.items() if not isinstance(v, dict)})
+    if not args.keep:
+        shutil.rmtree(tmp)
+    f32 = rows[0]["f32"]
+    lines = [f"## Cache codecs: size and fidelity\n", f"`{command_line()}`\n",
+             f"Machine: {machine()}. Teacher `{args.teacher}`, split `{args.split}` "
+             f"({ref.split(args.split).num_frames if ref else '?'} frames), layers 2 and 4; float32 = {f32} bytes/frame. "
+             f"KL is KL(live || cached) per frame in nats over {args.sample} sampled utterances; hidden error is "
+             f"sum((h - h')^2) / sum(h^2), the worse of the two layers. Bytes include zstd (level 3).\n",
+             "| codecs | bytes/frame | % of float32 | KL T=1 mean / max | KL T=3 mean | KL T=4 mean | top-1 agree | "
+             "hidden rel. err | encode frames/s | decode frames/s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        herr = max(r["hidden_relative_sq_error"].values())
+        lines.append(f"| {r['name']} | {r['bytes']:.1f} | {100 * r['ratio']:.2f}% | {r['kl_T1_mean']:.2e} / "
+                     f"{r['kl_T1_max']:.2e} | {r['kl_T3_mean']:.2e} | {r['kl_T4_mean']:.2e} | "
+                     f"{100 * r['top1_agreement']:.2f}% | {herr:.2e} | {r['encode_fps']:.0f} | {r['decode_fps']:.0f} |")
+    write_section("cache-codecs", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

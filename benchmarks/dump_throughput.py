@@ -1,0 +1,73 @@
+"""Dump throughput vs teacher inference alone, on the same batches (issue: dump >= 0.95x inference).
+
+    python benchmarks/dump_throughput.py --teacher runs/seed/teacher/checkpoint_best.pt --corpus data/seed \
+        --split dev --runs 3
+
+Each run measures, side by side: (a) the teacher's forward passes over the dump plan's batches, outputs moved to
+host memory (what any consumer needs), nothing stored; (b) a full `dump-teacher` of the same split with the given
+codecs into a fresh temporary cache. Reports the median frames/s of each and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from _common import Timer, command_line, machine, median, write_section
+from offline_kd.config import DumpConfig, build_dataclass
+from offline_kd.data.corpus import Corpus
+from offline_kd.recipes import dump_teacher
+from offline_kd.training.checkpoint import model_from_checkpoint
+from offline_kd.training.inference import iterate_outputs, loader_for, resolve_device, sorted_batches
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--corpus", required=True)
+    ap.add_argument("--split", default="dev")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--codecs", default="log_probs=float16,hidden=float16")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    codecs = dict(kv.split("=") for kv in args.codecs.split(","))
+    device = resolve_device(args.device)
+    model, vocab, _ = model_from_checkpoint(args.teacher, device)
+    reader = Corpus(args.corpus).split(args.split)
+    batches = sorted_batches(reader, np.arange(len(reader)), args.batch_size, None)
+    frames = int(sum((reader.lengths + 1) // 2))
+    infer, dump = [], []
+    for r in range(args.runs):
+        with Timer() as t:
+            for _, lp, _, hidden in iterate_outputs(model, loader_for(reader, vocab, batches), device, [2, 4]):
+                lp.cpu().numpy()
+                [h.cpu().numpy() for h in hidden.values()]
+        infer.append(frames / t.seconds)
+        tmp = Path(tempfile.mkdtemp())
+        cfg = build_dataclass(DumpConfig, {"teacher": args.teacher, "corpus": args.corpus, "splits": [args.split],
+                                           "output": str(tmp / "c.zarr"), "batch_size": args.batch_size,
+                                           "progress": False, "device": args.device, "codecs": codecs})
+        with Timer() as t:
+            dump_teacher.run(cfg, log=lambda *_: None)
+        dump.append(frames / t.seconds)
+        shutil.rmtree(tmp)
+        print(f"run {r + 1}: inference {infer[-1]:.0f} frames/s, dump {dump[-1]:.0f} frames/s")
+    body = (f"## Dump throughput vs teacher inference alone\n\n`{command_line()}`\n\n"
+            f"Machine: {machine()}. Teacher: {model.config.num_layers} x BiLSTM({model.config.hidden_dim}), "
+            f"V = {model.config.num_classes}; split `{args.split}`, {len(reader)} utterances, {frames} output frames; "
+            f"codecs {codecs}; layers 2 and 4. Median of {args.runs} runs (frames = teacher output frames; the "
+            f"dump time includes planning, hashing, encoding, compression and writing).\n\n"
+            f"| | frames/s (median) | runs |\n|---|---|---|\n"
+            f"| teacher inference alone | {median(infer):.0f} | {', '.join(f'{x:.0f}' for x in infer)} |\n"
+            f"| dump-teacher | {median(dump):.0f} | {', '.join(f'{x:.0f}' for x in dump)} |\n\n"
+            f"**Ratio dump / inference: {median(dump) / median(infer):.3f}** (goal >= 0.95)\n")
+    write_section("dump-throughput", body)
+
+
+if __name__ == "__main__":
+    main()

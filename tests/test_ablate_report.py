@@ -1,0 +1,71 @@
+import csv
+import json
+
+from click.testing import CliRunner
+
+from offline_kd.cli import main
+
+from conftest import write_yaml
+from test_distill import f32_cache, student_dict  # noqa: F401  (module fixture reused)
+
+
+def test_three_run_ablation_with_a_broken_run_then_rerun_skips(f32_cache, tiny_corpus, tmp_path):  # noqa: F811
+    base = student_dict(tiny_corpus, f32_cache, tmp_path / "unused", epochs=1)
+    spec = {"base": base, "output_dir": str(tmp_path / "abl"), "parallel": 2, "evaluate": ["dev"],
+            "runs": [{"name": "seed", "set": {}},
+                     {"name": "no_fm", "set": {"distill.gamma": 0.0}},
+                     {"name": "broken", "set": {"distill.layer_mapping": {1: 7}}}]}
+    cfg = write_yaml(tmp_path / "abl.yaml", spec)
+    runner = CliRunner()
+    res = runner.invoke(main, ["ablate", "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in csv.DictReader(open(tmp_path / "abl" / "results.csv"))}
+    assert rows["seed"]["status"] == "ok" and rows["no_fm"]["status"] == "ok"
+    assert float(rows["seed"]["dev_wer"]) >= 0
+    assert rows["broken"]["status"] == "failed" and "teacher layer 7" in rows["broken"]["error"]
+    md = (tmp_path / "abl" / "results.md").read_text()
+    assert "| seed | ok |" in md and "broken" in md
+    # rerun: finished runs are skipped (their result files are untouched)
+    stamp = (tmp_path / "abl" / "seed" / "checkpoint_last.pt").stat().st_mtime
+    res = runner.invoke(main, ["ablate", "--config", str(cfg)])
+    assert res.exit_code == 0
+    assert "finished earlier, skipped" in res.output
+    assert (tmp_path / "abl" / "seed" / "checkpoint_last.pt").stat().st_mtime == stamp
+
+
+def test_report_renders_table_and_pngs(tiny_teacher, tiny_corpus, tmp_path):
+    res = CliRunner().invoke(main, ["report", str(tiny_teacher.parent), "--out", str(tmp_path / "rep"),
+                                    "--split", "dev"])
+    assert res.exit_code == 0, res.output
+    assert "| teacher" in res.output or "|" in res.output
+    for f in ("report.md", "curves.png", "wer.png", "results.json"):
+        assert (tmp_path / "rep" / f).stat().st_size > 0
+    assert (tmp_path / "rep" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert rows[0]["num_parameters"] > 0 and "wer" in rows[0]
+
+
+def test_tune_lm_and_beam_evaluate_with_a_real_kenlm_model(tiny_teacher, tiny_corpus, tmp_path):
+    """A real ARPA model written here (unigram over the corpus words): beam search + LM runs end to end."""
+    from offline_kd.data.corpus import Corpus
+    c = Corpus(tiny_corpus)
+    words = c.vocab.tokens[1:]
+    arpa = tmp_path / "lm.arpa"
+    lines = ["", "\\data\\", f"ngram 1={len(words) + 3}", "", "\\1-grams:", "-99\t<s>", "-1.0\t</s>", "-3.0\t<unk>"]
+    lines += [f"-1.0\t{w}" for w in words]
+    lines += ["", "\\end\\", ""]
+    arpa.write_text("\n".join(lines))
+    runner = CliRunner()
+    res = runner.invoke(main, ["evaluate", "--checkpoint", str(tiny_teacher), "--split", "dev", "--decoder", "beam",
+                               "--lm", str(arpa), "--compare-greedy", "--json", "--beam-width", "8"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output.strip().splitlines()[-1])
+    assert {"wer", "cer", "greedy_wer", "greedy_cer"} <= set(r)
+    res = runner.invoke(main, ["tune-lm", "--checkpoint", str(tiny_teacher), "--lm", str(arpa), "--alphas", "0,0.5",
+                               "--betas", "0,1", "--beam-width", "8", "--out", str(tmp_path / "t.json")])
+    assert res.exit_code == 0, res.output
+    t = json.loads((tmp_path / "t.json").read_text())
+    assert len(t["grid"]) == 4 and "test" in t and t["best"]["wer"] == min(g["wer"] for g in t["grid"])
+    res = runner.invoke(main, ["evaluate", "--checkpoint", str(tiny_teacher), "--decoder", "beam",
+                               "--lm", str(tmp_path / "missing.arpa")])
+    assert res.exit_code == 1 and "not found" in res.output

@@ -1,0 +1,92 @@
+"""The documented layout (docs/cache-format.md) is readable with plain zarr + numpy: this module does not import
+offline_kd; the cache is written by the CLI in a subprocess and compared with the live teacher's outputs that a
+second subprocess saved with numpy."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import yaml
+import zarr
+
+
+def _dump(tmp_path, teacher, corpus, log_probs, hidden):
+    out = tmp_path / f"{log_probs}-{hidden}.zarr"
+    cfg = tmp_path / f"{log_probs}-{hidden}.yaml"
+    cfg.write_text(yaml.safe_dump({"dump": {
+        "teacher": str(teacher), "corpus": str(corpus), "output": str(out), "splits": ["dev"], "layers": [1, 3],
+        "batch_size": 8, "progress": False, "device": "cpu",
+        "codecs": {"log_probs": log_probs, "topk_k": 4, "hidden": hidden}}}))
+    subprocess.run([sys.executable, "-m", "offline_kd", "dump-teacher", "--config", str(cfg)], check=True,
+                   capture_output=True)
+    return out
+
+
+def _live(tmp_path, teacher, corpus):
+    """The live teacher's log-probs and layer-3 states per utterance, saved to .npz by a subprocess."""
+    script = f"""
+import numpy as np, torch
+from offline_kd.training.checkpoint import model_from_checkpoint
+from offline_kd.data.corpus import Corpus
+m, _, _ = model_from_checkpoint({str(teacher)!r})
+r = Corpus({str(corpus)!r}).split("dev")
+out = {{}}
+with torch.no_grad():
+    for i, u in enumerate(r.utterance_ids):
+        x = torch.from_numpy(r.features(i))[None]
+        lp, n, h = m.forward_with_hidden_states(x, torch.tensor([x.shape[1]]), [3])
+        out[u + "/lp"] = lp[:, 0].numpy(); out[u + "/h3"] = h[3][0].numpy()
+np.savez({str(tmp_path / 'live.npz')!r}, **out)
+"""
+    subprocess.run([sys.executable, "-c", script], check=True)
+    return np.load(tmp_path / "live.npz")
+
+
+def _read_utterance(path, utt):
+    """The recipe from docs/cache-format.md."""
+    root = zarr.open_group(str(path), mode="r")
+    meta = root.attrs["offline_kd"]
+    assert meta["complete"]
+    split = root["dev"]
+    ids = list(split["utterance_id"][:])
+    i = ids.index(utt)
+    a, b = split["offset"][i], split["offset"][i + 1]
+    codec = meta["codecs"]["log_probs"]
+    if codec["name"] in ("float32", "float16"):
+        log_probs = split["log_probs"][a:b].astype(np.float32)
+    else:
+        values = split["log_probs/values"][a:b].astype(np.float32)
+        indices = split["log_probs/indices"][a:b].astype(np.int64)
+        count = split["log_probs/count"][a:b].astype(np.int64)
+        tail = split["log_probs/tail_log_mass"][a:b]
+        v = meta["num_classes"]
+        log_probs = np.repeat((tail - np.log(v - count))[:, None], v, axis=1)
+        for t in range(b - a):
+            log_probs[t, indices[t, :count[t]]] = values[t, :count[t]]
+    hc = meta["codecs"]["hidden"]["3"]
+    if hc["name"] in ("float32", "float16"):
+        hidden = split["hidden_3"][a:b].astype(np.float32)
+    else:
+        hidden = split["hidden_3/q"][a:b] * split["hidden_3/scale"][a:b][:, None]
+    best_path = split["best_path"][a:b]
+    return log_probs, hidden, best_path, meta
+
+
+def test_plain_zarr_reads_the_documented_layout(tiny_teacher, tiny_corpus, tmp_path):
+    live = _live(tmp_path, tiny_teacher, tiny_corpus)
+    utts = sorted({k.split("/")[0] for k in live.files})
+    exact = _dump(tmp_path, tiny_teacher, tiny_corpus, "float32", "float32")
+    compact = _dump(tmp_path, tiny_teacher, tiny_corpus, "topk", "int8")
+    for u in utts:
+        lp, h, path, meta = _read_utterance(exact, u)
+        assert meta["format_version"] == 1 and meta["layers"] == {"1": 64, "3": 64}
+        np.testing.assert_allclose(lp, live[u + "/lp"], atol=1e-5)
+        np.testing.assert_allclose(h, live[u + "/h3"], atol=1e-5)
+        np.testing.assert_array_equal(path, live[u + "/lp"].argmax(-1))
+        lp2, h2, _, meta2 = _read_utterance(compact, u)
+        assert meta2["codecs"]["log_probs"]["name"] == "topk"
+        np.testing.assert_allclose(np.exp(lp2).sum(-1), 1.0, atol=1e-2)
+        np.testing.assert_array_equal(lp2.argmax(-1), live[u + "/lp"].argmax(-1))
+        np.testing.assert_allclose(h2, live[u + "/h3"], atol=0.01)
+    assert json.dumps(meta["dump_config"])   # the resolved dump config is stored
