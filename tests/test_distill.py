@@ -153,3 +153,22 @@ def test_train_student_never_reads_the_teacher_checkpoint(f32_cache, tiny_teache
     monkeypatch.setattr(train_student, "load_checkpoint", guarded)
     cfg = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, f32_cache, tmp_path / "run", epochs=1))
     train_student.run(cfg, **QUIET)
+
+
+def test_dataloader_workers_read_the_cache_like_the_main_process(f32_cache, tiny_corpus):
+    from offline_kd.cache.reader import TeacherCache
+    from offline_kd.data.corpus import Corpus
+    from offline_kd.data.distill_dataset import DistillBatchDataset
+    from offline_kd.data.sampler import SortedRunBatchSampler
+    from offline_kd.training.trainer import worker_context
+    corpus = Corpus(tiny_corpus)
+    reader = corpus.split("train")
+    ds = DistillBatchDataset(reader, corpus.vocab, TeacherCache(str(f32_cache)).split("train"), layers={1, 3})
+    sampler = SortedRunBatchSampler(reader.lengths, np.arange(len(reader)), 8, seed=0)
+    main_proc = [ds[b] for b in sampler]
+    loader = torch.utils.data.DataLoader(ds, sampler=sampler, batch_size=None, num_workers=2,
+                                         multiprocessing_context=worker_context())
+    for a, b in zip(main_proc, loader):
+        assert a["utterance_ids"] == b["utterance_ids"]
+        torch.testing.assert_close(a["teacher_log_probs"], b["teacher_log_probs"], rtol=0, atol=0)
+        torch.testing.assert_close(a["teacher_hidden"][3], b["teacher_hidden"][3], rtol=0, atol=0)

@@ -34,6 +34,19 @@ class BiLSTMCTC(nn.Module):
             for i in range(config.num_layers))
         self.dropout = nn.Dropout(config.dropout)
         self.output_proj = nn.Linear(2 * h, config.num_classes)
+        self._init_forget_bias()
+
+    def _init_forget_bias(self) -> None:
+        """Forget-gate bias 1 (gate order i, f, g, o): LSTMs keep their state early on and leave the CTC
+        all-blank plateau much sooner (Jozefowicz et al., 2015)."""
+        h = self.config.hidden_dim
+        with torch.no_grad():
+            for lstm in self.lstms:
+                for name, p in lstm.named_parameters():
+                    if name.startswith("bias_ih"):
+                        p[h:2 * h].fill_(1.0)
+                    elif name.startswith("bias_hh"):
+                        p[h:2 * h].fill_(0.0)
 
     @property
     def hidden_size(self) -> int:

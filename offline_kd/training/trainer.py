@@ -35,6 +35,13 @@ from offline_kd.training.checkpoint import (load_checkpoint, rng_state, save_che
 from offline_kd.training.inference import evaluate_greedy
 
 
+def worker_context():
+    """DataLoader workers are spawned, not forked: zarr-python runs an asyncio event loop in a background thread,
+    and a forked child inherits the loop's state without its thread (reads would hang)."""
+    import multiprocessing
+    return multiprocessing.get_context("spawn")
+
+
 def make_optimizer(params, cfg) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -74,7 +81,9 @@ class Trainer:
         self.is_main = rank == 0
         self.out = Path(cfg.train.output_dir)
         self.extra_meta = extra_meta or {}
-        workers = {"num_workers": cfg.data.num_workers, "prefetch_factor": 4 if cfg.data.num_workers else None}
+        workers = {"num_workers": cfg.data.num_workers, "prefetch_factor": 4 if cfg.data.num_workers else None,
+                   "multiprocessing_context": worker_context() if cfg.data.num_workers else None,
+                   "persistent_workers": cfg.data.num_workers > 0}
         if sampler is None:
             self.sampler = BucketBatchSampler(train_lengths, train_indices, cfg.data.batch_size,
                                               cfg.data.max_frames_per_batch, cfg.data.num_buckets, shuffle=True,
