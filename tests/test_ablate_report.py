@@ -46,14 +46,15 @@ def test_report_renders_table_and_pngs(tiny_teacher, tiny_corpus, tmp_path):
 
 
 def test_tune_lm_and_beam_evaluate_with_a_real_kenlm_model(tiny_teacher, tiny_corpus, tmp_path):
-    """A real ARPA model written here (unigram over the corpus words): beam search + LM runs end to end."""
+    """A real ARPA model written here (bigram over the corpus words): beam search + LM runs end to end."""
     from offline_kd.data.corpus import Corpus
     c = Corpus(tiny_corpus)
     words = c.vocab.tokens[1:]
     arpa = tmp_path / "lm.arpa"
-    lines = ["", "\\data\\", f"ngram 1={len(words) + 3}", "", "\\1-grams:", "-99\t<s>", "-1.0\t</s>", "-3.0\t<unk>"]
-    lines += [f"-1.0\t{w}" for w in words]
-    lines += ["", "\\end\\", ""]
+    lines = ["", "\\data\\", f"ngram 1={len(words) + 3}", "ngram 2=1", "", "\\1-grams:", "-99\t<s>\t-0.3",
+             "-1.0\t</s>", "-3.0\t<unk>"]
+    lines += [f"-1.0\t{w}\t-0.3" for w in words]
+    lines += ["", "\\2-grams:", f"-0.2\t{words[0]} {words[1]}", "", "\\end\\", ""]
     arpa.write_text("\n".join(lines))
     runner = CliRunner()
     res = runner.invoke(main, ["evaluate", "--checkpoint", str(tiny_teacher), "--split", "dev", "--decoder", "beam",

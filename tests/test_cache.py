@@ -203,3 +203,16 @@ def test_bad_dump_settings_are_one_line_errors(tiny_teacher, tiny_corpus, tmp_pa
                          **QUIET)
     with pytest.raises(OfflineKDError, match="no cache"):
         TeacherCache(str(tmp_path / "missing.zarr"))
+
+
+def test_verify_detects_a_corrupted_value(tiny_teacher, tiny_corpus, tmp_path):
+    out = tmp_path / "c.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["dev"]), **QUIET)
+    assert CliRunner().invoke(main, ["cache", "verify", str(out)]).exit_code == 0
+    arr = zarr.open_array(str(out / "dev" / "hidden_3"), mode="r+")
+    arr[5, 2] = arr[5, 2] + 0.5
+    res = CliRunner().invoke(main, ["cache", "verify", str(out)])
+    assert res.exit_code == 1 and "checksum mismatch" in res.output
+    first = TeacherCache(str(out)).split("dev")
+    bad = int(np.searchsorted(first.offsets, 5, side="right") - 1)
+    assert first.utterance_ids[bad] in res.output

@@ -88,9 +88,12 @@ class BeamSearchDecoder:
                 unigrams = read_arpa_unigrams(lm_path)
             elif tokenizer == "word":
                 unigrams = [t for t in tokens[1:] if t not in _SPECIAL_UNIGRAMS]
-        self._decoder = build_ctcdecoder(
-            labels, kenlm_model_path=lm_path, unigrams=unigrams,
-            alpha=float(alpha), beta=float(beta))
+        try:
+            self._decoder = build_ctcdecoder(
+                labels, kenlm_model_path=lm_path, unigrams=unigrams,
+                alpha=float(alpha), beta=float(beta))
+        except OSError as exc:  # kenlm's loader reports a bad file as OSError
+            raise ValueError(f"cannot load language model {lm_path}: {str(exc).splitlines()[0][:300]}") from None
         if len(self._decoder._idx2vocab) != self.vocab_size:  # pyctcdecode appends a blank if absent
             raise ValueError("pyctcdecode changed the vocabulary size; check the blank token")
 

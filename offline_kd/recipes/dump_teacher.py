@@ -167,7 +167,7 @@ def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
         p = plans[split]
         reader = p["reader"]
         ids = [reader.utterance_ids[i] for i in p["order"]]
-        if not resume or split not in root:
+        if not resume or split not in root or "frames_done" not in root[split].attrs:   # (killed while creating)
             g = create_split(root, split, ids, p["offsets"], reader.lengths[p["order"]], p["hashes"], fields,
                              cfg.chunk_frames, cfg.shard_chunks, cfg.codecs.compressor, cfg.codecs.level)
         else:
