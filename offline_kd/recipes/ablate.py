@@ -157,7 +157,9 @@ def run_one(run: dict, base: dict, spec: dict, outdir: Path, log) -> dict:
 
 
 def write_tables(rows: list[dict], outdir: Path) -> str:
-    metric_keys = sorted({k for r in rows for k in r if k.endswith("_wer") or k.endswith("_cer")})
+    found = {k for r in rows for k in r if k.endswith("_wer") or k.endswith("_cer")}
+    splits = list(dict.fromkeys(k.split("_")[0] for k in sorted(found, key=lambda k: (k != "dev_wer", k))))
+    metric_keys = [f"{s}_{m}" for s in splits for m in ("wer", "cer", "beam_wer", "beam_cer") if f"{s}_{m}" in found]
     cols = ["name", "status", "settings", *metric_keys, "best_epoch", "train_seconds", "train_frames_per_second",
             "num_parameters", "error"]
     with open(outdir / "results.csv", "w", newline="") as f:

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Reproduces every figure in docs/benchmarks.md on this machine (CPU: about 30 minutes on 2 cores).
+# Steps already done (corpus, teacher, caches) are reused.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OKD="${OKD:-offline-kd}"
+RUNS="${RUNS:-3}"
+[ -f data/seed/corpus.json ] || $OKD data synth --out data/seed --num-train 2000 --num-dev 200 --num-test 200 --phones-per-unit 2
+T=runs/bench/seed_teacher/checkpoint_best.pt
+[ -f "$T" ] || $OKD train --config configs/bench/seed_teacher.yaml --set train.progress=false
+dump() {  # dump NAME CODEC-SETTINGS...
+  local out="cache/bench_$1.zarr"; shift
+  $OKD dump-teacher --config configs/dump_config.yaml --set dump.teacher=$T --set dump.corpus=data/seed \
+      --set dump.output="$out" --set dump.splits=[train] --set dump.progress=false "$@" >/dev/null
+}
+dump f32 --set dump.codecs.log_probs=float32 --set dump.codecs.hidden=float32
+dump f16 --set dump.codecs.log_probs=float16 --set dump.codecs.hidden=float16
+dump compact --set dump.codecs.log_probs=topk --set dump.codecs.topk_k=32 --set dump.codecs.topk_coverage=0.999 \
+    --set dump.codecs.hidden=int8
+cd benchmarks
+python dump_throughput.py --teacher ../$T --corpus ../data/seed --split dev --runs "$RUNS"
+python train_throughput.py --corpus ../data/seed --teacher ../$T --cache float32=../cache/bench_f32.zarr \
+    --cache float16=../cache/bench_f16.zarr --cache compact=../cache/bench_compact.zarr --batches 12 --runs "$RUNS"
+python cache_codecs.py --teacher ../$T --corpus ../data/seed --split dev --sample 64
