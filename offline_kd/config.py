@@ -20,6 +20,12 @@ from offline_kd.errors import OfflineKDError
 
 
 # ----------------------------------------------------------------------------------------------------- sections
+def _at_least(section: str, obj, **minimums) -> None:
+    for key, low in minimums.items():
+        value = getattr(obj, key)
+        if value is not None and value < low:
+            raise OfflineKDError(f"{section}.{key} must be >= {low}, got {value}")
+
 @dataclass(frozen=True)
 class DataConfig:
     corpus: str = "data/demo"           # directory with {split}.h5, vocab.txt, corpus.json
@@ -31,6 +37,9 @@ class DataConfig:
     num_workers: int = 0                # DataLoader worker processes
     skip_invalid: bool = False          # skip invalid utterances instead of failing
 
+    def __post_init__(self):
+        _at_least("data", self, batch_size=1, max_frames_per_batch=1, num_buckets=1, num_workers=0)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -40,6 +49,11 @@ class ModelConfig:
     num_classes: int = 1229             # including the CTC blank (id 0)
     dropout: float = 0.3
     subsampling: int = 2
+
+    def __post_init__(self):
+        _at_least("model", self, input_dim=1, hidden_dim=1, num_layers=1, num_classes=2, subsampling=1)
+        if not 0.0 <= self.dropout < 1.0:
+            raise OfflineKDError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,11 @@ class TrainConfig:
     log_every: int = 10                 # optimizer steps between scalar logs
     progress: bool = True
 
+    def __post_init__(self):
+        _at_least("train", self, epochs=1, accumulation_steps=1, eval_every=1, log_every=1, warmup_steps=0)
+        if self.lr <= 0:
+            raise OfflineKDError(f"train.lr must be > 0, got {self.lr}")
+
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -83,6 +102,21 @@ class DistillConfig:
     layer_mapping: dict = field(default_factory=lambda: {2: 2, 3: 4})   # student layer -> teacher layer
     init_checkpoint: Optional[str] = None
     storage_options: dict = field(default_factory=dict)   # fsspec options for a URL cache
+
+    def __post_init__(self):
+        sched = self.temperature_schedule
+        ok = bool(sched) and all(isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], int)
+                                 and isinstance(e[1], (int, float)) and e[1] > 0 for e in sched)
+        if not ok:
+            raise OfflineKDError(f"distill.temperature_schedule must be a non-empty list of [first_epoch, T > 0] "
+                                 f"pairs, got {sched!r}")
+        for k, v in self.layer_mapping.items():
+            if not isinstance(k, int) or not isinstance(v, int):
+                raise OfflineKDError(f"distill.layer_mapping must map student layer numbers to teacher layer numbers, "
+                                     f"got {k!r}: {v!r}")
+        for key in ("alpha", "beta", "gamma", "seq_weight"):
+            if getattr(self, key) < 0:
+                raise OfflineKDError(f"distill.{key} must be >= 0, got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
@@ -115,6 +149,10 @@ class DumpConfig:
     progress: bool = True
     codecs: CodecConfig = field(default_factory=CodecConfig)
     storage_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        _at_least("dump", self, batch_size=1, max_frames_per_batch=1, chunk_frames=1, shard_chunks=1,
+                  writer_queue=1)
 
 
 # ------------------------------------------------------------------------------------------------- top level
@@ -216,15 +254,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     for text in overrides or []:
         keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            if node.get(k) is None:
-                node[k] = {}
-            if not isinstance(node[k], dict):
-                raise OfflineKDError(f"--set {'.'.join(keys)}: '{k}' is not a section")
-            node = node[k]
-        node[keys[-1]] = value
+        set_dotted(data, keys, value)
     return data
+
+
+def set_dotted(data: dict, keys: list[str], value: Any) -> None:
+    """data[k1][k2]... = value, creating sections on the way."""
+    node = data
+    for k in keys[:-1]:
+        if node.get(k) is None:
+            node[k] = {}
+        if not isinstance(node[k], dict):
+            raise OfflineKDError(f"--set {'.'.join(keys)}: '{k}' is not a section")
+        node = node[k]
+    node[keys[-1]] = value
 
 
 def read_yaml(path: str | Path) -> dict:

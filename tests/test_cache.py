@@ -216,3 +216,14 @@ def test_verify_detects_a_corrupted_value(tiny_teacher, tiny_corpus, tmp_path):
     first = TeacherCache(str(out)).split("dev")
     bad = int(np.searchsorted(first.offsets, 5, side="right") - 1)
     assert first.utterance_ids[bad] in res.output
+
+
+def test_a_non_cache_directory_is_never_replaced(tiny_teacher, tiny_corpus, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    for flag in ([], ["--overwrite"]):
+        with pytest.raises(OfflineKDError, match="not an offline-kd cache"):
+            dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, precious, splits=["dev"]), overwrite=bool(flag),
+                             **QUIET)
+    assert (precious / "notes.txt").read_text() == "keep me"

@@ -97,3 +97,15 @@ def test_specs_round_trip_through_to_dict():
     for codec in (Float32Hidden(4), Float16Hidden(4), Int8Hidden(4)):
         assert hidden_codec(codec.to_dict()) == codec
     assert hidden_codec(LowRankHidden(4, 2, "int8").to_dict()).rank == 2
+
+
+def test_topk_tail_mass_is_accurate_on_confident_frames():
+    """log(1 - sum(kept)) cancels catastrophically when the kept tokens hold almost everything."""
+    v = 1229
+    x = np.full((3, v), -30.0)
+    x[:, 0] = 0.0
+    x = (x - np.log(np.exp(x.astype(np.float64)).sum(1, keepdims=True))).astype(np.float32)
+    enc = TopKLogProbs(v, k=4).encode(x)
+    expected = np.log(np.exp(x[:, 4:].astype(np.float64)).sum(1))      # the tail: 1225 tokens at ~-30
+    np.testing.assert_allclose(enc["/tail_log_mass"], expected, rtol=1e-5)
+    assert np.all(np.isfinite(enc["/tail_log_mass"]))

@@ -99,8 +99,13 @@ class TopKLogProbs:
             reached = np.cumsum(probs, axis=1) >= self.coverage
             count = np.where(reached.any(1), reached.argmax(1) + 1, self.k)
         keep = np.arange(self.k)[None, :] < count[:, None]
-        kept_mass = np.where(keep, probs, 0.0).sum(1)
-        tail = np.log(np.clip(1.0 - kept_mass, 0.0, None))          # -inf when the kept tokens hold everything
+        # the tail is a logsumexp over the tokens not kept, in float64: log(1 - sum(kept)) would cancel
+        # catastrophically on confident frames (and give -inf where the tail is tiny but not zero)
+        rest = x.astype(np.float64)
+        np.put_along_axis(rest, np.where(keep, idx, idx[:, :1]), -np.inf, axis=1)
+        top = rest.max(1)
+        safe = np.where(np.isfinite(top), top, 0.0)
+        tail = np.log(np.exp(rest - safe[:, None]).sum(1)) + safe
         vals16 = np.where(keep, np.clip(vals, -65000.0, 0.0), -np.inf).astype(np.float16)
         return {"/values": vals16, "/indices": np.where(keep, idx, 0).astype(self.arrays()[1].dtype),
                 "/count": count.astype(self.arrays()[2].dtype), "/tail_log_mass": tail.astype(np.float32)}

@@ -7,7 +7,7 @@
         offset          int64  (N+1,) utterance i = frames offset[i]:offset[i+1] of every per-frame array
         input_frames    int64  (N,)   feature frames before subsampling
         feature_sha256  str    (N,)   sha256 of the utterance's float32 input features
-        checksum        uint32 (N,)   crc32 of the utterance's stored bytes, all fields in order
+        checksum        uint32 (N,)   crc32 of the utterance's stored bytes, all per-frame arrays by sorted path
         best_path       int32  (F,)   teacher argmax per frame (the greedy 1-best before collapsing)
         log_probs[...]  (F, ...)      codec arrays, e.g. log_probs (F, V) or log_probs/values (F, k) ...
         hidden_{L}[...] (F, ...)      codec arrays per cached layer L
@@ -32,7 +32,7 @@ META_KEY = "offline_kd"
 
 
 def field_arrays(log_prob_codec, hidden_codecs: dict) -> list[tuple[str, tuple, str]]:
-    """All per-frame arrays of a split, as (path, per-frame shape, dtype), in checksum order."""
+    """All per-frame arrays of a split, as (path, per-frame shape, dtype)."""
     out = [("best_path", (), "int32")]
     out += [("log_probs" + a.suffix, a.shape, a.dtype) for a in log_prob_codec.arrays()]
     for layer, codec in sorted(hidden_codecs.items()):

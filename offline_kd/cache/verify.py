@@ -34,6 +34,9 @@ def kl_per_frame(live: np.ndarray, cached: np.ndarray, temperature: float) -> np
 def structural_check(cache: TeacherCache, log=print) -> dict:
     problems, checked = [], 0
     for s in cache.splits:
+        if s not in cache.root or "frames_done" not in cache.root[s].attrs:
+            problems.append(f"{s}: not started")
+            continue
         split = cache.split(s)
         sums = split.group["checksum"][:]
         n = int(split.attrs.get("utterances_done", len(split)))   # an incomplete split: what is written

@@ -72,28 +72,31 @@ class SplitWriter:
         self.thread.start()
 
     # ---------------------------------------------------------------------------------------- main thread
-    def put(self, outputs: list) -> None:
-        while True:
-            if self.error is not None:
-                raise self.error
+    def _send(self, item) -> bool:
+        """Queue an item unless the writer thread has died (then its error is in self.error)."""
+        while self.thread.is_alive():
             try:
-                self.q.put(outputs, timeout=0.5)
-                return
+                self.q.put(item, timeout=0.5)
+                return True
             except queue.Full:
                 continue
+        return False
+
+    def put(self, outputs: list) -> None:
+        if self.error is not None or not self._send(outputs):
+            raise self.error or OfflineKDError("the cache writer stopped unexpectedly")
 
     def close(self) -> None:
         """Flush everything, mark the split complete, re-raise any writer error."""
-        self.q.put(_STOP)
+        self._send(_STOP)
         self.thread.join()
         if self.error is not None:
             raise self.error
 
     def abort(self) -> None:
         """Store the whole shards already computed (a rerun resumes after them) and stop."""
-        if self.thread.is_alive():
-            self.q.put(_ABORT)
-            self.thread.join()
+        self._send(_ABORT)
+        self.thread.join()
 
     # ---------------------------------------------------------------------------------------- writer thread
     def _run(self) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from offline_kd.config import ExperimentConfig, apply_overrides, build_dataclass, read_yaml
+from offline_kd.config import ExperimentConfig, build_dataclass, read_yaml, set_dotted
 from offline_kd.errors import OfflineKDError
 
 _KEYS = {"base", "output_dir", "parallel", "grid", "runs", "evaluate", "lm", "lm_alpha", "lm_beta"}
@@ -78,7 +78,8 @@ def expand(spec: dict) -> list[dict]:
 
 def _resolved(base: dict, run: dict, outdir: Path) -> dict:
     d = copy.deepcopy(base)
-    apply_overrides(d, [f"{k}={json.dumps(v)}" for k, v in run["overrides"].items()])
+    for k, v in run["overrides"].items():
+        set_dotted(d, str(k).split("."), copy.deepcopy(v))
     d.setdefault("train", {})["output_dir"] = str(outdir / run["name"])
     d["train"]["progress"] = False
     return d
@@ -156,9 +157,8 @@ def run_one(run: dict, base: dict, spec: dict, outdir: Path, log) -> dict:
     return row
 
 
-def write_tables(rows: list[dict], outdir: Path) -> str:
+def write_tables(rows: list[dict], outdir: Path, splits: list[str]) -> str:
     found = {k for r in rows for k in r if k.endswith("_wer") or k.endswith("_cer")}
-    splits = list(dict.fromkeys(k.split("_")[0] for k in sorted(found, key=lambda k: (k != "dev_wer", k))))
     metric_keys = [f"{s}_{m}" for s in splits for m in ("wer", "cer", "beam_wer", "beam_cer") if f"{s}_{m}" in found]
     cols = ["name", "status", "settings", *metric_keys, "best_epoch", "train_seconds", "train_frames_per_second",
             "num_parameters", "error"]
@@ -204,5 +204,5 @@ def run(config_path: str, parallel: int | None = None, log=print) -> dict:
     log(f"{len(runs)} runs into {outdir}, {n} at a time")
     with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
         rows = list(pool.map(lambda r: run_one(r, base, spec, outdir, log), runs))
-    table = write_tables(rows, outdir)
+    table = write_tables(rows, outdir, list(spec.get("evaluate") or ["dev", "test"]))
     return {"table": table, "rows": rows, "output_dir": str(outdir)}

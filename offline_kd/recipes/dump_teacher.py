@@ -12,6 +12,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -92,9 +93,26 @@ def _fit_lowrank(model, vocab, plans, cfg, hidden_codecs, device, log):
             n += t
         if n >= cfg.codecs.lowrank_fit_frames:
             break
+    if n < max(c.rank for c in hidden_codecs.values()):
+        raise OfflineKDError(f"dump.codecs.lowrank_rank ({max(c.rank for c in hidden_codecs.values())}) is larger "
+                             f"than the {n} frames available to fit the basis; lower the rank or raise "
+                             f"dump.codecs.lowrank_fit_frames")
     log(f"fitting low-rank bases on {n} frames")
     return {L: LowRankHidden.fit(np.concatenate(collected[L])[: cfg.codecs.lowrank_fit_frames],
                                  hidden_codecs[L].rank) for L in layers}
+
+
+def _refuse_foreign_directory(output: str, overwrite: bool) -> None:
+    """A local directory that holds files but no offline-kd cache is never replaced, even with --overwrite
+    (`--set dump.output=data/demo` must not wipe a corpus)."""
+    if "://" in output:
+        return
+    p = Path(output)
+    if p.is_dir() and any(p.iterdir()):
+        meta = p / "zarr.json"
+        if not meta.is_file() or META_KEY not in json.loads(meta.read_text() or "{}").get("attributes", {}):
+            raise OfflineKDError(f"{output} is a non-empty directory that is not an offline-kd cache; "
+                                 f"choose another dump.output (it is never replaced, not even with --overwrite)")
 
 
 def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
@@ -124,10 +142,13 @@ def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
         "codecs": {"log_probs": lp_codec.to_dict(), "hidden": {str(L): c.to_dict() for L, c in hidden_codecs.items()},
                    "compressor": cfg.codecs.compressor, "level": cfg.codecs.level},
         "chunk_frames": cfg.chunk_frames, "shard_frames": cfg.chunk_frames * cfg.shard_chunks,
-        "splits": list(cfg.splits), "dump_config": asdict(cfg), "device_type": device.type,
+        "splits": list(cfg.splits), "device_type": device.type,
+        # the resolved config, without storage options (they may hold credentials)
+        "dump_config": {k: v for k, v in asdict(cfg).items() if k != "storage_options"},
     }
     meta["identity_sha256"] = _identity(meta, plans)
 
+    _refuse_foreign_directory(cfg.output, overwrite)
     root = open_group(cfg.output, "a", cfg.storage_options)
     old = root.attrs.get(META_KEY)
     resume = False
@@ -148,9 +169,11 @@ def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
     elif len(list(root.keys())) and not overwrite:
         raise OfflineKDError(f"{cfg.output} exists and is not an offline-kd cache; use --overwrite or another path")
     if not resume:
+        # fit before anything is replaced: a fit that fails must not have wiped the old cache
+        fitted = _fit_lowrank(model, vocab, plans, cfg, hidden_codecs, device, log) \
+            if cfg.codecs.hidden == "lowrank" else {}
         root = open_group(cfg.output, "w", cfg.storage_options)
-        if cfg.codecs.hidden == "lowrank":
-            fitted = _fit_lowrank(model, vocab, plans, cfg, hidden_codecs, device, log)
+        if fitted:
             for L, (basis, mean) in fitted.items():
                 g = root.require_group(f"lowrank/hidden_{L}")
                 for key, arr in (("basis", basis), ("mean", mean)):

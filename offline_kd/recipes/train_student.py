@@ -7,7 +7,7 @@ every training utterance present with the same feature hash and frame count, eve
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,14 +47,14 @@ def check_cache(cache: TeacherCache, split, reader, indices: np.ndarray, vocab, 
         if not 1 <= s <= model_cfg.num_layers:
             raise OfflineKDError(f"distill.layer_mapping: student layer {s} out of range 1..{model_cfg.num_layers}")
     missing, changed, frames = [], [], []
-    hashes = reader.feature_hashes
+    hashes = reader.feature_hashes or [reader.compute_feature_hash(i) for i in range(len(reader))]
     for i in indices:
         u = reader.utterance_ids[i]
         p = split.position.get(u)
         if p is None:
             missing.append(u)
             continue
-        if hashes is not None and split.feature_hashes[p] != hashes[i]:
+        if split.feature_hashes[p] != hashes[i]:
             changed.append(u)
         if split.input_frames[p] != reader.lengths[i]:
             frames.append(u)
@@ -151,6 +151,13 @@ def run(cfg: ExperimentConfig, resume: bool = False, online_teacher: str | None 
     meta = {"distillation": {"cache": None if online_teacher else d.cache, "online_teacher": online_teacher,
                              "cache_identity": None if online_teacher else cache.meta["identity_sha256"],
                              "projections": {"layer_mapping": mapping, "teacher_dims": teacher_dims}}}
+    last = Path(cfg.train.output_dir) / "checkpoint_last.pt"
+    if resume and last.is_file():
+        before = load_checkpoint(last).get("distillation", {})
+        if before.get("cache_identity") != meta["distillation"]["cache_identity"]:
+            raise OfflineKDError(f"--resume: {last} was trained from another cache or teacher than "
+                                 f"{'--online-teacher' if online_teacher else d.cache} (identity differs); "
+                                 f"start a new run instead")
     trainer = Trainer(cfg, model, corpus.vocab, dataset, train_reader.lengths, train_idx, dev_reader, dev_idx,
                       loss_fn, device, extra=projections, extra_meta=meta, sampler=sampler)
     trainer.fit(resume=resume)

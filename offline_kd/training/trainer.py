@@ -81,7 +81,10 @@ class Trainer:
         self.is_main = rank == 0
         self.out = Path(cfg.train.output_dir)
         self.extra_meta = extra_meta or {}
+        # own generator: creating a loader iterator must not draw from the global torch RNG, or a resumed run
+        # (whose first epoch is a later one) would see different dropout and masking than an uninterrupted run
         workers = {"num_workers": cfg.data.num_workers, "prefetch_factor": 4 if cfg.data.num_workers else None,
+                   "generator": torch.Generator().manual_seed(cfg.train.seed),
                    "multiprocessing_context": worker_context() if cfg.data.num_workers else None,
                    "persistent_workers": cfg.data.num_workers > 0}
         if sampler is None:
@@ -187,7 +190,8 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise OfflineKDError(f"epoch {epoch}: non-finite loss on batch with utterances "
                                      f"{', '.join(batch['utterance_ids'][:4])}")
-            (loss / accum).backward()
+            group = min(accum, num_batches - (i // accum) * accum)   # the last group of an epoch may be short
+            (loss / group).backward()
             n_batches += 1
             frames += int(batch["feature_lengths"].sum())
             for k, v in terms.items():
