@@ -87,12 +87,13 @@ def main():
                "encode_fps": encode_speed(cache, args.split, ref) if ref is not None else float("nan")}
         rows.append(row)
         print(name, {k: v for k, v in row.items() if not isinstance(v, dict)})
+    split_frames = ref.split(args.split).num_frames if ref else "?"
     if not args.keep:
         shutil.rmtree(tmp)
     f32 = rows[0]["f32"]
     lines = [f"## Cache codecs: size and fidelity\n", f"`{command_line()}`\n",
              f"Machine: {machine()}. Teacher `{args.teacher}`, split `{args.split}` "
-             f"({ref.split(args.split).num_frames if ref else '?'} frames), layers 2 and 4; float32 = {f32} bytes/frame. "
+             f"({split_frames} frames), layers 2 and 4; float32 = {f32} bytes/frame. "
              f"KL is KL(live || cached) per frame in nats over {args.sample} sampled utterances; hidden error is "
              f"sum((h - h')^2) / sum(h^2), the worse of the two layers. Bytes include zstd (level 3).\n",
              "| codecs | bytes/frame | % of float32 | KL T=1 mean / max | KL T=3 mean | KL T=4 mean | top-1 agree | "
