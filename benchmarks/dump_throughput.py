@@ -35,7 +35,8 @@ def main():
     ap.add_argument("--codecs", default="log_probs=float16,hidden=float16")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
-    codecs = dict(kv.split("=") for kv in args.codecs.split(","))
+    import yaml
+    codecs = {k: yaml.safe_load(v) for k, v in (kv.split("=") for kv in args.codecs.split(","))}
     device = resolve_device(args.device)
     model, vocab, _ = model_from_checkpoint(args.teacher, device)
     reader = Corpus(args.corpus).split(args.split)
