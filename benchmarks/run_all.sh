@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces every figure in docs/benchmarks.md on this machine (CPU: about 30 minutes on 2 cores).
+# Reproduces every figure in docs/benchmarks.md on this machine (CPU: about an hour on 2 cores).
 # Steps already done (corpus, teacher, caches) are reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,15 @@ dump f16 --set dump.codecs.log_probs=float16 --set dump.codecs.hidden=float16
 dump compact --set dump.codecs.log_probs=topk --set dump.codecs.topk_k=32 --set dump.codecs.topk_coverage=0.999 \
     --set dump.codecs.hidden=int8
 cd benchmarks
-python dump_throughput.py --teacher ../$T --corpus ../data/seed --split dev --runs "$RUNS"
+python dump_throughput.py --teacher ../$T --corpus ../data/seed --split train --runs "$RUNS"
 python train_throughput.py --corpus ../data/seed --teacher ../$T --cache float32=../cache/bench_f32.zarr \
     --cache float16=../cache/bench_f16.zarr --cache compact=../cache/bench_compact.zarr --batches 12 --runs "$RUNS"
 python cache_codecs.py --teacher ../$T --corpus ../data/seed --split dev --sample 64
+cd ..
+# efficacy on the demo corpus (needs ./scripts/demo.sh first: its teacher and configs)
+if [ -f runs/demo/teacher/checkpoint_best.pt ]; then
+  python benchmarks/efficacy.py --distill configs/demo/distill.yaml --baseline configs/demo/baseline.yaml \
+      --teacher runs/demo/teacher/checkpoint_best.pt \
+      --compact-codecs log_probs=topk,topk_k=32,topk_coverage=0.999,hidden=lowrank,lowrank_rank=256,lowrank_coeff=int8 \
+      --seeds 0,1 --out runs/efficacy
+fi

@@ -36,16 +36,22 @@ class FieldArray:
 
 
 # ----------------------------------------------------------------------------------------- log-prob codecs
-@dataclass(frozen=True)
-class Float32LogProbs:
+class _DenseFloat:
+    """A dense per-frame vector of `_width()` values stored as `dtype` (float32 exact, float16 rounded)."""
     name: ClassVar[str] = "float32"
-    num_classes: int
+    dtype: ClassVar[str] = "float32"
+
+    def _width(self) -> int:
+        raise NotImplementedError
 
     def arrays(self) -> list[FieldArray]:
-        return [FieldArray("", (self.num_classes,), "float32")]
+        return [FieldArray("", (self._width(),), self.dtype)]
 
     def encode(self, x: np.ndarray) -> dict:
-        return {"": np.ascontiguousarray(x, dtype=np.float32)}
+        x = np.asarray(x, dtype=np.float32)
+        if self.dtype == "float16":   # clip first: values beyond fp16's range (log-probs of -inf-like) stay finite
+            x = np.clip(x, -65000.0, 65000.0)
+        return {"": np.ascontiguousarray(x.astype(self.dtype))}
 
     def decode(self, a: dict) -> np.ndarray:
         return np.asarray(a[""], dtype=np.float32)
@@ -55,15 +61,17 @@ class Float32LogProbs:
 
 
 @dataclass(frozen=True)
+class Float32LogProbs(_DenseFloat):
+    num_classes: int
+
+    def _width(self) -> int:
+        return self.num_classes
+
+
+@dataclass(frozen=True)
 class Float16LogProbs(Float32LogProbs):
     name: ClassVar[str] = "float16"
-
-    def arrays(self) -> list[FieldArray]:
-        return [FieldArray("", (self.num_classes,), "float16")]
-
-    def encode(self, x: np.ndarray) -> dict:
-        # clip before the cast: log-probs below fp16's range would become -inf
-        return {"": np.clip(x, -65000.0, 0.0).astype(np.float16)}
+    dtype: ClassVar[str] = "float16"
 
 
 @dataclass(frozen=True)
@@ -131,32 +139,17 @@ class TopKLogProbs:
 
 # ------------------------------------------------------------------------------------------- hidden codecs
 @dataclass(frozen=True)
-class Float32Hidden:
-    name: ClassVar[str] = "float32"
+class Float32Hidden(_DenseFloat):
     dim: int
 
-    def arrays(self) -> list[FieldArray]:
-        return [FieldArray("", (self.dim,), "float32")]
-
-    def encode(self, x: np.ndarray) -> dict:
-        return {"": np.ascontiguousarray(x, dtype=np.float32)}
-
-    def decode(self, a: dict) -> np.ndarray:
-        return np.asarray(a[""], dtype=np.float32)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, **asdict(self)}
+    def _width(self) -> int:
+        return self.dim
 
 
 @dataclass(frozen=True)
 class Float16Hidden(Float32Hidden):
     name: ClassVar[str] = "float16"
-
-    def arrays(self) -> list[FieldArray]:
-        return [FieldArray("", (self.dim,), "float16")]
-
-    def encode(self, x: np.ndarray) -> dict:
-        return {"": x.astype(np.float16)}
+    dtype: ClassVar[str] = "float16"
 
 
 def _int8_encode(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -169,6 +162,7 @@ def _int8_encode(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @dataclass(frozen=True)
 class Int8Hidden(Float32Hidden):
     name: ClassVar[str] = "int8"
+    dtype: ClassVar[str] = "int8"
 
     def arrays(self) -> list[FieldArray]:
         return [FieldArray("/q", (self.dim,), "int8"), FieldArray("/scale", (), "float32")]

@@ -31,6 +31,14 @@ def make_batches(lengths: np.ndarray, indices: np.ndarray, batch_size: int | Non
     return batches
 
 
+def shard_batches(batches: list, rank: int, world_size: int) -> list:
+    """This rank's share of the batches; every rank gets the same number (the remainder is dropped)."""
+    if world_size <= 1:
+        return batches
+    n = len(batches) // world_size
+    return batches[rank * n:(rank + 1) * n]
+
+
 class BucketBatchSampler:
     def __init__(self, lengths: np.ndarray, indices: np.ndarray, batch_size: int | None = 16,
                  max_frames: int | None = None, num_buckets: int = 10, shuffle: bool = True, seed: int = 0,
@@ -61,10 +69,7 @@ class BucketBatchSampler:
                                             rng.permutation(bucket)))
             perm = rng.permutation(len(out))
             out = [out[i] for i in perm]
-        if self.world_size > 1:   # every rank gets the same number of batches
-            n = len(out) // self.world_size
-            out = out[self.rank * n:(self.rank + 1) * n]
-        return out
+        return shard_batches(out, self.rank, self.world_size)
 
     def __iter__(self):
         return iter(self.batches())
@@ -99,10 +104,7 @@ class SortedRunBatchSampler:
         tail = make_batches(self.lengths, self.indices, self.batch_size, self.max_frames, self.order[shift:])
         out = head + tail
         out = [out[i] for i in rng.permutation(len(out))]
-        if self.world_size > 1:
-            n = len(out) // self.world_size
-            out = out[self.rank * n:(self.rank + 1) * n]
-        return out
+        return shard_batches(out, self.rank, self.world_size)
 
     def __iter__(self):
         return iter(self.batches())
