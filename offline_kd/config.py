@@ -303,7 +303,3 @@ def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config (after defaults and overrides) beside an output."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def replace(cfg: Any, **changes) -> Any:
-    return dataclasses.replace(cfg, **changes)
