@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.cli import main
-from offline_kd.config import DumpConfig, CodecConfig, ModelConfig, build_dataclass
+from offline_kd.config import DumpConfig, ModelConfig, build_dataclass
 from offline_kd.data.corpus import Corpus, SplitReader, SplitWriter
 from offline_kd.errors import OfflineKDError
 from offline_kd.models.bilstm import BiLSTMCTC

@@ -16,7 +16,6 @@ import torch
 from offline_kd.cache.layout import utterance_checksum
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.data.distill_dataset import collapse_best_path
-from offline_kd.data.vocab import Vocabulary
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
 

@@ -15,7 +15,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from offline_kd import __version__

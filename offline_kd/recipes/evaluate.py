@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from offline_kd.config import ModelConfig
 from offline_kd.data.corpus import Corpus
 from offline_kd.errors import OfflineKDError
 from offline_kd.models.bilstm import count_parameters, model_size_mb

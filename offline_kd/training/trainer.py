@@ -71,8 +71,7 @@ class Trainer:
                  train_lengths: np.ndarray, train_indices: np.ndarray, dev_reader: Optional[SplitReader],
                  dev_indices: Optional[np.ndarray], loss_fn: Callable, device: torch.device,
                  extra: Optional[nn.Module] = None, collate_fn=None, extra_meta: Optional[dict] = None,
-                 rank: int = 0, world_size: int = 1, wrap_model: Optional[Callable] = None,
-                 sampler=None):
+                 rank: int = 0, world_size: int = 1, sampler=None):
         self.cfg, self.model, self.vocab, self.device = cfg, model, vocab, device
         self.extra = extra
         self.loss_fn = loss_fn
@@ -100,7 +99,6 @@ class Trainer:
         steps_per_epoch = math.ceil(len(self.sampler) / cfg.train.accumulation_steps)
         self.scheduler = make_scheduler(self.optimizer, cfg.train, steps_per_epoch * cfg.train.epochs)
         self.trainable = params
-        self.forward_model = wrap_model(model) if wrap_model else model
         self.start_epoch, self.step, self.best_wer = 1, 0, float("inf")
         self.tb = None
 
@@ -186,7 +184,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         num_batches = len(self.sampler)
         for i, batch in enumerate(bar):
-            loss, terms = self.loss_fn(self.forward_model, batch, epoch)
+            loss, terms = self.loss_fn(self.model, batch, epoch)
             if not torch.isfinite(loss):
                 raise OfflineKDError(f"epoch {epoch}: non-finite loss on batch with utterances "
                                      f"{', '.join(batch['utterance_ids'][:4])}")
