@@ -259,11 +259,17 @@ def tune_lm(checkpoint, lm, alphas, betas, dev_split, test_split, corpus, beam_w
 @click.option("--beta", default=1.0, show_default=True, help="Word insertion bonus (beam).")
 @click.option("--beam-width", default=32, show_default=True, help="Beam width.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--tune-split", default=None, help="With --lm: search alpha/beta per run on this split (e.g. dev).")
+@click.option("--alphas", default="0,0.25,0.5,0.75,1.0,1.5", show_default=True, help="LM weights (--tune-split).")
+@click.option("--betas", default="0,0.5,1,2", show_default=True, help="Word bonuses (--tune-split).")
 @_friendly
-def report(run_dirs, out, split, corpus, lm, alpha, beta, beam_width, device):
+def report(run_dirs, out, split, corpus, lm, alpha, beta, beam_width, device, tune_split, alphas, betas):
     """Markdown table (WER/CER, parameters, size, speed) and PNG plots comparing trained runs."""
     from offline_kd.recipes import report as recipe
-    res = recipe.run(list(run_dirs), out, split, corpus, lm, alpha, beta, beam_width, device, log=_log)
+    if tune_split and not lm:
+        raise click.UsageError("--tune-split needs --lm")
+    res = recipe.run(list(run_dirs), out, split, corpus, lm, alpha, beta, beam_width, device, tune_split,
+                     _floats(alphas), _floats(betas), log=_log)
     click.echo(res["table"])
     click.echo(f"report: {res['report']}", err=True)
 

@@ -55,8 +55,9 @@ class BeamSearchDecoder:
         lm_path: KenLM model, ARPA text or KenLM binary; None decodes without an LM.
         alpha: LM weight. beta: word insertion bonus (added per word; only used with an LM).
         beam_width: beams kept per frame.
-        unigrams: the LM's word list; if None it is read from an ARPA file, or for a word
-            vocabulary with a binary LM taken from the vocabulary itself.
+        unigrams: the LM's word list; if None it is read from an ARPA file (for a binary LM, from the
+            ARPA file of the same name next to it, e.g. lm.arpa for lm.bin), or for a word vocabulary
+            with a binary LM taken from the vocabulary itself.
         num_processes: > 1 decodes a batch in a fork-context multiprocessing Pool.
     """
 
@@ -86,6 +87,8 @@ class BeamSearchDecoder:
         if lm_path is not None and unigrams is None:
             if _is_arpa(lm_path):
                 unigrams = read_arpa_unigrams(lm_path)
+            elif os.path.isfile(sidecar := os.path.splitext(lm_path)[0] + ".arpa") and _is_arpa(sidecar):
+                unigrams = read_arpa_unigrams(sidecar)   # a KenLM binary next to the ARPA it was built from
             elif tokenizer == "word":
                 unigrams = [t for t in tokens[1:] if t not in _SPECIAL_UNIGRAMS]
         try:

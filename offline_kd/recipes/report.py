@@ -37,8 +37,9 @@ def _kind(run: Path) -> str:
 
 def markdown_table(rows: list[dict], with_beam: bool) -> str:
     head = ["run", "type", "params", "size MB", "WER greedy", "CER greedy"]
+    tuned = with_beam and any("alpha" in r for r in rows)
     if with_beam:
-        head += ["WER beam", "CER beam"]
+        head += ["WER beam", "CER beam"] + (["alpha", "beta"] if tuned else [])
     head += ["best epoch", "decode frames/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -46,6 +47,8 @@ def markdown_table(rows: list[dict], with_beam: bool) -> str:
                  f"{r['wer']:.2f}", f"{r['cer']:.2f}"]
         if with_beam:
             cells += [f"{r.get('beam_wer', float('nan')):.2f}", f"{r.get('beam_cer', float('nan')):.2f}"]
+            if tuned:
+                cells += [f"{r['alpha']:g}", f"{r['beta']:g}"]
         cells += [str(r.get("best_epoch", "")), f"{r['frames_per_second']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -86,7 +89,11 @@ def _plots(rows: list[dict], curves: dict[str, list[dict]], out: Path) -> list[s
 
 
 def run(run_dirs: list[str], out: str, split: str = "test", corpus: str | None = None, lm: str | None = None,
-        alpha: float = 0.5, beta: float = 1.0, beam_width: int = 32, device: str = "auto", log=print) -> dict:
+        alpha: float = 0.5, beta: float = 1.0, beam_width: int = 32, device: str = "auto",
+        tune_split: str | None = None, alphas: list[float] | None = None, betas: list[float] | None = None,
+        log=print) -> dict:
+    """With `lm` and `tune_split`, alpha/beta are searched per run on `tune_split` (as `tune-lm` does) and the
+    best pair decodes `split`; with `lm` alone, every run is decoded with the given alpha and beta."""
     if not run_dirs:
         raise OfflineKDError("give at least one run directory")
     outdir = Path(out)
@@ -101,7 +108,13 @@ def run(run_dirs: list[str], out: str, split: str = "test", corpus: str | None =
         row = {"name": run_dir.name, "path": str(run_dir), "checkpoint": str(ckpt), "type": _kind(run_dir),
                **{k: res[k] for k in ("wer", "cer", "num_parameters", "model_size_mb", "frames_per_second",
                                       "num_utterances")}}
-        if lm:
+        if lm and tune_split:
+            from offline_kd.recipes import tune_lm
+            tuned = tune_lm.run(str(ckpt), lm, alphas or [alpha], betas or [beta], tune_split, split, corpus,
+                                beam_width, 1, device, log=lambda *_: None)["test"]
+            row.update({"beam_wer": tuned["beam_wer"], "beam_cer": tuned["beam_cer"], "alpha": tuned["alpha"],
+                        "beta": tuned["beta"]})
+        elif lm:
             beam = evaluate.run(str(ckpt), split, corpus, device, decoder="beam", lm=lm, alpha=alpha, beta=beta,
                                 beam_width=beam_width, log=log)
             row.update({"beam_wer": beam["wer"], "beam_cer": beam["cer"]})
@@ -116,7 +129,9 @@ def run(run_dirs: list[str], out: str, split: str = "test", corpus: str | None =
     table = markdown_table(rows, bool(lm))
     images = _plots(rows, curves, outdir)
     md = [f"# offline-kd report ({split} split)", "", table, "",
-          f"WER/CER in %, pooled over {rows[0]['num_utterances']} utterances; size = float32 weights.", ""]
+          f"WER/CER in %, pooled over {rows[0]['num_utterances']} utterances; size = float32 weights."
+          + (f" Beam search: KenLM `{lm}`, beam {beam_width}, " + (f"alpha/beta tuned per run on {tune_split}."
+             if tune_split else f"alpha {alpha:g}, beta {beta:g}.") if lm else ""), ""]
     md += [f"![{img}]({img})" for img in images]
     (outdir / "report.md").write_text("\n".join(md) + "\n")
     (outdir / "results.json").write_text(json.dumps(rows, indent=2) + "\n")

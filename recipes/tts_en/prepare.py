@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Synthesize the tts_en corpus: public-domain English text (the King James Bible from Debian's `bible-kjv`),
+spoken by espeak-ng with several voices, variants, rates and pitches, with noise at varied SNR; 80-dim log-mel
+features (25 ms window, 10 ms hop) per utterance as .npy, a JSONL manifest for `offline-kd data import`, and the
+language-model text (every training-partition sentence; no dev/test sentence).
+
+Splits use disjoint sentences. Dev and test use two accents and two voice variants that training never hears, for
+half of their utterances; the other half use training voices (new sentences).
+
+    python recipes/tts_en/prepare.py --out data/tts_en/raw [--num-train 3000 --num-dev 300 --num-test 300]
+
+Resumable: utterances whose feature file exists are not synthesized again. Deterministic for a given --seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from offline_kd.data.audio import log_mel, read_wav
+
+TRAIN_VOICES = ["en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029"]
+TRAIN_VARIANTS = ["m1", "m2", "m3", "m4", "f1", "f2", "f3"]
+HELD_OUT_VOICES = ["en-gb-x-gbcwmd", "en-gb-x-gbclan"]
+HELD_OUT_VARIANTS = ["m7", "f4"]
+BOOKS = "Gen1:1-Rev22:21"
+
+
+def die(msg: str) -> None:
+    print(f"prepare: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def bible_text() -> list[str]:
+    """Every KJV verse as one string, from the `bible` program (Debian package bible-kjv)."""
+    exe = shutil.which("bible")
+    if not exe:
+        die("the `bible` program was not found: apt-get install bible-kjv (public-domain King James text)")
+    out = subprocess.run([exe, "-l100000", BOOKS], capture_output=True, text=True, check=True).stdout
+    verses = []
+    for line in out.splitlines():
+        m = re.match(r"^\s+\d+\s+(.*)$", line)
+        if m:
+            verses.append(m.group(1))
+        elif line.strip() and verses and not line.startswith(" ") and not re.match(r"^[1-3 ]*[A-Z][a-z]+.* \d+$",
+                                                                                    line):
+            verses[-1] += " " + line.strip()
+    if len(verses) < 1000:
+        die(f"`bible` printed only {len(verses)} verses; is bible-kjv-text installed?")
+    return verses
+
+
+def normalise(text: str) -> str:
+    text = text.lower().replace("\u2019", "'")
+    text = re.sub(r"[^a-z' ]+", " ", text)
+    text = re.sub(r"\s*'\s*(?![a-z])|(?<![a-z])'", " ", text)     # keep apostrophes inside words only
+    return " ".join(text.split())
+
+
+def sentences(verses: list[str], min_words: int, max_words: int) -> list[str]:
+    """Clauses split at punctuation, short ones merged with their neighbour, normalised, deduplicated."""
+    out, seen = [], set()
+    for verse in verses:
+        pieces, cur = [], []
+        for clause in re.split(r"[.;:,?!()]", verse):
+            words = normalise(clause).split()
+            if not words:
+                continue
+            if cur and len(cur) + len(words) > max_words:
+                pieces.append(cur)
+                cur = []
+            cur += words
+            if len(cur) >= min_words:
+                pieces.append(cur)
+                cur = []
+        if cur and pieces and len(pieces[-1]) + len(cur) <= max_words:
+            pieces[-1] += cur
+        for p in pieces:
+            s = " ".join(p)
+            if min_words <= len(p) <= max_words and s not in seen:
+                seen.add(s)
+                out.append(s)
+    return out
+
+
+def plan(args) -> tuple[list[dict], list[str]]:
+    rng = random.Random(args.seed)
+    sents = sentences(bible_text(), args.min_words, args.max_words)
+    rng.shuffle(sents)
+    need = args.num_train + args.num_dev + args.num_test
+    if len(sents) < need:
+        die(f"only {len(sents)} distinct sentences for {need} utterances")
+    test, dev = sents[:args.num_test], sents[args.num_test:args.num_test + args.num_dev]
+    train_partition = sents[args.num_test + args.num_dev:]          # LM text: never a dev/test sentence
+    train = train_partition[:args.num_train]
+    rows = []
+    for split, texts in (("train", train), ("dev", dev), ("test", test)):
+        for i, text in enumerate(texts):
+            held = split != "train" and i % 2 == 0
+            if held and rng.random() < 0.5:
+                voice, variant = rng.choice(HELD_OUT_VOICES), rng.choice(TRAIN_VARIANTS + HELD_OUT_VARIANTS)
+            elif held:
+                voice, variant = rng.choice(TRAIN_VOICES), rng.choice(HELD_OUT_VARIANTS)
+            else:
+                voice, variant = rng.choice(TRAIN_VOICES), rng.choice(TRAIN_VARIANTS)
+            rows.append({"id": f"{split}_{i:05d}", "split": split, "text": text, "voice": voice,
+                         "variant": variant, "rate": rng.randint(140, 200), "pitch": rng.randint(30, 70),
+                         "snr_db": round(rng.uniform(args.snr_min, args.snr_max), 1),
+                         "noise": rng.choice(["white", "brown"]), "seed": rng.getrandbits(31)})
+    return rows, train_partition
+
+
+def synthesize(row: dict, feats_dir: str) -> tuple[str, int, float]:
+    """espeak-ng -> noisy waveform -> log-mel (per-utterance mean/variance normalised) -> .npy (atomic)."""
+    out = Path(feats_dir) / f"{row['id']}.npy"
+    if out.exists():
+        return row["id"], int(np.load(out, mmap_mode="r").shape[0]), -1.0
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "u.wav"
+        cmd = ["espeak-ng", "-v", f"{row['voice']}+{row['variant']}", "-s", str(row["rate"]),
+               "-p", str(row["pitch"]), "-w", str(wav), row["text"]]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0 or not wav.exists():
+            raise RuntimeError(f"{row['id']}: espeak-ng failed: {res.stderr.strip()[:200]}")
+        x, rate = read_wav(wav)
+    rng = np.random.default_rng(row["seed"])
+    noise = rng.standard_normal(x.size).astype(np.float32)
+    if row["noise"] == "brown":
+        noise = np.cumsum(noise)
+        noise -= np.convolve(noise, np.ones(401) / 401, mode="same")      # remove the drift, keep low tones
+    speech_power = float(np.mean(x[np.abs(x) > 0.01] ** 2)) if np.any(np.abs(x) > 0.01) else 1e-4
+    noise *= np.sqrt(speech_power / (np.mean(noise ** 2) + 1e-12) / 10 ** (row["snr_db"] / 10))
+    f = log_mel(x + noise, rate)
+    f = (f - f.mean(0)) / (f.std(0) + 1e-5)
+    tmp_out = out.with_suffix(".tmp.npy")
+    np.save(tmp_out, f.astype(np.float32))
+    os.replace(tmp_out, out)
+    return row["id"], f.shape[0], x.size / rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="Output folder (feats/, manifest.jsonl, lm_text.txt).")
+    ap.add_argument("--num-train", type=int, default=3000)
+    ap.add_argument("--num-dev", type=int, default=300)
+    ap.add_argument("--num-test", type=int, default=300)
+    ap.add_argument("--min-words", type=int, default=4)
+    ap.add_argument("--max-words", type=int, default=12)
+    ap.add_argument("--snr-min", type=float, default=5.0)
+    ap.add_argument("--snr-max", type=float, default=30.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    if not shutil.which("espeak-ng"):
+        die("espeak-ng was not found: apt-get install espeak-ng")
+    out = Path(args.out)
+    feats = out / "feats"
+    feats.mkdir(parents=True, exist_ok=True)
+    rows, lm_text = plan(args)
+    from tqdm import tqdm
+    seconds, frames = 0.0, {}
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futs = [pool.submit(synthesize, r, str(feats)) for r in rows]
+        for fut in tqdm(futs, desc="synthesize", unit="utt", file=sys.stderr):
+            uid, n, sec = fut.result()
+            frames[uid] = n
+            seconds += max(sec, 0.0)
+    with open(out / "manifest.jsonl.tmp", "w") as fh:
+        for r in rows:
+            fh.write(json.dumps({"id": r["id"], "features": f"feats/{r['id']}.npy", "text": r["text"],
+                                 "split": r["split"]}) + "\n")
+    os.replace(out / "manifest.jsonl.tmp", out / "manifest.jsonl")
+    (out / "utterances.jsonl").write_text("".join(json.dumps({**r, "frames": frames[r["id"]]}) + "\n"
+                                                  for r in rows))
+    (out / "lm_text.txt").write_text("\n".join(lm_text) + "\n")
+    hours = sum(frames.values()) / 100 / 3600
+    print(f"prepare: {len(rows)} utterances ({hours:.2f} h of speech), {len(lm_text)} LM sentences -> {out}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

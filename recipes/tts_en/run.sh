@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# tts_en recipe: distil a BiLSTM CTC teacher into a small student on speech synthesized by espeak-ng.
+#
+#   recipes/tts_en/run.sh            full size (about an hour on 2 CPU cores)
+#   recipes/tts_en/run.sh --quick    a handful of utterances and tiny models (a few minutes; the CI test)
+#
+# Steps: 1. synthesize + log-mel features (prepare.py)  2. `offline-kd data import` + validate
+#        3. 4-gram KenLM from training-partition text (lmplz, build_binary)  4. teacher, CTC-only baseline
+#        5. dump the teacher once (Zarr v3) + verify  6. distilled student from the cache
+#        7. report: greedy and beam+LM (alpha/beta tuned per model on dev) on test -> $RUNS/report/report.md
+# Needs: espeak-ng and bible-kjv (Debian), lmplz/build_binary (scripts/install_kenlm_tools.sh), offline-kd.
+# Idempotent: finished steps are skipped and interrupted training resumes; delete $DATA and $RUNS to start over.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+HERE=recipes/tts_en
+OKD="${OKD:-offline-kd}"
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+
+if [ "$QUICK" = 1 ]; then
+  NAME=tts_en_quick
+  SIZES=(--num-train 48 --num-dev 12 --num-test 12)
+  # tiny models, 2 epochs: checks the plumbing, not the accuracy
+  TEACHER=(--set model.hidden_dim=32 --set model.num_layers=4 --set train.epochs=2)
+  STUDENT=(--set model.hidden_dim=16 --set model.num_layers=3 --set train.epochs=2)
+  TUNE=(--alphas 0,0.5 --betas 0,1 --beam-width 8)
+else
+  NAME=tts_en
+  SIZES=(--num-train "${NUM_TRAIN:-3000}" --num-dev 300 --num-test 300)
+  TEACHER=() STUDENT=() TUNE=()
+fi
+DATA="${DATA:-data/$NAME}"
+RUNS="${RUNS:-runs/$NAME}"
+CACHE="${CACHE:-cache/${NAME}_teacher.zarr}"
+START=$(date +%s)
+for tool in espeak-ng bible lmplz build_binary; do
+  command -v "$tool" >/dev/null || { echo "run.sh: error: $tool not found (see $HERE/README.md, Requirements)" >&2; exit 2; }
+done
+
+# 1-2. corpus
+python "$HERE/prepare.py" --out "$DATA/raw" "${SIZES[@]}"
+if [ ! -f "$DATA/corpus/corpus.json" ]; then
+  $OKD data import --manifest "$DATA/raw/manifest.jsonl" --out "$DATA/corpus" --tokenizer char --word-separator "|"
+fi
+$OKD data validate --corpus "$DATA/corpus"
+
+# 3. language model: training-partition text only (no dev/test sentence)
+if [ ! -f "$DATA/lm/4gram.bin" ]; then
+  mkdir -p "$DATA/lm"
+  lmplz -o 4 --discount_fallback -S 20% -T "$DATA/lm" < "$DATA/raw/lm_text.txt" > "$DATA/lm/4gram.arpa" 2> "$DATA/lm/lmplz.log"
+  build_binary "$DATA/lm/4gram.arpa" "$DATA/lm/4gram.bin" > "$DATA/lm/build_binary.log" 2>&1
+fi
+
+# 4-6. teacher, baseline, dump, distilled student
+COMMON=(--set "data.corpus=$DATA/corpus")
+train() {  # train CMD CONFIG OUTDIR EXTRA...
+  local cmd=$1 cfg=$2 out=$3; shift 3
+  local resume=(); [ -f "$out/checkpoint_last.pt" ] && resume=(--resume)
+  $OKD "$cmd" --config "$cfg" "${resume[@]}" "${COMMON[@]}" --set "train.output_dir=$out" "$@"
+}
+train train "$HERE/configs/teacher.yaml" "$RUNS/teacher" "${TEACHER[@]}"
+train train "$HERE/configs/baseline.yaml" "$RUNS/baseline" "${STUDENT[@]}"
+$OKD dump-teacher --config "$HERE/configs/dump.yaml" --set "dump.teacher=$RUNS/teacher/checkpoint_best.pt" \
+  --set "dump.corpus=$DATA/corpus" --set "dump.output=$CACHE"
+$OKD cache verify "$CACHE" --teacher "$RUNS/teacher/checkpoint_best.pt" --sample 16
+train train-student "$HERE/configs/distill.yaml" "$RUNS/distilled" "${STUDENT[@]}" --set "distill.cache=$CACHE"
+
+# 7. comparison on test: greedy, and beam + LM with alpha/beta tuned on dev for each model
+$OKD report "$RUNS/teacher" "$RUNS/baseline" "$RUNS/distilled" --out "$RUNS/report" --split test \
+  --lm "$DATA/lm/4gram.bin" --tune-split dev "${TUNE[@]}"
+echo "tts_en: done in $(( ($(date +%s) - START) / 60 )) min $(( ($(date +%s) - START) % 60 )) s; report: $RUNS/report/report.md" >&2

@@ -1,0 +1,42 @@
+"""The tts_en recipe end to end in --quick mode (espeak-ng, bible-kjv, lmplz; .ci/run installs them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ("espeak-ng", "bible", "lmplz", "build_binary")
+
+
+def test_tts_en_quick(tmp_path):
+    missing = [t for t in TOOLS if not shutil.which(t)]
+    if missing:
+        if os.environ.get("OFFLINE_KD_REQUIRE_RECIPE_TOOLS"):
+            pytest.fail(f"recipe tools missing: {', '.join(missing)}")
+        pytest.skip(f"recipe tools missing: {', '.join(missing)} (see recipes/tts_en/README.md)")
+    env = dict(os.environ, DATA=str(tmp_path / "data"), RUNS=str(tmp_path / "runs"),
+               CACHE=str(tmp_path / "cache.zarr"), OKD=f"{sys.executable} -m offline_kd",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    res = subprocess.run([str(ROOT / "recipes/tts_en/run.sh"), "--quick"], env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads((tmp_path / "runs/report/results.json").read_text())
+    assert [r["name"] for r in rows] == ["teacher", "baseline", "distilled"]
+    for r in rows:   # greedy and tuned beam results, parameters
+        assert {"wer", "cer", "beam_wer", "beam_cer", "alpha", "beta", "num_parameters"} <= set(r)
+    assert rows[1]["num_parameters"] == rows[2]["num_parameters"]
+    manifest = [json.loads(x) for x in (tmp_path / "data/raw/manifest.jsonl").read_text().splitlines()]
+    by_split = {s: {m["text"] for m in manifest if m["split"] == s} for s in ("train", "dev", "test")}
+    assert not by_split["train"] & (by_split["dev"] | by_split["test"])        # disjoint sentences
+    lm_text = set((tmp_path / "data/raw/lm_text.txt").read_text().splitlines())
+    assert not lm_text & (by_split["dev"] | by_split["test"])                   # LM never saw dev/test text
+    assert (tmp_path / "data/lm/4gram.bin").is_file()
+    report = (tmp_path / "runs/report/report.md").read_text()
+    assert "alpha/beta tuned per run on dev" in report
