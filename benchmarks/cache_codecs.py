@@ -91,7 +91,7 @@ def main():
     if not args.keep:
         shutil.rmtree(tmp)
     f32 = rows[0]["f32"]
-    lines = [f"## Cache codecs: size and fidelity\n", f"`{command_line()}`\n",
+    lines = ["## Cache codecs: size and fidelity\n", f"`{command_line()}`\n",
              f"Machine: {machine()}. Teacher `{args.teacher}`, split `{args.split}` "
              f"({split_frames} frames), layers 2 and 4; float32 = {f32} bytes/frame. "
              f"KL is KL(live || cached) per frame in nats over {args.sample} sampled utterances; hidden error is "

@@ -98,7 +98,7 @@ def main():
     ctc = median(results["ctc"])
     online = median(results["online"])
     frames = int(sum(reader.lengths[i] for b in batches for i in b))
-    lines = [f"## Training throughput: CTC-only vs offline vs online distillation\n",
+    lines = ["## Training throughput: CTC-only vs offline vs online distillation\n",
              f"`{command_line()}`\n",
              f"Machine: {machine()}. Student 4 x BiLSTM(256), teacher {teacher.config.num_layers} x "
              f"BiLSTM({teacher.config.hidden_dim}), V = {len(corpus.vocab)}, {corpus.feature_dim}-dim input; "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 
 import click
@@ -31,6 +32,12 @@ def _friendly(fn):
 
 def _log(msg: str) -> None:
     click.echo(msg, err=True)
+
+
+def _result(out: dict) -> None:
+    """Print a command's JSON result (under torchrun: once, from rank 0)."""
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(json.dumps(out))
 
 
 set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -125,7 +132,7 @@ def train(config_path, resume, overrides):
     from offline_kd.recipes import train as recipe
     cfg = load_config(config_path, ExperimentConfig, list(overrides))
     out = recipe.run(cfg, resume=resume, log=_log)
-    click.echo(json.dumps(out))
+    _result(out)
 
 
 @main.command("train-student")
@@ -142,7 +149,7 @@ def train_student(config_path, resume, online_teacher, overrides):
     from offline_kd.recipes import train_student as recipe
     cfg = load_config(config_path, ExperimentConfig, list(overrides))
     out = recipe.run(cfg, resume=resume, online_teacher=online_teacher, log=_log)
-    click.echo(json.dumps(out))
+    _result(out)
 
 
 @main.command("dump-teacher")
@@ -156,7 +163,7 @@ def dump_teacher(config_path, overwrite, overrides):
     from offline_kd.recipes import dump_teacher as recipe
     cfg = load_config(config_path, DumpRootConfig, list(overrides))
     out = recipe.run(cfg.dump, overwrite=overwrite, log=_log)
-    click.echo(json.dumps(out))
+    _result(out)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

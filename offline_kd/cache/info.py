@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from offline_kd.cache.layout import open_group, read_meta
+from offline_kd.cache.writer import split_progress
 
 
 def _stored_bytes(arr) -> int:
@@ -32,7 +33,7 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
         frames = int(g.attrs.get("num_frames", 0))
         total_frames += frames
         splits[s] = {"utterances": int(g.attrs.get("num_utterances", 0)), "frames": frames,
-                     "utterances_done": int(g.attrs.get("utterances_done", 0)),
+                     "utterances_done": split_progress(g)[1] if g.attrs.get("created") else 0,
                      "complete": bool(g.attrs.get("complete")), "bytes": fields}
         for k, b in fields.items():
             totals[k] = totals.get(k, 0) + b

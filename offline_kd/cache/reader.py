@@ -99,8 +99,9 @@ class TeacherCache:
         self.root = open_group(self.path, "r", storage_options)
         self.meta = read_meta(self.root, self.path)
         if require_complete and not self.meta.get("complete"):
-            done = {s: f"{self.root[s].attrs.get('utterances_done', 0)}/{self.root[s].attrs.get('num_utterances')}"
-                    for s in self.meta.get("splits", []) if s in self.root}
+            from offline_kd.cache.writer import split_progress
+            done = {s: f"{split_progress(self.root[s])[1]}/{self.root[s].attrs.get('num_utterances')}"
+                    for s in self.meta.get("splits", []) if s in self.root and self.root[s].attrs.get("created")}
             raise OfflineKDError(f"{self.path}: the cache is incomplete (utterances written per split: {done}); "
                                  f"rerun the same `offline-kd dump-teacher` command to finish it")
         self.lp_codec, self.hidden_codecs = build_codecs(self.meta, self.root)

@@ -15,6 +15,7 @@ import torch
 
 from offline_kd.cache.layout import utterance_checksum
 from offline_kd.cache.reader import TeacherCache
+from offline_kd.cache.writer import shard_starts, shards_done
 from offline_kd.data.distill_dataset import collapse_best_path
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
@@ -30,25 +31,46 @@ def kl_per_frame(live: np.ndarray, cached: np.ndarray, temperature: float) -> np
     return (p.exp() * (p - q)).sum(-1).clamp_min(0).numpy()
 
 
+def _stored_checksums(split) -> tuple[np.ndarray, np.ndarray]:
+    """(checksums, whole): per utterance, its stored checksum and whether all its frames are stored. A complete
+    split has them in `checksum`; an incomplete one in the per-shard rows of the shards written so far."""
+    g = split.group
+    if g.attrs.get("complete"):
+        return g["checksum"][:], np.ones(len(split), dtype=bool)
+    done = shards_done(g)
+    sf = int(g.attrs["shard_frames"])
+    starts = shard_starts(split.offsets, sf)
+    rows = g["_progress/checksums"][:]
+    sums = np.zeros(len(split), np.uint32)
+    for sh in np.flatnonzero(done):
+        sums[starts[sh]:starts[sh + 1]] = rows[sh, :starts[sh + 1] - starts[sh]]
+    missing = np.concatenate([[0], np.cumsum(~done)])
+    first, last = split.offsets[:-1] // sf, (split.offsets[1:] - 1) // sf
+    return sums, missing[last + 1] - missing[first] == 0
+
+
 def structural_check(cache: TeacherCache, log=print) -> dict:
     problems, checked = [], 0
     for s in cache.splits:
-        if s not in cache.root or "frames_done" not in cache.root[s].attrs:
+        if s not in cache.root or not cache.root[s].attrs.get("created"):
             problems.append(f"{s}: not started")
             continue
         split = cache.split(s)
-        sums = split.group["checksum"][:]
-        n = int(split.attrs.get("utterances_done", len(split)))   # an incomplete split: what is written
+        sums, whole = _stored_checksums(split)       # an incomplete split: only what is written
         if np.any(np.diff(split.offsets) < 0) or split.offsets[0] != 0:
             problems.append(f"{s}: offsets are not increasing")
         expected = (split.input_frames + cache.meta["subsampling"] - 1) // cache.meta["subsampling"]
         bad_len = np.nonzero(np.diff(split.offsets) != expected)[0]
         problems += [f"{s}/{split.utterance_ids[i]}: {int(np.diff(split.offsets)[i])} frames stored, "
                      f"{int(expected[i])} expected" for i in bad_len[:10]]
-        lo = 0
+        n, lo = len(split), 0
         while lo < n:
+            if not whole[lo]:
+                lo += 1
+                continue
             hi = int(np.searchsorted(split.offsets, split.offsets[lo] + _READ_FRAMES, side="right"))
             hi = min(max(hi - 1, lo + 1), n)
+            hi = lo + int(np.argmin(whole[lo:hi])) if not whole[lo:hi].all() else hi
             raw = split.read_raw(lo, hi)
             base = int(split.offsets[lo])
             for path, arr in raw.items():

@@ -1,10 +1,16 @@
-"""Creating a cache split and writing it from a background thread, shard by shard, resumably.
+"""Creating a cache split and writing it from a background thread, shard by shard, resumably, from one or many
+processes.
 
-The teacher produces batches in the dump plan's order; `SplitWriter.put` hands each batch to a bounded queue and a
-background thread encodes it, buffers frames until a whole shard is ready and writes the shard once. Only after a
-shard is stored does the split's `frames_done` advance (an atomic attribute update), so a process killed at any
-moment (SIGKILL included) leaves a cache whose recorded progress is always backed by complete data: the rerun
-recomputes from the first batch that reaches past `frames_done` and writes the very same bytes.
+Per-frame arrays are stored in shards of `shard_frames` frames. A writer owns a set of target shards (all of them in
+a single-process dump; a contiguous block per rank under torchrun) and is the only process that ever writes them:
+no two writers touch the same chunk, shard or object. The teacher produces batches in the dump plan's order;
+`SplitWriter.put` hands each batch to a bounded queue and a background thread encodes it, buffers frames until one
+of its shards is complete and writes that shard once. Only then does it store the shard's per-utterance checksums
+(`_progress/checksums`, one object per shard) and its done flag (`_progress/shard_done`, one object per shard), so a
+process killed at any moment (SIGKILL included) leaves flags that are always backed by complete data: a rerun, with
+any number of processes, recomputes only the batches that reach into shards not flagged done and writes the very
+same bytes. `finalize_split` (one process, after every writer finished) gathers the checksums into `checksum` and
+marks the split complete.
 """
 
 from __future__ import annotations
@@ -20,15 +26,26 @@ from offline_kd.cache.layout import compressors, field_arrays, utterance_checksu
 from offline_kd.errors import OfflineKDError
 
 _STOP = object()     # flush everything and mark the split complete
-_ABORT = object()    # flush whole shards only (an error or interrupt in the main thread)
+_ABORT = object()    # stop now (an error or interrupt in the main thread); written shards stay flagged
+
+
+def shard_starts(offsets: np.ndarray, shard_frames: int) -> np.ndarray:
+    """(num_shards + 1,) positions: utterances whose first frame lies in shard s are starts[s]:starts[s+1]."""
+    total = int(offsets[-1])
+    num_shards = max(1, -(-total // shard_frames))
+    bounds = np.arange(num_shards + 1, dtype=np.int64) * shard_frames
+    return np.searchsorted(offsets[:-1], bounds, side="left").astype(np.int64)
 
 
 def create_split(root: zarr.Group, name: str, utterance_ids: list[str], offsets: np.ndarray,
                  input_frames: np.ndarray, feature_hashes: list[str], fields: list, chunk_frames: int,
                  shard_chunks: int, compressor: str, level: int) -> zarr.Group:
-    """Create the split group with its per-utterance index and empty per-frame arrays."""
+    """Create the split group with its per-utterance index, empty per-frame arrays and progress records."""
     g = root.create_group(name, overwrite=True)
     n, total = len(utterance_ids), int(offsets[-1])
+    shard_frames = chunk_frames * shard_chunks
+    starts = shard_starts(np.asarray(offsets, np.int64), shard_frames)
+    per_shard = max(1, int(np.diff(starts).max()))
 
     def small(key, data, dtype):
         a = g.create_array(key, shape=data.shape, chunks=(max(1, len(data)),), dtype=dtype,
@@ -39,33 +56,80 @@ def create_split(root: zarr.Group, name: str, utterance_ids: list[str], offsets:
     small("input_frames", np.asarray(input_frames, np.int64), "int64")
     small("feature_sha256", np.asarray(feature_hashes, dtype=object), str)
     g.create_array("checksum", shape=(n,), chunks=(max(1, n),), dtype="uint32", fill_value=0)
+    num_shards = len(starts) - 1
+    g.create_array("_progress/shard_done", shape=(num_shards,), chunks=(1,), dtype="uint8", fill_value=0)
+    g.create_array("_progress/checksums", shape=(num_shards, per_shard), chunks=(1, per_shard), dtype="uint32",
+                   fill_value=0)
     for path, shape, dtype in fields:
         g.create_array(path, shape=(total, *shape), chunks=(chunk_frames, *shape),
-                       shards=(chunk_frames * shard_chunks, *shape), dtype=dtype, fill_value=0,
+                       shards=(shard_frames, *shape), dtype=dtype, fill_value=0,
                        compressors=compressors(compressor, level))
-    g.attrs.update({"num_utterances": n, "num_frames": total, "frames_done": 0, "utterances_done": 0,
-                    "complete": False})
+    g.attrs.update({"num_utterances": n, "num_frames": total, "shard_frames": shard_frames,
+                    "num_shards": num_shards, "complete": False, "created": True})
     return g
 
 
+def shards_done(group: zarr.Group) -> np.ndarray:
+    """(num_shards,) bool: which shards of a split are stored."""
+    if group.attrs.get("complete"):
+        return np.ones(int(group.attrs["num_shards"]), dtype=bool)
+    return group["_progress/shard_done"][:].astype(bool)
+
+
+def split_progress(group: zarr.Group) -> tuple[int, int]:
+    """(frames, utterances) of a split whose data is stored (for an incomplete split: in flagged shards)."""
+    n, total = int(group.attrs["num_utterances"]), int(group.attrs["num_frames"])
+    if group.attrs.get("complete"):
+        return total, n
+    done = shards_done(group)
+    sf = int(group.attrs["shard_frames"])
+    frames = sum(min((s + 1) * sf, total) - s * sf for s in np.flatnonzero(done))
+    offsets = group["offset"][:]
+    missing = np.concatenate([[0], np.cumsum(~done)])
+    first, last = offsets[:-1] // sf, (offsets[1:] - 1) // sf
+    whole = int(np.sum(missing[last + 1] - missing[first] == 0))
+    return int(frames), whole
+
+
+def finalize_split(group: zarr.Group) -> None:
+    """Gather the per-shard checksums into `checksum` and mark the split complete (every shard must be stored)."""
+    done = group["_progress/shard_done"][:].astype(bool)
+    if not done.all():
+        missing = np.flatnonzero(~done)
+        raise OfflineKDError(f"split {group.basename}: {len(missing)} of {len(done)} shards were not written "
+                             f"(first missing: {missing[0]}); rerun the same dump to finish them")
+    offsets = group["offset"][:]
+    starts = shard_starts(offsets, int(group.attrs["shard_frames"]))
+    rows = group["_progress/checksums"][:]
+    checksum = np.concatenate([rows[s, :starts[s + 1] - starts[s]] for s in range(len(starts) - 1)])
+    group["checksum"][:] = checksum.astype(np.uint32)
+    group.attrs.update({"complete": True})
+
+
 class SplitWriter:
-    """Background writer for one split. `put(outputs)` takes a batch of consecutive utterances in plan order:
-    a list of (plan position, {"log_probs": (T', V), "best_path": (T',), "hidden": {L: (T', H)}}) numpy arrays."""
+    """Background writer of one split's `targets` shards. `put(outputs)` takes a batch of consecutive utterances in
+    plan order: a list of (plan position, {"log_probs": (T', V), "best_path": (T',), "hidden": {L: (T', H)}})
+    numpy arrays. Batches must come in plan order; batches that touch none of the targets may be left out."""
 
     def __init__(self, group: zarr.Group, log_prob_codec, hidden_codecs: dict, shard_frames: int,
-                 queue_size: int = 4):
+                 targets: list[int], queue_size: int = 4):
         self.g = group
         self.lp_codec, self.hidden_codecs = log_prob_codec, hidden_codecs
         self.paths = [p for p, _, _ in field_arrays(log_prob_codec, hidden_codecs)]
         self.arrays = {p: group[p] for p in self.paths}
+        self.done_flags, self.checksum_rows = group["_progress/shard_done"], group["_progress/checksums"]
         self.offsets = group["offset"][:]
         self.total = int(self.offsets[-1])
         self.shard_frames = shard_frames
-        self.frames_done = int(group.attrs["frames_done"])
+        self.starts = shard_starts(self.offsets, shard_frames)
+        self.targets = sorted(int(t) for t in targets)
+        self.target_set = set(self.targets)
+        self.next = 0                               # index into targets of the next shard to write
         self.buf: dict[str, list[np.ndarray]] = {p: [] for p in self.paths}
-        self.buf_start = self.frames_done          # frame index of the first buffered frame
+        self.buf_start = 0                          # frame index of the first buffered frame
         self.buf_frames = 0
-        self.checksums: dict[int, int] = {}        # plan position -> crc, until its frames are stored
+        self.checksums: dict[int, int] = {}         # plan position -> crc, until its shard's row is stored
+        self.shards_written = 0
         self.q: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
         self.error: Optional[BaseException] = None
         self.thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
@@ -87,14 +151,14 @@ class SplitWriter:
             raise self.error or OfflineKDError("the cache writer stopped unexpectedly")
 
     def close(self) -> None:
-        """Flush everything, mark the split complete, re-raise any writer error."""
+        """Write what is left of the targets, re-raise any writer error."""
         self._send(_STOP)
         self.thread.join()
         if self.error is not None:
             raise self.error
 
     def abort(self) -> None:
-        """Store the whole shards already computed (a rerun resumes after them) and stop."""
+        """Stop; the shards already written stay flagged, a rerun resumes after them."""
         self._send(_ABORT)
         self.thread.join()
 
@@ -104,14 +168,12 @@ class SplitWriter:
             while True:
                 item = self.q.get()
                 if item is _ABORT:
-                    self._flush(final=False)
                     return
                 if item is _STOP:
-                    self._flush(final=True)
-                    if self.frames_done != self.total:
-                        raise OfflineKDError(f"split {self.g.basename}: {self.frames_done} of {self.total} frames "
-                                             f"written at the end of the dump (internal error)")
-                    self.g.attrs.update({"complete": True})
+                    self._flush()
+                    if self.next != len(self.targets):
+                        raise OfflineKDError(f"split {self.g.basename}: shard {self.targets[self.next]} did not "
+                                             f"receive all its frames by the end of the dump (internal error)")
                     return
                 self._add(item)
         except BaseException as exc:  # surfaced in the main thread by put()/close()
@@ -133,45 +195,56 @@ class SplitWriter:
         return enc, spans
 
     def _add(self, outputs: list) -> None:
-        first = outputs[0][0]
-        start = int(self.offsets[first])
+        start = int(self.offsets[outputs[0][0]])
         enc, spans = self._encode(outputs)
         for p, lo, hi in spans:
             if int(self.offsets[p + 1]) - int(self.offsets[p]) != hi - lo:
                 raise OfflineKDError(f"utterance at plan position {p}: teacher produced {hi - lo} frames, "
                                      f"plan says {int(self.offsets[p + 1]) - int(self.offsets[p])}")
-            self.checksums[p] = utterance_checksum(enc, lo, hi)
-        # on resume the first batch may start before frames_done: drop what is already stored
-        skip = max(0, self.buf_start + self.buf_frames - start)
-        if start + skip != self.buf_start + self.buf_frames:
+            if int(self.offsets[p]) // self.shard_frames in self.target_set:
+                self.checksums[p] = utterance_checksum(enc, lo, hi)
+        end = self.buf_start + self.buf_frames
+        if self.buf_frames and start < end:
             raise OfflineKDError("cache writer received batches out of plan order (internal error)")
+        if start > end or not self.buf_frames:     # a gap: batches that touch none of the targets were skipped
+            self.buf = {p: [] for p in self.paths}
+            self.buf_start, self.buf_frames = start, 0
         for path in self.paths:
-            self.buf[path].append(enc[path][skip:])
-        self.buf_frames += len(enc["best_path"]) - skip
-        self._flush(final=False)
+            self.buf[path].append(enc[path])
+        self.buf_frames += len(enc["best_path"])
+        self._flush()
 
-    def _flush(self, final: bool) -> None:
-        while self.buf_frames > 0:
-            # write up to the next shard boundary, or everything at the end
-            boundary = (self.buf_start // self.shard_frames + 1) * self.shard_frames
-            end = min(boundary, self.total)
-            if self.buf_start + self.buf_frames < end and not final:
+    def _take(self, lo: int, hi: int) -> dict:
+        """Frames [lo, hi) of the buffer; everything before hi is dropped from it."""
+        out = {}
+        for path in self.paths:
+            block = np.concatenate(self.buf[path]) if len(self.buf[path]) > 1 else self.buf[path][0]
+            out[path] = block[lo - self.buf_start:hi - self.buf_start]
+            self.buf[path] = [block[hi - self.buf_start:]]
+        self.buf_frames -= hi - self.buf_start
+        self.buf_start = hi
+        return out
+
+    def _flush(self) -> None:
+        while self.next < len(self.targets) and self.buf_frames:
+            s = self.targets[self.next]
+            lo, hi = s * self.shard_frames, min((s + 1) * self.shard_frames, self.total)
+            end = self.buf_start + self.buf_frames
+            if end <= lo:
                 return
-            n = min(end, self.buf_start + self.buf_frames) - self.buf_start
+            if self.buf_start > lo:
+                raise OfflineKDError(f"split {self.g.basename}: frames of shard {s} were never received "
+                                     f"(internal error)")
+            if end < hi:
+                return
+            block = self._take(lo, hi)
             for path in self.paths:
-                block = np.concatenate(self.buf[path]) if len(self.buf[path]) > 1 else self.buf[path][0]
-                self.arrays[path][self.buf_start:self.buf_start + n] = block[:n]
-                self.buf[path] = [block[n:]]
-            self.buf_start += n
-            self.buf_frames -= n
-            self._commit(self.buf_start)
-
-    def _commit(self, frames_done: int) -> None:
-        """Record checksums of utterances now fully stored, then advance the split's progress."""
-        done = [p for p in sorted(self.checksums) if self.offsets[p + 1] <= frames_done]
-        if done:
-            arr = self.g["checksum"]
-            arr[done[0]:done[-1] + 1] = np.asarray([self.checksums.pop(p) for p in done], np.uint32)
-        n_done = int(np.searchsorted(self.offsets[1:], frames_done, side="right"))
-        self.frames_done = frames_done
-        self.g.attrs.update({"frames_done": frames_done, "utterances_done": n_done})
+                self.arrays[path][lo:hi] = block[path]
+            a, b = int(self.starts[s]), int(self.starts[s + 1])
+            if b > a:
+                row = np.zeros(self.checksum_rows.shape[1], np.uint32)
+                row[:b - a] = [self.checksums.pop(p) for p in range(a, b)]
+                self.checksum_rows[s] = row
+            self.done_flags[s] = 1
+            self.shards_written += 1
+            self.next += 1

@@ -32,11 +32,13 @@ def make_batches(lengths: np.ndarray, indices: np.ndarray, batch_size: int | Non
 
 
 def shard_batches(batches: list, rank: int, world_size: int) -> list:
-    """This rank's share of the batches; every rank gets the same number (the remainder is dropped)."""
+    """This rank's share of the batches, dealt round-robin (rank r gets batches r, r + N, ...), so that step k of
+    N ranks sees batches kN..kN+N-1, as N accumulation steps of one process would. Every rank gets the same
+    number; the remainder (< N batches per epoch) is dropped."""
     if world_size <= 1:
         return batches
     n = len(batches) // world_size
-    return batches[rank * n:(rank + 1) * n]
+    return batches[rank:n * world_size:world_size]
 
 
 class BucketBatchSampler:

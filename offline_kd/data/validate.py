@@ -59,7 +59,7 @@ def validate_split(reader: SplitReader, vocab: Vocabulary, feature_dim: int, sub
             need = ctc_min_frames(vocab.encode(text))
             have = output_frames(int(reader.lengths[i]), subsampling)
             if need > have:
-                problems[f"transcript longer than the model's output frames (CTC cannot align it)"].append(
+                problems["transcript longer than the model's output frames (CTC cannot align it)"].append(
                     f"{utt} ({need} > {have})")
                 bad = True
         if not bad:

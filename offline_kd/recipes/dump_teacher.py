@@ -3,6 +3,11 @@
 The dump plan (utterance order, batches, frame offsets) is a pure function of the corpus and the dump config, so
 an interrupted dump resumes on exactly the same batches and the finished cache is byte-identical to an
 uninterrupted one. Teacher inference overlaps encoding and writing, which run in a background thread.
+
+Under torchrun (`torchrun --nproc_per_node N -m offline_kd dump-teacher ...`) rank 0 prepares the store, every rank
+computes the batches that reach into its own contiguous block of shards and writes only those shards, and rank 0
+finalises the metadata after every rank has finished. Progress is recorded per shard, so a rerun with any number of
+processes resumes after whatever was stored, and the arrays equal those of a single-process dump.
 """
 
 from __future__ import annotations
@@ -21,13 +26,15 @@ from offline_kd import __version__
 from offline_kd.cache.codecs import (Float16Hidden, Float16LogProbs, Float32Hidden, Float32LogProbs, Int8Hidden,
                                      LowRankHidden, TopKLogProbs)
 from offline_kd.cache.layout import FORMAT_VERSION, META_KEY, field_arrays, open_group
-from offline_kd.cache.writer import SplitWriter, create_split
+from offline_kd.cache.reader import build_codecs
+from offline_kd.cache.writer import SplitWriter, create_split, finalize_split, shards_done
 from offline_kd.config import CodecConfig, DumpConfig
 from offline_kd.data.corpus import Corpus, feature_sha256
 from offline_kd.errors import OfflineKDError
 from offline_kd.recipes.common import open_split
+from offline_kd.training import distributed
 from offline_kd.training.checkpoint import file_sha256, model_from_checkpoint, weights_sha256
-from offline_kd.training.inference import iterate_outputs, loader_for, resolve_device, sorted_batches
+from offline_kd.training.inference import iterate_outputs, loader_for, sorted_batches
 
 
 def make_codecs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int]):
@@ -114,9 +121,79 @@ def _refuse_foreign_directory(output: str, overwrite: bool) -> None:
                                  f"choose another dump.output (it is never replaced, not even with --overwrite)")
 
 
+def _prepare_store(cfg: DumpConfig, meta: dict, plans: dict, model, vocab, hidden_codecs, device, overwrite: bool,
+                   log) -> dict:
+    """(rank 0 only) Open, check or (re)create the cache and every split's arrays before any rank writes."""
+    _refuse_foreign_directory(cfg.output, overwrite)
+    root = open_group(cfg.output, "a", cfg.storage_options)
+    old = root.attrs.get(META_KEY)
+    resume = False
+    if isinstance(old, dict):
+        if old.get("identity_sha256") == meta["identity_sha256"] and not overwrite:
+            resume = True
+            if old.get("complete"):
+                return {"resume": True, "complete": True}
+        elif not overwrite:
+            raise OfflineKDError(
+                f"{cfg.output} holds a cache from another teacher, corpus or dump config "
+                f"(teacher {old.get('teacher', {}).get('sha256', '?')[:12]}, created {old.get('created', '?')}); "
+                f"use --overwrite to replace it or choose another dump.output")
+    elif len(list(root.keys())) and not overwrite:
+        raise OfflineKDError(f"{cfg.output} exists and is not an offline-kd cache; use --overwrite or another path")
+    if not resume:
+        # fit before anything is replaced: a fit that fails must not have wiped the old cache
+        fitted = _fit_lowrank(model, vocab, plans, cfg, hidden_codecs, device, log) \
+            if cfg.codecs.hidden == "lowrank" else {}
+        root = open_group(cfg.output, "w", cfg.storage_options)
+        for L, (basis, mean) in fitted.items():
+            g = root.require_group(f"lowrank/hidden_{L}")
+            for key, arr in (("basis", basis), ("mean", mean)):
+                a = g.create_array(key, shape=arr.shape, dtype="float32", chunks=arr.shape)
+                a[:] = arr
+        root.attrs.update({META_KEY: meta})
+    codecs = _stored_codecs(root)
+    fields = field_arrays(codecs[0], codecs[1])
+    for split in cfg.splits:
+        if resume and split in root and root[split].attrs.get("created"):
+            continue                               # (a split killed while being created is made again)
+        p = plans[split]
+        reader = p["reader"]
+        create_split(root, split, [reader.utterance_ids[i] for i in p["order"]], p["offsets"],
+                     reader.lengths[p["order"]], p["hashes"], fields, cfg.chunk_frames, cfg.shard_chunks,
+                     cfg.codecs.compressor, cfg.codecs.level)
+    return {"resume": resume, "complete": False}
+
+
+def _stored_codecs(root):
+    """The log-prob codec and hidden codecs with their stored state (the low-rank bases live in the cache)."""
+    return build_codecs(root.attrs[META_KEY], root)
+
+
+def _needed_batches(p: dict, mine: np.ndarray, shard_frames: int) -> list[tuple[int, list[int]]]:
+    """(plan position of the first utterance, batch) for every batch whose frames reach into a shard in `mine`."""
+    offsets, starts = p["offsets"], np.cumsum([0] + [len(b) for b in p["batches"]])
+    wanted = np.zeros(int(-(-offsets[-1] // shard_frames)) + 1, dtype=np.int64)
+    wanted[mine] = 1
+    cum = np.concatenate([[0], np.cumsum(wanted)])
+    out = []
+    for bi, batch in enumerate(p["batches"]):
+        lo, hi = int(offsets[starts[bi]]), int(offsets[starts[bi + 1]])
+        if hi > lo and cum[(hi - 1) // shard_frames + 1] - cum[lo // shard_frames] > 0:
+            out.append((int(starts[bi]), batch))
+    return out
+
+
 def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
-    device = resolve_device(cfg.device)
-    model, vocab, ckpt = model_from_checkpoint(cfg.teacher, device)
+    """Dump the teacher; under torchrun every rank writes its own block of shards and rank 0 finalises."""
+    env, device = distributed.setup(cfg.device)
+    try:
+        return _run(cfg, overwrite, env, device, log if env.is_main else (lambda *_: None))
+    finally:
+        distributed.shutdown()
+
+
+def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
+    model, vocab, _ = model_from_checkpoint(cfg.teacher, device)
     corpus = Corpus(cfg.corpus)
     if corpus.vocab.tokens != vocab.tokens:
         raise OfflineKDError(f"the vocabulary of {corpus.dir} differs from the teacher's ({cfg.teacher})")
@@ -147,78 +224,47 @@ def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
     }
     meta["identity_sha256"] = _identity(meta, plans)
 
-    _refuse_foreign_directory(cfg.output, overwrite)
-    root = open_group(cfg.output, "a", cfg.storage_options)
-    old = root.attrs.get(META_KEY)
-    resume = False
-    if isinstance(old, dict):
-        if old.get("identity_sha256") == meta["identity_sha256"] and not overwrite:
-            resume = True
-            if old.get("complete"):
-                log(f"{cfg.output}: already complete, nothing to do")
-                return {"cache": cfg.output, "resumed": True, "frames_written": 0}
-            meta["created"] = old["created"]
-            if old["codecs"]["hidden"] and "lowrank" in json.dumps(old["codecs"]["hidden"]):
-                meta["codecs"] = old["codecs"]
-        elif not overwrite:
-            raise OfflineKDError(
-                f"{cfg.output} holds a cache from another teacher, corpus or dump config "
-                f"(teacher {old.get('teacher', {}).get('sha256', '?')[:12]}, created {old.get('created', '?')}); "
-                f"use --overwrite to replace it or choose another dump.output")
-    elif len(list(root.keys())) and not overwrite:
-        raise OfflineKDError(f"{cfg.output} exists and is not an offline-kd cache; use --overwrite or another path")
-    if not resume:
-        # fit before anything is replaced: a fit that fails must not have wiped the old cache
-        fitted = _fit_lowrank(model, vocab, plans, cfg, hidden_codecs, device, log) \
-            if cfg.codecs.hidden == "lowrank" else {}
-        root = open_group(cfg.output, "w", cfg.storage_options)
-        if fitted:
-            for L, (basis, mean) in fitted.items():
-                g = root.require_group(f"lowrank/hidden_{L}")
-                for key, arr in (("basis", basis), ("mean", mean)):
-                    a = g.create_array(key, shape=arr.shape, dtype="float32", chunks=arr.shape)
-                    a[:] = arr
-        root.attrs.update({META_KEY: meta})
-    if cfg.codecs.hidden == "lowrank":
-        hidden_codecs = {L: c.with_state(root[f"lowrank/hidden_{L}/basis"][:], root[f"lowrank/hidden_{L}/mean"][:])
-                         for L, c in hidden_codecs.items()}
-    fields = field_arrays(lp_codec, hidden_codecs)
+    state = distributed.run_on_main(lambda: _prepare_store(cfg, meta, plans, model, vocab, hidden_codecs, device,
+                                                           overwrite, log), env)
+    if state["complete"]:
+        log(f"{cfg.output}: already complete, nothing to do")
+        return {"cache": cfg.output, "resumed": True, "frames_written": 0}
+    root = open_group(cfg.output, "r+", cfg.storage_options)
+    stored = root.attrs.get(META_KEY, {})
+    if stored.get("identity_sha256") != meta["identity_sha256"]:
+        raise OfflineKDError(f"rank {env.rank}: {cfg.output} was prepared for another dump plan than this rank's "
+                             f"(every rank must run the same command on the same corpus and teacher)")
+    lp_codec, hidden_codecs = _stored_codecs(root)
+    shard_frames = cfg.chunk_frames * cfg.shard_chunks
 
-    totals = {"frames": 0, "utterances": 0, "seconds": 0.0}
+    totals = {"frames": 0, "utterances": 0, "seconds": 0.0, "shards": 0}
     for split in cfg.splits:
         p = plans[split]
         reader = p["reader"]
-        ids = [reader.utterance_ids[i] for i in p["order"]]
-        if not resume or split not in root or "frames_done" not in root[split].attrs:   # (killed while creating)
-            g = create_split(root, split, ids, p["offsets"], reader.lengths[p["order"]], p["hashes"], fields,
-                             cfg.chunk_frames, cfg.shard_chunks, cfg.codecs.compressor, cfg.codecs.level)
-        else:
-            g = root[split]
-            if g.attrs.get("complete"):
-                log(f"{split}: already complete")
-                continue
-        frames_done = int(g.attrs["frames_done"])
-        # first batch that reaches past what is stored
-        starts = np.cumsum([0] + [len(b) for b in p["batches"]])
-        first = 0
-        for bi in range(len(p["batches"])):
-            if p["offsets"][starts[bi + 1]] > frames_done:
-                first = bi
-                break
-        else:
-            first = len(p["batches"])
-        if frames_done:
-            log(f"{split}: resuming at frame {frames_done}/{int(p['offsets'][-1])} (batch {first + 1}/{len(p['batches'])})")
-        writer = SplitWriter(g, lp_codec, hidden_codecs, cfg.chunk_frames * cfg.shard_chunks, cfg.writer_queue)
-        todo = p["batches"][first:]
-        pos = int(starts[first])
-        bar = tqdm(total=int(p["offsets"][-1]) - frames_done, unit="frame", unit_scale=True,
-                   desc=f"dump {split}", disable=not cfg.progress, dynamic_ncols=True)
+        g = root[split]
+        if g.attrs.get("complete"):
+            log(f"{split}: already complete")
+            continue
+        done = shards_done(g)
+        blocks = np.array_split(np.arange(len(done)), env.world_size)
+        mine = np.asarray([s for s in blocks[env.rank] if not done[s]], dtype=np.int64)
+        if done.any():
+            log(f"{split}: resuming, {int(done.sum())} of {len(done)} shards already stored")
+        if not len(mine):
+            continue
+        todo = _needed_batches(p, mine, shard_frames)
+        total = int(p["offsets"][-1])
+        mine_frames = int(sum(min((s + 1) * shard_frames, total) - s * shard_frames for s in mine))
+        writer = SplitWriter(g, lp_codec, hidden_codecs, shard_frames, mine.tolist(), cfg.writer_queue)
+        bar = tqdm(total=sum(int(p["offsets"][q + len(b)] - p["offsets"][q]) for q, b in todo), unit="frame",
+                   unit_scale=True, desc=f"dump {split}" + (f" rank {env.rank}" if env.enabled else ""),
+                   disable=not (cfg.progress and env.is_main), dynamic_ncols=True)
         start = time.perf_counter()
         n_utts = 0
         try:
-            loader = loader_for(reader, vocab, todo)
-            for batch, log_probs, out_len, hidden in iterate_outputs(model, loader, device, layers):
+            loader = loader_for(reader, vocab, [b for _, b in todo])
+            outputs_iter = iterate_outputs(model, loader, device, layers)
+            for (pos, _), (batch, log_probs, out_len, hidden) in zip(todo, outputs_iter):
                 for b, i in enumerate(batch["indices"]):
                     if p["hashes"][pos + b] != feature_sha256(batch["features"][b, :reader.lengths[i]].numpy()):
                         raise OfflineKDError(f"utterance {reader.utterance_ids[i]}: features changed since the "
@@ -231,25 +277,38 @@ def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
                     outputs.append((pos + b, {"log_probs": lp[b, :t], "best_path": best[b, :t],
                                               "hidden": {L: h[b, :t] for L, h in hid.items()}}))
                 writer.put(outputs)
-                pos += len(outputs)
                 n_utts += len(outputs)
-                new = int(out_len.sum())
-                bar.update(new)
-                el = time.perf_counter() - start
-                bar.set_postfix(utt_per_s=f"{n_utts / max(el, 1e-9):.1f}")
+                bar.update(int(out_len.sum()))
+                bar.set_postfix(utt_per_s=f"{n_utts / max(time.perf_counter() - start, 1e-9):.1f}")
             writer.close()
         except BaseException:
             bar.close()
-            writer.abort()   # keep the whole shards computed so far: a rerun resumes after them
+            writer.abort()   # the whole shards written so far stay flagged: a rerun resumes after them
             raise
         bar.close()
         el = time.perf_counter() - start
-        totals["frames"] += int(p["offsets"][-1]) - frames_done
+        totals["frames"] += mine_frames
         totals["utterances"] += n_utts
         totals["seconds"] += el
-        log(f"{split}: {n_utts} utterances, {int(p['offsets'][-1]) - frames_done} frames in {el:.1f}s")
-    meta["complete"] = True
-    meta["completed"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    root.attrs.update({META_KEY: meta})
-    return {"cache": cfg.output, "resumed": resume, "frames_written": totals["frames"],
-            "utterances_written": totals["utterances"], "seconds": round(totals["seconds"], 2)}
+        totals["shards"] += len(mine)
+        log(f"{split}: {n_utts} utterances, {mine_frames} frames in {el:.1f}s"
+            + (f" (rank 0 of {env.world_size})" if env.enabled else ""))
+    per_rank = distributed.all_gather(totals, env)    # also the barrier: every rank has finished writing
+
+    def finalize():
+        for split in cfg.splits:
+            g = root[split]
+            if not g.attrs.get("complete"):
+                finalize_split(g)
+        meta_done = dict(root.attrs[META_KEY])
+        meta_done["complete"] = True
+        meta_done["completed"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        root.attrs.update({META_KEY: meta_done})
+    distributed.run_on_main(finalize, env)
+    out = {"cache": cfg.output, "resumed": state["resume"],
+           "frames_written": sum(t["frames"] for t in per_rank),
+           "utterances_written": sum(t["utterances"] for t in per_rank),
+           "seconds": round(max(t["seconds"] for t in per_rank), 2)}
+    if env.enabled:
+        out["world_size"] = env.world_size
+    return out

@@ -10,14 +10,20 @@ from offline_kd.models.bilstm import build_model, count_parameters
 from offline_kd.models.augment import SpecAugment
 from offline_kd.recipes.common import open_train_dev
 from offline_kd.training.checkpoint import seed_everything
-from offline_kd.training.inference import resolve_device
+from offline_kd.training import distributed
 from offline_kd.training.trainer import Trainer
+
+
+def _quiet(*_):
+    pass
 
 
 def run(cfg: ExperimentConfig, resume: bool = False, log=print) -> dict:
     if cfg.distill is not None:
         raise OfflineKDError("this config has a 'distill' section: use `offline-kd train-student`")
-    device = resolve_device(cfg.train.device)
+    env, device = distributed.setup(cfg.train.device)
+    if not env.is_main:
+        log = _quiet
     corpus, (train_reader, train_idx), (dev_reader, dev_idx) = open_train_dev(cfg.data, cfg.model, log)
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model).to(device)
@@ -32,6 +38,8 @@ def run(cfg: ExperimentConfig, resume: bool = False, log=print) -> dict:
         return loss, {"ctc": loss.detach(), "total": loss.detach()}
 
     trainer = Trainer(cfg, model, corpus.vocab, SpeechDataset(train_reader, corpus.vocab), train_reader.lengths,
-                      train_idx, dev_reader, dev_idx, loss_fn, device, collate_fn=collate)
+                      train_idx, dev_reader, dev_idx, loss_fn, device, collate_fn=collate,
+                      rank=env.rank, world_size=env.world_size)
     trainer.fit(resume=resume)
+    distributed.shutdown()
     return {"output_dir": cfg.train.output_dir, "best_dev_wer": trainer.best_wer}

@@ -23,7 +23,7 @@ from offline_kd.models.bilstm import build_model, count_parameters
 from offline_kd.models.projection import FeatureProjections
 from offline_kd.recipes.common import open_train_dev
 from offline_kd.training.checkpoint import load_checkpoint, model_from_checkpoint, seed_everything
-from offline_kd.training.inference import resolve_device
+from offline_kd.training import distributed
 from offline_kd.training.trainer import Trainer
 
 
@@ -104,12 +104,18 @@ class DistillLoss:
                            self.d.gamma, projected, t_hidden, self.mapping, self.d.seq_weight, t_tokens, t_token_len)
 
 
+def _quiet(*_):
+    pass
+
+
 def run(cfg: ExperimentConfig, resume: bool = False, online_teacher: str | None = None, log=print) -> dict:
     d = cfg.distill
     if d is None:
         raise OfflineKDError("the config has no 'distill' section (cache, alpha, beta, gamma, ...); "
                              "for CTC-only training use `offline-kd train`")
-    device = resolve_device(cfg.train.device)
+    env, device = distributed.setup(cfg.train.device)
+    if not env.is_main:
+        log = _quiet
     augment = SpecAugment(cfg.augment, allow_frame_change=False)
     corpus, (train_reader, train_idx), (dev_reader, dev_idx) = open_train_dev(cfg.data, cfg.model, log)
     mapping = {int(s): int(t) for s, t in d.layer_mapping.items()} if d.gamma else {}
@@ -146,7 +152,8 @@ def run(cfg: ExperimentConfig, resume: bool = False, online_teacher: str | None 
 
     dataset = DistillBatchDataset(train_reader, corpus.vocab, split, layers=set(mapping.values()))
     sampler = SortedRunBatchSampler(train_reader.lengths, train_idx, cfg.data.batch_size,
-                                    cfg.data.max_frames_per_batch, seed=cfg.train.seed)
+                                    cfg.data.max_frames_per_batch, seed=cfg.train.seed, rank=env.rank,
+                                    world_size=env.world_size)
     loss_fn = DistillLoss(cfg, projections, augment, device, teacher)
     meta = {"distillation": {"cache": None if online_teacher else d.cache, "online_teacher": online_teacher,
                              "cache_identity": None if online_teacher else cache.meta["identity_sha256"],
@@ -159,6 +166,8 @@ def run(cfg: ExperimentConfig, resume: bool = False, online_teacher: str | None 
                                  f"{'--online-teacher' if online_teacher else d.cache} (identity differs); "
                                  f"start a new run instead")
     trainer = Trainer(cfg, model, corpus.vocab, dataset, train_reader.lengths, train_idx, dev_reader, dev_idx,
-                      loss_fn, device, extra=projections, extra_meta=meta, sampler=sampler)
+                      loss_fn, device, extra=projections, extra_meta=meta, sampler=sampler, rank=env.rank,
+                      world_size=env.world_size)
     trainer.fit(resume=resume)
+    distributed.shutdown()
     return {"output_dir": cfg.train.output_dir, "best_dev_wer": trainer.best_wer}

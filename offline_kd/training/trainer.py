@@ -7,10 +7,16 @@ exact `--resume`, TensorBoard + metrics.jsonl, progress bar, seeds.
 
 Resume is at epoch granularity: checkpoint_last.pt is written after each epoch with the optimizer, scheduler and
 RNG state; batches depend only on (seed, epoch), so a resumed run retraces the uninterrupted one exactly.
+
+Under torchrun (world_size > 1) the model and the extra modules are wrapped in DistributedDataParallel; the sampler
+deals the epoch's batches out round-robin, so an optimizer step of N ranks sees the same batches as N accumulation
+steps of one process (global batch = batch size x accumulation_steps x ranks). Rank 0 evaluates, logs and writes
+checkpoints; every rank resumes from the same checkpoint_last.pt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -40,6 +46,34 @@ def worker_context():
     and a forked child inherits the loop's state without its thread (reads would hang)."""
     import multiprocessing
     return multiprocessing.get_context("spawn")
+
+
+class _WithHidden(nn.Module):
+    """DDP calls `forward`; this routes it to `forward_with_hidden_states` so both entry points go through DDP."""
+
+    def __init__(self, model: BiLSTMCTC):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, lengths, layers=None):
+        return self.model.forward_with_hidden_states(x, lengths, layers)
+
+
+class _DDPModel:
+    """What a loss function receives as `model` under DDP: the model's two entry points, through DDP's forward."""
+
+    def __init__(self, ddp, model: BiLSTMCTC):
+        self.ddp, self.model = ddp, model
+
+    def __call__(self, x, lengths):
+        log_probs, out_len, _ = self.ddp(x, lengths, None)
+        return log_probs, out_len
+
+    def forward_with_hidden_states(self, x, lengths, return_layer_indices=None):
+        return self.ddp(x, lengths, list(return_layer_indices or []))
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
 
 
 def make_optimizer(params, cfg) -> torch.optim.Optimizer:
@@ -94,6 +128,16 @@ class Trainer:
         else:   # the dataset builds whole batches itself (one contiguous cache read per batch)
             self.sampler = sampler
             self.loader = DataLoader(train_dataset, sampler=sampler, batch_size=None, **workers)
+        self.forward_model, self.ddp_modules = model, []
+        if world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [device] if device.type == "cuda" else None
+            ddp = DDP(_WithHidden(model), device_ids=ids)
+            self.forward_model, self.ddp_modules = _DDPModel(ddp, model), [ddp]
+            if extra is not None and any(True for _ in extra.parameters()) and hasattr(loss_fn, "projections"):
+                ddp_extra = DDP(extra, device_ids=ids)
+                loss_fn.projections = ddp_extra        # the loss calls the projections through DDP
+                self.ddp_modules.append(ddp_extra)
         params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
         self.optimizer = make_optimizer(params, cfg.train)
         steps_per_epoch = math.ceil(len(self.sampler) / cfg.train.accumulation_steps)
@@ -184,17 +228,22 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         num_batches = len(self.sampler)
         for i, batch in enumerate(bar):
-            loss, terms = self.loss_fn(self.model, batch, epoch)
-            if not torch.isfinite(loss):
-                raise OfflineKDError(f"epoch {epoch}: non-finite loss on batch with utterances "
-                                     f"{', '.join(batch['utterance_ids'][:4])}")
-            group = min(accum, num_batches - (i // accum) * accum)   # the last group of an epoch may be short
-            (loss / group).backward()
+            stepping = (i + 1) % accum == 0 or i + 1 == num_batches
+            with contextlib.ExitStack() as stack:
+                if not stepping:     # DDP: all-reduce gradients only on the last micro-batch of a step
+                    for m in self.ddp_modules:
+                        stack.enter_context(m.no_sync())
+                loss, terms = self.loss_fn(self.forward_model, batch, epoch)
+                if not torch.isfinite(loss):
+                    raise OfflineKDError(f"epoch {epoch}: non-finite loss on batch with utterances "
+                                         f"{', '.join(batch['utterance_ids'][:4])}")
+                group = min(accum, num_batches - (i // accum) * accum)   # the last group of an epoch may be short
+                (loss / group).backward()
             n_batches += 1
             frames += int(batch["feature_lengths"].sum())
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            if (i + 1) % accum == 0 or i + 1 == num_batches:
+            if stepping:
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.train.grad_clip)
                 self.optimizer.step()
                 self.scheduler.step()
@@ -218,9 +267,13 @@ class Trainer:
         dev = None
         if self.dev_reader is not None and (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs):
             if self.is_main:
-                dev = evaluate_greedy(self.model, self.dev_reader, self.dev_indices, self.vocab, self.device,
-                                      batch_size=max(cfg.data.batch_size, 1))
-                record.update({"dev_wer": dev["wer"], "dev_cer": dev["cer"]})
+                full = evaluate_greedy(self.model, self.dev_reader, self.dev_indices, self.vocab, self.device,
+                                       batch_size=max(cfg.data.batch_size, 1))
+                dev = {k: full[k] for k in ("wer", "cer", "num_utterances")}
+            if self.world_size > 1:     # every rank tracks the best WER (and waits for rank 0's evaluation)
+                from offline_kd.training import distributed
+                dev = distributed.broadcast(dev, distributed.env_from_os())
+            record.update({"dev_wer": dev["wer"], "dev_cer": dev["cer"]})
         if dev is not None and dev["wer"] < self.best_wer:
             self.best_wer = dev["wer"]
             record["best"] = True

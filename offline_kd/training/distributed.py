@@ -1,0 +1,94 @@
+"""PyTorch's own distributed engine, as torchrun sets it up: rank, world size and local rank come from the
+environment (RANK, WORLD_SIZE, LOCAL_RANK); the process group uses NCCL on GPUs and gloo on CPUs. Without torchrun
+everything here is a no-op for a single process (rank 0 of 1)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from offline_kd.errors import OfflineKDError
+from offline_kd.training.inference import resolve_device
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_from_os() -> DistEnv:
+    try:
+        return DistEnv(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                       int(os.environ.get("LOCAL_RANK", 0)))
+    except ValueError:
+        raise OfflineKDError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)") from None
+
+
+def setup(device_name: str, timeout_s: float = 6 * 3600) -> tuple[DistEnv, torch.device]:
+    """Join the process group if launched by torchrun; the device is cuda:LOCAL_RANK for `auto`/`cuda` on GPUs."""
+    env = env_from_os()
+    device = resolve_device(device_name)
+    if env.enabled and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if env.enabled and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=_dt.timedelta(seconds=timeout_s))
+    return env, device
+
+
+def barrier(env: DistEnv) -> None:
+    if env.enabled:
+        dist.barrier()
+
+
+def broadcast(obj, env: DistEnv):
+    """rank 0's `obj` on every rank."""
+    if not env.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather(obj, env: DistEnv) -> list:
+    if not env.enabled:
+        return [obj]
+    out = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def run_on_main(fn, env: DistEnv):
+    """Run fn() on rank 0 only and give its result to every rank; an OfflineKDError there is raised on all ranks
+    (so a user mistake found by rank 0 stops every rank with the same message instead of a hang)."""
+    result, error = None, None
+    if env.is_main:
+        try:
+            result = fn()
+        except OfflineKDError as exc:
+            error = str(exc)
+    result, error = broadcast((result, error), env)
+    if error is not None:
+        raise OfflineKDError(error)
+    return result
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
