@@ -35,10 +35,12 @@ class DataConfig:
     max_frames_per_batch: Optional[int] = None  # input frames per batch (upper bound), null = unbounded
     num_buckets: int = 10               # length buckets for the bucketed sampler
     num_workers: int = 0                # DataLoader worker processes
+    prefetch_batches: int = 2           # with num_workers 0: batches loaded ahead in a background thread
     skip_invalid: bool = False          # skip invalid utterances instead of failing
 
     def __post_init__(self):
-        _at_least("data", self, batch_size=1, max_frames_per_batch=1, num_buckets=1, num_workers=0)
+        _at_least("data", self, batch_size=1, max_frames_per_batch=1, num_buckets=1, num_workers=0,
+                    prefetch_batches=0)
 
 
 @dataclass(frozen=True)

@@ -59,10 +59,19 @@ def utterance_checksum(encoded: dict, lo: int, hi: int) -> int:
 
 
 def open_group(path: str, mode: str, storage_options: dict | None = None) -> zarr.Group:
+    """A local path or any fsspec URL (s3://, gs://, file://, ...). Storage options come from the config; fsspec
+    also reads its own environment variables (e.g. FSSPEC_S3_ENDPOINT_URL) and S3 credentials come from the usual
+    AWS_* variables."""
+    options = dict(storage_options or {})
+    if path.startswith("file://"):
+        options.setdefault("auto_mkdir", True)     # a local fsspec filesystem does not create folders by itself
     try:
-        return zarr.open_group(store=path, mode=mode, storage_options=storage_options or None)
+        return zarr.open_group(store=path, mode=mode, storage_options=options or None)
     except FileNotFoundError:
         raise OfflineKDError(f"no cache at {path}") from None
+    except ImportError as exc:
+        raise OfflineKDError(f"{path}: this URL needs an fsspec backend that is not installed ({exc}); "
+                             f"e.g. pip install s3fs for s3://") from None
     except Exception as exc:  # noqa: BLE001 - zarr raises many types for "not a group"
         raise OfflineKDError(f"{path}: cannot open as a Zarr v3 group ({exc.__class__.__name__}: {exc})") from None
 

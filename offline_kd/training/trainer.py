@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from offline_kd.config import ExperimentConfig, save_config
 from offline_kd.data.corpus import SplitReader
+from offline_kd.data.prefetch import prefetch
 from offline_kd.data.sampler import BucketBatchSampler
 from offline_kd.data.vocab import Vocabulary
 from offline_kd.errors import OfflineKDError
@@ -223,7 +224,8 @@ class Trainer:
         sums: dict[str, float] = {}
         n_batches, frames = 0, 0
         start = time.perf_counter()
-        bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch",
+        batches = prefetch(self.loader, 0 if cfg.data.num_workers else cfg.data.prefetch_batches)
+        bar = tqdm(batches, total=len(self.sampler), desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch",
                    disable=not (cfg.train.progress and self.is_main), dynamic_ncols=True, leave=False)
         self.optimizer.zero_grad(set_to_none=True)
         num_batches = len(self.sampler)
