@@ -52,7 +52,8 @@ def _stored_checksums(split) -> tuple[np.ndarray, np.ndarray]:
 def structural_check(cache: TeacherCache, log=print) -> dict:
     problems, checked = [], 0
     for s in cache.splits:
-        if s not in cache.root or not cache.root[s].attrs.get("created"):
+        attrs = cache.root[s].attrs if s in cache.root else {}
+        if not (attrs.get("created") or attrs.get("complete")):
             problems.append(f"{s}: not started")
             continue
         split = cache.split(s)
