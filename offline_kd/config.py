@@ -123,7 +123,8 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class CodecConfig:
-    log_probs: str = "float16"          # float32 | float16 | topk
+    log_probs: str = "float16"          # float32 | float16 | topk | sampled
+    sampled_n: int = 32                 # tokens drawn per frame for sampled
     topk_k: int = 16                    # max k for topk
     topk_coverage: Optional[float] = None  # if set, per-frame k = smallest reaching this probability mass (<= topk_k)
     hidden: str = "float16"             # float32 | float16 | int8 | lowrank

@@ -109,3 +109,19 @@ def test_topk_tail_mass_is_accurate_on_confident_frames():
     expected = np.log(np.exp(x[:, 4:].astype(np.float64)).sum(1))      # the tail: 1225 tokens at ~-30
     np.testing.assert_allclose(enc["/tail_log_mass"], expected, rtol=1e-5)
     assert np.all(np.isfinite(enc["/tail_log_mass"]))
+
+
+def test_sampled_is_unbiased_and_reproducible():
+    from offline_kd.cache.codecs import SampledLogProbs
+    one = _log_probs(f=1, v=50, peak=2.0)
+    x = np.repeat(one, 4000, axis=0)                      # the same distribution, 4000 independent draws of 16
+    codec = log_prob_codec(SampledLogProbs(50, samples=16).to_dict())
+    enc = codec.encode(x)
+    assert np.all(enc["/counts"].astype(int).sum(1) == 16)
+    y = _roundtrip(codec, x)
+    probs = np.exp(y.astype(np.float64))
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(probs.mean(0), np.exp(one[0].astype(np.float64)), atol=0.01)   # E[target] = p
+    assert np.all(np.isneginf(y[probs == 0]))
+    again = codec.encode(x)
+    assert all(np.array_equal(enc[k], again[k]) for k in enc)                                # seeded by content

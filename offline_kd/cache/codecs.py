@@ -11,6 +11,11 @@ Log-prob codecs (input `(F, V)` float32 log-probabilities at temperature 1):
             `coverage` makes k per frame the smallest that reaches that probability mass (capped at `k`).
             Decoding spreads the tail mass uniformly over the V - k tokens that were not kept, so the dense
             distribution sums to 1 (the documented approximation; see docs/cache-format.md).
+  sampled   Sparse Logit Sampling (Anshumann et al., 2025): per frame `samples` tokens drawn from the teacher's
+            distribution, stored as the distinct tokens and their counts. The decoded target counts / samples is
+            an unbiased estimate of the teacher distribution (its expectation is exactly p), so the soft-KD
+            gradient at T = 1 is unbiased, unlike top-k; its support is the drawn tokens only (log-prob -inf
+            elsewhere). Draws are seeded by the frames' own bytes, so a dump is reproducible.
 Hidden-state codecs (input `(F, D)` float32):
   float32, float16
   int8      per-frame symmetric scale (absmax / 127), |error| <= scale / 2
@@ -19,6 +24,7 @@ Hidden-state codecs (input `(F, D)` float32):
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
@@ -137,6 +143,53 @@ class TopKLogProbs:
         return {"name": self.name, **asdict(self)}
 
 
+@dataclass(frozen=True)
+class SampledLogProbs:
+    name: ClassVar[str] = "sampled"
+    num_classes: int
+    samples: int = 32
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 1 <= self.samples <= 255:
+            raise OfflineKDError(f"codecs.sampled_n must be in 1..255, got {self.samples}")
+
+    def arrays(self) -> list[FieldArray]:
+        idx_dtype = "uint16" if self.num_classes <= 65535 else "int32"
+        return [FieldArray("/indices", (self.samples,), idx_dtype), FieldArray("/counts", (self.samples,), "uint8")]
+
+    def encode(self, x: np.ndarray) -> dict:
+        x = np.asarray(x, np.float32)
+        f, v, n = x.shape[0], self.num_classes, self.samples
+        p = np.exp(x.astype(np.float64))
+        cdf = np.cumsum(p, axis=1)
+        cdf /= cdf[:, -1:]
+        rng = np.random.default_rng([self.seed, zlib.crc32(x.tobytes())])
+        rows = np.arange(f)[:, None]
+        # one searchsorted for all frames: row r's cdf lies in [r, r + 1]
+        pos = np.searchsorted((cdf + rows).ravel(), (rng.random((f, n)) + rows).ravel(), side="right")
+        drawn = np.minimum(pos.reshape(f, n) - rows * v, v - 1)
+        keys, counts = np.unique((rows * v + drawn).ravel(), return_counts=True)
+        krow = keys // v
+        slot = np.arange(len(keys)) - np.searchsorted(krow, krow, side="left")
+        indices = np.zeros((f, n), dtype=self.arrays()[0].dtype)
+        cnt = np.zeros((f, n), dtype=np.uint8)
+        indices[krow, slot] = keys % v
+        cnt[krow, slot] = counts
+        return {"/indices": indices, "/counts": cnt}
+
+    def decode(self, a: dict) -> np.ndarray:
+        indices, counts = np.asarray(a["/indices"], np.int64), np.asarray(a["/counts"], np.float32)
+        dense = np.full((indices.shape[0], self.num_classes), -np.inf, dtype=np.float32)
+        used = counts > 0
+        rows = np.broadcast_to(np.arange(indices.shape[0])[:, None], indices.shape)
+        dense[rows[used], indices[used]] = np.log(counts[used] / self.samples)
+        return dense
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **asdict(self)}
+
+
 # ------------------------------------------------------------------------------------------- hidden codecs
 @dataclass(frozen=True)
 class Float32Hidden(_DenseFloat):
@@ -224,7 +277,7 @@ class LowRankHidden:
         return {"name": self.name, "dim": self.dim, "rank": self.rank, "coeff": self.coeff}
 
 
-LOG_PROB_CODECS = {c.name: c for c in (Float32LogProbs, Float16LogProbs, TopKLogProbs)}
+LOG_PROB_CODECS = {c.name: c for c in (Float32LogProbs, Float16LogProbs, TopKLogProbs, SampledLogProbs)}
 HIDDEN_CODECS = {c.name: c for c in (Float32Hidden, Float16Hidden, Int8Hidden, LowRankHidden)}
 
 

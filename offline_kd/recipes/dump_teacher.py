@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from offline_kd import __version__
 from offline_kd.cache.codecs import (Float16Hidden, Float16LogProbs, Float32Hidden, Float32LogProbs, Int8Hidden,
-                                     LowRankHidden, TopKLogProbs)
+                                     LowRankHidden, SampledLogProbs, TopKLogProbs)
 from offline_kd.cache.layout import FORMAT_VERSION, META_KEY, field_arrays, open_group
 from offline_kd.cache.reader import build_codecs
 from offline_kd.cache.writer import SplitWriter, create_split, finalize_split, shards_done
@@ -39,9 +39,10 @@ from offline_kd.training.inference import iterate_outputs, loader_for, sorted_ba
 
 def make_codecs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int]):
     lp = {"float32": lambda: Float32LogProbs(num_classes), "float16": lambda: Float16LogProbs(num_classes),
-          "topk": lambda: TopKLogProbs(num_classes, c.topk_k, c.topk_coverage)}
+          "topk": lambda: TopKLogProbs(num_classes, c.topk_k, c.topk_coverage),
+          "sampled": lambda: SampledLogProbs(num_classes, c.sampled_n)}
     if c.log_probs not in lp:
-        raise OfflineKDError(f"dump.codecs.log_probs: unknown codec '{c.log_probs}' (float32 | float16 | topk)")
+        raise OfflineKDError(f"dump.codecs.log_probs: unknown codec '{c.log_probs}' ({' | '.join(lp)})")
     hid = {"float32": Float32Hidden, "float16": Float16Hidden, "int8": Int8Hidden}
     hidden = {}
     for layer, dim in layer_dims.items():
