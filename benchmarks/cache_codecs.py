@@ -35,6 +35,9 @@ COMBOS = {
                                                 "hidden": "lowrank", "lowrank_rank": 256, "lowrank_coeff": "int8"},
     "topk(cov .999, k<=32) + lowrank384/int8": {"log_probs": "topk", "topk_k": 32, "topk_coverage": 0.999,
                                                 "hidden": "lowrank", "lowrank_rank": 384, "lowrank_coeff": "int8"},
+    "topk(cov .999, k<=32, prior tail) + lowrank256/int8": {
+        "log_probs": "topk", "topk_k": 32, "topk_coverage": 0.999, "topk_tail": "prior", "hidden": "lowrank",
+        "lowrank_rank": 256, "lowrank_coeff": "int8"},
     "sampled32 + lowrank256/int8": {"log_probs": "sampled", "sampled_n": 32, "hidden": "lowrank",
                                     "lowrank_rank": 256, "lowrank_coeff": "int8"},
     "sampled64 + lowrank256/int8": {"log_probs": "sampled", "sampled_n": 64, "hidden": "lowrank",

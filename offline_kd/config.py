@@ -127,6 +127,7 @@ class CodecConfig:
     sampled_n: int = 32                 # tokens drawn per frame for sampled
     topk_k: int = 16                    # max k for topk
     topk_coverage: Optional[float] = None  # if set, per-frame k = smallest reaching this probability mass (<= topk_k)
+    topk_tail: str = "uniform"          # uniform | prior: how decoding spreads the tail mass over tokens not kept
     hidden: str = "float16"             # float32 | float16 | int8 | lowrank
     lowrank_rank: int = 256
     lowrank_fit_frames: int = 20000

@@ -87,7 +87,8 @@ def test_compact_codecs_round_trip_through_a_cache(tiny_teacher, tiny_corpus, tm
     assert f["kl_T1_mean"] < 0.05
     assert all(e < 0.1 for e in f["hidden_relative_sq_error"].values())
     cache = TeacherCache(str(out))
-    assert cache.meta["codecs"]["log_probs"] == {"name": "topk", "num_classes": 9, "k": 4, "coverage": 0.999}
+    assert cache.meta["codecs"]["log_probs"] == {"name": "topk", "num_classes": 9, "k": 4, "coverage": 0.999,
+                                                 "tail": "uniform"}
 
 
 def _arrays(path):
@@ -227,3 +228,27 @@ def test_a_non_cache_directory_is_never_replaced(tiny_teacher, tiny_corpus, tmp_
             dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, precious, splits=["dev"]), overwrite=bool(flag),
                              **QUIET)
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("codecs", [{"log_probs": "topk", "topk_k": 3, "topk_coverage": 0.99, "topk_tail": "prior",
+                                     "lowrank_fit_frames": 300},
+                                    {"log_probs": "sampled", "sampled_n": 16}])
+def test_prior_tail_and_sampled_caches_dump_verify_and_train(codecs, tiny_teacher, tiny_corpus, tmp_path):
+    from conftest import experiment_dict
+    from offline_kd.config import ExperimentConfig
+    from offline_kd.recipes import train_student
+    out = tmp_path / "c.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, codecs=codecs), **QUIET)
+    cache = TeacherCache(str(out))
+    if codecs["log_probs"] == "topk":
+        prior = zarr.open_array(str(out / "prior/log_probs"), mode="r")[:]
+        assert prior.shape == (9,) and abs(np.exp(prior.astype(np.float64)).sum() - 1) < 1e-3
+        assert cache.lp_codec.prior is not None
+    res = CliRunner().invoke(main, ["cache", "verify", str(out), "--teacher", str(tiny_teacher), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["fidelity"]["top1_agreement"] > 0.9
+    d = experiment_dict(tiny_corpus, tmp_path / "student", epochs=1)
+    d["distill"] = {"cache": str(out), "temperature_schedule": [[1, 2.0]], "layer_mapping": {1: 1, 2: 3}}
+    train_student.run(build_dataclass(ExperimentConfig, d), **QUIET)
+    rows = [json.loads(x) for x in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["train_total"]) for r in rows if r["event"] == "epoch")

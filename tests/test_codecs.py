@@ -125,3 +125,23 @@ def test_sampled_is_unbiased_and_reproducible():
     assert np.all(np.isneginf(y[probs == 0]))
     again = codec.encode(x)
     assert all(np.array_equal(enc[k], again[k]) for k in enc)                                # seeded by content
+
+
+def test_topk_prior_tail_normalises_and_beats_uniform_on_a_shaped_tail():
+    rng = np.random.default_rng(1)
+    base = rng.normal(scale=3.0, size=50)                     # every frame's tail has the same shape
+    z = base[None, :] + rng.normal(scale=0.3, size=(400, 50))
+    z[np.arange(400), rng.integers(0, 50, 400)] += 8.0
+    x = (z - np.log(np.exp(z).sum(1, keepdims=True))).astype(np.float32)
+    prior = np.log(np.exp(x.astype(np.float64)).mean(0))
+    spec = TopKLogProbs(50, k=4, tail="prior").to_dict()
+    assert spec["tail"] == "prior" and "prior" not in spec   # the fitted prior lives in the cache, not the spec
+    codec = log_prob_codec(spec).with_prior(prior)
+    y = _roundtrip(codec, x)
+    np.testing.assert_allclose(np.exp(y.astype(np.float64)).sum(1), 1.0, atol=3e-3)
+    uni = TopKLogProbs(50, k=4).decode(TopKLogProbs(50, k=4).encode(x))
+
+    def kl(q):
+        p = np.exp(x.astype(np.float64))
+        return float((p * (x - q)).sum(1).mean())
+    assert kl(y) < 0.8 * kl(uni)

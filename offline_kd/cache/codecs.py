@@ -9,8 +9,10 @@ Log-prob codecs (input `(F, V)` float32 log-probabilities at temperature 1):
   float16   |error| <= 2^-11 * |x| (fp16 rounding)
   topk      per frame the k largest log-probs (fp16) with their token ids and the log of the remaining tail mass;
             `coverage` makes k per frame the smallest that reaches that probability mass (capped at `k`).
-            Decoding spreads the tail mass uniformly over the V - k tokens that were not kept, so the dense
-            distribution sums to 1 (the documented approximation; see docs/cache-format.md).
+            Decoding spreads the tail mass over the V - k tokens that were not kept, so the dense distribution
+            sums to 1 (the documented approximation; see docs/cache-format.md): uniformly (`tail: uniform`) or
+            in proportion to the teacher's mean distribution fitted at dump time and stored in the cache
+            (`tail: prior`).
   sampled   Sparse Logit Sampling (Anshumann et al., 2025): per frame `samples` tokens drawn from the teacher's
             distribution, stored as the distinct tokens and their counts. The decoded target counts / samples is
             an unbiased estimate of the teacher distribution (its expectation is exactly p), so the soft-KD
@@ -86,12 +88,19 @@ class TopKLogProbs:
     num_classes: int
     k: int = 16
     coverage: float | None = None
+    tail: str = "uniform"              # uniform | prior
+    prior: np.ndarray | None = None    # (V,) mean teacher log-probs, for tail = prior (stored in the cache)
 
     def __post_init__(self):
         if not 1 <= self.k < self.num_classes:
             raise OfflineKDError(f"codecs.topk_k must be in 1..{self.num_classes - 1}, got {self.k}")
         if self.coverage is not None and not 0.0 < self.coverage <= 1.0:
             raise OfflineKDError(f"codecs.topk_coverage must be in (0, 1], got {self.coverage}")
+        if self.tail not in ("uniform", "prior"):
+            raise OfflineKDError(f"codecs.topk_tail must be uniform or prior, got {self.tail!r}")
+
+    def with_prior(self, prior: np.ndarray) -> "TopKLogProbs":
+        return TopKLogProbs(self.num_classes, self.k, self.coverage, self.tail, np.asarray(prior, np.float64))
 
     def arrays(self) -> list[FieldArray]:
         idx_dtype = "uint16" if self.num_classes <= 65535 else "int32"
@@ -132,15 +141,26 @@ class TopKLogProbs:
     def decode(self, a: dict) -> np.ndarray:
         values, indices, count, tail = self.decode_sparse(a)
         f = values.shape[0]
-        rest = np.maximum(self.num_classes - count, 1).astype(np.float32)
-        dense = np.repeat((tail - np.log(rest))[:, None], self.num_classes, axis=1).astype(np.float32)
         keep = np.arange(self.k)[None, :] < count[:, None]
         rows = np.repeat(np.arange(f), self.k).reshape(f, self.k)
+        if self.tail == "prior":
+            if self.prior is None:
+                raise OfflineKDError("topk codec with tail 'prior' has no fitted prior (internal error)")
+            prior = np.exp(self.prior)
+            prior = prior / prior.sum()
+            kept_prior = np.where(keep, prior[indices], 0.0).sum(1)
+            # tail mass spread over the tokens not kept, in proportion to the prior
+            scale = tail - np.log(np.maximum(1.0 - kept_prior, 1e-30))
+            dense = (scale[:, None] + np.log(np.maximum(prior, 1e-30))[None, :]).astype(np.float32)
+        else:
+            rest = np.maximum(self.num_classes - count, 1).astype(np.float32)
+            dense = np.repeat((tail - np.log(rest))[:, None], self.num_classes, axis=1).astype(np.float32)
         dense[rows[keep], indices[keep]] = values[keep]
         return dense
 
     def to_dict(self) -> dict:
-        return {"name": self.name, **asdict(self)}
+        return {"name": self.name, "num_classes": self.num_classes, "k": self.k, "coverage": self.coverage,
+                "tail": self.tail}
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,15 @@ import os
 import numpy as np
 import zarr
 
-from offline_kd.cache.codecs import hidden_codec, log_prob_codec, LowRankHidden
+from offline_kd.cache.codecs import LowRankHidden, TopKLogProbs, hidden_codec, log_prob_codec
 from offline_kd.cache.layout import field_arrays, open_group, read_meta
 from offline_kd.errors import OfflineKDError
 
 
 def build_codecs(meta: dict, root: zarr.Group):
     lp = log_prob_codec(meta["codecs"]["log_probs"])
+    if isinstance(lp, TopKLogProbs) and lp.tail == "prior":
+        lp = lp.with_prior(root["prior/log_probs"][:])
     hidden = {}
     for layer, spec in meta["codecs"]["hidden"].items():
         codec = hidden_codec(spec)

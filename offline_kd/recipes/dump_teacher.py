@@ -39,7 +39,7 @@ from offline_kd.training.inference import iterate_outputs, loader_for, sorted_ba
 
 def make_codecs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int]):
     lp = {"float32": lambda: Float32LogProbs(num_classes), "float16": lambda: Float16LogProbs(num_classes),
-          "topk": lambda: TopKLogProbs(num_classes, c.topk_k, c.topk_coverage),
+          "topk": lambda: TopKLogProbs(num_classes, c.topk_k, c.topk_coverage, c.topk_tail),
           "sampled": lambda: SampledLogProbs(num_classes, c.sampled_n)}
     if c.log_probs not in lp:
         raise OfflineKDError(f"dump.codecs.log_probs: unknown codec '{c.log_probs}' ({' | '.join(lp)})")
@@ -86,27 +86,44 @@ def _identity(meta: dict, plans: dict) -> str:
     return h.hexdigest()
 
 
-def _fit_lowrank(model, vocab, plans, cfg, hidden_codecs, device, log):
-    """Fit each layer's low-rank basis on the first `lowrank_fit_frames` frames of the first split."""
+def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -> dict[str, np.ndarray]:
+    """Fitted codec state, as {cache array path: array}, from the first `lowrank_fit_frames` frames of the first
+    split: each layer's low-rank basis and mean (hidden `lowrank`), the mean teacher distribution (top-k `prior`
+    tail). Empty when no codec needs one."""
+    lowrank = cfg.codecs.hidden == "lowrank"
+    prior = isinstance(lp_codec, TopKLogProbs) and lp_codec.tail == "prior"
+    if not (lowrank or prior):
+        return {}
     first = plans[cfg.splits[0]]
-    layers = sorted(hidden_codecs)
+    layers = sorted(hidden_codecs) if lowrank else []
     collected = {L: [] for L in layers}
-    n = 0
+    prob_sum, n = None, 0
     loader = loader_for(first["reader"], vocab, first["batches"])
-    for batch, _, out_len, hidden in iterate_outputs(model, loader, device, layers):
+    for batch, log_probs, out_len, hidden in iterate_outputs(model, loader, device, layers):
+        lp = log_probs.transpose(0, 1).double().cpu().numpy()
         for b, t in enumerate(out_len.tolist()):
             for L in layers:
                 collected[L].append(hidden[L][b, :t].float().cpu().numpy())
+            if prior:
+                s = np.exp(lp[b, :t]).sum(0)
+                prob_sum = s if prob_sum is None else prob_sum + s
             n += t
         if n >= cfg.codecs.lowrank_fit_frames:
             break
-    if n < max(c.rank for c in hidden_codecs.values()):
-        raise OfflineKDError(f"dump.codecs.lowrank_rank ({max(c.rank for c in hidden_codecs.values())}) is larger "
-                             f"than the {n} frames available to fit the basis; lower the rank or raise "
-                             f"dump.codecs.lowrank_fit_frames")
-    log(f"fitting low-rank bases on {n} frames")
-    return {L: LowRankHidden.fit(np.concatenate(collected[L])[: cfg.codecs.lowrank_fit_frames],
-                                 hidden_codecs[L].rank) for L in layers}
+    state = {}
+    if prior:
+        state["prior/log_probs"] = np.log(np.maximum(prob_sum / n, 1e-30)).astype(np.float32)
+    if lowrank:
+        if n < max(c.rank for c in hidden_codecs.values()):
+            raise OfflineKDError(f"dump.codecs.lowrank_rank ({max(c.rank for c in hidden_codecs.values())}) is "
+                                 f"larger than the {n} frames available to fit the basis; lower the rank or raise "
+                                 f"dump.codecs.lowrank_fit_frames")
+        for L in layers:
+            basis, mean = LowRankHidden.fit(np.concatenate(collected[L])[: cfg.codecs.lowrank_fit_frames],
+                                            hidden_codecs[L].rank)
+            state[f"lowrank/hidden_{L}/basis"], state[f"lowrank/hidden_{L}/mean"] = basis, mean
+    log(f"fitting codec state ({', '.join(sorted({k.rsplit('/', 1)[0] for k in state}))}) on {n} frames")
+    return state
 
 
 def _refuse_foreign_directory(output: str, overwrite: bool) -> None:
@@ -122,8 +139,8 @@ def _refuse_foreign_directory(output: str, overwrite: bool) -> None:
                                  f"choose another dump.output (it is never replaced, not even with --overwrite)")
 
 
-def _prepare_store(cfg: DumpConfig, meta: dict, plans: dict, model, vocab, hidden_codecs, device, overwrite: bool,
-                   log) -> dict:
+def _prepare_store(cfg: DumpConfig, meta: dict, plans: dict, model, vocab, lp_codec, hidden_codecs, device,
+                   overwrite: bool, log) -> dict:
     """(rank 0 only) Open, check or (re)create the cache and every split's arrays before any rank writes."""
     _refuse_foreign_directory(cfg.output, overwrite)
     root = open_group(cfg.output, "a", cfg.storage_options)
@@ -143,14 +160,11 @@ def _prepare_store(cfg: DumpConfig, meta: dict, plans: dict, model, vocab, hidde
         raise OfflineKDError(f"{cfg.output} exists and is not an offline-kd cache; use --overwrite or another path")
     if not resume:
         # fit before anything is replaced: a fit that fails must not have wiped the old cache
-        fitted = _fit_lowrank(model, vocab, plans, cfg, hidden_codecs, device, log) \
-            if cfg.codecs.hidden == "lowrank" else {}
+        fitted = _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log)
         root = open_group(cfg.output, "w", cfg.storage_options)
-        for L, (basis, mean) in fitted.items():
-            g = root.require_group(f"lowrank/hidden_{L}")
-            for key, arr in (("basis", basis), ("mean", mean)):
-                a = g.create_array(key, shape=arr.shape, dtype="float32", chunks=arr.shape)
-                a[:] = arr
+        for path, arr in fitted.items():
+            a = root.create_array(path, shape=arr.shape, dtype="float32", chunks=arr.shape)
+            a[:] = arr
         root.attrs.update({META_KEY: meta})
     codecs = _stored_codecs(root)
     fields = field_arrays(codecs[0], codecs[1])
@@ -225,8 +239,8 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     }
     meta["identity_sha256"] = _identity(meta, plans)
 
-    state = distributed.run_on_main(lambda: _prepare_store(cfg, meta, plans, model, vocab, hidden_codecs, device,
-                                                           overwrite, log), env)
+    state = distributed.run_on_main(lambda: _prepare_store(cfg, meta, plans, model, vocab, lp_codec, hidden_codecs,
+                                                           device, overwrite, log), env)
     if state["complete"]:
         log(f"{cfg.output}: already complete, nothing to do")
         return {"cache": cfg.output, "resumed": True, "frames_written": 0}
