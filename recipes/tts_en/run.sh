@@ -5,8 +5,8 @@
 #   recipes/tts_en/run.sh --quick    a handful of utterances and tiny models (a few minutes; the CI test)
 #
 # Steps: 1. synthesize + log-mel features (prepare.py)  2. `offline-kd data import` + validate
-#        3. 4-gram KenLM from training-partition text (lmplz, build_binary)  4. teacher, CTC-only baseline
-#        5. dump the teacher once (Zarr v3) + verify  6. distilled student from the cache
+#        3. 4-gram KenLM from training-partition text (lmplz, build_binary)  4. teacher
+#        5. CTC-only baseline, side by side with: dump the teacher once (Zarr v3) + verify, distilled student
 #        7. report: greedy and beam+LM (alpha/beta tuned per model on dev) on test -> $RUNS/report/report.md
 # Needs: espeak-ng and bible-kjv (Debian), lmplz/build_binary (scripts/install_kenlm_tools.sh), offline-kd.
 # Idempotent: finished steps are skipped and interrupted training resumes; delete $DATA and $RUNS to start over.
@@ -59,11 +59,23 @@ train() {  # train CMD CONFIG OUTDIR EXTRA...
   $OKD "$cmd" --config "$cfg" "${resume[@]}" "${COMMON[@]}" --set "train.output_dir=$out" "$@"
 }
 train train "$HERE/configs/teacher.yaml" "$RUNS/teacher" "${TEACHER[@]}"
-train train "$HERE/configs/baseline.yaml" "$RUNS/baseline" "${STUDENT[@]}"
+# The CTC-only baseline and the dump -> distillation branch are independent: they run side by side, each with
+# half the cores (small students use about one core each), the baseline's output going to $RUNS/baseline.log.
+CORES=$(nproc 2>/dev/null || echo 2)
+HALF=$(( CORES > 1 ? CORES / 2 : 1 ))
+mkdir -p "$RUNS"
+OMP_NUM_THREADS=$HALF train train "$HERE/configs/baseline.yaml" "$RUNS/baseline" "${STUDENT[@]}" \
+  --set train.progress=false > "$RUNS/baseline.log" 2>&1 &
+BASELINE=$!
+trap 'kill "$BASELINE" 2>/dev/null || true' EXIT     # a failure below must not leave the baseline running
+export OMP_NUM_THREADS=$HALF
 $OKD dump-teacher --config "$HERE/configs/dump.yaml" --set "dump.teacher=$RUNS/teacher/checkpoint_best.pt" \
   --set "dump.corpus=$DATA/corpus" --set "dump.output=$CACHE"
 $OKD cache verify "$CACHE" --teacher "$RUNS/teacher/checkpoint_best.pt" --sample 16
 train train-student "$HERE/configs/distill.yaml" "$RUNS/distilled" "${STUDENT[@]}" --set "distill.cache=$CACHE"
+wait "$BASELINE" || { echo "run.sh: error: the baseline failed, see $RUNS/baseline.log" >&2; exit 1; }
+trap - EXIT
+unset OMP_NUM_THREADS
 
 # 7. comparison on test: greedy, and beam + LM with alpha/beta tuned on dev for each model
 $OKD report "$RUNS/teacher" "$RUNS/baseline" "$RUNS/distilled" --out "$RUNS/report" --split test \
