@@ -30,3 +30,8 @@ if [ -f runs/demo/teacher/checkpoint_best.pt ]; then
       --compact-codecs log_probs=topk,topk_k=32,topk_coverage=0.999,hidden=lowrank,lowrank_rank=256,lowrank_coeff=int8 \
       --seeds 0,1 --out runs/efficacy
 fi
+# scale-out (needs recipes/tts_en/run.sh first: its teacher, corpus and cache)
+if [ -f runs/tts_en/teacher/checkpoint_best.pt ]; then
+  (cd benchmarks && python scaling.py --teacher ../runs/tts_en/teacher/checkpoint_best.pt --corpus ../data/tts_en/corpus \
+      --cache ../cache/tts_en_teacher.zarr --split train --nproc 2 --runs 5 --batches 48 --student-hidden 96)
+fi
