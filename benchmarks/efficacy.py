@@ -34,7 +34,7 @@ def dump(teacher, corpus, out: Path, codecs: dict):
     cfg = out.with_suffix(".yaml")
     cfg.write_text(yaml.safe_dump({"dump": {"teacher": teacher, "corpus": corpus, "splits": ["train"],
                                             "output": str(out), "progress": False, "codecs": codecs}}))
-    cli("dump-teacher", "--config", str(cfg))
+    cli("dump-teacher", "--config", str(cfg), "--overwrite")   # the demo caches are small: always dumped afresh
     return json.loads(cli("cache", "info", str(out), "--json").stdout)
 
 
