@@ -37,6 +37,7 @@ from offline_kd.data.sampler import BucketBatchSampler
 from offline_kd.data.vocab import Vocabulary
 from offline_kd.errors import OfflineKDError
 from offline_kd.models.bilstm import BiLSTMCTC, count_parameters
+from offline_kd.training import distributed
 from offline_kd.training.checkpoint import (load_checkpoint, rng_state, save_checkpoint, seed_everything,
                                             set_rng_state)
 from offline_kd.training.inference import evaluate_greedy
@@ -273,7 +274,6 @@ class Trainer:
                                        batch_size=max(cfg.data.batch_size, 1))
                 dev = {k: full[k] for k in ("wer", "cer", "num_utterances")}
             if self.world_size > 1:     # every rank tracks the best WER (and waits for rank 0's evaluation)
-                from offline_kd.training import distributed
                 dev = distributed.broadcast(dev, distributed.env_from_os())
             record.update({"dev_wer": dev["wer"], "dev_cer": dev["cer"]})
         if dev is not None and dev["wer"] < self.best_wer:
