@@ -15,7 +15,7 @@ import torch
 
 from offline_kd.cache.layout import utterance_checksum
 from offline_kd.cache.reader import TeacherCache
-from offline_kd.cache.writer import shard_starts, shards_done
+from offline_kd.cache.writer import shard_starts, shards_done, whole_utterances
 from offline_kd.data.distill_dataset import collapse_best_path
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
@@ -44,9 +44,7 @@ def _stored_checksums(split) -> tuple[np.ndarray, np.ndarray]:
     sums = np.zeros(len(split), np.uint32)
     for sh in np.flatnonzero(done):
         sums[starts[sh]:starts[sh + 1]] = rows[sh, :starts[sh + 1] - starts[sh]]
-    missing = np.concatenate([[0], np.cumsum(~done)])
-    first, last = split.offsets[:-1] // sf, (split.offsets[1:] - 1) // sf
-    return sums, missing[last + 1] - missing[first] == 0
+    return sums, whole_utterances(done, split.offsets, sf)
 
 
 def structural_check(cache: TeacherCache, log=print) -> dict:

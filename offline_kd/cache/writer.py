@@ -69,6 +69,18 @@ def create_split(root: zarr.Group, name: str, utterance_ids: list[str], offsets:
     return g
 
 
+def shard_frame_count(shards, shard_frames: int, total: int) -> int:
+    """Frames in the given shards (the last shard of a split may be short)."""
+    return int(sum(min((s + 1) * shard_frames, total) - s * shard_frames for s in shards))
+
+
+def whole_utterances(done: np.ndarray, offsets: np.ndarray, shard_frames: int) -> np.ndarray:
+    """(N,) bool: utterances all of whose frames lie in shards flagged in `done`."""
+    missing = np.concatenate([[0], np.cumsum(~done)])
+    first, last = offsets[:-1] // shard_frames, (offsets[1:] - 1) // shard_frames
+    return missing[last + 1] - missing[first] == 0
+
+
 def shards_done(group: zarr.Group) -> np.ndarray:
     """(num_shards,) bool: which shards of a split are stored."""
     if group.attrs.get("complete"):
@@ -83,12 +95,8 @@ def split_progress(group: zarr.Group) -> tuple[int, int]:
         return total, n
     done = shards_done(group)
     sf = int(group.attrs["shard_frames"])
-    frames = sum(min((s + 1) * sf, total) - s * sf for s in np.flatnonzero(done))
-    offsets = group["offset"][:]
-    missing = np.concatenate([[0], np.cumsum(~done)])
-    first, last = offsets[:-1] // sf, (offsets[1:] - 1) // sf
-    whole = int(np.sum(missing[last + 1] - missing[first] == 0))
-    return int(frames), whole
+    return (shard_frame_count(np.flatnonzero(done), sf, total),
+            int(whole_utterances(done, group["offset"][:], sf).sum()))
 
 
 def finalize_split(group: zarr.Group) -> None:
@@ -129,7 +137,6 @@ class SplitWriter:
         self.buf_start = 0                          # frame index of the first buffered frame
         self.buf_frames = 0
         self.checksums: dict[int, int] = {}         # plan position -> crc, until its shard's row is stored
-        self.shards_written = 0
         self.q: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
         self.error: Optional[BaseException] = None
         self.thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
@@ -246,5 +253,4 @@ class SplitWriter:
                 row[:b - a] = [self.checksums.pop(p) for p in range(a, b)]
                 self.checksum_rows[s] = row
             self.done_flags[s] = 1
-            self.shards_written += 1
             self.next += 1

@@ -27,7 +27,7 @@ from offline_kd.cache.codecs import (Float16Hidden, Float16LogProbs, Float32Hidd
                                      LowRankHidden, SampledLogProbs, TopKLogProbs)
 from offline_kd.cache.layout import FORMAT_VERSION, META_KEY, field_arrays, open_group
 from offline_kd.cache.reader import build_codecs
-from offline_kd.cache.writer import SplitWriter, create_split, finalize_split, shards_done
+from offline_kd.cache.writer import SplitWriter, create_split, finalize_split, shard_frame_count, shards_done
 from offline_kd.config import CodecConfig, DumpConfig
 from offline_kd.data.corpus import Corpus, feature_sha256
 from offline_kd.errors import OfflineKDError
@@ -166,7 +166,7 @@ def _prepare_store(cfg: DumpConfig, meta: dict, plans: dict, model, vocab, lp_co
             a = root.create_array(path, shape=arr.shape, dtype="float32", chunks=arr.shape)
             a[:] = arr
         root.attrs.update({META_KEY: meta})
-    codecs = _stored_codecs(root)
+    codecs = build_codecs(root.attrs[META_KEY], root)     # with any fitted state stored above
     fields = field_arrays(codecs[0], codecs[1])
     for split in cfg.splits:
         if resume and split in root and root[split].attrs.get("created"):
@@ -177,11 +177,6 @@ def _prepare_store(cfg: DumpConfig, meta: dict, plans: dict, model, vocab, lp_co
                      reader.lengths[p["order"]], p["hashes"], fields, cfg.chunk_frames, cfg.shard_chunks,
                      cfg.codecs.compressor, cfg.codecs.level)
     return {"resume": resume, "complete": False}
-
-
-def _stored_codecs(root):
-    """The log-prob codec and hidden codecs with their stored state (the low-rank bases live in the cache)."""
-    return build_codecs(root.attrs[META_KEY], root)
 
 
 def _needed_batches(p: dict, mine: np.ndarray, shard_frames: int) -> list[tuple[int, list[int]]]:
@@ -249,10 +244,10 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     if stored.get("identity_sha256") != meta["identity_sha256"]:
         raise OfflineKDError(f"rank {env.rank}: {cfg.output} was prepared for another dump plan than this rank's "
                              f"(every rank must run the same command on the same corpus and teacher)")
-    lp_codec, hidden_codecs = _stored_codecs(root)
+    lp_codec, hidden_codecs = build_codecs(root.attrs[META_KEY], root)
     shard_frames = cfg.chunk_frames * cfg.shard_chunks
 
-    totals = {"frames": 0, "utterances": 0, "seconds": 0.0, "shards": 0}
+    totals = {"frames": 0, "utterances": 0, "seconds": 0.0}
     for split in cfg.splits:
         p = plans[split]
         reader = p["reader"]
@@ -269,7 +264,7 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
             continue
         todo = _needed_batches(p, mine, shard_frames)
         total = int(p["offsets"][-1])
-        mine_frames = int(sum(min((s + 1) * shard_frames, total) - s * shard_frames for s in mine))
+        mine_frames = shard_frame_count(mine, shard_frames, total)
         writer = SplitWriter(g, lp_codec, hidden_codecs, shard_frames, mine.tolist(), cfg.writer_queue)
         bar = tqdm(total=sum(int(p["offsets"][q + len(b)] - p["offsets"][q]) for q, b in todo), unit="frame",
                    unit_scale=True, desc=f"dump {split}" + (f" rank {env.rank}" if env.enabled else ""),
@@ -305,7 +300,6 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
         totals["frames"] += mine_frames
         totals["utterances"] += n_utts
         totals["seconds"] += el
-        totals["shards"] += len(mine)
         log(f"{split}: {n_utts} utterances, {mine_frames} frames in {el:.1f}s"
             + (f" (rank 0 of {env.world_size})" if env.enabled else ""))
     per_rank = distributed.all_gather(totals, env)    # also the barrier: every rank has finished writing
