@@ -101,6 +101,15 @@ def _arrays(path):
     return out
 
 
+def assert_same_cache(a, b) -> None:
+    """Every stored array of the two caches is equal, and the second one is complete."""
+    x, y = _arrays(a), _arrays(b)
+    assert x.keys() == y.keys()
+    for k in x:
+        np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+    assert TeacherCache(str(b)).meta["complete"]
+
+
 def test_sigkill_then_resume_equals_uninterrupted(tiny_corpus, tmp_path):
     # an untrained, wider teacher over a bigger corpus: slow enough to be killed mid-dump
     from offline_kd.data.synth import write_synth_corpus
@@ -138,11 +147,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_corpus, tmp_path):
         TeacherCache(str(out))
     res = CliRunner().invoke(main, ["dump-teacher", "--config", str(cfg_path)])
     assert res.exit_code == 0, res.output
-    a, b = _arrays(ref), _arrays(out)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    assert TeacherCache(str(out)).meta["complete"]
+    assert_same_cache(ref, out)
 
 
 def test_fingerprints_and_overwrite_protection(tiny_teacher, tiny_corpus, tmp_path):

@@ -17,13 +17,12 @@ import torch
 import zarr
 
 from conftest import experiment_dict, tiny_spec, write_yaml
-from offline_kd.cache.reader import TeacherCache
 from offline_kd.config import ExperimentConfig, ModelConfig, build_dataclass
 from offline_kd.data.corpus import Corpus
 from offline_kd.models.bilstm import BiLSTMCTC
 from offline_kd.recipes import dump_teacher, train, train_student
 from offline_kd.training.checkpoint import load_checkpoint, save_checkpoint
-from test_cache import QUIET, _arrays, dump_cfg
+from test_cache import QUIET, assert_same_cache, dump_cfg
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             "-m", "offline_kd"]
@@ -62,14 +61,6 @@ def _single_process_dump(cfg) -> None:
     _one_thread(dump_teacher.run, cfg)
 
 
-def _assert_same_cache(a: Path, b: Path) -> None:
-    x, y = _arrays(a), _arrays(b)
-    assert x.keys() == y.keys()
-    for k in x:
-        np.testing.assert_array_equal(x[k], y[k], err_msg=k)
-    assert TeacherCache(str(b)).meta["complete"]
-
-
 def test_two_rank_dump_equals_single_process(tiny_teacher, tiny_corpus, tmp_path):
     ref = tmp_path / "ref.zarr"
     _single_process_dump(dump_cfg(tiny_teacher, tiny_corpus, ref, codecs={"log_probs": "float16",
@@ -80,7 +71,7 @@ def test_two_rank_dump_equals_single_process(tiny_teacher, tiny_corpus, tmp_path
     result = json.loads(res.stdout.strip().splitlines()[-1])      # printed once, by rank 0
     assert result["world_size"] == 2 and len(res.stdout.strip().splitlines()) == 1
     assert int(zarr.open_group(str(out / "train"), mode="r").attrs["num_shards"]) > 4
-    _assert_same_cache(ref, out)
+    assert_same_cache(ref, out)
 
 
 def _children(pid: int) -> list[int]:
@@ -138,7 +129,7 @@ def test_killed_rank_then_rerun_equals_single_process(tmp_path):
     assert not zarr.open_group(str(out), mode="r").attrs["offline_kd"]["complete"]
     res = torchrun("dump-teacher", "--config", cfg)
     assert res.returncode == 0, res.stderr[-3000:]
-    _assert_same_cache(ref, out)
+    assert_same_cache(ref, out)
 
 
 def _state(path: Path) -> dict:
