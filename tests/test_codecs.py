@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from offline_kd.cache.codecs import (Float16Hidden, Float16LogProbs, Float32Hidden, Float32LogProbs, Int8Hidden,
-                                     LowRankHidden, TopKLogProbs, hidden_codec, log_prob_codec)
+                                     LowRankHidden, LowRankLogProbs, TopKLogProbs, hidden_codec, log_prob_codec)
 
 
 def _log_probs(f=200, v=50, peak=6.0, seed=0):
@@ -80,15 +80,50 @@ def test_int8_hidden_bound():
 @pytest.mark.parametrize("coeff", ["float16", "int8"])
 def test_lowrank_hidden_exact_rank_and_truncated(coeff):
     x = _hidden(rank=8)                         # the data has rank 8 before tanh: mostly low-rank
-    basis, mean = LowRankHidden.fit(x, 32)
-    full = LowRankHidden(32, 32, coeff).with_state(basis, mean)
+    full = LowRankHidden(32, 32, coeff).with_state(**LowRankHidden.fit(x, 32))
     y = _roundtrip(full, x)
     tol = 2e-3 if coeff == "float16" else 3e-2
     assert np.abs(y - x).max() < tol
-    b8, m8 = LowRankHidden.fit(x, 8)
-    y8 = _roundtrip(LowRankHidden(32, 8, coeff).with_state(b8, m8), x)
+    y8 = _roundtrip(LowRankHidden(32, 8, coeff).with_state(**LowRankHidden.fit(x, 8)), x)
     rel = ((y8 - x) ** 2).sum() / (x ** 2).sum()
     assert rel < 0.05
+
+
+def test_lowrank_int8_whitening_keeps_small_components():
+    """Components 1000x smaller than the first keep their precision: each is scaled by its own deviation."""
+    rng = np.random.default_rng(3)
+    c = rng.normal(size=(500, 4)) * np.array([100.0, 1.0, 0.3, 0.1])
+    q, _ = np.linalg.qr(rng.normal(size=(16, 4)))
+    x = (c @ q.T).astype(np.float32)
+    state = LowRankHidden.fit(x, 4)
+    np.testing.assert_allclose(np.sort(state["scale"])[::-1], c.std(0)[np.argsort(-c.std(0))], rtol=0.15)
+    white = _roundtrip(LowRankHidden(16, 4, "int8").with_state(**state), x)
+    plain = _roundtrip(LowRankHidden(16, 4, "int8").with_state(state["basis"], state["mean"]), x)  # scale 1
+    small = q[:, 1:]                              # the error along the small components
+    err_white = (((white - x) @ small) ** 2).sum()
+    err_plain = (((plain - x) @ small) ** 2).sum()
+    assert err_white < err_plain / 20
+
+
+def test_lowrank_log_probs_normalised_exact_at_full_rank_and_close_truncated():
+    rng = np.random.default_rng(2)
+    v, r = 60, 6
+    z = rng.normal(size=(800, r)) @ rng.normal(size=(r, v)) * 2.0          # logits of rank 6
+    z[:, 0] += 5.0                                                         # a dominant "blank"
+    x = (z - np.log(np.exp(z).sum(1, keepdims=True))).astype(np.float32)
+    state = LowRankLogProbs.fit(x, r + 1)     # + 1: the per-frame centring leaves the rank at most unchanged
+    for coeff, tol in (("float16", 1e-5), ("int8", 1e-3)):
+        codec = log_prob_codec(LowRankLogProbs(v, r + 1, coeff).to_dict()).with_state(**state)
+        y = _roundtrip(codec, x)
+        assert y.dtype == np.float32
+        np.testing.assert_allclose(np.exp(y.astype(np.float64)).sum(1), 1.0, atol=1e-5)
+        p = np.exp(x.astype(np.float64))
+        kl = (p * (x - y)).sum(1)
+        assert kl.mean() < tol, (coeff, kl.mean())
+        assert (y.argmax(1) == x.argmax(1)).mean() > 0.99
+    two = LowRankLogProbs(v, 2, "float16").with_state(**LowRankLogProbs.fit(x, 2))
+    kl2 = (np.exp(x.astype(np.float64)) * (x - _roundtrip(two, x))).sum(1).mean()
+    assert kl2 > 1e-2                        # too few components for rank-6 logits: a real approximation error
 
 
 def test_specs_round_trip_through_to_dict():
@@ -97,6 +132,9 @@ def test_specs_round_trip_through_to_dict():
     for codec in (Float32Hidden(4), Float16Hidden(4), Int8Hidden(4)):
         assert hidden_codec(codec.to_dict()) == codec
     assert hidden_codec(LowRankHidden(4, 2, "int8").to_dict()).rank == 2
+    assert log_prob_codec(LowRankLogProbs(7, 3, "float16").to_dict()).coeff == "float16"
+    with pytest.raises(Exception, match="logits_rank"):
+        LowRankLogProbs(7, 8)
 
 
 def test_topk_tail_mass_is_accurate_on_confident_frames():

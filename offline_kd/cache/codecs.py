@@ -18,10 +18,14 @@ Log-prob codecs (input `(F, V)` float32 log-probabilities at temperature 1):
             an unbiased estimate of the teacher distribution (its expectation is exactly p), so the soft-KD
             gradient at T = 1 is unbiased, unlike top-k; its support is the drawn tokens only (log-prob -inf
             elsewhere). Draws are seeded by the frames' own bytes, so a dump is reproducible.
+  lowrank   the logits (log-probs centred per frame) as `rank` coefficients on a PCA basis fitted at dump time
+            (int8 whitened or fp16); decoding is log-softmax(mean + coeffs @ basis), a normalised distribution
+            with full support whose error is measured, not bounded (KL per frame in docs/benchmarks.md).
 Hidden-state codecs (input `(F, D)` float32):
   float32, float16
   int8      per-frame symmetric scale (absmax / 127), |error| <= scale / 2
   lowrank   x ~ mean + coeffs @ basis, basis (r, D) fitted by PCA on a sample of frames; coeffs fp16 or int8
+            (whitened by each component's standard deviation, then one absmax scale per frame)
 """
 
 from __future__ import annotations
@@ -248,56 +252,145 @@ class Int8Hidden(Float32Hidden):
         return np.asarray(a["/q"], np.float32) * np.asarray(a["/scale"], np.float32)[:, None]
 
 
+def _pca(sample: np.ndarray, rank: int) -> dict[str, np.ndarray]:
+    """PCA on (N, D) frames -> {"basis": (rank, D) orthonormal rows, "mean": (D,), "scale": (rank,) the standard
+    deviation of each coefficient}. Exact SVD up to 4096 columns, randomised (torch.svd_lowrank) above."""
+    x = np.asarray(sample, np.float64)
+    mean = x.mean(0)
+    x = x - mean
+    if min(x.shape) <= 4096:
+        _, s, vt = np.linalg.svd(x, full_matrices=False)
+        s, vt = s[:rank], vt[:rank]
+    else:
+        import torch
+        _, s_t, v_t = torch.svd_lowrank(torch.from_numpy(x), q=min(rank + 16, min(x.shape)), niter=4)
+        s, vt = s_t[:rank].numpy(), v_t[:, :rank].T.numpy()
+    scale = s / np.sqrt(max(len(x), 1))
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    return {"basis": vt.astype(np.float32), "mean": mean.astype(np.float32), "scale": scale.astype(np.float32)}
+
+
 @dataclass(frozen=True)
-class LowRankHidden:
-    """x ~ mean + coeffs @ basis. `basis` (r, D) and `mean` (D,) are fitted once and stored in the cache."""
+class _LowRank:
+    """x ~ mean + coeffs @ basis, the basis fitted by PCA at dump time and stored in the cache. int8 coefficients
+    are whitened first (divided by each component's standard deviation, `scale`) and then share one absmax scale per
+    frame, so the small trailing components keep their precision next to the large leading ones."""
+    state_arrays: ClassVar[tuple] = ("basis", "mean", "scale")
+
+    def _check(self, width: int):
+        if not 1 <= self.rank <= width:
+            raise OfflineKDError(f"codecs.{self.option}_rank must be in 1..{width}, got {self.rank}")
+        if self.coeff not in ("float16", "int8"):
+            raise OfflineKDError(f"codecs.{self.option}_coeff must be float16 or int8, got {self.coeff!r}")
+
+    def _arrays(self) -> list[FieldArray]:
+        if self.coeff == "int8":
+            return [FieldArray("/q", (self.rank,), "int8"), FieldArray("/scale", (), "float32")]
+        return [FieldArray("/coeffs", (self.rank,), "float16")]
+
+    def _whitening(self) -> np.ndarray:
+        return np.ones(self.rank, np.float32) if self.scale is None else np.asarray(self.scale, np.float32)
+
+    def _encode(self, x: np.ndarray) -> dict:
+        if self.basis is None:
+            raise OfflineKDError(f"{self.name} codec has no fitted basis (internal error)")
+        c = (x - self.mean) @ self.basis.T
+        if self.coeff == "int8":
+            q, scale = _int8_encode(c / self._whitening())
+            return {"/q": q, "/scale": scale}
+        return {"/coeffs": c.astype(np.float16)}
+
+    def _decode(self, a: dict) -> np.ndarray:
+        if self.coeff == "int8":
+            c = np.asarray(a["/q"], np.float32) * (np.asarray(a["/scale"], np.float32)[:, None] * self._whitening())
+        else:
+            c = np.asarray(a["/coeffs"], np.float32)
+        return c @ self.basis + self.mean
+
+
+@dataclass(frozen=True)
+class LowRankLogProbs(_LowRank):
+    """The teacher's logits (log-probs centred per frame, which softmax cannot tell apart) ~ mean + coeffs @ basis;
+    decoding applies log-softmax, so the target is always a normalised distribution with full support. CTC teachers'
+    logits live in a low-dimensional subspace (the output layer is linear in a narrow hidden state and most frames
+    are blank-dominated), so a few dozen coefficients carry the whole distribution, tail shape included."""
     name: ClassVar[str] = "lowrank"
+    option: ClassVar[str] = "logits"
+    num_classes: int
+    rank: int = 32
+    coeff: str = "int8"
+    basis: np.ndarray | None = None
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+
+    def __post_init__(self):
+        self._check(self.num_classes)
+
+    @staticmethod
+    def centre(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        return x - x.mean(1, keepdims=True)
+
+    @classmethod
+    def fit(cls, sample: np.ndarray, rank: int) -> dict[str, np.ndarray]:
+        return _pca(cls.centre(sample), rank)
+
+    def with_state(self, basis, mean, scale=None) -> "LowRankLogProbs":
+        return LowRankLogProbs(self.num_classes, self.rank, self.coeff, basis, mean, scale)
+
+    def arrays(self) -> list[FieldArray]:
+        return self._arrays()
+
+    def encode(self, x: np.ndarray) -> dict:
+        return self._encode(self.centre(x))
+
+    def decode(self, a: dict) -> np.ndarray:
+        z = self._decode(a)
+        z -= z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "num_classes": self.num_classes, "rank": self.rank, "coeff": self.coeff}
+
+
+@dataclass(frozen=True)
+class LowRankHidden(_LowRank):
+    """x ~ mean + coeffs @ basis. `basis` (r, D), `mean` (D,) and `scale` (r,) are fitted once and stored in the
+    cache (caches written before `scale` existed decode with scale 1)."""
+    name: ClassVar[str] = "lowrank"
+    option: ClassVar[str] = "lowrank"
     dim: int
     rank: int = 256
     coeff: str = "float16"           # float16 | int8
     basis: np.ndarray | None = None  # (rank, dim), rows orthonormal
     mean: np.ndarray | None = None   # (dim,)
+    scale: np.ndarray | None = None  # (rank,) coefficient standard deviations (int8 whitening)
 
     def __post_init__(self):
-        if not 1 <= self.rank <= self.dim:
-            raise OfflineKDError(f"codecs.lowrank_rank must be in 1..{self.dim}, got {self.rank}")
-        if self.coeff not in ("float16", "int8"):
-            raise OfflineKDError(f"codecs.lowrank_coeff must be float16 or int8, got {self.coeff!r}")
+        self._check(self.dim)
 
     @staticmethod
-    def fit(sample: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-        """PCA on (N, D) frames -> basis (rank, D), mean (D,)."""
-        mean = sample.mean(0)
-        _, _, vt = np.linalg.svd((sample - mean).astype(np.float64), full_matrices=False)
-        return vt[:rank].astype(np.float32), mean.astype(np.float32)
+    def fit(sample: np.ndarray, rank: int) -> dict[str, np.ndarray]:
+        return _pca(sample, rank)
 
-    def with_state(self, basis: np.ndarray, mean: np.ndarray) -> "LowRankHidden":
-        return LowRankHidden(self.dim, self.rank, self.coeff, basis, mean)
+    def with_state(self, basis, mean, scale=None) -> "LowRankHidden":
+        return LowRankHidden(self.dim, self.rank, self.coeff, basis, mean, scale)
 
     def arrays(self) -> list[FieldArray]:
-        if self.coeff == "int8":
-            return [FieldArray("/q", (self.rank,), "int8"), FieldArray("/scale", (), "float32")]
-        return [FieldArray("/coeffs", (self.rank,), "float16")]
+        return self._arrays()
 
     def encode(self, x: np.ndarray) -> dict:
-        c = (np.asarray(x, np.float32) - self.mean) @ self.basis.T
-        if self.coeff == "int8":
-            q, scale = _int8_encode(c)
-            return {"/q": q, "/scale": scale}
-        return {"/coeffs": c.astype(np.float16)}
+        return self._encode(np.asarray(x, np.float32))
 
     def decode(self, a: dict) -> np.ndarray:
-        if self.coeff == "int8":
-            c = np.asarray(a["/q"], np.float32) * np.asarray(a["/scale"], np.float32)[:, None]
-        else:
-            c = np.asarray(a["/coeffs"], np.float32)
-        return c @ self.basis + self.mean
+        return self._decode(a)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "dim": self.dim, "rank": self.rank, "coeff": self.coeff}
 
 
-LOG_PROB_CODECS = {c.name: c for c in (Float32LogProbs, Float16LogProbs, TopKLogProbs, SampledLogProbs)}
+LOG_PROB_CODECS = {c.name: c for c in (Float32LogProbs, Float16LogProbs, TopKLogProbs, SampledLogProbs,
+                                       LowRankLogProbs)}
 HIDDEN_CODECS = {c.name: c for c in (Float32Hidden, Float16Hidden, Int8Hidden, LowRankHidden)}
 
 

@@ -1,8 +1,10 @@
 """The cache layout on Zarr v3 (documented for plain-zarr readers in docs/cache-format.md).
 
     CACHE.zarr/                       root group, attrs["offline_kd"] = metadata (see `CacheMeta`)
-      lowrank/hidden_{L}/basis, mean  fitted state of the low-rank hidden codec (only with that codec)
-      {split}/                        attrs: num_utterances, num_frames, frames_done, utterances_done, complete
+      lowrank/hidden_{L}/basis, mean, scale  fitted state of the low-rank hidden codec (only with that codec)
+      lowrank/log_probs/basis, mean, scale  fitted state of the low-rank log-prob codec (only with that codec)
+      prior/log_probs                 mean teacher distribution, for the top-k codec's prior tail
+      {split}/                        attrs: num_utterances, num_frames, created, complete, shard_frames ...
         utterance_id    str    (N,)   in dump order (longest first)
         offset          int64  (N+1,) utterance i = frames offset[i]:offset[i+1] of every per-frame array
         input_frames    int64  (N,)   feature frames before subsampling

@@ -12,21 +12,28 @@ import os
 import numpy as np
 import zarr
 
-from offline_kd.cache.codecs import LowRankHidden, TopKLogProbs, hidden_codec, log_prob_codec
+from offline_kd.cache.codecs import LowRankHidden, LowRankLogProbs, TopKLogProbs, hidden_codec, log_prob_codec
 from offline_kd.cache.layout import field_arrays, open_group, read_meta
 from offline_kd.errors import OfflineKDError
+
+
+def _lowrank_state(root: zarr.Group, path: str) -> dict:
+    """A low-rank codec's fitted arrays (`scale` is absent in caches written before it existed)."""
+    g = root[path]
+    return {k: g[k][:] for k in ("basis", "mean", "scale") if k in g}
 
 
 def build_codecs(meta: dict, root: zarr.Group):
     lp = log_prob_codec(meta["codecs"]["log_probs"])
     if isinstance(lp, TopKLogProbs) and lp.tail == "prior":
         lp = lp.with_prior(root["prior/log_probs"][:])
+    if isinstance(lp, LowRankLogProbs):
+        lp = lp.with_state(**_lowrank_state(root, "lowrank/log_probs"))
     hidden = {}
     for layer, spec in meta["codecs"]["hidden"].items():
         codec = hidden_codec(spec)
         if isinstance(codec, LowRankHidden):
-            g = root[f"lowrank/hidden_{layer}"]
-            codec = codec.with_state(g["basis"][:], g["mean"][:])
+            codec = codec.with_state(**_lowrank_state(root, f"lowrank/hidden_{layer}"))
         hidden[int(layer)] = codec
     return lp, hidden
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from offline_kd import __version__
 from offline_kd.cache.codecs import (Float16Hidden, Float16LogProbs, Float32Hidden, Float32LogProbs, Int8Hidden,
-                                     LowRankHidden, SampledLogProbs, TopKLogProbs)
+                                     LowRankHidden, LowRankLogProbs, SampledLogProbs, TopKLogProbs)
 from offline_kd.cache.layout import FORMAT_VERSION, META_KEY, field_arrays, open_group
 from offline_kd.cache.reader import build_codecs
 from offline_kd.cache.writer import SplitWriter, create_split, finalize_split, shard_frame_count, shards_done
@@ -40,7 +40,8 @@ from offline_kd.training.inference import iterate_outputs, loader_for, sorted_ba
 def make_codecs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int]):
     lp = {"float32": lambda: Float32LogProbs(num_classes), "float16": lambda: Float16LogProbs(num_classes),
           "topk": lambda: TopKLogProbs(num_classes, c.topk_k, c.topk_coverage, c.topk_tail),
-          "sampled": lambda: SampledLogProbs(num_classes, c.sampled_n)}
+          "sampled": lambda: SampledLogProbs(num_classes, c.sampled_n),
+          "lowrank": lambda: LowRankLogProbs(num_classes, min(c.logits_rank, num_classes), c.logits_coeff)}
     if c.log_probs not in lp:
         raise OfflineKDError(f"dump.codecs.log_probs: unknown codec '{c.log_probs}' ({' | '.join(lp)})")
     hid = {"float32": Float32Hidden, "float16": Float16Hidden, "int8": Int8Hidden}
@@ -88,41 +89,46 @@ def _identity(meta: dict, plans: dict) -> str:
 
 def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -> dict[str, np.ndarray]:
     """Fitted codec state, as {cache array path: array}, from the first `lowrank_fit_frames` frames of the first
-    split: each layer's low-rank basis and mean (hidden `lowrank`), the mean teacher distribution (top-k `prior`
-    tail). Empty when no codec needs one."""
+    split: each layer's low-rank basis (hidden `lowrank`), the logits' basis (log-probs `lowrank`), the mean teacher
+    distribution (top-k `prior` tail). Empty when no codec needs one."""
     lowrank = cfg.codecs.hidden == "lowrank"
     prior = isinstance(lp_codec, TopKLogProbs) and lp_codec.tail == "prior"
-    if not (lowrank or prior):
+    logits = isinstance(lp_codec, LowRankLogProbs)
+    if not (lowrank or prior or logits):
         return {}
     first = plans[cfg.splits[0]]
     layers = sorted(hidden_codecs) if lowrank else []
     collected = {L: [] for L in layers}
-    prob_sum, n = None, 0
+    lps, n, limit = [], 0, cfg.codecs.lowrank_fit_frames
     loader = loader_for(first["reader"], vocab, first["batches"])
     for batch, log_probs, out_len, hidden in iterate_outputs(model, loader, device, layers):
-        lp = log_probs.transpose(0, 1).double().cpu().numpy()
+        lp = log_probs.transpose(0, 1).float().cpu().numpy()
         for b, t in enumerate(out_len.tolist()):
             for L in layers:
                 collected[L].append(hidden[L][b, :t].float().cpu().numpy())
-            if prior:
-                s = np.exp(lp[b, :t]).sum(0)
-                prob_sum = s if prob_sum is None else prob_sum + s
+            lps.append(lp[b, :t])
             n += t
-        if n >= cfg.codecs.lowrank_fit_frames:
+        if n >= limit:
             break
+    ranks = [c.rank for c in hidden_codecs.values()] if lowrank else []
+    ranks += [lp_codec.rank] if logits else []
+    if ranks and n < max(ranks):
+        raise OfflineKDError(f"dump.codecs: a low-rank codec asks for rank {max(ranks)}, more than the {n} frames "
+                             f"available to fit its basis; lower lowrank_rank / logits_rank or raise "
+                             f"dump.codecs.lowrank_fit_frames")
     state = {}
+    lp_all = np.concatenate(lps)[:limit]
     if prior:
-        state["prior/log_probs"] = np.log(np.maximum(prob_sum / n, 1e-30)).astype(np.float32)
-    if lowrank:
-        if n < max(c.rank for c in hidden_codecs.values()):
-            raise OfflineKDError(f"dump.codecs.lowrank_rank ({max(c.rank for c in hidden_codecs.values())}) is "
-                                 f"larger than the {n} frames available to fit the basis; lower the rank or raise "
-                                 f"dump.codecs.lowrank_fit_frames")
-        for L in layers:
-            basis, mean = LowRankHidden.fit(np.concatenate(collected[L])[: cfg.codecs.lowrank_fit_frames],
-                                            hidden_codecs[L].rank)
-            state[f"lowrank/hidden_{L}/basis"], state[f"lowrank/hidden_{L}/mean"] = basis, mean
-    log(f"fitting codec state ({', '.join(sorted({k.rsplit('/', 1)[0] for k in state}))}) on {n} frames")
+        mean_p = np.exp(lp_all.astype(np.float64)).mean(0)
+        state["prior/log_probs"] = np.log(np.maximum(mean_p, 1e-30)).astype(np.float32)
+    if logits:
+        for k, arr in LowRankLogProbs.fit(lp_all, lp_codec.rank).items():
+            state[f"lowrank/log_probs/{k}"] = arr
+    for L in layers:
+        for k, arr in LowRankHidden.fit(np.concatenate(collected[L])[:limit], hidden_codecs[L].rank).items():
+            state[f"lowrank/hidden_{L}/{k}"] = arr
+    log(f"fitting codec state ({', '.join(sorted({k.rsplit('/', 1)[0] for k in state}))}) on {min(n, limit)} "
+        f"frames")
     return state
 
 
