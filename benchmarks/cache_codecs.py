@@ -42,6 +42,23 @@ COMBOS = {
                                     "lowrank_rank": 256, "lowrank_coeff": "int8"},
     "sampled64 + lowrank256/int8": {"log_probs": "sampled", "sampled_n": 64, "hidden": "lowrank",
                                     "lowrank_rank": 256, "lowrank_coeff": "int8"},
+    "logits lowrank16/int8 + lowrank64/int8": {"log_probs": "lowrank", "logits_rank": 16, "hidden": "lowrank",
+                                               "lowrank_rank": 64, "lowrank_coeff": "int8"},
+    "logits lowrank32/int8 + lowrank128/int8": {"log_probs": "lowrank", "logits_rank": 32, "hidden": "lowrank",
+                                                "lowrank_rank": 128, "lowrank_coeff": "int8"},
+    "logits lowrank32/fp16 + lowrank128/int8": {"log_probs": "lowrank", "logits_rank": 32, "logits_coeff": "float16",
+                                                "hidden": "lowrank", "lowrank_rank": 128, "lowrank_coeff": "int8"},
+    "logits lowrank64/int8 + lowrank192/int8": {"log_probs": "lowrank", "logits_rank": 64, "hidden": "lowrank",
+                                                "lowrank_rank": 192, "lowrank_coeff": "int8"},
+    "topk(cov .999, k<=8, lowrank32 tail) + lowrank128/int8": {
+        "log_probs": "topk", "topk_k": 8, "topk_coverage": 0.999, "topk_tail": "lowrank", "logits_rank": 32,
+        "hidden": "lowrank", "lowrank_rank": 128, "lowrank_coeff": "int8"},
+    "topk(cov .999, k<=8, lowrank32 tail) + lowrank192/int8": {
+        "log_probs": "topk", "topk_k": 8, "topk_coverage": 0.999, "topk_tail": "lowrank", "logits_rank": 32,
+        "hidden": "lowrank", "lowrank_rank": 192, "lowrank_coeff": "int8"},
+    "topk(cov .9999, k<=16, lowrank64 tail) + lowrank256/int8": {
+        "log_probs": "topk", "topk_k": 16, "topk_coverage": 0.9999, "topk_tail": "lowrank", "logits_rank": 64,
+        "hidden": "lowrank", "lowrank_rank": 256, "lowrank_coeff": "int8"},
 }
 
 

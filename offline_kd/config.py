@@ -124,12 +124,13 @@ class DistillConfig:
 @dataclass(frozen=True)
 class CodecConfig:
     log_probs: str = "float16"          # float32 | float16 | topk | sampled | lowrank
-    logits_rank: int = 32               # coefficients per frame for lowrank log-probs
+    logits_rank: int = 32               # coefficients per frame for lowrank log-probs (and topk_tail lowrank)
     logits_coeff: str = "int8"          # float16 | int8 (whitened)
     sampled_n: int = 32                 # tokens drawn per frame for sampled
     topk_k: int = 16                    # max k for topk
     topk_coverage: Optional[float] = None  # if set, per-frame k = smallest reaching this probability mass (<= topk_k)
-    topk_tail: str = "uniform"          # uniform | prior: how decoding spreads the tail mass over tokens not kept
+    topk_tail: str = "uniform"          # uniform | prior | lowrank: how decoding spreads the tail mass over tokens
+                                        # not kept (lowrank: shaped by logits_rank coefficients per frame)
     hidden: str = "float16"             # float32 | float16 | int8 | lowrank
     lowrank_rank: int = 256             # coefficients per frame and layer for lowrank hidden states
     lowrank_fit_frames: int = 20000     # frames the fitted state (bases, prior) is computed on

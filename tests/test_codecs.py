@@ -183,3 +183,35 @@ def test_topk_prior_tail_normalises_and_beats_uniform_on_a_shaped_tail():
         p = np.exp(x.astype(np.float64))
         return float((p * (x - q)).sum(1).mean())
     assert kl(y) < 0.8 * kl(uni)
+
+
+def test_topk_lowrank_tail_keeps_head_and_tail_mass_and_shapes_the_tail():
+    rng = np.random.default_rng(4)
+    v, r = 80, 5
+    z = rng.normal(size=(600, r)) @ rng.normal(size=(r, v)) * 5.0      # rank-5 logits, mostly peaky frames
+    x = (z - np.log(np.exp(z).sum(1, keepdims=True))).astype(np.float32)
+    assert np.median(np.exp(x.max(1))) > 0.8
+    spec = TopKLogProbs(v, k=4, coverage=0.999, tail="lowrank", tail_rank=r + 1).to_dict()
+    assert spec["tail"] == "lowrank" and spec["tail_rank"] == r + 1
+    codec = log_prob_codec(spec).with_state(**LowRankLogProbs.fit(x, r + 1))
+    enc = codec.encode(x)
+    y = _roundtrip(codec, x)
+    np.testing.assert_allclose(np.exp(y.astype(np.float64)).sum(1), 1.0, atol=2e-3)
+    assert np.array_equal(y.argmax(1), x.argmax(1))
+    count = enc["/count"].astype(int)
+    for f in range(0, 600, 31):                 # the kept head is exact up to fp16, the tail sums to the stored mass
+        top = np.argsort(-x[f])[: count[f]]
+        assert np.all(np.abs(y[f, top] - x[f, top]) <= np.abs(x[f, top]) * 2.0 ** -11 + 1e-6)
+        rest = np.setdiff1d(np.arange(v), top)
+        np.testing.assert_allclose(np.log(np.exp(y[f, rest].astype(np.float64)).sum()), enc["/tail_log_mass"][f],
+                                   atol=1e-4)
+    p = np.exp(x.astype(np.float64))
+
+    def kl_at(y, t):
+        a = x / t - np.log(np.exp(x.astype(np.float64) / t).sum(1, keepdims=True))
+        b = y / t - np.log(np.exp(y.astype(np.float64) / t).sum(1, keepdims=True))
+        return (np.exp(a) * (a - b)).sum(1).mean()
+    uniform = _roundtrip(TopKLogProbs(v, k=4, coverage=0.999), x)
+    for t in (1.0, 4.0):                        # the shaped tail is far closer than a uniform one at any T
+        assert kl_at(y, t) < kl_at(uniform, t) / 50
+    assert (p * (x - y)).sum(1).mean() < 1e-3

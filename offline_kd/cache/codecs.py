@@ -10,9 +10,10 @@ Log-prob codecs (input `(F, V)` float32 log-probabilities at temperature 1):
   topk      per frame the k largest log-probs (fp16) with their token ids and the log of the remaining tail mass;
             `coverage` makes k per frame the smallest that reaches that probability mass (capped at `k`).
             Decoding spreads the tail mass over the V - k tokens that were not kept, so the dense distribution
-            sums to 1 (the documented approximation; see docs/cache-format.md): uniformly (`tail: uniform`) or
+            sums to 1 (the documented approximation; see docs/cache-format.md): uniformly (`tail: uniform`),
             in proportion to the teacher's mean distribution fitted at dump time and stored in the cache
-            (`tail: prior`).
+            (`tail: prior`), or shaped per frame by the `lowrank` codec's reconstruction of the logits
+            (`tail: lowrank`: the head exact, the tail's total exact, its shape from `tail_rank` coefficients).
   sampled   Sparse Logit Sampling (Anshumann et al., 2025): per frame `samples` tokens drawn from the teacher's
             distribution, stored as the distinct tokens and their counts. The decoded target counts / samples is
             an unbiased estimate of the teacher distribution (its expectation is exactly p), so the soft-KD
@@ -92,25 +93,40 @@ class TopKLogProbs:
     num_classes: int
     k: int = 16
     coverage: float | None = None
-    tail: str = "uniform"              # uniform | prior
+    tail: str = "uniform"              # uniform | prior | lowrank
     prior: np.ndarray | None = None    # (V,) mean teacher log-probs, for tail = prior (stored in the cache)
+    tail_rank: int = 32                # tail = lowrank: coefficients per frame of the tail's shape
+    tail_coeff: str = "int8"
+    shape: LowRankLogProbs | None = None   # tail = lowrank: the fitted logit basis (stored in the cache)
 
     def __post_init__(self):
         if not 1 <= self.k < self.num_classes:
             raise OfflineKDError(f"codecs.topk_k must be in 1..{self.num_classes - 1}, got {self.k}")
         if self.coverage is not None and not 0.0 < self.coverage <= 1.0:
             raise OfflineKDError(f"codecs.topk_coverage must be in (0, 1], got {self.coverage}")
-        if self.tail not in ("uniform", "prior"):
-            raise OfflineKDError(f"codecs.topk_tail must be uniform or prior, got {self.tail!r}")
+        if self.tail not in ("uniform", "prior", "lowrank"):
+            raise OfflineKDError(f"codecs.topk_tail must be uniform, prior or lowrank, got {self.tail!r}")
+        if self.tail == "lowrank" and self.shape is None:
+            object.__setattr__(self, "shape", LowRankLogProbs(self.num_classes, self.tail_rank, self.tail_coeff))
 
     def with_prior(self, prior: np.ndarray) -> "TopKLogProbs":
         return TopKLogProbs(self.num_classes, self.k, self.coverage, self.tail, np.asarray(prior, np.float64))
+
+    def with_state(self, basis, mean, scale=None) -> "TopKLogProbs":
+        """tail = lowrank: the fitted logit basis that shapes the tail."""
+        return TopKLogProbs(self.num_classes, self.k, self.coverage, self.tail, None, self.tail_rank,
+                            self.tail_coeff, self.shape.with_state(basis, mean, scale))
+
+    def _shape_arrays(self) -> list[FieldArray]:
+        if self.tail != "lowrank":
+            return []
+        return [FieldArray("/tail_" + a.suffix[1:], a.shape, a.dtype) for a in self.shape.arrays()]
 
     def arrays(self) -> list[FieldArray]:
         idx_dtype = "uint16" if self.num_classes <= 65535 else "int32"
         return [FieldArray("/values", (self.k,), "float16"), FieldArray("/indices", (self.k,), idx_dtype),
                 FieldArray("/count", (), "uint8" if self.k < 256 else "uint16"),
-                FieldArray("/tail_log_mass", (), "float32")]
+                FieldArray("/tail_log_mass", (), "float32"), *self._shape_arrays()]
 
     def encode(self, x: np.ndarray) -> dict:
         f = x.shape[0]
@@ -134,8 +150,11 @@ class TopKLogProbs:
         safe = np.where(np.isfinite(top), top, 0.0)
         tail = np.log(np.exp(rest - safe[:, None]).sum(1)) + safe
         vals16 = np.where(keep, np.clip(vals, -65000.0, 0.0), -np.inf).astype(np.float16)
-        return {"/values": vals16, "/indices": np.where(keep, idx, 0).astype(self.arrays()[1].dtype),
-                "/count": count.astype(self.arrays()[2].dtype), "/tail_log_mass": tail.astype(np.float32)}
+        out = {"/values": vals16, "/indices": np.where(keep, idx, 0).astype(self.arrays()[1].dtype),
+               "/count": count.astype(self.arrays()[2].dtype), "/tail_log_mass": tail.astype(np.float32)}
+        if self.tail == "lowrank":
+            out.update({"/tail_" + k[1:]: v for k, v in self.shape.encode(x).items()})
+        return out
 
     def decode_sparse(self, a: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """-> values (F, k) log-probs (-inf where unused), indices (F, k), count (F,), tail_log_mass (F,)."""
@@ -156,6 +175,13 @@ class TopKLogProbs:
             # tail mass spread over the tokens not kept, in proportion to the prior
             scale = tail - np.log(np.maximum(1.0 - kept_prior, 1e-30))
             dense = (scale[:, None] + np.log(np.maximum(prior, 1e-30))[None, :]).astype(np.float32)
+        elif self.tail == "lowrank":
+            # the low-rank reconstruction gives the tail its shape; the stored tail mass its total
+            dense = self.shape.decode({"/" + f.suffix[len("/tail_"):]: a[f.suffix] for f in self._shape_arrays()})
+            dense[rows[keep], indices[keep]] = -np.inf
+            top = dense.max(1, keepdims=True)
+            dense = (dense - top - np.log(np.exp(dense - top).sum(1, keepdims=True)) + tail[:, None]).astype(
+                np.float32)
         else:
             rest = np.maximum(self.num_classes - count, 1).astype(np.float32)
             dense = np.repeat((tail - np.log(rest))[:, None], self.num_classes, axis=1).astype(np.float32)
@@ -163,8 +189,11 @@ class TopKLogProbs:
         return dense
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "num_classes": self.num_classes, "k": self.k, "coverage": self.coverage,
-                "tail": self.tail}
+        d = {"name": self.name, "num_classes": self.num_classes, "k": self.k, "coverage": self.coverage,
+             "tail": self.tail}
+        if self.tail == "lowrank":
+            d.update(tail_rank=self.tail_rank, tail_coeff=self.tail_coeff)
+        return d
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ def build_codecs(meta: dict, root: zarr.Group):
     lp = log_prob_codec(meta["codecs"]["log_probs"])
     if isinstance(lp, TopKLogProbs) and lp.tail == "prior":
         lp = lp.with_prior(root["prior/log_probs"][:])
-    if isinstance(lp, LowRankLogProbs):
+    if isinstance(lp, LowRankLogProbs) or (isinstance(lp, TopKLogProbs) and lp.tail == "lowrank"):
         lp = lp.with_state(**_lowrank_state(root, "lowrank/log_probs"))
     hidden = {}
     for layer, spec in meta["codecs"]["hidden"].items():

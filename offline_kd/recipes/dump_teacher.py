@@ -39,7 +39,8 @@ from offline_kd.training.inference import iterate_outputs, loader_for, sorted_ba
 
 def make_codecs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int]):
     lp = {"float32": lambda: Float32LogProbs(num_classes), "float16": lambda: Float16LogProbs(num_classes),
-          "topk": lambda: TopKLogProbs(num_classes, c.topk_k, c.topk_coverage, c.topk_tail),
+          "topk": lambda: TopKLogProbs(num_classes, c.topk_k, c.topk_coverage, c.topk_tail,
+                                       tail_rank=min(c.logits_rank, num_classes), tail_coeff=c.logits_coeff),
           "sampled": lambda: SampledLogProbs(num_classes, c.sampled_n),
           "lowrank": lambda: LowRankLogProbs(num_classes, min(c.logits_rank, num_classes), c.logits_coeff)}
     if c.log_probs not in lp:
@@ -89,12 +90,13 @@ def _identity(meta: dict, plans: dict) -> str:
 
 def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -> dict[str, np.ndarray]:
     """Fitted codec state, as {cache array path: array}, from the first `lowrank_fit_frames` frames of the first
-    split: each layer's low-rank basis (hidden `lowrank`), the logits' basis (log-probs `lowrank`), the mean teacher
-    distribution (top-k `prior` tail). Empty when no codec needs one."""
+    split: each layer's low-rank basis (hidden `lowrank`), the logits' basis (log-probs `lowrank`, top-k `lowrank`
+    tail), the mean teacher distribution (top-k `prior` tail). Empty when no codec needs one."""
     lowrank = cfg.codecs.hidden == "lowrank"
     prior = isinstance(lp_codec, TopKLogProbs) and lp_codec.tail == "prior"
-    logits = isinstance(lp_codec, LowRankLogProbs)
-    if not (lowrank or prior or logits):
+    shape = lp_codec.shape if isinstance(lp_codec, TopKLogProbs) and lp_codec.tail == "lowrank" else None
+    logits = lp_codec if isinstance(lp_codec, LowRankLogProbs) else shape
+    if not (lowrank or prior or logits is not None):
         return {}
     first = plans[cfg.splits[0]]
     layers = sorted(hidden_codecs) if lowrank else []
@@ -111,7 +113,7 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -
         if n >= limit:
             break
     ranks = [c.rank for c in hidden_codecs.values()] if lowrank else []
-    ranks += [lp_codec.rank] if logits else []
+    ranks += [logits.rank] if logits is not None else []
     if ranks and n < max(ranks):
         raise OfflineKDError(f"dump.codecs: a low-rank codec asks for rank {max(ranks)}, more than the {n} frames "
                              f"available to fit its basis; lower lowrank_rank / logits_rank or raise "
@@ -121,8 +123,8 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -
     if prior:
         mean_p = np.exp(lp_all.astype(np.float64)).mean(0)
         state["prior/log_probs"] = np.log(np.maximum(mean_p, 1e-30)).astype(np.float32)
-    if logits:
-        for k, arr in LowRankLogProbs.fit(lp_all, lp_codec.rank).items():
+    if logits is not None:
+        for k, arr in LowRankLogProbs.fit(lp_all, logits.rank).items():
             state[f"lowrank/log_probs/{k}"] = arr
     for L in layers:
         for k, arr in LowRankHidden.fit(np.concatenate(collected[L])[:limit], hidden_codecs[L].rank).items():
