@@ -87,14 +87,14 @@ def main():
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--split", default="dev")
     ap.add_argument("--sample", type=int, default=64)
-    ap.add_argument("--only", default=None, help="comma-separated combo names")
+    ap.add_argument("--only", default=None, help="semicolon-separated combo names (float32 first)")
     ap.add_argument("--keep", default=None, help="directory to keep the caches in (default: temporary)")
     args = ap.parse_args()
     tmp = Path(args.keep or tempfile.mkdtemp())
     tmp.mkdir(parents=True, exist_ok=True)
     rows = []
     ref = None
-    names = list(COMBOS) if not args.only else args.only.split(",")
+    names = list(COMBOS) if not args.only else args.only.split(";")
     for i, name in enumerate(names):
         out = tmp / f"codec{i}.zarr"
         cfg = build_dataclass(DumpConfig, {"teacher": args.teacher, "corpus": args.corpus, "splits": [args.split],
