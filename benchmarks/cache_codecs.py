@@ -7,7 +7,9 @@ For each combination: dump the split into a temporary cache, then report target 
 cached hidden layers + 1-best path, after compression) and the ratio to float32 (4 * (V + sum of hidden dims)),
 KL(live || cached) at T = 1, 3, 4 (mean and max over frames of `--sample` utterances, as `cache verify` computes
 it), top-1 agreement, hidden-state relative squared error, encode speed (codec encode only, frames/s) and decode
-speed (read + decompress + decode of the whole split in batch-sized ranges, frames/s).
+speed (read + decompress + decode of the whole split in batch-sized ranges, frames/s), and that decode speed over
+the rate at which the seed's student (4 x BiLSTM(256), CTC step, same machine, measured in the same run) consumes
+teacher frames in training: the goal is at least 10x, so decoding never limits training.
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from _common import Timer, command_line, machine, write_section
+from train_throughput import run_mode
 from offline_kd.cache.info import cache_info
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.cache.verify import fidelity
-from offline_kd.config import DumpConfig, build_dataclass
+from offline_kd.config import DumpConfig, ExperimentConfig, build_dataclass
+from offline_kd.data.corpus import Corpus
+from offline_kd.data.sampler import SortedRunBatchSampler
 from offline_kd.recipes import dump_teacher
+from offline_kd.training.inference import resolve_device
 
 COMBOS = {
     "float32": {"log_probs": "float32", "hidden": "float32"},
@@ -81,6 +87,25 @@ def encode_speed(cache: TeacherCache, split_name: str, ref: TeacherCache) -> flo
     return len(lp) / t.seconds
 
 
+def student_frames_per_second(corpus_path: str, split: str, teacher_meta: dict, batches: int) -> float:
+    """Teacher output frames per second the seed's student consumes in training (CTC step on the same batches
+    as train_throughput.py; input frames / subsampling)."""
+    corpus = Corpus(corpus_path)
+    reader = corpus.split(split)
+    cfg = build_dataclass(ExperimentConfig, {
+        "model": {"input_dim": corpus.feature_dim, "hidden_dim": 256, "num_layers": 4,
+                  "num_classes": len(corpus.vocab), "dropout": 0.3,
+                  "subsampling": teacher_meta["subsampling"]},
+        "distill": {"cache": "", "layer_mapping": {2: 2, 3: 4}}})
+    sampler = SortedRunBatchSampler(reader.lengths, np.arange(len(reader)), 16, None, seed=0)
+    sampler.set_epoch(1)
+    chosen = sampler.batches()[:batches]
+    dims = {int(L): d for L, d in teacher_meta["layers"].items()}
+    fps = [run_mode("ctc", cfg, reader, corpus.vocab, chosen, resolve_device("auto"), None, None, dims)
+           for _ in range(3)]
+    return float(np.median(fps)) / teacher_meta["subsampling"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher", required=True)
@@ -89,6 +114,7 @@ def main():
     ap.add_argument("--sample", type=int, default=64)
     ap.add_argument("--only", default=None, help="semicolon-separated combo names (float32 first)")
     ap.add_argument("--keep", default=None, help="directory to keep the caches in (default: temporary)")
+    ap.add_argument("--student-batches", type=int, default=4, help="batches timed for the student's training speed")
     args = ap.parse_args()
     tmp = Path(args.keep or tempfile.mkdtemp())
     tmp.mkdir(parents=True, exist_ok=True)
@@ -112,6 +138,7 @@ def main():
         rows.append(row)
         print(name, {k: v for k, v in row.items() if not isinstance(v, dict)})
     split_frames = ref.split(args.split).num_frames if ref else "?"
+    train_fps = student_frames_per_second(args.corpus, args.split, ref.meta, args.student_batches)
     if not args.keep:
         shutil.rmtree(tmp)
     f32 = rows[0]["f32"]
@@ -122,15 +149,18 @@ def main():
              f"sum((h - h')^2) / sum(h^2), the worse of the two layers. Bytes include zstd (level 3). "
              f"A sampled target puts no mass off its drawn tokens, so its KL(live || cached) is infinite by "
              f"construction; its expectation is the teacher's distribution (unbiased), which only the student's "
-             f"WER can judge (efficacy table).\n",
+             f"WER can judge (efficacy table). The seed's student (4 x BiLSTM(256)) trains on {train_fps:.0f} "
+             f"teacher frames/s here (median of 3 timings of {args.student_batches} batches); the last column is "
+             f"decode speed over that.\n",
              "| codecs | bytes/frame | % of float32 | KL T=1 mean / max | KL T=3 mean | KL T=4 mean | top-1 agree | "
-             "hidden rel. err | encode frames/s | decode frames/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "hidden rel. err | encode frames/s | decode frames/s | decode / training |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         herr = max(r["hidden_relative_sq_error"].values())
         lines.append(f"| {r['name']} | {r['bytes']:.1f} | {100 * r['ratio']:.2f}% | {r['kl_T1_mean']:.2e} / "
                      f"{r['kl_T1_max']:.2e} | {r['kl_T3_mean']:.2e} | {r['kl_T4_mean']:.2e} | "
-                     f"{100 * r['top1_agreement']:.2f}% | {herr:.2e} | {r['encode_fps']:.0f} | {r['decode_fps']:.0f} |")
+                     f"{100 * r['top1_agreement']:.2f}% | {herr:.2e} | {r['encode_fps']:.0f} | {r['decode_fps']:.0f} | "
+                     f"{r['decode_fps'] / train_fps:.1f}x |")
     write_section("cache-codecs", "\n".join(lines))
 
 
