@@ -304,7 +304,6 @@ class _LowRank:
     """x ~ mean + coeffs @ basis, the basis fitted by PCA at dump time and stored in the cache. int8 coefficients
     are whitened first (divided by each component's standard deviation, `scale`) and then share one absmax scale per
     frame, so the small trailing components keep their precision next to the large leading ones."""
-    state_arrays: ClassVar[tuple] = ("basis", "mean", "scale")
 
     def _check(self, width: int):
         if not 1 <= self.rank <= width:
