@@ -15,8 +15,7 @@ dump() {  # dump NAME CODEC-SETTINGS...
 }
 dump f32 --set dump.codecs.log_probs=float32 --set dump.codecs.hidden=float32
 dump f16 --set dump.codecs.log_probs=float16 --set dump.codecs.hidden=float16
-dump compact --set dump.codecs.log_probs=topk --set dump.codecs.topk_k=32 --set dump.codecs.topk_coverage=0.999 \
-    --set dump.codecs.hidden=int8
+dump compact                                      # the compact default of configs/dump_config.yaml
 cd benchmarks
 python dump_throughput.py --teacher ../$T --corpus ../data/seed --split train --runs "$RUNS"
 python train_throughput.py --corpus ../data/seed --teacher ../$T --cache float32=../cache/bench_f32.zarr \
@@ -27,8 +26,8 @@ cd ..
 if [ -f runs/demo/teacher/checkpoint_best.pt ]; then
   python benchmarks/efficacy.py --distill configs/demo/distill.yaml --baseline configs/demo/baseline.yaml \
       --teacher runs/demo/teacher/checkpoint_best.pt \
-      --compact-codecs log_probs=topk,topk_k=32,topk_coverage=0.999,hidden=lowrank,lowrank_rank=256,lowrank_coeff=int8 \
-      --seeds 0,1 --out runs/efficacy
+      --compact-codecs log_probs=topk,topk_k=8,topk_coverage=0.999,topk_tail=lowrank,logits_rank=32,logits_coeff=int8,hidden=lowrank,lowrank_rank=192,lowrank_coeff=int8 \
+      --compact-codecs float16:log_probs=float16,hidden=float16 --seeds 0,1,2,3 --jobs 2 --out runs/efficacy_v2
 fi
 # scale-out (needs recipes/tts_en/run.sh first: its teacher, corpus and cache)
 if [ -f runs/tts_en/teacher/checkpoint_best.pt ]; then

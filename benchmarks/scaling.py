@@ -40,7 +40,8 @@ from offline_kd.recipes.train_student import DistillLoss
 
 def dump_once(nproc: int, teacher: str, corpus: str, split: str, out: Path) -> float:
     sets = ["--set", f"dump.teacher={teacher}", "--set", f"dump.corpus={corpus}", "--set", f"dump.output={out}",
-            "--set", f"dump.splits=[{split}]", "--set", "dump.progress=false", "--set", "dump.device=cpu"]
+            "--set", f"dump.splits=[{split}]", "--set", "dump.progress=false", "--set", "dump.device=cpu",
+            "--set", "dump.codecs.log_probs=float16", "--set", "dump.codecs.hidden=float16"]
     base = [sys.executable, "-m", "offline_kd"] if nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
          "-m", "offline_kd"]
@@ -119,7 +120,7 @@ def main():
         one = median(walls[1])
         lines += [f"### dump-teacher, 1 process vs torchrun --nproc_per_node {args.nproc}\n",
                   f"Teacher `{args.teacher}`, `{args.split}` split of `{args.corpus}` ({frames} output frames), "
-                  f"configs/dump_config.yaml codecs; whole command lines (start-up, planning, finalising "
+                  f"configs/dump_config.yaml with float16 codecs; whole command lines (start-up, planning, finalising "
                   f"included), median of {args.runs} interleaved runs. torchrun gives each rank one thread "
                   f"(OMP_NUM_THREADS=1); the single process uses all cores.\n",
                   "| processes | wall s (median) | output frames/s | vs 1 process | runs (s) |", "|---|---|---|---|---|"]
