@@ -164,8 +164,13 @@ def main():
     if not args.keep:
         shutil.rmtree(tmp)
     f32 = rows[0]["f32"]
+    import torch
+    ck = torch.load(args.teacher, map_location="cpu", weights_only=False)
+    mc = ck["model_config"]
+    trained = (f"{mc['num_layers']} x BiLSTM({mc['hidden_dim']}), V = {mc['num_classes']}, trained "
+               f"{ck.get('epoch', '?')} epochs, dev greedy WER {ck.get('dev', {}).get('wer', float('nan')):.1f}%")
     lines = ["## Cache codecs: size and fidelity\n", f"`{command_line()}`\n",
-             f"Machine: {machine()}. Teacher `{args.teacher}`, split `{args.split}` "
+             f"Machine: {machine()}. Teacher `{args.teacher}` ({trained}), split `{args.split}` "
              f"({split_frames} frames), layers 2 and 4; float32 = {f32} bytes/frame. "
              f"KL is KL(live || cached) per frame in nats over {args.sample} sampled utterances; hidden error is "
              f"sum((h - h')^2) / sum(h^2), the worse of the two layers. Bytes include zstd (level 3). "

@@ -134,7 +134,8 @@ class CodecConfig:
     hidden: str = "float16"             # float32 | float16 | int8 | lowrank
     lowrank_rank: int = 256             # coefficients per frame and layer for lowrank hidden states
     lowrank_fit_frames: int = 20000     # frames the fitted state (bases, prior) is computed on
-    lowrank_coeff: str = "float16"      # float16 | int8 (whitened)
+    lowrank_coeff: str = "float16"      # float16 | int8 (whitened) | step (one fitted quantiser step)
+    lowrank_target_error: float = 0.008  # lowrank_coeff step: relative squared error the step is fitted for
     compressor: str = "zstd"            # zstd | blosc | none
     level: int = 3
 

@@ -241,7 +241,9 @@ def test_a_non_cache_directory_is_never_replaced(tiny_teacher, tiny_corpus, tmp_
                                     {"log_probs": "lowrank", "logits_rank": 8, "hidden": "lowrank",
                                      "lowrank_rank": 6, "lowrank_coeff": "int8", "lowrank_fit_frames": 300},
                                     {"log_probs": "topk", "topk_k": 3, "topk_coverage": 0.99, "topk_tail": "lowrank",
-                                     "logits_rank": 8, "lowrank_fit_frames": 300}])
+                                     "logits_rank": 8, "hidden": "lowrank", "lowrank_rank": 64,
+                                     "lowrank_coeff": "step", "lowrank_target_error": 0.01,
+                                     "lowrank_fit_frames": 300}])
 def test_fitted_and_sparse_caches_dump_verify_and_train(codecs, tiny_teacher, tiny_corpus, tmp_path):
     from conftest import experiment_dict
     from offline_kd.config import ExperimentConfig
@@ -259,14 +261,20 @@ def test_fitted_and_sparse_caches_dump_verify_and_train(codecs, tiny_teacher, ti
         assert basis.shape == (8, 9)
         shape = cache.lp_codec if codecs["log_probs"] == "lowrank" else cache.lp_codec.shape
         assert shape.scale.shape == (8,)
-    if codecs.get("hidden") == "lowrank":
+    if codecs.get("lowrank_coeff") == "int8":
         assert all(c.scale.shape == (6,) for c in cache.hidden_codecs.values())
+    if codecs.get("lowrank_coeff") == "step":                 # codes stored component-major, the step in the cache
+        assert all(c.step.shape == (1,) for c in cache.hidden_codecs.values())
+        codes = zarr.open_array(str(out / "train/hidden_1/codes"), mode="r")
+        assert "TransposeCodec" in repr(codes.metadata.codecs)
     res = CliRunner().invoke(main, ["cache", "verify", str(out), "--teacher", str(tiny_teacher), "--json"])
     assert res.exit_code == 0, res.output
     fid = json.loads(res.output.strip().splitlines()[-1])["fidelity"]
     assert fid["top1_agreement"] > 0.9
     if fitted_logits:
         assert fid["kl_T1_mean"] < 1e-3 and fid["kl_T4_mean"] < 1e-3
+    if codecs.get("lowrank_coeff") == "step":                 # the live error is close to the fitted target
+        assert max(fid["hidden_relative_sq_error"].values()) < 0.02
     d = experiment_dict(tiny_corpus, tmp_path / "student", epochs=1)
     d["distill"] = {"cache": str(out), "temperature_schedule": [[1, 2.0]], "layer_mapping": {1: 1, 2: 3}}
     train_student.run(build_dataclass(ExperimentConfig, d), **QUIET)

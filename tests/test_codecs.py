@@ -80,11 +80,11 @@ def test_int8_hidden_bound():
 @pytest.mark.parametrize("coeff", ["float16", "int8"])
 def test_lowrank_hidden_exact_rank_and_truncated(coeff):
     x = _hidden(rank=8)                         # the data has rank 8 before tanh: mostly low-rank
-    full = LowRankHidden(32, 32, coeff).with_state(**LowRankHidden.fit(x, 32))
+    full = LowRankHidden(32, 32, coeff).with_state(**LowRankHidden(32, 32).fit(x))
     y = _roundtrip(full, x)
     tol = 2e-3 if coeff == "float16" else 3e-2
     assert np.abs(y - x).max() < tol
-    y8 = _roundtrip(LowRankHidden(32, 8, coeff).with_state(**LowRankHidden.fit(x, 8)), x)
+    y8 = _roundtrip(LowRankHidden(32, 8, coeff).with_state(**LowRankHidden(32, 8).fit(x)), x)
     rel = ((y8 - x) ** 2).sum() / (x ** 2).sum()
     assert rel < 0.05
 
@@ -95,7 +95,7 @@ def test_lowrank_int8_whitening_keeps_small_components():
     c = rng.normal(size=(500, 4)) * np.array([100.0, 1.0, 0.3, 0.1])
     q, _ = np.linalg.qr(rng.normal(size=(16, 4)))
     x = (c @ q.T).astype(np.float32)
-    state = LowRankHidden.fit(x, 4)
+    state = LowRankHidden(16, 4).fit(x)
     np.testing.assert_allclose(np.sort(state["scale"])[::-1], c.std(0)[np.argsort(-c.std(0))], rtol=0.15)
     white = _roundtrip(LowRankHidden(16, 4, "int8").with_state(**state), x)
     plain = _roundtrip(LowRankHidden(16, 4, "int8").with_state(state["basis"], state["mean"]), x)  # scale 1
@@ -111,7 +111,7 @@ def test_lowrank_log_probs_normalised_exact_at_full_rank_and_close_truncated():
     z = rng.normal(size=(800, r)) @ rng.normal(size=(r, v)) * 2.0          # logits of rank 6
     z[:, 0] += 5.0                                                         # a dominant "blank"
     x = (z - np.log(np.exp(z).sum(1, keepdims=True))).astype(np.float32)
-    state = LowRankLogProbs.fit(x, r + 1)     # + 1: the per-frame centring leaves the rank at most unchanged
+    state = LowRankLogProbs(v, r + 1).fit(x)     # + 1: the per-frame centring leaves the rank at most unchanged
     for coeff, tol in (("float16", 1e-5), ("int8", 1e-3)):
         codec = log_prob_codec(LowRankLogProbs(v, r + 1, coeff).to_dict()).with_state(**state)
         y = _roundtrip(codec, x)
@@ -121,7 +121,7 @@ def test_lowrank_log_probs_normalised_exact_at_full_rank_and_close_truncated():
         kl = (p * (x - y)).sum(1)
         assert kl.mean() < tol, (coeff, kl.mean())
         assert (y.argmax(1) == x.argmax(1)).mean() > 0.99
-    two = LowRankLogProbs(v, 2, "float16").with_state(**LowRankLogProbs.fit(x, 2))
+    two = LowRankLogProbs(v, 2, "float16").with_state(**LowRankLogProbs(v, 2).fit(x))
     kl2 = (np.exp(x.astype(np.float64)) * (x - _roundtrip(two, x))).sum(1).mean()
     assert kl2 > 1e-2                        # too few components for rank-6 logits: a real approximation error
 
@@ -193,7 +193,7 @@ def test_topk_lowrank_tail_keeps_head_and_tail_mass_and_shapes_the_tail():
     assert np.median(np.exp(x.max(1))) > 0.8
     spec = TopKLogProbs(v, k=4, coverage=0.999, tail="lowrank", tail_rank=r + 1).to_dict()
     assert spec["tail"] == "lowrank" and spec["tail_rank"] == r + 1
-    codec = log_prob_codec(spec).with_state(**LowRankLogProbs.fit(x, r + 1))
+    codec = log_prob_codec(spec).with_state(**LowRankLogProbs(v, r + 1).fit(x))
     enc = codec.encode(x)
     y = _roundtrip(codec, x)
     np.testing.assert_allclose(np.exp(y.astype(np.float64)).sum(1), 1.0, atol=2e-3)
@@ -215,3 +215,25 @@ def test_topk_lowrank_tail_keeps_head_and_tail_mass_and_shapes_the_tail():
     for t in (1.0, 4.0):                        # the shaped tail is far closer than a uniform one at any T
         assert kl_at(y, t) < kl_at(uniform, t) / 50
     assert (p * (x - y)).sum(1).mean() < 1e-3
+
+
+def test_lowrank_step_quantiser_meets_its_target_error_and_refuses_an_impossible_one():
+    rng = np.random.default_rng(5)
+    d = 48
+    spectrum = np.exp(-np.arange(d) / 8.0)                    # decaying component sizes, like hidden states
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    fit_x = ((rng.normal(size=(3000, d)) * spectrum) @ q.T + 0.1).astype(np.float32)
+    x = ((rng.normal(size=(1000, d)) * spectrum) @ q.T + 0.1).astype(np.float32)
+    for target in (0.002, 0.01, 0.05):
+        codec = LowRankHidden(d, d, "step", target)
+        spec = codec.to_dict()
+        assert spec["target_error"] == target
+        state = codec.fit(fit_x)
+        assert state["step"].shape == (1,)
+        arrays = codec.arrays()
+        assert [(a.suffix, a.dtype, a.transpose) for a in arrays] == [("/codes", "int8", True)]
+        y = _roundtrip(hidden_codec(spec).with_state(**state), x)
+        rel = ((y - x) ** 2).sum() / (x ** 2).sum()
+        assert 0.6 * target < rel < 1.3 * target, (target, rel)   # fitted on other frames of the same source
+    with pytest.raises(Exception, match="raise lowrank_rank"):
+        LowRankHidden(d, 4, "step", 0.001).fit(fit_x)            # 4 components cannot hold 99.9% of the energy

@@ -25,8 +25,10 @@ Log-prob codecs (input `(F, V)` float32 log-probabilities at temperature 1):
 Hidden-state codecs (input `(F, D)` float32):
   float32, float16
   int8      per-frame symmetric scale (absmax / 127), |error| <= scale / 2
-  lowrank   x ~ mean + coeffs @ basis, basis (r, D) fitted by PCA on a sample of frames; coeffs fp16 or int8
-            (whitened by each component's standard deviation, then one absmax scale per frame)
+  lowrank   x ~ mean + coeffs @ basis, basis (r, D) fitted by PCA on a sample of frames; coeffs fp16, int8
+            (whitened by each component's standard deviation, then one absmax scale per frame), or `step`: one
+            uniform quantiser step for all components, fitted for a target relative error, int8 codes stored
+            component-major so zstd entropy-codes each component's narrow range (small components cost ~nothing)
 """
 
 from __future__ import annotations
@@ -42,10 +44,12 @@ from offline_kd.errors import OfflineKDError
 
 @dataclass(frozen=True)
 class FieldArray:
-    """One stored per-frame array: name suffix, per-frame shape, numpy dtype."""
+    """One stored per-frame array: name suffix, per-frame shape, numpy dtype, and whether chunks are stored
+    component-major (transposed) for the compressor."""
     suffix: str
     shape: tuple
     dtype: str
+    transpose: bool = False
 
 
 # ----------------------------------------------------------------------------------------- log-prob codecs
@@ -281,9 +285,26 @@ class Int8Hidden(Float32Hidden):
         return np.asarray(a["/q"], np.float32) * np.asarray(a["/scale"], np.float32)[:, None]
 
 
-def _pca(sample: np.ndarray, rank: int) -> dict[str, np.ndarray]:
+def _quantiser_step(variances: np.ndarray, dropped: float, energy: float, target: float) -> float:
+    """The uniform quantiser step whose expected squared error, summed over components (a component smaller than
+    the step is mostly rounded to 0 and loses its variance instead: the classic reverse water-filling), plus the
+    energy of the components beyond the rank, is `target` x the frames' energy."""
+    budget = target * energy - dropped
+    if budget <= 0:
+        raise OfflineKDError(f"the components beyond lowrank_rank already hold {dropped / energy:.2%} of the "
+                             f"energy, more than lowrank_target_error ({target:.2%}); raise lowrank_rank")
+    lo, hi = 1e-12, float(np.sqrt(variances.max() * 12.0)) + 1e-12
+    for _ in range(100):
+        step = float(np.sqrt(lo * hi))
+        lo, hi = (step, hi) if np.minimum(variances, step * step / 12.0).sum() <= budget else (lo, step)
+    return lo
+
+
+def _pca(sample: np.ndarray, rank: int, target_error: float | None = None) -> dict[str, np.ndarray]:
     """PCA on (N, D) frames -> {"basis": (rank, D) orthonormal rows, "mean": (D,), "scale": (rank,) the standard
-    deviation of each coefficient}. Exact SVD up to 4096 columns, randomised (torch.svd_lowrank) above."""
+    deviation of each coefficient}, and with `target_error` the quantiser "step" (1,) that keeps the relative
+    squared error sum((x - x')^2) / sum(x^2) at that target. Exact SVD up to 4096 columns, randomised
+    (torch.svd_lowrank) above."""
     x = np.asarray(sample, np.float64)
     mean = x.mean(0)
     x = x - mean
@@ -294,9 +315,20 @@ def _pca(sample: np.ndarray, rank: int) -> dict[str, np.ndarray]:
         import torch
         _, s_t, v_t = torch.svd_lowrank(torch.from_numpy(x), q=min(rank + 16, min(x.shape)), niter=4)
         s, vt = s_t[:rank].numpy(), v_t[:, :rank].T.numpy()
-    scale = s / np.sqrt(max(len(x), 1))
-    scale = np.where(scale > 1e-12, scale, 1.0)
-    return {"basis": vt.astype(np.float32), "mean": mean.astype(np.float32), "scale": scale.astype(np.float32)}
+    n = max(len(x), 1)
+    scale = s / np.sqrt(n)
+    out = {"basis": vt.astype(np.float32), "mean": mean.astype(np.float32),
+           "scale": np.where(scale > 1e-12, scale, 1.0).astype(np.float32)}
+    if target_error is not None:
+        energy = float((np.asarray(sample, np.float64) ** 2).sum(1).mean())
+        dropped = float((x ** 2).sum(1).mean()) - float((scale ** 2).sum())
+        step = _quantiser_step(scale ** 2, max(dropped, 0.0), energy, target_error)
+        if 4.0 * scale.max() / step > 127:
+            raise OfflineKDError(f"lowrank_target_error {target_error} needs steps {step:.3g} that are too fine "
+                                 f"for int8 codes of components as large as {scale.max():.3g}; raise the target or "
+                                 f"use lowrank_coeff int8 / float16")
+        out["step"] = np.array([step], np.float32)
+    return out
 
 
 @dataclass(frozen=True)
@@ -305,13 +337,18 @@ class _LowRank:
     are whitened first (divided by each component's standard deviation, `scale`) and then share one absmax scale per
     frame, so the small trailing components keep their precision next to the large leading ones."""
 
+    coeff_modes: ClassVar[tuple] = ("float16", "int8")
+
     def _check(self, width: int):
         if not 1 <= self.rank <= width:
             raise OfflineKDError(f"codecs.{self.option}_rank must be in 1..{width}, got {self.rank}")
-        if self.coeff not in ("float16", "int8"):
-            raise OfflineKDError(f"codecs.{self.option}_coeff must be float16 or int8, got {self.coeff!r}")
+        if self.coeff not in self.coeff_modes:
+            raise OfflineKDError(f"codecs.{self.option}_coeff must be {' or '.join(self.coeff_modes)}, "
+                                 f"got {self.coeff!r}")
 
     def _arrays(self) -> list[FieldArray]:
+        if self.coeff == "step":
+            return [FieldArray("/codes", (self.rank,), "int8", transpose=True)]
         if self.coeff == "int8":
             return [FieldArray("/q", (self.rank,), "int8"), FieldArray("/scale", (), "float32")]
         return [FieldArray("/coeffs", (self.rank,), "float16")]
@@ -323,13 +360,22 @@ class _LowRank:
         if self.basis is None:
             raise OfflineKDError(f"{self.name} codec has no fitted basis (internal error)")
         c = (x - self.mean) @ self.basis.T
+        if self.coeff == "step":
+            return {"/codes": np.clip(np.rint(c / self._step()), -127, 127).astype(np.int8)}
         if self.coeff == "int8":
             q, scale = _int8_encode(c / self._whitening())
             return {"/q": q, "/scale": scale}
         return {"/coeffs": c.astype(np.float16)}
 
+    def _step(self) -> float:
+        if self.step is None:
+            raise OfflineKDError(f"{self.name} codec with coeff 'step' has no fitted step (internal error)")
+        return float(np.asarray(self.step).reshape(-1)[0])
+
     def _decode(self, a: dict) -> np.ndarray:
-        if self.coeff == "int8":
+        if self.coeff == "step":
+            c = np.asarray(a["/codes"], np.float32) * np.float32(self._step())
+        elif self.coeff == "int8":
             c = np.asarray(a["/q"], np.float32) * (np.asarray(a["/scale"], np.float32)[:, None] * self._whitening())
         else:
             c = np.asarray(a["/coeffs"], np.float32)
@@ -350,6 +396,7 @@ class LowRankLogProbs(_LowRank):
     basis: np.ndarray | None = None
     mean: np.ndarray | None = None
     scale: np.ndarray | None = None
+    step: ClassVar[None] = None      # (the step mode is for hidden states only)
 
     def __post_init__(self):
         self._check(self.num_classes)
@@ -359,9 +406,8 @@ class LowRankLogProbs(_LowRank):
         x = np.asarray(x, np.float32)
         return x - x.mean(1, keepdims=True)
 
-    @classmethod
-    def fit(cls, sample: np.ndarray, rank: int) -> dict[str, np.ndarray]:
-        return _pca(cls.centre(sample), rank)
+    def fit(self, sample: np.ndarray) -> dict[str, np.ndarray]:
+        return _pca(self.centre(sample), self.rank)
 
     def with_state(self, basis, mean, scale=None) -> "LowRankLogProbs":
         return LowRankLogProbs(self.num_classes, self.rank, self.coeff, basis, mean, scale)
@@ -387,22 +433,26 @@ class LowRankHidden(_LowRank):
     cache (caches written before `scale` existed decode with scale 1)."""
     name: ClassVar[str] = "lowrank"
     option: ClassVar[str] = "lowrank"
+    coeff_modes: ClassVar[tuple] = ("float16", "int8", "step")
     dim: int
     rank: int = 256
-    coeff: str = "float16"           # float16 | int8
+    coeff: str = "float16"           # float16 | int8 | step
+    target_error: float = 0.008      # coeff step: the relative squared error the fitted step aims at
     basis: np.ndarray | None = None  # (rank, dim), rows orthonormal
     mean: np.ndarray | None = None   # (dim,)
     scale: np.ndarray | None = None  # (rank,) coefficient standard deviations (int8 whitening)
+    step: np.ndarray | None = None   # (1,) coeff step: the quantiser step shared by all components
 
     def __post_init__(self):
         self._check(self.dim)
+        if self.coeff == "step" and not 0.0 < self.target_error < 1.0:
+            raise OfflineKDError(f"codecs.lowrank_target_error must be in (0, 1), got {self.target_error}")
 
-    @staticmethod
-    def fit(sample: np.ndarray, rank: int) -> dict[str, np.ndarray]:
-        return _pca(sample, rank)
+    def fit(self, sample: np.ndarray) -> dict[str, np.ndarray]:
+        return _pca(sample, self.rank, self.target_error if self.coeff == "step" else None)
 
-    def with_state(self, basis, mean, scale=None) -> "LowRankHidden":
-        return LowRankHidden(self.dim, self.rank, self.coeff, basis, mean, scale)
+    def with_state(self, basis, mean, scale=None, step=None) -> "LowRankHidden":
+        return LowRankHidden(self.dim, self.rank, self.coeff, self.target_error, basis, mean, scale, step)
 
     def arrays(self) -> list[FieldArray]:
         return self._arrays()
@@ -414,7 +464,10 @@ class LowRankHidden(_LowRank):
         return self._decode(a)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "dim": self.dim, "rank": self.rank, "coeff": self.coeff}
+        d = {"name": self.name, "dim": self.dim, "rank": self.rank, "coeff": self.coeff}
+        if self.coeff == "step":
+            d["target_error"] = self.target_error
+        return d
 
 
 LOG_PROB_CODECS = {c.name: c for c in (Float32LogProbs, Float16LogProbs, TopKLogProbs, SampledLogProbs,

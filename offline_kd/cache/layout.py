@@ -33,12 +33,12 @@ FORMAT_VERSION = 1
 META_KEY = "offline_kd"
 
 
-def field_arrays(log_prob_codec, hidden_codecs: dict) -> list[tuple[str, tuple, str]]:
-    """All per-frame arrays of a split, as (path, per-frame shape, dtype)."""
-    out = [("best_path", (), "int32")]
-    out += [("log_probs" + a.suffix, a.shape, a.dtype) for a in log_prob_codec.arrays()]
+def field_arrays(log_prob_codec, hidden_codecs: dict) -> list[tuple[str, tuple, str, bool]]:
+    """All per-frame arrays of a split, as (path, per-frame shape, dtype, stored component-major)."""
+    out = [("best_path", (), "int32", False)]
+    out += [("log_probs" + a.suffix, a.shape, a.dtype, a.transpose) for a in log_prob_codec.arrays()]
     for layer, codec in sorted(hidden_codecs.items()):
-        out += [(f"hidden_{layer}" + a.suffix, a.shape, a.dtype) for a in codec.arrays()]
+        out += [(f"hidden_{layer}" + a.suffix, a.shape, a.dtype, a.transpose) for a in codec.arrays()]
     return out
 
 

@@ -26,7 +26,7 @@ except ImportError:       # pragma: no cover - another zarr 3 layout: read the a
 def _lowrank_state(root: zarr.Group, path: str) -> dict:
     """A low-rank codec's fitted arrays (`scale` is absent in caches written before it existed)."""
     g = root[path]
-    return {k: g[k][:] for k in ("basis", "mean", "scale") if k in g}
+    return {k: g[k][:] for k in ("basis", "mean", "scale", "step") if k in g}
 
 
 def build_codecs(meta: dict, root: zarr.Group):
@@ -55,7 +55,7 @@ class CacheSplit:
         self.input_frames = g["input_frames"][:].astype(np.int64)
         self.feature_hashes = [str(h) for h in g["feature_sha256"][:]]
         self.position = {u: i for i, u in enumerate(self.utterance_ids)}
-        self.paths = [p for p, _, _ in field_arrays(cache.lp_codec, cache.hidden_codecs)]
+        self.paths = [p for p, *_ in field_arrays(cache.lp_codec, cache.hidden_codecs)]
         self._arrays = None
         self._pid = None
 

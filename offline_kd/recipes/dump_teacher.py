@@ -49,7 +49,7 @@ def make_codecs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int]):
     hidden = {}
     for layer, dim in layer_dims.items():
         if c.hidden == "lowrank":
-            hidden[layer] = LowRankHidden(dim, min(c.lowrank_rank, dim), c.lowrank_coeff)
+            hidden[layer] = LowRankHidden(dim, min(c.lowrank_rank, dim), c.lowrank_coeff, c.lowrank_target_error)
         elif c.hidden in hid:
             hidden[layer] = hid[c.hidden](dim)
         else:
@@ -124,10 +124,10 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -
         mean_p = np.exp(lp_all.astype(np.float64)).mean(0)
         state["prior/log_probs"] = np.log(np.maximum(mean_p, 1e-30)).astype(np.float32)
     if logits is not None:
-        for k, arr in LowRankLogProbs.fit(lp_all, logits.rank).items():
+        for k, arr in logits.fit(lp_all).items():
             state[f"lowrank/log_probs/{k}"] = arr
     for L in layers:
-        for k, arr in LowRankHidden.fit(np.concatenate(collected[L])[:limit], hidden_codecs[L].rank).items():
+        for k, arr in hidden_codecs[L].fit(np.concatenate(collected[L])[:limit]).items():
             state[f"lowrank/hidden_{L}/{k}"] = arr
     log(f"fitting codec state ({', '.join(sorted({k.rsplit('/', 1)[0] for k in state}))}) on {min(n, limit)} "
         f"frames")
