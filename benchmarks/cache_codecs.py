@@ -66,6 +66,15 @@ COMBOS = {
     "topk(cov .999, k<=8, lowrank32 tail) + lowrank256/int8": {
         "log_probs": "topk", "topk_k": 8, "topk_coverage": 0.999, "topk_tail": "lowrank", "logits_rank": 32,
         "hidden": "lowrank", "lowrank_rank": 256, "lowrank_coeff": "int8"},
+    "topk(cov .999, k<=8, lowrank96 tail) + step 0.009": {
+        "log_probs": "topk", "topk_k": 8, "topk_coverage": 0.999, "topk_tail": "lowrank", "logits_rank": 96,
+        "hidden": "lowrank", "lowrank_rank": 1024, "lowrank_coeff": "step", "lowrank_target_error": 0.009},
+    "topk(cov .999, k<=8, lowrank128 tail) + step 0.008": {
+        "log_probs": "topk", "topk_k": 8, "topk_coverage": 0.999, "topk_tail": "lowrank", "logits_rank": 128,
+        "hidden": "lowrank", "lowrank_rank": 1024, "lowrank_coeff": "step", "lowrank_target_error": 0.008},
+    "topk(cov .9999, k<=16, lowrank128 tail) + step 0.008": {
+        "log_probs": "topk", "topk_k": 16, "topk_coverage": 0.9999, "topk_tail": "lowrank", "logits_rank": 128,
+        "hidden": "lowrank", "lowrank_rank": 1024, "lowrank_coeff": "step", "lowrank_target_error": 0.008},
     "topk(cov .9999, k<=16, lowrank64 tail) + lowrank256/int8": {
         "log_probs": "topk", "topk_k": 16, "topk_coverage": 0.9999, "topk_tail": "lowrank", "logits_rank": 64,
         "hidden": "lowrank", "lowrank_rank": 256, "lowrank_coeff": "int8"},

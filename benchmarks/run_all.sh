@@ -31,7 +31,8 @@ cd ..
 if [ -f runs/demo/teacher/checkpoint_best.pt ]; then
   python benchmarks/efficacy.py --distill configs/demo/distill.yaml --baseline configs/demo/baseline.yaml \
       --teacher runs/demo/teacher/checkpoint_best.pt \
-      --compact-codecs log_probs=topk,topk_k=8,topk_coverage=0.999,topk_tail=lowrank,logits_rank=32,logits_coeff=int8,hidden=lowrank,lowrank_rank=192,lowrank_coeff=int8 \
+      --compact-codecs log_probs=topk,topk_k=8,topk_coverage=0.999,topk_tail=lowrank,logits_rank=112,logits_coeff=int8,hidden=lowrank,lowrank_rank=1024,lowrank_coeff=step,lowrank_target_error=0.0085 \
+      --compact-codecs tail32+lr192:log_probs=topk,topk_k=8,topk_coverage=0.999,topk_tail=lowrank,logits_rank=32,logits_coeff=int8,hidden=lowrank,lowrank_rank=192,lowrank_coeff=int8 \
       --compact-codecs float16:log_probs=float16,hidden=float16 --seeds 0,1,2,3 --jobs 2 --out runs/efficacy_v2
 fi
 # scale-out (needs recipes/tts_en/run.sh first: its teacher, corpus and cache)

@@ -235,6 +235,19 @@ def test_a_non_cache_directory_is_never_replaced(tiny_teacher, tiny_corpus, tmp_
     assert (precious / "notes.txt").read_text() == "keep me"
 
 
+def test_a_dump_whose_codec_fit_fails_can_be_rerun(tiny_teacher, tiny_corpus, tmp_path):
+    """An impossible codec setting fails with a one-line error before anything is written; the corrected rerun
+    then works at the same path without --overwrite."""
+    out = tmp_path / "c.zarr"
+    step = {"hidden": "lowrank", "lowrank_rank": 64, "lowrank_coeff": "step", "lowrank_fit_frames": 300}
+    with pytest.raises(OfflineKDError, match="lowrank_target_error"):
+        dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["dev"],
+                                  codecs={**step, "lowrank_target_error": 1e-5}), **QUIET)
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["dev"],
+                              codecs={**step, "lowrank_target_error": 0.02}), **QUIET)
+    assert TeacherCache(str(out)).meta["complete"]
+
+
 @pytest.mark.parametrize("codecs", [{"log_probs": "topk", "topk_k": 3, "topk_coverage": 0.99, "topk_tail": "prior",
                                      "lowrank_fit_frames": 300},
                                     {"log_probs": "sampled", "sampled_n": 16},

@@ -64,6 +64,8 @@ def _read_utterance(path, utt):
         basis, mean = g["basis"][:], g["mean"][:]
         if prefix + "coeffs" in split:
             c = split[prefix + "coeffs"][a:b].astype(np.float32)
+        elif prefix + "codes" in split:
+            c = split[prefix + "codes"][a:b] * g["step"][0]
         else:
             whiten = g["scale"][:] if "scale" in g else np.ones(len(basis), np.float32)
             c = split[prefix + "q"][a:b] * split[prefix + "scale"][a:b][:, None] * whiten
@@ -110,6 +112,9 @@ def test_plain_zarr_reads_the_documented_layout(tiny_teacher, tiny_corpus, tmp_p
                    logits_rank=8, lowrank_rank=64, lowrank_coeff="int8", lowrank_fit_frames=300)
     pure = _dump(tmp_path, tiny_teacher, tiny_corpus, "lowrank", "lowrank", logits_rank=8, logits_coeff="float16",
                  lowrank_rank=64, lowrank_fit_frames=300)
+    stepped = _dump(tmp_path, tiny_teacher, tiny_corpus, "topk", "lowrank", topk_coverage=0.99, topk_tail="lowrank",
+                    logits_rank=8, lowrank_rank=64, lowrank_coeff="step", lowrank_target_error=0.01,
+                    lowrank_fit_frames=300)
     for u in utts:
         lp, h, path, meta = _read_utterance(exact, u)
         assert meta["format_version"] == 1 and meta["layers"] == {"1": 64, "3": 64}
@@ -121,11 +126,14 @@ def test_plain_zarr_reads_the_documented_layout(tiny_teacher, tiny_corpus, tmp_p
         np.testing.assert_allclose(np.exp(lp2).sum(-1), 1.0, atol=1e-2)
         np.testing.assert_array_equal(lp2.argmax(-1), live[u + "/lp"].argmax(-1))
         np.testing.assert_allclose(h2, live[u + "/h3"], atol=0.01)
-        for path, h_tol in ((fitted, 0.03), (pure, 0.01)):
+        for path, h_tol in ((fitted, 0.03), (pure, 0.01), (stepped, None)):
             lp3, h3, _, _ = _read_utterance(path, u)
             ref = live[u + "/lp"].astype(np.float64)
             np.testing.assert_allclose(np.exp(lp3).sum(-1), 1.0, atol=1e-3)   # fp16 head values
             assert (np.exp(ref) * (ref - lp3)).sum(-1).max() < 1e-3          # KL(live || decoded) per frame
             np.testing.assert_array_equal(lp3.argmax(-1), ref.argmax(-1))
-            np.testing.assert_allclose(h3, live[u + "/h3"], atol=h_tol)
+            if h_tol is None:                                                  # fitted for a 1% squared error
+                assert ((h3 - live[u + "/h3"]) ** 2).sum() / (live[u + "/h3"] ** 2).sum() < 0.03
+            else:
+                np.testing.assert_allclose(h3, live[u + "/h3"], atol=h_tol)
     assert json.dumps(meta["dump_config"])   # the resolved dump config is stored

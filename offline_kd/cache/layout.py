@@ -1,7 +1,7 @@
 """The cache layout on Zarr v3 (documented for plain-zarr readers in docs/cache-format.md).
 
     CACHE.zarr/                       root group, attrs["offline_kd"] = metadata (see `CacheMeta`)
-      lowrank/hidden_{L}/basis, mean, scale  fitted state of the low-rank hidden codec (only with that codec)
+      lowrank/hidden_{L}/basis, mean, scale[, step]  fitted state of the low-rank hidden codec (only with it)
       lowrank/log_probs/basis, mean, scale  fitted state of the low-rank log-prob codec (only with that codec)
       prior/log_probs                 mean teacher distribution, for the top-k codec's prior tail
       {split}/                        attrs: num_utterances, num_frames, created, complete, shard_frames ...

@@ -142,7 +142,11 @@ def _refuse_foreign_directory(output: str, overwrite: bool) -> None:
     p = Path(output)
     if p.is_dir() and any(p.iterdir()):
         meta = p / "zarr.json"
-        if not meta.is_file() or META_KEY not in json.loads(meta.read_text() or "{}").get("attributes", {}):
+        node = json.loads(meta.read_text() or "{}") if meta.is_file() else {}
+        if [e.name for e in p.iterdir()] == ["zarr.json"] and node.get("node_type") == "group" \
+                and not node.get("attributes"):
+            return                       # an empty group: what a dump that failed before writing anything leaves
+        if not meta.is_file() or META_KEY not in node.get("attributes", {}):
             raise OfflineKDError(f"{output} is a non-empty directory that is not an offline-kd cache; "
                                  f"choose another dump.output (it is never replaced, not even with --overwrite)")
 
