@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces every figure in docs/benchmarks.md on this machine (CPU: about an hour on 2 cores).
+# Reproduces every figure in docs/benchmarks.md on this machine (CPU: about two hours on 2 cores).
 # Steps already done (corpus, teacher, caches) are reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
