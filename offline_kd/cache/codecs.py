@@ -385,9 +385,11 @@ class _LowRank:
 @dataclass(frozen=True)
 class LowRankLogProbs(_LowRank):
     """The teacher's logits (log-probs centred per frame, which softmax cannot tell apart) ~ mean + coeffs @ basis;
-    decoding applies log-softmax, so the target is always a normalised distribution with full support. CTC teachers'
-    logits live in a low-dimensional subspace (the output layer is linear in a narrow hidden state and most frames
-    are blank-dominated), so a few dozen coefficients carry the whole distribution, tail shape included."""
+    decoding applies log-softmax, so the target is always a normalised distribution with full support. A CTC
+    teacher's logits lie close to a low-dimensional subspace (a linear output layer on a narrow hidden state, most
+    frames blank-dominated), but PCA spends its precision evenly over all V logits, including tail values that carry
+    no mass: on its own it needs many coefficients for a peaky teacher (docs/benchmarks.md). As the tail shape of
+    the top-k codec (`tail: lowrank`), where the head is exact, about a hundred suffice."""
     name: ClassVar[str] = "lowrank"
     option: ClassVar[str] = "logits"
     num_classes: int

@@ -108,7 +108,8 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -
         for b, t in enumerate(out_len.tolist()):
             for L in layers:
                 collected[L].append(hidden[L][b, :t].float().cpu().numpy())
-            lps.append(lp[b, :t])
+            if prior or logits is not None:
+                lps.append(lp[b, :t])
             n += t
         if n >= limit:
             break
@@ -119,7 +120,7 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -
                              f"available to fit its basis; lower lowrank_rank / logits_rank or raise "
                              f"dump.codecs.lowrank_fit_frames")
     state = {}
-    lp_all = np.concatenate(lps)[:limit]
+    lp_all = np.concatenate(lps)[:limit] if lps else None
     if prior:
         mean_p = np.exp(lp_all.astype(np.float64)).mean(0)
         state["prior/log_probs"] = np.log(np.maximum(mean_p, 1e-30)).astype(np.float32)
