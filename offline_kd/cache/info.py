@@ -59,14 +59,18 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
 
 def format_info(info: dict) -> str:
     c = info["codecs"]
-    hidden = ", ".join(f"{L}: {spec['name']}" for L, spec in c["hidden"].items())
+    def settings(spec: dict) -> str:
+        rest = {k: v for k, v in spec.items() if k not in ("name", "dim", "num_classes")}
+        return spec["name"] + (f" ({', '.join(f'{k} {v}' for k, v in rest.items())})" if rest else "")
+    hidden = ", ".join(f"{L}: {settings(spec)}" for L, spec in c["hidden"].items())
     lines = [
         f"cache {info['path']}  ({'complete' if info['complete'] else 'INCOMPLETE'}, format v{info['format_version']}, "
         f"offline-kd {info['tool_version']}, created {info['created']})",
         f"  teacher sha256 {info['teacher_sha256'][:16]}  vocab sha256 {info['vocab_sha256'][:16]}  "
         f"identity {info['identity_sha256'][:16]}",
         f"  classes {info['num_classes']}, layers {info['layers']}, subsampling {info['subsampling']}",
-        f"  codecs: log_probs {c['log_probs']}, hidden {{{hidden}}}, compressor {c['compressor']} level {c['level']}",
+        f"  codecs: log_probs {settings(c['log_probs'])}; hidden {{{hidden}}}; compressor {c['compressor']} "
+        f"level {c['level']}",
         f"  {info['utterances']} utterances, {info['frames']} frames, {info['bytes_total'] / 1e6:.2f} MB on disk",
     ]
     for s, x in info["splits"].items():
