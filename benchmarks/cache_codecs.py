@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from _common import Timer, command_line, machine, write_section
@@ -173,7 +174,6 @@ def main():
     if not args.keep:
         shutil.rmtree(tmp)
     f32 = rows[0]["f32"]
-    import torch
     ck = torch.load(args.teacher, map_location="cpu", weights_only=False)
     mc = ck["model_config"]
     trained = (f"{mc['num_layers']} x BiLSTM({mc['hidden_dim']}), V = {mc['num_classes']}, trained "

@@ -52,6 +52,13 @@ class FieldArray:
     transpose: bool = False
 
 
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    """log(sum(exp(z))) over the last axis, (F, 1); a row of only -inf gives -inf (not nan)."""
+    top = z.max(-1, keepdims=True)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    return np.log(np.exp(z - safe).sum(-1, keepdims=True)) + safe
+
+
 # ----------------------------------------------------------------------------------------- log-prob codecs
 class _DenseFloat:
     """A dense per-frame vector of `_width()` values stored as `dtype` (float32 exact, float16 rounded)."""
@@ -150,9 +157,7 @@ class TopKLogProbs:
         # catastrophically on confident frames (and give -inf where the tail is tiny but not zero)
         rest = x.astype(np.float64)
         np.put_along_axis(rest, np.where(keep, idx, idx[:, :1]), -np.inf, axis=1)
-        top = rest.max(1)
-        safe = np.where(np.isfinite(top), top, 0.0)
-        tail = np.log(np.exp(rest - safe[:, None]).sum(1)) + safe
+        tail = _logsumexp(rest)[:, 0]
         vals16 = np.where(keep, np.clip(vals, -65000.0, 0.0), -np.inf).astype(np.float16)
         out = {"/values": vals16, "/indices": np.where(keep, idx, 0).astype(self.arrays()[1].dtype),
                "/count": count.astype(self.arrays()[2].dtype), "/tail_log_mass": tail.astype(np.float32)}
@@ -180,12 +185,11 @@ class TopKLogProbs:
             scale = tail - np.log(np.maximum(1.0 - kept_prior, 1e-30))
             dense = (scale[:, None] + np.log(np.maximum(prior, 1e-30))[None, :]).astype(np.float32)
         elif self.tail == "lowrank":
-            # the low-rank reconstruction gives the tail its shape; the stored tail mass its total
-            dense = self.shape.decode({"/" + f.suffix[len("/tail_"):]: a[f.suffix] for f in self._shape_arrays()})
+            # the low-rank logits give the tail its shape, the stored tail mass its total (normalised once, over
+            # the tokens not kept)
+            dense = self.shape.logits({"/" + f.suffix[len("/tail_"):]: a[f.suffix] for f in self._shape_arrays()})
             dense[rows[keep], indices[keep]] = -np.inf
-            top = dense.max(1, keepdims=True)
-            dense = (dense - top - np.log(np.exp(dense - top).sum(1, keepdims=True)) + tail[:, None]).astype(
-                np.float32)
+            dense = (dense - _logsumexp(dense) + tail[:, None]).astype(np.float32)
         else:
             rest = np.maximum(self.num_classes - count, 1).astype(np.float32)
             dense = np.repeat((tail - np.log(rest))[:, None], self.num_classes, axis=1).astype(np.float32)
@@ -320,8 +324,9 @@ def _pca(sample: np.ndarray, rank: int, target_error: float | None = None) -> di
     out = {"basis": vt.astype(np.float32), "mean": mean.astype(np.float32),
            "scale": np.where(scale > 1e-12, scale, 1.0).astype(np.float32)}
     if target_error is not None:
-        energy = float((np.asarray(sample, np.float64) ** 2).sum(1).mean())
-        dropped = float((x ** 2).sum(1).mean()) - float((scale ** 2).sum())
+        spread = float((x ** 2).sum(1).mean())          # the centred frames' energy; + |mean|^2 = the frames'
+        energy = spread + float(mean @ mean)
+        dropped = spread - float((scale ** 2).sum())
         step = _quantiser_step(scale ** 2, max(dropped, 0.0), energy, target_error)
         if 4.0 * scale.max() / step > 127:
             raise OfflineKDError(f"lowrank_target_error {target_error} needs steps {step:.3g} that are too fine "
@@ -420,10 +425,13 @@ class LowRankLogProbs(_LowRank):
     def encode(self, x: np.ndarray) -> dict:
         return self._encode(self.centre(x))
 
+    def logits(self, a: dict) -> np.ndarray:
+        """The reconstructed logits, unnormalised (log-probs up to a per-frame constant)."""
+        return self._decode(a)
+
     def decode(self, a: dict) -> np.ndarray:
         z = self._decode(a)
-        z -= z.max(1, keepdims=True)
-        return z - np.log(np.exp(z).sum(1, keepdims=True))
+        return z - _logsumexp(z)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "num_classes": self.num_classes, "rank": self.rank, "coeff": self.coeff}
