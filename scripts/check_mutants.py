@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""The suite's proof that it catches wrong code: apply known one-line bugs, each to a temporary copy of the
+repository, run the tests that should catch it there, and expect them to FAIL.
+
+    python scripts/check_mutants.py            # all mutants (about 3 minutes on 2 cores)
+    python scripts/check_mutants.py --only rng_state_not_restored,topk_ignores_coverage
+    python scripts/check_mutants.py --list
+
+Exit status 0 when every mutant is killed (its tests fail), 1 when one survives. Each mutant is an exact
+source edit: a mutant whose `old` text is no longer in the file is reported as STALE (exit 1), so the list cannot
+silently drift from the code. The seven mutants of issue #15 are first; add one here with each bug fixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS = [
+    Mutant("feature_term_weighted_by_seq_weight", "offline_kd/losses/kd.py",
+           'total = total + gamma * terms["feature"]', 'total = total + seq_weight * terms["feature"]',
+           ("tests/test_hybrid_loss_values.py",)),
+    Mutant("seq_term_on_reference_labels", "offline_kd/losses/kd.py",
+           'terms["seq"] = ctc_loss(student_log_probs, teacher_tokens, lengths, teacher_token_lengths)',
+           'terms["seq"] = ctc_loss(student_log_probs, labels, lengths, label_lengths)',
+           ("tests/test_hybrid_loss_values.py",)),
+    Mutant("soft_kl_divided_by_batch_size", "offline_kd/losses/kd.py",
+           "return (kl * mask).sum() / mask.sum() * temperature ** 2",
+           "return (kl * mask).sum() / mask.shape[1] * temperature ** 2",
+           ("tests/test_hybrid_loss_values.py",)),
+    Mutant("dump_resume_ignores_shard_done", "offline_kd/recipes/dump_teacher.py",
+           "mine = np.asarray([s for s in blocks[env.rank] if not done[s]], dtype=np.int64)",
+           "mine = np.asarray([s for s in blocks[env.rank]], dtype=np.int64)",
+           ("tests/test_resume.py",)),
+    Mutant("rng_state_not_restored", "offline_kd/training/checkpoint.py",
+           "def set_rng_state(state: dict) -> None:\n",
+           "def set_rng_state(state: dict) -> None:\n    return\n",
+           ("tests/test_resume.py",)),
+    Mutant("projection_heads_not_restored", "offline_kd/training/trainer.py",
+           'self.extra.load_state_dict(ckpt["extra_state_dict"])', "pass",
+           ("tests/test_resume.py",)),
+    Mutant("topk_ignores_coverage", "offline_kd/cache/codecs.py",
+           "if self.coverage is None:", "if True:",
+           ("tests/test_codecs.py",)),
+]
+
+
+def run_mutant(m: Mutant, keep: bool = False) -> tuple[str, float, str]:
+    """-> (KILLED | SURVIVED | STALE, seconds, last lines of pytest output)."""
+    src = (ROOT / m.file).read_text()
+    if src.count(m.old) != 1:
+        return "STALE", 0.0, f"{m.file}: the text to mutate occurs {src.count(m.old)} times (expected once)"
+    tmp = Path(tempfile.mkdtemp(prefix=f"mutant-{m.name}-"))
+    try:
+        for d in ("offline_kd", "tests", "configs", "docs", "scripts"):
+            shutil.copytree(ROOT / d, tmp / d, ignore=shutil.ignore_patterns("__pycache__"))
+        for f in ("setup.cfg", "README.md"):
+            shutil.copy(ROOT / f, tmp / f)
+        (tmp / m.file).write_text(src.replace(m.old, m.new))
+        env = {**os.environ, "PYTHONPATH": str(tmp) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        check = subprocess.run([sys.executable, "-c", "import offline_kd; print(offline_kd.__file__)"], cwd=tmp,
+                               env=env, capture_output=True, text=True)
+        if not check.stdout.strip().startswith(str(tmp)):
+            return "STALE", 0.0, f"the copy is not what gets imported: {check.stdout.strip()} {check.stderr[-300:]}"
+        start = time.perf_counter()
+        res = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests],
+                             cwd=tmp, env=env, capture_output=True, text=True)
+        took = time.perf_counter() - start
+        tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-3:])
+        if res.returncode == 0:
+            return "SURVIVED", took, tail
+        if res.returncode not in (1,):      # 2-5: interrupted, internal error, usage error, no tests collected
+            return "STALE", took, f"pytest exit {res.returncode}: {tail}"
+        return "KILLED", took, tail
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", help="comma-separated mutant names")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary copies (for debugging)")
+    args = ap.parse_args()
+    chosen = MUTANTS
+    if args.only:
+        names = args.only.split(",")
+        unknown = sorted(set(names) - {m.name for m in MUTANTS})
+        if unknown:
+            ap.error(f"unknown mutant(s): {', '.join(unknown)} (see --list)")
+        chosen = [m for m in MUTANTS if m.name in names]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:40s} {m.file}: {m.old!r} -> {m.new!r}  [{' '.join(m.tests)}]")
+        return 0
+    bad = 0
+    print(f"| mutant | file | result | seconds | tests |\n|---|---|---|---|---|")
+    for m in chosen:
+        status, took, tail = run_mutant(m, args.keep)
+        bad += status != "KILLED"
+        print(f"| {m.name} | {m.file} | {status} | {took:.1f} | {' '.join(m.tests)} |", flush=True)
+        if status != "KILLED":
+            print(f"    {tail}", file=sys.stderr)
+    print(f"\n{len(chosen) - bad} of {len(chosen)} mutants killed")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
