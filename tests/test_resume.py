@@ -1,0 +1,142 @@
+"""Resume that is really a resume: an interrupted job continues from where it stopped (it does not redo the work),
+and ends bit for bit where the uninterrupted job ends, with randomness in play (dropout, SpecAugment, sampled
+targets) so that RNG state that is not restored shows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import experiment_dict
+from offline_kd.cache import writer as cache_writer
+from offline_kd.cache.reader import TeacherCache
+from offline_kd.config import ExperimentConfig, build_dataclass
+from offline_kd.recipes import dump_teacher, train, train_student
+from test_cache import QUIET, assert_same_cache, dump_cfg
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL at a chosen point (BaseException: no `except Exception` swallows it)."""
+
+
+@pytest.mark.parametrize("codecs", [{"log_probs": "float16", "hidden": "float16"},
+                                    {"log_probs": "sampled", "sampled_n": 16, "hidden": "float16"}],
+                         ids=["float16", "sampled"])
+def test_dump_killed_between_a_shards_data_and_its_flag(codecs, tiny_teacher, tiny_corpus, tmp_path, monkeypatch):
+    ref = tmp_path / "ref.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, ref, codecs=codecs), **QUIET)
+    out = tmp_path / "killed.zarr"
+    cfg = dump_cfg(tiny_teacher, tiny_corpus, out, codecs=codecs)
+    flags_set = []
+
+    class FlagThenKill:
+        """The done-flag array of a split: the third flag is never written (the shard's data and checksums are)."""
+
+        def __init__(self, arr):
+            self.arr = arr
+
+        def __setitem__(self, key, value):
+            if len(flags_set) == 2:
+                raise Killed()
+            flags_set.append(key)
+            self.arr[key] = value
+
+        def __getitem__(self, key):
+            return self.arr[key]
+
+    orig_init = cache_writer.SplitWriter.__init__
+
+    def init(self, *a, **kw):
+        orig_init(self, *a, **kw)
+        self.done_flags = FlagThenKill(self.done_flags)
+
+    monkeypatch.setattr(cache_writer.SplitWriter, "__init__", init)
+    with pytest.raises(Killed):
+        dump_teacher.run(cfg, **QUIET)
+    monkeypatch.setattr(cache_writer.SplitWriter, "__init__", orig_init)
+    assert flags_set == [0, 1]
+
+    res = dump_teacher.run(cfg, **QUIET)
+    assert res["resumed"]
+    shard_frames = cfg.chunk_frames * cfg.shard_chunks
+    total = sum(TeacherCache(str(ref)).split(s).num_frames for s in ("train", "dev"))
+    # the rerun wrote everything but the two flagged shards (the third shard's unflagged data is rewritten)
+    assert res["frames_written"] == total - 2 * shard_frames
+    assert_same_cache(ref, out)
+
+
+def _killed_after(run_fn, cfg, epochs_done):
+    """Run training, stopping (as if killed) right after `epochs_done` epochs were checkpointed."""
+    from offline_kd.training import trainer as tr
+    orig = tr.Trainer._epoch
+
+    def epoch(self, e):
+        if e > epochs_done:
+            raise Killed()
+        return orig(self, e)
+
+    tr.Trainer._epoch = epoch
+    try:
+        run_fn(cfg, **QUIET)
+    except Killed:
+        pass
+    finally:
+        tr.Trainer._epoch = orig
+
+
+def _noisy(d: dict) -> dict:
+    """Dropout and SpecAugment on: a resume that loses the RNG state ends elsewhere."""
+    d["model"]["dropout"] = 0.3
+    d["augment"] = {"time_masks": 2, "time_mask_width": 3, "freq_masks": 1, "freq_mask_width": 4}
+    return d
+
+
+def _weights(path):
+    ck = torch.load(path, weights_only=False)
+    return ck["model_state_dict"], ck.get("extra_state_dict") or {}
+
+
+def _assert_equal_states(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_train_resume_is_exact_with_dropout_and_specaugment(tiny_corpus, tmp_path):
+    full = build_dataclass(ExperimentConfig, _noisy(experiment_dict(tiny_corpus, tmp_path / "full", epochs=3)))
+    train.run(full, **QUIET)
+    cfg = build_dataclass(ExperimentConfig, _noisy(experiment_dict(tiny_corpus, tmp_path / "resumed", epochs=3)))
+    _killed_after(train.run, cfg, epochs_done=1)
+    assert torch.load(tmp_path / "resumed" / "checkpoint_last.pt", weights_only=False)["epoch"] == 1
+    train.run(cfg, resume=True, **QUIET)
+    _assert_equal_states(_weights(tmp_path / "full" / "checkpoint_last.pt")[0],
+                         _weights(tmp_path / "resumed" / "checkpoint_last.pt")[0])
+
+
+@pytest.fixture(scope="module")
+def f16_cache(tiny_teacher, tiny_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume_cache") / "c.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, codecs={"log_probs": "float16", "hidden": "float16"}),
+                     **QUIET)
+    return out
+
+
+def test_train_student_resume_is_exact_including_the_projection_heads(f16_cache, tiny_corpus, tmp_path):
+    def cfg(name):
+        d = _noisy(experiment_dict(tiny_corpus, tmp_path / name, epochs=3))
+        d["distill"] = {"cache": str(f16_cache), "alpha": 0.5, "beta": 0.3, "gamma": 0.2, "seq_weight": 0.1,
+                        "temperature_schedule": [[1, 2.0], [2, 1.0]], "layer_mapping": {1: 1, 2: 3}}
+        return build_dataclass(ExperimentConfig, d)
+    train_student.run(cfg("full"), **QUIET)
+    resumed = cfg("resumed")
+    _killed_after(train_student.run, resumed, epochs_done=1)
+    _, after_one = _weights(tmp_path / "resumed" / "checkpoint_last.pt")
+    train_student.run(resumed, resume=True, **QUIET)
+    (ma, ea), (mb, eb) = _weights(tmp_path / "full" / "checkpoint_last.pt"), \
+        _weights(tmp_path / "resumed" / "checkpoint_last.pt")
+    assert ea, "the projection heads were not saved"
+    _assert_equal_states(ma, mb)
+    _assert_equal_states(ea, eb)
+    # the heads kept training after the resume (heads that never change would pass the equality trivially)
+    assert all(not torch.equal(after_one[k], eb[k]) for k in eb)
