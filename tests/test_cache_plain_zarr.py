@@ -1,12 +1,14 @@
 """The documented layout (docs/cache-format.md) is readable with plain zarr + numpy: this module does not import
 offline_kd; the cache is written by the CLI in a subprocess and compared with the live teacher's outputs that a
-second subprocess saved with numpy."""
+second subprocess saved with numpy. The recipe is executed from the doc itself, so doc and code cannot drift."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 import zarr
 
@@ -44,62 +46,26 @@ np.savez({str(tmp_path / 'live.npz')!r}, **out)
     return np.load(tmp_path / "live.npz")
 
 
-def _read_utterance(path, utt):
-    """The recipe from docs/cache-format.md."""
-    root = zarr.open_group(str(path), mode="r")
-    meta = root.attrs["offline_kd"]
-    assert meta["complete"]
-    split = root["dev"]
-    ids = list(split["utterance_id"][:])
-    i = ids.index(utt)
-    a, b = split["offset"][i], split["offset"][i + 1]
-    v = meta["num_classes"]
+DOC = Path(__file__).resolve().parents[1] / "docs" / "cache-format.md"
+HEAD = 'CACHE, SPLIT, UTTERANCE, LAYER = "cache/teacher.zarr", "train", "train-000042-spk003", 4'
 
-    def lse(z):
-        m = z.max(-1, keepdims=True)
-        return m + np.log(np.exp(z - m).sum(-1, keepdims=True))
 
-    def lowrank(prefix, state):
-        g = root[state]
-        basis, mean = g["basis"][:], g["mean"][:]
-        if prefix + "coeffs" in split:
-            c = split[prefix + "coeffs"][a:b].astype(np.float32)
-        elif prefix + "codes" in split:
-            c = split[prefix + "codes"][a:b] * g["step"][0]
-        else:
-            whiten = g["scale"][:] if "scale" in g else np.ones(len(basis), np.float32)
-            c = split[prefix + "q"][a:b] * split[prefix + "scale"][a:b][:, None] * whiten
-        return c @ basis + mean
+def _doc_recipe() -> str:
+    """The python block of docs/cache-format.md's "Reading a cached utterance with plain zarr", as it stands."""
+    text = DOC.read_text()
+    section = text[text.index("## Reading a cached utterance with plain zarr"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[:code.index("```")]
+    assert HEAD in code, "the recipe's first line changed: update HEAD here"
+    return code
 
-    codec = meta["codecs"]["log_probs"]
-    if codec["name"] in ("float32", "float16"):
-        log_probs = split["log_probs"][a:b].astype(np.float32)
-    elif codec["name"] == "lowrank":
-        z = lowrank("log_probs/", "lowrank/log_probs")
-        log_probs = z - lse(z)
-    else:
-        values = split["log_probs/values"][a:b].astype(np.float32)
-        indices = split["log_probs/indices"][a:b].astype(np.int64)
-        count = split["log_probs/count"][a:b].astype(np.int64)
-        tail = split["log_probs/tail_log_mass"][a:b][:, None]
-        if codec["tail"] == "lowrank":
-            log_probs = lowrank("log_probs/tail_", "lowrank/log_probs")
-            for t in range(b - a):
-                log_probs[t, indices[t, :count[t]]] = -np.inf
-            log_probs = log_probs - lse(log_probs) + tail
-        else:
-            log_probs = np.repeat(tail - np.log(v - count)[:, None], v, axis=1)
-        for t in range(b - a):
-            log_probs[t, indices[t, :count[t]]] = values[t, :count[t]]
-    hc = meta["codecs"]["hidden"]["3"]
-    if hc["name"] in ("float32", "float16"):
-        hidden = split["hidden_3"][a:b].astype(np.float32)
-    elif hc["name"] == "int8":
-        hidden = split["hidden_3/q"][a:b] * split["hidden_3/scale"][a:b][:, None]
-    else:
-        hidden = lowrank("hidden_3/", "lowrank/hidden_3")
-    best_path = split["best_path"][a:b]
-    return log_probs, hidden, best_path, meta
+
+def _read_utterance(path, utt, split="dev", layer=3):
+    """Run the documented recipe (nothing but zarr and numpy) on one utterance."""
+    ns: dict = {}
+    exec(_doc_recipe().replace(HEAD, f"CACHE, SPLIT, UTTERANCE, LAYER = {str(path)!r}, {split!r}, {utt!r}, {layer}"),
+         ns)
+    return ns["log_probs"], ns["hidden"], ns["best_path"], ns["meta"]
 
 
 def test_plain_zarr_reads_the_documented_layout(tiny_teacher, tiny_corpus, tmp_path):
@@ -137,3 +103,42 @@ def test_plain_zarr_reads_the_documented_layout(tiny_teacher, tiny_corpus, tmp_p
             else:
                 np.testing.assert_allclose(h3, live[u + "/h3"], atol=h_tol)
     assert json.dumps(meta["dump_config"])   # the resolved dump config is stored
+
+
+CODECS = {
+    "float32": {"log_probs": "float32", "hidden": "float32"},
+    "float16": {"log_probs": "float16", "hidden": "float16"},
+    "topk-uniform+int8": {"log_probs": "topk", "topk_k": 4, "hidden": "int8"},
+    "topk-prior+lowrank-int8": {"log_probs": "topk", "topk_k": 3, "topk_coverage": 0.99, "topk_tail": "prior",
+                                "hidden": "lowrank", "lowrank_rank": 16, "lowrank_coeff": "int8",
+                                "lowrank_fit_frames": 300},
+    "topk-lowrank+lowrank-step": {"log_probs": "topk", "topk_k": 3, "topk_coverage": 0.99, "topk_tail": "lowrank",
+                                  "logits_rank": 6, "hidden": "lowrank", "lowrank_rank": 64, "lowrank_coeff": "step",
+                                  "lowrank_target_error": 0.01, "lowrank_fit_frames": 300},
+    "lowrank-float16+lowrank-float16": {"log_probs": "lowrank", "logits_rank": 6, "logits_coeff": "float16",
+                                        "hidden": "lowrank", "lowrank_rank": 16, "lowrank_coeff": "float16",
+                                        "lowrank_fit_frames": 300},
+    "sampled+float16": {"log_probs": "sampled", "sampled_n": 16, "hidden": "float16"},
+}
+
+
+@pytest.mark.parametrize("name", list(CODECS))
+def test_the_doc_recipe_decodes_every_codec_like_offline_kd(name, tiny_teacher, tiny_corpus, tmp_path):
+    from offline_kd.cache.reader import TeacherCache
+    from offline_kd.config import DumpConfig, build_dataclass
+    from offline_kd.recipes import dump_teacher
+    out = tmp_path / "c.zarr"
+    dump_teacher.run(build_dataclass(DumpConfig, {
+        "teacher": str(tiny_teacher), "corpus": str(tiny_corpus), "output": str(out), "splits": ["dev"],
+        "layers": [1, 3], "batch_size": 8, "progress": False, "device": "cpu", "codecs": CODECS[name]}),
+        log=lambda *_: None)
+    split = TeacherCache(str(out)).split("dev")
+    for p in range(0, len(split), 5):
+        want = split.read(p)
+        lp, h, path, meta = _read_utterance(out, split.utterance_ids[p])
+        assert meta["codecs"]["log_probs"]["name"] == CODECS[name]["log_probs"]
+        np.testing.assert_array_equal(np.isneginf(lp), np.isneginf(want["log_probs"]))
+        finite = np.isfinite(want["log_probs"])
+        np.testing.assert_allclose(lp[finite], want["log_probs"][finite], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(h, want["hidden"][3], rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(path, want["best_path"])

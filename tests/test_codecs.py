@@ -237,3 +237,40 @@ def test_lowrank_step_quantiser_meets_its_target_error_and_refuses_an_impossible
         assert 0.6 * target < rel < 1.3 * target, (target, rel)   # fitted on other frames of the same source
     with pytest.raises(Exception, match="raise lowrank_rank"):
         LowRankHidden(d, 4, "step", 0.001).fit(fit_x)            # 4 components cannot hold 99.9% of the energy
+
+
+def test_topk_count_is_the_smallest_prefix_reaching_the_coverage():
+    """Per frame, count = the fewest top tokens whose mass reaches `coverage` (capped at k), computed here
+    independently; on peaky frames that is well below k."""
+    k, coverage = 8, 0.99
+    x = np.concatenate([_log_probs(f=300, v=50, peak=9.0, seed=1), _log_probs(f=100, v=50, peak=2.0, seed=2)])
+    count = TopKLogProbs(50, k=k, coverage=coverage).encode(x)["/count"].astype(int)
+    for f in range(len(x)):
+        p = np.sort(np.exp(x[f].astype(np.float64)))[::-1]
+        need = int(np.argmax(np.cumsum(p) >= coverage)) + 1 if np.cumsum(p)[-1] >= coverage else len(p)
+        assert count[f] == min(need, k), f
+    assert count.mean() < 0.6 * k
+    assert (count < k).any() and (count == k).any()     # both regimes are exercised
+
+
+def test_sampled_targets_match_the_teacher_within_sampling_error():
+    """Chi-square goodness of fit of the pooled draws, and each class's mean within 5 standard errors."""
+    from offline_kd.cache.codecs import SampledLogProbs
+    v, frames, n = 50, 4000, 16
+    p = np.exp(_log_probs(f=1, v=v, peak=2.0)[0].astype(np.float64))
+    enc = SampledLogProbs(v, samples=n).encode(np.repeat(np.log(p)[None].astype(np.float32), frames, axis=0))
+    observed = np.zeros(v)
+    np.add.at(observed, enc["/indices"].astype(int).ravel(), enc["/counts"].astype(float).ravel())
+    total = frames * n
+    assert observed.sum() == total
+    expected = total * p / p.sum()
+    big = expected >= 5                               # pool the classes too rare for the chi-square approximation
+    obs, exp = observed[big], expected[big]
+    if (~big).any():
+        obs, exp = np.append(obs, observed[~big].sum()), np.append(exp, expected[~big].sum())
+    chi2 = float(((obs - exp) ** 2 / exp).sum())
+    df = len(obs) - 1
+    assert chi2 < df + 6 * np.sqrt(2 * df), (chi2, df)  # ~ the 1e-5 upper quantile for these df
+    mean = observed / total
+    se = np.sqrt(p * (1 - p) / total)
+    assert np.all(np.abs(mean - p) <= 5 * se + 1e-12)
