@@ -61,6 +61,14 @@ MUTANTS = [
     Mutant("topk_ignores_coverage", "offline_kd/cache/codecs.py",
            "if self.coverage is None:", "if True:",
            ("tests/test_codecs.py",)),
+    # added with the fixes of #15
+    Mutant("verify_ignores_the_seal", "offline_kd/cache/verify.py",
+           "problems += sealed_problems", "pass", ("tests/test_integrity.py",)),
+    Mutant("sampled_codec_biased", "offline_kd/cache/codecs.py",
+           "drawn = np.minimum(pos.reshape(f, n) - rows * v, v - 1)",
+           "drawn = np.minimum(pos.reshape(f, n) - rows * v + 1, v - 1)", ("tests/test_codecs.py",)),
+    Mutant("doc_recipe_prior_tail_uniform", "docs/cache-format.md",
+           'elif codec["tail"] == "prior":', 'elif False:', ("tests/test_cache_plain_zarr.py",)),
 ]
 
 

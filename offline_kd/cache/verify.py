@@ -13,7 +13,8 @@ import math
 import numpy as np
 import torch
 
-from offline_kd.cache.layout import utterance_checksum
+from offline_kd.cache import integrity
+from offline_kd.cache.layout import field_arrays, utterance_checksum
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.cache.writer import shard_starts, shards_done, whole_utterances
 from offline_kd.data.distill_dataset import collapse_best_path
@@ -142,6 +143,10 @@ def verify_cache(path: str, teacher: str | None = None, sample: int = 32, device
     st = structural_check(cache, log)
     res["utterances_checked"] = st["utterances_checked"]
     problems += st["problems"]
+    if res["complete"]:
+        fields = [p for p, *_ in field_arrays(cache.lp_codec, cache.hidden_codecs)]
+        sealed_problems, res["sealed"] = integrity.check(cache.root, cache.splits, fields)
+        problems += sealed_problems
     if teacher is not None:
         res["fidelity"] = fidelity(cache, teacher, sample, device, log)
     res["problems"] = problems
@@ -153,6 +158,8 @@ def format_verify(res: dict) -> str:
     lines = [f"cache {res['path']}: {'OK' if res['ok'] else 'PROBLEMS FOUND'} "
              f"({res['utterances_checked']} utterances checked, {'complete' if res['complete'] else 'incomplete'})"]
     lines += [f"  - {p}" for p in res["problems"][:50]]
+    if res["complete"] and not res.get("sealed"):
+        lines.append("  note: written before integrity seals: metadata and non-per-frame arrays are not covered")
     f = res.get("fidelity")
     if f:
         lines.append(f"  fidelity on {f['frames_compared']} frames (live teacher vs cache):")

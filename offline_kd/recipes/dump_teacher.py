@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from offline_kd import __version__
+from offline_kd.cache import integrity
 from offline_kd.cache.codecs import (Float16Hidden, Float16LogProbs, Float32Hidden, Float32LogProbs, Int8Hidden,
                                      LowRankHidden, LowRankLogProbs, SampledLogProbs, TopKLogProbs)
 from offline_kd.cache.layout import FORMAT_VERSION, META_KEY, field_arrays, open_group
@@ -325,7 +326,8 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
         meta_done = dict(root.attrs[META_KEY])
         meta_done["complete"] = True
         meta_done["completed"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        root.attrs.update({META_KEY: meta_done})
+        seal = integrity.seal(root, meta_done, list(cfg.splits), [p for p, *_ in field_arrays(lp_codec, hidden_codecs)])
+        root.attrs.update({META_KEY: meta_done, integrity.INTEGRITY_KEY: seal})
     distributed.run_on_main(finalize, env)
     out = {"cache": cfg.output, "resumed": state["resume"],
            "frames_written": sum(t["frames"] for t in per_rank),

@@ -1,0 +1,88 @@
+"""`cache verify` catches a change to any stored array and to the metadata that shapes decoding: per-frame arrays
+through the per-utterance crc32, everything else (ids, offsets, hashes, fitted bases, prior, step, flags) through
+the seal written when the dump completes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+
+from offline_kd.cache.verify import verify_cache
+from offline_kd.recipes import dump_teacher
+from test_cache import QUIET, dump_cfg
+
+CACHES = {
+    "compact-default": {"log_probs": "topk", "topk_k": 3, "topk_coverage": 0.99, "topk_tail": "lowrank",
+                        "logits_rank": 6, "logits_coeff": "int8", "hidden": "lowrank", "lowrank_rank": 64,
+                        "lowrank_coeff": "step", "lowrank_target_error": 0.01, "lowrank_fit_frames": 300},
+    "topk-prior+int8": {"log_probs": "topk", "topk_k": 3, "topk_tail": "prior", "lowrank_fit_frames": 300,
+                        "hidden": "lowrank", "lowrank_rank": 8, "lowrank_coeff": "int8"},
+    "sampled+float16": {"log_probs": "sampled", "sampled_n": 8, "hidden": "float16"},
+}
+
+
+def _corrupt(arr: zarr.Array) -> None:
+    """Change one stored value of `arr` through zarr (a valid write: only the checks can notice it)."""
+    data = np.asarray(arr[...])
+    flat = data.reshape(-1) if data.ndim else data.reshape(1)
+    i = len(flat) // 2
+    if data.dtype.kind in "OUT":
+        flat[i] = str(flat[i]) + "x"
+    elif data.dtype.kind == "b":
+        flat[i] = not flat[i]
+    elif data.dtype.kind in "iu":
+        flat[i] = flat[i] ^ 1
+    else:
+        flat[i] = flat[i] + 0.5 if np.isfinite(flat[i]) else 0.25
+    arr[...] = flat.reshape(data.shape)
+
+
+@pytest.mark.parametrize("name", list(CACHES))
+def test_verify_fails_for_a_change_to_any_stored_array(name, tiny_teacher, tiny_corpus, tmp_path):
+    clean = tmp_path / "clean.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, clean, codecs=CACHES[name], splits=["dev"]), **QUIET)
+    assert verify_cache(str(clean), **QUIET)["ok"]
+    paths = sorted(p for p, node in zarr.open_group(str(clean), mode="r").members(max_depth=None)
+                   if isinstance(node, zarr.Array))
+    expected = {"dev/utterance_id", "dev/offset", "dev/input_frames", "dev/feature_sha256", "dev/checksum",
+                "dev/best_path", "dev/_progress/shard_done", "dev/_progress/checksums"}
+    if name == "compact-default":
+        expected |= {"lowrank/log_probs/basis", "lowrank/log_probs/mean", "lowrank/log_probs/scale",
+                     "lowrank/hidden_3/step", "dev/log_probs/values", "dev/log_probs/tail_q", "dev/hidden_3/codes"}
+    if name == "topk-prior+int8":
+        expected |= {"prior/log_probs", "dev/hidden_1/q", "dev/hidden_1/scale"}
+    if name == "sampled+float16":
+        expected |= {"dev/log_probs/indices", "dev/log_probs/counts", "dev/hidden_1"}
+    assert expected <= set(paths), sorted(expected - set(paths))
+    missed = []
+    for path in paths:
+        backup = tmp_path / "backup"
+        shutil.copytree(clean / path, backup)
+        _corrupt(zarr.open_array(str(clean / path), mode="r+"))
+        if verify_cache(str(clean), **QUIET)["ok"]:
+            missed.append(path)
+        shutil.rmtree(clean / path)
+        shutil.move(backup, clean / path)
+    assert not missed, f"verify did not notice a changed value in: {missed}"
+    assert verify_cache(str(clean), **QUIET)["ok"]          # every array restored
+
+
+def test_verify_fails_for_tampered_metadata(tiny_teacher, tiny_corpus, tmp_path):
+    out = tmp_path / "c.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["dev"]), **QUIET)
+    res = verify_cache(str(out), **QUIET)
+    assert res["ok"] and res["sealed"]
+    for where, edit in (("zarr.json", lambda m: m["attributes"]["offline_kd"].update(subsampling=3)),
+                        ("dev/zarr.json", lambda m: m["attributes"].update(shard_frames=17))):
+        doc = json.loads((out / where).read_text())
+        backup = json.dumps(doc)
+        edit(doc)
+        (out / where).write_text(json.dumps(doc))
+        res = verify_cache(str(out), **QUIET)
+        assert not res["ok"] and any("metadata changed" in p for p in res["problems"]), (where, res["problems"])
+        (out / where).write_text(backup)
+    assert verify_cache(str(out), **QUIET)["ok"]
