@@ -91,12 +91,13 @@ def test_end_to_end_dump_train_student_evaluate(f32_cache, tiny_corpus, tmp_path
                                "--split", "dev", "--json"])
     assert res.exit_code == 0, res.output
     r = json.loads(res.output.strip().splitlines()[-1])
-    assert r["num_parameters"] < 20000 and 0 <= r["wer"]
+    assert r["num_parameters"] < 20000
     # resume continues from the last checkpoint
     res = runner.invoke(main, ["train-student", "--config", str(cfg), "--resume", "--set", "train.epochs=3",
                                "--set", "augment.time_masks=1", "--set", "augment.freq_masks=1"])
     assert res.exit_code == 0, res.output
-    assert torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)["epoch"] == 3
+    last = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
+    assert last["epoch"] == 3
 
 
 @pytest.mark.parametrize("change,message", [
@@ -171,3 +172,28 @@ def test_dataloader_workers_read_the_cache_like_the_main_process(f32_cache, tiny
         assert a["utterance_ids"] == b["utterance_ids"]
         torch.testing.assert_close(a["teacher_log_probs"], b["teacher_log_probs"], rtol=0, atol=0)
         torch.testing.assert_close(a["teacher_hidden"][3], b["teacher_hidden"][3], rtol=0, atol=0)
+
+
+def test_a_distilled_student_learns_the_tiny_corpus(f32_cache, tiny_corpus, tmp_path):
+    """Not a WER floor but a comparison: 8 epochs from the cache (T = 1) take the student far below the same
+    student untrained (about 8% vs 88% dev WER when written)."""
+    from offline_kd.config import ModelConfig
+    from offline_kd.models.bilstm import BiLSTMCTC
+    from offline_kd.training.checkpoint import save_checkpoint
+    d = student_dict(tiny_corpus, f32_cache, tmp_path / "run", epochs=8, temperature_schedule=[[1, 1.0]],
+                     alpha=0.5, beta=0.5, seq_weight=0.0)
+    d["data"]["batch_size"] = 4
+    train_student.run(build_dataclass(ExperimentConfig, d), **QUIET)
+    last = torch.load(tmp_path / "run" / "checkpoint_best.pt", weights_only=False)
+    torch.manual_seed(0)
+    untrained = BiLSTMCTC(build_dataclass(ModelConfig, last["model_config"]))
+    save_checkpoint(tmp_path / "untrained.pt", {"model_config": last["model_config"], "vocab": last["vocab"],
+                                                "model_state_dict": untrained.state_dict()})
+    wers = {}
+    runner = CliRunner()
+    for name, ck in (("untrained", tmp_path / "untrained.pt"), ("distilled", tmp_path / "run" / "checkpoint_best.pt")):
+        res = runner.invoke(main, ["evaluate", "--checkpoint", str(ck), "--split", "dev", "--json",
+                                   "--corpus", str(tiny_corpus)])
+        assert res.exit_code == 0, res.output
+        wers[name] = json.loads(res.output.strip().splitlines()[-1])["wer"]
+    assert wers["distilled"] < 30 and wers["distilled"] < wers["untrained"] - 40, wers

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 import zarr
 
@@ -63,17 +64,28 @@ def test_dump_verify_and_train_from_s3(s3, tiny_teacher, tiny_corpus, tmp_path):
                              timeout=300)
         assert res.returncode == 0, res.stderr[-2000:]
         out = json.loads(res.stdout.strip().splitlines()[-1])
-        assert out.get("complete", out.get("ok")) is True
+        assert out["complete"] is True
+        if args[1] == "verify":
+            assert out["ok"] is True and out["sealed"] is True and out["problems"] == []
+            assert out["utterances_checked"] == 96 + 16
 
     # a second dump of the same plan to the same URL finds it complete
     assert dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, url, storage_options=options),
                             **QUIET)["frames_written"] == 0
 
-    d = experiment_dict(tiny_corpus, tmp_path / "student", epochs=1)
-    d["distill"] = {"cache": url, "storage_options": options, "alpha": 0.5, "beta": 0.3, "gamma": 0.2,
-                    "temperature_schedule": [[1, 2.0]], "layer_mapping": {1: 1, 2: 3}}
-    res = train_student.run(build_dataclass(ExperimentConfig, d), **QUIET)
-    assert (tmp_path / "student" / "checkpoint_last.pt").is_file() and res["best_dev_wer"] <= 100
+    # training from the URL is training from the same bytes: the same weights as from the local copy
+    results = {}
+    for name, cache, opts in (("s3", url, options), ("local", str(local), {})):
+        d = experiment_dict(tiny_corpus, tmp_path / name, epochs=1)
+        d["distill"] = {"cache": cache, "storage_options": opts, "alpha": 0.5, "beta": 0.3, "gamma": 0.2,
+                        "temperature_schedule": [[1, 2.0]], "layer_mapping": {1: 1, 2: 3}}
+        results[name] = train_student.run(build_dataclass(ExperimentConfig, d), **QUIET)
+    assert results["s3"]["best_dev_wer"] == results["local"]["best_dev_wer"]
+    a = torch.load(tmp_path / "s3" / "checkpoint_last.pt", weights_only=False)
+    b = torch.load(tmp_path / "local" / "checkpoint_last.pt", weights_only=False)
+    for k in ("model_state_dict", "extra_state_dict"):
+        for n in a[k]:
+            assert torch.equal(a[k][n], b[k][n]), (k, n)
 
 
 def test_missing_bucket_and_missing_cache_are_one_line_errors(s3):
