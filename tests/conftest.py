@@ -54,3 +54,11 @@ def tiny_teacher(tiny_corpus, tmp_path_factory) -> Path:
                                                              batch_size=4))
     train.run(cfg, log=lambda *_: None)
     return out / "checkpoint_last.pt"
+
+
+def find_tool(name: str) -> str | None:
+    """A command on PATH or beside this interpreter (scripts/setup.sh installs lmplz into .venv/bin, which is not
+    on PATH when the tests run as `.venv/bin/python -m pytest` without activating the environment)."""
+    import shutil
+    import sys
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))

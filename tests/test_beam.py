@@ -6,11 +6,12 @@ strongly prefers "the cat" must flip the ambiguous c/k frame.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
+
+from conftest import find_tool
 
 pytest.importorskip("pyctcdecode")
 pytest.importorskip("kenlm")
@@ -92,17 +93,18 @@ def lm_paths(request, tmp_path):
             path = tmp_path / f"{name}.arpa"
             path.write_text(text)
         else:
-            if shutil.which("lmplz") is None or shutil.which("build_binary") is None:
+            lmplz, build_binary = find_tool("lmplz"), find_tool("build_binary")
+            if lmplz is None or build_binary is None:
                 pytest.skip("lmplz/build_binary not installed (scripts/install_kenlm_tools.sh)")
             corpus = "\n".join([mapping("the cat")] * 30 + [mapping("kat")] + [mapping("cat")] * 5)
             path = tmp_path / f"{name}.arpa"
             with open(path, "w") as f:
-                subprocess.run(["lmplz", "-o", "3", "--discount_fallback",
+                subprocess.run([lmplz, "-o", "3", "--discount_fallback",
                                 "-S", "50M", "--vocab_estimate", "1000"], input=corpus + "\n",
                                text=True, stdout=f, stderr=subprocess.DEVNULL, check=True)
             if request.param == "lmplz-binary":
                 binary = tmp_path / f"{name}.bin"
-                subprocess.run(["build_binary", str(path), str(binary)],
+                subprocess.run([build_binary, str(path), str(binary)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
                 path = binary
         paths.append(str(path))

@@ -58,3 +58,20 @@ def test_every_command_has_help():
         res = runner.invoke(main, args + ["--help"])
         assert res.exit_code == 0, args
         assert "Usage" in res.output
+
+
+def test_the_commands_that_read_a_config_take_set():
+    """README: `train`, `train-student` and `dump-teacher` take --set; `ablate` sets values in its own config."""
+    import click
+    from offline_kd.cli import main
+
+    def commands(group, prefix=""):
+        for name, cmd in group.commands.items():
+            if isinstance(cmd, click.Group):
+                yield from commands(cmd, prefix + name + " ")
+            else:
+                yield prefix + name, {o for p in cmd.params for o in getattr(p, "opts", [])}
+    with_config = {name for name, opts in commands(main) if "--config" in opts}
+    with_set = {name for name, opts in commands(main) if "--set" in opts}
+    assert with_set == {"train", "train-student", "dump-teacher"}
+    assert with_config - with_set == {"ablate"}

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import find_tool
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("espeak-ng", "bible", "lmplz", "build_binary")
 
 
 def test_tts_en_quick(tmp_path):
-    missing = [t for t in TOOLS if not shutil.which(t)]
+    missing = [t for t in TOOLS if not find_tool(t)]
     if missing:
         if os.environ.get("OFFLINE_KD_REQUIRE_RECIPE_TOOLS"):
             pytest.fail(f"recipe tools missing: {', '.join(missing)}")
