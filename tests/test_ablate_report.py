@@ -11,6 +11,7 @@ from conftest import write_yaml
 from test_distill import f32_cache, student_dict  # noqa: F401  (module fixture reused)
 
 
+@pytest.mark.slow
 def test_three_run_ablation_with_a_broken_run_then_rerun_skips(f32_cache, tiny_corpus, tmp_path):  # noqa: F811
     base = student_dict(tiny_corpus, f32_cache, tmp_path / "unused", epochs=1)
     spec = {"base": base, "output_dir": str(tmp_path / "abl"), "parallel": 2, "evaluate": ["dev"],

@@ -110,6 +110,7 @@ def assert_same_cache(a, b) -> None:
     assert TeacherCache(str(b)).meta["complete"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tiny_corpus, tmp_path):
     # an untrained, wider teacher over a bigger corpus: slow enough to be killed mid-dump
     from offline_kd.data.synth import write_synth_corpus

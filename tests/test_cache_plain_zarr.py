@@ -68,6 +68,7 @@ def _read_utterance(path, utt, split="dev", layer=3):
     return ns["log_probs"], ns["hidden"], ns["best_path"], ns["meta"]
 
 
+@pytest.mark.slow
 def test_plain_zarr_reads_the_documented_layout(tiny_teacher, tiny_corpus, tmp_path):
     live = _live(tmp_path, tiny_teacher, tiny_corpus)
     utts = sorted({k.split("/")[0] for k in live.files})

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import zarr
 
@@ -23,6 +24,8 @@ from offline_kd.models.bilstm import BiLSTMCTC
 from offline_kd.recipes import dump_teacher, train, train_student
 from offline_kd.training.checkpoint import load_checkpoint, save_checkpoint
 from test_cache import QUIET, assert_same_cache, dump_cfg
+
+pytestmark = pytest.mark.slow   # end to end, several seconds each
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             "-m", "offline_kd"]

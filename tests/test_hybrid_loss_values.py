@@ -127,3 +127,32 @@ def test_soft_kl_is_a_mean_over_valid_frames_not_over_utterances(batch):
     assert abs(per_frame - per_utt) > 1e-3 * per_frame       # the data distinguish the two normalisers
     # a batch-size normaliser would be sum / B
     assert abs(got - per_frame * sum(b["lengths"]) / len(b["lengths"])) > 0.1
+
+
+def test_teacher_zeros_give_a_finite_kl():
+    """Sparse codecs (sampled, top-k) decode to -inf log-probs: 0 * log 0 counts as 0, never NaN."""
+    t = torch.log(torch.tensor([[[0.5, 0.5, 0.0]], [[1.0, 0.0, 0.0]]]))
+    s = torch.log(torch.tensor([[[0.4, 0.4, 0.2]], [[0.6, 0.2, 0.2]]]))
+    got = soft_kd_loss(s, t, torch.tensor([2]), 1.0).item()
+    expected = (0.5 * math.log(0.5 / 0.4) * 2 + math.log(1 / 0.6)) / 2
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_all_masked_and_half_precision_inputs_give_float32_terms():
+    from offline_kd.losses.kd import masked_mse
+    h = torch.randn(2, 3, 4, dtype=torch.float16)
+    empty = masked_mse(h, h + 1, torch.tensor([0, 0]))
+    assert empty.item() == 0.0 and empty.dtype == torch.float32
+    s = torch.randn(3, 2, 5).log_softmax(-1).half()
+    assert soft_kd_loss(s, s, torch.tensor([0, 0]), 2.0).dtype == torch.float32
+    total, terms = hybrid_loss(s, torch.tensor([3, 2]), torch.tensor([1, 2]), torch.tensor([1, 1]), s, 1.0, 0.5, 0.5,
+                               0.0, layer_mapping={1: 1})
+    assert total.dtype == torch.float32
+    assert "feature" not in terms           # gamma = 0: the term is not computed, whatever the mapping
+
+
+def test_temperature_schedule_before_its_first_entry_and_unsorted():
+    from offline_kd.losses.kd import temperature_at
+    assert temperature_at(1, [[5, 2.0]]) == 2.0            # the first entry's T also applies before it
+    assert temperature_at(3, [[5, 2.0], [2, 3.0]]) == 3.0   # entries in any order
+    assert temperature_at(6, [[5, 2.0], [2, 3.0]]) == 2.0

@@ -20,6 +20,8 @@ from offline_kd.errors import OfflineKDError
 from offline_kd.recipes import dump_teacher, train_student
 from test_cache import QUIET, _arrays, dump_cfg
 
+pytestmark = pytest.mark.slow   # end to end, several seconds each
+
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 

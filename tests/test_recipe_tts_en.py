@@ -12,6 +12,8 @@ import pytest
 
 from conftest import find_tool
 
+pytestmark = pytest.mark.slow   # end to end, several seconds each
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("espeak-ng", "bible", "lmplz", "build_binary")
 
