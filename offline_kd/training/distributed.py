@@ -38,12 +38,33 @@ def env_from_os() -> DistEnv:
         raise OfflineKDError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)") from None
 
 
+def select_device(name: str, env: DistEnv, cuda_available: bool, device_count: int) -> torch.device:
+    """The device for this process, always with an index on CUDA (torch.cuda.set_device refuses a bare "cuda"):
+    `auto`/`cuda` -> cuda:LOCAL_RANK under torchrun (modulo the visible GPUs), cuda:0 for a single process;
+    `cuda:N` as given (checked against the visible GPUs); `cpu`, or `auto` without CUDA, -> cpu. Pure, so the
+    selection is tested on machines without a GPU."""
+    if name == "auto":
+        name = "cuda" if cuda_available else "cpu"
+    if name.startswith("cuda"):
+        if not cuda_available or device_count < 1:
+            raise OfflineKDError(f"device '{name}' requested but CUDA is not available")
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise OfflineKDError(f"unknown device '{name}'") from None
+        if device.index is None:
+            return torch.device("cuda", env.local_rank % device_count if env.enabled else 0)
+        if device.index >= device_count:
+            raise OfflineKDError(f"device '{name}': only {device_count} GPU(s) visible (cuda:0..cuda:{device_count - 1})")
+        return device
+    return resolve_device(name)
+
+
 def setup(device_name: str, timeout_s: float = 6 * 3600) -> tuple[DistEnv, torch.device]:
     """Join the process group if launched by torchrun; the device is cuda:LOCAL_RANK for `auto`/`cuda` on GPUs."""
     env = env_from_os()
-    device = resolve_device(device_name)
-    if env.enabled and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
+    available = torch.cuda.is_available()
+    device = select_device(device_name, env, available, torch.cuda.device_count() if available else 0)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if env.enabled and not dist.is_initialized():
