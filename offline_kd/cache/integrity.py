@@ -44,23 +44,17 @@ def meta_sha256(root: zarr.Group, splits: list[str], meta: dict | None = None) -
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def sealed_arrays(root: zarr.Group, per_frame: set[str]) -> dict:
+def sealed_arrays(root: zarr.Group, splits: list[str], fields: list[str]) -> dict:
     """path -> array for every array of the cache except the per-frame fields (`{split}/{field path}`)."""
-    out = {}
-    for path, node in root.members(max_depth=None):
-        if isinstance(node, zarr.Array) and path not in per_frame:
-            out[path] = node
-    return out
-
-
-def per_frame_paths(root: zarr.Group, splits: list[str], fields: list[str]) -> set[str]:
-    return {f"{s}/{f}" for s in splits for f in fields}
+    per_frame = {f"{s}/{f}" for s in splits for f in fields}
+    return {path: node for path, node in root.members(max_depth=None)
+            if isinstance(node, zarr.Array) and path not in per_frame}
 
 
 def seal(root: zarr.Group, meta: dict, splits: list[str], fields: list[str]) -> dict:
     """The digests of a cache whose root metadata will be `meta` (the dump's last step: the caller stores the
     complete metadata and this seal in one attribute write, so a complete cache is always sealed)."""
-    arrays = sealed_arrays(root, per_frame_paths(root, splits, fields))
+    arrays = sealed_arrays(root, splits, fields)
     return {"arrays": {p: array_sha256(a) for p, a in sorted(arrays.items())},
             "meta_sha256": meta_sha256(root, splits, meta)}
 
@@ -74,7 +68,7 @@ def check(root: zarr.Group, splits: list[str], fields: list[str]) -> tuple[list[
     if meta_sha256(root, splits) != doc.get("meta_sha256"):
         problems.append("metadata changed since the dump (the root 'offline_kd' attributes or a split's attributes "
                         "differ from their sealed sha256)")
-    arrays = sealed_arrays(root, per_frame_paths(root, splits, fields))
+    arrays = sealed_arrays(root, splits, fields)
     sealed = doc.get("arrays", {})
     for path in sorted(set(sealed) - set(arrays)):
         problems.append(f"{path}: array missing")
