@@ -86,3 +86,36 @@ def test_verify_fails_for_tampered_metadata(tiny_teacher, tiny_corpus, tmp_path)
         assert not res["ok"] and any("metadata changed" in p for p in res["problems"]), (where, res["problems"])
         (out / where).write_text(backup)
     assert verify_cache(str(out), **QUIET)["ok"]
+
+
+def test_each_kind_of_seal_problem_is_named(tiny_teacher, tiny_corpus, tmp_path):
+    """A missing array, an added one, an unreadable object and a changed one are each reported with their path,
+    all in one run (one problem does not hide the next)."""
+    out = tmp_path / "c.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["dev"], codecs=CACHES["topk-prior+int8"]),
+                     **QUIET)
+    shutil.rmtree(out / "dev" / "_progress" / "checksums")                         # missing
+    zarr.open_group(str(out), mode="r+").create_array("extra", shape=(2,), dtype="int32", fill_value=0)   # added
+    _corrupt(zarr.open_array(str(out / "dev" / "input_frames"), mode="r+"))        # changed
+    chunk = next(f for f in (out / "dev" / "_progress" / "shard_done" / "c").rglob("*") if f.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:5])                                      # unreadable (truncated)
+    res = verify_cache(str(out), **QUIET)
+    assert not res["ok"] and res["sealed"]
+    problems = res["problems"]
+    assert "dev/_progress/checksums: array missing" in problems
+    assert "extra: array not in the seal (added after the dump)" in problems
+    assert "dev/input_frames: contents differ from the sealed sha256" in problems
+    assert any(p.startswith("dev/_progress/shard_done: unreadable (") for p in problems), problems
+
+
+def test_a_cache_written_before_the_seal_still_verifies_with_a_note(tiny_teacher, tiny_corpus, tmp_path):
+    from offline_kd.cache.integrity import INTEGRITY_KEY
+    from offline_kd.cache.verify import format_verify
+    out = tmp_path / "c.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["dev"]), **QUIET)
+    doc = json.loads((out / "zarr.json").read_text())
+    del doc["attributes"][INTEGRITY_KEY]
+    (out / "zarr.json").write_text(json.dumps(doc))
+    res = verify_cache(str(out), **QUIET)
+    assert res["ok"] and res["sealed"] is False
+    assert "written before integrity seals" in format_verify(res)
