@@ -119,3 +119,20 @@ def test_a_cache_written_before_the_seal_still_verifies_with_a_note(tiny_teacher
     res = verify_cache(str(out), **QUIET)
     assert res["ok"] and res["sealed"] is False
     assert "written before integrity seals" in format_verify(res)
+
+
+def test_the_seal_format_is_stable(tmp_path):
+    """The digests are part of the cache format: caches sealed today must verify with every later version. These
+    values were computed when the seal was introduced; change them only with a cache format version bump."""
+    from offline_kd.cache.integrity import array_sha256, meta_sha256
+    from offline_kd.cache.layout import META_KEY
+    g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    ids = g.create_array("ids", shape=(2,), dtype=str)
+    ids[:] = np.array(["b-1", "a-22"], dtype=object)
+    n = g.create_array("n", shape=(3,), dtype="int64", fill_value=0)
+    n[:] = [3, 1, 2]
+    g.attrs.update({META_KEY: {"z": 1, "a": [1, 2]}})               # keys not in sorted order
+    g.create_group("dev").attrs.update({"shard_frames": 64, "complete": True})
+    assert array_sha256(ids) == "d09eb9f09faa1fc89322c56c04ad95e70631ab034f356f9d0a83fb3542e022a3"
+    assert array_sha256(n) == "a2efa6d04d3a36c07f9f4908303bf07b6ca0a0fc3bc419880eddd675e62bd626"
+    assert meta_sha256(g, ["dev"]) == "dee1d05a6e4b73ba66e73ab40cd9f88c5ca223a46a0af946a94d3df0c36bbe66"

@@ -8,6 +8,7 @@ from offline_kd.config import ExperimentConfig, build_dataclass
 from offline_kd.recipes import train
 
 from conftest import experiment_dict, write_yaml
+from test_resume import _killed_after
 
 
 def _epochs(out):
@@ -42,35 +43,12 @@ def test_resume_gives_the_same_weights(tiny_corpus, tmp_path):
     assert ck["epoch"] == 2
     interrupted = experiment_dict(tiny_corpus, tmp_path / "resumed", epochs=3, accumulation_steps=2)
     cfg = build_dataclass(ExperimentConfig, interrupted)
-    _run_killed_after(cfg, epochs_done=2)
+    _killed_after(train.run, cfg, epochs_done=2)
     train.run(cfg, resume=True, log=lambda *_: None)
     a = torch.load(tmp_path / "full" / "checkpoint_last.pt", weights_only=False)["model_state_dict"]
     b = torch.load(tmp_path / "resumed" / "checkpoint_last.pt", weights_only=False)["model_state_dict"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
-
-
-def _run_killed_after(cfg, epochs_done):
-    """Run training but stop (as if killed) right after `epochs_done` epochs were checkpointed."""
-    from offline_kd.training import trainer as tr
-
-    class Stop(Exception):
-        pass
-
-    orig = tr.Trainer._epoch
-
-    def epoch(self, e):
-        if e > epochs_done:
-            raise Stop
-        return orig(self, e)
-
-    tr.Trainer._epoch = epoch
-    try:
-        train.run(cfg, log=lambda *_: None)
-    except Stop:
-        pass
-    finally:
-        tr.Trainer._epoch = orig
 
 
 def test_existing_run_is_not_overwritten_without_resume(tiny_corpus, tmp_path):
