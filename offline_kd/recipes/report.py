@@ -54,22 +54,51 @@ def markdown_table(rows: list[dict], with_beam: bool) -> str:
     return "\n".join(lines)
 
 
+RUN_STYLES = ["-", "--", ":", "-."]
+
+
+def run_styles(names: list[str]) -> dict[str, dict]:
+    """One colour and line style per run, the same in every panel and figure."""
+    import matplotlib
+    colours = matplotlib.colormaps["tab10"].colors
+    return {n: {"color": colours[i % len(colours)], "linestyle": RUN_STYLES[i % len(RUN_STYLES)]}
+            for i, n in enumerate(names)}
+
+
+def curves_figure(curves: dict[str, list[dict]]):
+    """A panel per logged loss term and one for dev WER; each run keeps its colour and style everywhere, each
+    panel has its own legend (the runs it shows) and names the runs that have no data there."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    styles = run_styles(list(curves))
+    terms = sorted({k for eps in curves.values() for e in eps for k in e if k.startswith("train_")})
+    panels = terms + ["dev_wer"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, term in zip(axes[0], panels):
+        missing = []
+        for name, eps in curves.items():
+            pts = [(e["epoch"], e[term]) for e in eps if term in e]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=name, **styles[name])
+            else:
+                missing.append(name)
+        ax.set_title(term.replace("train_", "train loss: ") if term != "dev_wer" else "dev WER (%)")
+        ax.set_xlabel("epoch")
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+        if missing:
+            ax.text(0.02, 0.02, "no data: " + ", ".join(missing), transform=ax.transAxes, fontsize=7,
+                    color="0.35", va="bottom")
+    fig.tight_layout()
+    return fig
+
+
 def _plots(rows: list[dict], curves: dict[str, list[dict]], out: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    terms = sorted({k for eps in curves.values() for e in eps for k in e if k.startswith("train_")})
-    n = len(terms) + 1
-    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
-    for ax, term in zip(axes[0], terms + ["dev_wer"]):
-        for name, eps in curves.items():
-            pts = [(e["epoch"], e[term]) for e in eps if term in e]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=name)
-        ax.set_title(term.replace("train_", "train loss: ") if term != "dev_wer" else "dev WER (%)")
-        ax.set_xlabel("epoch")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    fig = curves_figure(curves)
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 3.2))
@@ -86,6 +115,24 @@ def _plots(rows: list[dict], curves: dict[str, list[dict]], out: Path) -> list[s
     fig.savefig(out / "wer.png", dpi=110)
     plt.close(fig)
     return ["curves.png", "wer.png"]
+
+
+def measure_speeds(rows: list[dict], split: str, corpus: str | None, device: str, batch_size: int = 32,
+                   repeats: int = 5) -> None:
+    """Decode speed of every run, measured after all evaluation work, one run after another, with the same
+    utterances, batch size, threads and device (`decode_speed`); stored in each row."""
+    from offline_kd.data.corpus import Corpus
+    from offline_kd.recipes.common import open_split
+    from offline_kd.training.checkpoint import model_from_checkpoint
+    from offline_kd.training.inference import decode_speed, resolve_device
+    dev = resolve_device(device)
+    for row in rows:
+        model, vocab, ckpt = model_from_checkpoint(row["checkpoint"], dev)
+        c = Corpus(corpus or ckpt.get("config", {}).get("data", {}).get("corpus"))
+        reader, idx = open_split(c, split, model.config, False, lambda *_: None)
+        speed = decode_speed(model, reader, idx, vocab, dev, batch_size=batch_size, repeats=repeats)
+        row["decode_speed"] = speed
+        row["frames_per_second"] = round(speed["frames_per_second"], 1)
 
 
 def run(run_dirs: list[str], out: str, split: str = "test", corpus: str | None = None, lm: str | None = None,
@@ -106,8 +153,7 @@ def run(run_dirs: list[str], out: str, split: str = "test", corpus: str | None =
         ckpt = _checkpoint(run_dir)
         res = evaluate.run(str(ckpt), split, corpus, device, log=log)
         row = {"name": run_dir.name, "path": str(run_dir), "checkpoint": str(ckpt), "type": _kind(run_dir),
-               **{k: res[k] for k in ("wer", "cer", "num_parameters", "model_size_mb", "frames_per_second",
-                                      "num_utterances")}}
+               **{k: res[k] for k in ("wer", "cer", "num_parameters", "model_size_mb", "num_utterances")}}
         if lm and tune_split:
             from offline_kd.recipes import tune_lm
             tuned = tune_lm.run(str(ckpt), lm, alphas or [alpha], betas or [beta], tune_split, split, corpus,
@@ -126,12 +172,19 @@ def run(run_dirs: list[str], out: str, split: str = "test", corpus: str | None =
         row["train_seconds"] = round(sum(e.get("seconds", 0) for e in eps), 1)
         rows.append(row)
         log(f"{run_dir.name}: WER {row['wer']:.2f}%")
+    measure_speeds(rows, split, corpus, device)
     table = markdown_table(rows, bool(lm))
+    sp = rows[0]["decode_speed"]
     images = _plots(rows, curves, outdir)
     md = [f"# offline-kd report ({split} split)", "", table, "",
           f"WER/CER in %, pooled over {rows[0]['num_utterances']} utterances; size = float32 weights."
           + (f" Beam search: KenLM `{lm}`, beam {beam_width}, " + (f"alpha/beta tuned per run on {tune_split}."
-             if tune_split else f"alpha {alpha:g}, beta {beta:g}.") if lm else ""), ""]
+             if tune_split else f"alpha {alpha:g}, beta {beta:g}.") if lm else ""),
+          "",
+          f"Decode frames/s: greedy decoding alone (model forward + collapse, features already in memory) of the "
+          f"first {sp['frames']:,} input frames of the {split} split, batch {sp['batch_size']}, {sp['threads']} "
+          f"thread(s) on {sp['device']}; median of {sp['repeats']} passes after a warm-up, each run measured after "
+          f"all evaluations, one run after another.", ""]
     md += [f"![{img}]({img})" for img in images]
     (outdir / "report.md").write_text("\n".join(md) + "\n")
     (outdir / "results.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -79,3 +79,36 @@ def evaluate_greedy(model, reader: SplitReader, indices: np.ndarray, vocab: Voca
     if keep_log_probs:
         out["log_probs"] = all_lp
     return out
+
+
+@torch.no_grad()
+def decode_speed(model, reader: SplitReader, indices: np.ndarray, vocab: Vocabulary, device: torch.device,
+                 batch_size: int = 32, repeats: int = 5, max_frames: int = 20000) -> dict:
+    """Greedy decoding speed measured in isolation: the first batches of the split (up to `max_frames` input
+    frames) are read into memory once, decoded once to warm up, then decoded `repeats` times; the figure is the
+    median input frames/s of those passes (model forward + greedy collapse, no I/O). Comparable between models
+    when measured one after another with the same batch size, thread count and device."""
+    model.eval()
+    batches, frames = [], 0
+    for b in sorted_batches(reader, indices, batch_size, None):
+        batches.append(b)
+        frames += int(reader.lengths[b].sum())
+        if frames >= max_frames:
+            break
+    data = [(batch["features"].to(device), batch["feature_lengths"].to(device))
+            for batch in loader_for(reader, vocab, batches)]
+
+    def one_pass() -> float:
+        start = time.perf_counter()
+        for x, lengths in data:
+            log_probs, out_len = model(x, lengths)
+            greedy_ids(log_probs, out_len)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return frames / max(time.perf_counter() - start, 1e-9)
+
+    one_pass()                                          # warm-up: allocator, kernels, caches
+    passes = [one_pass() for _ in range(max(1, repeats))]
+    return {"frames_per_second": float(np.median(passes)), "passes": [round(p, 1) for p in passes],
+            "frames": frames, "batch_size": batch_size, "repeats": len(passes), "threads": torch.get_num_threads(),
+            "device": str(device)}
