@@ -31,7 +31,7 @@ from offline_kd.cache.verify import fidelity
 from offline_kd.config import DumpConfig, ExperimentConfig, build_dataclass
 from offline_kd.data.corpus import Corpus
 from offline_kd.data.sampler import SortedRunBatchSampler
-from offline_kd.recipes import dump_teacher
+from offline_kd.commands import dump_teacher
 from offline_kd.training.inference import resolve_device
 
 COMBOS = {

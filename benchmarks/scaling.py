@@ -35,7 +35,7 @@ from offline_kd.data.sampler import SortedRunBatchSampler
 from offline_kd.models.augment import SpecAugment
 from offline_kd.models.bilstm import build_model
 from offline_kd.models.projection import FeatureProjections
-from offline_kd.recipes.train_student import DistillLoss
+from offline_kd.commands.train_student import DistillLoss
 
 
 def dump_once(nproc: int, teacher: str, corpus: str, split: str, out: Path) -> float:

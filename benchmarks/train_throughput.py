@@ -26,7 +26,7 @@ from offline_kd.losses.kd import ctc_loss
 from offline_kd.models.augment import SpecAugment
 from offline_kd.models.bilstm import build_model
 from offline_kd.models.projection import FeatureProjections
-from offline_kd.recipes.train_student import DistillLoss
+from offline_kd.commands.train_student import DistillLoss
 from offline_kd.training.checkpoint import model_from_checkpoint
 from offline_kd.training.inference import resolve_device
 

@@ -129,7 +129,7 @@ def data_validate(corpus, splits, subsampling, skip_invalid):
 def train(config_path, resume, overrides):
     """Train a CTC model (teacher, or the CTC-only student baseline)."""
     from offline_kd.config import ExperimentConfig, load_config
-    from offline_kd.recipes import train as recipe
+    from offline_kd.commands import train as recipe
     cfg = load_config(config_path, ExperimentConfig, list(overrides))
     out = recipe.run(cfg, resume=resume, log=_log)
     _result(out)
@@ -146,7 +146,7 @@ def train(config_path, resume, overrides):
 def train_student(config_path, resume, online_teacher, overrides):
     """Distil a student from the teacher cache with the hybrid loss (the teacher is never loaded)."""
     from offline_kd.config import ExperimentConfig, load_config
-    from offline_kd.recipes import train_student as recipe
+    from offline_kd.commands import train_student as recipe
     cfg = load_config(config_path, ExperimentConfig, list(overrides))
     out = recipe.run(cfg, resume=resume, online_teacher=online_teacher, log=_log)
     _result(out)
@@ -160,7 +160,7 @@ def train_student(config_path, resume, online_teacher, overrides):
 def dump_teacher(config_path, overwrite, overrides):
     """Run the teacher once over the corpus and write its outputs to a Zarr v3 cache (resumable)."""
     from offline_kd.config import DumpRootConfig, load_config
-    from offline_kd.recipes import dump_teacher as recipe
+    from offline_kd.commands import dump_teacher as recipe
     cfg = load_config(config_path, DumpRootConfig, list(overrides))
     out = recipe.run(cfg.dump, overwrite=overwrite, log=_log)
     _result(out)
@@ -190,7 +190,7 @@ def dump_teacher(config_path, overwrite, overrides):
 def evaluate(checkpoint, split, corpus, device, batch_size, skip_invalid, decoder, lm, alpha, beta, beam_width,
              compare_greedy, num_processes, as_json, hypotheses):
     """WER/CER, parameters, size and decoding speed of a checkpoint."""
-    from offline_kd.recipes import evaluate as recipe
+    from offline_kd.commands import evaluate as recipe
     res = recipe.run(checkpoint, split, corpus, device, batch_size, skip_invalid, decoder, lm, alpha, beta,
                      beam_width, compare_greedy, num_processes, log=_log)
     refs, hyps, ids = res.pop("references"), res.pop("hypotheses"), res.pop("utterance_ids")
@@ -216,7 +216,7 @@ def evaluate(checkpoint, split, corpus, device, batch_size, skip_invalid, decode
 @_friendly
 def ablate(config_path, parallel):
     """Train many students against one cache (resumable; failed runs are reported, the others go on)."""
-    from offline_kd.recipes import ablate as recipe
+    from offline_kd.commands import ablate as recipe
     res = recipe.run(config_path, parallel, log=_log)
     click.echo(res["table"])
     click.echo(f"results: {res['output_dir']}/results.md, results.csv", err=True)
@@ -244,7 +244,7 @@ def _floats(text: str) -> list[float]:
 @_friendly
 def tune_lm(checkpoint, lm, alphas, betas, dev_split, test_split, corpus, beam_width, num_processes, device, out):
     """Search the LM weight (alpha) and word bonus (beta) on dev; evaluate test with the best pair."""
-    from offline_kd.recipes import tune_lm as recipe
+    from offline_kd.commands import tune_lm as recipe
     res = recipe.run(checkpoint, lm, _floats(alphas), _floats(betas), dev_split, test_split or None, corpus,
                      beam_width, num_processes, device, out, log=_log)
     best = res["best"]
@@ -272,7 +272,7 @@ def tune_lm(checkpoint, lm, alphas, betas, dev_split, test_split, corpus, beam_w
 @_friendly
 def report(run_dirs, out, split, corpus, lm, alpha, beta, beam_width, device, tune_split, alphas, betas):
     """Markdown table (WER/CER, parameters, size, speed) and PNG plots comparing trained runs."""
-    from offline_kd.recipes import report as recipe
+    from offline_kd.commands import report as recipe
     if tune_split and not lm:
         raise click.UsageError("--tune-split needs --lm")
     res = recipe.run(list(run_dirs), out, split, corpus, lm, alpha, beta, beam_width, device, tune_split,

@@ -47,7 +47,7 @@ MUTANTS = [
            "return (kl * mask).sum() / mask.sum() * temperature ** 2",
            "return (kl * mask).sum() / mask.shape[1] * temperature ** 2",
            ("tests/test_hybrid_loss_values.py",)),
-    Mutant("dump_resume_ignores_shard_done", "offline_kd/recipes/dump_teacher.py",
+    Mutant("dump_resume_ignores_shard_done", "offline_kd/commands/dump_teacher.py",
            "mine = np.asarray([s for s in blocks[env.rank] if not done[s]], dtype=np.int64)",
            "mine = np.asarray([s for s in blocks[env.rank]], dtype=np.int64)",
            ("tests/test_resume.py",)),

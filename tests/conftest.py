@@ -50,7 +50,7 @@ def write_yaml(path: Path, data: dict) -> Path:
 def tiny_teacher(tiny_corpus, tmp_path_factory) -> Path:
     """A 3-layer teacher trained for ~15 s on the tiny corpus (shared by cache and distillation tests)."""
     from offline_kd.config import ExperimentConfig, build_dataclass
-    from offline_kd.recipes import train
+    from offline_kd.commands import train
     out = tmp_path_factory.mktemp("teacher")
     cfg = build_dataclass(ExperimentConfig, experiment_dict(tiny_corpus, out, hidden=32, layers=3, epochs=15,
                                                              batch_size=4))

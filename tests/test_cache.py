@@ -18,7 +18,7 @@ from offline_kd.config import DumpConfig, ModelConfig, build_dataclass
 from offline_kd.data.corpus import Corpus, SplitReader, SplitWriter
 from offline_kd.errors import OfflineKDError
 from offline_kd.models.bilstm import BiLSTMCTC
-from offline_kd.recipes import dump_teacher
+from offline_kd.commands import dump_teacher
 from offline_kd.training.checkpoint import model_from_checkpoint, save_checkpoint
 from offline_kd.training.inference import iterate_outputs, loader_for, sorted_batches
 
@@ -266,7 +266,7 @@ def test_a_dump_whose_codec_fit_fails_can_be_rerun(tiny_teacher, tiny_corpus, tm
 def test_fitted_and_sparse_caches_dump_verify_and_train(codecs, tiny_teacher, tiny_corpus, tmp_path):
     from conftest import experiment_dict
     from offline_kd.config import ExperimentConfig
-    from offline_kd.recipes import train_student
+    from offline_kd.commands import train_student
     out = tmp_path / "c.zarr"
     dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, codecs=codecs), **QUIET)
     cache = TeacherCache(str(out))

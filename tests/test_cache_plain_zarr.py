@@ -127,7 +127,7 @@ CODECS = {
 def test_the_doc_recipe_decodes_every_codec_like_offline_kd(name, tiny_teacher, tiny_corpus, tmp_path):
     from offline_kd.cache.reader import TeacherCache
     from offline_kd.config import DumpConfig, build_dataclass
-    from offline_kd.recipes import dump_teacher
+    from offline_kd.commands import dump_teacher
     out = tmp_path / "c.zarr"
     dump_teacher.run(build_dataclass(DumpConfig, {
         "teacher": str(tiny_teacher), "corpus": str(tiny_corpus), "output": str(out), "splits": ["dev"],

@@ -9,7 +9,7 @@ import pytest
 
 from offline_kd.cache.layout import field_arrays
 from offline_kd.cache.reader import TeacherCache
-from offline_kd.recipes import dump_teacher
+from offline_kd.commands import dump_teacher
 from test_cache import QUIET, dump_cfg
 from test_cache_plain_zarr import CODECS
 

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from offline_kd.cli import main
 from offline_kd.config import ExperimentConfig, build_dataclass
-from offline_kd.recipes import dump_teacher, train_student
+from offline_kd.commands import dump_teacher, train_student
 
 from conftest import experiment_dict, write_yaml
 from test_cache import QUIET, dump_cfg

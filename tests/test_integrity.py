@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 from offline_kd.cache.verify import verify_cache
-from offline_kd.recipes import dump_teacher
+from offline_kd.commands import dump_teacher
 from test_cache import QUIET, dump_cfg
 
 CACHES = {

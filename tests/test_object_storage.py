@@ -17,7 +17,7 @@ from conftest import experiment_dict
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.config import ExperimentConfig, build_dataclass
 from offline_kd.errors import OfflineKDError
-from offline_kd.recipes import dump_teacher, train_student
+from offline_kd.commands import dump_teacher, train_student
 from test_cache import QUIET, _arrays, dump_cfg
 
 pytestmark = pytest.mark.slow   # end to end, several seconds each

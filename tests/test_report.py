@@ -9,7 +9,7 @@ import pytest
 
 from conftest import experiment_dict
 from offline_kd.config import ExperimentConfig, build_dataclass
-from offline_kd.recipes import report, train, train_student
+from offline_kd.commands import report, train, train_student
 from test_cache import QUIET
 from test_distill import f32_cache, student_dict  # noqa: F401  (module fixture reused)
 

@@ -12,7 +12,7 @@ from conftest import experiment_dict
 from offline_kd.cache import writer as cache_writer
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.config import ExperimentConfig, build_dataclass
-from offline_kd.recipes import dump_teacher, train, train_student
+from offline_kd.commands import dump_teacher, train, train_student
 from test_cache import QUIET, assert_same_cache, dump_cfg
 
 

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from offline_kd.cli import main
 from offline_kd.config import ExperimentConfig, build_dataclass
-from offline_kd.recipes import train
+from offline_kd.commands import train
 
 from conftest import experiment_dict, write_yaml
 from test_resume import _killed_after

@@ -8,7 +8,7 @@ from offline_kd.errors import OfflineKDError
 from offline_kd.losses.kd import ctc_loss
 from offline_kd.models.bilstm import build_model, count_parameters
 from offline_kd.models.augment import SpecAugment
-from offline_kd.recipes.common import open_train_dev
+from offline_kd.commands.common import open_train_dev
 from offline_kd.training.checkpoint import seed_everything
 from offline_kd.training import distributed
 from offline_kd.training.trainer import Trainer

@@ -14,7 +14,7 @@ from pathlib import Path
 from offline_kd.data.corpus import Corpus
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
-from offline_kd.recipes.common import open_split
+from offline_kd.commands.common import open_split
 from offline_kd.training.checkpoint import model_from_checkpoint
 from offline_kd.training.inference import evaluate_greedy, resolve_device
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from offline_kd.errors import OfflineKDError
-from offline_kd.recipes import evaluate
+from offline_kd.commands import evaluate
 
 
 def _checkpoint(run: Path) -> Path:
@@ -122,7 +122,7 @@ def measure_speeds(rows: list[dict], split: str, corpus: str | None, device: str
     """Decode speed of every run, measured after all evaluation work, one run after another, with the same
     utterances, batch size, threads and device (`decode_speed`); stored in each row."""
     from offline_kd.data.corpus import Corpus
-    from offline_kd.recipes.common import open_split
+    from offline_kd.commands.common import open_split
     from offline_kd.training.checkpoint import model_from_checkpoint
     from offline_kd.training.inference import decode_speed, resolve_device
     dev = resolve_device(device)
@@ -155,7 +155,7 @@ def run(run_dirs: list[str], out: str, split: str = "test", corpus: str | None =
         row = {"name": run_dir.name, "path": str(run_dir), "checkpoint": str(ckpt), "type": _kind(run_dir),
                **{k: res[k] for k in ("wer", "cer", "num_parameters", "model_size_mb", "num_utterances")}}
         if lm and tune_split:
-            from offline_kd.recipes import tune_lm
+            from offline_kd.commands import tune_lm
             tuned = tune_lm.run(str(ckpt), lm, alphas or [alpha], betas or [beta], tune_split, split, corpus,
                                 beam_width, 1, device, log=lambda *_: None)["test"]
             row.update({"beam_wer": tuned["beam_wer"], "beam_cer": tuned["beam_cer"], "alpha": tuned["alpha"],

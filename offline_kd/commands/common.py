@@ -1,4 +1,4 @@
-"""Glue shared by the recipes: open a corpus split for a model, validated."""
+"""Glue shared by the commands: open a corpus split for a model, validated."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from offline_kd.cache.writer import SplitWriter, create_split, finalize_split, s
 from offline_kd.config import CodecConfig, DumpConfig
 from offline_kd.data.corpus import Corpus, feature_sha256
 from offline_kd.errors import OfflineKDError
-from offline_kd.recipes.common import open_split
+from offline_kd.commands.common import open_split
 from offline_kd.training import distributed
 from offline_kd.training.checkpoint import file_sha256, model_from_checkpoint, weights_sha256
 from offline_kd.training.inference import iterate_outputs, loader_for, sorted_batches
