@@ -1,4 +1,4 @@
-"""The `offline-kd` command line: parses options, loads configs, calls one recipe. No tensor math here.
+"""The `offline-kd` command line: parses options, loads configs, calls one command module. No tensor math here.
 
 Every user mistake surfaces as `OfflineKDError` from the library and is printed here as one line with exit code 1.
 """
@@ -129,9 +129,9 @@ def data_validate(corpus, splits, subsampling, skip_invalid):
 def train(config_path, resume, overrides):
     """Train a CTC model (teacher, or the CTC-only student baseline)."""
     from offline_kd.config import ExperimentConfig, load_config
-    from offline_kd.commands import train as recipe
+    from offline_kd.commands import train as command
     cfg = load_config(config_path, ExperimentConfig, list(overrides))
-    out = recipe.run(cfg, resume=resume, log=_log)
+    out = command.run(cfg, resume=resume, log=_log)
     _result(out)
 
 
@@ -146,9 +146,9 @@ def train(config_path, resume, overrides):
 def train_student(config_path, resume, online_teacher, overrides):
     """Distil a student from the teacher cache with the hybrid loss (the teacher is never loaded)."""
     from offline_kd.config import ExperimentConfig, load_config
-    from offline_kd.commands import train_student as recipe
+    from offline_kd.commands import train_student as command
     cfg = load_config(config_path, ExperimentConfig, list(overrides))
-    out = recipe.run(cfg, resume=resume, online_teacher=online_teacher, log=_log)
+    out = command.run(cfg, resume=resume, online_teacher=online_teacher, log=_log)
     _result(out)
 
 
@@ -160,9 +160,9 @@ def train_student(config_path, resume, online_teacher, overrides):
 def dump_teacher(config_path, overwrite, overrides):
     """Run the teacher once over the corpus and write its outputs to a Zarr v3 cache (resumable)."""
     from offline_kd.config import DumpRootConfig, load_config
-    from offline_kd.commands import dump_teacher as recipe
+    from offline_kd.commands import dump_teacher as command
     cfg = load_config(config_path, DumpRootConfig, list(overrides))
-    out = recipe.run(cfg.dump, overwrite=overwrite, log=_log)
+    out = command.run(cfg.dump, overwrite=overwrite, log=_log)
     _result(out)
 
 
@@ -190,8 +190,8 @@ def dump_teacher(config_path, overwrite, overrides):
 def evaluate(checkpoint, split, corpus, device, batch_size, skip_invalid, decoder, lm, alpha, beta, beam_width,
              compare_greedy, num_processes, as_json, hypotheses):
     """WER/CER, parameters, size and decoding speed of a checkpoint."""
-    from offline_kd.commands import evaluate as recipe
-    res = recipe.run(checkpoint, split, corpus, device, batch_size, skip_invalid, decoder, lm, alpha, beta,
+    from offline_kd.commands import evaluate as command
+    res = command.run(checkpoint, split, corpus, device, batch_size, skip_invalid, decoder, lm, alpha, beta,
                      beam_width, compare_greedy, num_processes, log=_log)
     refs, hyps, ids = res.pop("references"), res.pop("hypotheses"), res.pop("utterance_ids")
     if hypotheses:
@@ -216,8 +216,8 @@ def evaluate(checkpoint, split, corpus, device, batch_size, skip_invalid, decode
 @_friendly
 def ablate(config_path, parallel):
     """Train many students against one cache (resumable; failed runs are reported, the others go on)."""
-    from offline_kd.commands import ablate as recipe
-    res = recipe.run(config_path, parallel, log=_log)
+    from offline_kd.commands import ablate as command
+    res = command.run(config_path, parallel, log=_log)
     click.echo(res["table"])
     click.echo(f"results: {res['output_dir']}/results.md, results.csv", err=True)
 
@@ -244,8 +244,8 @@ def _floats(text: str) -> list[float]:
 @_friendly
 def tune_lm(checkpoint, lm, alphas, betas, dev_split, test_split, corpus, beam_width, num_processes, device, out):
     """Search the LM weight (alpha) and word bonus (beta) on dev; evaluate test with the best pair."""
-    from offline_kd.commands import tune_lm as recipe
-    res = recipe.run(checkpoint, lm, _floats(alphas), _floats(betas), dev_split, test_split or None, corpus,
+    from offline_kd.commands import tune_lm as command
+    res = command.run(checkpoint, lm, _floats(alphas), _floats(betas), dev_split, test_split or None, corpus,
                      beam_width, num_processes, device, out, log=_log)
     best = res["best"]
     click.echo(f"best on {dev_split}: alpha {best['alpha']:g} beta {best['beta']:g} -> WER {best['wer']:.2f}% "
@@ -272,10 +272,10 @@ def tune_lm(checkpoint, lm, alphas, betas, dev_split, test_split, corpus, beam_w
 @_friendly
 def report(run_dirs, out, split, corpus, lm, alpha, beta, beam_width, device, tune_split, alphas, betas):
     """Markdown table (WER/CER, parameters, size, speed) and PNG plots comparing trained runs."""
-    from offline_kd.commands import report as recipe
+    from offline_kd.commands import report as command
     if tune_split and not lm:
         raise click.UsageError("--tune-split needs --lm")
-    res = recipe.run(list(run_dirs), out, split, corpus, lm, alpha, beta, beam_width, device, tune_split,
+    res = command.run(list(run_dirs), out, split, corpus, lm, alpha, beta, beam_width, device, tune_split,
                      _floats(alphas), _floats(betas), log=_log)
     click.echo(res["table"])
     click.echo(f"report: {res['report']}", err=True)
