@@ -34,8 +34,7 @@ from offline_kd.data.prefetch import prefetch
 from offline_kd.data.sampler import SortedRunBatchSampler
 from offline_kd.models.augment import SpecAugment
 from offline_kd.models.bilstm import build_model
-from offline_kd.models.projection import FeatureProjections
-from offline_kd.commands.train_student import DistillLoss
+from offline_kd.losses.modules import DistillationLoss
 
 
 def dump_once(nproc: int, teacher: str, corpus: str, split: str, out: Path) -> float:
@@ -75,10 +74,10 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 def train_fps(cfg, reader, vocab, split, batches, mapping, tdims) -> float:
     torch.manual_seed(0)
     model = build_model(cfg.model).train()
-    proj = FeatureProjections(mapping, model.hidden_size, tdims)
-    opt = torch.optim.AdamW(list(model.parameters()) + list(proj.parameters()), lr=1e-4)
+    loss_fn = DistillationLoss(cfg.distill, model.hidden_size, tdims, SpecAugment(cfg.augment, False),
+                               torch.device("cpu"))
+    opt = torch.optim.AdamW(list(model.parameters()) + list(loss_fn.projections.parameters()), lr=1e-4)
     ds = DistillBatchDataset(reader, vocab, split, layers=set(mapping.values()))
-    loss_fn = DistillLoss(cfg, proj, SpecAugment(cfg.augment, False), torch.device("cpu"))
     frames = 0
     with Timer() as t:
         for batch in prefetch((ds[b] for b in batches), 2):

@@ -25,8 +25,7 @@ from offline_kd.data.sampler import SortedRunBatchSampler
 from offline_kd.losses.kd import ctc_loss
 from offline_kd.models.augment import SpecAugment
 from offline_kd.models.bilstm import build_model
-from offline_kd.models.projection import FeatureProjections
-from offline_kd.commands.train_student import DistillLoss
+from offline_kd.losses.modules import DistillationLoss
 from offline_kd.training.checkpoint import model_from_checkpoint
 from offline_kd.training.inference import resolve_device
 
@@ -34,11 +33,10 @@ from offline_kd.training.inference import resolve_device
 def run_mode(mode, cfg, reader, vocab, batches, device, cache_split=None, teacher=None, teacher_dims=None):
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device).train()
-    mapping = {2: 2, 3: 4}
-    proj = FeatureProjections(mapping, model.hidden_size, teacher_dims).to(device)
-    opt = torch.optim.AdamW(list(model.parameters()) + list(proj.parameters()), lr=1e-4)
+    loss_fn = DistillationLoss(cfg.distill, model.hidden_size, teacher_dims, SpecAugment(cfg.augment, False), device,
+                               teacher)
+    opt = torch.optim.AdamW(list(model.parameters()) + list(loss_fn.projections.parameters()), lr=1e-4)
     ds = DistillBatchDataset(reader, vocab, cache_split, layers={2, 4})
-    loss_fn = DistillLoss(cfg, proj, SpecAugment(cfg.augment, False), device, teacher)
     frames = 0
     with Timer() as t:
         for b in batches:

@@ -54,7 +54,7 @@ def test_offline_equals_online_with_float32_cache(f32_cache, tiny_teacher, tiny_
     from offline_kd.cache.reader import TeacherCache
     from offline_kd.data.corpus import Corpus
     from offline_kd.models.bilstm import build_model
-    from offline_kd.models.projection import FeatureProjections
+    from offline_kd.losses.modules import DistillationLoss
     from offline_kd.models.augment import SpecAugment
     from offline_kd.training.checkpoint import model_from_checkpoint
     corpus = Corpus(tiny_corpus)
@@ -66,8 +66,9 @@ def test_offline_equals_online_with_float32_cache(f32_cache, tiny_teacher, tiny_
     for targets, live in ((split, None), (None, teacher)):
         torch.manual_seed(0)
         model = build_model(off.model)
-        proj = FeatureProjections({1: 1, 2: 3}, model.hidden_size, {1: 64, 3: 64})
-        loss_fn = train_student.DistillLoss(off, proj, SpecAugment(off.augment, False), torch.device("cpu"), live)
+        loss_fn = DistillationLoss(off.distill, model.hidden_size, {1: 64, 3: 64}, SpecAugment(off.augment, False),
+                                   torch.device("cpu"), live)
+        proj = loss_fn.projections
         batch = DistillBatchDataset(reader, corpus.vocab, targets, layers={1, 3})[ids]
         model.eval()
         loss, _ = loss_fn(model, batch, 1)
@@ -170,8 +171,10 @@ def test_dataloader_workers_read_the_cache_like_the_main_process(f32_cache, tiny
                                          multiprocessing_context=worker_context())
     for a, b in zip(main_proc, loader):
         assert a["utterance_ids"] == b["utterance_ids"]
-        torch.testing.assert_close(a["teacher_log_probs"], b["teacher_log_probs"], rtol=0, atol=0)
-        torch.testing.assert_close(a["teacher_hidden"][3], b["teacher_hidden"][3], rtol=0, atol=0)
+        ta, tb = a["teacher"], b["teacher"]
+        for name in ("log_probs", "lengths", "tokens", "token_lengths"):
+            torch.testing.assert_close(getattr(ta, name), getattr(tb, name), rtol=0, atol=0)
+        torch.testing.assert_close(ta.hidden[3], tb.hidden[3], rtol=0, atol=0)
 
 
 def test_a_distilled_student_learns_the_tiny_corpus(f32_cache, tiny_corpus, tmp_path):

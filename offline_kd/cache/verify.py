@@ -17,7 +17,7 @@ from offline_kd.cache import integrity
 from offline_kd.cache.layout import field_arrays, utterance_checksum
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.cache.writer import shard_starts, shards_done, whole_utterances
-from offline_kd.data.distill_dataset import collapse_best_path
+from offline_kd.data.targets import collapse_best_path
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from offline_kd.config import ExperimentConfig
 from offline_kd.data.dataset import SpeechDataset, collate
 from offline_kd.errors import OfflineKDError
-from offline_kd.losses.kd import ctc_loss
+from offline_kd.losses.modules import CTCLoss
 from offline_kd.models.bilstm import build_model, count_parameters
 from offline_kd.models.augment import SpecAugment
 from offline_kd.commands.common import open_train_dev
@@ -31,11 +31,7 @@ def run(cfg: ExperimentConfig, resume: bool = False, log=print) -> dict:
         f"train {len(train_idx)} utterances, dev {0 if dev_idx is None else len(dev_idx)}; device {device}")
     augment = SpecAugment(cfg.augment, allow_frame_change=True)
 
-    def loss_fn(model, batch, epoch):
-        x = augment(batch["features"].to(device), batch["feature_lengths"])
-        log_probs, out_len = model(x, batch["feature_lengths"].to(device))
-        loss = ctc_loss(log_probs, batch["labels"].to(device), out_len, batch["label_lengths"].to(device))
-        return loss, {"ctc": loss.detach(), "total": loss.detach()}
+    loss_fn = CTCLoss(augment, device)
 
     trainer = Trainer(cfg, model, corpus.vocab, SpeechDataset(train_reader, corpus.vocab), train_reader.lengths,
                       train_idx, dev_reader, dev_idx, loss_fn, device, collate_fn=collate,

@@ -3,7 +3,7 @@
 `DistillBatchDataset[batch_indices]` returns a whole padded batch. Cached targets of the batch are read as
 contiguous runs of cache positions (with `SortedRunBatchSampler` a batch is one run, hence one read per stored
 array), decoded by the cache's own codecs, and padded like the features. Memory holds only the batches in flight,
-whatever the cache size. The `targets` object is a cache split (see offline_kd.cache.reader.CacheSplit); with
+whatever the cache size; the batch's `teacher` entry is a `TeacherTargets`. The `targets` object is a cache split (see offline_kd.cache.reader.CacheSplit); with
 `targets=None` the dataset yields features and labels only (online distillation).
 """
 
@@ -14,16 +14,8 @@ import torch
 
 from offline_kd.data.corpus import SplitReader
 from offline_kd.data.dataset import SpeechDataset, collate, pad_time
+from offline_kd.data.targets import TeacherTargets
 from offline_kd.data.vocab import Vocabulary
-
-
-def collapse_best_path(path: np.ndarray) -> np.ndarray:
-    """Frame argmax path -> greedy 1-best token ids (repeats collapsed, blanks removed)."""
-    if len(path) == 0:
-        return path.astype(np.int64)
-    keep = np.ones(len(path), dtype=bool)
-    keep[1:] = path[1:] != path[:-1]
-    return path[keep & (path != 0)].astype(np.int64)
 
 
 class DistillBatchDataset(torch.utils.data.Dataset):
@@ -58,11 +50,9 @@ class DistillBatchDataset(torch.utils.data.Dataset):
         if self.targets is None:
             return batch
         cached = self._cached(list(indices))
-        batch["teacher_log_probs"] = pad_time([torch.from_numpy(c["log_probs"]) for c in cached])
-        batch["teacher_lengths"] = torch.tensor([len(c["log_probs"]) for c in cached], dtype=torch.long)
-        batch["teacher_hidden"] = {L: pad_time([torch.from_numpy(c["hidden"][L]) for c in cached])
-                                   for L in sorted(self.layers)}
-        tokens = [torch.from_numpy(collapse_best_path(c["best_path"])) for c in cached]
-        batch["teacher_tokens"] = torch.cat(tokens)
-        batch["teacher_token_lengths"] = torch.tensor([len(t) for t in tokens], dtype=torch.long)
+        batch["teacher"] = TeacherTargets.from_best_paths(
+            pad_time([torch.from_numpy(c["log_probs"]) for c in cached]).transpose(0, 1),
+            torch.tensor([len(c["log_probs"]) for c in cached], dtype=torch.long),
+            {L: pad_time([torch.from_numpy(c["hidden"][L]) for c in cached]) for L in sorted(self.layers)},
+            [c["best_path"] for c in cached])
         return batch

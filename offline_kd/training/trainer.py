@@ -1,14 +1,15 @@
 """The training loop shared by `train` (CTC) and `train-student` (hybrid KD).
 
-A recipe supplies the model, optional extra trainable modules (feature projections), a `loss_fn(batch, epoch)`
-returning `(loss, {term: value})`, and the data; the trainer owns everything else: optimizer and LR schedule,
+A command supplies the model, a loss (`offline_kd.losses.modules.LossFn`: `loss_fn(model, batch, epoch)` returning
+`(loss, {term: value})`, its own trainable modules such as feature projections, per-epoch scalars) and the data;
+the trainer owns everything else: optimizer and LR schedule,
 gradient accumulation and clipping, dev evaluation every N epochs with greedy WER, best/last checkpoints,
 exact `--resume`, TensorBoard + metrics.jsonl, progress bar, seeds.
 
 Resume is at epoch granularity: checkpoint_last.pt is written after each epoch with the optimizer, scheduler and
 RNG state; batches depend only on (seed, epoch), so a resumed run retraces the uninterrupted one exactly.
 
-Under torchrun (world_size > 1) the model and the extra modules are wrapped in DistributedDataParallel; the sampler
+Under torchrun (world_size > 1) the model and the loss's trainable modules are wrapped in DistributedDataParallel; the sampler
 deals the epoch's batches out round-robin, so an optimizer step of N ranks sees the same batches as N accumulation
 steps of one process (global batch = batch size x accumulation_steps x ranks). Rank 0 evaluates, logs and writes
 checkpoints; every rank resumes from the same checkpoint_last.pt.
@@ -22,7 +23,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from offline_kd.data.prefetch import prefetch
 from offline_kd.data.sampler import BucketBatchSampler
 from offline_kd.data.vocab import Vocabulary
 from offline_kd.errors import OfflineKDError
+from offline_kd.losses.modules import LossFn
 from offline_kd.models.bilstm import BiLSTMCTC, count_parameters
 from offline_kd.training import distributed
 from offline_kd.training.checkpoint import (load_checkpoint, rng_state, save_checkpoint, seed_everything,
@@ -105,11 +107,11 @@ def make_scheduler(optimizer, cfg, total_steps: int):
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, model: BiLSTMCTC, vocab: Vocabulary, train_dataset,
                  train_lengths: np.ndarray, train_indices: np.ndarray, dev_reader: Optional[SplitReader],
-                 dev_indices: Optional[np.ndarray], loss_fn: Callable, device: torch.device,
-                 extra: Optional[nn.Module] = None, collate_fn=None, extra_meta: Optional[dict] = None,
+                 dev_indices: Optional[np.ndarray], loss_fn: LossFn, device: torch.device,
+                 collate_fn=None, extra_meta: Optional[dict] = None,
                  rank: int = 0, world_size: int = 1, sampler=None):
         self.cfg, self.model, self.vocab, self.device = cfg, model, vocab, device
-        self.extra = extra
+        self.extra = extra = loss_fn.trainable
         self.loss_fn = loss_fn
         self.dev_reader, self.dev_indices = dev_reader, dev_indices
         self.rank, self.world_size = rank, world_size
@@ -136,10 +138,8 @@ class Trainer:
             ids = [device] if device.type == "cuda" else None
             ddp = DDP(_WithHidden(model), device_ids=ids)
             self.forward_model, self.ddp_modules = _DDPModel(ddp, model), [ddp]
-            if extra is not None and any(True for _ in extra.parameters()) and hasattr(loss_fn, "projections"):
-                ddp_extra = DDP(extra, device_ids=ids)
-                loss_fn.projections = ddp_extra        # the loss calls the projections through DDP
-                self.ddp_modules.append(ddp_extra)
+            if extra is not None and any(True for _ in extra.parameters()):
+                self.ddp_modules.append(loss_fn.wrap_trainable(lambda m: DDP(m, device_ids=ids)))
         params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
         self.optimizer = make_optimizer(params, cfg.train)
         steps_per_epoch = math.ceil(len(self.sampler) / cfg.train.accumulation_steps)
@@ -293,6 +293,5 @@ class Trainer:
         return record
 
     def extra_scalars(self, epoch: int) -> dict:
-        """Hook: per-epoch scalars such as the KD temperature (prefixed 'train/')."""
-        fn = getattr(self.loss_fn, "scalars", None)
-        return fn(epoch) if fn else {}
+        """The loss's per-epoch scalars such as the KD temperature (prefixed 'train/')."""
+        return self.loss_fn.scalars(epoch)

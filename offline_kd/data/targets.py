@@ -1,0 +1,40 @@
+"""The teacher's targets for a batch, as the distillation loss consumes them, whatever their source (a cache
+read by `DistillBatchDataset`, or a live teacher)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def collapse_best_path(path: np.ndarray) -> np.ndarray:
+    """Frame argmax path -> greedy 1-best token ids (repeats collapsed, blanks (0) removed). The one CTC collapse
+    of the project: greedy decoding and the cached 1-best both use it."""
+    path = np.asarray(path)
+    if len(path) == 0:
+        return path.astype(np.int64)
+    keep = np.ones(len(path), dtype=bool)
+    keep[1:] = path[1:] != path[:-1]
+    return path[keep & (path != 0)].astype(np.int64)
+
+
+@dataclass
+class TeacherTargets:
+    log_probs: torch.Tensor             # (T', B, V) temperature-1 log-probs, time-major like the model's output
+    lengths: torch.Tensor               # (B,) teacher frames per utterance
+    hidden: dict[int, torch.Tensor]     # teacher layer -> (B, T', H)
+    tokens: torch.Tensor                # the teacher's greedy 1-best of every utterance, concatenated
+    token_lengths: torch.Tensor         # (B,)
+
+    def to(self, device) -> "TeacherTargets":
+        return TeacherTargets(self.log_probs.to(device), self.lengths, {L: h.to(device) for L, h in self.hidden.items()},
+                              self.tokens.to(device), self.token_lengths.to(device))
+
+    @classmethod
+    def from_best_paths(cls, log_probs: torch.Tensor, lengths: torch.Tensor, hidden: dict[int, torch.Tensor],
+                        best_paths: list[np.ndarray]) -> "TeacherTargets":
+        tokens = [torch.from_numpy(collapse_best_path(p)) for p in best_paths]
+        return cls(log_probs, lengths, hidden, torch.cat(tokens) if tokens else torch.zeros(0, dtype=torch.long),
+                   torch.tensor([len(t) for t in tokens], dtype=torch.long))

@@ -1,0 +1,100 @@
+"""The losses the Trainer calls, as objects built from the config: `CTCLoss` (train) and `DistillationLoss`
+(train-student). Both follow `LossFn`; the tensor math stays in the pure functions of `losses/kd.py`. A new
+distillation term goes into `DistillationLoss.__call__` (and its function into kd.py) and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Protocol
+
+import torch
+from torch import nn
+
+from offline_kd.config import DistillConfig
+from offline_kd.data.targets import TeacherTargets
+from offline_kd.errors import OfflineKDError
+from offline_kd.losses.kd import ctc_loss, hybrid_loss, temperature_at
+from offline_kd.models.projection import FeatureProjections
+
+
+class LossFn(Protocol):
+    """What the Trainer needs from a loss."""
+
+    #: modules trained with the model and saved in checkpoints as `extra_state_dict` (None: nothing extra)
+    trainable: Optional[nn.Module]
+
+    def __call__(self, model, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """-> (loss to back-propagate, {term: detached value}, with 'total')."""
+
+    def scalars(self, epoch: int) -> dict[str, float]:
+        """Per-epoch values to log ('train/...'), e.g. the temperature."""
+
+    def wrap_trainable(self, wrap: Callable[[nn.Module], nn.Module]) -> nn.Module:
+        """Call `trainable` through `wrap(trainable)` from now on (DistributedDataParallel); returns the wrapper."""
+
+
+class CTCLoss:
+    """CTC on the reference labels, with the input augmented (frame-changing augmentation allowed)."""
+
+    trainable = None
+
+    def __init__(self, augment, device: torch.device):
+        self.augment, self.device = augment, device
+
+    def __call__(self, model, batch, epoch):
+        x = self.augment(batch["features"].to(self.device), batch["feature_lengths"])
+        log_probs, out_len = model(x, batch["feature_lengths"].to(self.device))
+        loss = ctc_loss(log_probs, batch["labels"].to(self.device), out_len, batch["label_lengths"].to(self.device))
+        return loss, {"ctc": loss.detach(), "total": loss.detach()}
+
+    def scalars(self, epoch):
+        return {}
+
+    def wrap_trainable(self, wrap):
+        raise OfflineKDError("CTCLoss has no trainable modules to wrap (internal error)")
+
+
+class DistillationLoss:
+    """The seed's hybrid loss from `DistillConfig`: alpha * T^2 KL + beta * CTC + gamma * feature MSE
+    (+ seq_weight * CTC on the teacher's 1-best). Owns the feature projections (`trainable`). Targets come from
+    the batch (`batch["teacher"]`, read from the cache) or, with `teacher`, from a live teacher that sees the same
+    un-augmented input the dump saw."""
+
+    def __init__(self, d: DistillConfig, student_dim: int, teacher_dims: dict[int, int], augment,
+                 device: torch.device, teacher: Optional[nn.Module] = None):
+        self.d = d
+        self.mapping = {int(s): int(t) for s, t in d.layer_mapping.items()} if d.gamma else {}
+        self.projections = FeatureProjections(self.mapping, student_dim, teacher_dims).to(device)
+        self.trainable: nn.Module = self.projections
+        self._project: nn.Module = self.projections
+        self.augment, self.device, self.teacher = augment, device, teacher
+
+    def wrap_trainable(self, wrap):
+        self._project = wrap(self.projections)
+        return self._project
+
+    def scalars(self, epoch):
+        return {"train/temperature": temperature_at(epoch, self.d.temperature_schedule)}
+
+    @torch.no_grad()
+    def live_targets(self, x: torch.Tensor, lengths: torch.Tensor) -> TeacherTargets:
+        lp, out_len, hidden = self.teacher.forward_with_hidden_states(x, lengths, sorted(set(self.mapping.values())))
+        best = lp.argmax(-1).transpose(0, 1).cpu().numpy()
+        return TeacherTargets.from_best_paths(lp, out_len.cpu(), hidden,
+                                              [best[b, :n] for b, n in enumerate(out_len.tolist())]).to(self.device)
+
+    def __call__(self, model, batch, epoch):
+        x = batch["features"].to(self.device)
+        lengths = batch["feature_lengths"].to(self.device)
+        t = self.live_targets(x, lengths) if self.teacher is not None else batch["teacher"].to(self.device)
+        log_probs, out_len, hidden = model.forward_with_hidden_states(self.augment(x, lengths), lengths,
+                                                                      sorted(self.mapping))
+        if not torch.equal(out_len.cpu(), t.lengths.cpu()):
+            bad = [u for u, a, b in zip(batch["utterance_ids"], out_len.tolist(), t.lengths.tolist()) if a != b]
+            raise OfflineKDError(f"student and cached teacher frame counts differ for {', '.join(bad[:4])}")
+        d = self.d
+        return hybrid_loss(log_probs, out_len, batch["labels"].to(self.device), batch["label_lengths"].to(self.device),
+                           t.log_probs, temperature_at(epoch, d.temperature_schedule), d.alpha, d.beta, d.gamma,
+                           projected_student=self._project(hidden) if self.mapping else None,
+                           teacher_hidden=t.hidden, layer_mapping=self.mapping, seq_weight=d.seq_weight,
+                           teacher_tokens=t.tokens, teacher_token_lengths=t.token_lengths)
