@@ -7,3 +7,8 @@ into a one-line click error and a non-zero exit. Library code never imports clic
 
 class OfflineKDError(Exception):
     """A user-facing error: bad config, bad corpus, mismatched cache. The message is shown as is."""
+
+
+class InternalError(RuntimeError):
+    """A bug in offline-kd, not a user mistake: deliberately not an OfflineKDError, so the CLI shows its traceback
+    instead of a one-line message that would hide where it happened."""

@@ -39,7 +39,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from offline_kd.errors import OfflineKDError
+from offline_kd.errors import InternalError, OfflineKDError
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ class TopKLogProbs:
         rows = np.repeat(np.arange(f), self.k).reshape(f, self.k)
         if self.tail == "prior":
             if self.prior is None:
-                raise OfflineKDError("topk codec with tail 'prior' has no fitted prior (internal error)")
+                raise InternalError("topk codec with tail 'prior' has no fitted prior (internal error)")
             prior = np.exp(self.prior)
             prior = prior / prior.sum()
             kept_prior = np.where(keep, prior[indices], 0.0).sum(1)
@@ -363,7 +363,7 @@ class _LowRank:
 
     def _encode(self, x: np.ndarray) -> dict:
         if self.basis is None:
-            raise OfflineKDError(f"{self.name} codec has no fitted basis (internal error)")
+            raise InternalError(f"{self.name} codec has no fitted basis (internal error)")
         c = (x - self.mean) @ self.basis.T
         if self.coeff == "step":
             return {"/codes": np.clip(np.rint(c / self._step()), -127, 127).astype(np.int8)}
@@ -374,7 +374,7 @@ class _LowRank:
 
     def _step(self) -> float:
         if self.step is None:
-            raise OfflineKDError(f"{self.name} codec with coeff 'step' has no fitted step (internal error)")
+            raise InternalError(f"{self.name} codec with coeff 'step' has no fitted step (internal error)")
         return float(np.asarray(self.step).reshape(-1)[0])
 
     def _decode(self, a: dict) -> np.ndarray:

@@ -18,6 +18,7 @@ from offline_kd.cache.layout import field_arrays, utterance_checksum
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.cache.writer import shard_starts, shards_done, whole_utterances
 from offline_kd.data.targets import collapse_best_path
+from offline_kd.data.validate import output_frames
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
 
@@ -59,7 +60,7 @@ def structural_check(cache: TeacherCache, log=print) -> dict:
         sums, whole = _stored_checksums(split)       # an incomplete split: only what is written
         if np.any(np.diff(split.offsets) < 0) or split.offsets[0] != 0:
             problems.append(f"{s}: offsets are not increasing")
-        expected = (split.input_frames + cache.meta["subsampling"] - 1) // cache.meta["subsampling"]
+        expected = output_frames(split.input_frames, cache.meta["subsampling"])
         bad_len = np.nonzero(np.diff(split.offsets) != expected)[0]
         problems += [f"{s}/{split.utterance_ids[i]}: {int(np.diff(split.offsets)[i])} frames stored, "
                      f"{int(expected[i])} expected" for i in bad_len[:10]]

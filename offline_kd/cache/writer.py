@@ -24,7 +24,7 @@ import zarr
 from zarr.codecs import TransposeCodec
 
 from offline_kd.cache.layout import compressors, field_arrays, utterance_checksum
-from offline_kd.errors import OfflineKDError
+from offline_kd.errors import InternalError, OfflineKDError
 
 _STOP = object()     # flush everything and mark the split complete
 _ABORT = object()    # stop now (an error or interrupt in the main thread); written shards stay flagged
@@ -183,7 +183,7 @@ class SplitWriter:
                 if item is _STOP:
                     self._flush()
                     if self.next != len(self.targets):
-                        raise OfflineKDError(f"split {self.g.basename}: shard {self.targets[self.next]} did not "
+                        raise InternalError(f"split {self.g.basename}: shard {self.targets[self.next]} did not "
                                              f"receive all its frames by the end of the dump (internal error)")
                     return
                 self._add(item)
@@ -216,7 +216,7 @@ class SplitWriter:
                 self.checksums[p] = utterance_checksum(enc, lo, hi)
         end = self.buf_start + self.buf_frames
         if self.buf_frames and start < end:
-            raise OfflineKDError("cache writer received batches out of plan order (internal error)")
+            raise InternalError("cache writer received batches out of plan order (internal error)")
         if start > end or not self.buf_frames:     # a gap: batches that touch none of the targets were skipped
             self.buf = {p: [] for p in self.paths}
             self.buf_start, self.buf_frames = start, 0
@@ -244,7 +244,7 @@ class SplitWriter:
             if end <= lo:
                 return
             if self.buf_start > lo:
-                raise OfflineKDError(f"split {self.g.basename}: frames of shard {s} were never received "
+                raise InternalError(f"split {self.g.basename}: frames of shard {s} were never received "
                                      f"(internal error)")
             if end < hi:
                 return

@@ -29,3 +29,7 @@ def open_train_dev(data: DataConfig, model: ModelConfig, log=print):
     train = open_split(corpus, data.train_split, model, data.skip_invalid, log)
     dev = open_split(corpus, data.dev_split, model, data.skip_invalid, log) if data.dev_split else (None, None)
     return corpus, train, dev
+
+
+def quiet(*_) -> None:
+    """A `log` that prints nothing (ranks other than 0 under torchrun)."""

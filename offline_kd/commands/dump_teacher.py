@@ -31,8 +31,9 @@ from offline_kd.cache.reader import build_codecs
 from offline_kd.cache.writer import SplitWriter, create_split, finalize_split, shard_frame_count, shards_done
 from offline_kd.config import CodecConfig, DumpConfig
 from offline_kd.data.corpus import Corpus, feature_sha256
+from offline_kd.data.validate import output_frames
 from offline_kd.errors import OfflineKDError
-from offline_kd.commands.common import open_split
+from offline_kd.commands.common import open_split, quiet
 from offline_kd.training import distributed
 from offline_kd.training.checkpoint import file_sha256, model_from_checkpoint, weights_sha256
 from offline_kd.training.inference import iterate_outputs, loader_for, sorted_batches
@@ -66,7 +67,7 @@ def _plan(cfg: DumpConfig, corpus: Corpus, model, log):
         reader, valid = open_split(corpus, split, model.config, cfg.skip_invalid, log)
         batches = sorted_batches(reader, valid, cfg.batch_size, cfg.max_frames_per_batch)
         order = [i for b in batches for i in b]
-        out_frames = (reader.lengths[order] + s - 1) // s
+        out_frames = output_frames(reader.lengths[order], s)
         offsets = np.concatenate([[0], np.cumsum(out_frames)]).astype(np.int64)
         hashes = reader.feature_hashes or [reader.compute_feature_hash(i) for i in range(len(reader))]
         plans[split] = {"reader": reader, "batches": batches, "order": order, "offsets": offsets,
@@ -211,7 +212,7 @@ def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
     """Dump the teacher; under torchrun every rank writes its own block of shards and rank 0 finalises."""
     env, device = distributed.setup(cfg.device)
     try:
-        return _run(cfg, overwrite, env, device, log if env.is_main else (lambda *_: None))
+        return _run(cfg, overwrite, env, device, log if env.is_main else quiet)
     finally:
         distributed.shutdown()
 

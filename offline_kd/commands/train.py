@@ -8,22 +8,23 @@ from offline_kd.errors import OfflineKDError
 from offline_kd.losses.modules import CTCLoss
 from offline_kd.models.bilstm import build_model, count_parameters
 from offline_kd.models.augment import SpecAugment
-from offline_kd.commands.common import open_train_dev
+from offline_kd.commands.common import open_train_dev, quiet
 from offline_kd.training.checkpoint import seed_everything
 from offline_kd.training import distributed
 from offline_kd.training.trainer import Trainer
-
-
-def _quiet(*_):
-    pass
 
 
 def run(cfg: ExperimentConfig, resume: bool = False, log=print) -> dict:
     if cfg.distill is not None:
         raise OfflineKDError("this config has a 'distill' section: use `offline-kd train-student`")
     env, device = distributed.setup(cfg.train.device)
-    if not env.is_main:
-        log = _quiet
+    try:
+        return _run(cfg, resume, env, device, log if env.is_main else quiet)
+    finally:
+        distributed.shutdown()
+
+
+def _run(cfg: ExperimentConfig, resume: bool, env, device, log) -> dict:
     corpus, (train_reader, train_idx), (dev_reader, dev_idx) = open_train_dev(cfg.data, cfg.model, log)
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model).to(device)
@@ -37,5 +38,4 @@ def run(cfg: ExperimentConfig, resume: bool = False, log=print) -> dict:
                       train_idx, dev_reader, dev_idx, loss_fn, device, collate_fn=collate,
                       rank=env.rank, world_size=env.world_size)
     trainer.fit(resume=resume)
-    distributed.shutdown()
     return {"output_dir": cfg.train.output_dir, "best_dev_wer": trainer.best_wer}

@@ -18,14 +18,10 @@ from offline_kd.errors import OfflineKDError
 from offline_kd.losses.modules import DistillationLoss
 from offline_kd.models.augment import SpecAugment
 from offline_kd.models.bilstm import build_model, count_parameters
-from offline_kd.commands.common import open_train_dev
+from offline_kd.commands.common import open_train_dev, quiet
 from offline_kd.training.checkpoint import load_checkpoint, model_from_checkpoint, seed_everything
 from offline_kd.training import distributed
 from offline_kd.training.trainer import Trainer
-
-
-def _quiet(*_):
-    pass
 
 
 def run(cfg: ExperimentConfig, resume: bool = False, online_teacher: str | None = None, log=print) -> dict:
@@ -34,8 +30,14 @@ def run(cfg: ExperimentConfig, resume: bool = False, online_teacher: str | None 
         raise OfflineKDError("the config has no 'distill' section (cache, alpha, beta, gamma, ...); "
                              "for CTC-only training use `offline-kd train`")
     env, device = distributed.setup(cfg.train.device)
-    if not env.is_main:
-        log = _quiet
+    try:
+        return _run(cfg, resume, online_teacher, env, device, log if env.is_main else quiet)
+    finally:
+        distributed.shutdown()
+
+
+def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, device, log) -> dict:
+    d = cfg.distill
     augment = SpecAugment(cfg.augment, allow_frame_change=False)
     corpus, (train_reader, train_idx), (dev_reader, dev_idx) = open_train_dev(cfg.data, cfg.model, log)
     mapping = {int(s): int(t) for s, t in d.layer_mapping.items()} if d.gamma else {}
@@ -89,5 +91,4 @@ def run(cfg: ExperimentConfig, resume: bool = False, online_teacher: str | None 
                       loss_fn, device, extra_meta=meta, sampler=sampler, rank=env.rank,
                       world_size=env.world_size)
     trainer.fit(resume=resume)
-    distributed.shutdown()
     return {"output_dir": cfg.train.output_dir, "best_dev_wer": trainer.best_wer}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import numpy as np
@@ -18,8 +17,10 @@ def ctc_min_frames(labels: list[int]) -> int:
     return len(labels) + repeats
 
 
-def output_frames(num_frames: int, subsampling: int) -> int:
-    return math.ceil(num_frames / subsampling)
+def output_frames(num_frames, subsampling: int):
+    """Frames after subsampling by `subsampling` (a partial last group counts): the project's one definition, for
+    an int, a numpy array or an integer torch tensor alike."""
+    return (num_frames + subsampling - 1) // subsampling
 
 
 def validate_split(reader: SplitReader, vocab: Vocabulary, feature_dim: int, subsampling: int,

@@ -12,7 +12,7 @@ from torch import nn
 
 from offline_kd.config import DistillConfig
 from offline_kd.data.targets import TeacherTargets
-from offline_kd.errors import OfflineKDError
+from offline_kd.errors import InternalError, OfflineKDError
 from offline_kd.losses.kd import ctc_loss, hybrid_loss, temperature_at
 from offline_kd.models.projection import FeatureProjections
 
@@ -51,7 +51,7 @@ class CTCLoss:
         return {}
 
     def wrap_trainable(self, wrap):
-        raise OfflineKDError("CTCLoss has no trainable modules to wrap (internal error)")
+        raise InternalError("CTCLoss has no trainable modules to wrap (internal error)")
 
 
 class DistillationLoss:

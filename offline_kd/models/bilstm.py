@@ -16,11 +16,13 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, PackedSequence
 
+from offline_kd.data.validate import output_frames
+
 from offline_kd.config import ModelConfig
 
 
 def output_lengths(lengths: torch.Tensor, subsampling: int) -> torch.Tensor:
-    return torch.div(lengths + subsampling - 1, subsampling, rounding_mode="floor")
+    return output_frames(lengths, subsampling)
 
 
 class BiLSTMCTC(nn.Module):
