@@ -122,7 +122,7 @@ def main() -> int:
             print(f"{m.name:40s} {m.file}: {m.old!r} -> {m.new!r}  [{' '.join(m.tests)}]")
         return 0
     bad = 0
-    print(f"| mutant | file | result | seconds | tests |\n|---|---|---|---|---|")
+    print("| mutant | file | result | seconds | tests |\n|---|---|---|---|---|")
     for m in chosen:
         status, took, tail = run_mutant(m, args.keep)
         bad += status != "KILLED"

@@ -5,10 +5,9 @@ import pytest
 
 from click.testing import CliRunner
 
+from helpers import student_dict, write_yaml
 from offline_kd.cli import main
 
-from conftest import write_yaml
-from test_distill import f32_cache, student_dict  # noqa: F401  (module fixture reused)
 
 
 @pytest.mark.slow

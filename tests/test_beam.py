@@ -11,11 +11,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import find_tool
 
 pytest.importorskip("pyctcdecode")
 pytest.importorskip("kenlm")
 
+from helpers import find_tool
 from offline_kd.decoding.beam import BeamSearchDecoder, read_arpa_unigrams  # noqa: E402
 
 CHAR_TOKENS = ["<blank>", "|", "t", "h", "e", "c", "k", "a"]

@@ -12,28 +12,16 @@ import torch
 import zarr
 from click.testing import CliRunner
 
+from helpers import assert_same_cache, dump_cfg, QUIET, tiny_spec, write_yaml
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.cli import main
-from offline_kd.config import DumpConfig, ModelConfig, build_dataclass
+from offline_kd.config import ModelConfig, build_dataclass
 from offline_kd.data.corpus import Corpus, SplitReader, SplitWriter
 from offline_kd.errors import OfflineKDError
 from offline_kd.models.bilstm import BiLSTMCTC
 from offline_kd.commands import dump_teacher
 from offline_kd.training.checkpoint import model_from_checkpoint, save_checkpoint
 from offline_kd.training.inference import iterate_outputs, loader_for, sorted_batches
-
-from conftest import tiny_spec, write_yaml
-
-QUIET = dict(log=lambda *_: None)
-
-
-def dump_cfg(teacher, corpus, out, **kw) -> DumpConfig:
-    codecs = kw.pop("codecs", {})
-    base = {"teacher": str(teacher), "corpus": str(corpus), "output": str(out), "splits": ["train", "dev"],
-            "layers": [1, 3], "batch_size": 8, "chunk_frames": 32, "shard_chunks": 2, "progress": False,
-            "device": "cpu", "codecs": {"log_probs": "float32", "hidden": "float32", **codecs}}
-    base.update(kw)
-    return build_dataclass(DumpConfig, base)
 
 
 def test_float32_cache_equals_live_teacher_exactly(tiny_teacher, tiny_corpus, tmp_path):
@@ -89,25 +77,6 @@ def test_compact_codecs_round_trip_through_a_cache(tiny_teacher, tiny_corpus, tm
     cache = TeacherCache(str(out))
     assert cache.meta["codecs"]["log_probs"] == {"name": "topk", "num_classes": 9, "k": 4, "coverage": 0.999,
                                                  "tail": "uniform"}
-
-
-def _arrays(path):
-    root = zarr.open_group(str(path), mode="r")
-    out = {}
-    for split in ("train", "dev"):
-        for name, node in root[split].members(max_depth=None):
-            if hasattr(node, "shape"):
-                out[f"{split}/{name}"] = node[:]
-    return out
-
-
-def assert_same_cache(a, b) -> None:
-    """Every stored array of the two caches is equal, and the second one is complete."""
-    x, y = _arrays(a), _arrays(b)
-    assert x.keys() == y.keys()
-    for k in x:
-        np.testing.assert_array_equal(x[k], y[k], err_msg=k)
-    assert TeacherCache(str(b)).meta["complete"]
 
 
 @pytest.mark.slow

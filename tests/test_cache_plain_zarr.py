@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-import zarr
+
+from helpers import CODECS
 
 
 def _dump(tmp_path, teacher, corpus, log_probs, hidden, **codecs):
@@ -104,23 +105,6 @@ def test_plain_zarr_reads_the_documented_layout(tiny_teacher, tiny_corpus, tmp_p
             else:
                 np.testing.assert_allclose(h3, live[u + "/h3"], atol=h_tol)
     assert json.dumps(meta["dump_config"])   # the resolved dump config is stored
-
-
-CODECS = {
-    "float32": {"log_probs": "float32", "hidden": "float32"},
-    "float16": {"log_probs": "float16", "hidden": "float16"},
-    "topk-uniform+int8": {"log_probs": "topk", "topk_k": 4, "hidden": "int8"},
-    "topk-prior+lowrank-int8": {"log_probs": "topk", "topk_k": 3, "topk_coverage": 0.99, "topk_tail": "prior",
-                                "hidden": "lowrank", "lowrank_rank": 16, "lowrank_coeff": "int8",
-                                "lowrank_fit_frames": 300},
-    "topk-lowrank+lowrank-step": {"log_probs": "topk", "topk_k": 3, "topk_coverage": 0.99, "topk_tail": "lowrank",
-                                  "logits_rank": 6, "hidden": "lowrank", "lowrank_rank": 64, "lowrank_coeff": "step",
-                                  "lowrank_target_error": 0.01, "lowrank_fit_frames": 300},
-    "lowrank-float16+lowrank-float16": {"log_probs": "lowrank", "logits_rank": 6, "logits_coeff": "float16",
-                                        "hidden": "lowrank", "lowrank_rank": 16, "lowrank_coeff": "float16",
-                                        "lowrank_fit_frames": 300},
-    "sampled+float16": {"log_probs": "sampled", "sampled_n": 16, "hidden": "float16"},
-}
 
 
 @pytest.mark.parametrize("name", list(CODECS))

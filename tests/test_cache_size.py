@@ -7,11 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import CODECS, dump_cfg, QUIET
 from offline_kd.cache.layout import field_arrays
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.commands import dump_teacher
-from test_cache import QUIET, dump_cfg
-from test_cache_plain_zarr import CODECS
 
 FRAMING = 64     # bytes per stored object beyond its payload (zstd frame header, shard index entry)
 

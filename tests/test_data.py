@@ -7,6 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from helpers import tiny_spec
 from offline_kd.cli import main
 from offline_kd.data.corpus import Corpus, SplitWriter, write_corpus_meta
 from offline_kd.data.dataset import SpeechDataset, collate
@@ -16,7 +17,6 @@ from offline_kd.data.validate import validate_split
 from offline_kd.data.vocab import BLANK, Vocabulary
 from offline_kd.errors import OfflineKDError
 
-from conftest import tiny_spec
 
 
 def _digest(path):

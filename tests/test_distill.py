@@ -5,26 +5,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from helpers import QUIET, student_dict, write_yaml
 from offline_kd.cli import main
 from offline_kd.config import ExperimentConfig, build_dataclass
-from offline_kd.commands import dump_teacher, train_student
+from offline_kd.commands import train_student
 
-from conftest import experiment_dict, write_yaml
-from test_cache import QUIET, dump_cfg
-
-
-@pytest.fixture(scope="module")
-def f32_cache(tiny_teacher, tiny_corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cache") / "f32.zarr"
-    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["train"]), **QUIET)
-    return out
-
-
-def student_dict(corpus, cache, out, epochs=2, **distill):
-    d = experiment_dict(corpus, out, hidden=16, layers=2, epochs=epochs, batch_size=8)
-    d["distill"] = {"cache": str(cache), "layer_mapping": {1: 1, 2: 3}, "alpha": 0.7, "beta": 0.2, "gamma": 0.1,
-                    "seq_weight": 0.1, **distill}
-    return d
 
 
 def _weights(path):

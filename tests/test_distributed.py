@@ -17,13 +17,12 @@ import pytest
 import torch
 import zarr
 
-from conftest import experiment_dict, tiny_spec, write_yaml
+from helpers import assert_same_cache, dump_cfg, experiment_dict, QUIET, tiny_spec, write_yaml
 from offline_kd.config import ExperimentConfig, ModelConfig, build_dataclass
 from offline_kd.data.corpus import Corpus
 from offline_kd.models.bilstm import BiLSTMCTC
 from offline_kd.commands import dump_teacher, train, train_student
 from offline_kd.training.checkpoint import load_checkpoint, save_checkpoint
-from test_cache import QUIET, assert_same_cache, dump_cfg
 
 pytestmark = pytest.mark.slow   # end to end, several seconds each
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import zarr
 
+from helpers import dump_cfg, QUIET
 from offline_kd.cache.verify import verify_cache
 from offline_kd.commands import dump_teacher
-from test_cache import QUIET, dump_cfg
 
 CACHES = {
     "compact-default": {"log_probs": "topk", "topk_k": 3, "topk_coverage": 0.99, "topk_tail": "lowrank",

@@ -13,12 +13,11 @@ import torch
 import pytest
 import zarr
 
-from conftest import experiment_dict
+from helpers import cache_arrays, dump_cfg, experiment_dict, QUIET
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.config import ExperimentConfig, build_dataclass
 from offline_kd.errors import OfflineKDError
 from offline_kd.commands import dump_teacher, train_student
-from test_cache import QUIET, _arrays, dump_cfg
 
 pytestmark = pytest.mark.slow   # end to end, several seconds each
 
@@ -54,7 +53,7 @@ def test_dump_verify_and_train_from_s3(s3, tiny_teacher, tiny_corpus, tmp_path):
     dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, local), **QUIET)
     url = "s3://offline-kd-test/caches/tiny.zarr"
     dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, url, storage_options=options), **QUIET)
-    a, b = _arrays(local), _url_arrays(url, options)
+    a, b = cache_arrays(local), _url_arrays(url, options)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import find_tool
 
-from conftest import find_tool
 
 pytestmark = pytest.mark.slow   # end to end, several seconds each
 

@@ -7,11 +7,9 @@ import json
 
 import pytest
 
-from conftest import experiment_dict
+from helpers import experiment_dict, QUIET, student_dict
 from offline_kd.config import ExperimentConfig, build_dataclass
 from offline_kd.commands import report, train, train_student
-from test_cache import QUIET
-from test_distill import f32_cache, student_dict  # noqa: F401  (module fixture reused)
 
 
 @pytest.fixture(scope="module")

@@ -4,20 +4,14 @@ targets) so that RNG state that is not restored shows."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import experiment_dict
+from helpers import assert_same_cache, dump_cfg, experiment_dict, Killed, killed_after, QUIET
 from offline_kd.cache import writer as cache_writer
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.config import ExperimentConfig, build_dataclass
 from offline_kd.commands import dump_teacher, train, train_student
-from test_cache import QUIET, assert_same_cache, dump_cfg
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL at a chosen point (BaseException: no `except Exception` swallows it)."""
 
 
 @pytest.mark.parametrize("codecs", [{"log_probs": "float16", "hidden": "float16"},
@@ -66,25 +60,6 @@ def test_dump_killed_between_a_shards_data_and_its_flag(codecs, tiny_teacher, ti
     assert_same_cache(ref, out)
 
 
-def _killed_after(run_fn, cfg, epochs_done):
-    """Run training, stopping (as if killed) right after `epochs_done` epochs were checkpointed."""
-    from offline_kd.training import trainer as tr
-    orig = tr.Trainer._epoch
-
-    def epoch(self, e):
-        if e > epochs_done:
-            raise Killed()
-        return orig(self, e)
-
-    tr.Trainer._epoch = epoch
-    try:
-        run_fn(cfg, **QUIET)
-    except Killed:
-        pass
-    finally:
-        tr.Trainer._epoch = orig
-
-
 def _noisy(d: dict) -> dict:
     """Dropout and SpecAugment on: a resume that loses the RNG state ends elsewhere."""
     d["model"]["dropout"] = 0.3
@@ -107,7 +82,7 @@ def test_train_resume_is_exact_with_dropout_and_specaugment(tiny_corpus, tmp_pat
     full = build_dataclass(ExperimentConfig, _noisy(experiment_dict(tiny_corpus, tmp_path / "full", epochs=3)))
     train.run(full, **QUIET)
     cfg = build_dataclass(ExperimentConfig, _noisy(experiment_dict(tiny_corpus, tmp_path / "resumed", epochs=3)))
-    _killed_after(train.run, cfg, epochs_done=1)
+    killed_after(train.run, cfg, epochs_done=1)
     assert torch.load(tmp_path / "resumed" / "checkpoint_last.pt", weights_only=False)["epoch"] == 1
     train.run(cfg, resume=True, **QUIET)
     _assert_equal_states(_weights(tmp_path / "full" / "checkpoint_last.pt")[0],
@@ -130,7 +105,7 @@ def test_train_student_resume_is_exact_including_the_projection_heads(f16_cache,
         return build_dataclass(ExperimentConfig, d)
     train_student.run(cfg("full"), **QUIET)
     resumed = cfg("resumed")
-    _killed_after(train_student.run, resumed, epochs_done=1)
+    killed_after(train_student.run, resumed, epochs_done=1)
     _, after_one = _weights(tmp_path / "resumed" / "checkpoint_last.pt")
     train_student.run(resumed, resume=True, **QUIET)
     (ma, ea), (mb, eb) = _weights(tmp_path / "full" / "checkpoint_last.pt"), \

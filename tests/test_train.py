@@ -3,12 +3,11 @@ import json
 import torch
 from click.testing import CliRunner
 
+from helpers import experiment_dict, killed_after, write_yaml
 from offline_kd.cli import main
 from offline_kd.config import ExperimentConfig, build_dataclass
 from offline_kd.commands import train
 
-from conftest import experiment_dict, write_yaml
-from test_resume import _killed_after
 
 
 def _epochs(out):
@@ -43,7 +42,7 @@ def test_resume_gives_the_same_weights(tiny_corpus, tmp_path):
     assert ck["epoch"] == 2
     interrupted = experiment_dict(tiny_corpus, tmp_path / "resumed", epochs=3, accumulation_steps=2)
     cfg = build_dataclass(ExperimentConfig, interrupted)
-    _killed_after(train.run, cfg, epochs_done=2)
+    killed_after(train.run, cfg, epochs_done=2)
     train.run(cfg, resume=True, log=lambda *_: None)
     a = torch.load(tmp_path / "full" / "checkpoint_last.pt", weights_only=False)["model_state_dict"]
     b = torch.load(tmp_path / "resumed" / "checkpoint_last.pt", weights_only=False)["model_state_dict"]
