@@ -104,6 +104,10 @@ class DistillConfig:
     layer_mapping: dict = field(default_factory=lambda: {2: 2, 3: 4})   # student layer -> teacher layer
     init_checkpoint: Optional[str] = None
     storage_options: dict = field(default_factory=dict)   # fsspec options for a URL cache
+    kl_frames: str = "all"              # all | spikes: KL only within spike_context frames of a teacher spike
+    spike_context: int = 2              # blank frames kept on each side of a spike (kl_frames: spikes)
+    kl_target: str = "full"             # full | collapsed: KL over (blank, teacher's token, rest) only
+    kd_start_epoch: int = 1             # epochs before it train on CTC alone (warm-up off the blank plateau)
 
     def __post_init__(self):
         sched = self.temperature_schedule
@@ -119,6 +123,16 @@ class DistillConfig:
         for key in ("alpha", "beta", "gamma", "seq_weight"):
             if getattr(self, key) < 0:
                 raise OfflineKDError(f"distill.{key} must be >= 0, got {getattr(self, key)}")
+        if self.kl_frames not in ("all", "spikes"):
+            raise OfflineKDError(f"distill.kl_frames must be all or spikes, got {self.kl_frames!r}")
+        if self.kl_target not in ("full", "collapsed"):
+            raise OfflineKDError(f"distill.kl_target must be full or collapsed, got {self.kl_target!r}")
+        if self.kl_target == "collapsed" and self.kl_frames != "all":
+            raise OfflineKDError("distill.kl_target collapsed works on all frames; set distill.kl_frames: all")
+        if self.spike_context < 0:
+            raise OfflineKDError(f"distill.spike_context must be >= 0, got {self.spike_context}")
+        if self.kd_start_epoch < 1:
+            raise OfflineKDError(f"distill.kd_start_epoch must be >= 1 (a 1-based epoch), got {self.kd_start_epoch}")
 
 
 @dataclass(frozen=True)

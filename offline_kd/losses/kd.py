@@ -34,6 +34,56 @@ def soft_kd_loss(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tenso
     return (kl * mask).sum() / mask.sum() * temperature ** 2
 
 
+def spike_frames(teacher_log_probs: torch.Tensor, lengths: torch.Tensor, context: int) -> torch.Tensor:
+    """(T, B) bool: valid frames within `context` frames of a teacher spike (a frame whose argmax is not blank 0).
+    Symmetric selection (Hilmes et al. 2025): the KL is taken on the spikes and `context` blank frames each side."""
+    t_max = teacher_log_probs.shape[0]
+    spikes = (teacher_log_probs.argmax(-1) != 0).float()                          # (T, B)
+    if context > 0:
+        kernel = torch.ones(1, 1, 2 * context + 1, device=spikes.device)
+        near = F.conv1d(spikes.transpose(0, 1)[:, None], kernel, padding=context)[:, 0].transpose(0, 1) > 0
+    else:
+        near = spikes > 0
+    return near & frame_mask(lengths, t_max).transpose(0, 1)
+
+
+def selected_kd_loss(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, lengths: torch.Tensor,
+                     temperature: float, context: int) -> torch.Tensor:
+    """T^2 * mean over the frames selected by `spike_frames` of KL(teacher/T || student/T); 0 with no spike."""
+    t_max = student_log_probs.shape[0]
+    sel = spike_frames(teacher_log_probs[:t_max], lengths, context)
+    if not sel.any():
+        return student_log_probs.new_zeros((), dtype=torch.float32)
+    s = F.log_softmax(student_log_probs.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_log_probs[:t_max].float() / temperature, dim=-1)
+    p = t.exp()
+    kl = torch.where(p > 0, p * (t - s), torch.zeros_like(p)).sum(-1)
+    return (kl * sel).sum() / sel.sum() * temperature ** 2
+
+
+def collapsed_kd_loss(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, lengths: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """T^2 * mean over valid frames of KL between the (blank, token, rest) collapses of the tempered teacher and
+    student distributions, `token` being the teacher's most likely non-blank token at that frame (Panchapagesan et
+    al. 2021: the teacher's ranking of the tail is not imitated, only how sure it is of blank and of its token)."""
+    t_max = student_log_probs.shape[0]
+    mask = frame_mask(lengths, t_max).transpose(0, 1)
+    if not mask.any():
+        return student_log_probs.new_zeros((), dtype=torch.float32)
+    s = F.log_softmax(student_log_probs.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_log_probs[:t_max].float() / temperature, dim=-1)
+    token = t[..., 1:].argmax(-1, keepdim=True) + 1                              # (T, B, 1)
+
+    def collapse(lp):
+        other = lp.scatter(-1, token, float("-inf"))
+        other = torch.cat([torch.full_like(other[..., :1], float("-inf")), other[..., 1:]], -1)
+        return torch.stack([lp[..., 0], lp.gather(-1, token)[..., 0], torch.logsumexp(other, -1)], -1)
+    cs, ct = collapse(s), collapse(t)
+    pt = ct.exp()
+    kl = torch.where(pt > 0, pt * (ct - cs), torch.zeros_like(pt)).sum(-1)
+    return (kl * mask).sum() / mask.sum() * temperature ** 2
+
+
 def ctc_loss(log_probs: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor,
              label_lengths: torch.Tensor) -> torch.Tensor:
     """CTC (blank 0, zero_infinity), mean over the batch of per-utterance loss / label length."""
@@ -75,8 +125,13 @@ def hybrid_loss(student_log_probs: torch.Tensor, lengths: torch.Tensor, labels: 
                 teacher_hidden: dict[int, torch.Tensor] | None = None,
                 layer_mapping: dict[int, int] | None = None,
                 seq_weight: float = 0.0, teacher_tokens: torch.Tensor | None = None,
-                teacher_token_lengths: torch.Tensor | None = None):
+                teacher_token_lengths: torch.Tensor | None = None, kl_frames: str = "all", spike_context: int = 2,
+                kl_target: str = "full"):
     """alpha * soft KD + beta * CTC + gamma * feature MSE (+ seq_weight * CTC on the teacher's 1-best).
+
+    The soft term is `soft_kd_loss` by default; `kl_frames="spikes"` restricts it to frames within `spike_context`
+    of a teacher spike (`selected_kd_loss`), `kl_target="collapsed"` compares (blank, token, rest) collapses
+    (`collapsed_kd_loss`).
 
     Returns (total, {"soft": ..., "ctc": ..., "feature": ..., "seq": ..., "total": ...}) with detached terms.
     A term whose weight is 0 is not computed.
@@ -84,7 +139,13 @@ def hybrid_loss(student_log_probs: torch.Tensor, lengths: torch.Tensor, labels: 
     terms: dict[str, torch.Tensor] = {}
     total = student_log_probs.new_zeros((), dtype=torch.float32)
     if alpha:
-        terms["soft"] = soft_kd_loss(student_log_probs, teacher_log_probs, lengths, temperature)
+        if kl_target == "collapsed":
+            terms["soft"] = collapsed_kd_loss(student_log_probs, teacher_log_probs, lengths, temperature)
+        elif kl_frames == "spikes":
+            terms["soft"] = selected_kd_loss(student_log_probs, teacher_log_probs, lengths, temperature,
+                                             spike_context)
+        else:
+            terms["soft"] = soft_kd_loss(student_log_probs, teacher_log_probs, lengths, temperature)
         total = total + alpha * terms["soft"]
     if beta:
         terms["ctc"] = ctc_loss(student_log_probs, labels, lengths, label_lengths)

@@ -74,7 +74,10 @@ class DistillationLoss:
         return self._project
 
     def scalars(self, epoch):
-        return {"train/temperature": temperature_at(epoch, self.d.temperature_schedule)}
+        out = {"train/temperature": temperature_at(epoch, self.d.temperature_schedule)}
+        if self.d.kd_start_epoch > 1:
+            out["train/kd_active"] = float(epoch >= self.d.kd_start_epoch)
+        return out
 
     @torch.no_grad()
     def live_targets(self, x: torch.Tensor, lengths: torch.Tensor) -> TeacherTargets:
@@ -93,8 +96,13 @@ class DistillationLoss:
             bad = [u for u, a, b in zip(batch["utterance_ids"], out_len.tolist(), t.lengths.tolist()) if a != b]
             raise OfflineKDError(f"student and cached teacher frame counts differ for {', '.join(bad[:4])}")
         d = self.d
-        return hybrid_loss(log_probs, out_len, batch["labels"].to(self.device), batch["label_lengths"].to(self.device),
+        labels, label_lengths = batch["labels"].to(self.device), batch["label_lengths"].to(self.device)
+        if epoch < d.kd_start_epoch:          # CTC warm-up: the student leaves the blank plateau on the labels
+            loss = ctc_loss(log_probs, labels, out_len, label_lengths)
+            return loss, {"ctc": loss.detach(), "total": loss.detach()}
+        return hybrid_loss(log_probs, out_len, labels, label_lengths,
                            t.log_probs, temperature_at(epoch, d.temperature_schedule), d.alpha, d.beta, d.gamma,
                            projected_student=self._project(hidden) if self.mapping else None,
                            teacher_hidden=t.hidden, layer_mapping=self.mapping, seq_weight=d.seq_weight,
-                           teacher_tokens=t.tokens, teacher_token_lengths=t.token_lengths)
+                           teacher_tokens=t.tokens, teacher_token_lengths=t.token_lengths, kl_frames=d.kl_frames,
+                           spike_context=d.spike_context, kl_target=d.kl_target)
