@@ -191,8 +191,9 @@ def evaluate(checkpoint, split, corpus, device, batch_size, skip_invalid, decode
              compare_greedy, num_processes, as_json, hypotheses):
     """WER/CER, parameters, size and decoding speed of a checkpoint."""
     from offline_kd.commands import evaluate as command
-    res = command.run(checkpoint, split, corpus, device, batch_size, skip_invalid, decoder, lm, alpha, beta,
-                     beam_width, compare_greedy, num_processes, log=_log)
+    res = command.run(checkpoint, split, corpus_dir=corpus, device=device, batch_size=batch_size,
+                      skip_invalid=skip_invalid, decoder=decoder, lm=lm, alpha=alpha, beta=beta, beam_width=beam_width,
+                      compare_greedy=compare_greedy, num_processes=num_processes, log=_log)
     refs, hyps, ids = res.pop("references"), res.pop("hypotheses"), res.pop("utterance_ids")
     if hypotheses:
         with open(hypotheses, "w") as f:
@@ -245,8 +246,9 @@ def _floats(text: str) -> list[float]:
 def tune_lm(checkpoint, lm, alphas, betas, dev_split, test_split, corpus, beam_width, num_processes, device, out):
     """Search the LM weight (alpha) and word bonus (beta) on dev; evaluate test with the best pair."""
     from offline_kd.commands import tune_lm as command
-    res = command.run(checkpoint, lm, _floats(alphas), _floats(betas), dev_split, test_split or None, corpus,
-                     beam_width, num_processes, device, out, log=_log)
+    res = command.run(checkpoint, lm, _floats(alphas), _floats(betas), dev_split=dev_split,
+                      test_split=test_split or None, corpus_dir=corpus, beam_width=beam_width,
+                      num_processes=num_processes, device=device, out=out, log=_log)
     best = res["best"]
     click.echo(f"best on {dev_split}: alpha {best['alpha']:g} beta {best['beta']:g} -> WER {best['wer']:.2f}% "
                f"(greedy {res['dev_greedy_wer']:.2f}%)")
@@ -275,8 +277,9 @@ def report(run_dirs, out, split, corpus, lm, alpha, beta, beam_width, device, tu
     from offline_kd.commands import report as command
     if tune_split and not lm:
         raise click.UsageError("--tune-split needs --lm")
-    res = command.run(list(run_dirs), out, split, corpus, lm, alpha, beta, beam_width, device, tune_split,
-                     _floats(alphas), _floats(betas), log=_log)
+    res = command.run(list(run_dirs), out, split=split, corpus=corpus, lm=lm, alpha=alpha, beta=beta,
+                      beam_width=beam_width, device=device, tune_split=tune_split, alphas=_floats(alphas),
+                      betas=_floats(betas), log=_log)
     click.echo(res["table"])
     click.echo(f"report: {res['report']}", err=True)
 

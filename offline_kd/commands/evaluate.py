@@ -14,7 +14,7 @@ from offline_kd.training.inference import evaluate_greedy, resolve_device
 from offline_kd.decoding.metrics import error_rates
 
 
-def run(checkpoint: str, split: str, corpus_dir: str | None = None, device: str = "auto", batch_size: int = 32,
+def run(checkpoint: str, split: str, *, corpus_dir: str | None = None, device: str = "auto", batch_size: int = 32,
         skip_invalid: bool = False, decoder: str = "greedy", lm: str | None = None, alpha: float = 0.5,
         beta: float = 1.0, beam_width: int = 32, compare_greedy: bool = False, num_processes: int = 1,
         log=print) -> dict:

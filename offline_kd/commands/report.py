@@ -135,7 +135,7 @@ def measure_speeds(rows: list[dict], split: str, corpus: str | None, device: str
         row["frames_per_second"] = round(speed["frames_per_second"], 1)
 
 
-def run(run_dirs: list[str], out: str, split: str = "test", corpus: str | None = None, lm: str | None = None,
+def run(run_dirs: list[str], out: str, *, split: str = "test", corpus: str | None = None, lm: str | None = None,
         alpha: float = 0.5, beta: float = 1.0, beam_width: int = 32, device: str = "auto",
         tune_split: str | None = None, alphas: list[float] | None = None, betas: list[float] | None = None,
         log=print) -> dict:
@@ -151,17 +151,18 @@ def run(run_dirs: list[str], out: str, split: str = "test", corpus: str | None =
         if not run_dir.is_dir():
             raise OfflineKDError(f"run directory not found: {run_dir}")
         ckpt = _checkpoint(run_dir)
-        res = evaluate.run(str(ckpt), split, corpus, device, log=log)
+        res = evaluate.run(str(ckpt), split, corpus_dir=corpus, device=device, log=log)
         row = {"name": run_dir.name, "path": str(run_dir), "checkpoint": str(ckpt), "type": _kind(run_dir),
                **{k: res[k] for k in ("wer", "cer", "num_parameters", "model_size_mb", "num_utterances")}}
         if lm and tune_split:
             from offline_kd.commands import tune_lm
-            tuned = tune_lm.run(str(ckpt), lm, alphas or [alpha], betas or [beta], tune_split, split, corpus,
-                                beam_width, 1, device, log=lambda *_: None)["test"]
+            tuned = tune_lm.run(str(ckpt), lm, alphas or [alpha], betas or [beta], dev_split=tune_split,
+                                test_split=split, corpus_dir=corpus, beam_width=beam_width, num_processes=1,
+                                device=device, log=lambda *_: None)["test"]
             row.update({"beam_wer": tuned["beam_wer"], "beam_cer": tuned["beam_cer"], "alpha": tuned["alpha"],
                         "beta": tuned["beta"]})
         elif lm:
-            beam = evaluate.run(str(ckpt), split, corpus, device, decoder="beam", lm=lm, alpha=alpha, beta=beta,
+            beam = evaluate.run(str(ckpt), split, corpus_dir=corpus, device=device, decoder="beam", lm=lm, alpha=alpha, beta=beta,
                                 beam_width=beam_width, log=log)
             row.update({"beam_wer": beam["wer"], "beam_cer": beam["cer"]})
         eps = _epochs(run_dir)

@@ -30,7 +30,7 @@ def _decoder(vocab, lm, beam_width, num_processes):
         raise OfflineKDError(str(exc)) from None
 
 
-def run(checkpoint: str, lm: str, alphas: list[float], betas: list[float], dev_split: str = "dev",
+def run(checkpoint: str, lm: str, alphas: list[float], betas: list[float], *, dev_split: str = "dev",
         test_split: str | None = "test", corpus_dir: str | None = None, beam_width: int = 32,
         num_processes: int = 1, device: str = "auto", out: str | None = None, log=print) -> dict:
     dev = resolve_device(device)

@@ -107,7 +107,7 @@ def make_scheduler(optimizer, cfg, total_steps: int):
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, model: BiLSTMCTC, vocab: Vocabulary, train_dataset,
                  train_lengths: np.ndarray, train_indices: np.ndarray, dev_reader: Optional[SplitReader],
-                 dev_indices: Optional[np.ndarray], loss_fn: LossFn, device: torch.device,
+                 dev_indices: Optional[np.ndarray], loss_fn: LossFn, device: torch.device, *,
                  collate_fn=None, extra_meta: Optional[dict] = None,
                  rank: int = 0, world_size: int = 1, sampler=None):
         self.cfg, self.model, self.vocab, self.device = cfg, model, vocab, device
