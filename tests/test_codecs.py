@@ -80,11 +80,11 @@ def test_int8_hidden_bound():
 @pytest.mark.parametrize("coeff", ["float16", "int8"])
 def test_lowrank_hidden_exact_rank_and_truncated(coeff):
     x = _hidden(rank=8)                         # the data has rank 8 before tanh: mostly low-rank
-    full = LowRankHidden(32, 32, coeff).with_state(**LowRankHidden(32, 32).fit(x))
+    full = LowRankHidden(32, 32, coeff).with_state(LowRankHidden(32, 32).fit(x).state())
     y = _roundtrip(full, x)
     tol = 2e-3 if coeff == "float16" else 3e-2
     assert np.abs(y - x).max() < tol
-    y8 = _roundtrip(LowRankHidden(32, 8, coeff).with_state(**LowRankHidden(32, 8).fit(x)), x)
+    y8 = _roundtrip(LowRankHidden(32, 8, coeff).with_state(LowRankHidden(32, 8).fit(x).state()), x)
     rel = ((y8 - x) ** 2).sum() / (x ** 2).sum()
     assert rel < 0.05
 
@@ -95,10 +95,10 @@ def test_lowrank_int8_whitening_keeps_small_components():
     c = rng.normal(size=(500, 4)) * np.array([100.0, 1.0, 0.3, 0.1])
     q, _ = np.linalg.qr(rng.normal(size=(16, 4)))
     x = (c @ q.T).astype(np.float32)
-    state = LowRankHidden(16, 4).fit(x)
+    state = LowRankHidden(16, 4).fit(x).state()
     np.testing.assert_allclose(np.sort(state["scale"])[::-1], c.std(0)[np.argsort(-c.std(0))], rtol=0.15)
-    white = _roundtrip(LowRankHidden(16, 4, "int8").with_state(**state), x)
-    plain = _roundtrip(LowRankHidden(16, 4, "int8").with_state(state["basis"], state["mean"]), x)  # scale 1
+    white = _roundtrip(LowRankHidden(16, 4, "int8").with_state(state), x)
+    plain = _roundtrip(LowRankHidden(16, 4, "int8").with_state({"basis": state["basis"], "mean": state["mean"]}), x)  # scale 1
     small = q[:, 1:]                              # the error along the small components
     err_white = (((white - x) @ small) ** 2).sum()
     err_plain = (((plain - x) @ small) ** 2).sum()
@@ -111,9 +111,9 @@ def test_lowrank_log_probs_normalised_exact_at_full_rank_and_close_truncated():
     z = rng.normal(size=(800, r)) @ rng.normal(size=(r, v)) * 2.0          # logits of rank 6
     z[:, 0] += 5.0                                                         # a dominant "blank"
     x = (z - np.log(np.exp(z).sum(1, keepdims=True))).astype(np.float32)
-    state = LowRankLogProbs(v, r + 1).fit(x)     # + 1: the per-frame centring leaves the rank at most unchanged
+    state = LowRankLogProbs(v, r + 1).fit(x).state()     # + 1: the per-frame centring leaves the rank at most unchanged
     for coeff, tol in (("float16", 1e-5), ("int8", 1e-3)):
-        codec = log_prob_codec(LowRankLogProbs(v, r + 1, coeff).to_dict()).with_state(**state)
+        codec = log_prob_codec(LowRankLogProbs(v, r + 1, coeff).to_dict()).with_state(state)
         y = _roundtrip(codec, x)
         assert y.dtype == np.float32
         np.testing.assert_allclose(np.exp(y.astype(np.float64)).sum(1), 1.0, atol=1e-5)
@@ -121,7 +121,7 @@ def test_lowrank_log_probs_normalised_exact_at_full_rank_and_close_truncated():
         kl = (p * (x - y)).sum(1)
         assert kl.mean() < tol, (coeff, kl.mean())
         assert (y.argmax(1) == x.argmax(1)).mean() > 0.99
-    two = LowRankLogProbs(v, 2, "float16").with_state(**LowRankLogProbs(v, 2).fit(x))
+    two = LowRankLogProbs(v, 2, "float16").with_state(LowRankLogProbs(v, 2).fit(x).state())
     kl2 = (np.exp(x.astype(np.float64)) * (x - _roundtrip(two, x))).sum(1).mean()
     assert kl2 > 1e-2                        # too few components for rank-6 logits: a real approximation error
 
@@ -174,7 +174,7 @@ def test_topk_prior_tail_normalises_and_beats_uniform_on_a_shaped_tail():
     prior = np.log(np.exp(x.astype(np.float64)).mean(0))
     spec = TopKLogProbs(50, k=4, tail="prior").to_dict()
     assert spec["tail"] == "prior" and "prior" not in spec   # the fitted prior lives in the cache, not the spec
-    codec = log_prob_codec(spec).with_prior(prior)
+    codec = log_prob_codec(spec).with_state({"prior": prior})
     y = _roundtrip(codec, x)
     np.testing.assert_allclose(np.exp(y.astype(np.float64)).sum(1), 1.0, atol=3e-3)
     uni = TopKLogProbs(50, k=4).decode(TopKLogProbs(50, k=4).encode(x))
@@ -193,7 +193,7 @@ def test_topk_lowrank_tail_keeps_head_and_tail_mass_and_shapes_the_tail():
     assert np.median(np.exp(x.max(1))) > 0.8
     spec = TopKLogProbs(v, k=4, coverage=0.999, tail="lowrank", tail_rank=r + 1).to_dict()
     assert spec["tail"] == "lowrank" and spec["tail_rank"] == r + 1
-    codec = log_prob_codec(spec).with_state(**LowRankLogProbs(v, r + 1).fit(x))
+    codec = log_prob_codec(spec).with_state(LowRankLogProbs(v, r + 1).fit(x).state())
     enc = codec.encode(x)
     y = _roundtrip(codec, x)
     np.testing.assert_allclose(np.exp(y.astype(np.float64)).sum(1), 1.0, atol=2e-3)
@@ -228,11 +228,11 @@ def test_lowrank_step_quantiser_meets_its_target_error_and_refuses_an_impossible
         codec = LowRankHidden(d, d, "step", target)
         spec = codec.to_dict()
         assert spec["target_error"] == target
-        state = codec.fit(fit_x)
+        state = codec.fit(fit_x).state()
         assert state["step"].shape == (1,)
         arrays = codec.arrays()
         assert [(a.suffix, a.dtype, a.transpose) for a in arrays] == [("/codes", "int8", True)]
-        y = _roundtrip(hidden_codec(spec).with_state(**state), x)
+        y = _roundtrip(hidden_codec(spec).with_state(state), x)
         rel = ((y - x) ** 2).sum() / (x ** 2).sum()
         assert 0.6 * target < rel < 1.3 * target, (target, rel)   # fitted on other frames of the same source
     with pytest.raises(Exception, match="raise lowrank_rank"):

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import zarr
 
-from offline_kd.cache.codecs import LowRankHidden, LowRankLogProbs, TopKLogProbs, hidden_codec, log_prob_codec
+from offline_kd.cache.codecs import codec_from_spec, load_state
 from offline_kd.cache.layout import field_arrays, open_group, read_meta
 from offline_kd.errors import OfflineKDError
 
@@ -23,24 +23,11 @@ except ImportError:       # pragma: no cover - another zarr 3 layout: read the a
     _zarr_sync = None
 
 
-def _lowrank_state(root: zarr.Group, path: str) -> dict:
-    """A low-rank codec's fitted arrays (`scale` is absent in caches written before it existed)."""
-    g = root[path]
-    return {k: g[k][:] for k in ("basis", "mean", "scale", "step") if k in g}
-
-
 def build_codecs(meta: dict, root: zarr.Group):
-    lp = log_prob_codec(meta["codecs"]["log_probs"])
-    if isinstance(lp, TopKLogProbs) and lp.tail == "prior":
-        lp = lp.with_prior(root["prior/log_probs"][:])
-    if isinstance(lp, LowRankLogProbs) or (isinstance(lp, TopKLogProbs) and lp.tail == "lowrank"):
-        lp = lp.with_state(**_lowrank_state(root, "lowrank/log_probs"))
-    hidden = {}
-    for layer, spec in meta["codecs"]["hidden"].items():
-        codec = hidden_codec(spec)
-        if isinstance(codec, LowRankHidden):
-            codec = codec.with_state(**_lowrank_state(root, f"lowrank/hidden_{layer}"))
-        hidden[int(layer)] = codec
+    """The cache's codecs from their stored specs, with their fitted state read from the cache."""
+    lp = load_state(codec_from_spec("log_probs", meta["codecs"]["log_probs"]), "log_probs", root)
+    hidden = {int(layer): load_state(codec_from_spec("hidden", spec), f"hidden_{layer}", root)
+              for layer, spec in meta["codecs"]["hidden"].items()}
     return lp, hidden
 
 

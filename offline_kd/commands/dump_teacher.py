@@ -24,8 +24,7 @@ from tqdm import tqdm
 
 from offline_kd import __version__
 from offline_kd.cache import integrity
-from offline_kd.cache.codecs import (Float16Hidden, Float16LogProbs, Float32Hidden, Float32LogProbs, Int8Hidden,
-                                     LowRankHidden, LowRankLogProbs, SampledLogProbs, TopKLogProbs)
+from offline_kd.cache.codecs import codec_from_spec, state_arrays
 from offline_kd.cache.layout import FORMAT_VERSION, META_KEY, field_arrays, open_group
 from offline_kd.cache.reader import build_codecs
 from offline_kd.cache.writer import SplitWriter, create_split, finalize_split, shard_frame_count, shards_done
@@ -39,24 +38,30 @@ from offline_kd.training.checkpoint import file_sha256, model_from_checkpoint, w
 from offline_kd.training.inference import iterate_outputs, loader_for, sorted_batches
 
 
-def make_codecs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int]):
-    lp = {"float32": lambda: Float32LogProbs(num_classes), "float16": lambda: Float16LogProbs(num_classes),
-          "topk": lambda: TopKLogProbs(num_classes, c.topk_k, c.topk_coverage, c.topk_tail,
-                                       tail_rank=min(c.logits_rank, num_classes), tail_coeff=c.logits_coeff),
-          "sampled": lambda: SampledLogProbs(num_classes, c.sampled_n),
-          "lowrank": lambda: LowRankLogProbs(num_classes, min(c.logits_rank, num_classes), c.logits_coeff)}
-    if c.log_probs not in lp:
-        raise OfflineKDError(f"dump.codecs.log_probs: unknown codec '{c.log_probs}' ({' | '.join(lp)})")
-    hid = {"float32": Float32Hidden, "float16": Float16Hidden, "int8": Int8Hidden}
+def codec_specs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int]) -> tuple[dict, dict[int, dict]]:
+    """The stored specs of the codecs a dump config asks for (ranks capped at the field's width)."""
+    lp = {"name": c.log_probs, "num_classes": num_classes}
+    if c.log_probs == "topk":
+        lp.update(k=c.topk_k, coverage=c.topk_coverage, tail=c.topk_tail)
+        if c.topk_tail == "lowrank":
+            lp.update(tail_rank=min(c.logits_rank, num_classes), tail_coeff=c.logits_coeff)
+    elif c.log_probs == "sampled":
+        lp.update(samples=c.sampled_n)
+    elif c.log_probs == "lowrank":
+        lp.update(rank=min(c.logits_rank, num_classes), coeff=c.logits_coeff)
     hidden = {}
     for layer, dim in layer_dims.items():
+        h = {"name": c.hidden, "dim": dim}
         if c.hidden == "lowrank":
-            hidden[layer] = LowRankHidden(dim, min(c.lowrank_rank, dim), c.lowrank_coeff, c.lowrank_target_error)
-        elif c.hidden in hid:
-            hidden[layer] = hid[c.hidden](dim)
-        else:
-            raise OfflineKDError(f"dump.codecs.hidden: unknown codec '{c.hidden}' (float32 | float16 | int8 | lowrank)")
-    return lp[c.log_probs](), hidden
+            h.update(rank=min(c.lowrank_rank, dim), coeff=c.lowrank_coeff, target_error=c.lowrank_target_error)
+        hidden[layer] = h
+    return lp, hidden
+
+
+def make_codecs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int]):
+    lp_spec, hidden_specs = codec_specs(c, num_classes, layer_dims)
+    return (codec_from_spec("log_probs", lp_spec, "dump.codecs.log_probs"),
+            {L: codec_from_spec("hidden", s, "dump.codecs.hidden") for L, s in hidden_specs.items()})
 
 
 def _plan(cfg: DumpConfig, corpus: Corpus, model, log):
@@ -92,16 +97,12 @@ def _identity(meta: dict, plans: dict) -> str:
 
 def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -> dict[str, np.ndarray]:
     """Fitted codec state, as {cache array path: array}, from the first `lowrank_fit_frames` frames of the first
-    split: each layer's low-rank basis (hidden `lowrank`), the logits' basis (log-probs `lowrank`, top-k `lowrank`
-    tail), the mean teacher distribution (top-k `prior` tail). Empty when no codec needs one."""
-    lowrank = cfg.codecs.hidden == "lowrank"
-    prior = isinstance(lp_codec, TopKLogProbs) and lp_codec.tail == "prior"
-    shape = lp_codec.shape if isinstance(lp_codec, TopKLogProbs) and lp_codec.tail == "lowrank" else None
-    logits = lp_codec if isinstance(lp_codec, LowRankLogProbs) else shape
-    if not (lowrank or prior or logits is not None):
+    split, for every codec that needs one (`fit_required`). Empty when none does."""
+    fit_lp = lp_codec.fit_required
+    layers = sorted(L for L, c in hidden_codecs.items() if c.fit_required)
+    if not (fit_lp or layers):
         return {}
     first = plans[cfg.splits[0]]
-    layers = sorted(hidden_codecs) if lowrank else []
     collected = {L: [] for L in layers}
     lps, n, limit = [], 0, cfg.codecs.lowrank_fit_frames
     loader = loader_for(first["reader"], vocab, first["batches"])
@@ -110,28 +111,21 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -
         for b, t in enumerate(out_len.tolist()):
             for L in layers:
                 collected[L].append(hidden[L][b, :t].float().cpu().numpy())
-            if prior or logits is not None:
+            if fit_lp:
                 lps.append(lp[b, :t])
             n += t
         if n >= limit:
             break
-    ranks = [c.rank for c in hidden_codecs.values()] if lowrank else []
-    ranks += [logits.rank] if logits is not None else []
-    if ranks and n < max(ranks):
-        raise OfflineKDError(f"dump.codecs: a low-rank codec asks for rank {max(ranks)}, more than the {n} frames "
+    needed = max([lp_codec.fit_frames_needed if fit_lp else 0] + [hidden_codecs[L].fit_frames_needed for L in layers])
+    if n < needed:
+        raise OfflineKDError(f"dump.codecs: a low-rank codec asks for rank {needed}, more than the {n} frames "
                              f"available to fit its basis; lower lowrank_rank / logits_rank or raise "
                              f"dump.codecs.lowrank_fit_frames")
     state = {}
-    lp_all = np.concatenate(lps)[:limit] if lps else None
-    if prior:
-        mean_p = np.exp(lp_all.astype(np.float64)).mean(0)
-        state["prior/log_probs"] = np.log(np.maximum(mean_p, 1e-30)).astype(np.float32)
-    if logits is not None:
-        for k, arr in logits.fit(lp_all).items():
-            state[f"lowrank/log_probs/{k}"] = arr
+    if fit_lp:
+        state.update(state_arrays(lp_codec.fit(np.concatenate(lps)[:limit]), "log_probs"))
     for L in layers:
-        for k, arr in hidden_codecs[L].fit(np.concatenate(collected[L])[:limit]).items():
-            state[f"lowrank/hidden_{L}/{k}"] = arr
+        state.update(state_arrays(hidden_codecs[L].fit(np.concatenate(collected[L])[:limit]), f"hidden_{L}"))
     log(f"fitting codec state ({', '.join(sorted({k.rsplit('/', 1)[0] for k in state}))}) on {min(n, limit)} "
         f"frames")
     return state
