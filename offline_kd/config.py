@@ -137,7 +137,10 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class CodecConfig:
-    log_probs: str = "float16"          # float32 | float16 | topk | sampled | lowrank
+    # Each field's codec as its stored spec: a name (`float16`) or a mapping (`{name: topk, k: 8, coverage: 0.999,
+    # tail: lowrank, tail_rank: 112}`, the settings of docs/cache-format.md; num_classes / dim are filled in).
+    # The flat keys below are the older way to give settings; they still work, with a deprecation message.
+    log_probs: Union[str, dict] = "float16"   # float32 | float16 | topk | sampled | lowrank
     logits_rank: int = 32               # coefficients per frame for lowrank log-probs (and topk_tail lowrank)
     logits_coeff: str = "int8"          # float16 | int8 (whitened)
     sampled_n: int = 32                 # tokens drawn per frame for sampled
@@ -145,7 +148,7 @@ class CodecConfig:
     topk_coverage: Optional[float] = None  # if set, per-frame k = smallest reaching this probability mass (<= topk_k)
     topk_tail: str = "uniform"          # uniform | prior | lowrank: how decoding spreads the tail mass over tokens
                                         # not kept (lowrank: shaped by logits_rank coefficients per frame)
-    hidden: str = "float16"             # float32 | float16 | int8 | lowrank
+    hidden: Union[str, dict] = "float16"      # float32 | float16 | int8 | lowrank
     lowrank_rank: int = 256             # coefficients per frame and layer for lowrank hidden states
     lowrank_fit_frames: int = 20000     # frames the fitted state (bases, prior) is computed on
     lowrank_coeff: str = "float16"      # float16 | int8 (whitened) | step (one fitted quantiser step)

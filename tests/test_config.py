@@ -75,3 +75,34 @@ def test_the_commands_that_read_a_config_take_set():
     with_set = {name for name, opts in commands(main) if "--set" in opts}
     assert with_set == {"train", "train-student", "dump-teacher"}
     assert with_config - with_set == {"ablate"}
+
+
+def test_codec_specs_in_the_config_are_the_stored_specs():
+    """`codecs.log_probs: {name: topk, k: 8, ...}` gives the same codecs as the older flat keys, which still load
+    with a deprecation message; mixing the two or leaving out the name is a one-line error."""
+    import pytest as _pytest
+    from offline_kd.commands.dump_teacher import make_codecs
+    from offline_kd.config import DumpConfig, build_dataclass
+    from offline_kd.errors import OfflineKDError
+    nested = build_dataclass(DumpConfig, {"codecs": {
+        "log_probs": {"name": "topk", "k": 8, "coverage": 0.999, "tail": "lowrank", "tail_rank": 112},
+        "hidden": {"name": "lowrank", "rank": 1024, "coeff": "step", "target_error": 0.0085}}}).codecs
+    flat = build_dataclass(DumpConfig, {"codecs": {
+        "log_probs": "topk", "topk_k": 8, "topk_coverage": 0.999, "topk_tail": "lowrank", "logits_rank": 112,
+        "hidden": "lowrank", "lowrank_rank": 1024, "lowrank_coeff": "step", "lowrank_target_error": 0.0085}}).codecs
+    said = []
+    a = make_codecs(nested, 1229, {2: 768, 4: 768}, log=said.append)
+    assert not said
+    b = make_codecs(flat, 1229, {2: 768, 4: 768}, log=said.append)
+    assert a == b and a[1][2].rank == 768                            # ranks capped at the width
+    assert len(said) == 2 and all("deprecated" in m for m in said)
+    assert "codecs.log_probs: {name: topk, k: 8" in said[0]
+    assert make_codecs(build_dataclass(DumpConfig, {"codecs": {"log_probs": "float16"}}).codecs, 9, {1: 4},
+                       log=said.append)[0].name == "float16" and len(said) == 2      # a bare name: no warning
+    for bad, message in (({"log_probs": {"name": "topk", "k": 8}, "topk_k": 4}, "give its settings there"),
+                         ({"log_probs": {"k": 8}}, "needs a 'name'"),
+                         ({"log_probs": {"name": "topk", "kk": 8}}, "bad settings for codec 'topk'"),
+                         ({"log_probs": {"name": "nope"}}, "unknown codec 'nope'"),
+                         ({"hidden": {"name": "int8", "dim": 3}}, "taken from the teacher")):
+        with _pytest.raises(OfflineKDError, match=message):
+            make_codecs(build_dataclass(DumpConfig, {"codecs": bad}).codecs, 9, {1: 4}, log=said.append)

@@ -38,28 +38,70 @@ from offline_kd.training.checkpoint import file_sha256, model_from_checkpoint, w
 from offline_kd.training.inference import iterate_outputs, loader_for, sorted_batches
 
 
-def codec_specs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int]) -> tuple[dict, dict[int, dict]]:
-    """The stored specs of the codecs a dump config asks for (ranks capped at the field's width)."""
-    lp = {"name": c.log_probs, "num_classes": num_classes}
-    if c.log_probs == "topk":
-        lp.update(k=c.topk_k, coverage=c.topk_coverage, tail=c.topk_tail)
-        if c.topk_tail == "lowrank":
-            lp.update(tail_rank=min(c.logits_rank, num_classes), tail_coeff=c.logits_coeff)
-    elif c.log_probs == "sampled":
-        lp.update(samples=c.sampled_n)
-    elif c.log_probs == "lowrank":
-        lp.update(rank=min(c.logits_rank, num_classes), coeff=c.logits_coeff)
+FLAT_KEYS = {"log_probs": ("topk_k", "topk_coverage", "topk_tail", "logits_rank", "logits_coeff", "sampled_n"),
+             "hidden": ("lowrank_rank", "lowrank_coeff", "lowrank_target_error")}
+
+
+def _flat_spec(c: CodecConfig, field: str) -> dict:
+    """The spec that the older flat keys describe."""
+    if field == "log_probs":
+        spec = {"name": c.log_probs}
+        if c.log_probs == "topk":
+            spec.update(k=c.topk_k, coverage=c.topk_coverage, tail=c.topk_tail)
+            if c.topk_tail == "lowrank":
+                spec.update(tail_rank=c.logits_rank, tail_coeff=c.logits_coeff)
+        elif c.log_probs == "sampled":
+            spec.update(samples=c.sampled_n)
+        elif c.log_probs == "lowrank":
+            spec.update(rank=c.logits_rank, coeff=c.logits_coeff)
+        return spec
+    spec = {"name": c.hidden}
+    if c.hidden == "lowrank":
+        spec.update(rank=c.lowrank_rank, coeff=c.lowrank_coeff, target_error=c.lowrank_target_error)
+    return spec
+
+
+def codec_specs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int], log=print) -> tuple[dict, dict]:
+    """The stored specs of the codecs a dump config asks for: `codecs.log_probs` / `codecs.hidden` are specs
+    (a name or a mapping of settings); the older flat keys still work, with a deprecation message. Ranks are capped
+    at the field's width."""
+    defaults = CodecConfig()
+    specs = {}
+    for field in ("log_probs", "hidden"):
+        value = getattr(c, field)
+        flat = [k for k in FLAT_KEYS[field] if getattr(c, k) != getattr(defaults, k)]
+        if isinstance(value, dict):
+            if flat:
+                raise OfflineKDError(f"dump.codecs.{field} is a mapping, so give its settings there, not in "
+                                     f"{', '.join('dump.codecs.' + k for k in flat)}")
+            if "name" not in value:
+                raise OfflineKDError(f"dump.codecs.{field}: the mapping needs a 'name' (e.g. {{name: topk, k: 8}})")
+            specs[field] = dict(value)
+        else:
+            specs[field] = _flat_spec(c, field)
+            if flat:
+                shown = ", ".join(f"{k}: {v}" for k, v in specs[field].items())
+                log(f"warning: dump.codecs flat keys ({', '.join(flat)}) are deprecated; write "
+                    f"codecs.{field}: {{{shown}}}")
+    for key in ("num_classes", "dim"):
+        for field in ("log_probs", "hidden"):
+            if key in specs[field]:
+                raise OfflineKDError(f"dump.codecs.{field}.{key} is taken from the teacher; leave it out")
+    lp = {**specs["log_probs"], "num_classes": num_classes}
+    for key in ("rank", "tail_rank"):
+        if isinstance(lp.get(key), int):
+            lp[key] = min(lp[key], num_classes)
     hidden = {}
     for layer, dim in layer_dims.items():
-        h = {"name": c.hidden, "dim": dim}
-        if c.hidden == "lowrank":
-            h.update(rank=min(c.lowrank_rank, dim), coeff=c.lowrank_coeff, target_error=c.lowrank_target_error)
+        h = {**specs["hidden"], "dim": dim}
+        if isinstance(h.get("rank"), int):
+            h["rank"] = min(h["rank"], dim)
         hidden[layer] = h
     return lp, hidden
 
 
-def make_codecs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int]):
-    lp_spec, hidden_specs = codec_specs(c, num_classes, layer_dims)
+def make_codecs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int], log=print):
+    lp_spec, hidden_specs = codec_specs(c, num_classes, layer_dims, log)
     return (codec_from_spec("log_probs", lp_spec, "dump.codecs.log_probs"),
             {L: codec_from_spec("hidden", s, "dump.codecs.hidden") for L, s in hidden_specs.items()})
 
@@ -223,7 +265,7 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     if not cfg.splits:
         raise OfflineKDError("dump.splits: give at least one split")
     layer_dims = {L: model.hidden_size for L in layers}
-    lp_codec, hidden_codecs = make_codecs(cfg.codecs, model.config.num_classes, layer_dims)
+    lp_codec, hidden_codecs = make_codecs(cfg.codecs, model.config.num_classes, layer_dims, log)
     plans = _plan(cfg, corpus, model, log)
 
     meta = {
