@@ -16,6 +16,26 @@ def frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last axis from log-probabilities, 0 * log 0 counted as 0 (sparse targets give -inf)."""
+    p = p_log.exp()
+    return torch.where(p > 0, p * (p_log - q_log), torch.zeros_like(p)).sum(-1)
+
+
+def _tempered(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float):
+    """(student, teacher) log_softmax(x / T) in float32, the teacher cut to the student's frames."""
+    t_max = student_log_probs.shape[0]
+    return (F.log_softmax(student_log_probs.float() / temperature, dim=-1),
+            F.log_softmax(teacher_log_probs[:t_max].float() / temperature, dim=-1))
+
+
+def _frame_mean(values: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * the mean of per-frame `values` (T, B) over the frames in `mask` (T, B); 0 when none is."""
+    if not mask.any():
+        return values.new_zeros((), dtype=torch.float32)
+    return (values * mask).sum() / mask.sum() * temperature ** 2
+
+
 def soft_kd_loss(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, lengths: torch.Tensor,
                  temperature: float) -> torch.Tensor:
     """T^2 * mean over valid frames of KL(softmax(teacher/T) || softmax(student/T)).
@@ -23,15 +43,11 @@ def soft_kd_loss(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tenso
     Both inputs are log-probabilities at temperature 1, `(T, B, V)`. Because log_softmax(log_softmax(z)/T) ==
     log_softmax(z/T), re-tempering cached temperature-1 log-probs is exact.
     """
-    t_max = student_log_probs.shape[0]
-    mask = frame_mask(lengths, t_max).transpose(0, 1)                      # (T, B)
+    mask = frame_mask(lengths, student_log_probs.shape[0]).transpose(0, 1)          # (T, B)
     if not mask.any():
         return student_log_probs.new_zeros((), dtype=torch.float32)
-    s = F.log_softmax(student_log_probs.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_log_probs[:t_max].float() / temperature, dim=-1)
-    p = t.exp()
-    kl = torch.where(p > 0, p * (t - s), torch.zeros_like(p)).sum(-1)       # (T, B)
-    return (kl * mask).sum() / mask.sum() * temperature ** 2
+    s, t = _tempered(student_log_probs, teacher_log_probs, temperature)
+    return _frame_mean(_kl(t, s), mask, temperature)
 
 
 def spike_frames(teacher_log_probs: torch.Tensor, lengths: torch.Tensor, context: int) -> torch.Tensor:
@@ -50,15 +66,11 @@ def spike_frames(teacher_log_probs: torch.Tensor, lengths: torch.Tensor, context
 def selected_kd_loss(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, lengths: torch.Tensor,
                      temperature: float, context: int) -> torch.Tensor:
     """T^2 * mean over the frames selected by `spike_frames` of KL(teacher/T || student/T); 0 with no spike."""
-    t_max = student_log_probs.shape[0]
-    sel = spike_frames(teacher_log_probs[:t_max], lengths, context)
+    sel = spike_frames(teacher_log_probs[:student_log_probs.shape[0]], lengths, context)
     if not sel.any():
         return student_log_probs.new_zeros((), dtype=torch.float32)
-    s = F.log_softmax(student_log_probs.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_log_probs[:t_max].float() / temperature, dim=-1)
-    p = t.exp()
-    kl = torch.where(p > 0, p * (t - s), torch.zeros_like(p)).sum(-1)
-    return (kl * sel).sum() / sel.sum() * temperature ** 2
+    s, t = _tempered(student_log_probs, teacher_log_probs, temperature)
+    return _frame_mean(_kl(t, s), sel, temperature)
 
 
 def collapsed_kd_loss(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, lengths: torch.Tensor,
@@ -66,22 +78,17 @@ def collapsed_kd_loss(student_log_probs: torch.Tensor, teacher_log_probs: torch.
     """T^2 * mean over valid frames of KL between the (blank, token, rest) collapses of the tempered teacher and
     student distributions, `token` being the teacher's most likely non-blank token at that frame (Panchapagesan et
     al. 2021: the teacher's ranking of the tail is not imitated, only how sure it is of blank and of its token)."""
-    t_max = student_log_probs.shape[0]
-    mask = frame_mask(lengths, t_max).transpose(0, 1)
+    mask = frame_mask(lengths, student_log_probs.shape[0]).transpose(0, 1)
     if not mask.any():
         return student_log_probs.new_zeros((), dtype=torch.float32)
-    s = F.log_softmax(student_log_probs.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_log_probs[:t_max].float() / temperature, dim=-1)
+    s, t = _tempered(student_log_probs, teacher_log_probs, temperature)
     token = t[..., 1:].argmax(-1, keepdim=True) + 1                              # (T, B, 1)
 
     def collapse(lp):
         other = lp.scatter(-1, token, float("-inf"))
         other = torch.cat([torch.full_like(other[..., :1], float("-inf")), other[..., 1:]], -1)
         return torch.stack([lp[..., 0], lp.gather(-1, token)[..., 0], torch.logsumexp(other, -1)], -1)
-    cs, ct = collapse(s), collapse(t)
-    pt = ct.exp()
-    kl = torch.where(pt > 0, pt * (ct - cs), torch.zeros_like(pt)).sum(-1)
-    return (kl * mask).sum() / mask.sum() * temperature ** 2
+    return _frame_mean(_kl(collapse(t), collapse(s)), mask, temperature)
 
 
 def ctc_loss(log_probs: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor,
