@@ -108,6 +108,7 @@ class DistillConfig:
     spike_context: int = 2              # blank frames kept on each side of a spike (kl_frames: spikes)
     kl_target: str = "full"             # full | collapsed: KL over (blank, teacher's token, rest) only
     kd_start_epoch: int = 1             # epochs before it train on CTC alone (warm-up off the blank plateau)
+    verify_reads: bool = True           # check every cached utterance's crc32 when it is read (cost: docs/benchmarks.md)
 
     def __post_init__(self):
         sched = self.temperature_schedule

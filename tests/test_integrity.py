@@ -136,3 +136,63 @@ def test_the_seal_format_is_stable(tmp_path):
     assert array_sha256(ids) == "d09eb9f09faa1fc89322c56c04ad95e70631ab034f356f9d0a83fb3542e022a3"
     assert array_sha256(n) == "a2efa6d04d3a36c07f9f4908303bf07b6ca0a0fc3bc419880eddd675e62bd626"
     assert meta_sha256(g, ["dev"]) == "dee1d05a6e4b73ba66e73ab40cd9f88c5ca223a46a0af946a94d3df0c36bbe66"
+
+
+def _distill_cfg(tiny_corpus, cache, out, **distill):
+    from helpers import experiment_dict
+    from offline_kd.config import ExperimentConfig, build_dataclass
+    d = experiment_dict(tiny_corpus, out, epochs=1)
+    d["distill"] = {"cache": str(cache), "temperature_schedule": [[1, 1.0]], "layer_mapping": {1: 1, 2: 3},
+                    **distill}
+    return build_dataclass(ExperimentConfig, d)
+
+
+@pytest.fixture()
+def f16_cache(tiny_teacher, tiny_corpus, tmp_path):
+    out = tmp_path / "c.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["train"],
+                              codecs={"log_probs": "float16", "hidden": "float16"}), **QUIET)
+    return out
+
+
+def test_train_student_refuses_a_changed_value_naming_the_utterance(f16_cache, tiny_corpus, tmp_path):
+    from offline_kd.cache.reader import TeacherCache
+    from offline_kd.commands import train_student
+    from offline_kd.errors import OfflineKDError
+    _corrupt(zarr.open_array(str(f16_cache / "train" / "log_probs"), mode="r+"))
+    split = TeacherCache(str(f16_cache)).split("train")
+    frames = split.offsets
+    bad = split.utterance_ids[int(np.searchsorted(frames, frames[-1] // 2, side="right") - 1)]
+    with pytest.raises(OfflineKDError, match=f"utterance {bad}: the stored bytes .* do not match the checksum"):
+        train_student.run(_distill_cfg(tiny_corpus, f16_cache, tmp_path / "run"), **QUIET)
+    # the check can be turned off for a cache the user has verified (here: to show it is the check that refuses)
+    train_student.run(_distill_cfg(tiny_corpus, f16_cache, tmp_path / "unchecked", verify_reads=False), **QUIET)
+
+
+def test_a_missing_object_is_refused_not_read_as_zeros(f16_cache, tiny_corpus, tmp_path):
+    from offline_kd.commands import train_student
+    from offline_kd.errors import OfflineKDError
+    objects = sorted(f for f in (f16_cache / "train" / "hidden_3" / "c").rglob("*") if f.is_file())
+    objects[len(objects) // 2].unlink()                     # zarr would read these frames back as fill value 0
+    with pytest.raises(OfflineKDError, match="do not match the checksum"):
+        train_student.run(_distill_cfg(tiny_corpus, f16_cache, tmp_path / "run"), **QUIET)
+    res = verify_cache(str(f16_cache), **QUIET)
+    assert not res["ok"] and any("checksum mismatch" in p for p in res["problems"])
+
+
+def test_a_truncated_object_is_a_one_line_error_in_verify_and_train_student(f16_cache, tiny_corpus, tmp_path):
+    from click.testing import CliRunner
+    from helpers import write_yaml
+    from offline_kd.cli import main
+    obj = sorted(f for f in (f16_cache / "train" / "log_probs" / "c").rglob("*") if f.is_file())[0]
+    obj.write_bytes(obj.read_bytes()[: obj.stat().st_size // 2])
+    res = CliRunner().invoke(main, ["cache", "verify", str(f16_cache)])
+    assert res.exit_code == 1 and "array log_probs: cannot read frames" in res.output
+    assert "Traceback" not in res.output and len(res.output.splitlines()) < 10
+    cfg = _distill_cfg(tiny_corpus, f16_cache, tmp_path / "run")
+    from dataclasses import asdict
+    y = write_yaml(tmp_path / "s.yaml", asdict(cfg))
+    res = CliRunner().invoke(main, ["train-student", "--config", str(y)])
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert len(errors) == 1 and "array log_probs: cannot read frames" in errors[0], res.output

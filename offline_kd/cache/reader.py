@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 
 from offline_kd.cache.codecs import codec_from_spec, load_state
-from offline_kd.cache.layout import field_arrays, open_group, read_meta
+from offline_kd.cache.layout import field_arrays, open_group, read_meta, utterance_checksum
 from offline_kd.errors import OfflineKDError
 
 try:                      # zarr's own bridge from sync code to its event loop (what Array.__getitem__ uses)
@@ -43,6 +43,8 @@ class CacheSplit:
         self.feature_hashes = [str(h) for h in g["feature_sha256"][:]]
         self.position = {u: i for i, u in enumerate(self.utterance_ids)}
         self.paths = [p for p, *_ in field_arrays(cache.lp_codec, cache.hidden_codecs)]
+        # per-utterance crc32 of the stored bytes, checked on every read (a complete split has them)
+        self.checksums = g["checksum"][:] if cache.verify_reads and self.attrs.get("complete") else None
         self._arrays = None
         self._pid = None
 
@@ -71,11 +73,39 @@ class CacheSplit:
         a, b = int(self.offsets[lo]), int(self.offsets[hi])
         arrays = self._arr()
         if _zarr_sync is None:
-            return {p: arr[a:b] for p, arr in arrays.items()}
+            results = []
+            for arr in arrays.values():
+                try:
+                    results.append(arr[a:b])
+                except Exception as exc:  # noqa: BLE001 - zarr raises many types for damaged objects
+                    results.append(exc)
+        else:
+            async def fetch():
+                return await asyncio.gather(*(arr.async_array.getitem(slice(a, b)) for arr in arrays.values()),
+                                            return_exceptions=True)
+            results = _zarr_sync(fetch())
+        for path, res in zip(arrays, results):
+            if isinstance(res, BaseException):
+                first = (str(res).splitlines() or [""])[0][:160]
+                raise OfflineKDError(f"{self.cache.path}: split {self.name}, array {path}: cannot read frames "
+                                     f"{a}..{b} (utterances {self.utterance_ids[lo]} ...): {res.__class__.__name__}: "
+                                     f"{first}; the cache is damaged: run `offline-kd cache verify "
+                                     f"{self.cache.path}`")
+        return dict(zip(arrays, results))
 
-        async def fetch():
-            return await asyncio.gather(*(arr.async_array.getitem(slice(a, b)) for arr in arrays.values()))
-        return dict(zip(arrays, _zarr_sync(fetch())))
+    def check(self, raw: dict, lo: int, hi: int) -> None:
+        """Refuse bytes that do not match the checksums the dump wrote (a changed value, or a missing object that
+        zarr would silently read back as its fill value)."""
+        if self.checksums is None:
+            return
+        base = int(self.offsets[lo])
+        for p in range(lo, hi):
+            a, b = int(self.offsets[p]) - base, int(self.offsets[p + 1]) - base
+            if utterance_checksum(raw, a, b) != int(self.checksums[p]):
+                raise OfflineKDError(f"{self.cache.path}: split {self.name}, utterance {self.utterance_ids[p]}: the "
+                                     f"stored bytes of its arrays ({', '.join(sorted(raw))}) do not match the "
+                                     f"checksum the dump wrote; the cache is corrupted (run `offline-kd cache verify "
+                                     f"{self.cache.path}`; verify_reads: false skips this check)")
 
     def decode(self, raw: dict) -> dict:
         """Encoded arrays -> {"log_probs": (F, V) float32, "hidden": {L: (F, H) float32}, "best_path": (F,)}."""
@@ -89,7 +119,9 @@ class CacheSplit:
 
     def read_range(self, lo: int, hi: int, layers=None) -> list[dict]:
         """Decoded utterances at positions lo..hi-1, each {"log_probs", "hidden", "best_path"} (numpy)."""
-        dec = self.decode(self.read_raw(lo, hi))
+        raw = self.read_raw(lo, hi)
+        self.check(raw, lo, hi)
+        dec = self.decode(raw)
         base = int(self.offsets[lo])
         out = []
         for p in range(lo, hi):
@@ -103,8 +135,10 @@ class CacheSplit:
 
 
 class TeacherCache:
-    def __init__(self, path: str, storage_options: dict | None = None, require_complete: bool = True):
+    def __init__(self, path: str, storage_options: dict | None = None, require_complete: bool = True,
+                 verify_reads: bool = True):
         self.path = str(path)
+        self.verify_reads = verify_reads
         self.root = open_group(self.path, "r", storage_options)
         self.meta = read_meta(self.root, self.path)
         if require_complete and not self.meta.get("complete"):

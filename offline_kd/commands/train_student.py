@@ -53,7 +53,7 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
                 raise OfflineKDError(f"distill.layer_mapping: teacher layer {t} out of range 1..{teacher.config.num_layers}")
         log(f"online distillation from {online_teacher} (the cache is not used)")
     else:
-        cache = TeacherCache(d.cache, d.storage_options)
+        cache = TeacherCache(d.cache, d.storage_options, verify_reads=d.verify_reads)
         split = cache.split(cfg.data.train_split)
         check_cache(cache, split, train_reader, train_idx, corpus.vocab, cfg.model, mapping)
         teacher_dims = cache.layer_dims
