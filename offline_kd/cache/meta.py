@@ -1,0 +1,106 @@
+"""The cache's metadata (root attribute `offline_kd`) as a typed record: what the dump writes, what readers read,
+and the identity that decides whether a rerun resumes. Keys a newer writer adds are kept in `extra` and written
+back unchanged, so a round trip never loses them."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from offline_kd.cache.layout import FORMAT_VERSION
+from offline_kd.errors import OfflineKDError
+
+
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class CacheMeta:
+    format_version: int
+    tool_version: str
+    complete: bool
+    created: str
+    teacher: dict                 # path, sha256 (file), weights_sha256, model_config
+    vocab: dict
+    vocab_sha256: str
+    corpus: str
+    subsampling: int
+    num_classes: int
+    layers: dict                  # {"L": hidden width}
+    codecs: dict                  # {"log_probs": spec, "hidden": {"L": spec}, "compressor", "level"}
+    chunk_frames: int
+    shard_frames: int
+    splits: list
+    device_type: str
+    dump_config: dict             # the resolved dump config, without storage options
+    identity_sha256: str = ""
+    completed: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------------------ stored form
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "cache") -> "CacheMeta":
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        missing = sorted(f.name for f in dataclasses.fields(cls)
+                         if f.name in names and f.default is dataclasses.MISSING and f.name not in d)
+        if missing:
+            raise OfflineKDError(f"{where}: cache metadata lacks {', '.join(missing)} (not written by offline-kd, "
+                                 f"or damaged)")
+        return cls(**{k: v for k, v in d.items() if k in names}, extra={k: v for k, v in d.items() if k not in names})
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "extra" and not (k == "completed" and v is None)}
+        return {**d, **self.extra}
+
+    # ------------------------------------------------------------------------------------------------ views
+    @property
+    def layer_dims(self) -> dict[int, int]:
+        return {int(k): int(v) for k, v in self.layers.items()}
+
+    def codec_names(self) -> tuple[str, dict[int, str]]:
+        return self.codecs["log_probs"]["name"], {int(k): v["name"] for k, v in self.codecs["hidden"].items()}
+
+    # ---------------------------------------------------------------------------------------------- changes
+    def identity(self, plans: dict) -> str:
+        """What must match for a rerun to resume rather than start over: teacher, vocabulary, data, settings."""
+        h = hashlib.sha256()
+        d = self.dump_config
+        keys = {k: d[k] for k in ("layers", "batch_size", "max_frames_per_batch", "chunk_frames", "shard_chunks",
+                                   "skip_invalid", "codecs", "splits")}
+        h.update(json.dumps([self.teacher["weights_sha256"], self.vocab_sha256, self.device_type, keys],
+                            sort_keys=True).encode())
+        for split, p in plans.items():
+            h.update(split.encode())
+            for u, fh in zip((p["reader"].utterance_ids[i] for i in p["order"]), p["hashes"]):
+                h.update(f"{u}:{fh}".encode())
+        return h.hexdigest()
+
+    def with_identity(self, plans: dict) -> "CacheMeta":
+        return dataclasses.replace(self, identity_sha256=self.identity(plans))
+
+    def completed_now(self) -> "CacheMeta":
+        return dataclasses.replace(self, complete=True, completed=_now())
+
+    @classmethod
+    def for_dump(cls, cfg, model, vocab, corpus_dir: str, lp_codec, hidden_codecs: dict, device_type: str,
+                 teacher_sha256: str, weights_sha256: str, tool_version: str) -> "CacheMeta":
+        layer_dims = {L: c.dim for L, c in hidden_codecs.items()}
+        return cls(
+            format_version=FORMAT_VERSION, tool_version=tool_version, complete=False, created=_now(),
+            teacher={"path": str(cfg.teacher), "sha256": teacher_sha256, "weights_sha256": weights_sha256,
+                     "model_config": asdict(model.config)},
+            vocab=vocab.to_dict(), vocab_sha256=vocab.sha256, corpus=corpus_dir,
+            subsampling=model.config.subsampling, num_classes=model.config.num_classes,
+            layers={str(L): d for L, d in layer_dims.items()},
+            codecs={"log_probs": lp_codec.to_dict(), "hidden": {str(L): c.to_dict() for L, c in hidden_codecs.items()},
+                    "compressor": cfg.codecs.compressor, "level": cfg.codecs.level},
+            chunk_frames=cfg.chunk_frames, shard_frames=cfg.chunk_frames * cfg.shard_chunks,
+            splits=list(cfg.splits), device_type=device_type,
+            dump_config={k: v for k, v in asdict(cfg).items() if k != "storage_options"})
