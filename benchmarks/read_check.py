@@ -65,7 +65,7 @@ def main():
                     train_student.run(build_dataclass(ExperimentConfig, d), log=lambda *_: None)
                     rows = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
                     train[check].append(next(x for x in rows if x["event"] == "epoch")["frames_per_second"])
-    name = cache.meta["codecs"]["log_probs"]["name"]
+    name = cache.meta.codecs["log_probs"]["name"]
     body = (f"`{command_line()}`\n\n{machine()}. Cache `{args.cache}` (log-probs `{name}`), split `{args.split}`, "
             f"batch {args.batch_size}, median of {args.runs} runs, alternating.\n\n"
             f"| read path | input frames/s |\n|---|---|\n| crc32 checked on every read (default) | {on:,.0f} |\n"

@@ -145,7 +145,7 @@ def main():
         tdims = {L: local.layer_dims[L] for L in mapping.values()}
         cfg = build_dataclass(ExperimentConfig, {
             "model": {"input_dim": corpus.feature_dim, "hidden_dim": args.student_hidden, "num_layers": 4,
-                      "num_classes": len(corpus.vocab), "dropout": 0.1, "subsampling": local.meta["subsampling"]},
+                      "num_classes": len(corpus.vocab), "dropout": 0.1, "subsampling": local.meta.subsampling},
             "distill": {"cache": "", "layer_mapping": mapping, "temperature_schedule": [[1, 1.0]]}})
         sampler = SortedRunBatchSampler(reader.lengths, np.arange(len(reader)), args.batch_size, None, seed=0)
         sampler.set_epoch(1)
@@ -159,7 +159,7 @@ def main():
     finally:
         proc.terminate()
     loc = median(res["local"])
-    codecs = local.meta["codecs"]
+    codecs = local.meta.codecs
     lines += ["### train-student throughput: local cache vs S3 cache\n",
               f"Cache `{args.cache}` (log_probs {codecs['log_probs']['name']}, hidden "
               f"{next(iter(codecs['hidden'].values()))['name']}) and its copy on a moto S3 server in another "

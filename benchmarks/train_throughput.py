@@ -80,7 +80,7 @@ def main():
     for spec in args.cache:
         name, path = spec.split("=", 1)
         c = TeacherCache(path)
-        caches[name] = (c.split(args.split), c.meta["codecs"])
+        caches[name] = (c.split(args.split), c.meta.codecs)
     results = {m: [] for m in ["ctc", *[f"offline:{n}" for n in caches], "online"]}
     for r in range(args.runs):
         for mode in results:

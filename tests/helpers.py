@@ -90,7 +90,7 @@ def assert_same_cache(a, b) -> None:
     assert x.keys() == y.keys()
     for k in x:
         np.testing.assert_array_equal(x[k], y[k], err_msg=k)
-    assert TeacherCache(str(b)).meta["complete"]
+    assert TeacherCache(str(b)).meta.complete
 
 
 

@@ -75,7 +75,7 @@ def test_compact_codecs_round_trip_through_a_cache(tiny_teacher, tiny_corpus, tm
     assert f["kl_T1_mean"] < 0.05
     assert all(e < 0.1 for e in f["hidden_relative_sq_error"].values())
     cache = TeacherCache(str(out))
-    assert cache.meta["codecs"]["log_probs"] == {"name": "topk", "num_classes": 9, "k": 4, "coverage": 0.999,
+    assert cache.meta.codecs["log_probs"] == {"name": "topk", "num_classes": 9, "k": 4, "coverage": 0.999,
                                                  "tail": "uniform"}
 
 
@@ -139,10 +139,10 @@ def test_fingerprints_and_overwrite_protection(tiny_teacher, tiny_corpus, tmp_pa
         "batch_size": 8, "chunk_frames": 32, "shard_chunks": 2, "progress": False, "device": "cpu",
         "codecs": {"log_probs": "float32", "hidden": "float32"}}}))])
     assert res.exit_code == 1 and "another teacher" in res.output and "--overwrite" in res.output
-    assert TeacherCache(str(base)).meta["identity_sha256"] == m0["identity_sha256"]   # untouched
+    assert TeacherCache(str(base)).meta.identity_sha256 == m0.identity_sha256   # untouched
     dump_teacher.run(dump_cfg(other, tiny_corpus, tmp_path / "o.zarr", splits=["dev"]), **QUIET)
     m1 = TeacherCache(str(tmp_path / "o.zarr")).meta
-    assert m1["teacher"]["sha256"] != m0["teacher"]["sha256"] and m1["identity_sha256"] != m0["identity_sha256"]
+    assert m1.teacher["sha256"] != m0.teacher["sha256"] and m1.identity_sha256 != m0.identity_sha256
     # one feature value changed
     changed = tmp_path / "changed"
     shutil.copytree(tiny_corpus, changed)
@@ -159,7 +159,7 @@ def test_fingerprints_and_overwrite_protection(tiny_teacher, tiny_corpus, tmp_pa
     p = c0.position[r.utterance_ids[0]]
     assert c0.feature_hashes[p] != c2.feature_hashes[p]
     assert sum(a != b for a, b in zip(c0.feature_hashes, c2.feature_hashes)) == 1
-    assert TeacherCache(str(tmp_path / "f.zarr")).meta["identity_sha256"] != m0["identity_sha256"]
+    assert TeacherCache(str(tmp_path / "f.zarr")).meta.identity_sha256 != m0.identity_sha256
     # a changed vocabulary
     from offline_kd.data.vocab import Vocabulary
     v = Corpus(tiny_corpus).vocab
@@ -220,7 +220,7 @@ def test_a_dump_whose_codec_fit_fails_can_be_rerun(tiny_teacher, tiny_corpus, tm
                                   codecs={**step, "lowrank_target_error": 1e-5}), **QUIET)
     dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["dev"],
                               codecs={**step, "lowrank_target_error": 0.02}), **QUIET)
-    assert TeacherCache(str(out)).meta["complete"]
+    assert TeacherCache(str(out)).meta.complete
 
 
 @pytest.mark.parametrize("codecs", [{"log_probs": "topk", "topk_k": 3, "topk_coverage": 0.99, "topk_tail": "prior",
@@ -268,3 +268,16 @@ def test_fitted_and_sparse_caches_dump_verify_and_train(codecs, tiny_teacher, ti
     train_student.run(build_dataclass(ExperimentConfig, d), **QUIET)
     rows = [json.loads(x) for x in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["train_total"]) for r in rows if r["event"] == "epoch")
+
+
+def test_cache_meta_round_trips_and_keeps_keys_it_does_not_know(tiny_teacher, tiny_corpus, tmp_path):
+    from offline_kd.cache.meta import CacheMeta
+    out = tmp_path / "c.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["dev"]), **QUIET)
+    stored = dict(zarr.open_group(str(out), mode="r").attrs["offline_kd"])
+    meta = CacheMeta.from_dict(stored)
+    assert meta.to_dict() == stored and meta.complete and meta.layer_dims == {1: 64, 3: 64}
+    newer = CacheMeta.from_dict({**stored, "written_by_a_newer_tool": [1, 2]})
+    assert newer.to_dict()["written_by_a_newer_tool"] == [1, 2]
+    with pytest.raises(OfflineKDError, match="lacks num_classes"):
+        CacheMeta.from_dict({k: v for k, v in stored.items() if k != "num_classes"}, "x.zarr")

@@ -99,5 +99,5 @@ def test_file_url_cache(tiny_teacher, tiny_corpus, tmp_path):
     url = f"file://{tmp_path}/sub/dir/c.zarr"                   # folders are created on the way
     dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, url, splits=["dev"]), **QUIET)
     cache = TeacherCache(url)
-    assert cache.meta["complete"] and len(cache.split("dev")) == 16
+    assert cache.meta.complete and len(cache.split("dev")) == 16
     assert (tmp_path / "sub" / "dir" / "c.zarr" / "zarr.json").is_file()

@@ -13,14 +13,14 @@ def check_cache(cache: TeacherCache, split, reader, indices: np.ndarray, vocab, 
                 layer_mapping: dict[int, int]) -> None:
     """Refuse, with the reason, a cache that does not match the corpus, the vocabulary or the student."""
     meta, path = cache.meta, cache.path
-    if meta["vocab_sha256"] != vocab.sha256:
+    if meta.vocab_sha256 != vocab.sha256:
         raise OfflineKDError(f"{path}: the cache was made with another vocabulary than {reader.path.parent}'s "
-                             f"(vocab sha256 {meta['vocab_sha256'][:12]} != {vocab.sha256[:12]})")
-    if meta["num_classes"] != model_cfg.num_classes:
-        raise OfflineKDError(f"{path}: cached log-probs have {meta['num_classes']} classes, "
+                             f"(vocab sha256 {meta.vocab_sha256[:12]} != {vocab.sha256[:12]})")
+    if meta.num_classes != model_cfg.num_classes:
+        raise OfflineKDError(f"{path}: cached log-probs have {meta.num_classes} classes, "
                              f"model.num_classes is {model_cfg.num_classes}")
-    if meta["subsampling"] != model_cfg.subsampling:
-        raise OfflineKDError(f"{path}: the teacher subsamples by {meta['subsampling']}, the student by "
+    if meta.subsampling != model_cfg.subsampling:
+        raise OfflineKDError(f"{path}: the teacher subsamples by {meta.subsampling}, the student by "
                              f"{model_cfg.subsampling} (model.subsampling); frames would not line up")
     for s, t in layer_mapping.items():
         if t not in cache.layer_dims:

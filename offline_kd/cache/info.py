@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from offline_kd.cache.layout import open_group, read_meta
+from offline_kd.cache.meta import CacheMeta
 from offline_kd.cache.writer import split_progress
 
 
@@ -15,13 +16,13 @@ def _stored_bytes(arr) -> int:
 
 def cache_info(path: str, storage_options: dict | None = None) -> dict:
     root = open_group(path, "r", storage_options)
-    meta = read_meta(root, path)
-    v = meta["num_classes"]
-    dims = {int(k): int(x) for k, x in meta["layers"].items()}
+    meta = CacheMeta.from_dict(read_meta(root, path), path)
+    v = meta.num_classes
+    dims = meta.layer_dims
     float32_per_frame = 4 * (v + sum(dims.values()))
     splits, totals = {}, {}
     total_frames = 0
-    for s in meta["splits"]:
+    for s in meta.splits:
         if s not in root:
             continue
         g = root[s]
@@ -44,12 +45,12 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
     all_bytes = sum(totals.values()) + sum(_stored_bytes(a) for _, a in root.members(max_depth=None)
                                            if _.startswith("lowrank") and hasattr(a, "nbytes_stored"))
     return {
-        "path": path, "complete": bool(meta.get("complete")), "format_version": meta["format_version"],
-        "tool_version": meta["tool_version"], "created": meta["created"],
-        "teacher_sha256": meta["teacher"]["sha256"], "teacher_weights_sha256": meta["teacher"]["weights_sha256"],
-        "teacher_model_config": meta["teacher"]["model_config"], "vocab_sha256": meta["vocab_sha256"],
-        "identity_sha256": meta["identity_sha256"], "num_classes": v, "layers": dims,
-        "subsampling": meta["subsampling"], "codecs": meta["codecs"],
+        "path": path, "complete": meta.complete, "format_version": meta.format_version,
+        "tool_version": meta.tool_version, "created": meta.created,
+        "teacher_sha256": meta.teacher["sha256"], "teacher_weights_sha256": meta.teacher["weights_sha256"],
+        "teacher_model_config": meta.teacher["model_config"], "vocab_sha256": meta.vocab_sha256,
+        "identity_sha256": meta.identity_sha256, "num_classes": v, "layers": dims,
+        "subsampling": meta.subsampling, "codecs": meta.codecs,
         "utterances": sum(x["utterances"] for x in splits.values()), "frames": total_frames,
         "bytes_total": all_bytes, "bytes_per_field": totals, "bytes_per_frame": per_frame,
         "target_bytes_per_frame": target_per_frame, "float32_bytes_per_frame": float32_per_frame,

@@ -14,6 +14,7 @@ import numpy as np
 import zarr
 
 from offline_kd.cache.codecs import codec_from_spec, load_state
+from offline_kd.cache.meta import CacheMeta
 from offline_kd.cache.layout import field_arrays, open_group, read_meta, utterance_checksum
 from offline_kd.errors import OfflineKDError
 
@@ -23,11 +24,12 @@ except ImportError:       # pragma: no cover - another zarr 3 layout: read the a
     _zarr_sync = None
 
 
-def build_codecs(meta: dict, root: zarr.Group):
-    """The cache's codecs from their stored specs, with their fitted state read from the cache."""
-    lp = load_state(codec_from_spec("log_probs", meta["codecs"]["log_probs"]), "log_probs", root)
+def build_codecs(codecs: dict, root: zarr.Group):
+    """The cache's codecs from their stored specs (the metadata's `codecs`), with their fitted state read from the
+    cache."""
+    lp = load_state(codec_from_spec("log_probs", codecs["log_probs"]), "log_probs", root)
     hidden = {int(layer): load_state(codec_from_spec("hidden", spec), f"hidden_{layer}", root)
-              for layer, spec in meta["codecs"]["hidden"].items()}
+              for layer, spec in codecs["hidden"].items()}
     return lp, hidden
 
 
@@ -140,22 +142,22 @@ class TeacherCache:
         self.path = str(path)
         self.verify_reads = verify_reads
         self.root = open_group(self.path, "r", storage_options)
-        self.meta = read_meta(self.root, self.path)
-        if require_complete and not self.meta.get("complete"):
+        self.meta = CacheMeta.from_dict(read_meta(self.root, self.path), self.path)
+        if require_complete and not self.meta.complete:
             from offline_kd.cache.writer import split_progress
             done = {s: f"{split_progress(self.root[s])[1]}/{self.root[s].attrs.get('num_utterances')}"
-                    for s in self.meta.get("splits", []) if s in self.root and self.root[s].attrs.get("created")}
+                    for s in self.meta.splits if s in self.root and self.root[s].attrs.get("created")}
             raise OfflineKDError(f"{self.path}: the cache is incomplete (utterances written per split: {done}); "
                                  f"rerun the same `offline-kd dump-teacher` command to finish it")
-        self.lp_codec, self.hidden_codecs = build_codecs(self.meta, self.root)
+        self.lp_codec, self.hidden_codecs = build_codecs(self.meta.codecs, self.root)
         self.layers = sorted(self.hidden_codecs)
-        self.layer_dims = {int(k): int(v) for k, v in self.meta["layers"].items()}
+        self.layer_dims = self.meta.layer_dims
 
     @property
     def splits(self) -> list[str]:
-        return list(self.meta["splits"])
+        return list(self.meta.splits)
 
     def split(self, name: str) -> CacheSplit:
-        if name not in self.meta["splits"]:
+        if name not in self.meta.splits:
             raise OfflineKDError(f"{self.path}: split '{name}' is not in the cache (has: {', '.join(self.splits)})")
         return CacheSplit(self, name)

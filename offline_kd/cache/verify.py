@@ -60,7 +60,7 @@ def structural_check(cache: TeacherCache, log=print) -> dict:
         sums, whole = _stored_checksums(split)       # an incomplete split: only what is written
         if np.any(np.diff(split.offsets) < 0) or split.offsets[0] != 0:
             problems.append(f"{s}: offsets are not increasing")
-        expected = output_frames(split.input_frames, cache.meta["subsampling"])
+        expected = output_frames(split.input_frames, cache.meta.subsampling)
         bad_len = np.nonzero(np.diff(split.offsets) != expected)[0]
         problems += [f"{s}/{split.utterance_ids[i]}: {int(np.diff(split.offsets)[i])} frames stored, "
                      f"{int(expected[i])} expected" for i in bad_len[:10]]
@@ -98,10 +98,10 @@ def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, l
     from offline_kd.training.checkpoint import file_sha256, model_from_checkpoint
     from offline_kd.training.inference import resolve_device
     dev = resolve_device(device)
-    if file_sha256(teacher_path) != cache.meta["teacher"]["sha256"]:
+    if file_sha256(teacher_path) != cache.meta.teacher["sha256"]:
         log(f"warning: {teacher_path} is not the checkpoint file the cache was made from (sha256 differs)")
     model, vocab, _ = model_from_checkpoint(teacher_path, dev)
-    corpus = Corpus(cache.meta["corpus"])
+    corpus = Corpus(cache.meta.corpus)
     layers = cache.layers
     kls = {t: [] for t in TEMPERATURES}
     agree, frames, herr_num, herr_den = 0, 0, {L: 0.0 for L in layers}, {L: 0.0 for L in layers}
@@ -143,7 +143,7 @@ def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, l
 def verify_cache(path: str, teacher: str | None = None, sample: int = 32, device: str = "auto",
                  storage_options: dict | None = None, log=print) -> dict:
     cache = TeacherCache(path, storage_options, require_complete=False, verify_reads=False)   # checked here
-    res = {"path": path, "complete": bool(cache.meta.get("complete"))}
+    res = {"path": path, "complete": bool(cache.meta.complete)}
     problems = []
     if not res["complete"]:
         problems.append("cache is incomplete (rerun the same dump-teacher command to finish it)")

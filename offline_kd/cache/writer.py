@@ -173,6 +173,16 @@ class SplitWriter:
         self._send(_ABORT)
         self.thread.join()
 
+    def __enter__(self) -> "SplitWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Without an error: write what is left (close); with one: stop at once (abort) and let it propagate."""
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
     # ---------------------------------------------------------------------------------------- writer thread
     def _run(self) -> None:
         try:

@@ -58,8 +58,7 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
         check_cache(cache, split, train_reader, train_idx, corpus.vocab, cfg.model, mapping)
         teacher_dims = cache.layer_dims
         log(f"cache {d.cache}: {len(split)} utterances, {split.num_frames} frames, "
-            f"log_probs {cache.meta['codecs']['log_probs']['name']}, hidden "
-            f"{ {int(k): v['name'] for k, v in cache.meta['codecs']['hidden'].items()} }")
+            f"log_probs {cache.meta.codec_names()[0]}, hidden {cache.meta.codec_names()[1]}")
 
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model).to(device)
@@ -78,7 +77,7 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
                                     cfg.data.max_frames_per_batch, seed=cfg.train.seed, rank=env.rank,
                                     world_size=env.world_size)
     meta = {"distillation": {"cache": None if online_teacher else d.cache, "online_teacher": online_teacher,
-                             "cache_identity": None if online_teacher else cache.meta["identity_sha256"],
+                             "cache_identity": None if online_teacher else cache.meta.identity_sha256,
                              "projections": {"layer_mapping": mapping, "teacher_dims": teacher_dims}}}
     last = Path(cfg.train.output_dir) / "checkpoint_last.pt"
     if resume and last.is_file():

@@ -1,0 +1,102 @@
+"""The cache store's lifecycle on the writing side: refuse what must not be replaced, prepare (or find, to resume)
+the root, the fitted codec state and every split's arrays, seal a finished cache, and say which batches a rank
+still has to compute. Reading is in reader.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import zarr
+
+from offline_kd.cache import integrity
+from offline_kd.cache.layout import META_KEY, field_arrays, open_group
+from offline_kd.cache.meta import CacheMeta
+from offline_kd.cache.reader import build_codecs
+from offline_kd.cache.writer import create_split, finalize_split
+from offline_kd.config import DumpConfig
+from offline_kd.errors import OfflineKDError
+
+
+def refuse_foreign_directory(output: str, overwrite: bool) -> None:
+    """A local directory that holds files but no offline-kd cache is never replaced, even with --overwrite
+    (`--set dump.output=data/demo` must not wipe a corpus)."""
+    if "://" in output:
+        return
+    p = Path(output)
+    if p.is_dir() and any(p.iterdir()):
+        meta = p / "zarr.json"
+        node = json.loads(meta.read_text() or "{}") if meta.is_file() else {}
+        if [e.name for e in p.iterdir()] == ["zarr.json"] and node.get("node_type") == "group" \
+                and not node.get("attributes"):
+            return                       # an empty group: what a dump that failed before writing anything leaves
+        if not meta.is_file() or META_KEY not in node.get("attributes", {}):
+            raise OfflineKDError(f"{output} is a non-empty directory that is not an offline-kd cache; "
+                                 f"choose another dump.output (it is never replaced, not even with --overwrite)")
+
+
+def prepare_store(cfg: DumpConfig, meta: CacheMeta, plans: dict, fit_state: Callable[[], dict], overwrite: bool,
+                  log) -> dict:
+    """(rank 0 only) Open, check or (re)create the cache and every split's arrays before any rank writes."""
+    refuse_foreign_directory(cfg.output, overwrite)
+    root = open_group(cfg.output, "a", cfg.storage_options)
+    old = root.attrs.get(META_KEY)
+    resume = False
+    if isinstance(old, dict):
+        if old.get("identity_sha256") == meta.identity_sha256 and not overwrite:
+            resume = True
+            if old.get("complete"):
+                return {"resume": True, "complete": True}
+        elif not overwrite:
+            raise OfflineKDError(
+                f"{cfg.output} holds a cache from another teacher, corpus or dump config "
+                f"(teacher {old.get('teacher', {}).get('sha256', '?')[:12]}, created {old.get('created', '?')}); "
+                f"use --overwrite to replace it or choose another dump.output")
+    elif len(list(root.keys())) and not overwrite:
+        raise OfflineKDError(f"{cfg.output} exists and is not an offline-kd cache; use --overwrite or another path")
+    if not resume:
+        # fit before anything is replaced: a fit that fails must not have wiped the old cache
+        fitted = fit_state()
+        root = open_group(cfg.output, "w", cfg.storage_options)
+        for path, arr in fitted.items():
+            a = root.create_array(path, shape=arr.shape, dtype="float32", chunks=arr.shape)
+            a[:] = arr
+        root.attrs.update({META_KEY: meta.to_dict()})
+    codecs = build_codecs(meta.codecs, root)     # with any fitted state stored above
+    fields = field_arrays(codecs[0], codecs[1])
+    for split in cfg.splits:
+        if resume and split in root and root[split].attrs.get("created"):
+            continue                               # (a split killed while being created is made again)
+        p = plans[split]
+        reader = p["reader"]
+        create_split(root, split, [reader.utterance_ids[i] for i in p["order"]], p["offsets"],
+                     reader.lengths[p["order"]], p["hashes"], fields, cfg.chunk_frames, cfg.shard_chunks,
+                     cfg.codecs.compressor, cfg.codecs.level)
+    return {"resume": resume, "complete": False}
+
+
+def needed_batches(p: dict, mine: np.ndarray, shard_frames: int) -> list[tuple[int, list[int]]]:
+    """(plan position of the first utterance, batch) for every batch whose frames reach into a shard in `mine`."""
+    offsets, starts = p["offsets"], np.cumsum([0] + [len(b) for b in p["batches"]])
+    wanted = np.zeros(int(-(-offsets[-1] // shard_frames)) + 1, dtype=np.int64)
+    wanted[mine] = 1
+    cum = np.concatenate([[0], np.cumsum(wanted)])
+    out = []
+    for bi, batch in enumerate(p["batches"]):
+        lo, hi = int(offsets[starts[bi]]), int(offsets[starts[bi + 1]])
+        if hi > lo and cum[(hi - 1) // shard_frames + 1] - cum[lo // shard_frames] > 0:
+            out.append((int(starts[bi]), batch))
+    return out
+
+
+def finalize(root: zarr.Group, splits: list[str], lp_codec, hidden_codecs: dict) -> None:
+    """(one process, after every writer finished) Gather each split's checksums, then store the complete metadata
+    and its integrity seal in one attribute write, so a complete cache is always sealed."""
+    for split in splits:
+        if not root[split].attrs.get("complete"):
+            finalize_split(root[split])
+    meta = CacheMeta.from_dict(dict(root.attrs[META_KEY])).completed_now().to_dict()
+    seal = integrity.seal(root, meta, list(splits), [p for p, *_ in field_arrays(lp_codec, hidden_codecs)])
+    root.attrs.update({META_KEY: meta, integrity.INTEGRITY_KEY: seal})
