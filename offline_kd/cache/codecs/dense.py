@@ -33,11 +33,9 @@ class _Dense(CodecBase):
         return np.asarray(a[""], dtype=np.float32)
 
 
-@register_codec
 @dataclass(frozen=True, eq=False)
-class Float32LogProbs(_Dense):
+class _DenseLogProbs(_Dense):
     field: ClassVar[str] = "log_probs"
-    name: ClassVar[str] = "float32"
     num_classes: int
 
     @property
@@ -45,24 +43,9 @@ class Float32LogProbs(_Dense):
         return self.num_classes
 
 
-@register_codec
 @dataclass(frozen=True, eq=False)
-class Float16LogProbs(_Dense):
-    field: ClassVar[str] = "log_probs"
-    name: ClassVar[str] = "float16"
-    dtype: ClassVar[str] = "float16"
-    num_classes: int
-
-    @property
-    def width(self) -> int:
-        return self.num_classes
-
-
-@register_codec
-@dataclass(frozen=True, eq=False)
-class Float32Hidden(_Dense):
+class _DenseHidden(_Dense):
     field: ClassVar[str] = "hidden"
-    name: ClassVar[str] = "float32"
     dim: int
 
     @property
@@ -72,15 +55,28 @@ class Float32Hidden(_Dense):
 
 @register_codec
 @dataclass(frozen=True, eq=False)
-class Float16Hidden(_Dense):
-    field: ClassVar[str] = "hidden"
+class Float32LogProbs(_DenseLogProbs):
+    name: ClassVar[str] = "float32"
+
+
+@register_codec
+@dataclass(frozen=True, eq=False)
+class Float16LogProbs(_DenseLogProbs):
     name: ClassVar[str] = "float16"
     dtype: ClassVar[str] = "float16"
-    dim: int
 
-    @property
-    def width(self) -> int:
-        return self.dim
+
+@register_codec
+@dataclass(frozen=True, eq=False)
+class Float32Hidden(_DenseHidden):
+    name: ClassVar[str] = "float32"
+
+
+@register_codec
+@dataclass(frozen=True, eq=False)
+class Float16Hidden(_DenseHidden):
+    name: ClassVar[str] = "float16"
+    dtype: ClassVar[str] = "float16"
 
 
 @register_codec
