@@ -29,7 +29,7 @@ def check_cache(cache: TeacherCache, split, reader, indices: np.ndarray, vocab, 
         if not 1 <= s <= model_cfg.num_layers:
             raise OfflineKDError(f"distill.layer_mapping: student layer {s} out of range 1..{model_cfg.num_layers}")
     missing, changed, frames = [], [], []
-    hashes = reader.feature_hashes or [reader.compute_feature_hash(i) for i in range(len(reader))]
+    hashes = reader.all_feature_hashes()
     for i in indices:
         u = reader.utterance_ids[i]
         p = split.position.get(u)

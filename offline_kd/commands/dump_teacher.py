@@ -112,7 +112,7 @@ def _plan(cfg: DumpConfig, corpus: Corpus, model, log):
         order = [i for b in batches for i in b]
         out_frames = output_frames(reader.lengths[order], s)
         offsets = np.concatenate([[0], np.cumsum(out_frames)]).astype(np.int64)
-        hashes = reader.feature_hashes or [reader.compute_feature_hash(i) for i in range(len(reader))]
+        hashes = reader.all_feature_hashes()
         plans[split] = {"reader": reader, "batches": batches, "order": order, "offsets": offsets,
                         "hashes": [hashes[i] for i in order]}
     return plans

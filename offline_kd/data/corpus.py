@@ -157,6 +157,10 @@ class SplitReader:
     def compute_feature_hash(self, i: int) -> str:
         return feature_sha256(self.features(i))
 
+    def all_feature_hashes(self) -> list[str]:
+        """Every utterance's feature sha256: the stored ones, or computed for a split written before they were."""
+        return self.feature_hashes or [self.compute_feature_hash(i) for i in range(len(self))]
+
 
 class Corpus:
     """A corpus directory: its vocabulary, feature dimension and splits."""

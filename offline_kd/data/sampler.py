@@ -41,7 +41,35 @@ def shard_batches(batches: list, rank: int, world_size: int) -> list:
     return batches[rank:n * world_size:world_size]
 
 
-class BucketBatchSampler:
+class _EpochBatches:
+    """The epoch logic both samplers share: an epoch's batches are a pure function of (seed, epoch), made once per
+    epoch (not again for every len()) and dealt out to this rank."""
+
+    def _init_epochs(self, seed: int, rank: int, world_size: int) -> None:
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+        self._made: tuple[int, list] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _make(self, rng: np.random.Generator) -> list[list[int]]:
+        raise NotImplementedError
+
+    def batches(self) -> list[list[int]]:
+        if self._made is None or self._made[0] != self.epoch:
+            out = self._make(np.random.default_rng([self.seed, self.epoch]))
+            self._made = (self.epoch, shard_batches(out, self.rank, self.world_size))
+        return self._made[1]
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.batches())
+
+
+class BucketBatchSampler(_EpochBatches):
     def __init__(self, lengths: np.ndarray, indices: np.ndarray, batch_size: int | None = 16,
                  max_frames: int | None = None, num_buckets: int = 10, shuffle: bool = True, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
@@ -51,36 +79,23 @@ class BucketBatchSampler:
         self.indices = np.asarray(indices)
         self.batch_size, self.max_frames = batch_size, max_frames
         self.num_buckets = max(1, num_buckets)
-        self.shuffle, self.seed = shuffle, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
+        self.shuffle = shuffle
+        self._init_epochs(seed, rank, world_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def batches(self) -> list[list[int]]:
+    def _make(self, rng: np.random.Generator) -> list[list[int]]:
         sorted_pos = np.argsort(self.lengths[self.indices], kind="stable")
         if not self.shuffle:
-            out = make_batches(self.lengths, self.indices, self.batch_size, self.max_frames, sorted_pos)
-        else:
-            rng = np.random.default_rng([self.seed, self.epoch])
-            out = []
-            for bucket in np.array_split(sorted_pos, self.num_buckets):
-                if len(bucket):
-                    out.extend(make_batches(self.lengths, self.indices, self.batch_size, self.max_frames,
-                                            rng.permutation(bucket)))
-            perm = rng.permutation(len(out))
-            out = [out[i] for i in perm]
-        return shard_batches(out, self.rank, self.world_size)
-
-    def __iter__(self):
-        return iter(self.batches())
-
-    def __len__(self) -> int:
-        return len(self.batches())
+            return make_batches(self.lengths, self.indices, self.batch_size, self.max_frames, sorted_pos)
+        out = []
+        for bucket in np.array_split(sorted_pos, self.num_buckets):
+            if len(bucket):
+                out.extend(make_batches(self.lengths, self.indices, self.batch_size, self.max_frames,
+                                        rng.permutation(bucket)))
+        perm = rng.permutation(len(out))
+        return [out[i] for i in perm]
 
 
-class SortedRunBatchSampler:
+class SortedRunBatchSampler(_EpochBatches):
     """Batches of consecutive utterances in dump order (longest first, ties by index): each batch is one contiguous
     range of a teacher cache, so reading its targets is one read per stored array.
 
@@ -92,24 +107,12 @@ class SortedRunBatchSampler:
                  max_frames: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1):
         self.lengths, self.indices = np.asarray(lengths), np.asarray(indices)
         self.order = np.argsort(-self.lengths[self.indices], kind="stable")
-        self.batch_size, self.max_frames, self.seed = batch_size, max_frames, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
+        self.batch_size, self.max_frames = batch_size, max_frames
+        self._init_epochs(seed, rank, world_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def batches(self) -> list[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def _make(self, rng: np.random.Generator) -> list[list[int]]:
         shift = int(rng.integers(0, max(1, (self.batch_size or 8))))
         head = make_batches(self.lengths, self.indices, self.batch_size, self.max_frames, self.order[:shift])
         tail = make_batches(self.lengths, self.indices, self.batch_size, self.max_frames, self.order[shift:])
         out = head + tail
-        out = [out[i] for i in rng.permutation(len(out))]
-        return shard_batches(out, self.rank, self.world_size)
-
-    def __iter__(self):
-        return iter(self.batches())
-
-    def __len__(self) -> int:
-        return len(self.batches())
+        return [out[i] for i in rng.permutation(len(out))]
