@@ -203,6 +203,25 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+@dataclass(frozen=True)
+class AblationConfig:
+    """`offline-kd ablate`'s config (see offline_kd/commands/ablate.py)."""
+    base: Union[str, dict] = ""                 # a distillation config path (relative to the ablation file) or mapping
+    output_dir: str = "runs/ablation"
+    parallel: int = 1                           # runs at a time
+    grid: dict = field(default_factory=dict)    # dotted key -> list of values (cartesian product)
+    runs: list = field(default_factory=list)    # [{name, set: {dotted key: value}}]
+    evaluate: list = field(default_factory=lambda: ["dev", "test"])
+    lm: Optional[str] = None                    # a KenLM model adds beam-search columns
+    lm_alpha: float = 0.5
+    lm_beta: float = 1.0
+
+    def __post_init__(self):
+        if not self.base:
+            raise OfflineKDError("ablation: 'base' (a distillation config) is required")
+        _at_least("ablation", self, parallel=1)
+
+
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):

@@ -106,3 +106,15 @@ def test_codec_specs_in_the_config_are_the_stored_specs():
                          ({"hidden": {"name": "int8", "dim": 3}}, "taken from the teacher")):
         with _pytest.raises(OfflineKDError, match=message):
             make_codecs(build_dataclass(DumpConfig, {"codecs": bad}).codecs, 9, {1: 4}, log=said.append)
+
+
+def test_ablation_config_is_a_dataclass_with_key_paths_in_errors(tmp_path):
+    from click.testing import CliRunner
+    from offline_kd.cli import main
+    for body, message in (("base: x.yaml\nrunz: []\n", "unknown config key 'ablation.runz'"),
+                          ("runs: []\n", "'base' (a distillation config) is required"),
+                          ("base: x.yaml\nparallel: 0\n", "parallel"),
+                          ("base: x.yaml\nlm_alpha: high\n", "ablation.lm_alpha: expected float")):
+        (tmp_path / "a.yaml").write_text(body)
+        res = CliRunner().invoke(main, ["ablate", "--config", str(tmp_path / "a.yaml")])
+        assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output, res.output

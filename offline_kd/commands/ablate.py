@@ -35,10 +35,9 @@ from pathlib import Path
 
 import yaml
 
-from offline_kd.config import ExperimentConfig, build_dataclass, read_yaml, set_dotted
+from offline_kd.config import AblationConfig, ExperimentConfig, build_dataclass, read_yaml, set_dotted
 from offline_kd.errors import OfflineKDError
 
-_KEYS = {"base", "output_dir", "parallel", "grid", "runs", "evaluate", "lm", "lm_alpha", "lm_beta"}
 
 
 def _short(key: str) -> str:
@@ -49,12 +48,10 @@ def _fmt(v) -> str:
     return json.dumps(v, separators=(",", ":")).replace('"', "") if not isinstance(v, (int, float, str)) else str(v)
 
 
-def expand(spec: dict) -> list[dict]:
+def expand(spec: AblationConfig) -> list[dict]:
     """-> [{"name", "overrides": {dotted key: value}}] from `grid` and `runs`."""
     out = []
-    grid = spec.get("grid") or {}
-    if not isinstance(grid, dict):
-        raise OfflineKDError("ablation 'grid' must map dotted keys to lists of values")
+    grid = spec.grid
     if grid:
         keys = list(grid)
         for k in keys:
@@ -63,7 +60,7 @@ def expand(spec: dict) -> list[dict]:
         for values in itertools.product(*(grid[k] for k in keys)):
             ov = dict(zip(keys, values))
             out.append({"name": ",".join(f"{_short(k)}={_fmt(v)}" for k, v in ov.items()), "overrides": ov})
-    for i, r in enumerate(spec.get("runs") or []):
+    for i, r in enumerate(spec.runs):
         if not isinstance(r, dict) or "name" not in r:
             raise OfflineKDError(f"ablation runs[{i}]: needs a 'name' (and 'set' overrides)")
         out.append({"name": str(r["name"]), "overrides": dict(r.get("set") or {})})
@@ -94,7 +91,7 @@ def _error(proc: subprocess.CompletedProcess) -> str:
     return lines[-1][:300] if lines else f"exit code {proc.returncode}"
 
 
-def run_one(run: dict, base: dict, spec: dict, outdir: Path, log) -> dict:
+def run_one(run: dict, base: dict, spec: AblationConfig, outdir: Path, log) -> dict:
     rdir = outdir / run["name"]
     done = rdir / "result.json"
     if done.is_file():
@@ -127,25 +124,25 @@ def run_one(run: dict, base: dict, spec: dict, outdir: Path, log) -> dict:
         log(f"[{run['name']}] failed: {row['error']}")
         return row
     row["train_seconds"] = round(time.time() - start, 1)
-    epochs = [json.loads(l) for l in (rdir / "metrics.jsonl").read_text().splitlines()
-              if '"event": "epoch"' in l]
+    records = [json.loads(line) for line in (rdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    epochs = [r for r in records if r.get("event") == "epoch"]
     best = [e for e in epochs if e.get("best")]
     row["best_epoch"] = best[-1]["epoch"] if best else None
     fps = [e["frames_per_second"] for e in epochs if "frames_per_second" in e]
     row["train_frames_per_second"] = round(sum(fps) / len(fps), 1) if fps else None
     ckpt = rdir / ("checkpoint_best.pt" if (rdir / "checkpoint_best.pt").is_file() else "checkpoint_last.pt")
-    for split in spec.get("evaluate") or ["dev", "test"]:
+    for split in spec.evaluate:
         ev = ["evaluate", "--checkpoint", str(ckpt), "--split", split, "--json"]
-        if spec.get("lm"):
-            ev += ["--decoder", "beam", "--lm", str(spec["lm"]), "--alpha", str(spec.get("lm_alpha", 0.5)),
-                   "--beta", str(spec.get("lm_beta", 1.0)), "--compare-greedy"]
+        if spec.lm:
+            ev += ["--decoder", "beam", "--lm", spec.lm, "--alpha", str(spec.lm_alpha), "--beta", str(spec.lm_beta),
+                   "--compare-greedy"]
         proc = subprocess.run(_cli(*ev), capture_output=True, text=True)
         if proc.returncode != 0:
             row["error"] = f"evaluate {split}: {_error(proc)}"
             log(f"[{run['name']}] failed: {row['error']}")
             return row
         res = json.loads(proc.stdout.strip().splitlines()[-1])
-        if spec.get("lm"):
+        if spec.lm:
             row[f"{split}_wer"], row[f"{split}_cer"] = res["greedy_wer"], res["greedy_cer"]
             row[f"{split}_beam_wer"], row[f"{split}_beam_cer"] = res["wer"], res["cer"]
         else:
@@ -183,14 +180,11 @@ def write_tables(rows: list[dict], outdir: Path, splits: list[str]) -> str:
 
 
 def run(config_path: str, parallel: int | None = None, log=print) -> dict:
-    spec = read_yaml(config_path)
-    unknown = set(spec) - _KEYS
-    if unknown:
-        raise OfflineKDError(f"{config_path}: unknown ablation key(s) {', '.join(sorted(unknown))} "
-                             f"(valid: {', '.join(sorted(_KEYS))})")
-    if "base" not in spec:
-        raise OfflineKDError(f"{config_path}: 'base' (a distillation config) is required")
-    base = spec["base"]
+    raw = read_yaml(config_path)
+    if not isinstance(raw, dict):
+        raise OfflineKDError(f"{config_path}: an ablation config is a mapping (base, runs, grid, ...)")
+    spec = build_dataclass(AblationConfig, raw, "ablation")
+    base = spec.base
     if isinstance(base, str):
         p = Path(base)
         base = read_yaml(p if p.is_absolute() or p.is_file() else Path(config_path).parent / p)
@@ -198,11 +192,11 @@ def run(config_path: str, parallel: int | None = None, log=print) -> dict:
         raise OfflineKDError(f"{config_path}: 'base' must be a distillation config (with a 'distill' section)")
     build_dataclass(ExperimentConfig, base)
     runs = expand(spec)
-    outdir = Path(spec.get("output_dir", "runs/ablation"))
+    outdir = Path(spec.output_dir)
     outdir.mkdir(parents=True, exist_ok=True)
-    n = int(parallel or spec.get("parallel", 1))
+    n = int(parallel or spec.parallel)
     log(f"{len(runs)} runs into {outdir}, {n} at a time")
     with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
         rows = list(pool.map(lambda r: run_one(r, base, spec, outdir, log), runs))
-    table = write_tables(rows, outdir, list(spec.get("evaluate") or ["dev", "test"]))
+    table = write_tables(rows, outdir, list(spec.evaluate))
     return {"table": table, "rows": rows, "output_dir": str(outdir)}
