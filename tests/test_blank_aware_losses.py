@@ -110,3 +110,18 @@ def test_kd_start_epoch_trains_on_ctc_alone_before_it():
     _, terms = loss_fn(model, batch, 3)
     assert {"soft", "ctc", "feature", "seq", "total"} <= set(terms)
     assert loss_fn.scalars(2)["train/kd_active"] == 0.0 and loss_fn.scalars(3)["train/kd_active"] == 1.0
+
+
+def test_empty_selections_give_float32_zeros_and_a_longer_teacher_is_cut_to_the_student():
+    s = torch.randn(4, 2, 6, generator=torch.Generator().manual_seed(3)).log_softmax(-1)
+    t = _peaky([[0, 3, 0, 0], [2, 0, 0, 0]])
+    for fn in (lambda a, b, n: soft_kd_loss(a, b, n, 2.0), lambda a, b, n: selected_kd_loss(a, b, n, 2.0, 1),
+               lambda a, b, n: collapsed_kd_loss(a, b, n, 2.0)):
+        zero = fn(s.half(), t.half(), torch.tensor([0, 0]))
+        assert zero.item() == 0.0 and zero.dtype == torch.float32 and zero.shape == ()
+        longer = torch.cat([t, _peaky([[4, 4], [5, 5]], seed=9)], 0)     # two extra teacher frames, with spikes
+        assert fn(s, longer, torch.tensor([4, 3])).item() == pytest.approx(fn(s, t, torch.tensor([4, 3])).item(),
+                                                                          rel=1e-6)
+    no_spike = _peaky([[0, 0, 0, 0], [0, 0, 0, 0]])
+    zero = selected_kd_loss(s.half(), no_spike.half(), torch.tensor([4, 3]), 2.0, 1)
+    assert zero.item() == 0.0 and zero.dtype == torch.float32 and zero.shape == ()

@@ -30,9 +30,8 @@ def _tempered(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, 
 
 
 def _frame_mean(values: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * the mean of per-frame `values` (T, B) over the frames in `mask` (T, B); 0 when none is."""
-    if not mask.any():
-        return values.new_zeros((), dtype=torch.float32)
+    """T^2 * the mean of per-frame `values` (T, B) over the frames in `mask` (T, B), which must not be empty (the
+    callers return 0 before computing anything)."""
     return (values * mask).sum() / mask.sum() * temperature ** 2
 
 
