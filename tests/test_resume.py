@@ -115,3 +115,34 @@ def test_train_student_resume_is_exact_including_the_projection_heads(f16_cache,
     _assert_equal_states(ea, eb)
     # the heads kept training after the resume (heads that never change would pass the equality trivially)
     assert all(not torch.equal(after_one[k], eb[k]) for k in eb)
+
+
+def test_metrics_after_a_mid_epoch_kill_and_resume_are_one_history(tiny_corpus, tmp_path):
+    """The killed run's step records past its last checkpoint are dropped on --resume (#13 item 8)."""
+    import json
+    from offline_kd.training import trainer as tr
+    cfg = build_dataclass(ExperimentConfig, experiment_dict(tiny_corpus, tmp_path / "run", epochs=2))
+    full = build_dataclass(ExperimentConfig, experiment_dict(tiny_corpus, tmp_path / "full", epochs=2))
+    train.run(full, **QUIET)
+    steps_per_epoch = sum(1 for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+                          if json.loads(line)["event"] == "step") // 2
+    orig = tr.Trainer._log
+
+    def log_then_kill(self, record, scalars=None):
+        orig(self, record, scalars)
+        if record.get("event") == "step" and record["step"] == steps_per_epoch + 3:   # 3 steps into epoch 2
+            raise Killed()
+    tr.Trainer._log = log_then_kill
+    try:
+        with pytest.raises(Killed):
+            train.run(cfg, **QUIET)
+    finally:
+        tr.Trainer._log = orig
+    train.run(cfg, resume=True, **QUIET)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r["event"] == "step"]
+    assert steps == list(range(1, 2 * steps_per_epoch + 1))          # each step once, in order
+    assert [r["epoch"] for r in rows if r["event"] == "epoch"] == [1, 2]
+    ref = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/total"] for r in rows if r["event"] == "step"] == \
+        [r["train/total"] for r in ref if r["event"] == "step"]

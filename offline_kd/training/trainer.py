@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -175,6 +176,25 @@ class Trainer:
         self.start_epoch, self.step, self.best_wer = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_wer"]
 
     # ------------------------------------------------------------------------------------------------ logs
+    def _truncate_metrics(self) -> None:
+        """On --resume: drop what the interrupted run logged after its last checkpoint (steps past it, a partly
+        logged epoch), so metrics.jsonl holds one history. Written to a temporary file and renamed into place."""
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if (r.get("event") == "step" and r.get("step", 0) > self.step) or \
+                    (r.get("event") == "epoch" and r.get("epoch", 0) >= self.start_epoch):
+                continue
+            keep.append(line)
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text("".join(x + "\n" for x in keep))
+        os.replace(tmp, path)
+
     def _log(self, record: dict, scalars: Optional[dict] = None) -> None:
         if not self.is_main:
             return
@@ -194,6 +214,8 @@ class Trainer:
             if not last.is_file():
                 raise OfflineKDError(f"--resume: no checkpoint at {last}")
             self.resume(last)
+            if self.is_main:
+                self._truncate_metrics()
         else:
             if last.is_file():
                 raise OfflineKDError(f"{self.out} already holds a run (checkpoint_last.pt); "
