@@ -109,6 +109,10 @@ class DistillConfig:
     kl_target: str = "full"             # full | collapsed: KL over (blank, teacher's token, rest) only
     kd_start_epoch: int = 1             # epochs before it train on CTC alone (warm-up off the blank plateau)
     verify_reads: bool = True           # check every cached utterance's crc32 when it is read (cost: docs/benchmarks.md)
+    # splits of untranscribed audio (cached like the training split) mixed into training: their CTC target is the
+    # teacher's 1-best; each epoch uses a fresh random `untranscribed_fraction` of them
+    untranscribed_splits: list = field(default_factory=list)
+    untranscribed_fraction: float = 1.0
 
     def __post_init__(self):
         sched = self.temperature_schedule
@@ -132,6 +136,11 @@ class DistillConfig:
             raise OfflineKDError("distill.kl_target collapsed works on all frames; set distill.kl_frames: all")
         if self.spike_context < 0:
             raise OfflineKDError(f"distill.spike_context must be >= 0, got {self.spike_context}")
+        if not all(isinstance(x, str) and x for x in self.untranscribed_splits):
+            raise OfflineKDError(f"distill.untranscribed_splits must be a list of split names, "
+                                 f"got {self.untranscribed_splits!r}")
+        if not 0 < self.untranscribed_fraction <= 1:
+            raise OfflineKDError(f"distill.untranscribed_fraction must be in (0, 1], got {self.untranscribed_fraction}")
         if self.kd_start_epoch < 1:
             raise OfflineKDError(f"distill.kd_start_epoch must be >= 1 (a 1-based epoch), got {self.kd_start_epoch}")
 

@@ -20,7 +20,7 @@ from offline_kd.data.synth import write_synth_corpus  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("corpus") / "tiny"
-    write_synth_corpus(out, tiny_spec(), log=lambda *_: None)
+    write_synth_corpus(out, tiny_spec(num_untranscribed=48), log=lambda *_: None)
     return out
 
 

@@ -27,7 +27,10 @@ def open_train_dev(data: DataConfig, model: ModelConfig, log=print):
     corpus = Corpus(data.corpus)
     check_vocab_matches_model(corpus, model)
     train = open_split(corpus, data.train_split, model, data.skip_invalid, log)
+    train[0].require_transcripts(f"data.train_split '{data.train_split}'")
     dev = open_split(corpus, data.dev_split, model, data.skip_invalid, log) if data.dev_split else (None, None)
+    if dev[0] is not None:
+        dev[0].require_transcripts(f"data.dev_split '{data.dev_split}'")
     return corpus, train, dev
 
 

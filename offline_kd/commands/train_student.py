@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from offline_kd.cache.compat import check_cache
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.config import ExperimentConfig, ModelConfig, build_dataclass
@@ -18,7 +20,7 @@ from offline_kd.errors import OfflineKDError
 from offline_kd.losses.modules import DistillationLoss
 from offline_kd.models.augment import SpecAugment
 from offline_kd.models.bilstm import build_model, count_parameters
-from offline_kd.commands.common import open_train_dev, quiet
+from offline_kd.commands.common import open_split, open_train_dev, quiet
 from offline_kd.training.checkpoint import load_checkpoint, model_from_checkpoint, seed_everything
 from offline_kd.training import distributed
 from offline_kd.training.trainer import Trainer
@@ -42,7 +44,9 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
     corpus, (train_reader, train_idx), (dev_reader, dev_idx) = open_train_dev(cfg.data, cfg.model, log)
     mapping = {int(s): int(t) for s, t in d.layer_mapping.items()} if d.gamma else {}
 
-    teacher, split, teacher_dims = None, None, {}
+    extra = _open_untranscribed(cfg, corpus, log)   # [(name, reader, valid indices)]
+
+    teacher, split, teacher_dims, extra_splits = None, None, {}, [None] * len(extra)
     if online_teacher:
         teacher, t_vocab, _ = model_from_checkpoint(online_teacher, device)
         if t_vocab.sha256 != corpus.vocab.sha256:
@@ -56,6 +60,9 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
         cache = TeacherCache(d.cache, d.storage_options, verify_reads=d.verify_reads)
         split = cache.split(cfg.data.train_split)
         check_cache(cache, split, train_reader, train_idx, corpus.vocab, cfg.model, mapping)
+        extra_splits = [cache.split(name) for name, _, _ in extra]
+        for (_, reader, idx), es in zip(extra, extra_splits):
+            check_cache(cache, es, reader, idx, corpus.vocab, cfg.model, mapping)
         teacher_dims = cache.layer_dims
         log(f"cache {d.cache}: {len(split)} utterances, {split.num_frames} frames, "
             f"log_probs {cache.meta.codec_names()[0]}, hidden {cache.meta.codec_names()[1]}")
@@ -72,10 +79,18 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
     log(f"student: {cfg.model.num_layers} x BiLSTM({cfg.model.hidden_dim}), {count_parameters(model):,} parameters "
         f"(+{count_parameters(projections):,} in projection heads, not exported); layer mapping {mapping}")
 
-    dataset = DistillBatchDataset(train_reader, corpus.vocab, split, layers=set(mapping.values()))
-    sampler = SortedRunBatchSampler(train_reader.lengths, train_idx, cfg.data.batch_size,
+    dataset = DistillBatchDataset(train_reader, corpus.vocab, split, layers=set(mapping.values()),
+                                  untranscribed=[(r, es) for (_, r, _), es in zip(extra, extra_splits)])
+    indices = np.concatenate([train_idx] + [off + idx for off, (_, _, idx) in zip(dataset.part_offsets[1:], extra)])
+    sampled = np.arange(len(indices)) >= len(train_idx)
+    sampler = SortedRunBatchSampler(dataset.lengths, indices, cfg.data.batch_size,
                                     cfg.data.max_frames_per_batch, seed=cfg.train.seed, rank=env.rank,
-                                    world_size=env.world_size)
+                                    world_size=env.world_size, sampled=sampled,
+                                    sampled_fraction=d.untranscribed_fraction)
+    if extra:
+        n_extra = int(round(d.untranscribed_fraction * int(sampled.sum())))
+        log(f"untranscribed: {', '.join(name for name, _, _ in extra)}, {int(sampled.sum())} utterances; "
+            f"{n_extra} per epoch beside {len(train_idx)} transcribed ones, trained on the teacher's 1-best")
     meta = {"distillation": {"cache": None if online_teacher else d.cache, "online_teacher": online_teacher,
                              "cache_identity": None if online_teacher else cache.meta.identity_sha256,
                              "projections": {"layer_mapping": mapping, "teacher_dims": teacher_dims}}}
@@ -86,8 +101,23 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
             raise OfflineKDError(f"--resume: {last} was trained from another cache or teacher than "
                                  f"{'--online-teacher' if online_teacher else d.cache} (identity differs); "
                                  f"start a new run instead")
-    trainer = Trainer(cfg, model, corpus.vocab, dataset, train_reader.lengths, train_idx, dev_reader, dev_idx,
+    trainer = Trainer(cfg, model, corpus.vocab, dataset, dataset.lengths, indices, dev_reader, dev_idx,
                       loss_fn, device, extra_meta=meta, sampler=sampler, rank=env.rank,
                       world_size=env.world_size)
     trainer.fit(resume=resume)
     return {"output_dir": cfg.train.output_dir, "best_dev_wer": trainer.best_wer}
+
+
+def _open_untranscribed(cfg: ExperimentConfig, corpus, log) -> list:
+    """The splits of `distill.untranscribed_splits`, validated: [(name, reader, valid indices)]."""
+    out = []
+    for name in cfg.distill.untranscribed_splits:
+        for key in ("train_split", "dev_split"):
+            if name == getattr(cfg.data, key):
+                raise OfflineKDError(f"distill.untranscribed_splits: '{name}' is data.{key}; give splits of other "
+                                     f"audio (training uses its labels, validation never sees untranscribed data)")
+        reader, idx = open_split(corpus, name, cfg.model, cfg.data.skip_invalid, log)
+        if reader.transcribed:
+            log(f"distill.untranscribed_splits: '{name}' has transcripts; they are not used (the teacher's 1-best is)")
+        out.append((name, reader, idx))
+    return out

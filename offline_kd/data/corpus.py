@@ -8,9 +8,10 @@ Layout (see docs/data-format.md):
         features        float32 (total_frames, D)   all utterances back to back
         offsets         int64   (N + 1,)            utterance i = features[offsets[i]:offsets[i+1]]
         utterance_ids   str     (N,)
-        transcripts     str     (N,)                words separated by single spaces
+        transcripts     str     (N,)                words separated by single spaces ("" in an untranscribed split)
         feature_sha256  str     (N,)                sha256 of each utterance's float32 feature bytes
         nonfinite       int64   (N,)                count of NaN/Inf values per utterance (written by the writer)
+        attrs["transcribed"]  bool                  False for a split of untranscribed audio (teacher targets only)
 
 Readers hold only the small per-utterance arrays in memory and read feature slices on demand, so a corpus of any
 size opens instantly. The h5py handle is opened lazily per process, so readers survive DataLoader forking.
@@ -38,10 +39,12 @@ def feature_sha256(features: np.ndarray) -> str:
 
 
 class SplitWriter:
-    """Append utterances to `{split}.h5`; the file appears under its final name only after `close()`."""
+    """Append utterances to `{split}.h5`; the file appears under its final name only after `close()`.
+    `transcribed=False` writes a split of untranscribed audio: every transcript must be empty."""
 
-    def __init__(self, path: str | Path, feature_dim: int):
+    def __init__(self, path: str | Path, feature_dim: int, transcribed: bool = True):
         self.path = Path(path)
+        self.transcribed = transcribed
         self.tmp = self.path.with_name(self.path.name + ".partial")
         self.feature_dim = feature_dim
         self._f = h5py.File(self.tmp, "w")
@@ -61,6 +64,10 @@ class SplitWriter:
         if features.ndim != 2 or features.shape[1] != self.feature_dim:
             raise OfflineKDError(
                 f"utterance {utterance_id}: features have shape {features.shape}, expected (T, {self.feature_dim})")
+        transcript = transcript or ""
+        if not self.transcribed and transcript.strip():
+            raise OfflineKDError(f"utterance {utterance_id}: has a transcript, but {self.path.name} is a split of "
+                                 f"untranscribed audio")
         self._ids.append(utterance_id)
         self._texts.append(" ".join(transcript.split()))
         self._hashes.append(feature_sha256(features))
@@ -98,6 +105,7 @@ class SplitWriter:
         f.create_dataset("nonfinite", data=np.asarray(self._nonfinite, dtype=np.int64))
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["feature_dim"] = self.feature_dim
+        f.attrs["transcribed"] = self.transcribed
         f.close()
         os.replace(self.tmp, self.path)
 
@@ -127,6 +135,7 @@ class SplitReader:
                 self.feature_hashes = ([s.decode() if isinstance(s, bytes) else s for s in f["feature_sha256"][:]]
                                        if "feature_sha256" in f else None)
                 self.nonfinite = f["nonfinite"][:] if "nonfinite" in f else None
+                self.transcribed = bool(f.attrs.get("transcribed", True))
         except OSError as exc:
             raise OfflineKDError(f"{self.path}: not a readable HDF5 file ({exc})") from None
         if len(self.offsets) != len(self.utterance_ids) + 1 or len(self.transcripts) != len(self.utterance_ids):
@@ -153,6 +162,12 @@ class SplitReader:
         state = dict(self.__dict__)
         state["_h5"] = None
         return state
+
+    def require_transcripts(self, what: str) -> None:
+        """Refuse an untranscribed split where reference transcripts are needed (`what` says for what)."""
+        if not self.transcribed:
+            raise OfflineKDError(f"{self.path.name} is a split of untranscribed audio; {what} needs transcripts "
+                                 f"(untranscribed splits serve as distill.untranscribed_splits)")
 
     def compute_feature_hash(self, i: int) -> str:
         return feature_sha256(self.features(i))

@@ -5,11 +5,20 @@ Manifest formats (paths relative to the manifest's folder unless absolute):
   TSV    id<TAB>features.npy<TAB>text[<TAB>split]
 The split comes from `--split` or the row's split field. Without `--vocab`, the vocabulary is built from all
 transcripts (sorted units, `<blank>` first; for `char`, the word separator too).
+
+Untranscribed audio: rows without text (JSONL: no "text" or null; TSV: an empty text field, or just
+id<TAB>features) make a split of untranscribed audio, which the teacher's cache covers and `train-student` can mix in
+(distill.untranscribed_splits). A split is either wholly transcribed or wholly untranscribed.
+
+The corpus is built in a temporary directory beside `--out` and renamed into place once every split is written: a
+failure leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -32,23 +41,33 @@ def read_manifest(path: Path, split_name: str | None) -> dict[str, list[tuple[st
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise OfflineKDError(f"{where}: invalid JSON ({exc})") from None
-            missing = [k for k in ("id", "features", "text") if k not in row]
+            missing = [k for k in ("id", "features") if k not in row]
             if missing:
                 raise OfflineKDError(f"{where}: missing key(s) {', '.join(missing)}")
-            uid, feats, text, split = str(row["id"]), row["features"], row["text"], row.get("split")
+            uid, feats, text, split = str(row["id"]), row["features"], row.get("text"), row.get("split")
+            if text is not None and not isinstance(text, str):
+                raise OfflineKDError(f"{where}: 'text' must be a string or null, got {type(text).__name__}")
         else:
             parts = line.split("\t")
-            if len(parts) not in (3, 4):
+            if len(parts) not in (2, 3, 4):
                 raise OfflineKDError(f"{where}: expected id<TAB>features<TAB>text[<TAB>split], got {len(parts)} fields")
-            uid, feats, text = parts[:3]
+            uid, feats = parts[:2]
+            text = parts[2] if len(parts) > 2 else None
             split = parts[3] if len(parts) == 4 else None
         split = split_name or split
         if not split:
             raise OfflineKDError(f"{where}: no split (give --split or a split field)")
         fp = Path(feats)
-        rows[split].append((uid, fp if fp.is_absolute() else path.parent / fp, text))
+        rows[split].append((uid, fp if fp.is_absolute() else path.parent / fp, (text or "").strip() or None))
     if not rows:
         raise OfflineKDError(f"{path}: the manifest is empty")
+    for split, items in rows.items():
+        with_text = sum(t is not None for _, _, t in items)
+        if 0 < with_text < len(items):
+            first = next(u for u, _, t in items if t is None)
+            raise OfflineKDError(f"split '{split}': {len(items) - with_text} of {len(items)} rows have no text "
+                                 f"(first: {first}); a split is either transcribed or untranscribed: put the "
+                                 f"untranscribed rows into a split of their own")
     return rows
 
 
@@ -74,13 +93,35 @@ def import_manifest(manifest: str, out: str, split_name: str | None, vocab_path:
     if vocab_path:
         vocab = Vocabulary.load(vocab_path, tokenizer, sep)
     else:
-        vocab = build_vocab([t for r in rows.values() for _, _, t in r], tokenizer, word_separator)
-    feature_dim = None
+        texts = [t for r in rows.values() for _, _, t in r if t is not None]
+        if not texts:
+            raise OfflineKDError(f"{mpath}: no row has a transcript, so there is no vocabulary to build; give --vocab")
+        vocab = build_vocab(texts, tokenizer, word_separator)
     outdir = Path(out)
-    outdir.mkdir(parents=True, exist_ok=True)
+    if outdir.exists() and any(outdir.iterdir()):
+        raise OfflineKDError(f"{outdir} exists and is not empty; import into a new directory")
+    tmp = outdir.with_name(f".{outdir.name}.importing-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        counts = _write_splits(rows, tmp, vocab, mpath)
+        if outdir.exists():
+            outdir.rmdir()
+        os.replace(tmp, outdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for split, n in counts.items():
+        log(f"wrote {outdir / (split + '.h5')}: {n} utterances")
+    return counts
+
+
+def _write_splits(rows: dict, outdir: Path, vocab: Vocabulary, mpath: Path) -> dict:
+    feature_dim = None
     counts = {}
     for split, items in rows.items():
         writer = None
+        transcribed = items[0][2] is not None
         try:
             for uid, fpath, text in items:
                 if not fpath.is_file():
@@ -94,14 +135,13 @@ def import_manifest(manifest: str, out: str, split_name: str | None, vocab_path:
                 if feature_dim is None:
                     feature_dim = int(feats.shape[1])
                 if writer is None:
-                    writer = SplitWriter(outdir / f"{split}.h5", feature_dim)
-                writer.add(uid, feats, text)
+                    writer = SplitWriter(outdir / f"{split}.h5", feature_dim, transcribed=transcribed)
+                writer.add(uid, feats, text or "")
             writer.close()
         except BaseException:
             if writer is not None:
                 writer.abort()
             raise
         counts[split] = len(items)
-        log(f"wrote {outdir / (split + '.h5')}: {len(items)} utterances")
     write_corpus_meta(outdir, vocab, feature_dim, source=f"offline-kd data import {mpath.name}")
     return counts

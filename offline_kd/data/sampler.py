@@ -101,18 +101,31 @@ class SortedRunBatchSampler(_EpochBatches):
 
     Each epoch shifts the batch boundaries by a random offset and shuffles the batch order, both from (seed,
     epoch). The order is computed from lengths alone, so online distillation sees the very same batches.
+
+    `sampled` (bool per entry of `indices`) marks utterances of which each epoch uses a fresh random
+    `sampled_fraction` (untranscribed audio mixed in at a chosen ratio); the others are used every epoch.
     """
 
     def __init__(self, lengths: np.ndarray, indices: np.ndarray, batch_size: int | None = 16,
-                 max_frames: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1):
+                 max_frames: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 sampled: np.ndarray | None = None, sampled_fraction: float = 1.0):
         self.lengths, self.indices = np.asarray(lengths), np.asarray(indices)
         self.order = np.argsort(-self.lengths[self.indices], kind="stable")
         self.batch_size, self.max_frames = batch_size, max_frames
+        self.sampled = None if sampled is None or sampled_fraction >= 1 else np.asarray(sampled, dtype=bool)
+        self.sampled_fraction = sampled_fraction
         self._init_epochs(seed, rank, world_size)
 
     def _make(self, rng: np.random.Generator) -> list[list[int]]:
+        order = self.order
+        if self.sampled is not None:
+            pool = np.flatnonzero(self.sampled)
+            take = pool[rng.permutation(len(pool))[:int(round(self.sampled_fraction * len(pool)))]]
+            keep = ~self.sampled
+            keep[take] = True
+            order = order[keep[order]]
         shift = int(rng.integers(0, max(1, (self.batch_size or 8))))
-        head = make_batches(self.lengths, self.indices, self.batch_size, self.max_frames, self.order[:shift])
-        tail = make_batches(self.lengths, self.indices, self.batch_size, self.max_frames, self.order[shift:])
+        head = make_batches(self.lengths, self.indices, self.batch_size, self.max_frames, order[:shift])
+        tail = make_batches(self.lengths, self.indices, self.batch_size, self.max_frames, order[shift:])
         out = head + tail
         return [out[i] for i in rng.permutation(len(out))]

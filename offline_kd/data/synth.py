@@ -31,6 +31,7 @@ class SynthSpec:
     num_train: int = 2000
     num_dev: int = 200
     num_test: int = 200
+    num_untranscribed: int = 0        # training-speaker audio without transcripts (split "untranscribed")
     feature_dim: int = 512
     num_units: int = 1228
     num_phones: int = 48
@@ -111,7 +112,9 @@ class SynthCorpus:
 
 
 def write_synth_corpus(out: str | Path, spec: SynthSpec, log=print) -> dict:
-    """Write train/dev/test HDF5 splits + vocab + corpus.json (+ lm_train.txt with the training transcripts)."""
+    """Write train/dev/test HDF5 splits (and `untranscribed` when `spec.num_untranscribed` > 0: audio of the
+    training speakers whose transcripts are not stored) + vocab + corpus.json (+ lm_train.txt with the training
+    transcripts). Each split has its own random stream, so adding untranscribed audio leaves the others as they were."""
     out = Path(out)
     corpus = SynthCorpus(spec)
     vocab = corpus.vocab()
@@ -119,21 +122,25 @@ def write_synth_corpus(out: str | Path, spec: SynthSpec, log=print) -> dict:
                       synth={k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.__dict__.items()})
     train_speakers = spec.num_speakers - spec.test_speakers
     counts = {}
-    for split_no, (split, n) in enumerate((("train", spec.num_train), ("dev", spec.num_dev),
-                                           ("test", spec.num_test))):
+    splits = (("train", spec.num_train), ("dev", spec.num_dev), ("test", spec.num_test),
+              ("untranscribed", spec.num_untranscribed))
+    for split_no, (split, n) in enumerate(splits):
+        if split == "untranscribed" and n == 0:
+            continue
         rng = np.random.default_rng([spec.seed, 100 + split_no])
-        writer = SplitWriter(out / f"{split}.h5", spec.feature_dim)
+        transcribed = split != "untranscribed"
+        writer = SplitWriter(out / f"{split}.h5", spec.feature_dim, transcribed=transcribed)
         texts = []
         try:
             for i in range(n):
-                if split == "train" or spec.test_speakers == 0:
+                if split in ("train", "untranscribed") or spec.test_speakers == 0:
                     spk = int(rng.integers(0, max(1, train_speakers)))
                 else:   # half of dev/test from held-out speakers
                     spk = int(rng.integers(0, spec.num_speakers)) if rng.random() < 0.5 else \
                         int(rng.integers(train_speakers, spec.num_speakers))
                 words = corpus.sentence(rng)
                 text = " ".join(vocab.tokens[w + 1] for w in words)
-                writer.add(f"{split}-{i:06d}-spk{spk:03d}", corpus.render(rng, words, spk), text)
+                writer.add(f"{split}-{i:06d}-spk{spk:03d}", corpus.render(rng, words, spk), text if transcribed else "")
                 texts.append(text)
             writer.close()
         except BaseException:

@@ -32,6 +32,18 @@ class TeacherTargets:
         return TeacherTargets(self.log_probs.to(device), self.lengths, {L: h.to(device) for L, h in self.hidden.items()},
                               self.tokens.to(device), self.token_lengths.to(device))
 
+    def hard_labels(self, labels: torch.Tensor, label_lengths: torch.Tensor,
+                    labelled: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CTC targets of a batch: the reference labels of labelled utterances, the teacher's 1-best for the
+        others (untranscribed audio: `labelled[b]` False). Concatenated like `labels`, with their lengths."""
+        if labelled is None or bool(labelled.all()):
+            return labels, label_lengths
+        ref = torch.split(labels, label_lengths.tolist())
+        best = torch.split(self.tokens, self.token_lengths.tolist())
+        chosen = [r if keep else t.to(labels.device) for r, t, keep in zip(ref, best, labelled.tolist())]
+        return (torch.cat(chosen) if chosen else labels,
+                torch.tensor([len(c) for c in chosen], dtype=torch.long, device=label_lengths.device))
+
     @classmethod
     def from_best_paths(cls, log_probs: torch.Tensor, lengths: torch.Tensor, hidden: dict[int, torch.Tensor],
                         best_paths: list[np.ndarray]) -> "TeacherTargets":

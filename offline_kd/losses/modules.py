@@ -56,7 +56,8 @@ class CTCLoss:
 
 class DistillationLoss:
     """The seed's hybrid loss from `DistillConfig`: alpha * T^2 KL + beta * CTC + gamma * feature MSE
-    (+ seq_weight * CTC on the teacher's 1-best). Owns the feature projections (`trainable`). Targets come from
+    (+ seq_weight * CTC on the teacher's 1-best); on untranscribed utterances the CTC term's target is the teacher's
+    1-best. Owns the feature projections (`trainable`). Targets come from
     the batch (`batch["teacher"]`, read from the cache) or, with `teacher`, from a live teacher that sees the same
     un-augmented input the dump saw."""
 
@@ -96,7 +97,9 @@ class DistillationLoss:
             bad = [u for u, a, b in zip(batch["utterance_ids"], out_len.tolist(), t.lengths.tolist()) if a != b]
             raise OfflineKDError(f"student and cached teacher frame counts differ for {', '.join(bad[:4])}")
         d = self.d
-        labels, label_lengths = batch["labels"].to(self.device), batch["label_lengths"].to(self.device)
+        # untranscribed utterances (batch["labelled"] False) take the teacher's 1-best as their CTC target
+        labels, label_lengths = t.hard_labels(batch["labels"].to(self.device), batch["label_lengths"].to(self.device),
+                                              batch.get("labelled"))
         if epoch < d.kd_start_epoch:          # CTC warm-up: the student leaves the blank plateau on the labels
             loss = ctc_loss(log_probs, labels, out_len, label_lengths)
             return loss, {"ctc": loss.detach(), "total": loss.detach()}

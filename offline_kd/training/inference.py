@@ -55,6 +55,7 @@ def iterate_outputs(model, loader, device: torch.device, layers=None) -> Iterato
 def evaluate_greedy(model, reader: SplitReader, indices: np.ndarray, vocab: Vocabulary, device: torch.device,
                     batch_size: int = 32, num_workers: int = 0, keep_log_probs: bool = False) -> dict:
     """Greedy WER/CER on a split. Returns rates, counts, decoding throughput and (optionally) per-utterance log-probs."""
+    reader.require_transcripts("WER evaluation")
     batches = sorted_batches(reader, indices, batch_size, None)
     refs, hyps, ids, all_lp = [], [], [], []
     frames = 0
