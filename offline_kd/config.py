@@ -113,6 +113,9 @@ class DistillConfig:
     # teacher's 1-best; each epoch uses a fresh random `untranscribed_fraction` of them
     untranscribed_splits: list = field(default_factory=list)
     untranscribed_fraction: float = 1.0
+    # the CTC-only baseline's run directory (or checkpoint): its dev WER is printed beside the teacher's, with a
+    # warning when the baseline is already as good as the teacher
+    compare_baseline: Optional[str] = None
 
     def __post_init__(self):
         sched = self.temperature_schedule

@@ -180,3 +180,37 @@ def test_untranscribed_split_must_be_in_the_cache_and_not_dev(f32_cache, tiny_co
     with pytest.raises(OfflineKDError, match="untranscribed_fraction must be in"):
         build_dataclass(ExperimentConfig, student_dict(tiny_corpus, f32_cache, tmp_path / "s",
                                                        untranscribed_fraction=0))
+
+
+# ------------------------------------------------------------------------- the teacher's dev WER (#17 item 6)
+def test_cache_records_the_teachers_dev_figures(u_cache, tiny_teacher, tiny_corpus, tmp_path, capsys):
+    from offline_kd.cache.reader import TeacherCache
+    ckpt = torch.load(tiny_teacher, weights_only=False)
+    dev = TeacherCache(str(u_cache)).meta.teacher_dev
+    assert dev == {"wer": ckpt["dev"]["wer"], "cer": ckpt["dev"]["cer"], "epoch": ckpt["epoch"],
+                   "corpus": str(tiny_corpus), "split": "dev"}
+    res = CliRunner().invoke(main, ["cache", "info", str(u_cache)])
+    assert res.exit_code == 0 and f"teacher dev WER {dev['wer']:.2f}% CER {dev['cer']:.2f}%" in res.output
+    # a baseline given for comparison that is as good as the teacher (here: the teacher itself) is warned about
+    lines = []
+    cfg = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, u_cache, tmp_path / "s", epochs=1,
+                                                         compare_baseline=str(tiny_teacher)))
+    train_student.run(cfg, log=lines.append)
+    assert f"teacher dev WER {dev['wer']:.2f}% CER {dev['cer']:.2f}% (epoch {ckpt['epoch']})" in "\n".join(lines)
+    assert any(l.startswith(f"warning: the baseline's dev WER {dev['wer']:.2f}% is already at or below the "
+                            f"teacher's") for l in lines)
+    assert f"(teacher {dev['wer']:.2f}% / {dev['cer']:.2f}%)" in capsys.readouterr().out
+    cfg = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, u_cache, tmp_path / "s2", epochs=1,
+                                                         compare_baseline=str(tmp_path / "nothing")))
+    with pytest.raises(OfflineKDError, match="distill.compare_baseline: .*nothing is neither a run directory"):
+        train_student.run(cfg, **QUIET)
+
+
+def test_warning_when_the_student_passes_its_teacher(tiny_teacher, tiny_corpus, f32_cache, tmp_path, capsys):
+    ckpt = torch.load(tiny_teacher, weights_only=False)
+    ckpt["dev"] = {"wer": 100.5, "cer": 100.5}        # a teacher any student passes
+    torch.save(ckpt, tmp_path / "weak.pt")
+    cfg = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, f32_cache, tmp_path / "s", epochs=2))
+    train_student.run(cfg, online_teacher=str(tmp_path / "weak.pt"), **QUIET)
+    out = capsys.readouterr().out
+    assert out.count("has passed the teacher's 100.50%") == 1, out

@@ -48,7 +48,8 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
         "path": path, "complete": meta.complete, "format_version": meta.format_version,
         "tool_version": meta.tool_version, "created": meta.created,
         "teacher_sha256": meta.teacher["sha256"], "teacher_weights_sha256": meta.teacher["weights_sha256"],
-        "teacher_model_config": meta.teacher["model_config"], "vocab_sha256": meta.vocab_sha256,
+        "teacher_model_config": meta.teacher["model_config"], "teacher_dev": meta.teacher_dev,
+        "vocab_sha256": meta.vocab_sha256,
         "identity_sha256": meta.identity_sha256, "num_classes": v, "layers": dims,
         "subsampling": meta.subsampling, "codecs": meta.codecs,
         "utterances": sum(x["utterances"] for x in splits.values()), "frames": total_frames,
@@ -70,6 +71,9 @@ def format_info(info: dict) -> str:
         f"  teacher sha256 {info['teacher_sha256'][:16]}  vocab sha256 {info['vocab_sha256'][:16]}  "
         f"identity {info['identity_sha256'][:16]}",
         f"  classes {info['num_classes']}, layers {info['layers']}, subsampling {info['subsampling']}",
+        "  teacher dev " + (f"WER {info['teacher_dev']['wer']:.2f}% CER {info['teacher_dev']['cer']:.2f}% (epoch "
+                            f"{info['teacher_dev']['epoch']}, {info['teacher_dev']['split']} of "
+                            f"{info['teacher_dev']['corpus']})" if info.get("teacher_dev") else "figures not recorded"),
         f"  codecs: log_probs {settings(c['log_probs'])}; hidden {{{hidden}}}; compressor {c['compressor']} "
         f"level {c['level']}",
         f"  {info['utterances']} utterances, {info['frames']} frames, {info['bytes_total'] / 1e6:.2f} MB on disk",

@@ -27,7 +27,7 @@ class CacheMeta:
     tool_version: str
     complete: bool
     created: str
-    teacher: dict                 # path, sha256 (file), weights_sha256, model_config
+    teacher: dict                 # path, sha256 (file), weights_sha256, model_config, dev (its recorded dev WER/CER)
     vocab: dict
     vocab_sha256: str
     corpus: str
@@ -64,6 +64,12 @@ class CacheMeta:
     def layer_dims(self) -> dict[int, int]:
         return {int(k): int(v) for k, v in self.layers.items()}
 
+    @property
+    def teacher_dev(self) -> Optional[dict]:
+        """The teacher checkpoint's own dev figures {wer, cer, epoch, corpus, split}, or None (not recorded: a
+        checkpoint without dev evaluation, or a cache written before they were stored)."""
+        return self.teacher.get("dev")
+
     def codec_names(self) -> tuple[str, dict[int, str]]:
         return self.codecs["log_probs"]["name"], {int(k): v["name"] for k, v in self.codecs["hidden"].items()}
 
@@ -90,12 +96,13 @@ class CacheMeta:
 
     @classmethod
     def for_dump(cls, cfg, model, vocab, corpus_dir: str, lp_codec, hidden_codecs: dict, device_type: str,
-                 teacher_sha256: str, weights_sha256: str, tool_version: str) -> "CacheMeta":
+                 teacher_sha256: str, weights_sha256: str, tool_version: str,
+                 teacher_dev: Optional[dict] = None) -> "CacheMeta":
         layer_dims = {L: c.dim for L, c in hidden_codecs.items()}
         return cls(
             format_version=FORMAT_VERSION, tool_version=tool_version, complete=False, created=_now(),
             teacher={"path": str(cfg.teacher), "sha256": teacher_sha256, "weights_sha256": weights_sha256,
-                     "model_config": asdict(model.config)},
+                     "model_config": asdict(model.config), **({"dev": teacher_dev} if teacher_dev else {})},
             vocab=vocab.to_dict(), vocab_sha256=vocab.sha256, corpus=corpus_dir,
             subsampling=model.config.subsampling, num_classes=model.config.num_classes,
             layers={str(L): d for L, d in layer_dims.items()},

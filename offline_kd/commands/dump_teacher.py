@@ -30,7 +30,7 @@ from offline_kd.data.validate import output_frames
 from offline_kd.errors import OfflineKDError
 from offline_kd.commands.common import open_split, quiet
 from offline_kd.training import distributed
-from offline_kd.training.checkpoint import file_sha256, model_from_checkpoint, weights_sha256
+from offline_kd.training.checkpoint import checkpoint_dev, file_sha256, model_from_checkpoint, weights_sha256
 from offline_kd.training.inference import iterate_outputs, loader_for, sorted_batches
 
 
@@ -165,14 +165,15 @@ def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
 
 def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     """plan -> fit -> prepare -> loop -> finalise."""
-    model, vocab, _ = model_from_checkpoint(cfg.teacher, device)
+    model, vocab, ckpt = model_from_checkpoint(cfg.teacher, device)
     corpus = Corpus(cfg.corpus)
     layers = _check(cfg, corpus, model, vocab)
     lp_codec, hidden_codecs = make_codecs(cfg.codecs, model.config.num_classes,
                                           {L: model.hidden_size for L in layers}, log)
     plans = _plan(cfg, corpus, model, log)
     meta = CacheMeta.for_dump(cfg, model, vocab, str(corpus.dir), lp_codec, hidden_codecs, device.type,
-                              file_sha256(cfg.teacher), weights_sha256(model), __version__).with_identity(plans)
+                              file_sha256(cfg.teacher), weights_sha256(model), __version__,
+                              checkpoint_dev(ckpt)).with_identity(plans)
     fit = lambda: _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log)  # noqa: E731
     state = distributed.run_on_main(lambda: prepare_store(cfg, meta, plans, fit, overwrite, log), env)
     if state["complete"]:

@@ -21,7 +21,7 @@ from offline_kd.losses.modules import DistillationLoss
 from offline_kd.models.augment import SpecAugment
 from offline_kd.models.bilstm import build_model, count_parameters
 from offline_kd.commands.common import open_split, open_train_dev, quiet
-from offline_kd.training.checkpoint import load_checkpoint, model_from_checkpoint, seed_everything
+from offline_kd.training.checkpoint import checkpoint_dev, load_checkpoint, model_from_checkpoint, seed_everything
 from offline_kd.training import distributed
 from offline_kd.training.trainer import Trainer
 
@@ -52,6 +52,7 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
         if t_vocab.sha256 != corpus.vocab.sha256:
             raise OfflineKDError(f"--online-teacher {online_teacher}: vocabulary differs from {corpus.dir}'s")
         teacher_dims = {L: teacher.hidden_size for L in range(1, teacher.config.num_layers + 1)}
+        teacher_dev = checkpoint_dev(load_checkpoint(online_teacher))
         for t in mapping.values():
             if t not in teacher_dims:
                 raise OfflineKDError(f"distill.layer_mapping: teacher layer {t} out of range 1..{teacher.config.num_layers}")
@@ -64,9 +65,11 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
         for (_, reader, idx), es in zip(extra, extra_splits):
             check_cache(cache, es, reader, idx, corpus.vocab, cfg.model, mapping)
         teacher_dims = cache.layer_dims
+        teacher_dev = cache.meta.teacher_dev
         log(f"cache {d.cache}: {len(split)} utterances, {split.num_frames} frames, "
             f"log_probs {cache.meta.codec_names()[0]}, hidden {cache.meta.codec_names()[1]}")
 
+    reference = _teacher_reference(teacher_dev, cfg, log)
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model).to(device)
     if d.init_checkpoint:
@@ -103,7 +106,7 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
                                  f"start a new run instead")
     trainer = Trainer(cfg, model, corpus.vocab, dataset, dataset.lengths, indices, dev_reader, dev_idx,
                       loss_fn, device, extra_meta=meta, sampler=sampler, rank=env.rank,
-                      world_size=env.world_size)
+                      world_size=env.world_size, dev_reference=reference)
     trainer.fit(resume=resume)
     return {"output_dir": cfg.train.output_dir, "best_dev_wer": trainer.best_wer}
 
@@ -121,3 +124,33 @@ def _open_untranscribed(cfg: ExperimentConfig, corpus, log) -> list:
             log(f"distill.untranscribed_splits: '{name}' has transcripts; they are not used (the teacher's 1-best is)")
         out.append((name, reader, idx))
     return out
+
+
+def _teacher_reference(teacher_dev: dict | None, cfg: ExperimentConfig, log) -> dict | None:
+    """Print the teacher's dev figures (and the baseline's, with distill.compare_baseline); warn when the baseline
+    is already as good as the teacher. Returns the figures the trainer prints beside the student's, when they were
+    measured on the student's dev split."""
+    if teacher_dev is None:
+        log("teacher dev WER: not recorded (its checkpoint has no dev evaluation, or the cache predates the record)")
+        same = False
+    else:
+        same = (Path(str(teacher_dev.get("corpus"))).resolve() == Path(cfg.data.corpus).resolve()
+                and teacher_dev.get("split") == cfg.data.dev_split)
+        where = "" if same else f" (on {teacher_dev.get('corpus')}:{teacher_dev.get('split')}, not this dev split)"
+        log(f"teacher dev WER {teacher_dev['wer']:.2f}% CER {teacher_dev['cer']:.2f}% "
+            f"(epoch {teacher_dev.get('epoch')}){where}: a distilled student converges towards it")
+    base = cfg.distill.compare_baseline
+    if base:
+        path = Path(base) / "checkpoint_best.pt" if Path(base).is_dir() else Path(base)
+        if not path.is_file():
+            raise OfflineKDError(f"distill.compare_baseline: {base} is neither a run directory with "
+                                 f"checkpoint_best.pt nor a checkpoint")
+        b = checkpoint_dev(load_checkpoint(path))
+        if b is None:
+            raise OfflineKDError(f"distill.compare_baseline: {path} has no dev evaluation")
+        log(f"baseline {base}: dev WER {b['wer']:.2f}% CER {b['cer']:.2f}%")
+        if teacher_dev is not None and b["wer"] <= teacher_dev["wer"]:
+            log(f"warning: the baseline's dev WER {b['wer']:.2f}% is already at or below the teacher's "
+                f"{teacher_dev['wer']:.2f}%: distilling from this teacher is unlikely to beat the baseline "
+                f"(train the teacher longer or larger)")
+    return {"name": "teacher", "wer": teacher_dev["wer"], "cer": teacher_dev["cer"]} if same else None

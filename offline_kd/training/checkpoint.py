@@ -48,6 +48,16 @@ def model_from_checkpoint(path: str | Path, device="cpu") -> tuple[BiLSTMCTC, Vo
     return model, Vocabulary.from_dict(ckpt["vocab"]), ckpt
 
 
+def checkpoint_dev(ckpt: dict) -> dict | None:
+    """A checkpoint's dev figures {wer, cer, epoch, corpus, split} (None if it was saved without a dev evaluation)."""
+    dev = ckpt.get("dev") or {}
+    if "wer" not in dev:
+        return None
+    data = (ckpt.get("config") or {}).get("data", {})
+    return {"wer": float(dev["wer"]), "cer": float(dev["cer"]), "epoch": ckpt.get("epoch"),
+            "corpus": data.get("corpus"), "split": data.get("dev_split")}
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -110,11 +110,14 @@ class Trainer:
                  train_lengths: np.ndarray, train_indices: np.ndarray, dev_reader: Optional[SplitReader],
                  dev_indices: Optional[np.ndarray], loss_fn: LossFn, device: torch.device, *,
                  collate_fn=None, extra_meta: Optional[dict] = None,
-                 rank: int = 0, world_size: int = 1, sampler=None):
+                 rank: int = 0, world_size: int = 1, sampler=None, dev_reference: Optional[dict] = None):
         self.cfg, self.model, self.vocab, self.device = cfg, model, vocab, device
         self.extra = extra = loss_fn.trainable
         self.loss_fn = loss_fn
         self.dev_reader, self.dev_indices = dev_reader, dev_indices
+        # {"name": ..., "wer": ..., "cer": ...}: figures printed beside each dev evaluation (the teacher's), with a
+        # warning the first time this model's dev WER passes them
+        self.dev_reference, self._passed_reference = dev_reference, False
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         self.out = Path(cfg.train.output_dir)
@@ -308,10 +311,18 @@ class Trainer:
         if self.is_main:
             save_checkpoint(self.out / "checkpoint_last.pt", self._state(epoch, dev))
             msg = f"epoch {epoch}: loss {record.get('train_total', float('nan')):.4f}"
+            ref = self.dev_reference
             if dev is not None:
                 msg += f", dev WER {dev['wer']:.2f}% CER {dev['cer']:.2f}%"
+                if ref:
+                    msg += f" ({ref['name']} {ref['wer']:.2f}% / {ref['cer']:.2f}%)"
             msg += f", {record['frames_per_second']:.0f} frames/s"
             tqdm.write(msg)
+            if ref and dev is not None and dev["wer"] < ref["wer"] and not self._passed_reference:
+                self._passed_reference = True
+                tqdm.write(f"warning: dev WER {dev['wer']:.2f}% has passed the {ref['name']}'s {ref['wer']:.2f}%: "
+                           f"a distilled student converges towards its teacher, so the teacher now holds it back "
+                           f"(train the teacher longer, or lower the distillation weights)")
         return record
 
     def extra_scalars(self, epoch: int) -> dict:
