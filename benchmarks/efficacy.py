@@ -1,25 +1,29 @@
-"""Does the compact cache change the distilled student? Students with identical settings and seeds from the float32
-cache, from the compact cache, from a live teacher (online), and the CTC-only baseline; dev/test greedy WER.
+"""Does distillation beat CTC-only training? The CTC-only baseline and each distillation variant, trained over
+several seeds with the same student, data, augmentation and epoch budget, evaluated greedy and with beam search +
+an n-gram LM (alpha and beta tuned on dev for every model); differences to the baseline paired by seed.
 
-    python benchmarks/efficacy.py --distill configs/demo/distill.yaml --baseline configs/demo/baseline.yaml \
-        --teacher runs/demo/teacher/checkpoint_best.pt --compact-codecs log_probs=topk,topk_k=32,topk_coverage=0.999,hidden=int8 \
-        --compact-codecs float16:log_probs=float16,hidden=float16 --seeds 0,1 --jobs 2 --out runs/efficacy
+    python benchmarks/efficacy.py --baseline configs/demo/baseline.yaml --distill configs/demo/distill.yaml \
+        --variant "labelled only, same loss=distill.untranscribed_splits=[]" --baseline-lrs 0.0015,0.003,0.005 \
+        --seeds 0,1,2 --jobs 2 --lm data/demo/lm.arpa --out runs/efficacy
 
-Caches are dumped into --out; every training run is a separate process into --out/NAME-seedS (finished runs are
-reused, so a rerun with more seeds only trains the new ones). `--jobs N` runs N trainings at once with
-cores / N threads each (small students train faster per core on one thread); keep --jobs fixed across reruns, since
-the thread count changes floating-point reduction order and so the exact trajectory. The table (per seed, means,
-and the compact-minus-float32 difference paired by seed) goes to docs/benchmarks.md. A `float16` row (KL ~1e-7, so
-its targets are the float32 ones for any practical purpose) is the A/A control: its difference from the float32
-row is what the training itself scatters, the floor below which no codec difference can be seen.
+* The teacher is the one of the cache that `--distill` names; its row is evaluated the same way.
+* `--baseline-lrs`: the baseline is first trained with seed `seeds[0]` at each learning rate; the one with the best
+  dev WER is used for every seed (the distilled students keep their config's rate, one of those tried), so the
+  baseline is tuned at least as carefully as the students.
+* `--variant NAME=key=value[;key=value...]`: a distilled student with those `--set` overrides of `--distill`.
+* Convergence: for every run the table gives how much its best dev WER still improved in the last quarter of its
+  epochs (0 = flat); a run that still gains clearly there was stopped too early.
+* Every training is a separate, resumable process into --out/NAME-seedS; finished runs are reused, so a rerun with
+  more seeds trains only the new ones. `--jobs N` runs N trainings at once with cores / N threads each; keep it fixed
+  across reruns (the thread count changes the floating-point reduction order and so the exact trajectory).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -30,117 +34,158 @@ import yaml
 
 from _common import command_line, machine, write_section
 
+ENV = {}   # environment overrides for the training processes (OMP_NUM_THREADS with --jobs)
 
-THREADS = {}   # environment overrides for the training processes (OMP_NUM_THREADS with --jobs)
 
-
-def cli(*args, check=True):
+def cli(*args):
     p = subprocess.run([sys.executable, "-m", "offline_kd", *args], capture_output=True, text=True,
-                       env={**os.environ, **THREADS})
-    if check and p.returncode != 0:
+                       env={**os.environ, **ENV})
+    if p.returncode != 0:
         raise SystemExit(f"offline-kd {' '.join(args)} failed:\n{p.stderr[-2000:]}")
     return p
 
 
-def dump(teacher, corpus, out: Path, codecs: dict):
-    cfg = out.with_suffix(".yaml")
-    cfg.write_text(yaml.safe_dump({"dump": {"teacher": teacher, "corpus": corpus, "splits": ["train"],
-                                            "output": str(out), "progress": False, "codecs": codecs}}))
-    cli("dump-teacher", "--config", str(cfg), "--overwrite")   # the demo caches are small: always dumped afresh
-    return json.loads(cli("cache", "info", str(out), "--json").stdout)
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def train(kind, config, out: Path, seed: int, sets: list[str], extra: list[str] = ()):
+def train(kind: str, config: str, out: Path, seed: int, sets: list[str]) -> Path:
     if not (out / "done").is_file():
         args = [kind, "--config", config, "--set", f"train.output_dir={out}", "--set", f"train.seed={seed}",
-                "--set", "train.progress=false", *[a for s in sets for a in ("--set", s)], *extra]
+                "--set", "train.progress=false", *[a for s in sets for a in ("--set", s)]]
         if (out / "checkpoint_last.pt").is_file():
             args.append("--resume")
         cli(*args)
         (out / "done").write_text("")
-    res = {}
-    for split in ("dev", "test"):
-        r = json.loads(cli("evaluate", "--checkpoint", str(out / "checkpoint_best.pt"), "--split", split,
-                           "--json").stdout.strip().splitlines()[-1])
-        res[split] = r["wer"]
-    return res
+    return out / "checkpoint_best.pt"
+
+
+def dev_curve(run: Path) -> list[float]:
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["dev_wer"] for r in recs if r.get("event") == "epoch" and "dev_wer" in r]
+
+
+def late_gain(curve: list[float]) -> float:
+    """How much the best dev WER improved during the last quarter of the epochs (points, >= 0)."""
+    cut = max(1, len(curve) - max(1, len(curve) // 4))
+    return max(0.0, min(curve[:cut]) - min(curve))
+
+
+def evaluate(ckpt: Path, corpus: str, lm: str | None, alphas: str, betas: str) -> dict:
+    """dev greedy, test greedy and (with an LM) test beam + LM with alpha/beta tuned on dev."""
+    out = ckpt.parent / "efficacy_eval.json"
+    if not out.is_file() or json.loads(out.read_text()).get("lm") != lm:
+        if lm:
+            cli("tune-lm", "--checkpoint", str(ckpt), "--corpus", corpus, "--lm", lm, "--alphas", alphas,
+                "--betas", betas, "--out", str(out))
+        else:
+            res = {}
+            for split in ("dev", "test"):
+                r = json.loads(cli("evaluate", "--checkpoint", str(ckpt), "--corpus", corpus, "--split", split,
+                                   "--json").stdout.strip().splitlines()[-1])
+                res[split] = r["wer"]
+            out.write_text(json.dumps({"lm": None, "dev_greedy_wer": res["dev"], "test": {"greedy_wer": res["test"]}}))
+    r = json.loads(out.read_text())
+    return {"dev": r["dev_greedy_wer"], "test": r["test"]["greedy_wer"],
+            "beam": r["test"].get("beam_wer"), "alpha": r["test"].get("alpha"), "beta": r["test"].get("beta")}
+
+
+def paired(xs: list[float], ys: list[float]) -> str:
+    d = [x - y for x, y in zip(xs, ys)]
+    if len(d) < 2:
+        return f"{d[0]:+.2f}"
+    se = statistics.stdev(d) / len(d) ** 0.5
+    return f"{statistics.mean(d):+.2f} ± {se:.2f}" + (" *" if abs(statistics.mean(d)) > 2 * se else "")
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--distill", required=True)
-    ap.add_argument("--baseline", required=True)
-    ap.add_argument("--teacher", required=True)
-    ap.add_argument("--compact-codecs", required=True, action="append",
-                    help="[NAME:]comma-separated key=value codec settings (repeatable: one row per compact cache)")
-    ap.add_argument("--seeds", default="0,1")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--baseline", required=True, help="CTC-only student config (offline-kd train)")
+    ap.add_argument("--distill", required=True, help="distilled student config (offline-kd train-student)")
+    ap.add_argument("--variant", action="append", default=[], help="NAME=key=value[;key=value...] (repeatable)")
+    ap.add_argument("--baseline-lrs", default="", help="learning rates tried for the baseline (seed seeds[0])")
+    ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--jobs", type=int, default=1, help="trainings run at once (each with cores / jobs threads)")
+    ap.add_argument("--lm", default=None, help="KenLM model for beam search (alpha, beta tuned on dev per model)")
+    ap.add_argument("--alphas", default="0.25,0.5,1")
+    ap.add_argument("--betas", default="0,1,2")
     ap.add_argument("--out", default="runs/efficacy")
+    ap.add_argument("--section", default="efficacy", help="section of docs/benchmarks.md to write")
     args = ap.parse_args()
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    THREADS["OMP_NUM_THREADS"] = str(threads)
+    ENV["OMP_NUM_THREADS"] = str(threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = yaml.safe_load(open(args.distill))["data"]["corpus"]
-    compacts = {}
-    for spec in args.compact_codecs:
-        name, _, settings = spec.rpartition(":") if ":" in spec.split(",", 1)[0] else ("", "", spec)
-        codecs = {}
-        for kv in settings.split(","):
-            k, v = kv.split("=")
-            codecs[k] = yaml.safe_load(v)
-        compacts[name or "compact"] = codecs
-    tag = {n: ("compact" if n == "compact" else f"compact-{n}") for n in compacts}
-    infos = {"float32": dump(args.teacher, corpus, out / "float32.zarr", {"log_probs": "float32", "hidden": "float32"})}
-    for n, codecs in compacts.items():
-        infos[n] = dump(args.teacher, corpus, out / f"{tag[n]}.zarr", codecs)
     seeds = [int(s) for s in args.seeds.split(",")]
-    label = {n: f"offline, {n} cache" for n in compacts}
-    runs = {"CTC-only baseline": lambda seed: train("train", args.baseline, out / f"baseline-seed{seed}", seed, []),
-            "offline, float32 cache": lambda seed: train("train-student", args.distill, out / f"float32-seed{seed}",
-                                                         seed, [f"distill.cache={out / 'float32.zarr'}"])}
-    for n in compacts:
-        runs[label[n]] = (lambda n: lambda seed: train("train-student", args.distill, out / f"{tag[n]}-seed{seed}",
-                                                       seed, [f"distill.cache={out / (tag[n] + '.zarr')}"]))(n)
-    runs["online (live teacher)"] = lambda seed: train("train-student", args.distill, out / f"online-seed{seed}",
-                                                       seed, [], ["--online-teacher", args.teacher])
+    dcfg = yaml.safe_load(open(args.distill))
+    corpus = dcfg["data"]["corpus"]
+    info = json.loads(cli("cache", "info", dcfg["distill"]["cache"], "--json").stdout)
+    teacher = Path(info["teacher_path"])
+    variants = {"distilled (default)": []}
+    for v in args.variant:
+        name, _, sets = v.partition("=")
+        variants[name] = [s for s in sets.split(";") if s]
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {(name, seed): pool.submit(fn, seed) for seed in seeds for name, fn in runs.items()}
-        for (name, seed), f in futures.items():
-            print(json.dumps({"run": name, "seed": seed, **f.result()}), flush=True)
-    rows = {name: [futures[(name, seed)].result() for seed in seeds] for name in runs}
-    mean = lambda xs: statistics.mean(xs)  # noqa: E731
-    lines = ["## Efficacy: students from the float32 cache, the compact cache, a live teacher, and CTC only\n",
-             f"`{command_line()}`\n",
-             f"Machine: {machine()}; {args.jobs} training run(s) at a time with {threads} thread(s) each. Settings: "
-             f"`{args.distill}` (distilled) and `{args.baseline}` (baseline), seeds {seeds}; greedy WER (%) of "
-             f"each run's best-dev checkpoint. Compact caches: "
-             + "; ".join(f"{label[n]}: `{c}` = {100 * infos[n]['ratio_to_float32']:.2f}% of float32 bytes per "
-                         f"frame ({infos[n]['target_bytes_per_frame']:.1f} vs "
-                         f"{infos['float32']['target_bytes_per_frame']:.1f} stored float32 bytes)"
-                         for n, c in compacts.items()) + ".\n",
-             "| student | " + " | ".join(f"dev WER s{s}" for s in seeds) + " | mean dev | "
-             + " | ".join(f"test WER s{s}" for s in seeds) + " | mean test |",
-             "|---|" + "---|" * (2 * len(seeds) + 2)]
-    for name, rs in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r['dev']:.2f}" for r in rs) + f" | {mean([r['dev'] for r in rs]):.2f} | "
-                     + " | ".join(f"{r['test']:.2f}" for r in rs) + f" | {mean([r['test'] for r in rs]):.2f} |")
-    f32 = rows["offline, float32 cache"]
-    for n in compacts:
-        for split in ("test", "dev"):
-            diffs = [c[split] - f[split] for c, f in zip(rows[label[n]], f32)]
-            spread = (f", standard error of the mean {statistics.stdev(diffs) / len(diffs) ** 0.5:.2f} (at this "
-                      f"scatter, {math.ceil((statistics.stdev(diffs) / 0.3) ** 2)} seeds would bring it to 0.3)"
-                      if len(diffs) > 1 else "")
-            lines.append(f"\n{label[n]} minus float32 cache, {split} WER paired by seed: "
-                         f"{', '.join(f'{d:+.2f}' for d in diffs)}; mean **{mean(diffs):+.2f} points**{spread}"
-                         + (" (goal: within 0.3)." if split == "test" else "."))
-    online = [o["test"] - f["test"] for o, f in zip(rows["online (live teacher)"], f32)]
-    lines.append(f"\nFor scale: online minus float32 cache (the same targets up to float rounding), test WER "
-                 f"paired by seed: {', '.join(f'{d:+.2f}' for d in online)}; mean {mean(online):+.2f}; the seed "
-                 f"spread of the float32 students' test WER: {min(r['test'] for r in f32):.2f} to "
-                 f"{max(r['test'] for r in f32):.2f}.")
-    write_section("efficacy", "\n".join(lines))
+        lr_note, base_sets = "", []
+        if args.baseline_lrs:
+            lrs = [float(x) for x in args.baseline_lrs.split(",")]
+            runs = {lr: pool.submit(train, "train", args.baseline, out / f"baseline-lr{lr:g}-seed{seeds[0]}",
+                                    seeds[0], [f"train.lr={lr}"]) for lr in lrs}
+            dev = {lr: min(dev_curve(f.result().parent)) for lr, f in runs.items()}
+            best_lr = min(dev, key=dev.get)
+            base_sets = [f"train.lr={best_lr}"]
+            lr_note = (f"Baseline learning rate chosen on dev (seed {seeds[0]}): "
+                       + ", ".join(f"{lr:g} -> {w:.2f}%" for lr, w in dev.items()) + f"; used: {best_lr:g}. ")
+            base_dir = lambda s: out / f"baseline-lr{best_lr:g}-seed{s}"  # noqa: E731
+        else:
+            base_dir = lambda s: out / f"baseline-seed{s}"  # noqa: E731
+        jobs = {("CTC-only baseline", s): pool.submit(train, "train", args.baseline, base_dir(s), s, base_sets)
+                for s in seeds}
+        for name, sets in variants.items():
+            for s in seeds:
+                jobs[(name, s)] = pool.submit(train, "train-student", args.distill, out / f"{slug(name)}-seed{s}",
+                                              s, sets)
+        ckpts = {k: f.result() for k, f in jobs.items()}
+        evals = {k: pool.submit(evaluate, c, corpus, args.lm, args.alphas, args.betas) for k, c in ckpts.items()}
+        results = {k: f.result() for k, f in evals.items()}
+    t_eval = evaluate(teacher, corpus, args.lm, args.alphas, args.betas) if teacher.is_file() else None
+    for (name, s), r in results.items():
+        print(json.dumps({"run": name, "seed": s, **r}), flush=True)
+
+    names = ["CTC-only baseline"] + list(variants)
+    base = {s: results[("CTC-only baseline", s)] for s in seeds}
+    has_lm = args.lm is not None
+    head = ("| model | test WER greedy (per seed) | mean | vs baseline (paired, ± SE) |"
+            + (" test WER beam + LM (mean) | vs baseline |" if has_lm else "")
+            + " dev WER greedy (mean) | dev gain in the last quarter of epochs (mean) |")
+    lines = [
+        "## Efficacy: does distillation beat CTC-only training?\n", f"`{command_line()}`\n",
+        f"Machine: {machine()}; {args.jobs} training run(s) at a time with {threads} thread(s) each. Baseline "
+        f"`{args.baseline}`, distilled `{args.distill}` (cache `{dcfg['distill']['cache']}`), seeds {seeds}, "
+        f"WER in % of each run's best-dev checkpoint. " + lr_note
+        + (f"Beam search: width 32, LM `{args.lm}`, alpha in {{{args.alphas}}} and beta in {{{args.betas}}} chosen "
+           f"on dev for every model. " if has_lm else "")
+        + "Differences are paired by seed, mean ± standard error; * marks a difference more than 2 standard errors "
+          "from 0.\n",
+        head, "|" + "---|" * (head.count("|") - 1)]
+    if t_eval:
+        lines.append(f"| teacher ({teacher}) | {t_eval['test']:.2f} | {t_eval['test']:.2f} | |"
+                     + (f" {t_eval['beam']:.2f} | |" if has_lm else "") + f" {t_eval['dev']:.2f} | |")
+    for name in names:
+        rs = [results[(name, s)] for s in seeds]
+        gains = [late_gain(dev_curve(ckpts[(name, s)].parent)) for s in seeds]
+        row = (f"| {name} | {', '.join(f'{r['test']:.2f}' for r in rs)} | {statistics.mean(r['test'] for r in rs):.2f} | "
+               + ("" if name == names[0] else paired([r["test"] for r in rs], [base[s]["test"] for s in seeds])) + " |")
+        if has_lm:
+            row += (f" {statistics.mean(r['beam'] for r in rs):.2f} | "
+                    + ("" if name == names[0] else paired([r["beam"] for r in rs], [base[s]["beam"] for s in seeds]))
+                    + " |")
+        row += f" {statistics.mean(r['dev'] for r in rs):.2f} | {statistics.mean(gains):.2f} |"
+        lines.append(row)
+    lines.append("\nVariants (overrides of the distilled config): "
+                 + "; ".join(f"{n}: `{' '.join(v) or '(none)'}`" for n, v in variants.items()) + ".")
+    write_section(args.section, "\n".join(lines))
 
 
 if __name__ == "__main__":

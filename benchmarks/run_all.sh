@@ -30,7 +30,7 @@ python cache_codecs.py --teacher ../$T20 --corpus ../data/seed --split dev --sam
 cd ..
 # efficacy on the demo corpus (needs ./scripts/demo.sh first: its teacher and configs)
 if [ -f runs/demo/teacher/checkpoint_best.pt ]; then
-  python benchmarks/efficacy.py --distill configs/demo/distill.yaml --baseline configs/demo/baseline.yaml \
+  python benchmarks/codec_efficacy.py --distill configs/demo/distill.yaml --baseline configs/demo/baseline.yaml \
       --teacher runs/demo/teacher/checkpoint_best.pt \
       --compact-codecs log_probs=topk,topk_k=8,topk_coverage=0.999,topk_tail=lowrank,logits_rank=112,logits_coeff=int8,hidden=lowrank,lowrank_rank=1024,lowrank_coeff=step,lowrank_target_error=0.0085 \
       --compact-codecs tail32+lr192:log_probs=topk,topk_k=8,topk_coverage=0.999,topk_tail=lowrank,logits_rank=32,logits_coeff=int8,hidden=lowrank,lowrank_rank=192,lowrank_coeff=int8 \

@@ -64,6 +64,8 @@ def data():
 @click.option("--num-test", default=200, show_default=True, help="Test utterances.")
 @click.option("--num-untranscribed", default=0, show_default=True,
               help="Utterances of training speakers without transcripts (split 'untranscribed').")
+@click.option("--num-lm-sentences", default=0, show_default=True,
+              help="Text-only sentences added to lm_train.txt (for an n-gram LM), beside the train transcripts.")
 @click.option("--feature-dim", default=512, show_default=True, help="Feature dimension.")
 @click.option("--num-units", default=1228, show_default=True, help="Word units (the vocabulary adds the blank).")
 @click.option("--num-phones", default=48, show_default=True, help="Phone inventory the units are spelled with.")
@@ -73,7 +75,7 @@ def data():
               help="Range of per-utterance signal-to-noise ratios in dB.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing corpus at --out.")
 @_friendly
-def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, feature_dim, num_units, num_phones,
+def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, num_lm_sentences, feature_dim, num_units, num_phones,
                phones_per_unit, num_speakers, snr_db, overwrite):
     """Write the deterministic synthetic demo corpus (seed geometry by default)."""
     from pathlib import Path
@@ -81,7 +83,8 @@ def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, featu
     if (Path(out) / "corpus.json").exists() and not overwrite:
         raise OfflineKDError(f"{out} already holds a corpus; use --overwrite to replace it")
     spec = SynthSpec(seed=seed, num_train=num_train, num_dev=num_dev, num_test=num_test,
-                     num_untranscribed=num_untranscribed, feature_dim=feature_dim,
+                     num_untranscribed=num_untranscribed, num_lm_sentences=num_lm_sentences,
+                     feature_dim=feature_dim,
                      num_units=num_units, num_phones=num_phones, phones_per_unit=phones_per_unit,
                      num_speakers=num_speakers, test_speakers=min(8, num_speakers // 5),
                      snr_db=tuple(snr_db))

@@ -47,7 +47,7 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
     return {
         "path": path, "complete": meta.complete, "format_version": meta.format_version,
         "tool_version": meta.tool_version, "created": meta.created,
-        "teacher_sha256": meta.teacher["sha256"], "teacher_weights_sha256": meta.teacher["weights_sha256"],
+        "teacher_path": meta.teacher["path"], "teacher_sha256": meta.teacher["sha256"], "teacher_weights_sha256": meta.teacher["weights_sha256"],
         "teacher_model_config": meta.teacher["model_config"], "teacher_dev": meta.teacher_dev,
         "vocab_sha256": meta.vocab_sha256,
         "identity_sha256": meta.identity_sha256, "num_classes": v, "layers": dims,

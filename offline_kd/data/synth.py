@@ -32,6 +32,7 @@ class SynthSpec:
     num_dev: int = 200
     num_test: int = 200
     num_untranscribed: int = 0        # training-speaker audio without transcripts (split "untranscribed")
+    num_lm_sentences: int = 0         # extra text-only sentences for lm_train.txt (besides the train transcripts)
     feature_dim: int = 512
     num_units: int = 1228
     num_phones: int = 48
@@ -113,8 +114,8 @@ class SynthCorpus:
 
 def write_synth_corpus(out: str | Path, spec: SynthSpec, log=print) -> dict:
     """Write train/dev/test HDF5 splits (and `untranscribed` when `spec.num_untranscribed` > 0: audio of the
-    training speakers whose transcripts are not stored) + vocab + corpus.json (+ lm_train.txt with the training
-    transcripts). Each split has its own random stream, so adding untranscribed audio leaves the others as they were."""
+    training speakers whose transcripts are not stored) + vocab + corpus.json (+ lm_train.txt: the training
+    transcripts and `spec.num_lm_sentences` more sentences of text drawn from the same language model). Each split has its own random stream, so adding untranscribed audio leaves the others as they were."""
     out = Path(out)
     corpus = SynthCorpus(spec)
     vocab = corpus.vocab()
@@ -147,6 +148,9 @@ def write_synth_corpus(out: str | Path, spec: SynthSpec, log=print) -> dict:
             writer.abort()
             raise
         if split == "train":
+            rng_lm = np.random.default_rng([spec.seed, 200])
+            texts += [" ".join(vocab.tokens[w + 1] for w in corpus.sentence(rng_lm))
+                      for _ in range(spec.num_lm_sentences)]
             (out / "lm_train.txt").write_text("\n".join(texts) + "\n")
         counts[split] = n
         log(f"wrote {out / (split + '.h5')}: {n} utterances")
