@@ -36,6 +36,9 @@ def test_tts_en_quick(tmp_path):
         assert {"wer", "cer", "beam_wer", "beam_cer", "alpha", "beta", "num_parameters"} <= set(r)
     assert rows[1]["num_parameters"] == rows[2]["num_parameters"]
     manifest = [json.loads(x) for x in (tmp_path / "data/raw/manifest.jsonl").read_text().splitlines()]
+    assert [m for m in manifest if m["split"] == "untranscribed"] and \
+        all("text" not in m for m in manifest if m["split"] == "untranscribed")
+    assert "untranscribed: untranscribed, 12 utterances" in res.stdout + res.stderr
     by_split = {s: {m["text"] for m in manifest if m["split"] == s} for s in ("train", "dev", "test")}
     assert not by_split["train"] & (by_split["dev"] | by_split["test"])        # disjoint sentences
     lm_text = set((tmp_path / "data/raw/lm_text.txt").read_text().splitlines())

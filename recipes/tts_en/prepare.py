@@ -104,10 +104,15 @@ def plan(args) -> tuple[list[dict], list[str]]:
     test, dev = sents[:args.num_test], sents[args.num_test:args.num_test + args.num_dev]
     train_partition = sents[args.num_test + args.num_dev:]          # LM text: never a dev/test sentence
     train = train_partition[:args.num_train]
+    # untranscribed audio: further training-partition sentences, spoken by training voices; their text is not stored
+    untranscribed = train_partition[args.num_train:args.num_train + args.num_untranscribed]
+    if len(untranscribed) < args.num_untranscribed:
+        die(f"only {len(train_partition) - args.num_train} training-partition sentences left for "
+            f"{args.num_untranscribed} untranscribed utterances")
     rows = []
-    for split, texts in (("train", train), ("dev", dev), ("test", test)):
+    for split, texts in (("train", train), ("dev", dev), ("test", test), ("untranscribed", untranscribed)):
         for i, text in enumerate(texts):
-            held = split != "train" and i % 2 == 0
+            held = split in ("dev", "test") and i % 2 == 0
             if held and rng.random() < 0.5:
                 voice, variant = rng.choice(HELD_OUT_VOICES), rng.choice(TRAIN_VARIANTS + HELD_OUT_VARIANTS)
             elif held:
@@ -155,6 +160,9 @@ def main() -> None:
     ap.add_argument("--num-train", type=int, default=3000)
     ap.add_argument("--num-dev", type=int, default=300)
     ap.add_argument("--num-test", type=int, default=300)
+    ap.add_argument("--num-untranscribed", type=int, default=0,
+                    help="Utterances of further training-partition sentences whose text is not kept (split "
+                         "'untranscribed'; the LM text still holds them, as it holds every non-dev/test sentence).")
     ap.add_argument("--min-words", type=int, default=4)
     ap.add_argument("--max-words", type=int, default=12)
     ap.add_argument("--snr-min", type=float, default=5.0)
@@ -178,7 +186,8 @@ def main() -> None:
             seconds += max(sec, 0.0)
     with open(out / "manifest.jsonl.tmp", "w") as fh:
         for r in rows:
-            fh.write(json.dumps({"id": r["id"], "features": f"feats/{r['id']}.npy", "text": r["text"],
+            text = {} if r["split"] == "untranscribed" else {"text": r["text"]}      # rows without text
+            fh.write(json.dumps({"id": r["id"], "features": f"feats/{r['id']}.npy", **text,
                                  "split": r["split"]}) + "\n")
     os.replace(out / "manifest.jsonl.tmp", out / "manifest.jsonl")
     (out / "utterances.jsonl").write_text("".join(json.dumps({**r, "frames": frames[r["id"]]}) + "\n"

@@ -3,6 +3,7 @@
 #
 #   recipes/tts_en/run.sh            full size (about an hour on 2 CPU cores)
 #   recipes/tts_en/run.sh --quick    a handful of utterances and tiny models (a few minutes; the CI test)
+#   NUM_UNTRANSCRIBED=3000 recipes/tts_en/run.sh   add 3,000 untranscribed utterances for the distilled student
 #
 # Steps: 1. synthesize + log-mel features (prepare.py)  2. `offline-kd data import` + validate
 #        3. 4-gram KenLM from training-partition text (lmplz, build_binary)  4. teacher
@@ -19,14 +20,14 @@ QUICK=0
 
 if [ "$QUICK" = 1 ]; then
   NAME=tts_en_quick
-  SIZES=(--num-train 48 --num-dev 12 --num-test 12)
+  SIZES=(--num-train 48 --num-dev 12 --num-test 12 --num-untranscribed "${NUM_UNTRANSCRIBED:-12}")
   # tiny models, 2 epochs: checks the plumbing, not the accuracy
   TEACHER=(--set model.hidden_dim=32 --set model.num_layers=4 --set train.epochs=2)
   STUDENT=(--set model.hidden_dim=16 --set model.num_layers=3 --set train.epochs=2)
   TUNE=(--alphas 0,0.5 --betas 0,1 --beam-width 8)
 else
   NAME=tts_en
-  SIZES=(--num-train "${NUM_TRAIN:-3000}" --num-dev 300 --num-test 300)
+  SIZES=(--num-train "${NUM_TRAIN:-3000}" --num-dev 300 --num-test 300 --num-untranscribed "${NUM_UNTRANSCRIBED:-0}")
   TEACHER=() STUDENT=() TUNE=()
 fi
 DATA="${DATA:-data/$NAME}"
@@ -69,10 +70,16 @@ OMP_NUM_THREADS=$HALF train train "$HERE/configs/baseline.yaml" "$RUNS/baseline"
 BASELINE=$!
 trap 'kill "$BASELINE" 2>/dev/null || true' EXIT     # a failure below must not leave the baseline running
 export OMP_NUM_THREADS=$HALF
+# untranscribed audio (NUM_UNTRANSCRIBED > 0): cached with train and dev, mixed into the distilled student's training
+UNTRANSCRIBED=(); SPLITS="[train,dev]"
+if [ -f "$DATA/corpus/untranscribed.h5" ]; then
+  UNTRANSCRIBED=(--set "distill.untranscribed_splits=[untranscribed]"); SPLITS="[train,untranscribed,dev]"
+fi
 $OKD dump-teacher --config "$HERE/configs/dump.yaml" --set "dump.teacher=$RUNS/teacher/checkpoint_best.pt" \
-  --set "dump.corpus=$DATA/corpus" --set "dump.output=$CACHE"
+  --set "dump.corpus=$DATA/corpus" --set "dump.output=$CACHE" --set "dump.splits=$SPLITS"
 $OKD cache verify "$CACHE" --teacher "$RUNS/teacher/checkpoint_best.pt" --sample 16
-train train-student "$HERE/configs/distill.yaml" "$RUNS/distilled" "${STUDENT[@]}" --set "distill.cache=$CACHE"
+train train-student "$HERE/configs/distill.yaml" "$RUNS/distilled" "${STUDENT[@]}" --set "distill.cache=$CACHE" \
+  "${UNTRANSCRIBED[@]}"
 wait "$BASELINE" || { echo "run.sh: error: the baseline failed, see $RUNS/baseline.log" >&2; exit 1; }
 trap - EXIT
 unset OMP_NUM_THREADS
