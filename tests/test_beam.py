@@ -165,3 +165,17 @@ def test_vocab_size_mismatch_raises():
     dec = BeamSearchDecoder(CHAR_TOKENS, "char", "|")
     with pytest.raises(ValueError, match="vocabulary size"):
         dec.decode([np.zeros((4, len(CHAR_TOKENS) + 1), np.float32)])
+
+
+@pytest.mark.parametrize("name, content", [
+    ("garbage.arpa", bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8))),
+    ("garbage.bin", bytes(np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8))),
+    ("latin1.arpa", ARPA.encode() + "\n\\end\\\ncaf\xe9\n".encode("latin-1")),
+])
+def test_garbage_lm_is_named_before_kenlm_reads_it(tmp_path, capfd, name, content):
+    """#13 item 6: a file that is no LM gets a message naming it and what it should be (KenLM prints nothing)."""
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=f"language model {tmp_path / name}: (neither an ARPA file|an ARPA file "
+                                         f"must be UTF-8)"):
+        BeamSearchDecoder(CHAR_TOKENS, "char", "|", lm_path=str(tmp_path / name))
+    assert "****" not in capfd.readouterr().err

@@ -22,6 +22,28 @@ def _is_arpa(path: str) -> bool:
         return f.read(64).lstrip().startswith(b"\\data\\")
 
 
+_KENLM_MAGIC = b"mmap lm http://kheafield.com/code"
+
+
+def check_lm_file(path: str) -> None:
+    """Refuse, before KenLM prints anything, a file that is neither an ARPA text model nor a KenLM binary."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(_KENLM_MAGIC):
+        return
+    if head.lstrip().startswith(b"\\data\\"):
+        try:
+            with open(path, encoding="utf-8") as t:
+                for _ in t:
+                    pass
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"language model {path}: an ARPA file must be UTF-8 text; byte {exc.start} of a "
+                             f"line is not") from None
+        return
+    raise ValueError(f"language model {path}: neither an ARPA file (text starting with \\data\\) nor a KenLM "
+                     f"binary (made by build_binary); build one with lmplz and build_binary (KenLM)")
+
+
 def read_arpa_unigrams(path: str) -> list[str]:
     """Words of an ARPA file's \\1-grams section, without <s>, </s>, <unk>.
 
@@ -72,6 +94,8 @@ class BeamSearchDecoder:
             raise ValueError(f"need the blank plus at least one token, got {len(tokens)} tokens")
         if lm_path is not None and not os.path.isfile(lm_path):
             raise ValueError(f"language model file not found: {lm_path}")
+        if lm_path is not None:
+            check_lm_file(lm_path)
         self.tokens = list(tokens)
         self.vocab_size = len(tokens)
         self.beam_width = int(beam_width)
