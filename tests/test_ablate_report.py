@@ -78,3 +78,5 @@ def test_tune_lm_and_beam_evaluate_with_a_real_kenlm_model(tiny_teacher, tiny_co
     res = runner.invoke(main, ["evaluate", "--checkpoint", str(tiny_teacher), "--decoder", "beam",
                                "--lm", str(tmp_path / "missing.arpa")])
     assert res.exit_code == 1 and "not found" in res.output
+    res = runner.invoke(main, ["evaluate", "--checkpoint", str(tiny_teacher), "--lm", str(arpa)])
+    assert res.exit_code == 1 and "--lm is used by beam search only: add --decoder beam" in res.output

@@ -18,6 +18,8 @@ def run(checkpoint: str, split: str, *, corpus_dir: str | None = None, device: s
         skip_invalid: bool = False, decoder: str = "greedy", lm: str | None = None, alpha: float = 0.5,
         beta: float = 1.0, beam_width: int = 32, compare_greedy: bool = False, num_processes: int = 1,
         log=print) -> dict:
+    if lm is not None and decoder != "beam":
+        raise OfflineKDError("--lm is used by beam search only: add --decoder beam")
     dev = resolve_device(device)
     model, vocab, ckpt = model_from_checkpoint(checkpoint, dev)
     corpus_dir = corpus_dir or ckpt.get("config", {}).get("data", {}).get("corpus")
