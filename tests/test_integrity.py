@@ -196,3 +196,4 @@ def test_a_truncated_object_is_a_one_line_error_in_verify_and_train_student(f16_
     errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert len(errors) == 1 and "array log_probs: cannot read frames" in errors[0], res.output
+    assert not (tmp_path / "run").exists()        # a failed start leaves no half-made run directory behind

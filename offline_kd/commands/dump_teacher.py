@@ -21,6 +21,7 @@ from offline_kd import __version__
 from offline_kd.cache.codecs import codec_from_spec, state_arrays
 from offline_kd.cache.layout import META_KEY, open_group
 from offline_kd.cache.meta import CacheMeta
+from offline_kd.locking import cache_lock
 from offline_kd.cache.store import finalize, needed_batches, prepare_store
 from offline_kd.cache.reader import build_codecs
 from offline_kd.cache.writer import SplitWriter, shard_frame_count, shards_done
@@ -158,7 +159,8 @@ def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
     """Dump the teacher; under torchrun every rank writes its own block of shards and rank 0 finalises."""
     env, device = distributed.setup(cfg.device)
     try:
-        return _run(cfg, overwrite, env, device, log if env.is_main else quiet)
+        with cache_lock(cfg.output, env.is_main):       # one dump per cache (the ranks of this one excepted)
+            return _run(cfg, overwrite, env, device, log if env.is_main else quiet)
     finally:
         distributed.shutdown()
 

@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -38,6 +39,7 @@ from offline_kd.data.prefetch import prefetch
 from offline_kd.data.sampler import BucketBatchSampler
 from offline_kd.data.vocab import Vocabulary
 from offline_kd.errors import OfflineKDError
+from offline_kd.locking import run_dir_lock
 from offline_kd.losses.modules import LossFn
 from offline_kd.models.bilstm import BiLSTMCTC, count_parameters
 from offline_kd.training import distributed
@@ -105,6 +107,36 @@ def make_scheduler(optimizer, cfg, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+#: settings a --resume may change: they extend or observe a run without changing what it has computed so far
+RESUME_SAFE = ("train.epochs", "train.progress", "train.log_every", "train.device", "data.num_workers",
+               "distill.verify_reads", "distill.storage_options", "distill.cache", "distill.compare_baseline")
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and not k.endswith("mapping") \
+                and k != "storage_options":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume_config(saved: Optional[dict], now: dict, path: Path) -> None:
+    """Refuse a --resume whose resolved config differs from the run's saved one outside RESUME_SAFE, naming the
+    keys (a changed model would otherwise fail deep in load_state_dict, a changed lr go unnoticed)."""
+    if saved is None:          # a checkpoint from before configs were saved in it
+        return
+    a, b = _flatten(saved), _flatten(now)
+    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in RESUME_SAFE]
+    if changed:
+        shown = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:6])
+        raise OfflineKDError(f"--resume: the config differs from the one {path} was trained with ({shown}"
+                             f"{' ...' if len(changed) > 6 else ''}); a resumed run may change only "
+                             f"{', '.join(RESUME_SAFE)}; start a new run (another train.output_dir) for the rest")
+
+
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, model: BiLSTMCTC, vocab: Vocabulary, train_dataset,
                  train_lengths: np.ndarray, train_indices: np.ndarray, dev_reader: Optional[SplitReader],
@@ -170,6 +202,7 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
+        check_resume_config(ckpt.get("config"), asdict(self.cfg), path)
         self.model.load_state_dict(ckpt["model_state_dict"])
         if self.extra is not None and ckpt.get("extra_state_dict") is not None:
             self.extra.load_state_dict(ckpt["extra_state_dict"])
@@ -209,6 +242,20 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------- fit
     def fit(self, resume: bool = False) -> dict:
+        """Train (or, with `resume`, continue) in train.output_dir, holding its lock. A run that fails before its
+        first checkpoint removes the directory it created: nothing that looks like a run is left behind."""
+        created = self.is_main and not self.out.exists()
+        with run_dir_lock(self.out, self.is_main):
+            try:
+                return self._fit(resume)
+            except BaseException:
+                if created and not (self.out / "checkpoint_last.pt").exists():
+                    if self.tb is not None:
+                        self.tb.close()
+                    shutil.rmtree(self.out, ignore_errors=True)
+                raise
+
+    def _fit(self, resume: bool) -> dict:
         cfg = self.cfg
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,85 @@
+"""#13 items 5 and 7: one writer per run directory and per cache; --resume refuses a changed config by name."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import QUIET, dump_cfg, experiment_dict
+from offline_kd.commands import dump_teacher, train
+from offline_kd.config import ExperimentConfig, build_dataclass
+from offline_kd.errors import OfflineKDError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _hold(lock_file: Path, what: str):
+    """Another process holding a WriterLock on lock_file until killed."""
+    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
+            f"from offline_kd.locking import WriterLock\n"
+            f"with WriterLock({str(lock_file)!r}, {what!r}, 'hint'):\n"
+            f"    print('held', flush=True); time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_second_run_into_a_busy_run_directory_is_refused(tiny_corpus, tmp_path):
+    out = tmp_path / "run"
+    holder = _hold(out / ".lock", f"run directory {out}")
+    try:
+        cfg = build_dataclass(ExperimentConfig, experiment_dict(tiny_corpus, out, epochs=1))
+        with pytest.raises(OfflineKDError, match=rf"run directory {out} is in use by offline-kd pid {holder.pid} "
+                                                 rf".*choose another train.output_dir"):
+            train.run(cfg, **QUIET)
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]       # nothing of the refused run
+    finally:
+        holder.kill()
+        holder.wait()
+    train.run(cfg, **QUIET)                      # the lock dies with its holder: no stale lock
+    assert (out / "checkpoint_last.pt").is_file() and not (out / ".lock").exists()
+
+
+def test_a_second_dump_into_a_busy_cache_is_refused(tiny_teacher, tiny_corpus, tmp_path):
+    out = tmp_path / "c.zarr"
+    holder = _hold(tmp_path / "c.zarr.lock", f"cache {out}")
+    try:
+        with pytest.raises(OfflineKDError, match=rf"cache {out} is in use by offline-kd pid {holder.pid}"):
+            dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["train"]), **QUIET)
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tiny_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume") / "run"
+    train.run(build_dataclass(ExperimentConfig, experiment_dict(tiny_corpus, out, epochs=1)), **QUIET)
+    return out
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"train": {"lr": 0.02}}, "train.lr: 0.01 -> 0.02"),
+    ({"model": {"hidden_dim": 32}}, "model.hidden_dim: 24 -> 32"),
+    ({"augment": {"time_masks": 1}}, "augment.time_masks: 0 -> 1"),
+])
+def test_resume_with_a_changed_setting_is_refused_by_name(one_epoch_run, tiny_corpus, change, named):
+    d = experiment_dict(tiny_corpus, one_epoch_run, epochs=2)
+    for section, kv in change.items():
+        d.setdefault(section, {}).update(kv)
+    before = (one_epoch_run / "config.yaml").read_text()
+    with pytest.raises(OfflineKDError, match=rf"--resume: the config differs .*\({named}\); a resumed run may "
+                                             rf"change only train.epochs"):
+        train.run(build_dataclass(ExperimentConfig, d), resume=True, **QUIET)
+    assert (one_epoch_run / "config.yaml").read_text() == before
+
+
+def test_resume_may_extend_a_run(one_epoch_run, tiny_corpus):
+    d = experiment_dict(tiny_corpus, one_epoch_run, epochs=2)
+    d["train"]["progress"] = True
+    train.run(build_dataclass(ExperimentConfig, d), resume=True, **QUIET)
+    assert yaml.safe_load((one_epoch_run / "config.yaml").read_text())["train"]["epochs"] == 2
