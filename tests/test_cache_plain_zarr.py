@@ -85,7 +85,7 @@ def test_plain_zarr_reads_the_documented_layout(tiny_teacher, tiny_corpus, tmp_p
                     lowrank_fit_frames=300)
     for u in utts:
         lp, h, path, meta = _read_utterance(exact, u)
-        assert meta["format_version"] == 1 and meta["layers"] == {"1": 64, "3": 64}
+        assert meta["format_version"] == 2 and meta["layers"] == {"1": 64, "3": 64}
         np.testing.assert_allclose(lp, live[u + "/lp"], atol=1e-5)
         np.testing.assert_allclose(h, live[u + "/h3"], atol=1e-5)
         np.testing.assert_array_equal(path, live[u + "/lp"].argmax(-1))

@@ -5,10 +5,11 @@
       lowrank/log_probs/basis, mean, scale  fitted state of the low-rank log-prob codec (only with that codec)
       prior/log_probs                 mean teacher distribution, for the top-k codec's prior tail
       {split}/                        attrs: num_utterances, num_frames, created, complete, shard_frames ...
-        utterance_id    str    (N,)   in dump order (longest first)
+        utterance_id    uint8  (N, L) in dump order (longest first): UTF-8, zero-padded to the longest id
+                                      (format 1: a zarr-python `string` array, still read)
         offset          int64  (N+1,) utterance i = frames offset[i]:offset[i+1] of every per-frame array
         input_frames    int64  (N,)   feature frames before subsampling
-        feature_sha256  str    (N,)   sha256 of the utterance's float32 input features
+        feature_sha256  uint8  (N, 32) sha256 digest of the utterance's float32 input features (format 1: hex str)
         checksum        uint32 (N,)   crc32 of the utterance's stored bytes, all per-frame arrays by sorted path
         best_path       int32  (F,)   teacher argmax per frame (the greedy 1-best before collapsing)
         log_probs[...]  (F, ...)      codec arrays, e.g. log_probs (F, V) or log_probs/values (F, k) ...
@@ -29,8 +30,38 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from offline_kd.errors import OfflineKDError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2           # 2: ids and hashes as uint8 arrays (core Zarr v3 types, readable by any implementation)
+READABLE_VERSIONS = (1, 2)
 META_KEY = "offline_kd"
+
+
+def encode_ids(ids: list[str]) -> np.ndarray:
+    """Utterance ids -> (N, L) uint8: UTF-8 bytes, zero-padded (an id cannot contain NUL)."""
+    raw = [u.encode("utf-8") for u in ids]
+    out = np.zeros((len(raw), max([1] + [len(r) for r in raw])), dtype=np.uint8)
+    for i, r in enumerate(raw):
+        if b"\0" in r:
+            raise OfflineKDError(f"utterance id {ids[i]!r} contains a NUL character")
+        out[i, :len(r)] = np.frombuffer(r, dtype=np.uint8)
+    return out
+
+
+def decode_ids(stored: np.ndarray) -> list[str]:
+    """Inverse of encode_ids; a format-1 string array is returned as it is."""
+    if stored.ndim == 1:
+        return [str(u) for u in stored]
+    return [bytes(row).rstrip(b"\0").decode("utf-8") for row in stored]
+
+
+def encode_hashes(hexes: list[str]) -> np.ndarray:
+    return np.array([np.frombuffer(bytes.fromhex(h), dtype=np.uint8) for h in hexes], dtype=np.uint8).reshape(
+        len(hexes), 32)
+
+
+def decode_hashes(stored: np.ndarray) -> list[str]:
+    if stored.ndim == 1:
+        return [str(h) for h in stored]
+    return [bytes(row).hex() for row in stored]
 
 
 def field_arrays(log_prob_codec, hidden_codecs: dict) -> list[tuple[str, tuple, str, bool]]:
@@ -82,7 +113,7 @@ def read_meta(group: zarr.Group, path: str) -> dict:
     meta = group.attrs.get(META_KEY)
     if not isinstance(meta, dict):
         raise OfflineKDError(f"{path}: not an offline-kd cache (no '{META_KEY}' metadata)")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise OfflineKDError(f"{path}: cache format version {meta.get('format_version')} is not supported "
-                             f"(this offline-kd reads version {FORMAT_VERSION})")
+                             f"(this offline-kd reads versions {', '.join(map(str, READABLE_VERSIONS))})")
     return meta

@@ -15,7 +15,7 @@ import zarr
 
 from offline_kd.cache.codecs import codec_from_spec, load_state
 from offline_kd.cache.meta import CacheMeta
-from offline_kd.cache.layout import field_arrays, open_group, read_meta, utterance_checksum
+from offline_kd.cache.layout import decode_hashes, decode_ids, field_arrays, open_group, read_meta, utterance_checksum
 from offline_kd.errors import OfflineKDError
 
 try:                      # zarr's own bridge from sync code to its event loop (what Array.__getitem__ uses)
@@ -39,10 +39,10 @@ class CacheSplit:
         g = cache.root[name]
         self.group = g
         self.attrs = dict(g.attrs)
-        self.utterance_ids = [str(u) for u in g["utterance_id"][:]]
+        self.utterance_ids = decode_ids(g["utterance_id"][...])
         self.offsets = g["offset"][:].astype(np.int64)
         self.input_frames = g["input_frames"][:].astype(np.int64)
-        self.feature_hashes = [str(h) for h in g["feature_sha256"][:]]
+        self.feature_hashes = decode_hashes(g["feature_sha256"][...])
         self.position = {u: i for i, u in enumerate(self.utterance_ids)}
         self.paths = [p for p, *_ in field_arrays(cache.lp_codec, cache.hidden_codecs)]
         # per-utterance crc32 of the stored bytes, checked on every read (a complete split has them)

@@ -23,7 +23,7 @@ import numpy as np
 import zarr
 from zarr.codecs import TransposeCodec
 
-from offline_kd.cache.layout import compressors, field_arrays, utterance_checksum
+from offline_kd.cache.layout import compressors, encode_hashes, encode_ids, field_arrays, utterance_checksum
 from offline_kd.errors import InternalError, OfflineKDError
 
 _STOP = object()     # flush everything and mark the split complete
@@ -48,14 +48,14 @@ def create_split(root: zarr.Group, name: str, utterance_ids: list[str], offsets:
     starts = shard_starts(np.asarray(offsets, np.int64), shard_frames)
     per_shard = max(1, int(np.diff(starts).max()))
 
-    def small(key, data, dtype):
-        a = g.create_array(key, shape=data.shape, chunks=(max(1, len(data)),), dtype=dtype,
+    def small(key, data):
+        a = g.create_array(key, shape=data.shape, chunks=(max(1, len(data)), *data.shape[1:]), dtype=data.dtype,
                            compressors=compressors(compressor, level))
-        a[:] = data
-    small("utterance_id", np.asarray(utterance_ids, dtype=object), str)
-    small("offset", np.asarray(offsets, np.int64), "int64")
-    small("input_frames", np.asarray(input_frames, np.int64), "int64")
-    small("feature_sha256", np.asarray(feature_hashes, dtype=object), str)
+        a[...] = data
+    small("utterance_id", encode_ids(utterance_ids))
+    small("offset", np.asarray(offsets, np.int64))
+    small("input_frames", np.asarray(input_frames, np.int64))
+    small("feature_sha256", encode_hashes(feature_hashes))
     g.create_array("checksum", shape=(n,), chunks=(max(1, n),), dtype="uint32", fill_value=0)
     num_shards = len(starts) - 1
     g.create_array("_progress/shard_done", shape=(num_shards,), chunks=(1,), dtype="uint8", fill_value=0)
