@@ -1,15 +1,33 @@
 #!/usr/bin/env bash
 # The README's main job: the whole offline-kd pipeline on the built-in synthetic demo corpus.
-#   1. synthesize the corpus  2. train the teacher  3. train the CTC-only student baseline
-#   4. dump the teacher once into a Zarr v3 cache  5. verify the cache  6. distil the student from the cache
-#   7. evaluate all three on the test split and print the comparison table (runs/demo/report/report.md)
-# Idempotent: finished steps are skipped, interrupted training resumes (delete runs/demo to start over).
+#   1. synthesize the corpus: 600 transcribed training utterances, 2,400 untranscribed ones, dev, test, LM text
+#   2. a 3-gram LM on the LM text (when KenLM's lmplz is installed)
+#   3. train the teacher  4. train the CTC-only student baseline (transcribed data only)
+#   5. dump the teacher once into a Zarr v3 cache (transcribed, untranscribed, dev)  6. verify the cache
+#   7. distil the student from the cache (transcribed + untranscribed)
+#   8. evaluate all three on the test split, greedy and beam + LM, and print the table (runs/demo/report/report.md)
+# Idempotent: finished steps are skipped, interrupted training resumes (delete runs/demo, cache/demo_teacher.zarr
+# and data/demo to start over).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OKD="${OKD:-offline-kd}"
+START=$(date +%s)
 
 if [ ! -f data/demo/corpus.json ]; then
-  $OKD data synth --out data/demo --num-train 1500 --num-dev 150 --num-test 150 --num-units 200 --phones-per-unit 2
+  $OKD data synth --out data/demo --num-train 600 --num-untranscribed 2400 --num-dev 150 --num-test 150 \
+    --num-units 200 --phones-per-unit 2 --num-lm-sentences 20000
+fi
+LM=()
+LMPLZ=$(command -v lmplz || true)
+[ -z "$LMPLZ" ] && [ -x "$(dirname "$(command -v python)")/lmplz" ] && LMPLZ="$(dirname "$(command -v python)")/lmplz"
+if [ -n "$LMPLZ" ]; then
+  if [ ! -f data/demo/lm.arpa ]; then
+    "$LMPLZ" -o 3 --discount_fallback -S 10% -T data/demo < data/demo/lm_train.txt > data/demo/lm.arpa.tmp 2> data/demo/lmplz.log
+    mv data/demo/lm.arpa.tmp data/demo/lm.arpa
+  fi
+  LM=(--lm data/demo/lm.arpa --tune-split dev --alphas 0.25,0.5,1 --betas 0,1,2)
+else
+  echo "demo.sh: lmplz not found: the report has greedy decoding only (see docs/language-models.md)" >&2
 fi
 train() {  # train CMD CONFIG OUTDIR
   if [ -f "$3/checkpoint_last.pt" ]; then $OKD "$1" --config "$2" --resume; else $OKD "$1" --config "$2"; fi
@@ -20,4 +38,5 @@ $OKD dump-teacher --config configs/demo/dump.yaml
 $OKD cache info cache/demo_teacher.zarr
 $OKD cache verify cache/demo_teacher.zarr --teacher runs/demo/teacher/checkpoint_best.pt --sample 16
 train train-student configs/demo/distill.yaml runs/demo/distilled
-$OKD report runs/demo/teacher runs/demo/baseline runs/demo/distilled --out runs/demo/report
+$OKD report runs/demo/teacher runs/demo/baseline runs/demo/distilled --out runs/demo/report "${LM[@]}"
+echo "demo: done in $(( ($(date +%s) - START) / 60 )) min $(( ($(date +%s) - START) % 60 )) s" >&2

@@ -47,7 +47,13 @@ def test_a_format_1_cache_still_reads(f32_cache, tiny_corpus, tmp_path):
         a = g.create_array(key, shape=(len(values),), dtype=str, overwrite=True)
         a[:] = np.asarray(values, dtype=object)
     root = zarr.open_group(str(old), mode="r+")
-    root.attrs[META_KEY] = {**root.attrs[META_KEY], "format_version": 1}
+    meta = {**root.attrs[META_KEY], "format_version": 1}
+    root.attrs[META_KEY] = meta
+    from offline_kd.cache import integrity
+    from offline_kd.cache.layout import field_arrays
+    c = TeacherCache(str(f32_cache))
+    root.attrs[integrity.INTEGRITY_KEY] = integrity.seal(
+        root, meta, c.splits, [p for p, *_ in field_arrays(c.lp_codec, c.hidden_codecs)])   # sealed as v1 was
     split = TeacherCache(str(old)).split("train")
     assert split.utterance_ids == new.utterance_ids and split.feature_hashes == new.feature_hashes
     cfg = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, old, tmp_path / "s", epochs=1))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from helpers import dump_cfg, QUIET
+from helpers import CODECS, dump_cfg, QUIET
 from offline_kd.cache.verify import verify_cache
 from offline_kd.commands import dump_teacher
 
@@ -86,6 +86,28 @@ def test_verify_fails_for_tampered_metadata(tiny_teacher, tiny_corpus, tmp_path)
         assert not res["ok"] and any("metadata changed" in p for p in res["problems"]), (where, res["problems"])
         (out / where).write_text(backup)
     assert verify_cache(str(out), **QUIET)["ok"]
+
+
+def test_the_reader_refuses_tampered_metadata_and_fitted_state(tiny_teacher, tiny_corpus, tmp_path):
+    """#13 item 3: what shapes decoding (metadata, fitted codec state) is checked when a cache is opened for
+    training, not only by `cache verify`."""
+    from offline_kd.cache.reader import TeacherCache
+    from offline_kd.errors import OfflineKDError
+    out = tmp_path / "c.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["train"], codecs=CODECS[
+        "topk-lowrank+lowrank-step"]), **QUIET)
+    TeacherCache(str(out))
+    doc = json.loads((out / "zarr.json").read_text())
+    backup = json.dumps(doc)
+    doc["attributes"]["offline_kd"]["num_classes"] += 1
+    (out / "zarr.json").write_text(json.dumps(doc))
+    with pytest.raises(OfflineKDError, match="the cache was changed after its dump: metadata changed"):
+        TeacherCache(str(out))
+    (out / "zarr.json").write_text(backup)
+    _corrupt(zarr.open_array(str(out / "lowrank" / "hidden_3" / "basis"), mode="r+"))
+    with pytest.raises(OfflineKDError, match="lowrank/hidden_3/basis: contents differ from the sealed sha256"):
+        TeacherCache(str(out))
+    TeacherCache(str(out), verify_reads=False)          # the documented way to skip the checks
 
 
 def test_each_kind_of_seal_problem_is_named(tiny_teacher, tiny_corpus, tmp_path):

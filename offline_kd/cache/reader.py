@@ -152,6 +152,19 @@ class TeacherCache:
         self.lp_codec, self.hidden_codecs = build_codecs(self.meta.codecs, self.root)
         self.layers = sorted(self.hidden_codecs)
         self.layer_dims = self.meta.layer_dims
+        if verify_reads and self.meta.complete:
+            self._check_seal()
+
+    def _check_seal(self) -> None:
+        """The sealed digests of the metadata and of every array that is not per-frame (ids, offsets, fitted codec
+        state, ...): what shapes decoding is checked once at open; per-frame data is checked on every read."""
+        from offline_kd.cache import integrity
+        fields = [p for p, *_ in field_arrays(self.lp_codec, self.hidden_codecs)]
+        problems, _ = integrity.check(self.root, self.splits, fields)
+        if problems:
+            raise OfflineKDError(f"{self.path}: the cache was changed after its dump: {'; '.join(problems[:3])}"
+                                 f"{' ...' if len(problems) > 3 else ''} (`offline-kd cache verify` lists all; "
+                                 f"dump it again)")
 
     @property
     def splits(self) -> list[str]:
