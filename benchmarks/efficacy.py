@@ -71,9 +71,9 @@ def late_gain(curve: list[float]) -> float:
     return max(0.0, min(curve[:cut]) - min(curve))
 
 
-def evaluate(ckpt: Path, corpus: str, lm: str | None, alphas: str, betas: str) -> dict:
-    """dev greedy, test greedy and (with an LM) test beam + LM with alpha/beta tuned on dev."""
-    out = ckpt.parent / "efficacy_eval.json"
+def evaluate(ckpt: Path, corpus: str, lm: str | None, alphas: str, betas: str, out: Path | None = None) -> dict:
+    """dev greedy, test greedy and (with an LM) test beam + LM with alpha/beta tuned on dev (kept in `out`)."""
+    out = out or ckpt.parent / "efficacy_eval.json"
     if not out.is_file() or json.loads(out.read_text()).get("lm") != lm:
         if lm:
             cli("tune-lm", "--checkpoint", str(ckpt), "--corpus", corpus, "--lm", lm, "--alphas", alphas,
@@ -127,11 +127,16 @@ def main():
         variants[name] = [s for s in sets.split(";") if s]
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        lr_note, base_sets = "", []
-        if args.baseline_lrs:
+        lr_note, base_sets, jobs = "", [], {}
+        if args.baseline_lrs:     # the sweep first, the students queued behind it, the other baseline seeds last
             lrs = [float(x) for x in args.baseline_lrs.split(",")]
             runs = {lr: pool.submit(train, "train", args.baseline, out / f"baseline-lr{lr:g}-seed{seeds[0]}",
                                     seeds[0], [f"train.lr={lr}"]) for lr in lrs}
+        for name, sets in variants.items():
+            for s in seeds:
+                jobs[(name, s)] = pool.submit(train, "train-student", args.distill, out / f"{slug(name)}-seed{s}",
+                                              s, sets)
+        if args.baseline_lrs:
             dev = {lr: min(dev_curve(f.result().parent)) for lr, f in runs.items()}
             best_lr = min(dev, key=dev.get)
             base_sets = [f"train.lr={best_lr}"]
@@ -140,16 +145,13 @@ def main():
             base_dir = lambda s: out / f"baseline-lr{best_lr:g}-seed{s}"  # noqa: E731
         else:
             base_dir = lambda s: out / f"baseline-seed{s}"  # noqa: E731
-        jobs = {("CTC-only baseline", s): pool.submit(train, "train", args.baseline, base_dir(s), s, base_sets)
-                for s in seeds}
-        for name, sets in variants.items():
-            for s in seeds:
-                jobs[(name, s)] = pool.submit(train, "train-student", args.distill, out / f"{slug(name)}-seed{s}",
-                                              s, sets)
+        for s in seeds:
+            jobs[("CTC-only baseline", s)] = pool.submit(train, "train", args.baseline, base_dir(s), s, base_sets)
         ckpts = {k: f.result() for k, f in jobs.items()}
         evals = {k: pool.submit(evaluate, c, corpus, args.lm, args.alphas, args.betas) for k, c in ckpts.items()}
         results = {k: f.result() for k, f in evals.items()}
-    t_eval = evaluate(teacher, corpus, args.lm, args.alphas, args.betas) if teacher.is_file() else None
+    t_eval = (evaluate(teacher, corpus, args.lm, args.alphas, args.betas, out / "teacher_eval.json")
+              if teacher.is_file() else None)
     for (name, s), r in results.items():
         print(json.dumps({"run": name, "seed": s, **r}), flush=True)
 
@@ -175,7 +177,8 @@ def main():
     for name in names:
         rs = [results[(name, s)] for s in seeds]
         gains = [late_gain(dev_curve(ckpts[(name, s)].parent)) for s in seeds]
-        row = (f"| {name} | {', '.join(f'{r['test']:.2f}' for r in rs)} | {statistics.mean(r['test'] for r in rs):.2f} | "
+        per_seed = ", ".join(f"{r['test']:.2f}" for r in rs)
+        row = (f"| {name} | {per_seed} | {statistics.mean(r['test'] for r in rs):.2f} | "
                + ("" if name == names[0] else paired([r["test"] for r in rs], [base[s]["test"] for s in seeds])) + " |")
         if has_lm:
             row += (f" {statistics.mean(r['beam'] for r in rs):.2f} | "
