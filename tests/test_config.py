@@ -34,6 +34,16 @@ def test_shipped_configs_load():
     for name in ("teacher_config", "student_baseline", "distillation_config"):
         load_config(f"configs/{name}.yaml", ExperimentConfig)
     load_config("configs/dump_config.yaml", DumpRootConfig)
+    for name in ("teacher", "baseline", "distill"):
+        load_config(f"configs/demo/{name}.yaml", ExperimentConfig)
+    load_config("configs/demo/dump.yaml", DumpRootConfig)
+    import yaml
+    from offline_kd.config import AblationConfig, build_dataclass
+    for path in ("configs/demo/ablation.yaml", "configs/ablation.yaml"):
+        abl = build_dataclass(AblationConfig, yaml.safe_load(open(path)))
+        base = str(__import__("pathlib").Path(path).parent / abl.base)
+        for run in abl.runs:        # every run's overrides make a valid config
+            load_config(base, ExperimentConfig, [f"{k}={v}" for k, v in run["set"].items()])
 
 
 def test_cli_config_error_is_one_line(tmp_path):
