@@ -64,6 +64,8 @@ def data():
 @click.option("--num-test", default=200, show_default=True, help="Test utterances.")
 @click.option("--num-untranscribed", default=0, show_default=True,
               help="Utterances of training speakers without transcripts (split 'untranscribed').")
+@click.option("--untranscribed-speakers", default=0, show_default=True,
+              help="Speakers of the untranscribed audio, heard nowhere else (0: the training speakers).")
 @click.option("--num-lm-sentences", default=0, show_default=True,
               help="Text-only sentences added to lm_train.txt (for an n-gram LM), beside the train transcripts.")
 @click.option("--feature-dim", default=512, show_default=True, help="Feature dimension.")
@@ -75,7 +77,8 @@ def data():
               help="Range of per-utterance signal-to-noise ratios in dB.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing corpus at --out.")
 @_friendly
-def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, num_lm_sentences, feature_dim, num_units, num_phones,
+def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, untranscribed_speakers, num_lm_sentences,
+               feature_dim, num_units, num_phones,
                phones_per_unit, num_speakers, snr_db, overwrite):
     """Write the deterministic synthetic demo corpus (seed geometry by default)."""
     from pathlib import Path
@@ -84,6 +87,7 @@ def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, num_l
         raise OfflineKDError(f"{out} already holds a corpus; use --overwrite to replace it")
     spec = SynthSpec(seed=seed, num_train=num_train, num_dev=num_dev, num_test=num_test,
                      num_untranscribed=num_untranscribed, num_lm_sentences=num_lm_sentences,
+                     untranscribed_speakers=untranscribed_speakers,
                      feature_dim=feature_dim,
                      num_units=num_units, num_phones=num_phones, phones_per_unit=phones_per_unit,
                      num_speakers=num_speakers, test_speakers=min(8, num_speakers // 5),

@@ -36,6 +36,16 @@ def test_synth_untranscribed_split_leaves_the_others_unchanged(tiny_corpus, tmp_
         assert a.transcribed and a.utterance_ids == b.utterance_ids and a.transcripts == b.transcripts
         assert a.all_feature_hashes() == b.all_feature_hashes()
     assert not (tmp_path / "plain" / "untranscribed.h5").exists()
+    # untranscribed audio of further speakers: the other splits are still the same bytes
+    write_synth_corpus(tmp_path / "more", tiny_spec(num_untranscribed=20, untranscribed_speakers=3,
+                                                     num_lm_sentences=5), **QUIET)
+    more = Corpus(tmp_path / "more")
+    spk = {int(u.rsplit("spk", 1)[1]) for u in more.split("untranscribed").utterance_ids}
+    assert spk <= {2, 3, 4} and len(spk) > 1                   # tiny_spec has speakers 0 and 1
+    for name in ("train", "dev", "test"):
+        assert more.split(name).all_feature_hashes() == plain.split(name).all_feature_hashes()
+    lm = (tmp_path / "more" / "lm_train.txt").read_text().splitlines()
+    assert len(lm) == 96 + 5 and lm[:96] == plain.split("train").transcripts
 
 
 def test_import_rows_without_text_make_an_untranscribed_split(tmp_path):

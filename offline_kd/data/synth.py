@@ -33,6 +33,8 @@ class SynthSpec:
     num_test: int = 200
     num_untranscribed: int = 0        # training-speaker audio without transcripts (split "untranscribed")
     num_lm_sentences: int = 0         # extra text-only sentences for lm_train.txt (besides the train transcripts)
+    untranscribed_speakers: int = 0   # > 0: the untranscribed audio comes from this many further speakers, heard
+                                      # nowhere else (0: from the training speakers)
     feature_dim: int = 512
     num_units: int = 1228
     num_phones: int = 48
@@ -75,6 +77,13 @@ class SynthCorpus:
                         * rng.normal(size=(d, d)).astype(np.float32) for _ in range(n_spk)]
         self.spk_bias = rng.normal(0.0, 0.3, (n_spk, d)).astype(np.float32)
         self.spk_rate = rng.uniform(0.75, 1.35, n_spk)
+        if spec.untranscribed_speakers:   # their own random stream: the other speakers stay as they were
+            extra = np.random.default_rng([spec.seed, 2])
+            self.spk_mix += [np.eye(d, dtype=np.float32) + spec.speaker_distortion / np.sqrt(d)
+                             * extra.normal(size=(d, d)).astype(np.float32) for _ in range(spec.untranscribed_speakers)]
+            self.spk_bias = np.concatenate([self.spk_bias, extra.normal(0.0, 0.3, (spec.untranscribed_speakers, d))
+                                           .astype(np.float32)])
+            self.spk_rate = np.concatenate([self.spk_rate, extra.uniform(0.75, 1.35, spec.untranscribed_speakers)])
 
     def sentence(self, rng) -> list[int]:
         n = int(rng.integers(self.spec.min_words, self.spec.max_words + 1))
@@ -134,7 +143,9 @@ def write_synth_corpus(out: str | Path, spec: SynthSpec, log=print) -> dict:
         texts = []
         try:
             for i in range(n):
-                if split in ("train", "untranscribed") or spec.test_speakers == 0:
+                if split == "untranscribed" and spec.untranscribed_speakers:
+                    spk = spec.num_speakers + int(rng.integers(0, spec.untranscribed_speakers))
+                elif split in ("train", "untranscribed") or spec.test_speakers == 0:
                     spk = int(rng.integers(0, max(1, train_speakers)))
                 else:   # half of dev/test from held-out speakers
                     spk = int(rng.integers(0, spec.num_speakers)) if rng.random() < 0.5 else \
