@@ -1,0 +1,69 @@
+"""Every command on a CUDA GPU (#14 item 1). Skipped without one; on a GPU machine: `python -m pytest -m cuda`.
+
+The same tiny corpus as the CPU tests. Offline == online on CUDA is checked within a tolerance, not bit for bit:
+cuDNN's LSTM kernels may differ between the dump's batches and the training batches (a different batch composition,
+hence a different padded length), so the cached targets equal the live ones to float32 rounding, not exactly."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from helpers import QUIET, dump_cfg, experiment_dict, student_dict
+from offline_kd.cli import main
+from offline_kd.commands import dump_teacher, train, train_student
+from offline_kd.config import ExperimentConfig, build_dataclass
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (python -m pytest -m cuda)")]
+
+CUDA_RTOL = 2e-3     # offline vs online on CUDA: per-step losses (float32 rounding through different batches)
+
+
+@pytest.fixture(scope="module")
+def cuda_teacher(tiny_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cuda_teacher")
+    cfg = build_dataclass(ExperimentConfig, experiment_dict(tiny_corpus, out, hidden=32, layers=3, epochs=6,
+                                                             batch_size=4, device="cuda"))
+    train.run(cfg, **QUIET)
+    return out / "checkpoint_last.pt"
+
+
+def test_every_command_runs_on_cuda(cuda_teacher, tiny_corpus, tmp_path):
+    out = tmp_path / "c.zarr"
+    dump_teacher.run(dump_cfg(cuda_teacher, tiny_corpus, out, splits=["train", "untranscribed", "dev"],
+                              device="cuda", codecs={"log_probs": "float16", "hidden": "float16"}), **QUIET)
+    for device in ("cuda", "cuda:0"):
+        d = student_dict(tiny_corpus, out, tmp_path / f"s-{device.replace(':', '')}", epochs=2,
+                         untranscribed_splits=["untranscribed"])
+        d["train"]["device"] = device
+        train_student.run(build_dataclass(ExperimentConfig, d), **QUIET)
+    runner = CliRunner()
+    res = runner.invoke(main, ["cache", "verify", str(out), "--teacher", str(cuda_teacher), "--sample", "4"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["evaluate", "--checkpoint", str(tmp_path / "s-cuda" / "checkpoint_best.pt"),
+                               "--split", "dev", "--device", "cuda", "--json"])
+    assert res.exit_code == 0, res.output
+    assert 0 <= json.loads(res.output.strip().splitlines()[-1])["wer"] <= 100
+
+
+def test_offline_equals_online_on_cuda(cuda_teacher, tiny_corpus, tmp_path):
+    out = tmp_path / "f32.zarr"
+    dump_teacher.run(dump_cfg(cuda_teacher, tiny_corpus, out, splits=["train"], device="cuda"), **QUIET)
+    runs = {}
+    for name, online in (("off", None), ("on", str(cuda_teacher))):
+        d = student_dict(tiny_corpus, out, tmp_path / name, epochs=2)
+        d["train"]["device"] = "cuda"
+        train_student.run(build_dataclass(ExperimentConfig, d), online_teacher=online, **QUIET)
+        runs[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                      if json.loads(line)["event"] == "step"]
+    assert len(runs["off"]) == len(runs["on"]) > 5
+    for a, b in zip(runs["off"], runs["on"]):
+        for k in ("train/soft", "train/ctc", "train/feature", "train/total"):
+            assert a[k] == pytest.approx(b[k], rel=CUDA_RTOL, abs=1e-5), (a["step"], k)
+    wa = torch.load(tmp_path / "off" / "checkpoint_last.pt", weights_only=False)["model_state_dict"]
+    wb = torch.load(tmp_path / "on" / "checkpoint_last.pt", weights_only=False)["model_state_dict"]
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert np.isfinite(worst) and worst < 1e-2
