@@ -42,9 +42,9 @@ def cli(*args, check=True):
     return p
 
 
-def dump(teacher, corpus, out: Path, codecs: dict):
+def dump(teacher, corpus, out: Path, codecs: dict, splits: list[str]):
     cfg = out.with_suffix(".yaml")
-    cfg.write_text(yaml.safe_dump({"dump": {"teacher": teacher, "corpus": corpus, "splits": ["train"],
+    cfg.write_text(yaml.safe_dump({"dump": {"teacher": teacher, "corpus": corpus, "splits": splits,
                                             "output": str(out), "progress": False, "codecs": codecs}}))
     cli("dump-teacher", "--config", str(cfg), "--overwrite")   # the demo caches are small: always dumped afresh
     return json.loads(cli("cache", "info", str(out), "--json").stdout)
@@ -81,7 +81,9 @@ def main():
     THREADS["OMP_NUM_THREADS"] = str(threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = yaml.safe_load(open(args.distill))["data"]["corpus"]
+    dcfg = yaml.safe_load(open(args.distill))
+    corpus = dcfg["data"]["corpus"]
+    splits = ["train"] + list(dcfg.get("distill", {}).get("untranscribed_splits") or [])
     compacts = {}
     for spec in args.compact_codecs:
         name, _, settings = spec.rpartition(":") if ":" in spec.split(",", 1)[0] else ("", "", spec)
@@ -91,9 +93,10 @@ def main():
             codecs[k] = yaml.safe_load(v)
         compacts[name or "compact"] = codecs
     tag = {n: ("compact" if n == "compact" else f"compact-{n}") for n in compacts}
-    infos = {"float32": dump(args.teacher, corpus, out / "float32.zarr", {"log_probs": "float32", "hidden": "float32"})}
+    infos = {"float32": dump(args.teacher, corpus, out / "float32.zarr", {"log_probs": "float32", "hidden": "float32"},
+                         splits)}
     for n, codecs in compacts.items():
-        infos[n] = dump(args.teacher, corpus, out / f"{tag[n]}.zarr", codecs)
+        infos[n] = dump(args.teacher, corpus, out / f"{tag[n]}.zarr", codecs, splits)
     seeds = [int(s) for s in args.seeds.split(",")]
     label = {n: f"offline, {n} cache" for n in compacts}
     runs = {"CTC-only baseline": lambda seed: train("train", args.baseline, out / f"baseline-seed{seed}", seed, []),
@@ -140,7 +143,7 @@ def main():
                  f"paired by seed: {', '.join(f'{d:+.2f}' for d in online)}; mean {mean(online):+.2f}; the seed "
                  f"spread of the float32 students' test WER: {min(r['test'] for r in f32):.2f} to "
                  f"{max(r['test'] for r in f32):.2f}.")
-    write_section("efficacy", "\n".join(lines))
+    write_section("codec-efficacy", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -28,8 +28,12 @@ python train_throughput.py --corpus ../data/seed --teacher ../$T --cache float32
     --cache float16=../cache/bench_f16.zarr --cache compact=../cache/bench_compact.zarr --batches 12 --runs "$RUNS"
 python cache_codecs.py --teacher ../$T20 --corpus ../data/seed --split dev --sample 64
 cd ..
-# efficacy on the demo corpus (needs ./scripts/demo.sh first: its teacher and configs)
+# efficacy on the demo corpus (needs ./scripts/demo.sh first: its teacher, cache, LM and configs)
 if [ -f runs/demo/teacher/checkpoint_best.pt ]; then
+  python benchmarks/efficacy.py --baseline configs/demo/baseline.yaml --distill configs/demo/distill.yaml \
+      --variant "pseudo-labels only=distill.alpha=0" \
+      --variant "transcribed only (same loss, 120 epochs)=distill.untranscribed_splits=[];train.epochs=120" \
+      --baseline-lrs 0.0015,0.003,0.005 --seeds 0,1,2 --jobs 2 --lm data/demo/lm.arpa --out runs/efficacy
   python benchmarks/codec_efficacy.py --distill configs/demo/distill.yaml --baseline configs/demo/baseline.yaml \
       --teacher runs/demo/teacher/checkpoint_best.pt \
       --compact-codecs log_probs=topk,topk_k=8,topk_coverage=0.999,topk_tail=lowrank,logits_rank=112,logits_coeff=int8,hidden=lowrank,lowrank_rank=1024,lowrank_coeff=step,lowrank_target_error=0.0085 \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's main job: the whole offline-kd pipeline on the built-in synthetic demo corpus.
-#   1. synthesize the corpus: 600 transcribed training utterances, 2,400 untranscribed ones, dev, test, LM text
+#   1. synthesize the corpus: 600 transcribed training utterances of 32 speakers, 2,400 untranscribed ones of 40
+#      further speakers, dev and test (half of them from 8 held-out speakers), text for the LM
 #   2. a 3-gram LM on the LM text (when KenLM's lmplz is installed)
 #   3. train the teacher  4. train the CTC-only student baseline (transcribed data only)
 #   5. dump the teacher once into a Zarr v3 cache (transcribed, untranscribed, dev)  6. verify the cache
@@ -14,8 +15,8 @@ OKD="${OKD:-offline-kd}"
 START=$(date +%s)
 
 if [ ! -f data/demo/corpus.json ]; then
-  $OKD data synth --out data/demo --num-train 600 --num-untranscribed 2400 --num-dev 150 --num-test 150 \
-    --num-units 200 --phones-per-unit 2 --num-lm-sentences 20000
+  $OKD data synth --out data/demo --num-train 600 --num-untranscribed 2400 --untranscribed-speakers 40 \
+    --num-dev 150 --num-test 150 --num-units 200 --phones-per-unit 2 --num-lm-sentences 20000
 fi
 LM=()
 LMPLZ=$(command -v lmplz || true)
