@@ -45,6 +45,21 @@ def experiment_dict(corpus: Path, out: Path, hidden=24, layers=2, epochs=3, batc
     }
 
 
+def step_records(run_dir: Path) -> list[dict]:
+    """The per-step records of a run's metrics.jsonl."""
+    import json
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["event"] == "step"]
+
+
+def offline_and_online_steps(off_cfg, on_cfg, teacher) -> tuple[list[dict], list[dict]]:
+    """Train one student from the cache and one from the live teacher; their step records."""
+    from offline_kd.commands import train_student
+    train_student.run(off_cfg, **QUIET)
+    train_student.run(on_cfg, online_teacher=str(teacher), **QUIET)
+    return step_records(off_cfg.train.output_dir), step_records(on_cfg.train.output_dir)
+
+
 def write_yaml(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path

@@ -5,7 +5,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import QUIET, student_dict, write_yaml
+from helpers import QUIET, offline_and_online_steps, student_dict, write_yaml
 from offline_kd.cli import main
 from offline_kd.config import ExperimentConfig, build_dataclass
 from offline_kd.commands import train_student
@@ -22,11 +22,7 @@ def test_offline_equals_online_with_float32_cache(options, f32_cache, tiny_teach
     """The proof that the cache changes nothing: same losses, gradients and weights as a live teacher."""
     off = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, f32_cache, tmp_path / "off", **options))
     on = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, f32_cache, tmp_path / "on", **options))
-    train_student.run(off, **QUIET)
-    train_student.run(on, online_teacher=str(tiny_teacher), **QUIET)
-    steps = lambda p: [json.loads(l) for l in (p / "metrics.jsonl").read_text().splitlines()  # noqa: E731
-                       if json.loads(l)["event"] == "step"]
-    a, b = steps(tmp_path / "off"), steps(tmp_path / "on")
+    a, b = offline_and_online_steps(off, on, tiny_teacher)
     assert len(a) == len(b) > 10
     for x, y in zip(a, b):
         assert x.keys() == y.keys()

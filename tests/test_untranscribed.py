@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import QUIET, dump_cfg, student_dict, tiny_spec
+from helpers import QUIET, dump_cfg, offline_and_online_steps, student_dict, tiny_spec
 from offline_kd.cli import main
 from offline_kd.commands import dump_teacher, train_student
 from offline_kd.config import ExperimentConfig, build_dataclass
@@ -132,11 +132,7 @@ def test_offline_equals_online_with_untranscribed_split(u_cache, tiny_teacher, t
     opts = dict(untranscribed_splits=["untranscribed"], untranscribed_fraction=0.5, seq_weight=0.0)
     off = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, u_cache, tmp_path / "off", **opts))
     on = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, u_cache, tmp_path / "on", **opts))
-    train_student.run(off, **QUIET)
-    train_student.run(on, online_teacher=str(tiny_teacher), **QUIET)
-    steps = lambda p: [json.loads(l) for l in (p / "metrics.jsonl").read_text().splitlines()  # noqa: E731
-                       if json.loads(l)["event"] == "step"]
-    a, b = steps(tmp_path / "off"), steps(tmp_path / "on")
+    a, b = offline_and_online_steps(off, on, tiny_teacher)
     # 96 transcribed + 24 of 48 untranscribed per epoch, batches of 8: 15 steps per epoch (+1 for the shifted cut)
     assert len(a) == len(b) and 30 <= len(a) <= 32
     for x, y in zip(a, b):
