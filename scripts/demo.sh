@@ -3,7 +3,7 @@
 #   1. synthesize the corpus: 600 transcribed training utterances of 32 speakers, 2,400 untranscribed ones of 40
 #      further speakers, dev and test (half of them from 8 held-out speakers), text for the LM
 #   2. a 3-gram LM on the LM text (when KenLM's lmplz is installed)
-#   3. train the teacher  4. train the CTC-only student baseline (transcribed data only)
+#   3. train the teacher and, side by side, the CTC-only student baseline (transcribed data only)
 #   5. dump the teacher once into a Zarr v3 cache (transcribed, untranscribed, dev)  6. verify the cache
 #   7. distil the student from the cache (transcribed + untranscribed)
 #   8. evaluate all three on the test split, greedy and beam + LM, and print the table (runs/demo/report/report.md)
@@ -33,11 +33,19 @@ fi
 train() {  # train CMD CONFIG OUTDIR
   if [ -f "$3/checkpoint_last.pt" ]; then $OKD "$1" --config "$2" --resume; else $OKD "$1" --config "$2"; fi
 }
+# The teacher and the CTC-only baseline are independent: they train side by side, the baseline on one thread (a
+# small student trains faster on one thread than on two), its output going to runs/demo/baseline.log.
+mkdir -p runs/demo
+OMP_NUM_THREADS=1 train train configs/demo/baseline.yaml runs/demo/baseline > runs/demo/baseline.log 2>&1 &
+BASELINE=$!
+trap 'kill "$BASELINE" 2>/dev/null || true' EXIT     # a failure below must not leave the baseline running
 train train configs/demo/teacher.yaml runs/demo/teacher
-train train configs/demo/baseline.yaml runs/demo/baseline
+wait "$BASELINE" || { echo "demo.sh: error: the baseline failed, see runs/demo/baseline.log" >&2; exit 1; }
+trap - EXIT
+tail -n 1 runs/demo/baseline.log
 $OKD dump-teacher --config configs/demo/dump.yaml
 $OKD cache info cache/demo_teacher.zarr
 $OKD cache verify cache/demo_teacher.zarr --teacher runs/demo/teacher/checkpoint_best.pt --sample 16
-train train-student configs/demo/distill.yaml runs/demo/distilled
+OMP_NUM_THREADS=1 train train-student configs/demo/distill.yaml runs/demo/distilled
 $OKD report runs/demo/teacher runs/demo/baseline runs/demo/distilled --out runs/demo/report "${LM[@]}"
 echo "demo: done in $(( ($(date +%s) - START) / 60 )) min $(( ($(date +%s) - START) % 60 )) s" >&2
