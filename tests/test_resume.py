@@ -92,16 +92,18 @@ def test_train_resume_is_exact_with_dropout_and_specaugment(tiny_corpus, tmp_pat
 @pytest.fixture(scope="module")
 def f16_cache(tiny_teacher, tiny_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("resume_cache") / "c.zarr"
-    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, codecs={"log_probs": "float16", "hidden": "float16"}),
-                     **QUIET)
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, codecs={"log_probs": "float16", "hidden": "float16"},
+                              splits=["train", "untranscribed", "dev"]), **QUIET)
     return out
 
 
-def test_train_student_resume_is_exact_including_the_projection_heads(f16_cache, tiny_corpus, tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"untranscribed_splits": ["untranscribed"], "untranscribed_fraction": 0.5,
+                                        "kl_frames": "spikes"}], ids=["transcribed", "with-untranscribed"])
+def test_train_student_resume_is_exact_including_the_projection_heads(extra, f16_cache, tiny_corpus, tmp_path):
     def cfg(name):
         d = _noisy(experiment_dict(tiny_corpus, tmp_path / name, epochs=3))
         d["distill"] = {"cache": str(f16_cache), "alpha": 0.5, "beta": 0.3, "gamma": 0.2, "seq_weight": 0.1,
-                        "temperature_schedule": [[1, 2.0], [2, 1.0]], "layer_mapping": {1: 1, 2: 3}}
+                        "temperature_schedule": [[1, 2.0], [2, 1.0]], "layer_mapping": {1: 1, 2: 3}, **extra}
         return build_dataclass(ExperimentConfig, d)
     train_student.run(cfg("full"), **QUIET)
     resumed = cfg("resumed")
