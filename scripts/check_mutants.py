@@ -69,6 +69,13 @@ MUTANTS = [
            "drawn = np.minimum(pos.reshape(f, n) - rows * v + 1, v - 1)", ("tests/test_codecs.py",)),
     Mutant("doc_recipe_prior_tail_uniform", "docs/cache-format.md",
            'elif codec["tail"] == "prior":', 'elif False:', ("tests/test_cache_plain_zarr.py",)),
+    # added with the untranscribed-audio and run-safety work (issues #17, #13)
+    Mutant("untranscribed_trained_on_empty_labels", "offline_kd/data/targets.py",
+           "if labelled is None or bool(labelled.all()):", "if True:", ("tests/test_untranscribed.py",)),
+    Mutant("resume_accepts_any_config", "offline_kd/training/trainer.py",
+           "    if changed:", "    if False:", ("tests/test_run_safety.py",)),
+    Mutant("reader_skips_the_seal", "offline_kd/cache/reader.py",
+           "if verify_reads and self.meta.complete:", "if False:", ("tests/test_integrity.py",)),
 ]
 
 
