@@ -50,4 +50,5 @@ def write_section(name: str, body: str) -> None:
 
 
 def command_line() -> str:
-    return "python " + " ".join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:])
+    import shlex
+    return "python " + " ".join([str(Path(sys.argv[0]).as_posix())] + [shlex.quote(a) for a in sys.argv[1:]])

@@ -168,8 +168,8 @@ def main():
         f"WER in % of each run's best-dev checkpoint. " + lr_note
         + (f"Beam search: width 32, LM `{args.lm}`, alpha in {{{args.alphas}}} and beta in {{{args.betas}}} chosen "
            f"on dev for every model. " if has_lm else "")
-        + "Differences are paired by seed, mean ± standard error; * marks a difference more than 2 standard errors "
-          "from 0.\n",
+        + "Differences are the variant's WER minus the baseline's (negative: better), paired by seed, mean ± "
+          "standard error; * marks a difference more than 2 standard errors from 0.\n",
         head, "|" + "---|" * (head.count("|") - 1)]
     if t_eval:
         lines.append(f"| teacher ({teacher}) | {t_eval['test']:.2f} | {t_eval['test']:.2f} | |"
