@@ -48,11 +48,11 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
 
     teacher, split, teacher_dims, extra_splits = None, None, {}, [None] * len(extra)
     if online_teacher:
-        teacher, t_vocab, _ = model_from_checkpoint(online_teacher, device)
+        teacher, t_vocab, t_ckpt = model_from_checkpoint(online_teacher, device)
         if t_vocab.sha256 != corpus.vocab.sha256:
             raise OfflineKDError(f"--online-teacher {online_teacher}: vocabulary differs from {corpus.dir}'s")
         teacher_dims = {L: teacher.hidden_size for L in range(1, teacher.config.num_layers + 1)}
-        teacher_dev = checkpoint_dev(load_checkpoint(online_teacher))
+        teacher_dev = checkpoint_dev(t_ckpt)
         for t in mapping.values():
             if t not in teacher_dims:
                 raise OfflineKDError(f"distill.layer_mapping: teacher layer {t} out of range 1..{teacher.config.num_layers}")
