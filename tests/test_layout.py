@@ -1,6 +1,7 @@
 """The cache layout's small encodings (format 2): ids and hashes as uint8 arrays, and the format check."""
 
 import hashlib
+import zlib
 
 import numpy as np
 import pytest
@@ -12,9 +13,9 @@ from offline_kd.errors import OfflineKDError
 
 
 def test_ids_round_trip_as_zero_padded_utf8():
-    ids = ["a", "train-000042-spk003", "é-ü", ""]
+    ids = ["a", "train-000042-spk003", "é-ü", "", "ends-with-XX"]
     enc = encode_ids(ids)
-    assert enc.dtype == np.uint8 and enc.shape == (4, len("train-000042-spk003"))
+    assert enc.dtype == np.uint8 and enc.shape == (5, len("train-000042-spk003"))
     assert bytes(enc[2, :5]) == "é-ü".encode() and not enc[2, 5:].any() and not enc[3].any()
     assert decode_ids(enc) == ids
     assert encode_ids([]).shape == (0, 1) and decode_ids(encode_ids([])) == []
@@ -51,6 +52,8 @@ def test_utterance_checksum_covers_every_array_and_only_its_frames():
     rng = np.random.default_rng(0)
     enc = {"b": rng.integers(0, 9, (10, 3)).astype(np.int8), "a": rng.normal(size=(10,)).astype(np.float16)}
     c = utterance_checksum(enc, 2, 5)
+    # the stored value is plain crc32 over the arrays' bytes in sorted path order (the format, docs/cache-format.md)
+    assert c == zlib.crc32(enc["b"][2:5].tobytes(), zlib.crc32(enc["a"][2:5].tobytes()))
     assert c == utterance_checksum({k: v.copy() for k, v in enc.items()}, 2, 5)
     assert c != utterance_checksum(enc, 2, 6) and c != utterance_checksum(enc, 3, 5)
     for key in enc:
