@@ -75,23 +75,41 @@ def data():
 @click.option("--num-speakers", default=40, show_default=True, help="Speakers (the last 8 appear only in dev/test).")
 @click.option("--snr-db", nargs=2, type=float, default=(4.0, 20.0), show_default=True,
               help="Range of per-utterance signal-to-noise ratios in dB.")
+@click.option("--zipf", default=1.1, show_default=True,
+              help="Zipf exponent of the unit frequencies (lower: rare units are heard more often).")
+@click.option("--latent-dim", default=0, show_default=True,
+              help="Phones live in a space of this size, projected onto the features (0: the feature space).")
+@click.option("--allophones", default=1, show_default=True,
+              help="Variants per phone, chosen by the phone before it (context-dependent acoustics).")
+@click.option("--allophone-spread", default=0.6, show_default=True,
+              help="How far a phone's variants lie from its centre (0: identical, 1: unrelated).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing corpus at --out.")
 @_friendly
 def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, untranscribed_speakers, num_lm_sentences,
                feature_dim, num_units, num_phones,
-               phones_per_unit, num_speakers, snr_db, overwrite):
+               phones_per_unit, num_speakers, snr_db, zipf, latent_dim, allophones, allophone_spread,
+               overwrite):
     """Write the deterministic synthetic demo corpus (seed geometry by default)."""
     from pathlib import Path
     from offline_kd.data.synth import SynthSpec, write_synth_corpus
     if (Path(out) / "corpus.json").exists() and not overwrite:
         raise OfflineKDError(f"{out} already holds a corpus; use --overwrite to replace it")
+    if not 0 <= latent_dim <= feature_dim:
+        raise OfflineKDError(f"--latent-dim must be between 0 and --feature-dim ({feature_dim}), got {latent_dim}")
+    if allophones < 1:
+        raise OfflineKDError(f"--allophones must be at least 1, got {allophones}")
+    if not 0.0 <= allophone_spread <= 1.0:
+        raise OfflineKDError(f"--allophone-spread must be between 0 and 1, got {allophone_spread}")
+    if zipf < 0:
+        raise OfflineKDError(f"--zipf must be >= 0, got {zipf}")
     spec = SynthSpec(seed=seed, num_train=num_train, num_dev=num_dev, num_test=num_test,
                      num_untranscribed=num_untranscribed, num_lm_sentences=num_lm_sentences,
                      untranscribed_speakers=untranscribed_speakers,
                      feature_dim=feature_dim,
                      num_units=num_units, num_phones=num_phones, phones_per_unit=phones_per_unit,
                      num_speakers=num_speakers, test_speakers=min(8, num_speakers // 5),
-                     snr_db=tuple(snr_db))
+                     snr_db=tuple(snr_db), zipf=zipf, latent_dim=latent_dim, allophones=allophones,
+                     allophone_spread=allophone_spread)
     write_synth_corpus(out, spec, log=_log)
 
 

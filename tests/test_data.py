@@ -37,6 +37,41 @@ def test_synth_is_deterministic_and_has_seed_geometry(tmp_path):
     assert len(sc.vocab()) == 1229 and sc.phones.shape[1] == 512
 
 
+def test_synth_latent_space_and_allophones(tmp_path):
+    """Phones in a latent space: every frame lies in the projection's row space (before noise); with allophones
+    the variant spoken is the one the previous phone selects, and the new options leave the defaults' bytes alone."""
+    from offline_kd.data.synth import SynthCorpus
+    clean = dict(snr_db=(200.0, 200.0), speaker_distortion=0.0)
+    sc = SynthCorpus(tiny_spec(latent_dim=4, allophones=3, allophone_spread=1.0, **clean))
+    assert sc.proj.shape == (4, 16) and np.allclose(sc.proj @ sc.proj.T, np.eye(4), atol=1e-5)
+    assert sc.variants.shape == (8, 3, 4) and sc.context.shape == (8, 9)
+    x = sc.render(np.random.default_rng(0), [1, 2, 3], speaker=0)
+    residual = x - (x @ sc.proj.T) @ sc.proj
+    assert np.abs(residual).max() < 1e-3 * np.abs(x).max()
+    # unit 1 after a pause: its first phone is the variant the pause context selects
+    p = int(sc.spellings[1][0])
+    v = sc.variants[p, sc.context[p, 8]]
+    expected = (v @ sc.latent_mix[0] + sc.latent_bias[0]) @ sc.proj
+    frames = [t for t in range(len(x)) if np.allclose(x[t], expected, atol=1e-3)]
+    assert frames, "the first phone's pause-context variant is not in the rendered features"
+    # variants differ from one another (spread 1: unrelated) and the defaults are untouched by the new options
+    assert not np.allclose(sc.variants[p, 0], sc.variants[p, 1])
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_synth_corpus(a, tiny_spec(num_train=4), log=lambda *_: None)
+    write_synth_corpus(b, tiny_spec(num_train=4, latent_dim=0, allophones=1, allophone_spread=0.3),
+                       log=lambda *_: None)
+    assert _digest(a / "train.h5") == _digest(b / "train.h5")
+
+
+@pytest.mark.parametrize("args, key", [(["--latent-dim", "600"], "--latent-dim"),
+                                       (["--allophones", "0"], "--allophones"),
+                                       (["--allophone-spread", "1.5"], "--allophone-spread"),
+                                       (["--zipf", "-1"], "--zipf")])
+def test_synth_cli_refuses_bad_options(tmp_path, args, key):
+    res = CliRunner().invoke(main, ["data", "synth", "--out", str(tmp_path / "c"), "--num-train", "2", *args])
+    assert res.exit_code == 1 and key in res.output and not (tmp_path / "c").exists()
+
+
 def test_synth_cli_refuses_to_overwrite(tmp_path, tiny_corpus):
     res = CliRunner().invoke(main, ["data", "synth", "--out", str(tiny_corpus), "--num-train", "2"])
     assert res.exit_code == 1 and "already holds a corpus" in res.output

@@ -46,6 +46,11 @@ class SynthSpec:
     zipf: float = 1.1
     snr_db: tuple = (4.0, 20.0)
     speaker_distortion: float = 0.35
+    latent_dim: int = 0               # > 0: phones, pauses and speakers live in a latent space of this size, projected
+                                      # onto the features (phones crowd together: classes overlap under noise)
+    allophones: int = 1               # > 1: each phone has this many variants; which one is spoken depends on the
+                                      # phone before it (a context-dependent task: capacity pays, as on speech)
+    allophone_spread: float = 0.6     # how far a variant lies from its phone's centre (0: identical, 1: unrelated)
 
 
 def _unit_spellings(rng, spec: SynthSpec) -> np.ndarray:
@@ -77,6 +82,9 @@ class SynthCorpus:
                         * rng.normal(size=(d, d)).astype(np.float32) for _ in range(n_spk)]
         self.spk_bias = rng.normal(0.0, 0.3, (n_spk, d)).astype(np.float32)
         self.spk_rate = rng.uniform(0.75, 1.35, n_spk)
+        self.proj = None
+        if spec.latent_dim or spec.allophones > 1:   # their own random stream: the defaults keep their bytes
+            self._latent(np.random.default_rng([spec.seed, 3]))
         if spec.untranscribed_speakers:   # their own random stream: the other speakers stay as they were
             extra = np.random.default_rng([spec.seed, 2])
             self.spk_mix += [np.eye(d, dtype=np.float32) + spec.speaker_distortion / np.sqrt(d)
@@ -84,6 +92,30 @@ class SynthCorpus:
             self.spk_bias = np.concatenate([self.spk_bias, extra.normal(0.0, 0.3, (spec.untranscribed_speakers, d))
                                            .astype(np.float32)])
             self.spk_rate = np.concatenate([self.spk_rate, extra.uniform(0.75, 1.35, spec.untranscribed_speakers)])
+
+    def _latent(self, rng) -> None:
+        spec, d = self.spec, self.spec.feature_dim
+        k = spec.latent_dim or d
+        if not 0 < k <= d:
+            raise ValueError(f"latent_dim must be in 1..feature_dim ({d}), got {spec.latent_dim}")
+        if spec.allophones < 1:
+            raise ValueError(f"allophones must be >= 1, got {spec.allophones}")
+        centers = rng.normal(0.0, 1.0, (spec.num_phones, 1, k))
+        spread = spec.allophone_spread if spec.allophones > 1 else 0.0
+        if not 0.0 <= spread <= 1.0:
+            raise ValueError(f"allophone_spread must be in [0, 1], got {spread}")
+        self.variants = (np.sqrt(1 - spread ** 2) * centers
+                         + spread * rng.normal(0.0, 1.0, (spec.num_phones, spec.allophones, k))).astype(np.float32)
+        # variant of phone p after phone q (q = num_phones: after a pause)
+        self.context = rng.integers(0, spec.allophones, (spec.num_phones, spec.num_phones + 1))
+        self.pause = rng.normal(0.0, 0.3, k).astype(np.float32)
+        n_spk = spec.num_speakers + spec.untranscribed_speakers
+        self.latent_mix = [np.eye(k, dtype=np.float32) + spec.speaker_distortion / np.sqrt(k)
+                           * rng.normal(size=(k, k)).astype(np.float32) for _ in range(n_spk)]
+        self.latent_bias = rng.normal(0.0, 0.3, (n_spk, k)).astype(np.float32)
+        # orthonormal rows: the projection keeps each frame's energy
+        q, _ = np.linalg.qr(rng.normal(size=(d, k)))
+        self.proj = q.T.astype(np.float32)
 
     def sentence(self, rng) -> list[int]:
         n = int(rng.integers(self.spec.min_words, self.spec.max_words + 1))
@@ -97,21 +129,28 @@ class SynthCorpus:
 
     def render(self, rng, words: list[int], speaker: int) -> np.ndarray:
         """Word ids -> (T, D) float32 features."""
+        latent = self.proj is not None
         segs = [self.pause] * int(rng.integers(1, 4))
+        prev = self.spec.num_phones                      # context of the first phone: a pause
         for j, w in enumerate(words):
             # a repeated word is always separated by a pause (CTC needs a blank between repeats)
             if j and (words[j - 1] == w or rng.random() < 0.3):
                 segs.extend([self.pause] * int(rng.integers(2, 4)))
+                prev = self.spec.num_phones
             for p in self.spellings[w]:
                 # at least 2 frames per phone: every phone survives 2x subsampling, so CTC can always align
                 dur = max(2, int(round(rng.integers(1, 5) * self.spk_rate[speaker])))
-                segs.extend([self.phones[p]] * dur)
+                segs.extend([self.variants[p, self.context[p, prev]] if latent else self.phones[p]] * dur)
+                prev = p
         segs.extend([self.pause] * int(rng.integers(1, 4)))
         x = np.stack(segs)
         # coarticulation: a short moving average blurs phone boundaries
         k = np.array([0.25, 0.5, 0.25], dtype=np.float32)
         x = k[0] * np.roll(x, 1, 0) + k[1] * x + k[2] * np.roll(x, -1, 0)
-        x = x @ self.spk_mix[speaker] + self.spk_bias[speaker]
+        if latent:
+            x = (x @ self.latent_mix[speaker] + self.latent_bias[speaker]) @ self.proj
+        else:
+            x = x @ self.spk_mix[speaker] + self.spk_bias[speaker]
         snr_db = rng.uniform(*self.spec.snr_db)
         noise_std = np.sqrt(np.mean(x ** 2) / (10 ** (snr_db / 10)))
         x = x + rng.normal(0.0, noise_std, x.shape)
