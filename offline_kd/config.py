@@ -82,6 +82,7 @@ class TrainConfig:
     eval_every: int = 1                 # epochs between dev evaluations
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"             # fp32 | bf16 | fp16 (CUDA): autocast for the model; losses stay float32
     output_dir: str = "runs/model"
     log_every: int = 10                 # optimizer steps between scalar logs
     progress: bool = True
@@ -90,6 +91,8 @@ class TrainConfig:
         _at_least("train", self, epochs=1, accumulation_steps=1, eval_every=1, log_every=1, warmup_steps=0)
         if self.lr <= 0:
             raise OfflineKDError(f"train.lr must be > 0, got {self.lr}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise OfflineKDError(f"train.precision must be one of fp32, bf16, fp16, got {self.precision!r}")
 
 
 @dataclass(frozen=True)

@@ -67,3 +67,21 @@ def test_offline_equals_online_on_cuda(cuda_teacher, tiny_corpus, tmp_path):
     wb = torch.load(tmp_path / "on" / "checkpoint_last.pt", weights_only=False)["model_state_dict"]
     worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
     assert np.isfinite(worst) and worst < 1e-2
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_on_cuda(cuda_teacher, tiny_corpus, tmp_path, precision):
+    """train.precision on a GPU: the baseline and a student from the cache train; fp16 keeps a gradient scaler
+    whose state resumes with the run."""
+    out = tmp_path / "c.zarr"
+    dump_teacher.run(dump_cfg(cuda_teacher, tiny_corpus, out, splits=["train", "dev"], device="cuda"), **QUIET)
+    d = experiment_dict(tiny_corpus, tmp_path / "ctc", epochs=2, device="cuda")
+    d["train"]["precision"] = precision
+    train.run(build_dataclass(ExperimentConfig, d), **QUIET)
+    s = student_dict(tiny_corpus, out, tmp_path / "student", epochs=1)
+    s["train"].update(device="cuda", precision=precision)
+    train_student.run(build_dataclass(ExperimentConfig, s), **QUIET)
+    s["train"]["epochs"] = 2
+    train_student.run(build_dataclass(ExperimentConfig, s), resume=True, **QUIET)
+    ckpt = torch.load(tmp_path / "student" / "checkpoint_last.pt", weights_only=False)
+    assert (ckpt["scaler"] is not None) == (precision == "fp16") and ckpt["epoch"] == 2

@@ -66,6 +66,7 @@ def one_epoch_run(tiny_corpus, tmp_path_factory):
     ({"train": {"lr": 0.02}}, "train.lr: 0.01 -> 0.02"),
     ({"model": {"hidden_dim": 32}}, "model.hidden_dim: 24 -> 32"),
     ({"augment": {"time_masks": 1}}, "augment.time_masks: 0 -> 1"),
+    ({"train": {"precision": "bf16"}}, "train.precision: 'fp32' -> 'bf16'"),
 ])
 def test_resume_with_a_changed_setting_is_refused_by_name(one_epoch_run, tiny_corpus, change, named):
     d = experiment_dict(tiny_corpus, one_epoch_run, epochs=2)

@@ -21,6 +21,7 @@ from offline_kd.data.targets import collapse_best_path
 from offline_kd.data.validate import output_frames
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
+from offline_kd.training.numerics import exact_numerics
 
 TEMPERATURES = (1.0, 3.0, 4.0)
 _READ_FRAMES = 65536   # structural check reads utterances in runs of about this many frames
@@ -116,7 +117,9 @@ def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, l
                 raise OfflineKDError(f"utterance {u} of the cache is not in {reader.path}")
             i = reader.index[u]
             x = torch.from_numpy(reader.features(i))[None].to(dev)
-            lp, out_len, hidden = model.forward_with_hidden_states(x, torch.tensor([x.shape[1]], device=dev), layers)
+            with exact_numerics():
+                lp, out_len, hidden = model.forward_with_hidden_states(x, torch.tensor([x.shape[1]], device=dev),
+                                                                       layers)
             live = lp[:, 0].float().cpu().numpy()
             cached = split.read(p)
             for t in TEMPERATURES:

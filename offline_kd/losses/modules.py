@@ -15,6 +15,7 @@ from offline_kd.data.targets import TeacherTargets
 from offline_kd.errors import InternalError, OfflineKDError
 from offline_kd.losses.kd import ctc_loss, hybrid_loss, temperature_at
 from offline_kd.models.projection import FeatureProjections
+from offline_kd.training.numerics import exact_numerics
 
 
 class LossFn(Protocol):
@@ -82,7 +83,9 @@ class DistillationLoss:
 
     @torch.no_grad()
     def live_targets(self, x: torch.Tensor, lengths: torch.Tensor) -> TeacherTargets:
-        lp, out_len, hidden = self.teacher.forward_with_hidden_states(x, lengths, sorted(set(self.mapping.values())))
+        with exact_numerics():   # the same float32 function as the dump's (TF32 off on a GPU)
+            lp, out_len, hidden = self.teacher.forward_with_hidden_states(x, lengths,
+                                                                          sorted(set(self.mapping.values())))
         best = lp.argmax(-1).transpose(0, 1).cpu().numpy()
         return TeacherTargets.from_best_paths(lp, out_len.cpu(), hidden,
                                               [best[b, :n] for b, n in enumerate(out_len.tolist())]).to(self.device)

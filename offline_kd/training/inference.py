@@ -16,6 +16,7 @@ from offline_kd.data.vocab import Vocabulary
 from offline_kd.decoding.greedy import greedy_ids
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
+from offline_kd.training.numerics import exact_numerics
 
 
 def resolve_device(name: str) -> torch.device:
@@ -48,7 +49,8 @@ def iterate_outputs(model, loader, device: torch.device, layers=None) -> Iterato
     for batch in loader:
         x = batch["features"].to(device, non_blocking=True)
         lengths = batch["feature_lengths"].to(device)
-        log_probs, out_len, hidden = model.forward_with_hidden_states(x, lengths, layers)
+        with exact_numerics():   # TF32 off: the dump and an online teacher compute the same function
+            log_probs, out_len, hidden = model.forward_with_hidden_states(x, lengths, layers)
         yield batch, log_probs, out_len, hidden
 
 

@@ -46,6 +46,7 @@ from offline_kd.training import distributed
 from offline_kd.training.checkpoint import (load_checkpoint, rng_state, save_checkpoint, seed_everything,
                                             set_rng_state)
 from offline_kd.training.inference import evaluate_greedy
+from offline_kd.training.numerics import grad_scaler, with_precision
 
 
 def worker_context():
@@ -129,6 +130,9 @@ def check_resume_config(saved: Optional[dict], now: dict, path: Path) -> None:
     if saved is None:          # a checkpoint from before configs were saved in it
         return
     a, b = _flatten(saved), _flatten(now)
+    # a key newer than the checkpoint reads as its default there (a run from before the key existed used it)
+    defaults = _flatten(asdict(ExperimentConfig()))
+    a.update({k: defaults[k] for k in b if k not in a and k in defaults})
     changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in RESUME_SAFE]
     if changed:
         shown = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:6])
@@ -176,6 +180,9 @@ class Trainer:
             self.forward_model, self.ddp_modules = _DDPModel(ddp, model), [ddp]
             if extra is not None and any(True for _ in extra.parameters()):
                 self.ddp_modules.append(loss_fn.wrap_trainable(lambda m: DDP(m, device_ids=ids)))
+        # train.precision: the forward pass under autocast (outputs back in float32 for the loss terms)
+        self.forward_model = with_precision(self.forward_model, cfg.train.precision, device)
+        self.scaler = grad_scaler(cfg.train.precision, device)
         params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
         self.optimizer = make_optimizer(params, cfg.train)
         steps_per_epoch = math.ceil(len(self.sampler) / cfg.train.accumulation_steps)
@@ -193,6 +200,7 @@ class Trainer:
             "vocab": self.vocab.to_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "epoch": epoch, "step": self.step, "best_wer": self.best_wer,
             "dev": {k: v for k, v in (dev or {}).items() if k in ("wer", "cer", "num_utterances")},
             "rng": rng_state(),
@@ -208,6 +216,8 @@ class Trainer:
             self.extra.load_state_dict(ckpt["extra_state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self.start_epoch, self.step, self.best_wer = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_wer"]
 
@@ -313,14 +323,21 @@ class Trainer:
                     raise OfflineKDError(f"epoch {epoch}: non-finite loss on batch with utterances "
                                          f"{', '.join(batch['utterance_ids'][:4])}")
                 group = min(accum, num_batches - (i // accum) * accum)   # the last group of an epoch may be short
-                (loss / group).backward()
+                scaled = loss / group
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             n_batches += 1
             frames += int(batch["feature_lengths"].sum())
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if stepping:
+                if self.scaler is not None:
+                    self.scaler.unscale_(self.optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.train.grad_clip)
-                self.optimizer.step()
+                if self.scaler is not None:   # skips the step when fp16 gradients overflowed
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1

@@ -1,0 +1,83 @@
+"""#14 items 2 and 5: exact numerics for the teacher's forward pass, mixed precision for training."""
+
+import pytest
+import torch
+
+from helpers import QUIET, experiment_dict
+from offline_kd.commands import train
+from offline_kd.config import ExperimentConfig, build_dataclass
+from offline_kd.errors import OfflineKDError
+from offline_kd.models.bilstm import BiLSTMCTC
+from offline_kd.config import ModelConfig
+from offline_kd.training.numerics import AutocastModel, exact_numerics, with_precision
+from offline_kd.training.trainer import check_resume_config
+
+
+def test_exact_numerics_turns_tf32_off_and_restores_the_flags():
+    cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (cuda.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark)
+    cuda.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark = True, True, False, True
+    try:
+        with exact_numerics():
+            assert (cuda.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark) == (False, False, True, False)
+        assert (cuda.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark) == (True, True, False, True)
+        with pytest.raises(RuntimeError):
+            with exact_numerics():
+                raise RuntimeError("boom")
+        assert cuda.allow_tf32 and cudnn.benchmark
+    finally:
+        cuda.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark = before
+
+
+def test_bf16_forward_runs_in_bf16_and_returns_float32():
+    torch.manual_seed(0)
+    model = BiLSTMCTC(ModelConfig(input_dim=16, hidden_dim=24, num_layers=2, num_classes=9, dropout=0.0)).eval()
+    x, lengths = torch.randn(2, 20, 16), torch.tensor([20, 14])
+    wrapped = with_precision(model, "bf16", torch.device("cpu"))
+    assert isinstance(wrapped, AutocastModel) and with_precision(model, "fp32", torch.device("cpu")) is model
+    with torch.no_grad():
+        lp32, n32, h32 = model.forward_with_hidden_states(x, lengths, [1, 2])
+        lp16, n16, h16 = wrapped.forward_with_hidden_states(x, lengths, [1, 2])
+        lp16b, _ = wrapped(x, lengths)
+    assert lp16.dtype == torch.float32 and all(h.dtype == torch.float32 for h in h16.values())
+    assert torch.equal(n32, n16) and torch.equal(lp16, lp16b)
+    diff = (lp16 - lp32).abs().max().item()
+    assert 0 < diff < 0.2          # bf16 arithmetic happened (not bit-equal), and it is close
+    assert wrapped.config is model.config
+
+
+def test_bf16_training_on_cpu(tiny_corpus, tmp_path):
+    d = experiment_dict(tiny_corpus, tmp_path / "run", epochs=2)
+    d["train"]["precision"] = "bf16"
+    result = train.run(build_dataclass(ExperimentConfig, d), **QUIET)
+    assert result["best_dev_wer"] <= 100.0 and (tmp_path / "run" / "checkpoint_last.pt").is_file()
+
+
+def test_fp16_needs_cuda_and_bad_names_are_refused(tiny_corpus, tmp_path):
+    d = experiment_dict(tiny_corpus, tmp_path / "run", epochs=1)
+    d["train"]["precision"] = "fp8"
+    with pytest.raises(OfflineKDError, match="train.precision must be one of fp32, bf16, fp16, got 'fp8'"):
+        build_dataclass(ExperimentConfig, d)
+    d["train"].update(precision="fp16", device="cpu")
+    with pytest.raises(OfflineKDError, match="train.precision fp16 needs a CUDA device"):
+        train.run(build_dataclass(ExperimentConfig, d), **QUIET)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_from_before_a_new_key_resumes_at_its_default(tmp_path):
+    now = {"train": {"lr": 0.01, "precision": "fp32"}}
+    check_resume_config({"train": {"lr": 0.01}}, now, tmp_path)            # the key is newer than the run
+    with pytest.raises(OfflineKDError, match="train.precision: 'fp32' -> 'bf16'"):
+        check_resume_config({"train": {"lr": 0.01}}, {"train": {"lr": 0.01, "precision": "bf16"}}, tmp_path)
+
+
+def test_bf16_student_from_the_cache_and_online_teacher_stays_float32(f32_cache, tiny_corpus, tmp_path):
+    """The student's forward pass in bf16; the cached targets (float32) and the loss terms are unchanged."""
+    from helpers import student_dict
+    from offline_kd.commands import train_student
+    d = student_dict(tiny_corpus, f32_cache, tmp_path / "run", epochs=1)
+    d["train"]["precision"] = "bf16"
+    train_student.run(build_dataclass(ExperimentConfig, d), **QUIET)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
+    assert ckpt["config"]["train"]["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in ckpt["model_state_dict"].values() if v.is_floating_point())
