@@ -34,13 +34,17 @@ class DataConfig:
     batch_size: int = 16                # utterances per batch (upper bound)
     max_frames_per_batch: Optional[int] = None  # input frames per batch (upper bound), null = unbounded
     num_buckets: int = 10               # length buckets for the bucketed sampler
-    num_workers: int = 0                # DataLoader worker processes
+    # DataLoader worker processes; auto: none on a CPU (the loader thread keeps up there, workers take cores from
+    # the model), min(6, cores per process - 1) on a GPU (decoding and reading must keep up with the device)
+    num_workers: Union[int, str] = "auto"
     prefetch_batches: int = 2           # with num_workers 0: batches loaded ahead in a background thread
     skip_invalid: bool = False          # skip invalid utterances instead of failing
 
     def __post_init__(self):
-        _at_least("data", self, batch_size=1, max_frames_per_batch=1, num_buckets=1, num_workers=0,
-                    prefetch_batches=0)
+        _at_least("data", self, batch_size=1, max_frames_per_batch=1, num_buckets=1, prefetch_batches=0)
+        if isinstance(self.num_workers, str) and self.num_workers != "auto" or \
+                isinstance(self.num_workers, int) and self.num_workers < 0:
+            raise OfflineKDError(f"data.num_workers must be auto or an integer >= 0, got {self.num_workers!r}")
 
 
 @dataclass(frozen=True)

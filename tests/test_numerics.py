@@ -81,3 +81,22 @@ def test_bf16_student_from_the_cache_and_online_teacher_stays_float32(f32_cache,
     ckpt = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
     assert ckpt["config"]["train"]["precision"] == "bf16"
     assert all(v.dtype == torch.float32 for v in ckpt["model_state_dict"].values() if v.is_floating_point())
+
+
+def test_auto_workers_none_on_cpu_some_per_gpu_process():
+    from offline_kd.training.trainer import resolve_num_workers
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_num_workers("auto", cpu, cpu_count=64) == 0
+    assert resolve_num_workers("auto", gpu, cpu_count=16) == 6
+    assert resolve_num_workers("auto", gpu, world_size=8, cpu_count=16) == 1
+    assert resolve_num_workers("auto", gpu, world_size=4, cpu_count=16) == 3
+    assert resolve_num_workers("auto", gpu, cpu_count=1) == 1
+    assert resolve_num_workers(3, cpu) == 3
+
+
+@pytest.mark.parametrize("value", ["many", -1])
+def test_bad_num_workers_is_refused_by_name(tiny_corpus, tmp_path, value):
+    d = experiment_dict(tiny_corpus, tmp_path / "run")
+    d["data"]["num_workers"] = value
+    with pytest.raises(OfflineKDError, match=f"data.num_workers must be auto or an integer >= 0, got {value!r}"):
+        build_dataclass(ExperimentConfig, d)
