@@ -100,3 +100,25 @@ def test_bad_num_workers_is_refused_by_name(tiny_corpus, tmp_path, value):
     d["data"]["num_workers"] = value
     with pytest.raises(OfflineKDError, match=f"data.num_workers must be auto or an integer >= 0, got {value!r}"):
         build_dataclass(ExperimentConfig, d)
+
+
+def test_precision_names_devices_and_scaler_choice():
+    """The pieces `train.precision` is made of, on device objects (no GPU needed to construct them)."""
+    import warnings
+    from offline_kd.training.numerics import check_precision, grad_scaler
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert check_precision("fp32", cpu) is None and check_precision("bf16", cpu) is torch.bfloat16
+    assert check_precision("fp16", gpu) is torch.float16 and check_precision("bf16", gpu) is torch.bfloat16
+    with pytest.raises(OfflineKDError, match=r"^dump.precision must be one of fp32, bf16, fp16, got 'half'$"):
+        check_precision("half", cpu, key="dump.precision")
+    model = BiLSTMCTC(ModelConfig(input_dim=4, hidden_dim=4, num_layers=1, num_classes=3))
+    for name, device, dtype in (("bf16", cpu, torch.bfloat16), ("fp16", gpu, torch.float16), ("bf16", gpu, torch.bfloat16)):
+        wrapped = with_precision(model, name, device)
+        assert wrapped.dtype is dtype and wrapped.device_type == device.type
+        assert wrapped._autocast().fast_dtype is dtype
+    assert AutocastModel(model, torch.float16, "cpu")._autocast().fast_dtype is torch.float16
+    assert grad_scaler("bf16", gpu) is None and grad_scaler("fp16", cpu) is None and grad_scaler("fp32", gpu) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # constructing a CUDA scaler without CUDA warns that it is disabled
+        scaler = grad_scaler("fp16", gpu)
+    assert isinstance(scaler, torch.amp.GradScaler) and scaler._device == "cuda"
