@@ -187,6 +187,7 @@ class DumpConfig:
     batch_size: int = 32
     max_frames_per_batch: Optional[int] = None
     device: str = "auto"
+    precision: str = "fp32"             # fp32 | bf16 | fp16 (CUDA): the teacher's forward pass under autocast
     chunk_frames: int = 512             # frames per zarr chunk (the unit of compression and reading)
     shard_chunks: int = 32              # chunks per shard (the unit of storage objects and of resume)
     skip_invalid: bool = False
@@ -198,6 +199,8 @@ class DumpConfig:
     def __post_init__(self):
         _at_least("dump", self, batch_size=1, max_frames_per_batch=1, chunk_frames=1, shard_chunks=1,
                   writer_queue=1)
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise OfflineKDError(f"dump.precision must be one of fp32, bf16, fp16, got {self.precision!r}")
 
 
 # ------------------------------------------------------------------------------------------------- top level

@@ -122,3 +122,36 @@ def test_precision_names_devices_and_scaler_choice():
         warnings.simplefilter("ignore")      # constructing a CUDA scaler without CUDA warns that it is disabled
         scaler = grad_scaler("fp16", gpu)
     assert isinstance(scaler, torch.amp.GradScaler) and scaler._device == "cuda"
+
+
+def test_bf16_dump_records_its_precision_and_verifies_in_it(tiny_teacher, tiny_corpus, tmp_path, f32_cache,
+                                                            monkeypatch):
+    """dump.precision bf16: the teacher's forward under autocast, the precision in the cache (info, identity),
+    `cache verify --teacher` recomputing in it; targets close to the float32 dump's; fp16 on a CPU refused."""
+    import numpy as np
+    from helpers import dump_cfg
+    from offline_kd.cache.info import cache_info, format_info
+    from offline_kd.cache.reader import TeacherCache
+    from offline_kd.cache.verify import fidelity
+    from offline_kd.commands import dump_teacher
+    out = tmp_path / "bf16.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["train"], precision="bf16"), **QUIET)
+    info = cache_info(str(out))
+    assert info["teacher_precision"] == "bf16" and "teacher forward bf16 on cpu" in format_info(info)
+    assert cache_info(str(f32_cache))["teacher_precision"] == "fp32"
+    a, b = TeacherCache(str(out)), TeacherCache(str(f32_cache))
+    assert a.meta.identity_sha256 != b.meta.identity_sha256
+    x, y = a.split("train").read(0), b.split("train").read(0)
+    assert x["log_probs"].shape == y["log_probs"].shape and not np.array_equal(x["log_probs"], y["log_probs"])
+    assert np.abs(np.exp(x["log_probs"]) - np.exp(y["log_probs"])).max() < 0.1
+    import offline_kd.cache.verify as verify
+    asked = []
+    monkeypatch.setattr(verify, "with_precision", lambda m, p, *a: asked.append(p) or with_precision(m, p, *a))
+    fid = fidelity(a, str(tiny_teacher), sample=4, device="cpu", log=lambda *_: None)
+    fidelity(b, str(tiny_teacher), sample=1, device="cpu", log=lambda *_: None)
+    # recomputed in the cache's precision (on a CPU, bf16 batch-of-one and batched outputs differ by ~1e-5 in KL)
+    assert asked == ["bf16", "fp32"] and fid["top1_agreement"] == 1.0 and fid["kl_T1_max"] < 1e-3, fid
+    with pytest.raises(OfflineKDError, match="dump.precision fp16 needs a CUDA device"):
+        dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, tmp_path / "fp16.zarr", precision="fp16", device="cpu"),
+                         **QUIET)
+    assert not (tmp_path / "fp16.zarr").exists()

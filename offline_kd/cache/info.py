@@ -49,6 +49,7 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
         "tool_version": meta.tool_version, "created": meta.created,
         "teacher_path": meta.teacher["path"], "teacher_sha256": meta.teacher["sha256"], "teacher_weights_sha256": meta.teacher["weights_sha256"],
         "teacher_model_config": meta.teacher["model_config"], "teacher_dev": meta.teacher_dev,
+        "teacher_precision": meta.dump_config.get("precision", "fp32"), "device_type": meta.device_type,
         "vocab_sha256": meta.vocab_sha256,
         "identity_sha256": meta.identity_sha256, "num_classes": v, "layers": dims,
         "subsampling": meta.subsampling, "codecs": meta.codecs,
@@ -70,7 +71,8 @@ def format_info(info: dict) -> str:
         f"offline-kd {info['tool_version']}, created {info['created']})",
         f"  teacher sha256 {info['teacher_sha256'][:16]}  vocab sha256 {info['vocab_sha256'][:16]}  "
         f"identity {info['identity_sha256'][:16]}",
-        f"  classes {info['num_classes']}, layers {info['layers']}, subsampling {info['subsampling']}",
+        f"  classes {info['num_classes']}, layers {info['layers']}, subsampling {info['subsampling']}; teacher forward "
+        f"{info.get('teacher_precision', 'fp32')} on {info.get('device_type', '?')}",
         "  teacher dev " + (f"WER {info['teacher_dev']['wer']:.2f}% CER {info['teacher_dev']['cer']:.2f}% (epoch "
                             f"{info['teacher_dev']['epoch']}, {info['teacher_dev']['split']} of "
                             f"{info['teacher_dev']['corpus']})" if info.get("teacher_dev") else "figures not recorded"),

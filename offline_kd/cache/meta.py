@@ -80,6 +80,8 @@ class CacheMeta:
         d = self.dump_config
         keys = {k: d[k] for k in ("layers", "batch_size", "max_frames_per_batch", "chunk_frames", "shard_chunks",
                                    "skip_invalid", "codecs", "splits")}
+        if d.get("precision", "fp32") != "fp32":     # (fp32 leaves the identity of older caches as it was)
+            keys["precision"] = d["precision"]
         h.update(json.dumps([self.teacher["weights_sha256"], self.vocab_sha256, self.device_type, keys],
                             sort_keys=True).encode())
         for split, p in plans.items():

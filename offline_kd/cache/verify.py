@@ -21,7 +21,7 @@ from offline_kd.data.targets import collapse_best_path
 from offline_kd.data.validate import output_frames
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
-from offline_kd.training.numerics import exact_numerics
+from offline_kd.training.numerics import exact_numerics, with_precision
 
 TEMPERATURES = (1.0, 3.0, 4.0)
 _READ_FRAMES = 65536   # structural check reads utterances in runs of about this many frames
@@ -102,6 +102,8 @@ def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, l
     if file_sha256(teacher_path) != cache.meta.teacher["sha256"]:
         log(f"warning: {teacher_path} is not the checkpoint file the cache was made from (sha256 differs)")
     model, vocab, _ = model_from_checkpoint(teacher_path, dev)
+    # the teacher recomputed in the precision the dump used (older caches: float32)
+    model = with_precision(model, cache.meta.dump_config.get("precision", "fp32"), dev, "the cache's dump.precision")
     corpus = Corpus(cache.meta.corpus)
     layers = cache.layers
     kls = {t: [] for t in TEMPERATURES}

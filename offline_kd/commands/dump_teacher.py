@@ -33,6 +33,7 @@ from offline_kd.commands.common import open_split, quiet
 from offline_kd.training import distributed
 from offline_kd.training.checkpoint import checkpoint_dev, file_sha256, model_from_checkpoint, weights_sha256
 from offline_kd.training.inference import iterate_outputs, loader_for, sorted_batches
+from offline_kd.training.numerics import with_precision
 
 
 FLAT_KEYS = {"log_probs": ("topk_k", "topk_coverage", "topk_tail", "logits_rank", "logits_coeff", "sampled_n"),
@@ -168,6 +169,7 @@ def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
 def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     """plan -> fit -> prepare -> loop -> finalise."""
     model, vocab, ckpt = model_from_checkpoint(cfg.teacher, device)
+    model = with_precision(model, cfg.precision, device, "dump.precision")   # fp32: the model itself
     corpus = Corpus(cfg.corpus)
     layers = _check(cfg, corpus, model, vocab)
     lp_codec, hidden_codecs = make_codecs(cfg.codecs, model.config.num_classes,

@@ -7,6 +7,9 @@
 * `train.precision` (`fp32 | bf16 | fp16`): the model's forward pass runs under `torch.autocast`; its outputs
   (log-probs and hidden states) are cast back to float32, so every loss term is computed in float32 as before.
   fp16 needs a CUDA device (a gradient scaler guards its small gradients); bf16 runs on CPU and GPU.
+* `dump.precision`: the same for the teacher's forward pass in `dump-teacher` (the cached values are then what the
+  codec makes of the float32-cast outputs); `cache verify --teacher` recomputes in the cache's precision. An
+  online teacher runs in float32, so offline == online is exact for float32 dumps only.
 """
 
 from __future__ import annotations
@@ -65,8 +68,8 @@ class AutocastModel:
         return getattr(self.model, name)
 
 
-def with_precision(model, precision: str, device: torch.device):
-    dtype = check_precision(precision, device)
+def with_precision(model, precision: str, device: torch.device, key: str = "train.precision"):
+    dtype = check_precision(precision, device, key)
     return model if dtype is None else AutocastModel(model, dtype, device.type)
 
 
