@@ -71,10 +71,13 @@ def test_offline_equals_online_on_cuda(cuda_teacher, tiny_corpus, tmp_path):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_training_on_cuda(cuda_teacher, tiny_corpus, tmp_path, precision):
-    """train.precision on a GPU: the baseline and a student from the cache train; fp16 keeps a gradient scaler
-    whose state resumes with the run."""
+    """dump.precision and train.precision on a GPU: the dump verifies, the baseline and a student from the cache
+    train; fp16 keeps a gradient scaler whose state resumes with the run."""
     out = tmp_path / "c.zarr"
-    dump_teacher.run(dump_cfg(cuda_teacher, tiny_corpus, out, splits=["train", "dev"], device="cuda"), **QUIET)
+    dump_teacher.run(dump_cfg(cuda_teacher, tiny_corpus, out, splits=["train", "dev"], device="cuda",
+                              precision=precision), **QUIET)
+    res = CliRunner().invoke(main, ["cache", "verify", str(out), "--teacher", str(cuda_teacher), "--sample", "4"])
+    assert res.exit_code == 0, res.output
     d = experiment_dict(tiny_corpus, tmp_path / "ctc", epochs=2, device="cuda")
     d["train"]["precision"] = precision
     train.run(build_dataclass(ExperimentConfig, d), **QUIET)
