@@ -192,6 +192,7 @@ class DumpConfig:
     shard_chunks: int = 32              # chunks per shard (the unit of storage objects and of resume)
     skip_invalid: bool = False
     writer_queue: int = 4               # batches in flight between the teacher and the background writer
+    num_workers: Union[int, str] = "auto"   # feature-reading processes: auto = none on a CPU, some on a GPU
     progress: bool = True
     codecs: CodecConfig = field(default_factory=CodecConfig)
     storage_options: dict = field(default_factory=dict)
@@ -199,6 +200,9 @@ class DumpConfig:
     def __post_init__(self):
         _at_least("dump", self, batch_size=1, max_frames_per_batch=1, chunk_frames=1, shard_chunks=1,
                   writer_queue=1)
+        if isinstance(self.num_workers, str) and self.num_workers != "auto" or \
+                isinstance(self.num_workers, int) and self.num_workers < 0:
+            raise OfflineKDError(f"dump.num_workers must be auto or an integer >= 0, got {self.num_workers!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise OfflineKDError(f"dump.precision must be one of fp32, bf16, fp16, got {self.precision!r}")
 

@@ -155,3 +155,15 @@ def test_bf16_dump_records_its_precision_and_verifies_in_it(tiny_teacher, tiny_c
         dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, tmp_path / "fp16.zarr", precision="fp16", device="cpu"),
                          **QUIET)
     assert not (tmp_path / "fp16.zarr").exists()
+
+
+def test_a_dump_with_feature_workers_equals_one_without(tiny_teacher, tiny_corpus, tmp_path):
+    """dump.num_workers: spawned processes read the features; the cache is the same, array for array."""
+    from helpers import assert_same_cache, dump_cfg
+    from offline_kd.commands import dump_teacher
+    out = tmp_path / "w2.zarr"
+    for path, workers in ((tmp_path / "w0.zarr", 0), (out, 2)):
+        dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, path, num_workers=workers), **QUIET)
+    assert_same_cache(tmp_path / "w0.zarr", out)
+    with pytest.raises(OfflineKDError, match="dump.num_workers must be auto or an integer >= 0, got 'all'"):
+        dump_cfg(tiny_teacher, tiny_corpus, out, num_workers="all")

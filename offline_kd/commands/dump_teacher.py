@@ -32,7 +32,7 @@ from offline_kd.errors import OfflineKDError
 from offline_kd.commands.common import open_split, quiet
 from offline_kd.training import distributed
 from offline_kd.training.checkpoint import checkpoint_dev, file_sha256, model_from_checkpoint, weights_sha256
-from offline_kd.training.inference import iterate_outputs, loader_for, sorted_batches
+from offline_kd.training.inference import iterate_outputs, loader_for, resolve_num_workers, sorted_batches
 from offline_kd.training.numerics import with_precision
 
 
@@ -130,7 +130,7 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -
     first = plans[cfg.splits[0]]
     collected = {L: [] for L in layers}
     lps, n, limit = [], 0, cfg.codecs.lowrank_fit_frames
-    loader = loader_for(first["reader"], vocab, first["batches"])
+    loader = loader_for(first["reader"], vocab, first["batches"], device=device)
     for batch, log_probs, out_len, hidden in iterate_outputs(model, loader, device, layers):
         lp = log_probs.transpose(0, 1).float().cpu().numpy()
         for b, t in enumerate(out_len.tolist()):
@@ -241,7 +241,9 @@ def _dump_split(cfg: DumpConfig, g, p: dict, model, vocab, layers, lp_codec, hid
     start, n_utts = time.perf_counter(), 0
     # on any error the writer stops; the whole shards written so far stay flagged and a rerun resumes after them
     with bar, SplitWriter(g, lp_codec, hidden_codecs, shard_frames, mine.tolist(), cfg.writer_queue) as writer:
-        outputs_iter = iterate_outputs(model, loader_for(reader, vocab, [b for _, b in todo]), device, layers)
+        workers = resolve_num_workers(cfg.num_workers, device, env.world_size)
+        outputs_iter = iterate_outputs(model, loader_for(reader, vocab, [b for _, b in todo], workers, device),
+                                       device, layers)
         for (pos, _), (batch, log_probs, out_len, hidden) in zip(todo, outputs_iter):
             for b, i in enumerate(batch["indices"]):
                 if p["hashes"][pos + b] != feature_sha256(batch["features"][b, :reader.lengths[i]].numpy()):

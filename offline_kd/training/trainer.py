@@ -45,28 +45,8 @@ from offline_kd.models.bilstm import BiLSTMCTC, count_parameters
 from offline_kd.training import distributed
 from offline_kd.training.checkpoint import (load_checkpoint, rng_state, save_checkpoint, seed_everything,
                                             set_rng_state)
-from offline_kd.training.inference import evaluate_greedy
+from offline_kd.training.inference import evaluate_greedy, resolve_num_workers, worker_context
 from offline_kd.training.numerics import grad_scaler, with_precision
-
-
-def worker_context():
-    """DataLoader workers are spawned, not forked: zarr-python runs an asyncio event loop in a background thread,
-    and a forked child inherits the loop's state without its thread (reads would hang)."""
-    import multiprocessing
-    return multiprocessing.get_context("spawn")
-
-
-def resolve_num_workers(value, device: torch.device, world_size: int = 1, cpu_count: Optional[int] = None) -> int:
-    """`data.num_workers`: an integer as given; auto: 0 on a CPU, else min(6, this process's share of the cores
-    - 1), at least 1 (issue #14, measured on an H200: 6 workers took a student on a float16 cache from 0.52x to
-    0.98x of the CTC-only student's speed)."""
-    if value != "auto":
-        return int(value)
-    if device.type != "cuda":
-        return 0
-    cores = cpu_count if cpu_count is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else (os.cpu_count() or 1)
-    return max(1, min(6, cores // max(1, world_size) - 1))
 
 
 class _WithHidden(nn.Module):
