@@ -274,3 +274,51 @@ def test_sampled_targets_match_the_teacher_within_sampling_error():
     mean = observed / total
     se = np.sqrt(p * (1 - p) / total)
     assert np.all(np.abs(mean - p) <= 5 * se + 1e-12)
+
+
+# ------------------------------------------------------------------ top-k: edges the mutation run found untested
+def test_topk_settings_are_checked_at_their_edges():
+    from offline_kd.errors import OfflineKDError
+    from offline_kd.cache.codecs import TopKLogProbs
+    TopKLogProbs(5, k=1)
+    TopKLogProbs(5, k=4, coverage=1.0)
+    for kw, msg in (({"k": 0}, "codecs.topk_k must be in 1..4, got 0"), ({"k": 5}, "codecs.topk_k must be in 1..4, got 5"),
+                    ({"k": 2, "coverage": 0.0}, r"codecs.topk_coverage must be in \(0, 1\], got 0.0"),
+                    ({"k": 2, "coverage": 1.5}, r"codecs.topk_coverage must be in \(0, 1\], got 1.5"),
+                    ({"k": 2, "tail": "flat"}, "codecs.topk_tail must be uniform, prior or lowrank, got 'flat'")):
+        with pytest.raises(OfflineKDError, match=f"^{msg}$"):
+            TopKLogProbs(5, **kw)
+    # the per-frame count's dtype holds k; the tail's coefficient setting reaches its low-rank shape and the spec
+    assert TopKLogProbs(1000, k=255).arrays()[2].dtype == "uint8"
+    assert TopKLogProbs(1000, k=256).arrays()[2].dtype == "uint16"
+    assert TopKLogProbs(1000, k=4).arrays()[1].dtype == "uint16" and TopKLogProbs(70000, k=4).arrays()[1].dtype == "int32"
+    c = TopKLogProbs(50, k=4, tail="lowrank", tail_rank=6, tail_coeff="float16")
+    assert c.shape.coeff == "float16" and c.shape.rank == 6
+    assert TopKLogProbs.from_dict({k: v for k, v in c.to_dict().items() if k != "name"}).shape.coeff == "float16"
+    assert c.state_paths("log_probs") == {k: f"lowrank/log_probs/{k}" for k in ("basis", "mean", "scale")}
+
+
+def test_topk_encoding_convention_for_unused_slots_and_exact_coverage():
+    """Slots past a frame's count hold -inf values and token 0; a frame whose first probability equals the coverage
+    exactly keeps one token."""
+    from offline_kd.cache.codecs import TopKLogProbs
+    x = np.log(np.array([[0.5, 0.3, 0.1, 0.05, 0.05]], np.float32))
+    first = float(np.exp(np.float64(x[0, 0])))
+    enc = TopKLogProbs(5, k=3, coverage=first).encode(x)
+    assert enc["/count"].tolist() == [1]
+    assert np.isneginf(enc["/values"][0, 1:]).all() and enc["/indices"][0, 1:].tolist() == [0, 0]
+
+
+def test_topk_tails_decode_to_a_distribution_even_at_the_edges():
+    """uniform with every token but one kept, and prior with a prior state that does not sum to one: the decoded
+    frame sums to one either way; a fitted prior is the sample's mean distribution."""
+    from offline_kd.cache.codecs import TopKLogProbs
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 5)).astype(np.float32)
+    x = x - np.log(np.exp(x).sum(1, keepdims=True))
+    uni = TopKLogProbs(5, k=4)
+    np.testing.assert_allclose(np.exp(uni.decode(uni.encode(x))).sum(1), 1.0, rtol=1e-3)
+    fitted = TopKLogProbs(5, k=2, tail="prior").fit(x)
+    np.testing.assert_allclose(np.exp(fitted.prior), np.exp(x).mean(0), rtol=1e-5)
+    skewed = TopKLogProbs(5, k=2, tail="prior").with_state({"prior": np.log(np.array([4.0, 3.0, 2.0, 1.0, 1.0]))})
+    np.testing.assert_allclose(np.exp(skewed.decode(skewed.encode(x))).sum(1), 1.0, rtol=1e-3)
