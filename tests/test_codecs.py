@@ -322,3 +322,54 @@ def test_topk_tails_decode_to_a_distribution_even_at_the_edges():
     np.testing.assert_allclose(np.exp(fitted.prior), np.exp(x).mean(0), rtol=1e-5)
     skewed = TopKLogProbs(5, k=2, tail="prior").with_state({"prior": np.log(np.array([4.0, 3.0, 2.0, 1.0, 1.0]))})
     np.testing.assert_allclose(np.exp(skewed.decode(skewed.encode(x))).sum(1), 1.0, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- low-rank: what the mutation run found untested
+def test_lowrank_pca_is_exact_in_both_branches_and_scales_are_coefficient_deviations():
+    """Up to 4,096 columns the scatter matrix's eigenvectors, above a randomised SVD: both recover a planted
+    rank-r subspace, and `scale` is each coefficient's standard deviation over the sample."""
+    from offline_kd.cache.codecs.lowrank import _pca
+    rng = np.random.default_rng(0)
+    for dim in (64, 4100):
+        basis = np.linalg.qr(rng.normal(size=(dim, 4)))[0].T                      # (4, dim) orthonormal rows
+        coeffs = rng.normal(size=(300, 4)) * np.array([5.0, 3.0, 2.0, 0.5])
+        x = coeffs @ basis + 0.7 + 1e-4 * rng.normal(size=(300, dim))
+        fit = _pca(x, 4)
+        np.testing.assert_allclose(fit["mean"], x.mean(0), atol=1e-5)
+        proj = fit["basis"].astype(np.float64) @ basis.T                           # (4, 4): a rotation if the subspace is right
+        np.testing.assert_allclose(np.abs(np.linalg.det(proj)), 1.0, atol=1e-3, err_msg=f"dim {dim}")
+        c = (x - x.mean(0)) @ fit["basis"].T.astype(np.float64)
+        np.testing.assert_allclose(fit["scale"], np.sqrt((c ** 2).mean(0)), rtol=1e-3, err_msg=f"dim {dim}")
+    tiny = _pca(np.tile(np.arange(3.0), (5, 1)), 2)
+    assert (tiny["scale"] == 1.0).all()            # components without variance are not divided by ~0
+
+
+def test_lowrank_step_meets_its_target_error_and_refuses_an_impossible_one():
+    from offline_kd.cache.codecs import LowRankHidden
+    from offline_kd.errors import OfflineKDError
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(2000, 32)) * np.linspace(3.0, 0.05, 32)).astype(np.float32) + 2.0   # the mean counts
+    for target in (0.02, 0.05, 0.1):
+        codec = LowRankHidden(32, rank=24, coeff="step", target_error=target).fit(x)
+        err = float(((codec.decode(codec.encode(x)) - x) ** 2).sum() / (x ** 2).sum())
+        assert 0.6 * target < err < 1.15 * target, (target, err)
+    centred = x - x.mean(0)
+    beyond = float(np.sort(centred.var(0))[::-1][4:].sum()) / float((x ** 2).sum(1).mean())
+    with pytest.raises(OfflineKDError, match=r"the components beyond lowrank_rank already hold (\d+\.\d\d)% of the "
+                                             r"energy, more than lowrank_target_error \(0\.01%\); raise lowrank_rank") as e:
+        LowRankHidden(32, rank=4, coeff="step", target_error=0.0001).fit(x)
+    shown = float(str(e.value).split("hold ")[1].split("%")[0])
+    assert abs(shown - 100 * beyond) < 0.3, (shown, 100 * beyond)
+    with pytest.raises(OfflineKDError, match=r"lowrank_target_error 1e-06 needs steps .* too fine for int8 codes"):
+        LowRankHidden(32, rank=32, coeff="step", target_error=1e-6).fit(x)
+    LowRankHidden(32, rank=1)
+    LowRankHidden(32, rank=8, coeff="int8", target_error=5.0)          # the target is a step-mode setting only
+    for kw, msg in (({"rank": 0}, r"codecs.lowrank_rank must be in 1..32, got 0"),
+                    ({"rank": 33}, r"codecs.lowrank_rank must be in 1..32, got 33"),
+                    ({"rank": 8, "coeff": "int4"}, r"codecs.lowrank_coeff must be float16 or int8 or step, got 'int4'"),
+                    ({"rank": 8, "coeff": "step", "target_error": 0.0},
+                     r"codecs.lowrank_target_error must be in \(0, 1\), got 0.0"),
+                    ({"rank": 8, "coeff": "step", "target_error": 1.0},
+                     r"codecs.lowrank_target_error must be in \(0, 1\), got 1.0")):
+        with pytest.raises(OfflineKDError, match=f"^{msg}$"):
+            LowRankHidden(32, **kw)
