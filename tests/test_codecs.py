@@ -373,3 +373,25 @@ def test_lowrank_step_meets_its_target_error_and_refuses_an_impossible_one():
                      r"codecs.lowrank_target_error must be in \(0, 1\), got 1.0")):
         with pytest.raises(OfflineKDError, match=f"^{msg}$"):
             LowRankHidden(32, **kw)
+
+
+def test_float16_clips_to_its_range_and_float32_keeps_values():
+    """A log-prob below float16's range is stored as -65000 (finite), not -inf; float32 stores it as it is."""
+    x = np.array([[-1e6, 0.0], [-70000.0, -1e-3]], np.float32)
+    f16 = Float16LogProbs(2).encode(x)
+    stored = next(iter(f16.values()))
+    assert np.isfinite(stored).all() and stored.min() == np.float16(-65000.0)
+    np.testing.assert_array_equal(next(iter(Float32LogProbs(2).encode(x).values())), x)
+    big = Float16Hidden(2).encode(np.array([[1e6, -1e6]], np.float32))
+    assert next(iter(big.values())).tolist() == [[float(np.float16(65000.0)), float(np.float16(-65000.0))]]
+
+
+def test_sampled_counts_are_checked_at_their_edges():
+    from offline_kd.cache.codecs import SampledLogProbs
+    from offline_kd.errors import OfflineKDError
+    SampledLogProbs(10, samples=1)
+    SampledLogProbs(10, samples=255)
+    assert SampledLogProbs(10, samples=4).arrays()[0].dtype == "uint16"
+    for n in (0, 256):
+        with pytest.raises(OfflineKDError, match=f"codecs.sampled_n must be in 1..255, got {n}"):
+            SampledLogProbs(10, samples=n)
