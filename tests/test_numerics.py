@@ -169,3 +169,14 @@ def test_a_dump_with_feature_workers_equals_one_without(tiny_teacher, tiny_corpu
     assert_same_cache(tmp_path / "w0.zarr", out)
     with pytest.raises(OfflineKDError, match="dump.num_workers must be auto or an integer >= 0, got 'all'"):
         dump_cfg(tiny_teacher, tiny_corpus, out, num_workers="all")
+
+
+def test_the_dump_precision_enters_a_cache_identity_only_when_not_fp32(f32_cache):
+    """Caches written before dump.precision existed keep their identity (a rerun still resumes them)."""
+    import dataclasses
+    from offline_kd.cache.reader import TeacherCache
+    meta = TeacherCache(str(f32_cache)).meta
+    old = dataclasses.replace(meta, dump_config={k: v for k, v in meta.dump_config.items() if k != "precision"})
+    assert meta.dump_config["precision"] == "fp32" and old.identity({}) == meta.identity({})
+    bf16 = dataclasses.replace(meta, dump_config={**meta.dump_config, "precision": "bf16"})
+    assert bf16.identity({}) != meta.identity({})
