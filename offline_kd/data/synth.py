@@ -49,7 +49,7 @@ class SynthSpec:
     latent_dim: int = 0               # > 0: phones, pauses and speakers live in a latent space of this size, projected
                                       # onto the features (phones crowd together: classes overlap under noise)
     allophones: int = 1               # > 1: each phone has this many variants; which one is spoken depends on the
-                                      # phone before it (a context-dependent task: capacity pays, as on speech)
+                                      # phone before it (context-dependent acoustics, as on speech)
     allophone_spread: float = 0.6     # how far a variant lies from its phone's centre (0: identical, 1: unrelated)
 
 
