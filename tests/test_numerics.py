@@ -180,3 +180,35 @@ def test_the_dump_precision_enters_a_cache_identity_only_when_not_fp32(f32_cache
     assert meta.dump_config["precision"] == "fp32" and old.identity({}) == meta.identity({})
     bf16 = dataclasses.replace(meta, dump_config={**meta.dump_config, "precision": "bf16"})
     assert bf16.identity({}) != meta.identity({})
+
+
+def test_every_teacher_forward_pass_runs_in_exact_numerics(tiny_teacher, tiny_corpus, f32_cache, tmp_path,
+                                                          monkeypatch):
+    """The dump, `cache verify --teacher` and the online teacher each enter `exact_numerics` around the teacher's
+    forward pass (on a CPU the flags change nothing, so this is checked by counting, not by numbers)."""
+    import contextlib
+    from helpers import dump_cfg, student_dict
+    import offline_kd.cache.verify as verify
+    import offline_kd.losses.modules as modules
+    import offline_kd.training.inference as inference
+    from offline_kd.cache.reader import TeacherCache
+    from offline_kd.commands import dump_teacher, train_student
+    entered = {"dump": 0, "verify": 0, "online": 0}
+
+    def counting(name):
+        @contextlib.contextmanager
+        def cm():
+            entered[name] += 1
+            with exact_numerics():
+                yield
+        return cm
+
+    monkeypatch.setattr(inference, "exact_numerics", counting("dump"))
+    monkeypatch.setattr(verify, "exact_numerics", counting("verify"))
+    monkeypatch.setattr(modules, "exact_numerics", counting("online"))
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, tmp_path / "c.zarr", splits=["train"]), **QUIET)
+    verify.fidelity(TeacherCache(str(f32_cache)), str(tiny_teacher), sample=2, device="cpu", log=lambda *_: None)
+    d = student_dict(tiny_corpus, f32_cache, tmp_path / "online", epochs=1)
+    before = entered["dump"]           # dev evaluation of the student goes through inference too
+    train_student.run(build_dataclass(ExperimentConfig, d), online_teacher=str(tiny_teacher), **QUIET)
+    assert before > 0 and entered["verify"] == 2 and entered["online"] > 0, entered

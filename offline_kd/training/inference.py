@@ -77,7 +77,8 @@ def iterate_outputs(model, loader, device: torch.device, layers=None) -> Iterato
     for batch in loader:
         x = batch["features"].to(device, non_blocking=True)
         lengths = batch["feature_lengths"].to(device)
-        with exact_numerics():   # TF32 off: the dump and an online teacher compute the same function
+        with exact_numerics():   # TF32 off: the dump and an online teacher compute the same function (and
+            # dev evaluation is deterministic)
             log_probs, out_len, hidden = model.forward_with_hidden_states(x, lengths, layers)
         yield batch, log_probs, out_len, hidden
 
