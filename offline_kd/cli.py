@@ -66,6 +66,11 @@ def data():
               help="Utterances of training speakers without transcripts (split 'untranscribed').")
 @click.option("--untranscribed-speakers", default=0, show_default=True,
               help="Speakers of the untranscribed audio, heard nowhere else (0: the training speakers).")
+@click.option("--num-teacher-train", default=0, show_default=True,
+              help="Transcribed utterances for the teacher only (split 'teacher_train'), standing in for the "
+                   "labelled data a pretrained teacher saw and its student has not.")
+@click.option("--teacher-speakers", default=0, show_default=True,
+              help="Speakers of 'teacher_train', heard nowhere else (required with --num-teacher-train).")
 @click.option("--num-lm-sentences", default=0, show_default=True,
               help="Text-only sentences added to lm_train.txt (for an n-gram LM), beside the train transcripts.")
 @click.option("--feature-dim", default=512, show_default=True, help="Feature dimension.")
@@ -85,7 +90,8 @@ def data():
               help="How far a phone's variants lie from its centre (0: identical, 1: unrelated).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing corpus at --out.")
 @_friendly
-def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, untranscribed_speakers, num_lm_sentences,
+def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, untranscribed_speakers,
+               num_teacher_train, teacher_speakers, num_lm_sentences,
                feature_dim, num_units, num_phones,
                phones_per_unit, num_speakers, snr_db, zipf, latent_dim, allophones, allophone_spread,
                overwrite):
@@ -102,9 +108,14 @@ def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, untra
         raise OfflineKDError(f"--allophone-spread must be between 0 and 1, got {allophone_spread}")
     if zipf < 0:
         raise OfflineKDError(f"--zipf must be >= 0, got {zipf}")
+    if num_teacher_train < 0 or teacher_speakers < 0:
+        raise OfflineKDError("--num-teacher-train and --teacher-speakers must be >= 0")
+    if num_teacher_train and not teacher_speakers:
+        raise OfflineKDError("--num-teacher-train needs --teacher-speakers (the teacher-only audio's own speakers)")
     spec = SynthSpec(seed=seed, num_train=num_train, num_dev=num_dev, num_test=num_test,
                      num_untranscribed=num_untranscribed, num_lm_sentences=num_lm_sentences,
                      untranscribed_speakers=untranscribed_speakers,
+                     num_teacher_train=num_teacher_train, teacher_speakers=teacher_speakers,
                      feature_dim=feature_dim,
                      num_units=num_units, num_phones=num_phones, phones_per_unit=phones_per_unit,
                      num_speakers=num_speakers, test_speakers=min(8, num_speakers // 5),

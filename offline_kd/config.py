@@ -29,7 +29,7 @@ def _at_least(section: str, obj, **minimums) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     corpus: str = "data/demo"           # directory with {split}.h5, vocab.txt, corpus.json
-    train_split: str = "train"
+    train_split: Union[str, list] = "train"   # a split, or a list of transcribed splits trained on as one (train)
     dev_split: str = "dev"
     batch_size: int = 16                # utterances per batch (upper bound)
     max_frames_per_batch: Optional[int] = None  # input frames per batch (upper bound), null = unbounded
@@ -42,6 +42,11 @@ class DataConfig:
 
     def __post_init__(self):
         _at_least("data", self, batch_size=1, max_frames_per_batch=1, num_buckets=1, prefetch_batches=0)
+        names = [self.train_split] if isinstance(self.train_split, str) else self.train_split
+        if not isinstance(names, (list, tuple)) or not names or \
+                not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+            raise OfflineKDError(f"data.train_split must be a split name or a list of distinct split names, "
+                                 f"got {self.train_split!r}")
         if isinstance(self.num_workers, str) and self.num_workers != "auto" or \
                 isinstance(self.num_workers, int) and self.num_workers < 0:
             raise OfflineKDError(f"data.num_workers must be auto or an integer >= 0, got {self.num_workers!r}")

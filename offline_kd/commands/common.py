@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from offline_kd.config import DataConfig, ModelConfig
-from offline_kd.data.corpus import Corpus, SplitReader
+from offline_kd.data.corpus import ConcatSplitReader, Corpus, SplitReader
 from offline_kd.data.validate import validate_split
 from offline_kd.errors import OfflineKDError
 
@@ -23,11 +23,24 @@ def open_split(corpus: Corpus, split: str, model: ModelConfig, skip_invalid: boo
     return reader, valid
 
 
+def train_splits(data: DataConfig) -> list[str]:
+    """`data.train_split` as a list: one split name, or several trained on as one."""
+    return [data.train_split] if isinstance(data.train_split, str) else list(data.train_split)
+
+
 def open_train_dev(data: DataConfig, model: ModelConfig, log=print):
     corpus = Corpus(data.corpus)
     check_vocab_matches_model(corpus, model)
-    train = open_split(corpus, data.train_split, model, data.skip_invalid, log)
-    train[0].require_transcripts(f"data.train_split '{data.train_split}'")
+    parts = []
+    for name in train_splits(data):
+        reader, valid = open_split(corpus, name, model, data.skip_invalid, log)
+        reader.require_transcripts(f"data.train_split '{name}'")
+        parts.append((reader, valid))
+    if len(parts) == 1:
+        train = parts[0]
+    else:
+        reader = ConcatSplitReader([r for r, _ in parts])
+        train = (reader, np.concatenate([v + start for (_, v), start in zip(parts, reader.starts)]))
     dev = open_split(corpus, data.dev_split, model, data.skip_invalid, log) if data.dev_split else (None, None)
     if dev[0] is not None:
         dev[0].require_transcripts(f"data.dev_split '{data.dev_split}'")

@@ -20,7 +20,7 @@ from offline_kd.errors import OfflineKDError
 from offline_kd.losses.modules import DistillationLoss
 from offline_kd.models.augment import SpecAugment
 from offline_kd.models.bilstm import build_model, count_parameters
-from offline_kd.commands.common import open_split, open_train_dev, quiet
+from offline_kd.commands.common import open_split, open_train_dev, quiet, train_splits
 from offline_kd.training.checkpoint import checkpoint_dev, load_checkpoint, model_from_checkpoint, seed_everything
 from offline_kd.training import distributed
 from offline_kd.training.trainer import Trainer
@@ -40,6 +40,9 @@ def run(cfg: ExperimentConfig, resume: bool = False, online_teacher: str | None 
 
 def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, device, log) -> dict:
     d = cfg.distill
+    if not isinstance(cfg.data.train_split, str) and len(cfg.data.train_split) > 1:
+        raise OfflineKDError(f"data.train_split: train-student trains on one transcribed split, got "
+                             f"{list(cfg.data.train_split)} (give further audio as distill.untranscribed_splits)")
     augment = SpecAugment(cfg.augment, allow_frame_change=False)
     corpus, (train_reader, train_idx), (dev_reader, dev_idx) = open_train_dev(cfg.data, cfg.model, log)
     mapping = {int(s): int(t) for s, t in d.layer_mapping.items()} if d.gamma else {}
@@ -59,7 +62,7 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
         log(f"online distillation from {online_teacher} (the cache is not used)")
     else:
         cache = TeacherCache(d.cache, d.storage_options, verify_reads=d.verify_reads)
-        split = cache.split(cfg.data.train_split)
+        split = cache.split(train_splits(cfg.data)[0])
         check_cache(cache, split, train_reader, train_idx, corpus.vocab, cfg.model, mapping)
         extra_splits = [cache.split(name) for name, _, _ in extra]
         for (_, reader, idx), es in zip(extra, extra_splits):
@@ -116,7 +119,7 @@ def _open_untranscribed(cfg: ExperimentConfig, corpus, log) -> list:
     out = []
     for name in cfg.distill.untranscribed_splits:
         for key in ("train_split", "dev_split"):
-            if name == getattr(cfg.data, key):
+            if name == getattr(cfg.data, key) or key == "train_split" and name in train_splits(cfg.data):
                 raise OfflineKDError(f"distill.untranscribed_splits: '{name}' is data.{key}; give splits of other "
                                      f"audio (training uses its labels, validation never sees untranscribed data)")
         reader, idx = open_split(corpus, name, cfg.model, cfg.data.skip_invalid, log)

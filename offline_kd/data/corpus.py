@@ -177,6 +177,53 @@ class SplitReader:
         return self.feature_hashes or [self.compute_feature_hash(i) for i in range(len(self))]
 
 
+class ConcatSplitReader:
+    """Several transcribed splits read as one (`data.train_split: [a, b]`): the same interface as SplitReader,
+    utterance i of the concatenation being utterance i - start of the split it falls in."""
+
+    def __init__(self, readers: list[SplitReader]):
+        if not readers:
+            raise ValueError("ConcatSplitReader needs at least one split")
+        self.readers = list(readers)
+        self.path = Path("+".join(r.path.name for r in readers))
+        self.feature_dim = readers[0].feature_dim
+        self.starts = np.cumsum([0] + [len(r) for r in readers])
+        self.utterance_ids = [u for r in readers for u in r.utterance_ids]
+        self.transcripts = [t for r in readers for t in r.transcripts]
+        self.lengths = np.concatenate([r.lengths for r in readers])
+        self.transcribed = all(r.transcribed for r in readers)
+        self.index = {}
+        for r, start in zip(readers, self.starts):
+            for u, i in r.index.items():
+                if u in self.index:
+                    raise OfflineKDError(f"utterance {u} is in more than one of {', '.join(str(x.path) for x in readers)}")
+                self.index[u] = int(start) + i
+        self.feature_hashes = (None if any(r.feature_hashes is None for r in readers)
+                               else [h for r in readers for h in r.feature_hashes])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _locate(self, i: int) -> tuple[SplitReader, int]:
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.readers[k], i - int(self.starts[k])
+
+    def features(self, i: int) -> np.ndarray:
+        reader, j = self._locate(i)
+        return reader.features(j)
+
+    def compute_feature_hash(self, i: int) -> str:
+        reader, j = self._locate(i)
+        return reader.compute_feature_hash(j)
+
+    def all_feature_hashes(self) -> list[str]:
+        return [h for r in self.readers for h in r.all_feature_hashes()]
+
+    def require_transcripts(self, what: str) -> None:
+        for r in self.readers:
+            r.require_transcripts(what)
+
+
 class Corpus:
     """A corpus directory: its vocabulary, feature dimension and splits."""
 

@@ -35,6 +35,9 @@ class SynthSpec:
     num_lm_sentences: int = 0         # extra text-only sentences for lm_train.txt (besides the train transcripts)
     untranscribed_speakers: int = 0   # > 0: the untranscribed audio comes from this many further speakers, heard
                                       # nowhere else (0: from the training speakers)
+    num_teacher_train: int = 0        # transcribed audio for the teacher only (split "teacher_train"): the labelled
+                                      # data a pretrained teacher saw and its student has not
+    teacher_speakers: int = 0         # speakers of "teacher_train", heard nowhere else (needed when it is > 0)
     feature_dim: int = 512
     num_units: int = 1228
     num_phones: int = 48
@@ -92,6 +95,20 @@ class SynthCorpus:
             self.spk_bias = np.concatenate([self.spk_bias, extra.normal(0.0, 0.3, (spec.untranscribed_speakers, d))
                                            .astype(np.float32)])
             self.spk_rate = np.concatenate([self.spk_rate, extra.uniform(0.75, 1.35, spec.untranscribed_speakers)])
+        if spec.teacher_speakers:         # their own random stream too
+            extra = np.random.default_rng([spec.seed, 4])
+            self.spk_mix += [np.eye(d, dtype=np.float32) + spec.speaker_distortion / np.sqrt(d)
+                             * extra.normal(size=(d, d)).astype(np.float32) for _ in range(spec.teacher_speakers)]
+            self.spk_bias = np.concatenate([self.spk_bias, extra.normal(0.0, 0.3, (spec.teacher_speakers, d))
+                                           .astype(np.float32)])
+            self.spk_rate = np.concatenate([self.spk_rate, extra.uniform(0.75, 1.35, spec.teacher_speakers)])
+            if self.proj is not None:
+                k = self.proj.shape[0]
+                self.latent_mix += [np.eye(k, dtype=np.float32) + spec.speaker_distortion / np.sqrt(k)
+                                    * extra.normal(size=(k, k)).astype(np.float32)
+                                    for _ in range(spec.teacher_speakers)]
+                self.latent_bias = np.concatenate([self.latent_bias, extra.normal(0.0, 0.3, (spec.teacher_speakers, k))
+                                                  .astype(np.float32)])
 
     def _latent(self, rng) -> None:
         spec, d = self.spec, self.spec.feature_dim
@@ -162,8 +179,9 @@ class SynthCorpus:
 
 def write_synth_corpus(out: str | Path, spec: SynthSpec, log=print) -> dict:
     """Write train/dev/test HDF5 splits (and `untranscribed` when `spec.num_untranscribed` > 0: audio of the
-    training speakers whose transcripts are not stored) + vocab + corpus.json (+ lm_train.txt: the training
-    transcripts and `spec.num_lm_sentences` more sentences of text drawn from the same language model). Each split has its own random stream, so adding untranscribed audio leaves the others as they were."""
+    training speakers whose transcripts are not stored; `teacher_train` when `spec.num_teacher_train` > 0:
+    transcribed audio of further speakers, for the teacher only) + vocab + corpus.json (+ lm_train.txt: the training
+    transcripts and `spec.num_lm_sentences` more sentences of text drawn from the same language model). Each split has its own random stream, so adding untranscribed or teacher-only audio leaves the others as they were."""
     out = Path(out)
     corpus = SynthCorpus(spec)
     vocab = corpus.vocab()
@@ -172,9 +190,11 @@ def write_synth_corpus(out: str | Path, spec: SynthSpec, log=print) -> dict:
     train_speakers = spec.num_speakers - spec.test_speakers
     counts = {}
     splits = (("train", spec.num_train), ("dev", spec.num_dev), ("test", spec.num_test),
-              ("untranscribed", spec.num_untranscribed))
+              ("untranscribed", spec.num_untranscribed), ("teacher_train", spec.num_teacher_train))
+    if spec.num_teacher_train and not spec.teacher_speakers:
+        raise ValueError("num_teacher_train > 0 needs teacher_speakers > 0 (the teacher's own speakers)")
     for split_no, (split, n) in enumerate(splits):
-        if split == "untranscribed" and n == 0:
+        if split in ("untranscribed", "teacher_train") and n == 0:
             continue
         rng = np.random.default_rng([spec.seed, 100 + split_no])
         transcribed = split != "untranscribed"
@@ -182,7 +202,9 @@ def write_synth_corpus(out: str | Path, spec: SynthSpec, log=print) -> dict:
         texts = []
         try:
             for i in range(n):
-                if split == "untranscribed" and spec.untranscribed_speakers:
+                if split == "teacher_train":
+                    spk = spec.num_speakers + spec.untranscribed_speakers + int(rng.integers(0, spec.teacher_speakers))
+                elif split == "untranscribed" and spec.untranscribed_speakers:
                     spk = spec.num_speakers + int(rng.integers(0, spec.untranscribed_speakers))
                 elif split in ("train", "untranscribed") or spec.test_speakers == 0:
                     spk = int(rng.integers(0, max(1, train_speakers)))
