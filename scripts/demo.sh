@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The README's main job: the whole offline-kd pipeline on the built-in synthetic demo corpus.
 #   1. synthesize the corpus: 600 transcribed training utterances of 32 speakers, 2,400 untranscribed ones of 40
-#      further speakers, dev and test (half of them from 8 held-out speakers), text for the LM
+#      further speakers, 1,800 transcribed utterances of 40 more speakers that only the teacher trains on (the
+#      labelled data a pretrained teacher has seen and its student has not), dev and test (half of them from 8
+#      held-out speakers), text for the LM
 #   2. a 3-gram LM on the LM text (when KenLM's lmplz is installed)
-#   3. train the teacher and, side by side, the CTC-only student baseline (transcribed data only)
+#   3. train the teacher (its 2,400 transcribed utterances) and, side by side, the CTC-only student baseline (the
+#      student's 600)
 #   5. dump the teacher once into a Zarr v3 cache (transcribed, untranscribed, dev)  6. verify the cache
 #   7. distil the student from the cache (transcribed + untranscribed)
 #   8. evaluate all three on the test split, greedy and beam + LM, and print the table (runs/demo/report/report.md)
@@ -14,9 +17,10 @@ cd "$(dirname "$0")/.."
 OKD="${OKD:-offline-kd}"
 START=$(date +%s)
 
-if [ ! -f data/demo/corpus.json ]; then
-  $OKD data synth --out data/demo --num-train 600 --num-untranscribed 2400 --untranscribed-speakers 40 \
-    --num-dev 150 --num-test 150 --num-units 200 --phones-per-unit 2 --num-lm-sentences 20000
+if [ ! -f data/demo/teacher_train.h5 ]; then   # (--overwrite: a demo corpus of an older version lacks this split)
+  $OKD data synth --overwrite --out data/demo --num-train 600 --num-untranscribed 2400 --untranscribed-speakers 40 \
+    --num-teacher-train 1800 --teacher-speakers 40 --num-dev 150 --num-test 150 --num-units 200 \
+    --phones-per-unit 2 --num-lm-sentences 20000
 fi
 LM=()
 LMPLZ=$(command -v lmplz || true)
