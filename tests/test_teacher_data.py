@@ -84,6 +84,15 @@ def test_train_on_several_splits(t_corpus, tmp_path):
     assert any("train 136 utterances" in line for line in lines)
     ckpt = torch.load(tmp_path / "t" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     assert ckpt["config"]["data"]["train_split"] == ["train", "teacher_train"]
+    # resumable: a second epoch continues from the first; another list of splits is refused
+    d["train"]["epochs"] = 2
+    train.run(build_dataclass(ExperimentConfig, d), resume=True, **QUIET)
+    assert torch.load(tmp_path / "t" / "checkpoint_last.pt", map_location="cpu", weights_only=False)["epoch"] == 2
+    d["train"]["epochs"] = 3
+    d["data"]["train_split"] = ["train"]
+    with pytest.raises(OfflineKDError, match="train_split"):
+        train.run(build_dataclass(ExperimentConfig, d), resume=True, **QUIET)
+    d["data"]["train_split"] = ["train", "teacher_train"]
     # a one-element list is the split itself
     d["data"]["train_split"] = ["train"]
     d["train"]["output_dir"] = str(tmp_path / "one")
