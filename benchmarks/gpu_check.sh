@@ -44,7 +44,7 @@ step "dump vs teacher inference alone"
 
 step "train-student from the caches vs CTC-only"
 (cd benchmarks && python3 train_throughput.py --corpus $D/seed --teacher $T --device cuda \
-  --cache float16=$D/f16.zarr --cache compact=$D/compact.zarr --batches 20 --runs 3) 2>&1 \
+  --cache float16=$D/f16.zarr --cache compact=$D/compact.zarr --batches 20 --runs 3 --decode-on both) 2>&1 \
   | tee "$OUT/train_throughput.log" | tail -n 15
 
 step "precision: 1 epoch of the seed student, fp32 / bf16 / fp16"

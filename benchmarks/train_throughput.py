@@ -6,7 +6,9 @@
 Student 4 x BiLSTM(256) (the seed's), layer mapping {2: 2, 3: 4}, hybrid loss with the seed's weights. Every mode
 runs the same batches (the first --batches of epoch 1 of the distillation sampler), each step = data loading and
 cache decoding (in the main process, num_workers = 0) + forward + backward + AdamW step. Modes are interleaved
-within each run; the figure is the median over runs of input frames per second.
+within each run; the figure is the median over runs of input frames per second. `--decode-on device` (or `both`)
+adds, per cache, the mode `offline:NAME@device`: the stored codes go to the device and are decoded there
+(`distill.decode_on: device`, the default on a GPU).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from _common import Timer, command_line, machine, median, write_section
-from offline_kd.cache.reader import TeacherCache
+from offline_kd.cache.reader import TargetDecoder, TeacherCache
 from offline_kd.config import ExperimentConfig, build_dataclass
 from offline_kd.data.corpus import Corpus
 from offline_kd.data.distill_dataset import DistillBatchDataset
@@ -33,10 +35,11 @@ from offline_kd.training.inference import resolve_device
 def run_mode(mode, cfg, reader, vocab, batches, device, cache_split=None, teacher=None, teacher_dims=None):
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device).train()
+    on_device = mode.endswith("@device")
     loss_fn = DistillationLoss(cfg.distill, model.hidden_size, teacher_dims, SpecAugment(cfg.augment, False), device,
-                               teacher)
+                               teacher, decoder=TargetDecoder(cache_split.cache) if on_device else None)
     opt = torch.optim.AdamW(list(model.parameters()) + list(loss_fn.projections.parameters()), lr=1e-4)
-    ds = DistillBatchDataset(reader, vocab, cache_split, layers={2, 4})
+    ds = DistillBatchDataset(reader, vocab, cache_split, layers={2, 4}, encoded=on_device)
     frames = 0
     with Timer() as t:
         for b in batches:
@@ -63,6 +66,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--decode-on", choices=["host", "device", "both"], default="host",
+                    help="where offline modes decode the cached targets")
     args = ap.parse_args()
     device = resolve_device(args.device)
     corpus = Corpus(args.corpus)
@@ -81,7 +86,8 @@ def main():
         name, path = spec.split("=", 1)
         c = TeacherCache(path)
         caches[name] = (c.split(args.split), c.meta.codecs)
-    results = {m: [] for m in ["ctc", *[f"offline:{n}" for n in caches], "online"]}
+    where = {"host": [""], "device": ["@device"], "both": ["", "@device"]}[args.decode_on]
+    results = {m: [] for m in ["ctc", *[f"offline:{n}{w}" for n in caches for w in where], "online"]}
     for r in range(args.runs):
         for mode in results:
             if mode == "ctc":
@@ -89,8 +95,8 @@ def main():
             elif mode == "online":
                 fps = run_mode("online", cfg, reader, corpus.vocab, batches, device, None, teacher, tdims)
             else:
-                fps = run_mode(mode, cfg, reader, corpus.vocab, batches, device, caches[mode.split(":", 1)[1]][0],
-                               None, tdims)
+                fps = run_mode(mode, cfg, reader, corpus.vocab, batches, device,
+                               caches[mode.split(":", 1)[1].split("@")[0]][0], None, tdims)
             results[mode].append(fps)
             print(f"run {r + 1} {mode}: {fps:.0f} frames/s")
     ctc = median(results["ctc"])
@@ -106,7 +112,7 @@ def main():
     for mode, xs in results.items():
         codec = ""
         if mode.startswith("offline:"):
-            c = caches[mode.split(":", 1)[1]][1]
+            c = caches[mode.split(":", 1)[1].split("@")[0]][1]
             codec = f"log_probs {c['log_probs']['name']}, hidden {next(iter(c['hidden'].values()))['name']}"
         m = median(xs)
         lines.append(f"| {mode} | {codec} | {m:.0f} | {m / ctc:.3f} | {m / online:.2f} | "

@@ -128,6 +128,9 @@ class DistillConfig:
     # the CTC-only baseline's run directory (or checkpoint): its dev WER is printed beside the teacher's, with a
     # warning when the baseline is already as good as the teacher
     compare_baseline: Optional[str] = None
+    # where cached targets are decoded: host (in the loader, numpy), device (the stored codes travel to the training
+    # device and are decoded there: the low-rank bases live on it), auto (device on a GPU, host on a CPU)
+    decode_on: str = "auto"
 
     def __post_init__(self):
         sched = self.temperature_schedule
@@ -156,6 +159,8 @@ class DistillConfig:
                                  f"got {self.untranscribed_splits!r}")
         if not 0 < self.untranscribed_fraction <= 1:
             raise OfflineKDError(f"distill.untranscribed_fraction must be in (0, 1], got {self.untranscribed_fraction}")
+        if self.decode_on not in ("auto", "host", "device"):
+            raise OfflineKDError(f"distill.decode_on must be auto, host or device, got {self.decode_on!r}")
         if self.kd_start_epoch < 1:
             raise OfflineKDError(f"distill.kd_start_epoch must be >= 1 (a 1-based epoch), got {self.kd_start_epoch}")
 

@@ -72,3 +72,24 @@ def test_codec_contract(field, name, i, spec):
             assert (y.argmax(1) == x.argmax(1)).mean() > 0.95
     else:
         assert ((y - x) ** 2).sum() / (x ** 2).sum() < 0.05
+
+
+@pytest.mark.parametrize("field,name,i,spec", CASES, ids=[f"{f}-{n}-{i}" for f, n, i, _ in CASES])
+def test_decode_on_a_torch_device_equals_decode(field, name, i, spec):
+    """decode_torch (the codes decoded on the training device, #14) gives what decode gives, -inf where it does."""
+    import torch
+    from offline_kd.data.targets import host_tensor
+    codec = codec_from_spec(field, {"name": name, **spec})
+    fitted = codec.fit(_sample(field, 600, 1)) if codec.fit_required else codec
+    x = _sample(field, 200, 3)
+    if field == "log_probs":                       # a confident frame, and one the codec keeps almost nothing of
+        x[0] = np.log(np.full(V, 1e-9) + 10.0 * (np.arange(V) == 3))
+        x[0] -= np.log(np.exp(x[0].astype(np.float64)).sum())
+    enc = fitted.encode(x)
+    want = fitted.decode(enc)
+    got = fitted.decode_torch({k: host_tensor(v) for k, v in enc.items()}, fitted.device_state(torch.device("cpu")))
+    assert got.dtype == torch.float32 and tuple(got.shape) == want.shape
+    got = got.numpy()
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=2e-5)

@@ -88,3 +88,21 @@ def test_mixed_precision_training_on_cuda(cuda_teacher, tiny_corpus, tmp_path, p
     train_student.run(build_dataclass(ExperimentConfig, s), resume=True, **QUIET)
     ckpt = torch.load(tmp_path / "student" / "checkpoint_last.pt", weights_only=False)
     assert (ckpt["scaler"] is not None) == (precision == "fp16") and ckpt["epoch"] == 2
+
+
+def test_compact_cache_decoded_on_the_gpu(cuda_teacher, tiny_corpus, tmp_path):
+    """distill.decode_on auto decodes on the GPU there; the training matches decoding on the host (#14 item 4)."""
+    from helpers import CODECS, step_records
+    out = tmp_path / "compact.zarr"
+    dump_teacher.run(dump_cfg(cuda_teacher, tiny_corpus, out, device="cuda",
+                              codecs=CODECS["topk-lowrank+lowrank-step"]), **QUIET)
+    runs = {}
+    for where in ("auto", "host"):
+        d = student_dict(tiny_corpus, out, tmp_path / where, epochs=2, decode_on=where)
+        d["train"]["device"] = "cuda"
+        lines = []
+        train_student.run(build_dataclass(ExperimentConfig, d), log=lines.append)
+        assert any(("decoded on cuda" if where == "auto" else "decoded on the host") in ln for ln in lines)
+        runs[where] = step_records(tmp_path / where)
+    for a, b in zip(runs["auto"], runs["host"]):
+        assert a["train/total"] == pytest.approx(b["train/total"], rel=CUDA_RTOL)

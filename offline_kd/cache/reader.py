@@ -119,6 +119,17 @@ class CacheSplit:
                                                  if k == key or k.startswith(key + "/")})
         return out
 
+    def read_range_codes(self, lo: int, hi: int, layers=None) -> list[dict]:
+        """The stored codes of positions lo..hi-1, checked, not decoded: per utterance {path: (frames, ...)} of
+        best_path, the log-prob arrays and the hidden arrays of `layers` (all with None)."""
+        raw = self.read_raw(lo, hi)
+        self.check(raw, lo, hi)
+        wanted = [k for k in raw if not k.startswith("hidden_") or layers is None
+                  or int(k[len("hidden_"):].split("/")[0]) in layers]
+        base = int(self.offsets[lo])
+        return [{k: raw[k][int(self.offsets[p]) - base:int(self.offsets[p + 1]) - base] for k in wanted}
+                for p in range(lo, hi)]
+
     def read_range(self, lo: int, hi: int, layers=None) -> list[dict]:
         """Decoded utterances at positions lo..hi-1, each {"log_probs", "hidden", "best_path"} (numpy)."""
         raw = self.read_raw(lo, hi)
@@ -134,6 +145,36 @@ class CacheSplit:
 
     def read(self, position: int) -> dict:
         return self.read_range(position, position + 1)[0]
+
+
+class TargetDecoder:
+    """Decodes a batch's stored codes on a torch device with a cache's codecs (`distill.decode_on: device`), the
+    codecs' fitted state (a low-rank basis, a prior) kept on each device it is used on. Lives in the training
+    process only (never pickled into loader workers)."""
+
+    def __init__(self, cache: "TeacherCache"):
+        self.lp_codec, self.hidden_codecs = cache.lp_codec, cache.hidden_codecs
+        self._state: dict = {}
+
+    def _on(self, device) -> dict:
+        key = str(device)
+        if key not in self._state:
+            self._state[key] = {"log_probs": self.lp_codec.device_state(device),
+                                **{L: c.device_state(device) for L, c in self.hidden_codecs.items()}}
+        return self._state[key]
+
+    def decode_torch(self, codes: dict, device) -> tuple:
+        """{path: codes on `device`} -> log-probs (F, V) and {layer: (F, H)} float32 on `device`."""
+        st = self._on(device)
+        lp = self.lp_codec.decode_torch({k[len("log_probs"):]: v for k, v in codes.items()
+                                         if k.startswith("log_probs")}, st["log_probs"])
+        hidden = {}
+        for layer, codec in self.hidden_codecs.items():
+            key = f"hidden_{layer}"
+            part = {k[len(key):]: v for k, v in codes.items() if k == key or k.startswith(key + "/")}
+            if part:
+                hidden[layer] = codec.decode_torch(part, st[layer])
+        return lp, hidden
 
 
 class TeacherCache:

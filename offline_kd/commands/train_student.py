@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from offline_kd.cache.compat import check_cache
-from offline_kd.cache.reader import TeacherCache
+from offline_kd.cache.reader import TargetDecoder, TeacherCache
 from offline_kd.config import ExperimentConfig, ModelConfig, build_dataclass
 from offline_kd.data.distill_dataset import DistillBatchDataset
 from offline_kd.data.sampler import SortedRunBatchSampler
@@ -80,13 +80,18 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
         if build_dataclass(ModelConfig, ckpt["model_config"]) != cfg.model:
             raise OfflineKDError(f"distill.init_checkpoint {d.init_checkpoint}: its model config differs from 'model'")
         model.load_state_dict(ckpt["model_state_dict"])
-    loss_fn = DistillationLoss(d, model.hidden_size, teacher_dims, augment, device, teacher)
+    on_device = not online_teacher and (d.decode_on == "device" or d.decode_on == "auto" and device.type == "cuda")
+    loss_fn = DistillationLoss(d, model.hidden_size, teacher_dims, augment, device, teacher,
+                               decoder=TargetDecoder(cache) if on_device else None)
     projections = loss_fn.projections
     log(f"student: {cfg.model.num_layers} x BiLSTM({cfg.model.hidden_dim}), {count_parameters(model):,} parameters "
         f"(+{count_parameters(projections):,} in projection heads, not exported); layer mapping {mapping}")
 
     dataset = DistillBatchDataset(train_reader, corpus.vocab, split, layers=set(mapping.values()),
-                                  untranscribed=[(r, es) for (_, r, _), es in zip(extra, extra_splits)])
+                                  untranscribed=[(r, es) for (_, r, _), es in zip(extra, extra_splits)],
+                                  encoded=on_device)
+    if not online_teacher:
+        log(f"cached targets decoded on {device if on_device else 'the host'} (distill.decode_on {d.decode_on})")
     indices = np.concatenate([train_idx] + [off + idx for off, (_, _, idx) in zip(dataset.part_offsets[1:], extra)])
     sampled = np.arange(len(indices)) >= len(train_idx)
     sampler = SortedRunBatchSampler(dataset.lengths, indices, cfg.data.batch_size,

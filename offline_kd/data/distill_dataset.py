@@ -11,6 +11,9 @@ Untranscribed splits (`untranscribed=[(reader, targets), ...]`) follow the label
 index `i` is the labelled split's utterance `i` for `i < len(reader)`, then each untranscribed split in turn
 (`part_offsets`). Their utterances carry empty labels and `labelled = False` in the batch; the loss trains them on
 the teacher's 1-best instead (`TeacherTargets.hard_labels`).
+
+With `encoded=True` the batch's `teacher` entry is an `EncodedTargets`: the stored codes, checked but not decoded,
+for the training process to decode on its device (`distill.decode_on`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 
 from offline_kd.data.corpus import SplitReader
 from offline_kd.data.dataset import SpeechDataset, collate, pad_time
-from offline_kd.data.targets import TeacherTargets
+from offline_kd.data.targets import EncodedTargets, TeacherTargets, host_tensor
 from offline_kd.data.vocab import Vocabulary
 
 
@@ -33,9 +36,11 @@ class _Part:
 
 
 class DistillBatchDataset(torch.utils.data.Dataset):
-    def __init__(self, reader: SplitReader, vocab: Vocabulary, targets=None, layers=None, untranscribed=()):
+    def __init__(self, reader: SplitReader, vocab: Vocabulary, targets=None, layers=None, untranscribed=(),
+                 encoded: bool = False):
         self.reader = reader
         self.targets = targets
+        self.encoded = encoded            # True: the batch carries the stored codes (EncodedTargets), not values
         self.layers = set(layers or [])
         self.parts = [_Part(reader, vocab, targets, 0)]
         for r, t in untranscribed:
@@ -69,7 +74,8 @@ class DistillBatchDataset(torch.utils.data.Dataset):
             for k in range(1, len(sorted_pos) + 1):
                 if k == len(sorted_pos) or sorted_pos[k] != sorted_pos[k - 1] + 1:
                     lo, hi = int(sorted_pos[run_start]), int(sorted_pos[k - 1]) + 1
-                    for j, item in enumerate(part.targets.read_range(lo, hi, self.layers)):
+                    read = part.targets.read_range_codes if self.encoded else part.targets.read_range
+                    for j, item in enumerate(read(lo, hi, self.layers)):
                         out[slots[order[run_start + j]]] = item
                     run_start = k
         return out
@@ -86,6 +92,12 @@ class DistillBatchDataset(torch.utils.data.Dataset):
         if self.targets is None:
             return batch
         cached = self._cached(located)
+        if self.encoded:
+            best = TeacherTargets.from_best_paths(torch.zeros(0), torch.zeros(0), {}, [c["best_path"] for c in cached])
+            batch["teacher"] = EncodedTargets(
+                {k: host_tensor(np.concatenate([c[k] for c in cached])) for k in cached[0] if k != "best_path"},
+                torch.tensor([len(c["best_path"]) for c in cached], dtype=torch.long), best.tokens, best.token_lengths)
+            return batch
         batch["teacher"] = TeacherTargets.from_best_paths(
             pad_time([torch.from_numpy(c["log_probs"]) for c in cached]).transpose(0, 1),
             torch.tensor([len(c["log_probs"]) for c in cached], dtype=torch.long),

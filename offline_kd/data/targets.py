@@ -28,6 +28,11 @@ class TeacherTargets:
     tokens: torch.Tensor                # the teacher's greedy 1-best of every utterance, concatenated
     token_lengths: torch.Tensor         # (B,)
 
+    def pin_memory(self) -> "TeacherTargets":
+        """Page-locked copies of the dense targets (the DataLoader calls this with pin_memory on CUDA)."""
+        return TeacherTargets(self.log_probs.pin_memory(), self.lengths, {L: h.pin_memory() for L, h in self.hidden.items()},
+                              self.tokens, self.token_lengths)
+
     def to(self, device) -> "TeacherTargets":
         return TeacherTargets(self.log_probs.to(device), self.lengths, {L: h.to(device) for L, h in self.hidden.items()},
                               self.tokens.to(device), self.token_lengths.to(device))
@@ -50,3 +55,35 @@ class TeacherTargets:
         tokens = [torch.from_numpy(collapse_best_path(p)) for p in best_paths]
         return cls(log_probs, lengths, hidden, torch.cat(tokens) if tokens else torch.zeros(0, dtype=torch.long),
                    torch.tensor([len(t) for t in tokens], dtype=torch.long))
+
+
+def host_tensor(x: np.ndarray) -> torch.Tensor:
+    """A stored code array as a host tensor; unsigned types wider than a byte become int32 (torch's uint16 lacks
+    the indexing ops decoding needs)."""
+    x = np.ascontiguousarray(x)
+    if x.dtype.kind == "u" and x.dtype.itemsize > 1:
+        x = x.astype(np.int32)
+    return torch.from_numpy(x)
+
+
+@dataclass
+class EncodedTargets:
+    """A batch's cached targets still in their stored codes (`distill.decode_on: device`): the codes are what travels
+    from the loader to the training device, and `decode` rebuilds the dense targets there with the cache's codecs
+    (`offline_kd.cache.reader.TargetDecoder`)."""
+    codes: dict[str, torch.Tensor]      # stored array path -> (sum of frames, ...) codes, utterances in batch order
+    lengths: torch.Tensor               # (B,) teacher frames per utterance
+    tokens: torch.Tensor                # the teacher's greedy 1-best of every utterance, concatenated
+    token_lengths: torch.Tensor         # (B,)
+
+    def pin_memory(self) -> "EncodedTargets":
+        return EncodedTargets({k: v.pin_memory() for k, v in self.codes.items()}, self.lengths, self.tokens,
+                              self.token_lengths)
+
+    def decode(self, decoder, device) -> TeacherTargets:
+        codes = {k: v.to(device, non_blocking=True) for k, v in self.codes.items()}
+        log_probs, hidden = decoder.decode_torch(codes, device)
+        sizes = self.lengths.tolist()
+        pad = lambda x: torch.nn.utils.rnn.pad_sequence(torch.split(x, sizes), batch_first=True)  # noqa: E731
+        return TeacherTargets(pad(log_probs).transpose(0, 1), self.lengths, {L: pad(h) for L, h in hidden.items()},
+                              self.tokens.to(device), self.token_lengths.to(device))

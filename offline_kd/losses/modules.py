@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from offline_kd.config import DistillConfig
-from offline_kd.data.targets import TeacherTargets
+from offline_kd.data.targets import EncodedTargets, TeacherTargets
 from offline_kd.errors import InternalError, OfflineKDError
 from offline_kd.losses.kd import ctc_loss, hybrid_loss, temperature_at
 from offline_kd.models.projection import FeatureProjections
@@ -63,8 +63,9 @@ class DistillationLoss:
     un-augmented input the dump saw."""
 
     def __init__(self, d: DistillConfig, student_dim: int, teacher_dims: dict[int, int], augment,
-                 device: torch.device, teacher: Optional[nn.Module] = None):
+                 device: torch.device, teacher: Optional[nn.Module] = None, decoder=None):
         self.d = d
+        self.decoder = decoder        # TargetDecoder: batches of stored codes (EncodedTargets) are decoded on device
         self.mapping = {int(s): int(t) for s, t in d.layer_mapping.items()} if d.gamma else {}
         self.projections = FeatureProjections(self.mapping, student_dim, teacher_dims).to(device)
         self.trainable: nn.Module = self.projections
@@ -93,7 +94,12 @@ class DistillationLoss:
     def __call__(self, model, batch, epoch):
         x = batch["features"].to(self.device)
         lengths = batch["feature_lengths"].to(self.device)
-        t = self.live_targets(x, lengths) if self.teacher is not None else batch["teacher"].to(self.device)
+        if self.teacher is not None:
+            t = self.live_targets(x, lengths)
+        elif isinstance(batch["teacher"], EncodedTargets):
+            t = batch["teacher"].decode(self.decoder, self.device)
+        else:
+            t = batch["teacher"].to(self.device)
         log_probs, out_len, hidden = model.forward_with_hidden_states(self.augment(x, lengths), lengths,
                                                                       sorted(self.mapping))
         if not torch.equal(out_len.cpu(), t.lengths.cpu()):

@@ -103,7 +103,8 @@ def make_scheduler(optimizer, cfg, total_steps: int):
 
 #: settings a --resume may change: they extend or observe a run without changing what it has computed so far
 RESUME_SAFE = ("train.epochs", "train.progress", "train.log_every", "train.device", "data.num_workers",
-               "distill.verify_reads", "distill.storage_options", "distill.cache", "distill.compare_baseline")
+               "distill.verify_reads", "distill.storage_options", "distill.cache", "distill.compare_baseline",
+               "distill.decode_on")
 
 
 def _flatten(d, prefix=""):

@@ -36,6 +36,10 @@ class CodecBase:
     arrays()      the per-frame arrays it writes (FieldArray), encode() returns exactly these suffixes
     encode(x)     (F, W) float32 -> {suffix: (F, ...) array}
     decode(a)     {suffix: array} -> (F, W) float32 (log-probs: a normalised distribution, -inf allowed)
+    device_state(device)  the fitted state as tensors on a torch device (built once per device by the caller)
+    decode_torch(a, state)  decode() for torch tensors already on that device, with that state: the stored codes
+                  travel to the training device and the values are rebuilt there. The default decodes on the host
+                  with numpy and moves the result back; codecs whose decoding is matrix work override it.
     to_dict()     the spec stored in the cache; from_dict(spec) rebuilds the codec (without fitted state)
     fit(sample)   -> a new codec with its state fitted on a (N, W) sample (the codec itself when it has none)
     fit_required  True while state it needs is missing
@@ -69,6 +73,14 @@ class CodecBase:
 
     def state(self) -> dict[str, np.ndarray]:
         return {}
+
+    def device_state(self, device) -> dict:
+        return {}
+
+    def decode_torch(self, a: dict, state: dict):
+        import torch
+        device = next(iter(a.values())).device
+        return torch.from_numpy(self.decode({k: v.cpu().numpy() for k, v in a.items()})).to(device)
 
     def with_state(self, state: dict[str, np.ndarray]) -> "CodecBase":
         return self

@@ -32,6 +32,9 @@ class _Dense(CodecBase):
     def decode(self, a: dict) -> np.ndarray:
         return np.asarray(a[""], dtype=np.float32)
 
+    def decode_torch(self, a: dict, state: dict):
+        return a[""].float()
+
 
 @dataclass(frozen=True, eq=False)
 class _DenseLogProbs(_Dense):
@@ -95,3 +98,6 @@ class Int8Hidden(CodecBase):
 
     def decode(self, a: dict) -> np.ndarray:
         return np.asarray(a["/q"], np.float32) * np.asarray(a["/scale"], np.float32)[:, None]
+
+    def decode_torch(self, a: dict, state: dict):
+        return a["/q"].float() * a["/scale"].float()[:, None]

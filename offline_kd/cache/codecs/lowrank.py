@@ -128,6 +128,25 @@ class _LowRank(CodecBase):
             c = np.asarray(a["/coeffs"], np.float32)
         return c @ self.basis + self.mean
 
+    def device_state(self, device) -> dict:
+        import torch
+        if self.basis is None:
+            raise InternalError(f"{self.name} codec has no fitted basis (internal error)")
+        st = {k: torch.from_numpy(np.asarray(v, np.float32)).to(device)
+              for k, v in (("basis", self.basis), ("mean", self.mean), ("whitening", self._whitening()))}
+        if self.coeff == "step":
+            st["step"] = self._step()
+        return st
+
+    def _decode_torch(self, a: dict, st: dict):
+        if self.coeff == "step":
+            c = a["/codes"].float() * st["step"]
+        elif self.coeff == "int8":
+            c = a["/q"].float() * (a["/scale"].float()[:, None] * st["whitening"])
+        else:
+            c = a["/coeffs"].float()
+        return c @ st["basis"] + st["mean"]
+
 
 @register_codec
 @dataclass(frozen=True, eq=False)
@@ -175,6 +194,9 @@ class LowRankLogProbs(_LowRank):
         z = self._decode(a)
         return z - logsumexp(z)
 
+    def decode_torch(self, a: dict, state: dict):
+        return self._decode_torch(a, state).log_softmax(-1)
+
     def to_dict(self) -> dict:
         return {"name": self.name, "num_classes": self.num_classes, "rank": self.rank, "coeff": self.coeff}
 
@@ -214,6 +236,9 @@ class LowRankHidden(_LowRank):
 
     def decode(self, a: dict) -> np.ndarray:
         return self._decode(a)
+
+    def decode_torch(self, a: dict, state: dict):
+        return self._decode_torch(a, state)
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "dim": self.dim, "rank": self.rank, "coeff": self.coeff}

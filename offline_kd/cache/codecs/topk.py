@@ -152,6 +152,43 @@ class TopKLogProbs(CodecBase):
         dense[rows[keep], indices[keep]] = values[keep]
         return dense
 
+    def device_state(self, device) -> dict:
+        import torch
+        if self.tail == "prior":
+            if self.prior is None:
+                raise InternalError("topk codec with tail 'prior' has no fitted prior (internal error)")
+            prior = np.exp(np.asarray(self.prior, np.float64))
+            prior = prior / prior.sum()
+            return {"prior": torch.from_numpy(prior).to(device),
+                    "log_prior": torch.from_numpy(np.log(np.maximum(prior, 1e-30))).to(device)}
+        if self.tail == "lowrank":
+            return self.shape.device_state(device)
+        return {}
+
+    def decode_torch(self, a: dict, state: dict):
+        """decode() on the device, without a host sync: entries not kept scatter into a spare column."""
+        import torch
+        values, tail = a["/values"].float(), a["/tail_log_mass"].float()
+        indices, count = a["/indices"].long(), a["/count"].long()
+        f, v = values.shape[0], self.num_classes
+        keep = torch.arange(self.k, device=values.device)[None, :] < count[:, None]
+        slot = torch.where(keep, indices, v)                   # column v: the spare one for entries not kept
+        if self.tail == "prior":
+            kept_prior = torch.where(keep, state["prior"][indices], 0.0).sum(1)
+            scale = tail.double() - torch.log(torch.clamp(1.0 - kept_prior, min=1e-30))
+            dense = (scale[:, None] + state["log_prior"][None, :]).float()
+        elif self.tail == "lowrank":
+            dense = self.shape._decode_torch({"/" + x.suffix[len("/tail_"):]: a[x.suffix]
+                                              for x in self._shape_arrays()}, state)
+            kept = torch.zeros(f, v + 1, dtype=torch.bool, device=values.device).scatter_(1, slot, True)[:, :v]
+            dense = dense.masked_fill(kept, float("-inf"))
+            dense = dense - torch.logsumexp(dense, -1, keepdim=True) + tail[:, None]
+        else:
+            rest = torch.clamp(v - count, min=1).float()
+            dense = (tail - torch.log(rest))[:, None].expand(f, v)
+        out = torch.cat([dense, dense.new_zeros(f, 1)], 1).scatter_(1, slot, values)
+        return out[:, :v]
+
     def to_dict(self) -> dict:
         d = {"name": self.name, "num_classes": self.num_classes, "k": self.k, "coverage": self.coverage,
              "tail": self.tail}

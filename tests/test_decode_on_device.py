@@ -1,0 +1,97 @@
+"""Cached targets decoded on the training device (#14 item 4, `distill.decode_on`): the loader sends the stored
+codes, the training process decodes them with the cache's codecs (`TargetDecoder`). On a CPU `device` runs the same
+torch decoding in the training process, so these tests check it against the host (numpy) path; tests/test_cuda.py
+checks it on a GPU."""
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import CODECS, QUIET, dump_cfg, step_records, student_dict
+from offline_kd.cache.reader import TargetDecoder, TeacherCache
+from offline_kd.commands import dump_teacher, train_student
+from offline_kd.config import DistillConfig, ExperimentConfig, build_dataclass
+from offline_kd.data.corpus import Corpus
+from offline_kd.data.distill_dataset import DistillBatchDataset
+from offline_kd.data.targets import EncodedTargets
+from offline_kd.errors import OfflineKDError
+
+COMPACT = "topk-lowrank+lowrank-step"
+
+
+@pytest.fixture(scope="module")
+def caches(tiny_teacher, tiny_corpus, tmp_path_factory):
+    out = {}
+    for name in ("float16", COMPACT, "topk-prior+lowrank-int8"):
+        path = tmp_path_factory.mktemp("dcache") / f"{name}.zarr"
+        dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, path, splits=["train", "untranscribed", "dev"],
+                                  codecs=CODECS[name]), **QUIET)
+        out[name] = path
+    return out
+
+
+@pytest.mark.parametrize("name", ["float16", COMPACT, "topk-prior+lowrank-int8"])
+def test_codes_decoded_on_device_equal_the_host_decoding(caches, tiny_corpus, name):
+    cache = TeacherCache(str(caches[name]))
+    corpus = Corpus(tiny_corpus)
+    train_r, untr_r = corpus.split("train"), corpus.split("untranscribed")
+    parts = dict(targets=cache.split("train"), layers={1, 3},
+                 untranscribed=[(untr_r, cache.split("untranscribed"))])
+    host = DistillBatchDataset(train_r, corpus.vocab, **parts)
+    coded = DistillBatchDataset(train_r, corpus.vocab, **parts, encoded=True)
+    batch = [0, 5, 6, 7, len(train_r) + 3, len(train_r) + 4]       # two runs of train, one of untranscribed
+    want, got = host[batch], coded[batch]
+    assert isinstance(got["teacher"], EncodedTargets)
+    assert all(not k.startswith("hidden_2") for k in got["teacher"].codes)     # only the layers asked for travel
+    t = got["teacher"].decode(TargetDecoder(cache), torch.device("cpu"))
+    w = want["teacher"]
+    assert torch.equal(t.lengths, w.lengths) and torch.equal(t.tokens, w.tokens)
+    assert torch.equal(t.token_lengths, w.token_lengths) and set(t.hidden) == set(w.hidden) == {1, 3}
+    for a, b in [(t.log_probs, w.log_probs)] + [(t.hidden[L], w.hidden[L]) for L in (1, 3)]:
+        assert a.shape == b.shape and a.dtype == b.dtype == torch.float32
+        assert torch.equal(torch.isneginf(a), torch.isneginf(b))
+        fin = torch.isfinite(b)
+        if name == "float16":
+            assert torch.equal(a[fin], b[fin])
+        else:
+            torch.testing.assert_close(a[fin], b[fin], rtol=1e-5, atol=2e-5)
+    assert torch.equal(got["features"], want["features"]) and torch.equal(got["labelled"], want["labelled"])
+
+
+@pytest.mark.parametrize("name", ["float16", COMPACT])
+def test_train_student_decoding_on_device_trains_like_on_the_host(caches, tiny_corpus, tmp_path, name):
+    runs = {}
+    for where in ("host", "device"):
+        d = student_dict(tiny_corpus, caches[name], tmp_path / where, epochs=2, decode_on=where,
+                         untranscribed_splits=["untranscribed"])
+        lines = []
+        train_student.run(build_dataclass(ExperimentConfig, d), log=lines.append)
+        assert any(f"cached targets decoded on {'cpu' if where == 'device' else 'the host'}" in ln for ln in lines)
+        runs[where] = step_records(tmp_path / where)
+    host, dev = runs["host"], runs["device"]
+    assert len(host) == len(dev) > 0
+    for a, b in zip(host, dev):
+        for k in ("train/soft", "train/ctc", "train/feature", "train/total"):
+            if name == "float16":     # dense codes: the same float32 values, the same training to the bit
+                assert a[k] == b[k], k
+            else:
+                assert a[k] == pytest.approx(b[k], rel=1e-4), k
+
+
+def test_decode_on_is_validated_and_may_change_on_resume(caches, tiny_corpus, tmp_path):
+    with pytest.raises(OfflineKDError, match="distill.decode_on must be auto, host or device, got 'gpu'"):
+        DistillConfig(decode_on="gpu")
+    d = student_dict(tiny_corpus, caches["float16"], tmp_path / "s", epochs=1, decode_on="host")
+    train_student.run(build_dataclass(ExperimentConfig, d), **QUIET)
+    d["distill"]["decode_on"] = "device"
+    d["train"]["epochs"] = 2
+    train_student.run(build_dataclass(ExperimentConfig, d), resume=True, **QUIET)
+    assert [r["epoch"] for r in step_records(tmp_path / "s")][-1] == 2
+
+
+def test_default_decodes_on_the_host_on_a_cpu(caches, tiny_corpus, tmp_path):
+    lines = []
+    d = student_dict(tiny_corpus, caches["float16"], tmp_path / "s", epochs=1)
+    train_student.run(build_dataclass(ExperimentConfig, d), log=lines.append)
+    assert any("cached targets decoded on the host (distill.decode_on auto)" in ln for ln in lines)
+    assert np.isfinite([r["train/total"] for r in step_records(tmp_path / "s")]).all()
