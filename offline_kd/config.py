@@ -203,6 +203,9 @@ class DumpConfig:
     skip_invalid: bool = False
     writer_queue: int = 4               # batches in flight between the teacher and the background writer
     num_workers: Union[int, str] = "auto"   # feature-reading processes: auto = none on a CPU, some on a GPU
+    # where the codecs encode: host (the writer thread, numpy), device (where the teacher ran; only the codes are
+    # copied to the host), auto (device on a GPU, host on a CPU)
+    encode_on: str = "auto"
     progress: bool = True
     codecs: CodecConfig = field(default_factory=CodecConfig)
     storage_options: dict = field(default_factory=dict)
@@ -215,6 +218,8 @@ class DumpConfig:
             raise OfflineKDError(f"dump.num_workers must be auto or an integer >= 0, got {self.num_workers!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise OfflineKDError(f"dump.precision must be one of fp32, bf16, fp16, got {self.precision!r}")
+        if self.encode_on not in ("auto", "host", "device"):
+            raise OfflineKDError(f"dump.encode_on must be auto, host or device, got {self.encode_on!r}")
 
 
 # ------------------------------------------------------------------------------------------------- top level

@@ -93,3 +93,27 @@ def test_decode_on_a_torch_device_equals_decode(field, name, i, spec):
     np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
     finite = np.isfinite(want)
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("field,name,i,spec", CASES, ids=[f"{f}-{n}-{i}" for f, n, i, _ in CASES])
+def test_encode_on_a_torch_device_matches_encode(field, name, i, spec):
+    """encode_torch (the dump encoding where the teacher ran, #14 item 3) stores what encode stores: the same codes
+    where the arithmetic is the same (dense, int8, top-k selection), codes at most one step apart where a matrix
+    product's rounding can move them (low-rank projections), and values that decode alike."""
+    import torch
+    codec = codec_from_spec(field, {"name": name, **spec})
+    fitted = codec.fit(_sample(field, 600, 1)) if codec.fit_required else codec
+    x = _sample(field, 200, 4)
+    want = fitted.encode(x)
+    got = fitted.encode_torch(torch.from_numpy(x), fitted.device_state(torch.device("cpu")))
+    assert set(got) == set(want)
+    got = {k: v.numpy().astype(want[k].dtype) for k, v in got.items()}
+    for k in want:
+        assert got[k].shape == want[k].shape, k
+        if want[k].dtype.kind == "f":
+            np.testing.assert_allclose(got[k], want[k], rtol=2e-3, atol=1e-6, err_msg=k)
+        else:
+            close = np.abs(got[k].astype(np.int64) - want[k].astype(np.int64))
+            assert close.max() <= (1 if name in ("lowrank",) or k.startswith("/tail_") else 0), k
+            assert (close == 0).mean() > 0.99, k
+    np.testing.assert_allclose(fitted.decode(got), fitted.decode(want), rtol=1e-3, atol=2e-3)

@@ -106,3 +106,20 @@ def test_compact_cache_decoded_on_the_gpu(cuda_teacher, tiny_corpus, tmp_path):
         runs[where] = step_records(tmp_path / where)
     for a, b in zip(runs["auto"], runs["host"]):
         assert a["train/total"] == pytest.approx(b["train/total"], rel=CUDA_RTOL)
+
+
+def test_compact_dump_encoded_on_the_gpu(cuda_teacher, tiny_corpus, tmp_path):
+    """dump.encode_on auto encodes on the GPU there; the cache verifies, and its targets match a host-encoded one's
+    (#14 item 3)."""
+    from helpers import CODECS
+    from offline_kd.cache.reader import TeacherCache
+    from offline_kd.cache.verify import verify_cache
+    paths = {w: tmp_path / f"{w}.zarr" for w in ("auto", "host")}
+    for where, path in paths.items():
+        dump_teacher.run(dump_cfg(cuda_teacher, tiny_corpus, path, device="cuda", encode_on=where,
+                                  codecs=CODECS["topk-lowrank+lowrank-step"]), **QUIET)
+    res = verify_cache(str(paths["auto"]), teacher=str(cuda_teacher), sample=8, device="cuda", log=lambda *_: None)
+    assert res["ok"], res
+    a, b = TeacherCache(str(paths["auto"])).split("train"), TeacherCache(str(paths["host"])).split("train")
+    for x, y in zip(a.read_range(0, len(a)), b.read_range(0, len(b))):
+        np.testing.assert_allclose(np.exp(x["log_probs"]), np.exp(y["log_probs"]), atol=2e-3)

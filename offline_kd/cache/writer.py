@@ -9,7 +9,9 @@ of its shards is complete and writes that shard once. Only then does it store th
 (`_progress/checksums`, one object per shard) and its done flag (`_progress/shard_done`, one object per shard), so a
 process killed at any moment (SIGKILL included) leaves flags that are always backed by complete data: a rerun, with
 any number of processes, recomputes only the batches that reach into shards not flagged done and writes the very
-same bytes. `finalize_split` (one process, after every writer finished) gathers the checksums into `checksum` and
+same bytes (with `dump.encode_on: device` the batches arrive encoded where the teacher ran, `EncodedBatch`; a
+low-rank code may then differ by one step from the host's where a matrix product rounds differently, and a rerun
+on the same device writes the same bytes again). `finalize_split` (one process, after every writer finished) gathers the checksums into `checksum` and
 marks the split complete.
 """
 
@@ -20,6 +22,7 @@ import threading
 from typing import Optional
 
 import numpy as np
+import torch
 import zarr
 from zarr.codecs import TransposeCodec
 
@@ -118,10 +121,42 @@ def finalize_split(group: zarr.Group) -> None:
     group.attrs.update({"complete": True})
 
 
+class EncodedBatch:
+    """A batch already encoded where the teacher ran (`dump.encode_on: device`): the plan positions of its
+    consecutive utterances, their frame counts, and {stored array path: (sum of frames, ...) numpy codes}."""
+
+    def __init__(self, positions: list[int], frames: list[int], enc: dict):
+        self.positions, self.frames, self.enc = positions, frames, enc
+
+
+class DeviceEncoder:
+    """Encodes a batch of teacher outputs where they were computed (`dump.encode_on: device`): the valid frames of
+    every utterance, the codecs' `encode_torch` with their fitted state on the device, and only the codes copied
+    to the host, cast to the dtypes the cache declares."""
+
+    def __init__(self, lp_codec, hidden_codecs: dict, device):
+        self.lp_codec, self.hidden_codecs = lp_codec, hidden_codecs
+        self.state = {"log_probs": lp_codec.device_state(device),
+                      **{L: c.device_state(device) for L, c in hidden_codecs.items()}}
+        self.dtypes = {p: np.dtype(dt) for p, _, dt, _ in field_arrays(lp_codec, hidden_codecs)}
+
+    def encode(self, pos: int, log_probs, out_len, hidden: dict) -> EncodedBatch:
+        sizes = out_len.tolist()
+        lp = torch.cat([log_probs[:t, b] for b, t in enumerate(sizes)]).float()       # (frames, V)
+        codes = {"best_path": lp.argmax(-1)}
+        codes.update({"log_probs" + k: v for k, v in self.lp_codec.encode_torch(lp, self.state["log_probs"]).items()})
+        for layer, codec in self.hidden_codecs.items():
+            h = torch.cat([hidden[layer][b, :t] for b, t in enumerate(sizes)]).float()
+            codes.update({f"hidden_{layer}" + k: v for k, v in codec.encode_torch(h, self.state[layer]).items()})
+        enc = {k: v.cpu().numpy().astype(self.dtypes[k], copy=False) for k, v in codes.items()}
+        return EncodedBatch([pos + b for b in range(len(sizes))], sizes, enc)
+
+
 class SplitWriter:
     """Background writer of one split's `targets` shards. `put(outputs)` takes a batch of consecutive utterances in
     plan order: a list of (plan position, {"log_probs": (T', V), "best_path": (T',), "hidden": {L: (T', H)}})
-    numpy arrays. Batches must come in plan order; batches that touch none of the targets may be left out."""
+    numpy arrays, which the writer thread encodes, or an `EncodedBatch`. Batches must come in plan order; batches
+    that touch none of the targets may be left out."""
 
     def __init__(self, group: zarr.Group, log_prob_codec, hidden_codecs: dict, shard_frames: int,
                  targets: list[int], queue_size: int = 4):
@@ -215,9 +250,17 @@ class SplitWriter:
             pos += n
         return enc, spans
 
-    def _add(self, outputs: list) -> None:
-        start = int(self.offsets[outputs[0][0]])
-        enc, spans = self._encode(outputs)
+    def _add(self, outputs) -> None:
+        if isinstance(outputs, EncodedBatch):
+            start = int(self.offsets[outputs.positions[0]])
+            enc, ends = outputs.enc, np.cumsum([0] + list(outputs.frames))
+            spans = [(p, int(ends[j]), int(ends[j + 1])) for j, p in enumerate(outputs.positions)]
+            if set(enc) != set(self.paths):
+                raise InternalError(f"encoded batch with arrays {sorted(enc)}, expected {sorted(self.paths)} "
+                                    f"(internal error)")
+        else:
+            start = int(self.offsets[outputs[0][0]])
+            enc, spans = self._encode(outputs)
         for p, lo, hi in spans:
             if int(self.offsets[p + 1]) - int(self.offsets[p]) != hi - lo:
                 raise OfflineKDError(f"utterance at plan position {p}: teacher produced {hi - lo} frames, "

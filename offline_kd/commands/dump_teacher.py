@@ -24,7 +24,7 @@ from offline_kd.cache.meta import CacheMeta
 from offline_kd.locking import cache_lock
 from offline_kd.cache.store import finalize, needed_batches, prepare_store
 from offline_kd.cache.reader import build_codecs
-from offline_kd.cache.writer import SplitWriter, shard_frame_count, shards_done
+from offline_kd.cache.writer import DeviceEncoder, SplitWriter, shard_frame_count, shards_done
 from offline_kd.config import CodecConfig, DumpConfig
 from offline_kd.data.corpus import Corpus, feature_sha256
 from offline_kd.data.validate import output_frames
@@ -240,6 +240,8 @@ def _dump_split(cfg: DumpConfig, g, p: dict, model, vocab, layers, lp_codec, hid
                disable=not (cfg.progress and env.is_main), dynamic_ncols=True)
     start, n_utts = time.perf_counter(), 0
     # on any error the writer stops; the whole shards written so far stay flagged and a rerun resumes after them
+    encoder = DeviceEncoder(lp_codec, hidden_codecs, device) if (
+        cfg.encode_on == "device" or cfg.encode_on == "auto" and device.type == "cuda") else None
     with bar, SplitWriter(g, lp_codec, hidden_codecs, shard_frames, mine.tolist(), cfg.writer_queue) as writer:
         workers = resolve_num_workers(cfg.num_workers, device, env.world_size)
         outputs_iter = iterate_outputs(model, loader_for(reader, vocab, [b for _, b in todo], workers, device),
@@ -249,12 +251,15 @@ def _dump_split(cfg: DumpConfig, g, p: dict, model, vocab, layers, lp_codec, hid
                 if p["hashes"][pos + b] != feature_sha256(batch["features"][b, :reader.lengths[i]].numpy()):
                     raise OfflineKDError(f"utterance {reader.utterance_ids[i]}: features changed since the "
                                          f"corpus was written (feature_sha256 mismatch)")
-            lp = log_probs.transpose(0, 1).float().cpu().numpy()
-            best = lp.argmax(-1)
-            hid = {L: h.float().cpu().numpy() for L, h in hidden.items()}
-            writer.put([(pos + b, {"log_probs": lp[b, :t], "best_path": best[b, :t],
-                                   "hidden": {L: h[b, :t] for L, h in hid.items()}})
-                        for b, t in enumerate(out_len.tolist())])
+            if encoder is not None:
+                writer.put(encoder.encode(pos, log_probs, out_len, hidden))
+            else:
+                lp = log_probs.transpose(0, 1).float().cpu().numpy()
+                best = lp.argmax(-1)
+                hid = {L: h.float().cpu().numpy() for L, h in hidden.items()}
+                writer.put([(pos + b, {"log_probs": lp[b, :t], "best_path": best[b, :t],
+                                       "hidden": {L: h[b, :t] for L, h in hid.items()}})
+                            for b, t in enumerate(out_len.tolist())])
             n_utts += len(out_len)
             bar.update(int(out_len.sum()))
             bar.set_postfix(utt_per_s=f"{n_utts / max(time.perf_counter() - start, 1e-9):.1f}")

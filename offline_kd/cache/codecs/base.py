@@ -37,6 +37,9 @@ class CodecBase:
     encode(x)     (F, W) float32 -> {suffix: (F, ...) array}
     decode(a)     {suffix: array} -> (F, W) float32 (log-probs: a normalised distribution, -inf allowed)
     device_state(device)  the fitted state as tensors on a torch device (built once per device by the caller)
+    encode_torch(x, state)  encode() for a (F, W) float32 tensor on that device: the dump encodes where the
+                  teacher ran and copies only the codes to the host (any integer dtype; the writer casts to
+                  the declared one). The default encodes on the host with numpy.
     decode_torch(a, state)  decode() for torch tensors already on that device, with that state: the stored codes
                   travel to the training device and the values are rebuilt there. The default decodes on the host
                   with numpy and moves the result back; codecs whose decoding is matrix work override it.
@@ -77,6 +80,10 @@ class CodecBase:
     def device_state(self, device) -> dict:
         return {}
 
+    def encode_torch(self, x, state: dict) -> dict:
+        import torch
+        return {k: torch.from_numpy(v) for k, v in self.encode(x.float().cpu().numpy()).items()}
+
     def decode_torch(self, a: dict, state: dict):
         import torch
         device = next(iter(a.values())).device
@@ -111,6 +118,15 @@ def int8_encode(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     safe = np.where(scale > 0, scale, 1.0)
     q = np.clip(np.rint(x / safe[:, None]), -127, 127).astype(np.int8)
     return q, scale.astype(np.float32)
+
+
+def int8_encode_torch(x):
+    """int8_encode for a torch tensor (the same float32 operations, so the same codes)."""
+    import torch
+    scale = x.abs().amax(1) / 127.0
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.clamp(torch.round(x / safe[:, None]), -127, 127).to(torch.int8)
+    return q, scale
 
 
 def index_dtype(num_classes: int) -> str:

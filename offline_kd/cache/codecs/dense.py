@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from offline_kd.cache.codecs.base import CodecBase, FieldArray, int8_encode
+from offline_kd.cache.codecs.base import CodecBase, FieldArray, int8_encode, int8_encode_torch
 from offline_kd.cache.codecs.registry import register_codec
 
 
@@ -34,6 +34,10 @@ class _Dense(CodecBase):
 
     def decode_torch(self, a: dict, state: dict):
         return a[""].float()
+
+    def encode_torch(self, x, state: dict) -> dict:
+        import torch
+        return {"": x.to(getattr(torch, self.dtype))}
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,3 +105,7 @@ class Int8Hidden(CodecBase):
 
     def decode_torch(self, a: dict, state: dict):
         return a["/q"].float() * a["/scale"].float()[:, None]
+
+    def encode_torch(self, x, state: dict) -> dict:
+        q, scale = int8_encode_torch(x)
+        return {"/q": q, "/scale": scale}

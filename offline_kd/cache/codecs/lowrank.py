@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from offline_kd.cache.codecs.base import CodecBase, FieldArray, int8_encode, logsumexp
+from offline_kd.cache.codecs.base import CodecBase, FieldArray, int8_encode, int8_encode_torch, logsumexp
 from offline_kd.cache.codecs.registry import register_codec
 from offline_kd.errors import InternalError, OfflineKDError
 
@@ -138,6 +138,16 @@ class _LowRank(CodecBase):
             st["step"] = self._step()
         return st
 
+    def _encode_torch(self, x, st: dict) -> dict:
+        import torch
+        c = (x - st["mean"]) @ st["basis"].T
+        if self.coeff == "step":
+            return {"/codes": torch.clamp(torch.round(c / st["step"]), -127, 127).to(torch.int8)}
+        if self.coeff == "int8":
+            q, scale = int8_encode_torch(c / st["whitening"])
+            return {"/q": q, "/scale": scale}
+        return {"/coeffs": c.half()}
+
     def _decode_torch(self, a: dict, st: dict):
         if self.coeff == "step":
             c = a["/codes"].float() * st["step"]
@@ -197,6 +207,9 @@ class LowRankLogProbs(_LowRank):
     def decode_torch(self, a: dict, state: dict):
         return self._decode_torch(a, state).log_softmax(-1)
 
+    def encode_torch(self, x, state: dict) -> dict:
+        return self._encode_torch(x - x.mean(1, keepdim=True), state)
+
     def to_dict(self) -> dict:
         return {"name": self.name, "num_classes": self.num_classes, "rank": self.rank, "coeff": self.coeff}
 
@@ -239,6 +252,9 @@ class LowRankHidden(_LowRank):
 
     def decode_torch(self, a: dict, state: dict):
         return self._decode_torch(a, state)
+
+    def encode_torch(self, x, state: dict) -> dict:
+        return self._encode_torch(x, state)
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "dim": self.dim, "rank": self.rank, "coeff": self.coeff}

@@ -165,6 +165,25 @@ class TopKLogProbs(CodecBase):
             return self.shape.device_state(device)
         return {}
 
+    def encode_torch(self, x, state: dict) -> dict:
+        """encode() on the device: the same selection, coverage and float64 tail (ties may be ordered otherwise)."""
+        import torch
+        vals, idx = torch.topk(x, self.k, dim=1)              # largest first
+        vals = vals.double()
+        if self.coverage is None:
+            count = torch.full((x.shape[0],), self.k, dtype=torch.long, device=x.device)
+        else:
+            reached = torch.cumsum(vals.exp(), 1) >= self.coverage
+            count = torch.where(reached.any(1), reached.to(torch.int8).argmax(1) + 1, self.k)
+        keep = torch.arange(self.k, device=x.device)[None, :] < count[:, None]
+        rest = x.double().scatter(1, torch.where(keep, idx, idx[:, :1]), float("-inf"))
+        out = {"/values": torch.where(keep, vals.clamp(-65000.0, 0.0), float("-inf")).half(),
+               "/indices": torch.where(keep, idx, 0), "/count": count,
+               "/tail_log_mass": torch.logsumexp(rest, 1).float()}
+        if self.tail == "lowrank":
+            out.update({"/tail_" + k[1:]: v for k, v in self.shape.encode_torch(x, state).items()})
+        return out
+
     def decode_torch(self, a: dict, state: dict):
         """decode() on the device, without a host sync: entries not kept scatter into a spare column."""
         import torch

@@ -1,7 +1,7 @@
-"""Cached targets decoded on the training device (#14 item 4, `distill.decode_on`): the loader sends the stored
-codes, the training process decodes them with the cache's codecs (`TargetDecoder`). On a CPU `device` runs the same
-torch decoding in the training process, so these tests check it against the host (numpy) path; tests/test_cuda.py
-checks it on a GPU."""
+"""The codecs on a torch device (#14 items 3 and 4). `dump.encode_on`: the dump encodes where the teacher ran and
+copies only the codes to the host (`DeviceEncoder`). `distill.decode_on`: the loader sends the stored codes, the
+training process decodes them with the cache's codecs (`TargetDecoder`). On a CPU `device` runs the same torch code
+in the main process, so these tests check it against the host (numpy) path; tests/test_cuda.py does so on a GPU."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,8 @@ import torch
 from helpers import CODECS, QUIET, dump_cfg, step_records, student_dict
 from offline_kd.cache.reader import TargetDecoder, TeacherCache
 from offline_kd.commands import dump_teacher, train_student
-from offline_kd.config import DistillConfig, ExperimentConfig, build_dataclass
+from offline_kd.cache.verify import verify_cache
+from offline_kd.config import DistillConfig, DumpConfig, ExperimentConfig, build_dataclass
 from offline_kd.data.corpus import Corpus
 from offline_kd.data.distill_dataset import DistillBatchDataset
 from offline_kd.data.targets import EncodedTargets
@@ -95,3 +96,38 @@ def test_default_decodes_on_the_host_on_a_cpu(caches, tiny_corpus, tmp_path):
     train_student.run(build_dataclass(ExperimentConfig, d), log=lines.append)
     assert any("cached targets decoded on the host (distill.decode_on auto)" in ln for ln in lines)
     assert np.isfinite([r["train/total"] for r in step_records(tmp_path / "s")]).all()
+
+
+@pytest.mark.parametrize("name", ["float32", "topk-uniform+int8", COMPACT, "topk-prior+lowrank-int8"])
+def test_dump_encoding_on_device_stores_what_the_host_stores(tiny_teacher, tiny_corpus, tmp_path, name):
+    paths = {}
+    for where in ("host", "device"):
+        paths[where] = tmp_path / f"{where}.zarr"
+        dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, paths[where], splits=["train", "dev"],
+                                  codecs=CODECS[name], encode_on=where), **QUIET)
+    host, dev = TeacherCache(str(paths["host"])), TeacherCache(str(paths["device"]))   # both open: checksums sealed
+    assert host.meta.identity_sha256 == dev.meta.identity_sha256
+    assert dev.meta.dump_config["encode_on"] == "device"
+    exact = name in ("float32", "topk-uniform+int8")
+    for split in ("train", "dev"):
+        a, b = host.split(split), dev.split(split)
+        ra, rb = a.read_raw(0, len(a)), b.read_raw(0, len(b))
+        for k in ra:
+            assert ra[k].dtype == rb[k].dtype and ra[k].shape == rb[k].shape, k
+            if exact:                 # the same float32 arithmetic: the same bytes
+                np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
+            elif ra[k].dtype.kind in "iu":    # codes: all but a few the same (a product rounded across a step)
+                assert (ra[k] != rb[k]).mean() < 0.01, k
+        for x, y in zip(a.read_range(0, len(a)), b.read_range(0, len(b))):
+            np.testing.assert_array_equal(x["best_path"], y["best_path"])
+            np.testing.assert_allclose(np.exp(x["log_probs"]), np.exp(y["log_probs"]), atol=2e-3)
+            for L in x["hidden"]:
+                np.testing.assert_allclose(x["hidden"][L], y["hidden"][L], atol=0.05 * np.abs(x["hidden"][L]).max())
+    report = verify_cache(str(paths["device"]), log=lambda *_: None)
+    assert report["ok"], report
+
+
+def test_encode_on_is_validated(tiny_teacher, tiny_corpus, tmp_path):
+    with pytest.raises(OfflineKDError, match="dump.encode_on must be auto, host or device, got 'gpu'"):
+        dump_cfg(tiny_teacher, tiny_corpus, tmp_path / "c.zarr", encode_on="gpu")
+    assert DumpConfig().encode_on == "auto"
