@@ -80,3 +80,15 @@ def test_tune_lm_and_beam_evaluate_with_a_real_kenlm_model(tiny_teacher, tiny_co
     assert res.exit_code == 1 and "not found" in res.output
     res = runner.invoke(main, ["evaluate", "--checkpoint", str(tiny_teacher), "--lm", str(arpa)])
     assert res.exit_code == 1 and "--lm is used by beam search only: add --decoder beam" in res.output
+
+
+def test_parallel_runs_share_the_cores():
+    """N runs at a time get cores / N threads each (oversubscribed runs are slower and follow another
+    floating-point trajectory than the same run alone), unless the user set OMP_NUM_THREADS."""
+    from offline_kd.commands.ablate import child_env
+    assert child_env(2, {"PATH": "/bin"}, cores=2)["OMP_NUM_THREADS"] == "1"
+    assert child_env(2, {}, cores=16)["OMP_NUM_THREADS"] == "8"
+    assert child_env(4, {}, cores=2)["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in child_env(1, {}, cores=16)
+    assert child_env(2, {"OMP_NUM_THREADS": "3"}, cores=16)["OMP_NUM_THREADS"] == "3"
+    assert child_env(2, {"PATH": "/bin"}, cores=2)["PATH"] == "/bin"

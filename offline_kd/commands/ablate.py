@@ -27,6 +27,7 @@ import copy
 import csv
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -91,7 +92,7 @@ def _error(proc: subprocess.CompletedProcess) -> str:
     return lines[-1][:300] if lines else f"exit code {proc.returncode}"
 
 
-def run_one(run: dict, base: dict, spec: AblationConfig, outdir: Path, log) -> dict:
+def run_one(run: dict, base: dict, spec: AblationConfig, outdir: Path, log, env: dict | None = None) -> dict:
     rdir = outdir / run["name"]
     done = rdir / "result.json"
     if done.is_file():
@@ -116,7 +117,7 @@ def run_one(run: dict, base: dict, spec: AblationConfig, outdir: Path, log) -> d
         args.append("--resume")
     log(f"[{run['name']}] training")
     start = time.time()
-    proc = subprocess.run(_cli(*args), capture_output=True, text=True)
+    proc = subprocess.run(_cli(*args), capture_output=True, text=True, env=env)
     (rdir / "train.log").write_text(proc.stderr)
     if proc.returncode != 0:
         row["error"] = _error(proc)
@@ -136,7 +137,7 @@ def run_one(run: dict, base: dict, spec: AblationConfig, outdir: Path, log) -> d
         if spec.lm:
             ev += ["--decoder", "beam", "--lm", spec.lm, "--alpha", str(spec.lm_alpha), "--beta", str(spec.lm_beta),
                    "--compare-greedy"]
-        proc = subprocess.run(_cli(*ev), capture_output=True, text=True)
+        proc = subprocess.run(_cli(*ev), capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             row["error"] = f"evaluate {split}: {_error(proc)}"
             log(f"[{run['name']}] failed: {row['error']}")
@@ -179,6 +180,16 @@ def write_tables(rows: list[dict], outdir: Path, splits: list[str]) -> str:
     return md
 
 
+def child_env(parallel: int, environ=None, cores: int | None = None) -> dict:
+    """The environment of the training processes: with N at a time each gets cores / N CPU threads (N processes of
+    all the cores each oversubscribe the CPU: slower, and another floating-point trajectory than one run alone with
+    the same thread count), unless OMP_NUM_THREADS is set already."""
+    env = dict(os.environ if environ is None else environ)
+    if parallel > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (cores or os.cpu_count() or 1) // parallel))
+    return env
+
+
 def run(config_path: str, parallel: int | None = None, log=print) -> dict:
     raw = read_yaml(config_path)
     if not isinstance(raw, dict):
@@ -195,8 +206,10 @@ def run(config_path: str, parallel: int | None = None, log=print) -> dict:
     outdir = Path(spec.output_dir)
     outdir.mkdir(parents=True, exist_ok=True)
     n = int(parallel or spec.parallel)
-    log(f"{len(runs)} runs into {outdir}, {n} at a time")
+    env = child_env(n)
+    log(f"{len(runs)} runs into {outdir}, {n} at a time"
+        + (f", {env['OMP_NUM_THREADS']} CPU thread(s) each" if "OMP_NUM_THREADS" in env else ""))
     with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
-        rows = list(pool.map(lambda r: run_one(r, base, spec, outdir, log), runs))
+        rows = list(pool.map(lambda r: run_one(r, base, spec, outdir, log, env), runs))
     table = write_tables(rows, outdir, list(spec.evaluate))
     return {"table": table, "rows": rows, "output_dir": str(outdir)}
