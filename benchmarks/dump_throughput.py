@@ -7,6 +7,8 @@ Each run measures, side by side: (a) the teacher's forward passes over the dump 
 host memory (what any consumer needs), nothing stored; (b) a full `dump-teacher` of the same split with the given
 codecs into a fresh temporary cache (one dump per `--codecs`, repeatable; `default` = configs/dump_config.yaml's
 codecs, whose dump includes fitting their bases). Reports the median frames/s of each and their ratios.
+`--encode-on device` (or `both`) dumps with `dump.encode_on: device` (the codecs encode where the teacher ran, the
+default on a GPU); rows are marked `@device`.
 """
 
 from __future__ import annotations
@@ -36,13 +38,16 @@ def main():
     ap.add_argument("--codecs", action="append", default=None,
                     help="key=value,... codec settings, or 'default' (repeatable; default: float16)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--encode-on", choices=["host", "device", "both"], default="host")
     args = ap.parse_args()
     import yaml
     default = yaml.safe_load((Path(__file__).resolve().parent.parent / "configs" / "dump_config.yaml").read_text())
     specs = {}
+    where = {"host": [""], "device": ["@device"], "both": ["", "@device"]}[args.encode_on]
     for spec in args.codecs or ["log_probs=float16,hidden=float16"]:
-        specs[spec] = (default["dump"]["codecs"] if spec == "default" else
-                       {k: yaml.safe_load(v) for k, v in (kv.split("=") for kv in spec.split(","))})
+        for w in where:
+            specs[spec + w] = (default["dump"]["codecs"] if spec == "default" else
+                               {k: yaml.safe_load(v) for k, v in (kv.split("=") for kv in spec.split(","))})
     device = resolve_device(args.device)
     model, vocab, _ = model_from_checkpoint(args.teacher, device)
     reader = Corpus(args.corpus).split(args.split)
@@ -60,14 +65,16 @@ def main():
             cfg = build_dataclass(DumpConfig, {"teacher": args.teacher, "corpus": args.corpus,
                                                "splits": [args.split], "output": str(tmp / "c.zarr"),
                                                "batch_size": args.batch_size, "progress": False,
-                                               "device": args.device, "codecs": codecs})
+                                               "device": args.device, "codecs": codecs,
+                                               "encode_on": "device" if spec.endswith("@device") else "host"})
             with Timer() as t:
                 dump_teacher.run(cfg, log=lambda *_: None)
             dump[spec].append(frames / t.seconds)
             shutil.rmtree(tmp)
         print(f"run {r + 1}: inference {infer[-1]:.0f} frames/s, "
               + ", ".join(f"dump {s} {d[-1]:.0f} frames/s" for s, d in dump.items()))
-    rows = "".join(f"| dump-teacher, {'configs/dump_config.yaml' if s == 'default' else s} | {median(d):.0f} | "
+    label = lambda s: "configs/dump_config.yaml" + s[len("default"):] if s.startswith("default") else s  # noqa: E731
+    rows = "".join(f"| dump-teacher, {label(s)} | {median(d):.0f} | "
                    f"{median(d) / median(infer):.3f} | {', '.join(f'{x:.0f}' for x in d)} |\n"
                    for s, d in dump.items())
     body = (f"## Dump throughput vs teacher inference alone\n\n`{command_line()}`\n\n"

@@ -40,7 +40,8 @@ done
 
 step "dump vs teacher inference alone"
 (cd benchmarks && python3 dump_throughput.py --teacher $T --corpus $D/seed --split train --runs 3 --device cuda \
-  --codecs log_probs=float16,hidden=float16 --codecs default) 2>&1 | tee "$OUT/dump_throughput.log" | tail -n 15
+  --codecs log_probs=float16,hidden=float16 --codecs default --encode-on both) 2>&1 | tee "$OUT/dump_throughput.log" \
+  | tail -n 15
 
 step "train-student from the caches vs CTC-only"
 (cd benchmarks && python3 train_throughput.py --corpus $D/seed --teacher $T --device cuda \
