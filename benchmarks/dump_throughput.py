@@ -38,6 +38,7 @@ def main():
     ap.add_argument("--codecs", action="append", default=None,
                     help="key=value,... codec settings, or 'default' (repeatable; default: float16)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--section", default="dump-throughput", help="section of docs/benchmarks.md to write")
     ap.add_argument("--encode-on", choices=["host", "device", "both"], default="host")
     args = ap.parse_args()
     import yaml
@@ -86,7 +87,7 @@ def main():
             f"| | frames/s (median) | vs inference | runs |\n|---|---|---|---|\n"
             f"| teacher inference alone | {median(infer):.0f} | 1.000 | {', '.join(f'{x:.0f}' for x in infer)} |\n"
             + rows + "\nGoal: dump >= 0.95x inference.\n")
-    write_section("dump-throughput", body)
+    write_section(args.section, body)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--section", default="train-throughput", help="section of docs/benchmarks.md to write")
     ap.add_argument("--decode-on", choices=["host", "device", "both"], default="host",
                     help="where offline modes decode the cached targets")
     args = ap.parse_args()
@@ -118,7 +119,7 @@ def main():
         lines.append(f"| {mode} | {codec} | {m:.0f} | {m / ctc:.3f} | {m / online:.2f} | "
                      f"{', '.join(f'{x:.0f}' for x in xs)} |")
     lines.append("\nGoals: offline >= 0.95x CTC-only and >= 1.6x online.")
-    write_section("train-throughput", "\n".join(lines))
+    write_section(args.section, "\n".join(lines))
 
 
 if __name__ == "__main__":
