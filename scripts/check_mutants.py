@@ -76,6 +76,13 @@ MUTANTS = [
            "    if changed:", "    if False:", ("tests/test_run_safety.py",)),
     Mutant("reader_skips_the_seal", "offline_kd/cache/reader.py",
            "if verify_reads and self.meta.complete:", "if False:", ("tests/test_integrity.py",)),
+    Mutant("device_decode_overwrites_the_blank", "offline_kd/cache/codecs/topk.py",
+           "slot = torch.where(keep, indices, v)", "slot = indices", ("tests/test_codec_conformance.py",)),
+    Mutant("device_encode_skips_whitening", "offline_kd/cache/codecs/lowrank.py",
+           'q, scale = int8_encode_torch(c / st["whitening"])', "q, scale = int8_encode_torch(c)",
+           ("tests/test_codec_conformance.py",)),
+    Mutant("train_splits_not_shifted", "offline_kd/commands/common.py",
+           "np.concatenate([v + start for", "np.concatenate([v + 0 * start for", ("tests/test_teacher_data.py",)),
 ]
 
 
