@@ -27,6 +27,11 @@ python dump_throughput.py --teacher ../$T --corpus ../data/seed --split train --
 python train_throughput.py --corpus ../data/seed --teacher ../$T --cache float32=../cache/bench_f32.zarr \
     --cache float16=../cache/bench_f16.zarr --cache compact=../cache/bench_compact.zarr --batches 12 --runs "$RUNS"
 python cache_codecs.py --teacher ../$T20 --corpus ../data/seed --split dev --sample 64
+# the codecs on the device (encode_on / decode_on) against the host, side by side
+python dump_throughput.py --teacher ../$T --corpus ../data/seed --split train --runs "$RUNS" \
+    --codecs log_probs=float16,hidden=float16 --codecs default --encode-on both --section dump-encode-on
+python train_throughput.py --corpus ../data/seed --teacher ../$T --cache compact=../cache/bench_compact.zarr \
+    --batches 12 --runs "$RUNS" --decode-on both --section train-decode-on
 cd ..
 # efficacy on the demo corpus (needs ./scripts/demo.sh first: its teacher, cache, LM and configs)
 if [ -f runs/demo/teacher/checkpoint_best.pt ]; then
