@@ -59,7 +59,7 @@ MUTANTS = [
            'self.extra.load_state_dict(ckpt["extra_state_dict"])', "pass",
            ("tests/test_resume.py",)),
     Mutant("topk_ignores_coverage", "offline_kd/cache/codecs/topk.py",
-           "if self.coverage is None:", "if True:",
+           "reached = np.cumsum(probs, axis=1) >= self.coverage", "reached = np.cumsum(probs, axis=1) >= 2.0",
            ("tests/test_codecs.py",)),
     # added with the fixes of #15
     Mutant("verify_ignores_the_seal", "offline_kd/cache/verify.py",
@@ -78,6 +78,9 @@ MUTANTS = [
            "if verify_reads and self.meta.complete:", "if False:", ("tests/test_integrity.py",)),
     Mutant("device_decode_overwrites_the_blank", "offline_kd/cache/codecs/topk.py",
            "slot = torch.where(keep, indices, v)", "slot = indices", ("tests/test_codec_conformance.py",)),
+    Mutant("device_topk_ignores_coverage", "offline_kd/cache/codecs/topk.py",
+           "reached = torch.cumsum(vals.exp(), 1) >= self.coverage", "reached = torch.cumsum(vals.exp(), 1) >= 2.0",
+           ("tests/test_codec_conformance.py",)),
     Mutant("device_encode_skips_whitening", "offline_kd/cache/codecs/lowrank.py",
            'q, scale = int8_encode_torch(c / st["whitening"])', "q, scale = int8_encode_torch(c)",
            ("tests/test_codec_conformance.py",)),
