@@ -131,3 +131,18 @@ def test_encode_on_is_validated(tiny_teacher, tiny_corpus, tmp_path):
     with pytest.raises(OfflineKDError, match="dump.encode_on must be auto, host or device, got 'gpu'"):
         dump_cfg(tiny_teacher, tiny_corpus, tmp_path / "c.zarr", encode_on="gpu")
     assert DumpConfig().encode_on == "auto"
+
+
+def test_codes_sent_to_the_device_are_checked_like_decoded_reads(caches, tiny_corpus):
+    """The encoded path checks every utterance's stored bytes against the dump's checksum, as read_range does."""
+    cache = TeacherCache(str(caches[COMPACT]))
+    split = cache.split("train")
+    corpus = Corpus(tiny_corpus)
+    reader = corpus.split("train")
+    victim = reader.utterance_ids[5]
+    split.checksums = split.checksums.copy()
+    split.checksums[split.position[victim]] ^= 1  # as if its stored bytes had changed
+    coded = DistillBatchDataset(reader, corpus.vocab, split, layers={1, 3}, encoded=True)
+    coded[[0, 1]]                                 # other utterances still read
+    with pytest.raises(OfflineKDError, match=f"utterance {victim}: the stored bytes"):
+        coded[[4, 5, 6]]
