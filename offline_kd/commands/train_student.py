@@ -40,9 +40,9 @@ def run(cfg: ExperimentConfig, resume: bool = False, online_teacher: str | None 
 
 def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, device, log) -> dict:
     d = cfg.distill
-    if not isinstance(cfg.data.train_split, str) and len(cfg.data.train_split) > 1:
+    if len(train_splits(cfg.data)) > 1:
         raise OfflineKDError(f"data.train_split: train-student trains on one transcribed split, got "
-                             f"{list(cfg.data.train_split)} (give further audio as distill.untranscribed_splits)")
+                             f"{train_splits(cfg.data)} (give further audio as distill.untranscribed_splits)")
     augment = SpecAugment(cfg.augment, allow_frame_change=False)
     corpus, (train_reader, train_idx), (dev_reader, dev_idx) = open_train_dev(cfg.data, cfg.model, log)
     mapping = {int(s): int(t) for s, t in d.layer_mapping.items()} if d.gamma else {}

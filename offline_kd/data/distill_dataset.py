@@ -25,7 +25,7 @@ import torch
 
 from offline_kd.data.corpus import SplitReader
 from offline_kd.data.dataset import SpeechDataset, collate, pad_time
-from offline_kd.data.targets import EncodedTargets, TeacherTargets, host_tensor
+from offline_kd.data.targets import EncodedTargets, TeacherTargets, best_tokens, host_tensor
 from offline_kd.data.vocab import Vocabulary
 
 
@@ -93,10 +93,10 @@ class DistillBatchDataset(torch.utils.data.Dataset):
             return batch
         cached = self._cached(located)
         if self.encoded:
-            best = TeacherTargets.from_best_paths(torch.zeros(0), torch.zeros(0), {}, [c["best_path"] for c in cached])
             batch["teacher"] = EncodedTargets(
                 {k: host_tensor(np.concatenate([c[k] for c in cached])) for k in cached[0] if k != "best_path"},
-                torch.tensor([len(c["best_path"]) for c in cached], dtype=torch.long), best.tokens, best.token_lengths)
+                torch.tensor([len(c["best_path"]) for c in cached], dtype=torch.long),
+                *best_tokens([c["best_path"] for c in cached]))
             return batch
         batch["teacher"] = TeacherTargets.from_best_paths(
             pad_time([torch.from_numpy(c["log_probs"]) for c in cached]).transpose(0, 1),

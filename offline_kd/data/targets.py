@@ -52,9 +52,14 @@ class TeacherTargets:
     @classmethod
     def from_best_paths(cls, log_probs: torch.Tensor, lengths: torch.Tensor, hidden: dict[int, torch.Tensor],
                         best_paths: list[np.ndarray]) -> "TeacherTargets":
-        tokens = [torch.from_numpy(collapse_best_path(p)) for p in best_paths]
-        return cls(log_probs, lengths, hidden, torch.cat(tokens) if tokens else torch.zeros(0, dtype=torch.long),
-                   torch.tensor([len(t) for t in tokens], dtype=torch.long))
+        return cls(log_probs, lengths, hidden, *best_tokens(best_paths))
+
+
+def best_tokens(best_paths: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame argmax paths -> the 1-best token ids of every utterance, concatenated, and their counts."""
+    tokens = [torch.from_numpy(collapse_best_path(p)) for p in best_paths]
+    return (torch.cat(tokens) if tokens else torch.zeros(0, dtype=torch.long),
+            torch.tensor([len(t) for t in tokens], dtype=torch.long))
 
 
 def host_tensor(x: np.ndarray) -> torch.Tensor:
