@@ -61,15 +61,20 @@ def test_codes_decoded_on_device_equal_the_host_decoding(caches, tiny_corpus, na
 
 
 @pytest.mark.parametrize("name", ["float16", COMPACT])
-def test_train_student_decoding_on_device_trains_like_on_the_host(caches, tiny_corpus, tmp_path, name):
+def test_train_student_decoding_on_device_trains_like_on_the_host(caches, tiny_corpus, tmp_path, name, monkeypatch):
+    decoded = []          # batches that reached the loss still encoded, and were decoded there
+    real = EncodedTargets.decode
+    monkeypatch.setattr(EncodedTargets, "decode", lambda self, *a: decoded.append(1) or real(self, *a))
     runs = {}
     for where in ("host", "device"):
         d = student_dict(tiny_corpus, caches[name], tmp_path / where, epochs=2, decode_on=where,
                          untranscribed_splits=["untranscribed"])
         lines = []
+        decoded.clear()
         train_student.run(build_dataclass(ExperimentConfig, d), log=lines.append)
         assert any(f"cached targets decoded on {'cpu' if where == 'device' else 'the host'}" in ln for ln in lines)
         runs[where] = step_records(tmp_path / where)
+        assert (len(decoded) == len(runs[where])) if where == "device" else not decoded
     host, dev = runs["host"], runs["device"]
     assert len(host) == len(dev) > 0
     for a, b in zip(host, dev):
