@@ -48,6 +48,12 @@ step "train-student from the caches vs CTC-only"
   --cache float16=$D/f16.zarr --cache compact=$D/compact.zarr --batches 20 --runs 3 --decode-on both) 2>&1 \
   | tee "$OUT/train_throughput.log" | tail -n 15
 
+step "ablation cost: one dump + 6 students from the cache vs 6 with the live teacher"
+(cd benchmarks && python3 ablation_cost.py --dump ../configs/dump_config.yaml --dump-set dump.teacher=$T \
+  --dump-set dump.corpus=$D/seed --dump-set "dump.splits=[train,dev]" --distill ../configs/distillation_config.yaml \
+  --set data.corpus=$D/seed --set train.epochs=1 --students 6 --device cuda) 2>&1 | tee "$OUT/ablation_cost.log" \
+  | tail -n 12
+
 step "precision: 1 epoch of the seed student, fp32 / bf16 / fp16"
 for p in fp32 bf16 fp16; do
   /usr/bin/time -f "$p wall %e s" "${OKD[@]}" train --config configs/student_baseline.yaml --set data.corpus=$D/seed \
