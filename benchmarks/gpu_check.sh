@@ -49,9 +49,9 @@ step "train-student from the caches vs CTC-only"
   | tee "$OUT/train_throughput.log" | tail -n 15
 
 step "ablation cost: one dump + 6 students from the cache vs 6 with the live teacher"
-(cd benchmarks && python3 ablation_cost.py --dump ../configs/dump_config.yaml --dump-set dump.teacher=$T \
-  --dump-set dump.corpus=$D/seed --dump-set "dump.splits=[train,dev]" --distill ../configs/distillation_config.yaml \
-  --set data.corpus=$D/seed --set train.epochs=1 --students 6 --device cuda) 2>&1 | tee "$OUT/ablation_cost.log" \
+python3 benchmarks/ablation_cost.py --dump configs/dump_config.yaml --dump-set dump.teacher=$T \
+  --dump-set dump.corpus=$D/seed --dump-set "dump.splits=[train,dev]" --distill configs/distillation_config.yaml \
+  --set data.corpus=$D/seed --set train.epochs=1 --students 6 --device cuda 2>&1 | tee "$OUT/ablation_cost.log" \
   | tail -n 12
 
 step "precision: 1 epoch of the seed student, fp32 / bf16 / fp16"

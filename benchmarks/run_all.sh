@@ -39,8 +39,8 @@ if [ -f runs/demo/teacher/checkpoint_best.pt ]; then
       --variant "pseudo-labels only=distill.alpha=0" \
       --variant "transcribed only (same loss, 120 epochs)=distill.untranscribed_splits=[];train.epochs=120" \
       --baseline-lrs 0.0015,0.003,0.005 --seeds 0,1,2 --jobs 2 --lm data/demo/lm.arpa --out runs/efficacy
-  (cd benchmarks && python ablation_cost.py --dump ../configs/demo/dump.yaml --distill ../configs/demo/distill.yaml \
-      --students 3 --set train.epochs=3 --device cpu)
+  python benchmarks/ablation_cost.py --dump configs/demo/dump.yaml --distill configs/demo/distill.yaml \
+      --students 3 --set train.epochs=3 --device cpu
   python benchmarks/codec_efficacy.py --distill configs/demo/distill.yaml --baseline configs/demo/baseline.yaml \
       --teacher runs/demo/teacher/checkpoint_best.pt \
       --compact-codecs log_probs=topk,topk_k=8,topk_coverage=0.999,topk_tail=lowrank,logits_rank=112,logits_coeff=int8,hidden=lowrank,lowrank_rank=1024,lowrank_coeff=step,lowrank_target_error=0.0085 \
