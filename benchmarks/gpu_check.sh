@@ -48,10 +48,10 @@ step "train-student from the caches vs CTC-only"
   --cache float16=$D/f16.zarr --cache compact=$D/compact.zarr --batches 20 --runs 3 --decode-on both) 2>&1 \
   | tee "$OUT/train_throughput.log" | tail -n 15
 
-step "ablation cost: one dump + 6 students from the cache vs 6 with the live teacher"
+step "ablation cost: one dump + 3 students from the cache vs 3 with the live teacher (per-student figures give N = 6)"
 python3 benchmarks/ablation_cost.py --dump configs/dump_config.yaml --dump-set dump.teacher=$T \
   --dump-set dump.corpus=$D/seed --dump-set "dump.splits=[train,dev]" --distill configs/distillation_config.yaml \
-  --set data.corpus=$D/seed --set train.epochs=1 --students 6 --device cuda 2>&1 | tee "$OUT/ablation_cost.log" \
+  --set data.corpus=$D/seed --set train.epochs=1 --students 3 --device cuda 2>&1 | tee "$OUT/ablation_cost.log" \
   | tail -n 12
 
 step "precision: 1 epoch of the seed student, fp32 / bf16 / fp16"
