@@ -4,7 +4,8 @@
 #   then, on the GPU machine (device tool: carry .whl):  bash benchmarks/gpu_check.sh
 # Steps (about 10 minutes on an H200): the cuda tests; a seed-geometry corpus (2,000 utterances, 512-dim, V = 1,229)
 # and a 1-epoch 5x384 teacher; dump float16 and compact vs teacher inference alone; train-student from both caches
-# vs the CTC-only student; fp32 / bf16 / fp16 training speed. Logs and JSON go to $OUT (or runs/gpu).
+# vs the CTC-only student (codecs on the host and on the device); the ablation cost (one dump + 3 students vs 3 with
+# the live teacher, time and peak GPU memory); fp32 / bf16 / fp16 training speed. Logs go to $OUT (or runs/gpu).
 set -uo pipefail
 OUT="${OUT:-runs/gpu}"; mkdir -p "$OUT"
 if [ -d .whl ]; then
