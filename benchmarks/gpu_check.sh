@@ -55,6 +55,17 @@ python3 benchmarks/ablation_cost.py --dump configs/dump_config.yaml --dump-set d
   --set data.corpus=$D/seed --set train.epochs=1 --students 3 --device cuda 2>&1 | tee "$OUT/ablation_cost.log" \
   | tail -n 12
 
+if [ "${WIDE:-0}" = 1 ]; then   # the second size: a teacher 3x wider (5 x BiLSTM(1152)); WIDE=1 adds ~3 min
+  step "ablation cost with a teacher 3x wider"
+  "${OKD[@]}" train --config configs/teacher_config.yaml --set data.corpus=$D/seed --set train.epochs=1 \
+    --set model.hidden_dim=1152 --set train.output_dir=$D/teacher_wide --set train.progress=false \
+    --set train.device=cuda 2>&1 | tail -n 1 | tee "$OUT/teacher_wide.log"
+  python3 benchmarks/ablation_cost.py --dump configs/dump_config.yaml --dump-set dump.teacher=$D/teacher_wide/checkpoint_last.pt \
+    --dump-set dump.corpus=$D/seed --dump-set "dump.splits=[train,dev]" --distill configs/distillation_config.yaml \
+    --set data.corpus=$D/seed --set train.epochs=1 --students 3 --device cuda --section ablation-cost-wide 2>&1 \
+    | tee "$OUT/ablation_cost_wide.log" | tail -n 12
+fi
+
 step "precision: 1 epoch of the seed student, fp32 / bf16 / fp16"
 for p in fp32 bf16 fp16; do
   /usr/bin/time -f "$p wall %e s" "${OKD[@]}" train --config configs/student_baseline.yaml --set data.corpus=$D/seed \
