@@ -39,8 +39,11 @@ def test_tts_en_quick(tmp_path):
     assert [m for m in manifest if m["split"] == "untranscribed"] and \
         all("text" not in m for m in manifest if m["split"] == "untranscribed")
     assert "untranscribed: untranscribed, 12 utterances" in res.stdout + res.stderr
-    by_split = {s: {m["text"] for m in manifest if m["split"] == s} for s in ("train", "dev", "test")}
+    by_split = {s: {m["text"] for m in manifest if m["split"] == s} for s in ("train", "dev", "test", "teacher_train")}
     assert not by_split["train"] & (by_split["dev"] | by_split["test"])        # disjoint sentences
+    assert len(by_split["teacher_train"]) == 12 and not by_split["teacher_train"] & (
+        by_split["train"] | by_split["dev"] | by_split["test"])              # the teacher's own transcribed audio
+    assert "train 60 utterances" in res.stdout + res.stderr                    # the teacher: 48 + 12
     lm_text = set((tmp_path / "data/raw/lm_text.txt").read_text().splitlines())
     assert not lm_text & (by_split["dev"] | by_split["test"])                   # LM never saw dev/test text
     assert (tmp_path / "data/lm/4gram.bin").is_file()

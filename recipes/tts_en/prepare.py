@@ -109,8 +109,16 @@ def plan(args) -> tuple[list[dict], list[str]]:
     if len(untranscribed) < args.num_untranscribed:
         die(f"only {len(train_partition) - args.num_train} training-partition sentences left for "
             f"{args.num_untranscribed} untranscribed utterances")
+    # transcribed audio for the teacher only: still further training-partition sentences (the labelled data a
+    # pretrained teacher has seen and its student has not); drawn last, so the other splits stay as they were
+    first = args.num_train + args.num_untranscribed
+    teacher_train = train_partition[first:first + args.num_teacher_train]
+    if len(teacher_train) < args.num_teacher_train:
+        die(f"only {len(train_partition) - first} training-partition sentences left for "
+            f"{args.num_teacher_train} teacher-only utterances")
     rows = []
-    for split, texts in (("train", train), ("dev", dev), ("test", test), ("untranscribed", untranscribed)):
+    for split, texts in (("train", train), ("dev", dev), ("test", test), ("untranscribed", untranscribed),
+                         ("teacher_train", teacher_train)):
         for i, text in enumerate(texts):
             held = split in ("dev", "test") and i % 2 == 0
             if held and rng.random() < 0.5:
@@ -163,6 +171,9 @@ def main() -> None:
     ap.add_argument("--num-untranscribed", type=int, default=0,
                     help="Utterances of further training-partition sentences whose text is not kept (split "
                          "'untranscribed'; the LM text still holds them, as it holds every non-dev/test sentence).")
+    ap.add_argument("--num-teacher-train", type=int, default=0,
+                    help="Transcribed utterances of further training-partition sentences for the teacher only "
+                         "(split 'teacher_train').")
     ap.add_argument("--min-words", type=int, default=4)
     ap.add_argument("--max-words", type=int, default=12)
     ap.add_argument("--snr-min", type=float, default=5.0)

@@ -4,6 +4,8 @@
 #   recipes/tts_en/run.sh            full size (about an hour on 2 CPU cores)
 #   recipes/tts_en/run.sh --quick    a handful of utterances and tiny models (a few minutes; the CI test)
 #   NUM_UNTRANSCRIBED=3000 recipes/tts_en/run.sh   add 3,000 untranscribed utterances for the distilled student
+#   NUM_TEACHER_TRAIN=6000 ...                      add 6,000 transcribed utterances that only the teacher trains on
+#                                                   (the demo's setting: a teacher that knows more than its student)
 #
 # Steps: 1. synthesize + log-mel features (prepare.py)  2. `offline-kd data import` + validate
 #        3. 4-gram KenLM from training-partition text (lmplz, build_binary)  4. teacher
@@ -20,14 +22,16 @@ QUICK=0
 
 if [ "$QUICK" = 1 ]; then
   NAME=tts_en_quick
-  SIZES=(--num-train 48 --num-dev 12 --num-test 12 --num-untranscribed "${NUM_UNTRANSCRIBED:-12}")
+  SIZES=(--num-train 48 --num-dev 12 --num-test 12 --num-untranscribed "${NUM_UNTRANSCRIBED:-12}"
+         --num-teacher-train "${NUM_TEACHER_TRAIN:-12}")
   # tiny models, 2 epochs: checks the plumbing, not the accuracy
   TEACHER=(--set model.hidden_dim=32 --set model.num_layers=4 --set train.epochs=2)
   STUDENT=(--set model.hidden_dim=16 --set model.num_layers=3 --set train.epochs=2)
   TUNE=(--alphas 0,0.5 --betas 0,1 --beam-width 8)
 else
   NAME=tts_en
-  SIZES=(--num-train "${NUM_TRAIN:-3000}" --num-dev 300 --num-test 300 --num-untranscribed "${NUM_UNTRANSCRIBED:-0}")
+  SIZES=(--num-train "${NUM_TRAIN:-3000}" --num-dev 300 --num-test 300 --num-untranscribed "${NUM_UNTRANSCRIBED:-0}"
+         --num-teacher-train "${NUM_TEACHER_TRAIN:-0}")
   TEACHER=() STUDENT=() TUNE=()
 fi
 DATA="${DATA:-data/$NAME}"
@@ -59,7 +63,9 @@ train() {  # train CMD CONFIG OUTDIR EXTRA...
   local resume=(); [ -f "$out/checkpoint_last.pt" ] && resume=(--resume)
   $OKD "$cmd" --config "$cfg" "${resume[@]}" "${COMMON[@]}" --set "train.output_dir=$out" "$@"
 }
-train train "$HERE/configs/teacher.yaml" "$RUNS/teacher" "${TEACHER[@]}"
+# teacher-only transcribed audio (NUM_TEACHER_TRAIN > 0): the teacher trains on it besides the student's
+TEACHER_DATA=(); [ -f "$DATA/corpus/teacher_train.h5" ] && TEACHER_DATA=(--set "data.train_split=[train,teacher_train]")
+train train "$HERE/configs/teacher.yaml" "$RUNS/teacher" "${TEACHER[@]}" "${TEACHER_DATA[@]}"
 # The CTC-only baseline and the dump -> distillation branch are independent: they run side by side, each with
 # half the cores (small students use about one core each), the baseline's output going to $RUNS/baseline.log.
 CORES=$(nproc 2>/dev/null || echo 2)
