@@ -161,9 +161,12 @@ def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
     env, device = distributed.setup(cfg.device)
     try:
         with cache_lock(cfg.output, env.is_main):       # one dump per cache (the ranks of this one excepted)
-            return _run(cfg, overwrite, env, device, log if env.is_main else quiet)
-    finally:
-        distributed.shutdown()
+            result = _run(cfg, overwrite, env, device, log if env.is_main else quiet)
+    except BaseException:
+        distributed.shutdown(ok=False)
+        raise
+    distributed.shutdown()
+    return result
 
 
 def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:

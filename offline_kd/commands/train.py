@@ -19,9 +19,12 @@ def run(cfg: ExperimentConfig, resume: bool = False, log=print) -> dict:
         raise OfflineKDError("this config has a 'distill' section: use `offline-kd train-student`")
     env, device = distributed.setup(cfg.train.device)
     try:
-        return _run(cfg, resume, env, device, log if env.is_main else quiet)
-    finally:
-        distributed.shutdown()
+        result = _run(cfg, resume, env, device, log if env.is_main else quiet)
+    except BaseException:
+        distributed.shutdown(ok=False)
+        raise
+    distributed.shutdown()
+    return result
 
 
 def _run(cfg: ExperimentConfig, resume: bool, env, device, log) -> dict:

@@ -33,9 +33,12 @@ def run(cfg: ExperimentConfig, resume: bool = False, online_teacher: str | None 
                              "for CTC-only training use `offline-kd train`")
     env, device = distributed.setup(cfg.train.device)
     try:
-        return _run(cfg, resume, online_teacher, env, device, log if env.is_main else quiet)
-    finally:
-        distributed.shutdown()
+        result = _run(cfg, resume, online_teacher, env, device, log if env.is_main else quiet)
+    except BaseException:
+        distributed.shutdown(ok=False)
+        raise
+    distributed.shutdown()
+    return result
 
 
 def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, device, log) -> dict:

@@ -110,6 +110,12 @@ def run_on_main(fn, env: DistEnv):
     return result
 
 
-def shutdown() -> None:
+def shutdown(ok: bool = True) -> None:
+    """Tear the process group down. After a run that ended normally every rank first waits for the others: a rank
+    that destroys its gloo group while a peer still has collectives in flight with it aborts ("terminate called
+    without an active exception", seen under load in tests/test_distributed.py). After an error no rank waits (the
+    others may never arrive)."""
     if dist.is_initialized():
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
