@@ -11,8 +11,8 @@ process killed at any moment (SIGKILL included) leaves flags that are always bac
 any number of processes, recomputes only the batches that reach into shards not flagged done and writes the very
 same bytes (with `dump.encode_on: device` the batches arrive encoded where the teacher ran, `EncodedBatch`; a
 low-rank code may then differ by one step from the host's where a matrix product rounds differently, and a rerun
-on the same device writes the same bytes again). `finalize_split` (one process, after every writer finished) gathers the checksums into `checksum` and
-marks the split complete.
+on the same device writes the same bytes again). `finalize_split` (one process, after every writer finished)
+gathers the checksums into `checksum` and marks the split complete.
 """
 
 from __future__ import annotations
