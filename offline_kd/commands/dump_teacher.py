@@ -159,14 +159,10 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -
 def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
     """Dump the teacher; under torchrun every rank writes its own block of shards and rank 0 finalises."""
     env, device = distributed.setup(cfg.device)
-    try:
+    def locked():
         with cache_lock(cfg.output, env.is_main):       # one dump per cache (the ranks of this one excepted)
-            result = _run(cfg, overwrite, env, device, log if env.is_main else quiet)
-    except BaseException:
-        distributed.shutdown(ok=False)
-        raise
-    distributed.shutdown()
-    return result
+            return _run(cfg, overwrite, env, device, log if env.is_main else quiet)
+    return distributed.run_then_shutdown(locked)
 
 
 def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:

@@ -18,13 +18,7 @@ def run(cfg: ExperimentConfig, resume: bool = False, log=print) -> dict:
     if cfg.distill is not None:
         raise OfflineKDError("this config has a 'distill' section: use `offline-kd train-student`")
     env, device = distributed.setup(cfg.train.device)
-    try:
-        result = _run(cfg, resume, env, device, log if env.is_main else quiet)
-    except BaseException:
-        distributed.shutdown(ok=False)
-        raise
-    distributed.shutdown()
-    return result
+    return distributed.run_then_shutdown(lambda: _run(cfg, resume, env, device, log if env.is_main else quiet))
 
 
 def _run(cfg: ExperimentConfig, resume: bool, env, device, log) -> dict:

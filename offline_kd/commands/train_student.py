@@ -32,13 +32,8 @@ def run(cfg: ExperimentConfig, resume: bool = False, online_teacher: str | None 
         raise OfflineKDError("the config has no 'distill' section (cache, alpha, beta, gamma, ...); "
                              "for CTC-only training use `offline-kd train`")
     env, device = distributed.setup(cfg.train.device)
-    try:
-        result = _run(cfg, resume, online_teacher, env, device, log if env.is_main else quiet)
-    except BaseException:
-        distributed.shutdown(ok=False)
-        raise
-    distributed.shutdown()
-    return result
+    return distributed.run_then_shutdown(
+        lambda: _run(cfg, resume, online_teacher, env, device, log if env.is_main else quiet))
 
 
 def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, device, log) -> dict:

@@ -110,6 +110,18 @@ def run_on_main(fn, env: DistEnv):
     return result
 
 
+def run_then_shutdown(fn):
+    """fn() under the process group set up by `setup`, then `shutdown`: waiting for the other ranks after a normal
+    end, not after an error."""
+    try:
+        result = fn()
+    except BaseException:
+        shutdown(ok=False)
+        raise
+    shutdown()
+    return result
+
+
 def shutdown(ok: bool = True) -> None:
     """Tear the process group down. After a run that ended normally every rank first waits for the others: a rank
     that destroys its gloo group while a peer still has collectives in flight with it aborts ("terminate called
