@@ -30,8 +30,9 @@ def test_selection(name, env, available, count, expected):
 
 @pytest.mark.parametrize("name,available,count,message", [
     ("cuda", False, 0, "CUDA is not available"),
-    ("cuda:2", True, 2, "only 2 GPU"),
-    ("gpu", True, 1, "unknown device"),
+    ("cuda:2", True, 2, r"only 2 GPU\(s\) visible \(cuda:0..cuda:1\)"),
+    ("gpu", True, 1, "unknown device 'gpu'"),
+    ("cuda", True, 0, "CUDA is not available"),            # a driver that sees no GPU
 ])
 def test_bad_devices_are_one_line_errors(name, available, count, message):
     with pytest.raises(OfflineKDError, match=message):
