@@ -30,8 +30,8 @@ if [ "$QUICK" = 1 ]; then
   TUNE=(--alphas 0,0.5 --betas 0,1 --beam-width 8)
 else
   NAME=tts_en
-  SIZES=(--num-train "${NUM_TRAIN:-3000}" --num-dev 300 --num-test 300 --num-untranscribed "${NUM_UNTRANSCRIBED:-0}"
-         --num-teacher-train "${NUM_TEACHER_TRAIN:-0}")
+  SIZES=(--num-train "${NUM_TRAIN:-1000}" --num-dev 300 --num-test 300 --num-untranscribed "${NUM_UNTRANSCRIBED:-2000}"
+         --num-teacher-train "${NUM_TEACHER_TRAIN:-2000}")
   TEACHER=() STUDENT=() TUNE=()
 fi
 DATA="${DATA:-data/$NAME}"
