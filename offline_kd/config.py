@@ -75,7 +75,18 @@ class AugmentConfig:
     time_mask_width: int = 10
     freq_masks: int = 0
     freq_mask_width: int = 20
-    speed_perturb: Optional[list] = None   # changes the frame count: refused for distillation from a cache
+    # `train` only: speeds (e.g. [0.9, 1.0, 1.1]); every batch is stretched by one of them, drawn from (seed, epoch,
+    # batch). It changes the frame count, so distillation takes speed-perturbed views of the teacher (dump.views).
+    speed_perturb: Optional[list] = None
+
+    def __post_init__(self):
+        if self.speed_perturb is not None:
+            from offline_kd.data.views import parse_views
+            if not self.speed_perturb:
+                raise OfflineKDError("augment.speed_perturb: give at least one speed, e.g. [0.9, 1.0, 1.1]")
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in self.speed_perturb):
+                raise OfflineKDError(f"augment.speed_perturb must be a list of speeds, got {self.speed_perturb!r}")
+            parse_views(list(self.speed_perturb), "augment.speed_perturb")
 
 
 @dataclass(frozen=True)
@@ -131,8 +142,14 @@ class DistillConfig:
     # where cached targets are decoded: host (in the loader, numpy), device (the stored codes travel to the training
     # device and are decoded there: the low-rank bases live on it), auto (device on a GPU, host on a CPU)
     decode_on: str = "auto"
+    # augmented views (docs/views.md): with a cache, its own views are used (these, if given, must equal them);
+    # with --online-teacher these are the views, of the training and untranscribed splits, both models see
+    views: list = field(default_factory=list)
+    view_seed: int = 0
 
     def __post_init__(self):
+        from offline_kd.data.views import parse_views
+        parse_views(self.views, "distill.views")
         sched = self.temperature_schedule
         ok = bool(sched) and all(isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], int)
                                  and isinstance(e[1], (int, float)) and e[1] > 0 for e in sched)
@@ -209,8 +226,24 @@ class DumpConfig:
     progress: bool = True
     codecs: CodecConfig = field(default_factory=CodecConfig)
     storage_options: dict = field(default_factory=dict)
+    # augmented views (docs/views.md): every split of view_splits is cached once per view, as split@0, split@1, ...
+    # [{speed: 0.9}, {speed: 1.0, time_masks: 2, time_mask_width: 10}, ...]; masks are drawn from (view_seed, view,
+    # utterance id)
+    views: list = field(default_factory=list)
+    view_splits: list = field(default_factory=list)
+    view_seed: int = 0
 
     def __post_init__(self):
+        from offline_kd.data.views import parse_views
+        parse_views(self.views, "dump.views")
+        if self.views and not self.view_splits:
+            raise OfflineKDError("dump.views: name the splits to cache through them in dump.view_splits "
+                                 "(e.g. [train, untranscribed]; dev stays as it is)")
+        if self.view_splits and not self.views:
+            raise OfflineKDError("dump.view_splits: give the views themselves in dump.views")
+        outside = [s for s in self.view_splits if s not in self.splits]
+        if outside:
+            raise OfflineKDError(f"dump.view_splits: {outside} not in dump.splits {list(self.splits)}")
         _at_least("dump", self, batch_size=1, max_frames_per_batch=1, chunk_frames=1, shard_chunks=1,
                   writer_queue=1)
         if isinstance(self.num_workers, str) and self.num_workers != "auto" or \

@@ -70,6 +70,14 @@ class CacheMeta:
         checkpoint without dev evaluation, or a cache written before they were stored)."""
         return self.teacher.get("dev")
 
+    @property
+    def views(self) -> dict:
+        """The cache's augmented views: {"views": [spec dicts], "splits": [corpus splits cached through them],
+        "seed": int}; no views: empty lists."""
+        d = self.dump_config
+        return {"views": list(d.get("views") or []), "splits": list(d.get("view_splits") or []),
+                "seed": int(d.get("view_seed", 0))}
+
     def codec_names(self) -> tuple[str, dict[int, str]]:
         return self.codecs["log_probs"]["name"], {int(k): v["name"] for k, v in self.codecs["hidden"].items()}
 
@@ -80,6 +88,8 @@ class CacheMeta:
         d = self.dump_config
         keys = {k: d[k] for k in ("layers", "batch_size", "max_frames_per_batch", "chunk_frames", "shard_chunks",
                                    "skip_invalid", "codecs", "splits")}
+        if d.get("views"):                           # (no views leaves the identity of older caches as it was)
+            keys.update({k: d[k] for k in ("views", "view_splits", "view_seed")})
         if d.get("precision", "fp32") != "fp32":     # (fp32 leaves the identity of older caches as it was)
             keys["precision"] = d["precision"]
         h.update(json.dumps([self.teacher["weights_sha256"], self.vocab_sha256, self.device_type, keys],
@@ -99,7 +109,7 @@ class CacheMeta:
     @classmethod
     def for_dump(cls, cfg, model, vocab, corpus_dir: str, lp_codec, hidden_codecs: dict, device_type: str,
                  teacher_sha256: str, weights_sha256: str, tool_version: str,
-                 teacher_dev: Optional[dict] = None) -> "CacheMeta":
+                 teacher_dev: Optional[dict] = None, splits: Optional[list] = None) -> "CacheMeta":
         layer_dims = {L: c.dim for L, c in hidden_codecs.items()}
         return cls(
             format_version=FORMAT_VERSION, tool_version=tool_version, complete=False, created=_now(),
@@ -111,5 +121,5 @@ class CacheMeta:
             codecs={"log_probs": lp_codec.to_dict(), "hidden": {str(L): c.to_dict() for L, c in hidden_codecs.items()},
                     "compressor": cfg.codecs.compressor, "level": cfg.codecs.level},
             chunk_frames=cfg.chunk_frames, shard_frames=cfg.chunk_frames * cfg.shard_chunks,
-            splits=list(cfg.splits), device_type=device_type,
+            splits=list(splits if splits is not None else cfg.splits), device_type=device_type,
             dump_config={k: v for k, v in asdict(cfg).items() if k != "storage_options"})

@@ -66,7 +66,7 @@ def prepare_store(cfg: DumpConfig, meta: CacheMeta, plans: dict, fit_state: Call
         root.attrs.update({META_KEY: meta.to_dict()})
     codecs = build_codecs(meta.codecs, root)     # with any fitted state stored above
     fields = field_arrays(codecs[0], codecs[1])
-    for split in cfg.splits:
+    for split in plans:
         if resume and split in root and root[split].attrs.get("created"):
             continue                               # (a split killed while being created is made again)
         p = plans[split]

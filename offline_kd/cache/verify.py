@@ -97,6 +97,7 @@ def structural_check(cache: TeacherCache, log=print) -> dict:
 def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, log=print) -> dict:
     from offline_kd.data.corpus import Corpus
     from offline_kd.training.checkpoint import file_sha256, model_from_checkpoint
+    from offline_kd.data.views import corpus_reader
     from offline_kd.training.inference import resolve_device
     dev = resolve_device(device)
     if file_sha256(teacher_path) != cache.meta.teacher["sha256"]:
@@ -111,7 +112,7 @@ def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, l
     refs, hyps = [], []
     for s in cache.splits:
         split = cache.split(s)
-        reader = corpus.split(s)
+        reader = corpus_reader(corpus, s, cache.meta.views)      # a view's split: the corpus seen through it
         positions = np.linspace(0, len(split) - 1, num=min(sample, len(split))).round().astype(int)
         for p in sorted(set(positions.tolist())):
             u = split.utterance_ids[p]

@@ -28,6 +28,7 @@ from offline_kd.cache.writer import DeviceEncoder, SplitWriter, shard_frame_coun
 from offline_kd.config import CodecConfig, DumpConfig
 from offline_kd.data.corpus import Corpus, feature_sha256
 from offline_kd.data.validate import output_frames
+from offline_kd.data.views import ViewReader, parse_views, valid_in_views, view_name
 from offline_kd.errors import OfflineKDError
 from offline_kd.commands.common import open_split, quiet
 from offline_kd.training import distributed
@@ -105,19 +106,32 @@ def make_codecs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int], lo
 
 
 def _plan(cfg: DumpConfig, corpus: Corpus, model, log):
-    """Per split: validated utterances in dump order (longest first), batches, frame offsets."""
+    """Per cached split (a split of dump.view_splits is one per view: split@0, split@1, ...): validated utterances
+    in dump order (longest first), batches, frame offsets."""
     plans = {}
     s = model.config.subsampling
-    for split in cfg.splits:
-        reader, valid = open_split(corpus, split, model.config, cfg.skip_invalid, log)
-        batches = sorted_batches(reader, valid, cfg.batch_size, cfg.max_frames_per_batch)
-        order = [i for b in batches for i in b]
-        out_frames = output_frames(reader.lengths[order], s)
-        offsets = np.concatenate([[0], np.cumsum(out_frames)]).astype(np.int64)
-        hashes = reader.all_feature_hashes()
-        plans[split] = {"reader": reader, "batches": batches, "order": order, "offsets": offsets,
-                        "hashes": [hashes[i] for i in order]}
+    views = parse_views(cfg.views, "dump.views")
+    for base_name in cfg.splits:
+        base, valid = open_split(corpus, base_name, model.config, cfg.skip_invalid, log)
+        if base_name not in cfg.view_splits:
+            seen = [(base_name, base)]
+        else:       # one cached split per view; an utterance too short for its transcript in any view is invalid
+            seen = [(view_name(base_name, k), ViewReader(base, v, cfg.view_seed, k, verify=True))
+                    for k, v in enumerate(views)]
+            valid = valid_in_views([r for _, r in seen], valid, corpus.vocab, model.config, cfg.skip_invalid, log)
+        for split, reader in seen:
+            plans[split] = _split_plan(reader, valid, cfg, s)
     return plans
+
+
+def _split_plan(reader, valid, cfg: DumpConfig, s: int) -> dict:
+    batches = sorted_batches(reader, valid, cfg.batch_size, cfg.max_frames_per_batch)
+    order = [i for b in batches for i in b]
+    out_frames = output_frames(reader.lengths[order], s)
+    offsets = np.concatenate([[0], np.cumsum(out_frames)]).astype(np.int64)
+    hashes = reader.all_feature_hashes()
+    return {"reader": reader, "batches": batches, "order": order, "offsets": offsets,
+            "hashes": [hashes[i] for i in order]}
 
 
 def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -> dict[str, np.ndarray]:
@@ -127,7 +141,7 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -
     layers = sorted(L for L, c in hidden_codecs.items() if c.fit_required)
     if not (fit_lp or layers):
         return {}
-    first = plans[cfg.splits[0]]
+    first = next(iter(plans.values()))
     collected = {L: [] for L in layers}
     lps, n, limit = [], 0, cfg.codecs.lowrank_fit_frames
     loader = loader_for(first["reader"], vocab, first["batches"], device=device)
@@ -176,7 +190,7 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     plans = _plan(cfg, corpus, model, log)
     meta = CacheMeta.for_dump(cfg, model, vocab, str(corpus.dir), lp_codec, hidden_codecs, device.type,
                               file_sha256(cfg.teacher), weights_sha256(model), __version__,
-                              checkpoint_dev(ckpt)).with_identity(plans)
+                              checkpoint_dev(ckpt), splits=list(plans)).with_identity(plans)
     fit = lambda: _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log)  # noqa: E731
     state = distributed.run_on_main(lambda: prepare_store(cfg, meta, plans, fit, overwrite, log), env)
     if state["complete"]:
@@ -188,12 +202,12 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
                              f"(every rank must run the same command on the same corpus and teacher)")
     lp_codec, hidden_codecs = build_codecs(meta.codecs, root)      # with their fitted state
     totals = {"frames": 0, "utterances": 0, "seconds": 0.0}
-    for split in cfg.splits:
+    for split in plans:
         for k, v in _dump_split(cfg, root[split], plans[split], model, vocab, layers, lp_codec, hidden_codecs,
                                 env, device, log).items():
             totals[k] += v
     per_rank = distributed.all_gather(totals, env)    # also the barrier: every rank has finished writing
-    distributed.run_on_main(lambda: finalize(root, list(cfg.splits), lp_codec, hidden_codecs), env)
+    distributed.run_on_main(lambda: finalize(root, list(plans), lp_codec, hidden_codecs), env)
     out = {"cache": cfg.output, "resumed": state["resume"],
            "frames_written": sum(t["frames"] for t in per_rank),
            "utterances_written": sum(t["utterances"] for t in per_rank),
@@ -246,7 +260,8 @@ def _dump_split(cfg: DumpConfig, g, p: dict, model, vocab, layers, lp_codec, hid
         outputs_iter = iterate_outputs(model, loader_for(reader, vocab, [b for _, b in todo], workers, device),
                                        device, layers)
         for (pos, _), (batch, log_probs, out_len, hidden) in zip(todo, outputs_iter):
-            for b, i in enumerate(batch["indices"]):
+            # (a view's reader checks the corpus features itself, before transforming them)
+            for b, i in enumerate([] if isinstance(reader, ViewReader) else batch["indices"]):
                 if p["hashes"][pos + b] != feature_sha256(batch["features"][b, :reader.lengths[i]].numpy()):
                     raise OfflineKDError(f"utterance {reader.utterance_ids[i]}: features changed since the "
                                          f"corpus was written (feature_sha256 mismatch)")

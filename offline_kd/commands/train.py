@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from offline_kd.config import ExperimentConfig
 from offline_kd.data.dataset import SpeechDataset, collate
+from offline_kd.data.sampler import BucketBatchSampler
+from offline_kd.data.views import CollatedByView, ViewBatchSampler, ViewReader, max_view_lengths, parse_views, valid_in_views
 from offline_kd.errors import OfflineKDError
 from offline_kd.losses.modules import CTCLoss
 from offline_kd.models.bilstm import build_model, count_parameters
@@ -30,9 +32,20 @@ def _run(cfg: ExperimentConfig, resume: bool, env, device, log) -> dict:
     augment = SpecAugment(cfg.augment, allow_frame_change=True)
 
     loss_fn = CTCLoss(augment, device)
+    dataset, lengths, sampler = SpeechDataset(train_reader, corpus.vocab), train_reader.lengths, None
+    if cfg.augment.speed_perturb:        # each batch stretched by one of the speeds, drawn from (seed, epoch, batch)
+        views = parse_views(list(cfg.augment.speed_perturb), "augment.speed_perturb")
+        readers = [ViewReader(train_reader, v, cfg.train.seed, k) for k, v in enumerate(views)]
+        train_idx = valid_in_views(readers, train_idx, corpus.vocab, cfg.model, cfg.data.skip_invalid, log)
+        dataset = CollatedByView([SpeechDataset(r, corpus.vocab) for r in readers], collate)
+        lengths = max_view_lengths(train_reader.lengths, views)
+        sampler = ViewBatchSampler(BucketBatchSampler(lengths, train_idx, cfg.data.batch_size,
+                                                      cfg.data.max_frames_per_batch, cfg.data.num_buckets,
+                                                      shuffle=True, seed=cfg.train.seed, rank=env.rank,
+                                                      world_size=env.world_size), len(views), cfg.train.seed)
+        log(f"speed perturbation: {', '.join(f'{v.speed:g}' for v in views)} (one per batch)")
 
-    trainer = Trainer(cfg, model, corpus.vocab, SpeechDataset(train_reader, corpus.vocab), train_reader.lengths,
-                      train_idx, dev_reader, dev_idx, loss_fn, device, collate_fn=collate,
-                      rank=env.rank, world_size=env.world_size)
+    trainer = Trainer(cfg, model, corpus.vocab, dataset, lengths, train_idx, dev_reader, dev_idx, loss_fn, device,
+                      collate_fn=collate, rank=env.rank, world_size=env.world_size, sampler=sampler)
     trainer.fit(resume=resume)
     return {"output_dir": cfg.train.output_dir, "best_dev_wer": trainer.best_wer}

@@ -16,6 +16,8 @@ from offline_kd.cache.reader import TargetDecoder, TeacherCache
 from offline_kd.config import ExperimentConfig, ModelConfig, build_dataclass
 from offline_kd.data.distill_dataset import DistillBatchDataset
 from offline_kd.data.sampler import SortedRunBatchSampler
+from offline_kd.data.views import (ByView, ViewBatchSampler, ViewReader, max_view_lengths, parse_views,
+                                   valid_in_views, view_name)
 from offline_kd.errors import OfflineKDError
 from offline_kd.losses.modules import DistillationLoss
 from offline_kd.models.augment import SpecAugment
@@ -47,7 +49,7 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
 
     extra = _open_untranscribed(cfg, corpus, log)   # [(name, reader, valid indices)]
 
-    teacher, split, teacher_dims, extra_splits = None, None, {}, [None] * len(extra)
+    teacher, cache, teacher_dims = None, None, {}
     if online_teacher:
         teacher, t_vocab, t_ckpt = model_from_checkpoint(online_teacher, device)
         if t_vocab.sha256 != corpus.vocab.sha256:
@@ -60,15 +62,34 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
         log(f"online distillation from {online_teacher} (the cache is not used)")
     else:
         cache = TeacherCache(d.cache, d.storage_options, verify_reads=d.verify_reads)
-        split = cache.split(train_splits(cfg.data)[0])
-        check_cache(cache, split, train_reader, train_idx, corpus.vocab, cfg.model, mapping)
-        extra_splits = [cache.split(name) for name, _, _ in extra]
-        for (_, reader, idx), es in zip(extra, extra_splits):
-            check_cache(cache, es, reader, idx, corpus.vocab, cfg.model, mapping)
         teacher_dims = cache.layer_dims
         teacher_dev = cache.meta.teacher_dev
+    views, view_seed, viewed = _views(cfg, cache, [name for name, _, _ in extra], log)
+    if views and augment.active:
+        raise OfflineKDError("augment.time_masks / freq_masks: with views the student sees exactly the view its "
+                             "teacher saw; give the masks in the views (dump.views) and set these to 0")
+
+    # per view (or once, without views): the training split and the untranscribed ones as the student sees them,
+    # with the cached targets of that view; an utterance must be valid in every view
+    names = [train_splits(cfg.data)[0]] + [name for name, _, _ in extra]
+    bases = [(train_reader, train_idx)] + [(r, idx) for _, r, idx in extra]
+    seen = []            # [view][part] -> (reader, cached split name)
+    for k in (range(len(views)) if views else [None]):
+        seen.append([(ViewReader(r, views[k], view_seed, k) if k is not None and n in viewed else r,
+                      view_name(n, k) if k is not None and n in viewed else n) for n, (r, _) in zip(names, bases)])
+    valids = [valid_in_views([seen[k][j][0] for k in range(len(seen))], idx, corpus.vocab, cfg.model,
+                             cfg.data.skip_invalid, log) if views else idx for j, (_, idx) in enumerate(bases)]
+    splits = [[None] * len(names) for _ in seen]
+    if cache is not None:
+        for k, parts in enumerate(seen):
+            for j, (reader, name) in enumerate(parts):
+                splits[k][j] = cache.split(name)
+                check_cache(cache, splits[k][j], reader, valids[j], corpus.vocab, cfg.model, mapping)
+        split = splits[0][0]
         log(f"cache {d.cache}: {len(split)} utterances, {split.num_frames} frames, "
-            f"log_probs {cache.meta.codec_names()[0]}, hidden {cache.meta.codec_names()[1]}")
+            f"log_probs {cache.meta.codec_names()[0]}, hidden {cache.meta.codec_names()[1]}"
+            + (f"; {len(views)} views of {', '.join(viewed)}" if views else ""))
+    train_idx, extra = valids[0], [(n, r, v) for (n, r, _), v in zip(extra, valids[1:])]
 
     reference = _teacher_reference(teacher_dev, cfg, log)
     seed_everything(cfg.train.seed)
@@ -85,24 +106,31 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
     log(f"student: {cfg.model.num_layers} x BiLSTM({cfg.model.hidden_dim}), {count_parameters(model):,} parameters "
         f"(+{count_parameters(projections):,} in projection heads, not exported); layer mapping {mapping}")
 
-    dataset = DistillBatchDataset(train_reader, corpus.vocab, split, layers=set(mapping.values()),
-                                  untranscribed=[(r, es) for (_, r, _), es in zip(extra, extra_splits)],
-                                  encoded=on_device)
+    datasets = [DistillBatchDataset(parts[0][0], corpus.vocab, sp[0], layers=set(mapping.values()),
+                                    untranscribed=[(r, es) for (r, _), es in zip(parts[1:], sp[1:])],
+                                    encoded=on_device) for parts, sp in zip(seen, splits)]
+    dataset = datasets[0] if not views else ByView(datasets)
+    lengths = datasets[0].lengths if not views else max_view_lengths(
+        np.concatenate([r.lengths for r, _ in bases]), views)
     if not online_teacher:
         log(f"cached targets decoded on {device if on_device else 'the host'} (distill.decode_on {d.decode_on})")
-    indices = np.concatenate([train_idx] + [off + idx for off, (_, _, idx) in zip(dataset.part_offsets[1:], extra)])
+    indices = np.concatenate([train_idx] + [off + idx for off, (_, _, idx) in zip(datasets[0].part_offsets[1:],
+                                                                               extra)])
     sampled = np.arange(len(indices)) >= len(train_idx)
-    sampler = SortedRunBatchSampler(dataset.lengths, indices, cfg.data.batch_size,
+    sampler = SortedRunBatchSampler(lengths, indices, cfg.data.batch_size,
                                     cfg.data.max_frames_per_batch, seed=cfg.train.seed, rank=env.rank,
                                     world_size=env.world_size, sampled=sampled,
                                     sampled_fraction=d.untranscribed_fraction)
+    if views:     # every batch is seen through one view, drawn from (seed, epoch, batch)
+        sampler = ViewBatchSampler(sampler, len(views), cfg.train.seed)
     if extra:
         n_extra = int(round(d.untranscribed_fraction * int(sampled.sum())))
         log(f"untranscribed: {', '.join(name for name, _, _ in extra)}, {int(sampled.sum())} utterances; "
             f"{n_extra} per epoch beside {len(train_idx)} transcribed ones, trained on the teacher's 1-best")
     meta = {"distillation": {"cache": None if online_teacher else d.cache, "online_teacher": online_teacher,
                              "cache_identity": None if online_teacher else cache.meta.identity_sha256,
-                             "projections": {"layer_mapping": mapping, "teacher_dims": teacher_dims}}}
+                             "projections": {"layer_mapping": mapping, "teacher_dims": teacher_dims},
+                             "views": {"views": [v.to_dict() for v in views], "splits": viewed, "seed": view_seed}}}
     last = Path(cfg.train.output_dir) / "checkpoint_last.pt"
     if resume and last.is_file():
         before = load_checkpoint(last).get("distillation", {})
@@ -110,11 +138,44 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
             raise OfflineKDError(f"--resume: {last} was trained from another cache or teacher than "
                                  f"{'--online-teacher' if online_teacher else d.cache} (identity differs); "
                                  f"start a new run instead")
-    trainer = Trainer(cfg, model, corpus.vocab, dataset, dataset.lengths, indices, dev_reader, dev_idx,
+        if before.get("views", meta["distillation"]["views"]) != meta["distillation"]["views"]:
+            raise OfflineKDError(f"--resume: {last} was trained with other views ({before.get('views')}); "
+                                 f"start a new run instead")
+    trainer = Trainer(cfg, model, corpus.vocab, dataset, lengths, indices, dev_reader, dev_idx,
                       loss_fn, device, extra_meta=meta, sampler=sampler, rank=env.rank,
                       world_size=env.world_size, dev_reference=reference)
     trainer.fit(resume=resume)
     return {"output_dir": cfg.train.output_dir, "best_dev_wer": trainer.best_wer}
+
+
+def _views(cfg: ExperimentConfig, cache, untranscribed: list[str], log) -> tuple[tuple, int, list[str]]:
+    """The views the student and its targets are seen through: (specs, seed, the splits viewed), or ((), 0, []).
+    From the cache (distill.views, if given, must equal its views), or with --online-teacher from distill.views,
+    for the training split and every untranscribed one."""
+    d, train = cfg.distill, train_splits(cfg.data)[0]
+    asked = parse_views(d.views, "distill.views")
+    if cache is None:
+        return asked, d.view_seed, ([train] + untranscribed if asked else [])
+    cv = cache.meta.views
+    stored = parse_views(cv["views"], f"{cache.path}: dump.views")
+    if not stored or train not in cv["splits"]:
+        if asked:
+            raise OfflineKDError(f"distill.views: the cache {cache.path} has no views of '{train}' (dump it with "
+                                 f"dump.views and dump.view_splits), or leave distill.views out")
+        return (), 0, []
+    if asked and (asked != stored or d.view_seed != cv["seed"]):
+        raise OfflineKDError(f"distill.views / view_seed differ from the views the cache {cache.path} was dumped "
+                             f"with ({cv['views']}, seed {cv['seed']}); leave them out to use the cache's")
+    viewed = [s for s in [train] + untranscribed if s in cv["splits"]]
+    log(f"views: {len(stored)} per utterance ({', '.join(_describe(v) for v in stored)}) of {', '.join(viewed)}; "
+        f"each batch is given one view and the teacher targets computed on it")
+    return stored, cv["seed"], viewed
+
+
+def _describe(v) -> str:
+    masks = (f" +{v.time_masks}x{v.time_mask_width}t" if v.time_masks else "") + \
+            (f" +{v.freq_masks}x{v.freq_mask_width}f" if v.freq_masks else "")
+    return f"speed {v.speed:g}{masks}"
 
 
 def _open_untranscribed(cfg: ExperimentConfig, corpus, log) -> list:

@@ -1,7 +1,8 @@
 """SpecAugment-style time and frequency masking of the input features.
 
-Masking keeps every frame in place, so targets cached per frame still line up with the student's outputs. An
-augmentation that changes the number of frames (speed perturbation) is refused for distillation from a cache.
+Masking keeps every frame in place, so targets cached per frame still line up with the student's outputs. Speed
+perturbation changes the number of frames: `train` applies it in the data (offline_kd.data.views, one speed per
+batch); distillation takes it from the teacher's cached views (dump.views), never here.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ class SpecAugment:
     def __init__(self, cfg: AugmentConfig, allow_frame_change: bool):
         if cfg.speed_perturb and not allow_frame_change:
             raise OfflineKDError("augment.speed_perturb changes the number of frames, so the cached teacher targets "
-                                 "would no longer line up with the student's outputs; remove it (time/frequency "
-                                 "masking keeps frames aligned)")
-        if cfg.speed_perturb:
-            raise OfflineKDError("augment.speed_perturb is not implemented; use time_masks/freq_masks")
+                                 "would no longer line up with the student's outputs; cache the teacher on "
+                                 "speed-perturbed views instead (dump.views: [{speed: 0.9}, {speed: 1.0}, "
+                                 "{speed: 1.1}], docs/views.md)")
         self.cfg = cfg
 
     @property
