@@ -36,10 +36,14 @@ def test_shipped_configs_load():
     load_config("configs/dump_config.yaml", DumpRootConfig)
     for name in ("teacher", "baseline", "distill"):
         load_config(f"configs/demo/{name}.yaml", ExperimentConfig)
-    load_config("configs/demo/dump.yaml", DumpRootConfig)
+    for name in ("dump", "dump_views", "dump_views_masked"):
+        load_config(f"configs/demo/{name}.yaml", DumpRootConfig)
+    for name in ("teacher", "baseline", "distill", "dump"):
+        load_config(f"recipes/tts_en/configs/{name}.yaml", DumpRootConfig if name == "dump" else ExperimentConfig)
     import yaml
     from offline_kd.config import AblationConfig, build_dataclass
-    for path in ("configs/demo/ablation.yaml", "configs/ablation.yaml"):
+    for path in ("configs/demo/ablation.yaml", "configs/demo/views.yaml", "configs/ablation.yaml",
+                 "recipes/tts_en/configs/ablation.yaml"):
         abl = build_dataclass(AblationConfig, yaml.safe_load(open(path)))
         base = str(__import__("pathlib").Path(path).parent / abl.base)
         for run in abl.runs:        # every run's overrides make a valid config
