@@ -146,10 +146,15 @@ class DistillConfig:
     # with --online-teacher these are the views, of the training and untranscribed splits, both models see
     views: list = field(default_factory=list)
     view_seed: int = 0
+    # the CTC target of untranscribed utterances: greedy (the teacher's greedy 1-best) or lm (its N-best from a beam
+    # search with an n-gram LM, stored at dump time by dump.lm_targets, each hypothesis weighted by its posterior)
+    pseudo_labels: str = "greedy"
 
     def __post_init__(self):
         from offline_kd.data.views import parse_views
         parse_views(self.views, "distill.views")
+        if self.pseudo_labels not in ("greedy", "lm"):
+            raise OfflineKDError(f"distill.pseudo_labels must be greedy or lm, got {self.pseudo_labels!r}")
         sched = self.temperature_schedule
         ok = bool(sched) and all(isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], int)
                                  and isinstance(e[1], (int, float)) and e[1] > 0 for e in sched)
@@ -205,6 +210,24 @@ class CodecConfig:
 
 
 @dataclass(frozen=True)
+class LMTargetsConfig:
+    """dump.lm_targets: the teacher's N best hypotheses from a beam search with an n-gram LM, per utterance of the
+    named splits (docs/cache-format.md; `distill.pseudo_labels: lm` trains on them)."""
+    lm: str = ""                        # KenLM model, ARPA or binary
+    splits: list = field(default_factory=list)    # dump splits to decode (a split of view_splits: every view)
+    nbest: int = 1
+    beam_width: int = 32
+    alpha: float = 0.5                  # LM weight (tune it on dev first: offline-kd tune-lm)
+    beta: float = 1.0                   # word insertion bonus
+    num_processes: int = 0              # decoding processes; 0 = one per CPU core
+
+    def __post_init__(self):
+        _at_least("dump.lm_targets", self, nbest=1, beam_width=1, num_processes=0)
+        if self.beam_width < self.nbest:
+            raise OfflineKDError(f"dump.lm_targets.beam_width ({self.beam_width}) must be >= nbest ({self.nbest})")
+
+
+@dataclass(frozen=True)
 class DumpConfig:
     teacher: str = "runs/teacher/checkpoint_best.pt"
     corpus: str = "data/demo"
@@ -232,10 +255,14 @@ class DumpConfig:
     views: list = field(default_factory=list)
     view_splits: list = field(default_factory=list)
     view_seed: int = 0
+    lm_targets: Optional[LMTargetsConfig] = None
 
     def __post_init__(self):
         from offline_kd.data.views import parse_views
         parse_views(self.views, "dump.views")
+        if self.lm_targets is not None:
+            from offline_kd.cache.lm_targets import check_lm_targets
+            check_lm_targets(self.lm_targets, list(self.splits))
         if self.views and not self.view_splits:
             raise OfflineKDError("dump.views: name the splits to cache through them in dump.view_splits "
                                  "(e.g. [train, untranscribed]; dev stays as it is)")

@@ -136,3 +136,15 @@ def find_tool(name: str) -> str | None:
     """A command on PATH or beside this interpreter (scripts/setup.sh installs lmplz into .venv/bin, which is not
     on PATH when the tests run as `.venv/bin/python -m pytest` without activating the environment)."""
     return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+
+
+def write_unigram_arpa(path: Path, words: list[str], bigram: tuple[str, str] | None = None) -> Path:
+    """A real ARPA model over `words` (uniform unigrams, optionally one likely bigram), for KenLM in the tests."""
+    lines = ["", "\\data\\", f"ngram 1={len(words) + 3}", f"ngram 2={1 if bigram else 0}", "", "\\1-grams:",
+             "-99\t<s>\t-0.3", "-1.0\t</s>", "-3.0\t<unk>"]
+    lines += [f"-1.0\t{w}\t-0.3" for w in words]
+    if bigram:
+        lines += ["", "\\2-grams:", f"-0.2\t{bigram[0]} {bigram[1]}"]
+    lines += ["", "\\end\\", ""]
+    Path(path).write_text("\n".join(lines))
+    return Path(path)

@@ -5,7 +5,7 @@ import pytest
 
 from click.testing import CliRunner
 
-from helpers import student_dict, write_yaml
+from helpers import student_dict, write_unigram_arpa, write_yaml
 from offline_kd.cli import main
 
 
@@ -58,12 +58,7 @@ def test_tune_lm_and_beam_evaluate_with_a_real_kenlm_model(tiny_teacher, tiny_co
     from offline_kd.data.corpus import Corpus
     c = Corpus(tiny_corpus)
     words = c.vocab.tokens[1:]
-    arpa = tmp_path / "lm.arpa"
-    lines = ["", "\\data\\", f"ngram 1={len(words) + 3}", "ngram 2=1", "", "\\1-grams:", "-99\t<s>\t-0.3",
-             "-1.0\t</s>", "-3.0\t<unk>"]
-    lines += [f"-1.0\t{w}\t-0.3" for w in words]
-    lines += ["", "\\2-grams:", f"-0.2\t{words[0]} {words[1]}", "", "\\end\\", ""]
-    arpa.write_text("\n".join(lines))
+    arpa = write_unigram_arpa(tmp_path / "lm.arpa", list(words), (words[0], words[1]))
     runner = CliRunner()
     res = runner.invoke(main, ["evaluate", "--checkpoint", str(tiny_teacher), "--split", "dev", "--decoder", "beam",
                                "--lm", str(arpa), "--compare-greedy", "--json", "--beam-width", "8"])

@@ -88,6 +88,8 @@ class CacheMeta:
         d = self.dump_config
         keys = {k: d[k] for k in ("layers", "batch_size", "max_frames_per_batch", "chunk_frames", "shard_chunks",
                                    "skip_invalid", "codecs", "splits")}
+        if d.get("lm_targets"):
+            keys["lm_targets"] = d["lm_targets"]
         if d.get("views"):                           # (no views leaves the identity of older caches as it was)
             keys.update({k: d[k] for k in ("views", "view_splits", "view_seed")})
         if d.get("precision", "fp32") != "fp32":     # (fp32 leaves the identity of older caches as it was)

@@ -49,9 +49,21 @@ class CacheSplit:
         self.checksums = g["checksum"][:] if cache.verify_reads and self.attrs.get("complete") else None
         self._arrays = None
         self._pid = None
+        self._nbest = None
 
     def __len__(self) -> int:
         return len(self.utterance_ids)
+
+    @property
+    def has_lm_nbest(self) -> bool:
+        return "lm_nbest" in self.attrs
+
+    def lm_nbest(self, position: int) -> list:
+        """The stored LM N-best of the utterance at `position`: [(token ids, weight), ...] (dump.lm_targets)."""
+        if self._nbest is None:
+            from offline_kd.cache.lm_targets import NBest
+            self._nbest = NBest(self.group)
+        return self._nbest.get(position)
 
     @property
     def num_frames(self) -> int:
@@ -67,6 +79,7 @@ class CacheSplit:
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_arrays"] = None
+        state["_nbest"] = None
         return state
 
     def read_raw(self, lo: int, hi: int) -> dict:

@@ -91,12 +91,15 @@ def needed_batches(p: dict, mine: np.ndarray, shard_frames: int) -> list[tuple[i
     return out
 
 
-def finalize(root: zarr.Group, splits: list[str], lp_codec, hidden_codecs: dict) -> None:
-    """(one process, after every writer finished) Gather each split's checksums, then store the complete metadata
-    and its integrity seal in one attribute write, so a complete cache is always sealed."""
+def finalize(root: zarr.Group, splits: list[str], lp_codec, hidden_codecs: dict, before_seal=None) -> None:
+    """(one process, after every writer finished) Gather each split's checksums, run `before_seal` (what is
+    computed from the finished splits: the LM N-best), then store the complete metadata and its integrity seal in
+    one attribute write, so a complete cache is always sealed."""
     for split in splits:
         if not root[split].attrs.get("complete"):
             finalize_split(root[split])
+    if before_seal is not None:
+        before_seal()
     meta = CacheMeta.from_dict(dict(root.attrs[META_KEY])).completed_now().to_dict()
     seal = integrity.seal(root, meta, list(splits), [p for p, *_ in field_arrays(lp_codec, hidden_codecs)])
     root.attrs.update({META_KEY: meta, integrity.INTEGRITY_KEY: seal})

@@ -13,6 +13,7 @@ processes resumes after whatever was stored, and the arrays equal those of a sin
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -28,7 +29,8 @@ from offline_kd.cache.writer import DeviceEncoder, SplitWriter, shard_frame_coun
 from offline_kd.config import CodecConfig, DumpConfig
 from offline_kd.data.corpus import Corpus, feature_sha256
 from offline_kd.data.validate import output_frames
-from offline_kd.data.views import ViewReader, parse_views, valid_in_views, view_name
+from offline_kd.data.views import ViewReader, parse_views, split_of, valid_in_views, view_name
+from offline_kd.cache.lm_targets import write_lm_targets
 from offline_kd.errors import OfflineKDError
 from offline_kd.commands.common import open_split, quiet
 from offline_kd.training import distributed
@@ -207,7 +209,10 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
                                 env, device, log).items():
             totals[k] += v
     per_rank = distributed.all_gather(totals, env)    # also the barrier: every rank has finished writing
-    distributed.run_on_main(lambda: finalize(root, list(plans), lp_codec, hidden_codecs), env)
+    lm_splits = [s for s in plans if cfg.lm_targets and split_of(s)[0] in cfg.lm_targets.splits]
+    lm = (lambda: write_lm_targets(cfg.output, cfg.storage_options, lm_splits, vocab, cfg.lm_targets, log)) \
+        if lm_splits else None
+    distributed.run_on_main(lambda: finalize(root, list(plans), lp_codec, hidden_codecs, before_seal=lm), env)
     out = {"cache": cfg.output, "resumed": state["resume"],
            "frames_written": sum(t["frames"] for t in per_rank),
            "utterances_written": sum(t["utterances"] for t in per_rank),
@@ -227,6 +232,8 @@ def _check(cfg: DumpConfig, corpus: Corpus, model, vocab) -> list[int]:
         raise OfflineKDError(f"dump.layers: {bad} out of range; the teacher has layers 1..{model.config.num_layers}")
     if not cfg.splits:
         raise OfflineKDError("dump.splits: give at least one split")
+    if cfg.lm_targets is not None and not Path(cfg.lm_targets.lm).is_file():
+        raise OfflineKDError(f"dump.lm_targets.lm: language model file not found: {cfg.lm_targets.lm}")
     return layers
 
 

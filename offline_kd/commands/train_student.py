@@ -90,6 +90,8 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
             f"log_probs {cache.meta.codec_names()[0]}, hidden {cache.meta.codec_names()[1]}"
             + (f"; {len(views)} views of {', '.join(viewed)}" if views else ""))
     train_idx, extra = valids[0], [(n, r, v) for (n, r, _), v in zip(extra, valids[1:])]
+    if d.pseudo_labels == "lm":
+        _check_lm_pseudo_labels(cfg, online_teacher, [sp[1:] for sp in splits], names[1:])
 
     reference = _teacher_reference(teacher_dev, cfg, log)
     seed_everything(cfg.train.seed)
@@ -108,7 +110,8 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
 
     datasets = [DistillBatchDataset(parts[0][0], corpus.vocab, sp[0], layers=set(mapping.values()),
                                     untranscribed=[(r, es) for (r, _), es in zip(parts[1:], sp[1:])],
-                                    encoded=on_device) for parts, sp in zip(seen, splits)]
+                                    encoded=on_device, lm_nbest=d.pseudo_labels == "lm")
+                for parts, sp in zip(seen, splits)]
     dataset = datasets[0] if not views else ByView(datasets)
     lengths = datasets[0].lengths if not views else max_view_lengths(
         np.concatenate([r.lengths for r, _ in bases]), views)
@@ -170,6 +173,21 @@ def _views(cfg: ExperimentConfig, cache, untranscribed: list[str], log) -> tuple
     log(f"views: {len(stored)} per utterance ({', '.join(_describe(v) for v in stored)}) of {', '.join(viewed)}; "
         f"each batch is given one view and the teacher targets computed on it")
     return stored, cv["seed"], viewed
+
+
+def _check_lm_pseudo_labels(cfg: ExperimentConfig, online_teacher, untranscribed: list[list], names: list[str]):
+    """distill.pseudo_labels lm needs a cache whose untranscribed splits (every view) hold an LM N-best."""
+    if online_teacher:
+        raise OfflineKDError("distill.pseudo_labels: lm reads the LM N-best stored in a cache (dump.lm_targets); "
+                             "with --online-teacher use greedy")
+    if not names:
+        raise OfflineKDError("distill.pseudo_labels: lm applies to untranscribed audio; give "
+                             "distill.untranscribed_splits (or use greedy)")
+    for per_view in untranscribed:
+        for split in per_view:
+            if not split.has_lm_nbest:
+                raise OfflineKDError(f"distill.pseudo_labels: lm, but split '{split.name}' of {cfg.distill.cache} has "
+                                     f"no LM N-best; dump it with dump.lm_targets (splits: [{split.name.split('@')[0]}])")
 
 
 def _describe(v) -> str:

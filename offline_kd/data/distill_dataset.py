@@ -37,8 +37,9 @@ class _Part:
 
 class DistillBatchDataset(torch.utils.data.Dataset):
     def __init__(self, reader: SplitReader, vocab: Vocabulary, targets=None, layers=None, untranscribed=(),
-                 encoded: bool = False):
+                 encoded: bool = False, lm_nbest: bool = False):
         self.reader = reader
+        self.lm_nbest = lm_nbest          # True: untranscribed utterances carry the cached LM N-best
         self.targets = targets
         self.encoded = encoded            # True: the batch carries the stored codes (EncodedTargets), not values
         self.layers = set(layers or [])
@@ -92,15 +93,18 @@ class DistillBatchDataset(torch.utils.data.Dataset):
         if self.targets is None:
             return batch
         cached = self._cached(located)
+        nbest = None
+        if self.lm_nbest:    # the untranscribed utterances' LM N-best (the labelled ones keep their reference)
+            nbest = [None if p is self.parts[0] else p.targets.lm_nbest(p.pos[i]) for p, i in located]
         if self.encoded:
             batch["teacher"] = EncodedTargets(
                 {k: host_tensor(np.concatenate([c[k] for c in cached])) for k in cached[0] if k != "best_path"},
                 torch.tensor([len(c["best_path"]) for c in cached], dtype=torch.long),
-                *best_tokens([c["best_path"] for c in cached]))
+                *best_tokens([c["best_path"] for c in cached]), nbest=nbest)
             return batch
         batch["teacher"] = TeacherTargets.from_best_paths(
             pad_time([torch.from_numpy(c["log_probs"]) for c in cached]).transpose(0, 1),
             torch.tensor([len(c["log_probs"]) for c in cached], dtype=torch.long),
             {L: pad_time([torch.from_numpy(c["hidden"][L]) for c in cached]) for L in sorted(self.layers)},
-            [c["best_path"] for c in cached])
+            [c["best_path"] for c in cached], nbest=nbest)
         return batch

@@ -27,15 +27,39 @@ class TeacherTargets:
     hidden: dict[int, torch.Tensor]     # teacher layer -> (B, T', H)
     tokens: torch.Tensor                # the teacher's greedy 1-best of every utterance, concatenated
     token_lengths: torch.Tensor         # (B,)
+    # per utterance, the cached LM N-best [(token ids, weight), ...] (untranscribed ones; None otherwise), or None
+    nbest: list | None = None
 
     def pin_memory(self) -> "TeacherTargets":
         """Page-locked copies of the dense targets (the DataLoader calls this with pin_memory on CUDA)."""
         return TeacherTargets(self.log_probs.pin_memory(), self.lengths, {L: h.pin_memory() for L, h in self.hidden.items()},
-                              self.tokens, self.token_lengths)
+                              self.tokens, self.token_lengths, self.nbest)
 
     def to(self, device) -> "TeacherTargets":
         return TeacherTargets(self.log_probs.to(device), self.lengths, {L: h.to(device) for L, h in self.hidden.items()},
-                              self.tokens.to(device), self.token_lengths.to(device))
+                              self.tokens.to(device), self.token_lengths.to(device), self.nbest)
+
+    def nbest_labels(self, labels: torch.Tensor, label_lengths: torch.Tensor, labelled: torch.Tensor | None):
+        """The CTC targets with the cached LM N-best for the untranscribed utterances: (labels, label_lengths,
+        owner, weights), entry e being utterance owner[e]'s reference (weight 1) or one of its N hypotheses (its
+        posterior weight). Without N-best: the `hard_labels` targets, owner and weights None."""
+        if self.nbest is None or labelled is None or bool(labelled.all()):
+            return (*self.hard_labels(labels, label_lengths, labelled), None, None)
+        ref = torch.split(labels, label_lengths.tolist())
+        best = torch.split(self.tokens, self.token_lengths.tolist())
+        seqs, owner, weights = [], [], []
+        for b, (r, keep) in enumerate(zip(ref, labelled.tolist())):
+            hyps = [(r, 1.0)] if keep else (
+                [(torch.from_numpy(t).to(labels.device), w) for t, w in self.nbest[b]]
+                or [(best[b].to(labels.device), 1.0)])
+            for t, w in hyps:
+                seqs.append(t)
+                owner.append(b)
+                weights.append(w)
+        dev = label_lengths.device
+        return (torch.cat(seqs), torch.tensor([len(t) for t in seqs], dtype=torch.long, device=dev),
+                torch.tensor(owner, dtype=torch.long, device=dev),
+                torch.tensor(weights, dtype=torch.float32, device=dev))
 
     def hard_labels(self, labels: torch.Tensor, label_lengths: torch.Tensor,
                     labelled: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,8 +75,8 @@ class TeacherTargets:
 
     @classmethod
     def from_best_paths(cls, log_probs: torch.Tensor, lengths: torch.Tensor, hidden: dict[int, torch.Tensor],
-                        best_paths: list[np.ndarray]) -> "TeacherTargets":
-        return cls(log_probs, lengths, hidden, *best_tokens(best_paths))
+                        best_paths: list[np.ndarray], nbest: list | None = None) -> "TeacherTargets":
+        return cls(log_probs, lengths, hidden, *best_tokens(best_paths), nbest=nbest)
 
 
 def best_tokens(best_paths: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,10 +104,11 @@ class EncodedTargets:
     lengths: torch.Tensor               # (B,) teacher frames per utterance
     tokens: torch.Tensor                # the teacher's greedy 1-best of every utterance, concatenated
     token_lengths: torch.Tensor         # (B,)
+    nbest: list | None = None           # as TeacherTargets.nbest
 
     def pin_memory(self) -> "EncodedTargets":
         return EncodedTargets({k: v.pin_memory() for k, v in self.codes.items()}, self.lengths, self.tokens,
-                              self.token_lengths)
+                              self.token_lengths, self.nbest)
 
     def decode(self, decoder, device) -> TeacherTargets:
         codes = {k: v.to(device, non_blocking=True) for k, v in self.codes.items()}
@@ -91,4 +116,4 @@ class EncodedTargets:
         sizes = self.lengths.tolist()
         pad = lambda x: torch.nn.utils.rnn.pad_sequence(torch.split(x, sizes), batch_first=True)  # noqa: E731
         return TeacherTargets(pad(log_probs).transpose(0, 1), self.lengths, {L: pad(h) for L, h in hidden.items()},
-                              self.tokens.to(device), self.token_lengths.to(device))
+                              self.tokens.to(device), self.token_lengths.to(device), self.nbest)

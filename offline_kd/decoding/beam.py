@@ -159,3 +159,24 @@ class BeamSearchDecoder:
             texts = self._decoder.decode_batch(None, todo, **kw)
         it = iter(texts)
         return ["" if e else " ".join(next(it).split()) for e in empty]
+
+    def decode_nbest(self, log_probs: list[np.ndarray], n: int) -> list[list[tuple[str, float]]]:
+        """The n best hypotheses of every utterance, best first, as (text, score): pyctcdecode's final beam score
+        (acoustic + alpha * LM + beta * words, natural log). Fewer than n when the beam holds fewer; an empty
+        utterance has one empty hypothesis."""
+        arrays = [self._check(lp, i) for i, lp in enumerate(log_probs)]
+        todo = [a for a in arrays if a.shape[0]]
+        kw = dict(beam_width=self.beam_width)
+        if self.num_processes > 1 and len(todo) > 1:
+            with mp.get_context("fork").Pool(min(self.num_processes, len(todo))) as pool:
+                beams = self._decoder.decode_beams_batch(pool, todo, **kw)
+        else:
+            beams = [self._decoder.decode_beams(a, **kw) for a in todo]
+        it = iter(beams)
+        out = []
+        for a in arrays:
+            if not a.shape[0]:
+                out.append([("", 0.0)])
+                continue
+            out.append([(" ".join(b[0].split()), float(b[-1])) for b in next(it)[:n]])
+        return out

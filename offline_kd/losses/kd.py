@@ -97,6 +97,16 @@ def ctc_loss(log_probs: torch.Tensor, labels: torch.Tensor, lengths: torch.Tenso
                       zero_infinity=True)
 
 
+def weighted_ctc_loss(log_probs: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor,
+                      label_lengths: torch.Tensor, owner: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """CTC over weighted target sequences, several per utterance (an N-best): entry e is a target of utterance
+    owner[e] with weight weights[e]; sum_e w_e * loss_e / |y_e| over the number of utterances. With one entry of
+    weight 1 per utterance it equals `ctc_loss`."""
+    per = F.ctc_loss(log_probs.float().index_select(1, owner), labels, lengths.index_select(0, owner), label_lengths,
+                     blank=0, reduction="none", zero_infinity=True)
+    return (weights * per / label_lengths.clamp(min=1)).sum() / log_probs.shape[1]
+
+
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Mean squared error over valid frames and all dims; prediction/target (B, T, H)."""
     t_max = prediction.shape[1]
@@ -132,12 +142,14 @@ def hybrid_loss(student_log_probs: torch.Tensor, lengths: torch.Tensor, labels: 
                 layer_mapping: dict[int, int] | None = None,
                 seq_weight: float = 0.0, teacher_tokens: torch.Tensor | None = None,
                 teacher_token_lengths: torch.Tensor | None = None, kl_frames: str = "all", spike_context: int = 2,
-                kl_target: str = "full"):
+                kl_target: str = "full", ctc_owner: torch.Tensor | None = None,
+                ctc_weights: torch.Tensor | None = None):
     """alpha * soft KD + beta * CTC + gamma * feature MSE (+ seq_weight * CTC on the teacher's 1-best).
 
     The soft term is `soft_kd_loss` by default; `kl_frames="spikes"` restricts it to frames within `spike_context`
     of a teacher spike (`selected_kd_loss`), `kl_target="collapsed"` compares (blank, token, rest) collapses
-    (`collapsed_kd_loss`).
+    (`collapsed_kd_loss`). With `ctc_owner` / `ctc_weights` the CTC term is `weighted_ctc_loss` (labels hold several
+    weighted targets per utterance: an LM N-best).
 
     Returns (total, {"soft": ..., "ctc": ..., "feature": ..., "seq": ..., "total": ...}) with detached terms.
     A term whose weight is 0 is not computed.
@@ -154,7 +166,8 @@ def hybrid_loss(student_log_probs: torch.Tensor, lengths: torch.Tensor, labels: 
             terms["soft"] = soft_kd_loss(student_log_probs, teacher_log_probs, lengths, temperature)
         total = total + alpha * terms["soft"]
     if beta:
-        terms["ctc"] = ctc_loss(student_log_probs, labels, lengths, label_lengths)
+        terms["ctc"] = (ctc_loss(student_log_probs, labels, lengths, label_lengths) if ctc_owner is None else
+                        weighted_ctc_loss(student_log_probs, labels, lengths, label_lengths, ctc_owner, ctc_weights))
         total = total + beta * terms["ctc"]
     if gamma and layer_mapping:
         terms["feature"] = feature_matching_loss(projected_student, teacher_hidden, layer_mapping, lengths)

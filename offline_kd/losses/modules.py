@@ -106,15 +106,22 @@ class DistillationLoss:
             bad = [u for u, a, b in zip(batch["utterance_ids"], out_len.tolist(), t.lengths.tolist()) if a != b]
             raise OfflineKDError(f"student and cached teacher frame counts differ for {', '.join(bad[:4])}")
         d = self.d
-        # untranscribed utterances (batch["labelled"] False) take the teacher's 1-best as their CTC target
-        labels, label_lengths = t.hard_labels(batch["labels"].to(self.device), batch["label_lengths"].to(self.device),
-                                              batch.get("labelled"))
+        # untranscribed utterances (batch["labelled"] False) take the teacher's greedy 1-best as their CTC target, or
+        # with pseudo_labels lm its cached LM N-best, each hypothesis weighted by its posterior
+        refs = (batch["labels"].to(self.device), batch["label_lengths"].to(self.device), batch.get("labelled"))
+        owner = weights = None
+        if d.pseudo_labels == "lm":
+            labels, label_lengths, owner, weights = t.nbest_labels(*refs)
+        else:
+            labels, label_lengths = t.hard_labels(*refs)
         if epoch < d.kd_start_epoch:          # CTC warm-up: the student leaves the blank plateau on the labels
-            loss = ctc_loss(log_probs, labels, out_len, label_lengths)
+            loss = (ctc_loss(log_probs, labels, out_len, label_lengths) if owner is None else
+                    weighted_ctc_loss(log_probs, labels, out_len, label_lengths, owner, weights))
             return loss, {"ctc": loss.detach(), "total": loss.detach()}
         return hybrid_loss(log_probs, out_len, labels, label_lengths,
                            t.log_probs, temperature_at(epoch, d.temperature_schedule), d.alpha, d.beta, d.gamma,
                            projected_student=self._project(hidden) if self.mapping else None,
                            teacher_hidden=t.hidden, layer_mapping=self.mapping, seq_weight=d.seq_weight,
                            teacher_tokens=t.tokens, teacher_token_lengths=t.token_lengths, kl_frames=d.kl_frames,
-                           spike_context=d.spike_context, kl_target=d.kl_target)
+                           spike_context=d.spike_context, kl_target=d.kl_target, ctc_owner=owner,
+                           ctc_weights=weights)
