@@ -111,6 +111,8 @@ def main():
     ap.add_argument("--betas", default="0,1,2")
     ap.add_argument("--out", default="runs/efficacy")
     ap.add_argument("--section", default="efficacy", help="section of docs/benchmarks.md to write")
+    ap.add_argument("--title", default="Efficacy: does distillation beat CTC-only training?",
+                    help="the section's heading")
     args = ap.parse_args()
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     ENV["OMP_NUM_THREADS"] = str(threads)
@@ -162,7 +164,7 @@ def main():
             + (" test WER beam + LM (mean) | vs baseline |" if has_lm else "")
             + " dev WER greedy (mean) | dev gain in the last quarter of epochs (mean) |")
     lines = [
-        "## Efficacy: does distillation beat CTC-only training?\n", f"`{command_line()}`\n",
+        f"## {args.title}\n", f"`{command_line()}`\n",
         f"Machine: {machine()}; {args.jobs} training run(s) at a time with {threads} thread(s) each. Baseline "
         f"`{args.baseline}`, distilled `{args.distill}` (cache `{dcfg['distill']['cache']}`), seeds {seeds}, "
         f"WER in % of each run's best-dev checkpoint. " + lr_note

@@ -86,6 +86,22 @@ MUTANTS = [
            ("tests/test_codec_conformance.py",)),
     Mutant("train_splits_not_shifted", "offline_kd/commands/common.py",
            "np.concatenate([v + start for", "np.concatenate([v + 0 * start for", ("tests/test_teacher_data.py",)),
+    # views and LM pseudo-labels (#17 items 2 and 3)
+    Mutant("weighted_ctc_ignores_weights", "offline_kd/losses/kd.py",
+           "return (weights * per / label_lengths.clamp(min=1)).sum() / log_probs.shape[1]",
+           "return (per / label_lengths.clamp(min=1)).sum() / log_probs.shape[1]",
+           ("tests/test_lm_targets.py::test_weighted_ctc_equals_ctc_for_one_target_of_weight_one_and_splits_by_weight",)),
+    Mutant("lm_nbest_stored_worst_first", "offline_kd/decoding/beam.py",
+           "for b in next(it)[:n]])", "for b in next(it)[:n][::-1]])",
+           ("tests/test_lm_targets.py::test_dump_stores_the_lm_nbest_of_the_cached_log_probs",)),
+    Mutant("view_masks_not_seeded_by_utterance", "offline_kd/data/views.py",
+           'digest = hashlib.sha256(f"{seed}/{view}/{utterance_id}".encode()).digest()',
+           'digest = hashlib.sha256(f"{seed}/{view}".encode()).digest()',
+           ("tests/test_views.py::test_views_are_reproducible_per_utterance_view_and_seed",)),
+    Mutant("student_views_read_view_0_targets", "offline_kd/commands/train_student.py",
+           "view_name(n, k) if k is not None and n in viewed else n) for n, (r, _) in zip(names, bases)])",
+           "view_name(n, 0) if k is not None and n in viewed else n) for n, (r, _) in zip(names, bases)])",
+           ("tests/test_views.py::test_offline_equals_online_with_views",)),
 ]
 
 

@@ -81,8 +81,16 @@ UNTRANSCRIBED=(); SPLITS="[train,dev]"
 if [ -f "$DATA/corpus/untranscribed.h5" ]; then
   UNTRANSCRIBED=(--set "distill.untranscribed_splits=[untranscribed]"); SPLITS="[train,untranscribed,dev]"
 fi
+# the untranscribed audio's LM 4-best (distill.pseudo_labels: lm), decoded with the teacher's LM weights tuned on dev
+LM_TARGETS=()
+if [ -f "$DATA/corpus/untranscribed.h5" ]; then
+  [ -f "$RUNS/teacher/tune_lm.json" ] || $OKD tune-lm --checkpoint "$RUNS/teacher/checkpoint_best.pt" \
+    --corpus "$DATA/corpus" --lm "$DATA/lm/4gram.bin" "${TUNE[@]}" --out "$RUNS/teacher/tune_lm.json"
+  read -r ALPHA BETA < <(python -c "import json; r = json.load(open('$RUNS/teacher/tune_lm.json'))['test']; print(r['alpha'], r['beta'])")
+  LM_TARGETS=(--set "dump.lm_targets={lm: $DATA/lm/4gram.bin, splits: [untranscribed], nbest: 4, alpha: $ALPHA, beta: $BETA}")
+fi
 $OKD dump-teacher --config "$HERE/configs/dump.yaml" --set "dump.teacher=$RUNS/teacher/checkpoint_best.pt" \
-  --set "dump.corpus=$DATA/corpus" --set "dump.output=$CACHE" --set "dump.splits=$SPLITS"
+  --set "dump.corpus=$DATA/corpus" --set "dump.output=$CACHE" --set "dump.splits=$SPLITS" "${LM_TARGETS[@]}"
 $OKD cache verify "$CACHE" --teacher "$RUNS/teacher/checkpoint_best.pt" --sample 16
 train train-student "$HERE/configs/distill.yaml" "$RUNS/distilled" "${STUDENT[@]}" --set "distill.cache=$CACHE" \
   "${UNTRANSCRIBED[@]}"
