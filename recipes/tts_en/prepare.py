@@ -2,7 +2,7 @@
 """Synthesize the tts_en corpus: public-domain English text (the King James Bible from Debian's `bible-kjv`),
 spoken by espeak-ng with several voices, variants, rates and pitches, with noise at varied SNR; 80-dim log-mel
 features (25 ms window, 10 ms hop) per utterance as .npy, a JSONL manifest for `offline-kd data import`, and the
-language-model text (every training-partition sentence; no dev/test sentence).
+language-model text (every training-partition sentence except the untranscribed ones; no dev/test sentence).
 
 Splits use disjoint sentences. Dev and test use two accents and two voice variants that training never hears, for
 half of their utterances; the other half use training voices (new sentences).
@@ -131,7 +131,10 @@ def plan(args) -> tuple[list[dict], list[str]]:
                          "variant": variant, "rate": rng.randint(140, 200), "pitch": rng.randint(30, 70),
                          "snr_db": round(rng.uniform(args.snr_min, args.snr_max), 1),
                          "noise": rng.choice(["white", "brown"]), "seed": rng.getrandbits(31)})
-    return rows, train_partition
+    # the LM text: every training-partition sentence except the untranscribed ones (their LM N-best would otherwise
+    # come from an LM that has seen their very text)
+    hidden = set(untranscribed)
+    return rows, [s for s in train_partition if s not in hidden]
 
 
 def synthesize(row: dict, feats_dir: str) -> tuple[str, int, float]:
@@ -170,7 +173,7 @@ def main() -> None:
     ap.add_argument("--num-test", type=int, default=300)
     ap.add_argument("--num-untranscribed", type=int, default=0,
                     help="Utterances of further training-partition sentences whose text is not kept (split "
-                         "'untranscribed'; the LM text still holds them, as it holds every non-dev/test sentence).")
+                         "'untranscribed'; the LM text leaves them out, as it leaves out dev and test).")
     ap.add_argument("--num-teacher-train", type=int, default=0,
                     help="Transcribed utterances of further training-partition sentences for the teacher only "
                          "(split 'teacher_train').")
