@@ -97,6 +97,8 @@ def test_lm_nbest_is_sealed(lm_cache, tmp_path):
     assert r.exit_code != 0 and "untranscribed/lm_nbest_weight: contents differ" in r.output
     r = CliRunner().invoke(main, ["cache", "verify", str(lm_cache), "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["ok"]
+    r = CliRunner().invoke(main, ["cache", "info", str(lm_cache)])
+    assert "split untranscribed: " in r.output and "LM 3-best of every utterance" in r.output
 
 
 def test_student_on_lm_pseudo_labels_trains_on_them(lm_cache, tiny_corpus, tmp_path):

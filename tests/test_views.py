@@ -132,7 +132,7 @@ def test_cache_verify_and_info_handle_views(view_cache, tiny_teacher):
     v = json.loads(r.output)
     assert v["ok"] and v["fidelity"]["top1_agreement"] == 1.0 and v["fidelity"]["kl_T1_max"] < 1e-9
     r = CliRunner().invoke(main, ["cache", "info", str(view_cache)])
-    assert r.exit_code == 0 and "train@2" in r.output
+    assert r.exit_code == 0 and "train@2" in r.output and "views of train, untranscribed (split@k), seed 3" in r.output
 
 
 # ------------------------------------------------------------------------------------------- the student

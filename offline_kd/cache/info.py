@@ -35,7 +35,8 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
         total_frames += frames
         splits[s] = {"utterances": int(g.attrs.get("num_utterances", 0)), "frames": frames,
                      "utterances_done": split_progress(g)[1] if g.attrs.get("created") else 0,
-                     "complete": bool(g.attrs.get("complete")), "bytes": fields}
+                     "complete": bool(g.attrs.get("complete")), "bytes": fields,
+                     "lm_nbest": int(g.attrs.get("lm_nbest", 0))}
         for k, b in fields.items():
             totals[k] = totals.get(k, 0) + b
     per_frame = {k: b / max(total_frames, 1) for k, b in totals.items()}
@@ -57,6 +58,7 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
         "bytes_total": all_bytes, "bytes_per_field": totals, "bytes_per_frame": per_frame,
         "target_bytes_per_frame": target_per_frame, "float32_bytes_per_frame": float32_per_frame,
         "ratio_to_float32": target_per_frame / float32_per_frame, "splits": splits,
+        "views": meta.views,
     }
 
 
@@ -82,7 +84,12 @@ def format_info(info: dict) -> str:
     ]
     for s, x in info["splits"].items():
         lines.append(f"  split {s}: {x['utterances_done']}/{x['utterances']} utterances, {x['frames']} frames"
-                     f"{'' if x['complete'] else ' (incomplete)'}")
+                     f"{'' if x['complete'] else ' (incomplete)'}"
+                     + (f"; LM {x['lm_nbest']}-best of every utterance" if x.get("lm_nbest") else ""))
+    views = info.get("views") or {}
+    if views.get("views"):
+        lines.append(f"  views of {', '.join(views['splits'])} (split@k), seed {views['seed']}: "
+                     + "; ".join(f"{k}: {v}" for k, v in enumerate(views["views"])))
     lines.append("  bytes per frame:")
     for k, b in sorted(info["bytes_per_frame"].items()):
         lines.append(f"    {k:<16} {b:10.1f}")
