@@ -142,3 +142,32 @@ def _no_lm_cache_cfg(teacher, corpus, tmp_path):
     dump_teacher.run(dump_cfg(teacher, corpus, out, splits=["train", "untranscribed"]), **QUIET)
     return build_dataclass(ExperimentConfig, student_dict(corpus, out, tmp_path / "y", pseudo_labels="lm",
                                                           untranscribed_splits=["untranscribed"]))
+
+
+def test_a_dump_stopped_while_decoding_the_lm_nbest_resumes_to_the_same_cache(tiny_teacher, tiny_corpus, arpa,
+                                                                             lm_cache, tmp_path, monkeypatch):
+    from offline_kd.cache import lm_targets
+    real = lm_targets.decode_split
+    calls = []
+
+    def dies_on_second_split(split, *a, **k):
+        calls.append(split.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt            # stopped after the first split's N-best was stored
+        return real(split, *a, **k)
+    out = tmp_path / "c.zarr"
+    cfg = dump_cfg(tiny_teacher, tiny_corpus, out, splits=["train", "untranscribed"],
+                   lm_targets={**LM, "lm": str(arpa), "splits": ["train", "untranscribed"]})
+    monkeypatch.setattr(lm_targets, "decode_split", dies_on_second_split)
+    with pytest.raises(KeyboardInterrupt):
+        dump_teacher.run(cfg, **QUIET)
+    with pytest.raises(OfflineKDError, match="incomplete"):
+        TeacherCache(str(out))                 # not sealed: not usable
+    monkeypatch.setattr(lm_targets, "decode_split", real)
+    res = dump_teacher.run(cfg, **QUIET)
+    assert res["frames_written"] == 0           # the frames were all stored; only the N-best was redone
+    cache = TeacherCache(str(out))
+    assert cache.split("train").has_lm_nbest and cache.split("untranscribed").has_lm_nbest
+    a, b = zarr.open_group(str(out), mode="r"), zarr.open_group(str(lm_cache), mode="r")
+    for k in ("untranscribed/lm_nbest_offset", "untranscribed/lm_nbest_tokens", "untranscribed/lm_nbest_weight"):
+        np.testing.assert_array_equal(a[k][...], b[k][...])
