@@ -129,7 +129,8 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
     if extra:
         n_extra = int(round(d.untranscribed_fraction * int(sampled.sum())))
         log(f"untranscribed: {', '.join(name for name, _, _ in extra)}, {int(sampled.sum())} utterances; "
-            f"{n_extra} per epoch beside {len(train_idx)} transcribed ones, trained on the teacher's 1-best")
+            f"{n_extra} per epoch beside {len(train_idx)} transcribed ones, trained on the teacher's "
+            + ("LM N-best" if d.pseudo_labels == "lm" else "1-best"))
     meta = {"distillation": {"cache": None if online_teacher else d.cache, "online_teacher": online_teacher,
                              "cache_identity": None if online_teacher else cache.meta.identity_sha256,
                              "projections": {"layer_mapping": mapping, "teacher_dims": teacher_dims},
