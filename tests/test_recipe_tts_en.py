@@ -46,6 +46,11 @@ def test_tts_en_quick(tmp_path):
     assert "train 60 utterances" in res.stdout + res.stderr                    # the teacher: 48 + 12
     lm_text = set((tmp_path / "data/raw/lm_text.txt").read_text().splitlines())
     assert not lm_text & (by_split["dev"] | by_split["test"])                   # LM never saw dev/test text
+    spoken = [json.loads(x) for x in (tmp_path / "data/raw/utterances.jsonl").read_text().splitlines()]
+    untranscribed = {u["text"] for u in spoken if u["split"] == "untranscribed"}
+    assert len(untranscribed) == 12 and not lm_text & untranscribed             # nor the untranscribed text
+    from offline_kd.cache.reader import TeacherCache
+    assert TeacherCache(str(tmp_path / "cache.zarr")).split("untranscribed").has_lm_nbest   # the LM 4-best
     assert (tmp_path / "data/lm/4gram.bin").is_file()
     report = (tmp_path / "runs/report/report.md").read_text()
     assert "alpha/beta tuned per run on dev" in report
