@@ -70,7 +70,8 @@ def write_lm_targets(cache_path: str, storage_options: dict, splits: list[str], 
         arrays = decode_split(split, vocab, cfg, log)
         g = open_group(cache_path, "r+", storage_options)[name]     # (the reader's root is read-only)
         for key, arr in arrays.items():
-            a = g.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=arr.shape or (1,), overwrite=True)
+            chunks = (max(1, min(arr.shape[0], 1 << 20)),) + arr.shape[1:]       # (an empty array: one chunk)
+            a = g.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=chunks, overwrite=True)
             if arr.size:
                 a[...] = arr
         g.attrs.update({"lm_nbest": int(cfg.nbest)})
