@@ -87,9 +87,6 @@ def test_batches_carry_views_drawn_from_seed_epoch_and_batch():
     assert {k for k, _ in first} == {0, 1, 2}
     s.set_epoch(3)
     assert [k for k, _ in list(s)] != [k for k, _ in first]
-    items = ViewBatchSampler(Fixed(), 3, seed=5, per_item=True)
-    items.set_epoch(2)
-    assert next(iter(items)) == [(first[0][0], 0), (first[0][0], 1)]
 
 
 # ---------------------------------------------------------------------------------------------- the cache

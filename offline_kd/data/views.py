@@ -164,13 +164,12 @@ def view_for_batch(seed: int, epoch: int, batch_number: int, num_views: int) -> 
 
 
 class ViewBatchSampler:
-    """A batch sampler whose batches each carry a view: yields (view, batch) for `DistillBatchDataset`-style
-    datasets that take a whole batch, or [(view, index), ...] with `per_item=True` (a DataLoader batch_sampler over
-    an item dataset). The view of batch b of epoch e is drawn from (seed, e, b), so resume and every rank see the
-    same views."""
+    """A batch sampler whose batches each carry a view: yields (view, batch) for datasets that take a whole batch
+    (`ByView` over `DistillBatchDataset`s, `CollatedByView`). The view of batch b of epoch e is drawn from (seed, e,
+    b), so resume and every rank see the same views."""
 
-    def __init__(self, sampler, num_views: int, seed: int, per_item: bool = False):
-        self.sampler, self.num_views, self.seed, self.per_item = sampler, num_views, seed, per_item
+    def __init__(self, sampler, num_views: int, seed: int):
+        self.sampler, self.num_views, self.seed = sampler, num_views, seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -183,7 +182,7 @@ class ViewBatchSampler:
     def __iter__(self):
         for b, batch in enumerate(self.sampler):
             k = view_for_batch(self.seed, self.epoch, b, self.num_views)
-            yield [(k, i) for i in batch] if self.per_item else (k, batch)
+            yield k, batch
 
 
 class ByView:
