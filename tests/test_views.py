@@ -87,6 +87,15 @@ def test_batches_carry_views_drawn_from_seed_epoch_and_batch():
     assert {k for k, _ in first} == {0, 1, 2}
     s.set_epoch(3)
     assert [k for k, _ in list(s)] != [k for k, _ in first]
+    # torchrun: rank r's batch b is the epoch's batch b * N + r, and gets that batch's view
+    ranks = []
+    for r in range(2):
+        f = Fixed()
+        f.rank, f.world_size = r, 2
+        v = ViewBatchSampler(f, 3, seed=5)
+        v.set_epoch(2)
+        ranks.append([k for k, _ in v])
+    assert [ranks[b % 2][b // 2] for b in range(30)] == [k for k, _ in first]
 
 
 # ---------------------------------------------------------------------------------------------- the cache

@@ -166,7 +166,8 @@ def view_for_batch(seed: int, epoch: int, batch_number: int, num_views: int) -> 
 class ViewBatchSampler:
     """A batch sampler whose batches each carry a view: yields (view, batch) for datasets that take a whole batch
     (`ByView` over `DistillBatchDataset`s, `CollatedByView`). The view of batch b of epoch e is drawn from (seed, e,
-    b), so resume and every rank see the same views."""
+    b), b numbering the epoch's batches before they are dealt to the ranks, so a resumed run and N torchrun ranks see
+    the views one process would."""
 
     def __init__(self, sampler, num_views: int, seed: int):
         self.sampler, self.num_views, self.seed = sampler, num_views, seed
@@ -180,8 +181,9 @@ class ViewBatchSampler:
         return len(self.sampler)
 
     def __iter__(self):
-        for b, batch in enumerate(self.sampler):
-            k = view_for_batch(self.seed, self.epoch, b, self.num_views)
+        rank, world = getattr(self.sampler, "rank", 0), getattr(self.sampler, "world_size", 1)
+        for b, batch in enumerate(self.sampler):        # this rank's batch b is the epoch's batch b * world + rank
+            k = view_for_batch(self.seed, self.epoch, b * world + rank, self.num_views)
             yield k, batch
 
 
