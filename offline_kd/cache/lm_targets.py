@@ -86,7 +86,7 @@ class NBest:
             raise KeyError(group.basename)
         self.n = int(group.attrs["lm_nbest"])
         self.offset = group["lm_nbest_offset"][:]
-        self.tokens = group["lm_nbest_tokens"][:] if group["lm_nbest_tokens"].shape[0] else np.zeros(0, np.int32)
+        self.tokens = group["lm_nbest_tokens"][:]
         self.weight = group["lm_nbest_weight"][:]
 
     def get(self, position: int) -> list[tuple[np.ndarray, float]]:
