@@ -215,3 +215,49 @@ def test_train_with_speed_perturbation(tiny_corpus, tmp_path):
         d["augment"] = {"speed_perturb": bad}
         with pytest.raises(OfflineKDError, match=msg):
             build_dataclass(ExperimentConfig, d)
+
+
+def test_view_reader_byview_and_lengths_on_a_corpus(tiny_corpus):
+    """The reader-level pieces on a real corpus split, without a teacher."""
+    from offline_kd.data.dataset import SpeechDataset, collate
+    from offline_kd.data.views import ByView, CollatedByView, corpus_reader, max_view_lengths, valid_in_views
+    corpus = Corpus(tiny_corpus)
+    base = corpus.split("train")
+    specs = parse_views(VIEWS, "v")
+    readers = [ViewReader(base, v, 3, k) for k, v in enumerate(specs)]
+    for k, r in enumerate(readers):
+        assert len(r) == len(base) and r.utterance_ids == base.utterance_ids and r.path == base.path
+        assert r.lengths.tolist() == [specs[k].frames(int(n)) for n in base.lengths]
+        x = r.features(5)
+        np.testing.assert_array_equal(x, apply_view(base.features(5), specs[k], 3, k, base.utterance_ids[5]))
+        assert len(x) == r.lengths[5] and r.all_feature_hashes() == base.all_feature_hashes()
+    assert max_view_lengths(base.lengths, specs).tolist() == readers[0].lengths.tolist()   # speed 0.9: longest
+    # a view's split name resolves to the corpus seen through that view; a plain name to the split itself
+    meta = {"views": VIEWS, "splits": ["train"], "seed": 3}
+    np.testing.assert_array_equal(corpus_reader(corpus, "train@2", meta).features(1), readers[2].features(1))
+    assert corpus_reader(corpus, "dev", meta).path.name == "dev.h5"
+    with pytest.raises(OfflineKDError, match="has 3 views"):
+        corpus_reader(corpus, "train@3", meta)
+    # datasets by view: (view, key) reaches dataset `view`
+    items = [SpeechDataset(r, corpus.vocab) for r in readers]
+    assert ByView(items)[(2, 4)]["features"].shape[0] == readers[2].lengths[4] and len(ByView(items)) == len(base)
+    batch = CollatedByView(items, collate)[(1, [0, 3])]
+    assert batch["feature_lengths"].tolist() == [readers[1].lengths[0], readers[1].lengths[3]]
+    # validity in every view: a speed that leaves too few frames for a transcript drops the utterance
+    idx = np.arange(len(base))
+    assert valid_in_views(readers, idx, corpus.vocab, _model_cfg(), False, lambda *_: None).tolist() == idx.tolist()
+    squeezed = [ViewReader(base, ViewSpec(2.0), 3, 0)]
+    kept = valid_in_views(squeezed, idx, corpus.vocab, _model_cfg(subsampling=4), True, lambda *_: None)
+    assert 0 < len(kept) < len(idx)
+    # a changed corpus feature is caught by a verifying reader
+    tampered = ViewReader(base, specs[0], 3, 0, verify=True)
+    base.feature_hashes = list(base.feature_hashes)
+    base.feature_hashes[0] = "0" * 64
+    with pytest.raises(OfflineKDError, match="features changed"):
+        tampered.features(0)
+
+
+def _model_cfg(subsampling=1):
+    from offline_kd.config import ModelConfig
+    return build_dataclass(ModelConfig, {"input_dim": 16, "hidden_dim": 8, "num_layers": 1, "num_classes": 9,
+                                         "subsampling": subsampling})
