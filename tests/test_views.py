@@ -261,3 +261,46 @@ def _model_cfg(subsampling=1):
     from offline_kd.config import ModelConfig
     return build_dataclass(ModelConfig, {"input_dim": 16, "hidden_dim": 8, "num_layers": 1, "num_classes": 9,
                                          "subsampling": subsampling})
+
+
+def test_view_masks_and_settings_in_detail(tiny_corpus):
+    """What mutation testing asked for: mask widths and positions drawn as SpecAugment draws them (width 0..W,
+    start in [0, size - width - 1]), masks of zeros, boundaries of the settings, name parsing, the corpus reader of a
+    masked view, the verifying reader, validity as an intersection."""
+    from offline_kd.data.views import corpus_reader, valid_in_views
+    x = np.random.default_rng(1).normal(size=(40, 16)).astype(np.float32) + 10.0     # no zeros of its own
+    for spec, axis, size, width in ((ViewSpec(freq_masks=1, freq_mask_width=3), 0, 16, 3),
+                                    (ViewSpec(time_masks=1, time_mask_width=5), 1, 40, 5)):
+        widths, starts, ends = set(), set(), set()
+        for u in range(300):
+            y = apply_view(x, spec, 0, 0, f"u{u}")
+            masked = np.flatnonzero((y == 0).all(axis=axis))
+            assert ((y == 0) | (y == x)).all()                       # zeros where masked, the input elsewhere
+            if len(masked):
+                assert (np.diff(masked) == 1).all()                  # one contiguous block
+                starts.add(int(masked[0]))
+                ends.add(int(masked[-1]) + 1)
+            widths.add(len(masked))
+        assert widths == set(range(width + 1))
+        assert min(starts) == 0 and max(ends) == size - 1
+    assert ViewSpec(1.1).frames(0) == 0
+    assert parse_views([{"speed": 0.5}, {"speed": 2.0}, {"time_masks": 1}], "v") == (
+        ViewSpec(0.5), ViewSpec(2.0), ViewSpec(1.0, time_masks=1))
+    for bad in ([{"speed": True}], [{"time_masks": True}], [{"time_masks": 1.5}]):
+        with pytest.raises(OfflineKDError):
+            parse_views(bad, "v")
+    assert split_of("a@b@2") == ("a@b", 2)
+    corpus = Corpus(tiny_corpus)
+    meta = {"views": VIEWS, "splits": ["train"], "seed": 3}
+    base = corpus.split("train")
+    np.testing.assert_array_equal(corpus_reader(corpus, "train@1", meta).features(2),
+                                  apply_view(base.features(2), parse_views(VIEWS, "v")[1], 3, 1, base.utterance_ids[2]))
+    assert not isinstance(corpus_reader(corpus, "train", meta), ViewReader)
+    spec = parse_views(VIEWS, "v")[0]
+    ViewReader(base, spec, 3, 0, verify=True).features(0)            # unchanged features read fine
+    base.feature_hashes = ["0" * 64] * len(base)
+    ViewReader(base, spec, 3, 0).features(0)                         # not verifying: not checked
+    subset = np.arange(10)
+    readers = [ViewReader(corpus.split("train"), v, 3, k) for k, v in enumerate(parse_views(VIEWS, "v"))]
+    assert valid_in_views(readers, subset, corpus.vocab, _model_cfg(), False, lambda *_: None).tolist() == \
+        subset.tolist()
