@@ -106,3 +106,22 @@ def test_decode_split_bad_lm_is_a_one_line_error(tmp_path):
     cfg = LMTargetsConfig(lm=str(bad), splits=["untranscribed"], num_processes=1)
     with pytest.raises(OfflineKDError, match="dump.lm_targets"):
         decode_split(FakeSplit(_lps(2)), VOCAB, cfg, log=lambda *_: None)
+
+
+def test_hybrid_loss_uses_the_weighted_ctc_of_the_nbest():
+    import torch
+    from offline_kd.losses.kd import hybrid_loss, weighted_ctc_loss
+    torch.manual_seed(0)
+    lp, teacher = torch.randn(10, 2, 5).log_softmax(-1), torch.randn(10, 2, 5).log_softmax(-1)
+    lengths = torch.tensor([10, 8])
+    labels, ll = torch.tensor([1, 2, 3, 3, 4]), torch.tensor([2, 1, 2])
+    owner, w = torch.tensor([0, 1, 1]), torch.tensor([1.0, 0.3, 0.7])
+    total, terms = hybrid_loss(lp, lengths, labels, ll, teacher, 1.0, 0.0, 1.0, 0.0, ctc_owner=owner, ctc_weights=w)
+    expect = weighted_ctc_loss(lp, labels, lengths, ll, owner, w)
+    torch.testing.assert_close(total, expect)
+    torch.testing.assert_close(terms["ctc"], expect)
+    assert expect.item() > 0
+    # a hypothesis longer than the frames (infeasible for CTC) counts 0, not inf
+    v = weighted_ctc_loss(lp[:, :1], torch.ones(12, dtype=torch.long), lengths[:1], torch.tensor([12]),
+                          torch.tensor([0]), torch.tensor([1.0]))
+    assert v.item() == 0.0
