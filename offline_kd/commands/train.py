@@ -5,7 +5,8 @@ from __future__ import annotations
 from offline_kd.config import ExperimentConfig
 from offline_kd.data.dataset import SpeechDataset, collate
 from offline_kd.data.sampler import BucketBatchSampler
-from offline_kd.data.views import CollatedByView, ViewBatchSampler, ViewReader, max_view_lengths, parse_views, valid_in_views
+from offline_kd.data.views import (CollatedByView, ViewBatchSampler, ViewReader, max_view_lengths, parse_views,
+                                   valid_in_views)
 from offline_kd.errors import OfflineKDError
 from offline_kd.losses.modules import CTCLoss
 from offline_kd.models.bilstm import build_model, count_parameters

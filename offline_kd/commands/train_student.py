@@ -17,7 +17,7 @@ from offline_kd.config import ExperimentConfig, ModelConfig, build_dataclass
 from offline_kd.data.distill_dataset import DistillBatchDataset
 from offline_kd.data.sampler import SortedRunBatchSampler
 from offline_kd.data.views import (ByView, ViewBatchSampler, ViewReader, max_view_lengths, parse_views,
-                                   valid_in_views, view_name)
+                                   split_of, valid_in_views, view_name)
 from offline_kd.errors import OfflineKDError
 from offline_kd.losses.modules import DistillationLoss
 from offline_kd.models.augment import SpecAugment
@@ -187,8 +187,9 @@ def _check_lm_pseudo_labels(cfg: ExperimentConfig, online_teacher, untranscribed
     for per_view in untranscribed:
         for split in per_view:
             if not split.has_lm_nbest:
-                raise OfflineKDError(f"distill.pseudo_labels: lm, but split '{split.name}' of {cfg.distill.cache} has "
-                                     f"no LM N-best; dump it with dump.lm_targets (splits: [{split.name.split('@')[0]}])")
+                raise OfflineKDError(f"distill.pseudo_labels: lm, but split '{split.name}' of {cfg.distill.cache} "
+                                     f"has no LM N-best; dump it with dump.lm_targets (splits: "
+                                     f"[{split_of(split.name)[0]}])")
 
 
 def _describe(v) -> str:
