@@ -33,6 +33,7 @@ from offline_kd.data.corpus import Corpus
 from offline_kd.data.sampler import SortedRunBatchSampler
 from offline_kd.commands import dump_teacher
 from offline_kd.training.inference import resolve_device
+from offline_kd.training.checkpoint import load_checkpoint
 
 COMBOS = {
     "float32": {"log_probs": "float32", "hidden": "float32"},
@@ -174,7 +175,7 @@ def main():
     if not args.keep:
         shutil.rmtree(tmp)
     f32 = rows[0]["f32"]
-    ck = torch.load(args.teacher, map_location="cpu", weights_only=False)
+    ck = load_checkpoint(args.teacher)
     mc = ck["model_config"]
     trained = (f"{mc['num_layers']} x BiLSTM({mc['hidden_dim']}), V = {mc['num_classes']}, trained "
                f"{ck.get('epoch', '?')} epochs, dev greedy WER {ck.get('dev', {}).get('wer', float('nan')):.1f}%")

@@ -155,7 +155,7 @@ def data_validate(corpus, splits, subsampling, skip_invalid):
     c = Corpus(corpus)
     for s in splits:
         r = c.split(s)
-        ok = validate_split(r, c.vocab, c.feature_dim, subsampling, skip_invalid, log=_log)
+        ok = validate_split(r, c.vocab, c.feature_dim, subsampling, skip_invalid, log=_log, check_hashes=True)
         click.echo(f"{s}: {len(ok)}/{len(r)} valid utterances, {int(r.lengths[ok].sum())} frames")
 
 
@@ -346,12 +346,14 @@ def cache_info(path, as_json):
               help="Teacher checkpoint: recompute a sample and compare with the cache.")
 @click.option("--sample", default=32, show_default=True, help="Utterances per split to recompute.")
 @click.option("--device", default="auto", show_default=True, help="Device for the teacher.")
+@click.option("--corpus", type=click.Path(file_okay=False), default=None,
+              help="Corpus for --teacher (default: the one the cache's sealed metadata names).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_friendly
-def cache_verify(path, teacher, sample, device, as_json):
+def cache_verify(path, teacher, sample, device, corpus, as_json):
     """Completeness, checksums and shapes; with --teacher, fidelity of the cached outputs."""
     from offline_kd.cache.verify import verify_cache, format_verify
-    res = verify_cache(path, teacher, sample, device, log=_log)
+    res = verify_cache(path, teacher, sample, device, log=_log, corpus=corpus)
     click.echo(json.dumps(res) if as_json else format_verify(res))
     if not res["ok"]:
         sys.exit(1)

@@ -131,7 +131,7 @@ class DistillConfig:
     spike_context: int = 2              # blank frames kept on each side of a spike (kl_frames: spikes)
     kl_target: str = "full"             # full | collapsed: KL over (blank, teacher's token, rest) only
     kd_start_epoch: int = 1             # epochs before it train on CTC alone (warm-up off the blank plateau)
-    verify_reads: bool = True           # check every cached utterance's crc32 when it is read (cost: docs/benchmarks.md)
+    verify_reads: bool = True           # check every cached utterance's crc32 and its features' sha256 on read (cost: docs/benchmarks.md)
     # splits of untranscribed audio (cached like the training split) mixed into training: their CTC target is the
     # teacher's 1-best; each epoch uses a fresh random `untranscribed_fraction` of them
     untranscribed_splits: list = field(default_factory=list)

@@ -9,7 +9,9 @@ Everything else that shapes decoding is sealed when the dump completes, in the r
     meta_sha256  sha256 of the canonical JSON of the root metadata (`offline_kd`: codecs, classes, layers,
                  subsampling, vocabulary, ...) and of every split's attributes
 
-`cache verify` recomputes them. Caches written before the seal existed have no such attribute; verify says so.
+`cache verify` recomputes them, and every reader checks them when it opens a complete cache. Format-1 caches
+written before the seal existed have no such attribute (verify says so); the seal predates format 2, so a format-2
+cache without it has had it removed and is refused, like a changed one.
 """
 
 from __future__ import annotations
@@ -59,11 +61,32 @@ def seal(root: zarr.Group, meta: dict, splits: list[str], fields: list[str]) -> 
             "meta_sha256": meta_sha256(root, splits, meta)}
 
 
+MISSING_SEAL = ("the integrity seal is missing ('offline_kd_integrity' in the root zarr.json): every complete "
+                "cache of format 2 is sealed by its dump, so it was removed; nothing in the cache can be trusted "
+                "(dump it again)")
+
+
+def may_lack_seal(root: zarr.Group, splits: list[str]) -> bool:
+    """Only a format-1 cache (written before seals existed) may be complete without a seal: its metadata says
+    format 1 and its ids are stored the format-1 way (a format-2 layout claiming format 1 was edited)."""
+    meta = root.attrs.get(META_KEY) or {}
+    if meta.get("format_version") != 1:
+        return False
+    for s in splits:
+        try:
+            if root[s]["utterance_id"].ndim != 1 or root[s]["feature_sha256"].ndim != 1:
+                return False
+        except (KeyError, TypeError):
+            return False
+    return True
+
+
 def check(root: zarr.Group, splits: list[str], fields: list[str]) -> tuple[list[str], bool]:
-    """-> (problems, sealed). A cache without a seal (written before it existed) gives no problems, sealed False."""
+    """-> (problems, sealed). A format-1 cache without a seal (written before it existed) gives no problems,
+    sealed False; any other cache without one gives the problem MISSING_SEAL."""
     doc = root.attrs.get(INTEGRITY_KEY)
     if not doc:
-        return [], False
+        return ([] if may_lack_seal(root, splits) else [MISSING_SEAL]), False
     problems = []
     if meta_sha256(root, splits) != doc.get("meta_sha256"):
         problems.append("metadata changed since the dump (the root 'offline_kd' attributes or a split's attributes "

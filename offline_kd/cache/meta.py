@@ -15,6 +15,28 @@ from offline_kd.cache.layout import FORMAT_VERSION
 from offline_kd.errors import OfflineKDError
 
 
+def safe_name(name) -> bool:
+    """A split or layer name read from a cache can name a group in it and nothing else: a non-empty string with no
+    path separator, NUL or control character, and not "." or ".."."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\:")
+            and all(ord(c) >= 32 for c in name))
+
+
+def _check_names(d: dict, where: str) -> None:
+    """Refuse metadata whose split or layer names would be paths (they become zarr group paths)."""
+    def bad(what, names):
+        wrong = [n for n in names if not safe_name(n)]
+        if wrong:
+            raise OfflineKDError(f"{where}: cache metadata {what} {wrong[0]!r} is not a plain name (no '/', '\\', "
+                                 f"':', '..' or control characters); the metadata was edited or damaged")
+    if not isinstance(d["splits"], list):
+        raise OfflineKDError(f"{where}: cache metadata 'splits' is not a list")
+    bad("split", d["splits"])
+    for key, names in (("layers", d["layers"]), ("codecs.hidden", (d.get("codecs") or {}).get("hidden", {}))):
+        if not isinstance(names, dict) or not all(isinstance(k, str) and k.isdigit() for k in names):
+            raise OfflineKDError(f"{where}: cache metadata '{key}' must map layer numbers to values")
+    views = (d.get("dump_config") or {}).get("view_splits") or []
+    bad("view split", views if isinstance(views, list) else [views])
 
 
 def _now() -> str:
@@ -53,6 +75,7 @@ class CacheMeta:
         if missing:
             raise OfflineKDError(f"{where}: cache metadata lacks {', '.join(missing)} (not written by offline-kd, "
                                  f"or damaged)")
+        _check_names(d, where)
         return cls(**{k: v for k, v in d.items() if k in names}, extra={k: v for k, v in d.items() if k not in names})
 
     def to_dict(self) -> dict:

@@ -94,7 +94,8 @@ def structural_check(cache: TeacherCache, log=print) -> dict:
 
 
 @torch.no_grad()
-def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, log=print) -> dict:
+def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, log=print,
+             corpus_dir: str | None = None) -> dict:
     from offline_kd.data.corpus import Corpus
     from offline_kd.training.checkpoint import file_sha256, model_from_checkpoint
     from offline_kd.data.views import corpus_reader
@@ -105,7 +106,7 @@ def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, l
     model, vocab, _ = model_from_checkpoint(teacher_path, dev)
     # the teacher recomputed in the precision the dump used (older caches: float32)
     model = with_precision(model, cache.meta.dump_config.get("precision", "fp32"), dev, "the cache's dump.precision")
-    corpus = Corpus(cache.meta.corpus)
+    corpus = Corpus(corpus_dir or cache.meta.corpus)
     layers = cache.layers
     kls = {t: [] for t in TEMPERATURES}
     agree, frames, herr_num, herr_den = 0, 0, {L: 0.0 for L in layers}, {L: 0.0 for L in layers}
@@ -147,7 +148,7 @@ def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, l
 
 
 def verify_cache(path: str, teacher: str | None = None, sample: int = 32, device: str = "auto",
-                 storage_options: dict | None = None, log=print) -> dict:
+                 storage_options: dict | None = None, log=print, corpus: str | None = None) -> dict:
     cache = TeacherCache(path, storage_options, require_complete=False, verify_reads=False)   # checked here
     res = {"path": path, "complete": bool(cache.meta.complete)}
     problems = []
@@ -161,7 +162,12 @@ def verify_cache(path: str, teacher: str | None = None, sample: int = 32, device
         sealed_problems, res["sealed"] = integrity.check(cache.root, cache.splits, fields)
         problems += sealed_problems
     if teacher is not None:
-        res["fidelity"] = fidelity(cache, teacher, sample, device, log)
+        trusted = res["complete"] and res.get("sealed") and not problems
+        if corpus is None and not trusted:       # the metadata's corpus path is only followed under an intact seal
+            raise OfflineKDError(f"{path}: the cache's metadata is not covered by an intact seal ("
+                                 f"{'incomplete' if not res['complete'] else 'problems found' if problems else 'unsealed'}"
+                                 f"), so its corpus path is not followed: give the corpus with --corpus")
+        res["fidelity"] = fidelity(cache, teacher, sample, device, log, corpus)
     res["problems"] = problems
     res["ok"] = not problems
     return res
@@ -171,8 +177,9 @@ def format_verify(res: dict) -> str:
     lines = [f"cache {res['path']}: {'OK' if res['ok'] else 'PROBLEMS FOUND'} "
              f"({res['utterances_checked']} utterances checked, {'complete' if res['complete'] else 'incomplete'})"]
     lines += [f"  - {p}" for p in res["problems"][:50]]
-    if res["complete"] and not res.get("sealed"):
-        lines.append("  note: written before integrity seals: metadata and non-per-frame arrays are not covered")
+    if res["complete"] and res.get("sealed") is False and integrity.MISSING_SEAL not in res["problems"]:
+        lines.append("  note: a format-1 cache written before integrity seals: metadata and non-per-frame arrays "
+                     "are not covered")
     f = res.get("fidelity")
     if f:
         lines.append(f"  fidelity on {f['frames_compared']} frames (live teacher vs cache):")

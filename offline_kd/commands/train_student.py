@@ -63,6 +63,9 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
     else:
         cache = TeacherCache(d.cache, d.storage_options, verify_reads=d.verify_reads)
         teacher_dims = cache.layer_dims
+        if d.verify_reads:      # features read against their hashes, as the targets are against their checksums
+            for reader in [train_reader] + [r for _, r, _ in extra]:
+                reader.verify_reads()
         teacher_dev = cache.meta.teacher_dev
     views, view_seed, viewed = _views(cfg, cache, [name for name, _, _ in extra], log)
     if views and augment.active:

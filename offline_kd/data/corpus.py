@@ -34,6 +34,10 @@ FORMAT_VERSION = 1
 _STR = h5py.string_dtype(encoding="utf-8")
 
 
+CHANGED_FEATURES = ("its features differ from their stored feature_sha256 (changed after the corpus was written: "
+                    "targets cached for them would be stale; re-import the corpus and dump the teacher again)")
+
+
 def feature_sha256(features: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(features, dtype=np.float32).tobytes()).hexdigest()
 
@@ -154,9 +158,26 @@ class SplitReader:
             self._pid = os.getpid()
         return self._h5
 
+    #: check every read against the utterance's stored feature_sha256 (`verify_reads`)
+    verify_features = False
+
+    def verify_reads(self, on: bool = True) -> None:
+        """Check each utterance's features against their stored sha256 when they are read (train-student does, so
+        that features changed after the dump never meet targets computed on the old ones)."""
+        self.verify_features = on
+
     def features(self, i: int) -> np.ndarray:
         """(T, D) float32 features of utterance i."""
-        return self._file()["features"][self.offsets[i]:self.offsets[i + 1]]
+        x = self._file()["features"][self.offsets[i]:self.offsets[i + 1]]
+        if self.verify_features and self.feature_hashes is not None and feature_sha256(x) != self.feature_hashes[i]:
+            raise OfflineKDError(f"{self.path}: utterance {self.utterance_ids[i]}: {CHANGED_FEATURES}")
+        return x
+
+    def changed_features(self) -> list[int]:
+        """Indices of the utterances whose features no longer match their stored sha256 (reads every feature)."""
+        if self.feature_hashes is None:
+            return []
+        return [i for i in range(len(self)) if self.compute_feature_hash(i) != self.feature_hashes[i]]
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -215,6 +236,10 @@ class ConcatSplitReader:
     def compute_feature_hash(self, i: int) -> str:
         reader, j = self._locate(i)
         return reader.compute_feature_hash(j)
+
+    def verify_reads(self, on: bool = True) -> None:
+        for r in self.readers:
+            r.verify_reads(on)
 
     def all_feature_hashes(self) -> list[str]:
         return [h for r in self.readers for h in r.all_feature_hashes()]

@@ -24,12 +24,14 @@ def output_frames(num_frames, subsampling: int):
 
 
 def validate_split(reader: SplitReader, vocab: Vocabulary, feature_dim: int, subsampling: int,
-                   skip_invalid: bool = False, log=print) -> np.ndarray:
+                   skip_invalid: bool = False, log=print, check_hashes: bool = False) -> np.ndarray:
     """Return the indices of valid utterances.
 
     Checks: feature dimension, zero-length utterances, NaN/Inf features, tokens not in the vocabulary, transcripts
-    longer than the model's output frames (the transcript checks only in transcribed splits). With `skip_invalid=False` any problem raises one error listing the
-    offending utterance ids per problem; with `skip_invalid=True` they are skipped and counted.
+    longer than the model's output frames (the transcript checks only in transcribed splits); with `check_hashes`
+    (`data validate`) also every utterance's features against their stored sha256, reading them all. With
+    `skip_invalid=False` any problem raises one error listing the offending utterance ids per problem; with
+    `skip_invalid=True` they are skipped and counted.
     """
     name = reader.path.name
     if reader.feature_dim != feature_dim:
@@ -39,9 +41,14 @@ def validate_split(reader: SplitReader, vocab: Vocabulary, feature_dim: int, sub
     nonfinite = reader.nonfinite
     if nonfinite is None:   # a file written by hand without the per-utterance count: scan it
         nonfinite = np.array([int((~np.isfinite(reader.features(i))).sum()) for i in range(len(reader))])
+    changed = set(reader.changed_features()) if check_hashes else set()
     valid = []
     for i, utt in enumerate(reader.utterance_ids):
         bad = False
+        if i in changed:
+            problems["features differ from their stored feature_sha256 (changed after the corpus was written)"
+                     ].append(utt)
+            bad = True
         if reader.lengths[i] == 0:
             problems["zero-length features"].append(utt)
             bad = True
