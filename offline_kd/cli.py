@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 
 import click
 
@@ -34,6 +35,13 @@ def _log(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (zarr's ZarrUserWarning, torch's UserWarning) as one line on stderr, without the source
+    line Python would print beside them."""
+    text = " ".join(str(message).split())
+    click.echo(f"warning ({category.__name__}): {text}", err=True)
+
+
 def _result(out: dict) -> None:
     """Print a command's JSON result (under torchrun: once, from rank 0)."""
     if os.environ.get("RANK", "0") == "0":
@@ -48,6 +56,7 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.
 @click.version_option(__version__, prog_name="offline-kd")
 def main():
     """offline-kd: run a CTC teacher once, cache its outputs (Zarr v3), distil students from the cache."""
+    warnings.showwarning = _one_line_warning
 
 
 # ------------------------------------------------------------------------------------------------------ data

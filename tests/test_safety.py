@@ -232,3 +232,37 @@ def test_verify_follows_no_corpus_path_the_seal_does_not_cover(f32_cache, tiny_c
                        **QUIET)
     assert not res["ok"] and res["fidelity"]["top1_agreement"] == 1.0     # the seal's finding, and the fidelity
     assert os.listdir(tmp_path / "elsewhere") == []
+
+
+# ------------------------------------------------------------------------------ 7. leftovers and noise
+def test_a_cache_replaced_under_a_reader_is_named_as_replaced(tiny_teacher, tiny_corpus, tmp_path):
+    out = tmp_path / "c.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["dev"]), **QUIET)
+    split = TeacherCache(str(out)).split("dev")
+    split.read(0)                                   # open and reading
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["dev"],
+                              codecs={"log_probs": "float16", "hidden": "float16"}), overwrite=True, **QUIET)
+    with pytest.raises(OfflineKDError, match="the cache was replaced while reading"):
+        for p in range(len(split)):
+            split.read(p)
+
+
+def test_warnings_of_libraries_print_as_one_line_in_the_cli(f32_cache, tmp_path):
+    import warnings as _w
+    from zarr.errors import ZarrUserWarning
+    from offline_kd import cli
+
+    @cli.main.command("_warn_for_test")
+    def _warn():
+        _w.warn("Consolidated metadata is currently not part\\n of the spec", ZarrUserWarning, stacklevel=1)
+    shown = _w.showwarning
+    try:
+        with _w.catch_warnings():
+            _w.simplefilter("always")
+            res = CliRunner().invoke(main, ["_warn_for_test"])
+    finally:
+        cli.main.commands.pop("_warn_for_test")
+        _w.showwarning = shown
+    assert res.exit_code == 0
+    assert res.output.strip() == ("warning (ZarrUserWarning): Consolidated metadata is currently not part\\n of "
+                                  "the spec")

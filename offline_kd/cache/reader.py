@@ -101,6 +101,7 @@ class CacheSplit:
             results = _zarr_sync(fetch())
         for path, res in zip(arrays, results):
             if isinstance(res, BaseException):
+                self.cache.refuse_if_replaced()
                 first = (str(res).splitlines() or [""])[0][:160]
                 raise OfflineKDError(f"{self.cache.path}: split {self.name}, array {path}: cannot read frames "
                                      f"{a}..{b} (utterances {self.utterance_ids[lo]} ...): {res.__class__.__name__}: "
@@ -117,6 +118,7 @@ class CacheSplit:
         for p in range(lo, hi):
             a, b = int(self.offsets[p]) - base, int(self.offsets[p + 1]) - base
             if utterance_checksum(raw, a, b) != int(self.checksums[p]):
+                self.cache.refuse_if_replaced()
                 raise OfflineKDError(f"{self.cache.path}: split {self.name}, utterance {self.utterance_ids[p]}: the "
                                      f"stored bytes of its arrays ({', '.join(sorted(raw))}) do not match the "
                                      f"checksum the dump wrote; the cache is corrupted (run `offline-kd cache verify "
@@ -194,6 +196,7 @@ class TeacherCache:
     def __init__(self, path: str, storage_options: dict | None = None, require_complete: bool = True,
                  verify_reads: bool = True):
         self.path = str(path)
+        self.storage_options = storage_options
         self.verify_reads = verify_reads
         self.root = open_group(self.path, "r", storage_options)
         self.meta = CacheMeta.from_dict(read_meta(self.root, self.path), self.path)
@@ -219,6 +222,20 @@ class TeacherCache:
             raise OfflineKDError(f"{self.path}: the cache was changed after its dump: {'; '.join(problems[:3])}"
                                  f"{' ...' if len(problems) > 3 else ''} (`offline-kd cache verify` lists all; "
                                  f"dump it again)")
+
+    def refuse_if_replaced(self) -> None:
+        """Called when a read fails: if the cache at this path is no longer the one this reader opened (another
+        dump wrote it since, e.g. `dump-teacher --overwrite`; readers take no lock), say so rather than call it
+        corrupted."""
+        try:
+            now = read_meta(open_group(self.path, "r", self.storage_options), self.path)
+        except Exception:  # noqa: BLE001 - gone, or half-written by the new dump
+            now = None
+        if now is None or (now.get("created"), now.get("identity_sha256")) != (self.meta.created,
+                                                                               self.meta.identity_sha256):
+            raise OfflineKDError(f"{self.path}: the cache was replaced while reading (another dump wrote it after "
+                                 f"this run opened it, e.g. dump-teacher --overwrite); start the run again once "
+                                 f"that dump has finished")
 
     @property
     def splits(self) -> list[str]:
