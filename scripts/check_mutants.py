@@ -102,6 +102,21 @@ MUTANTS = [
            "view_name(n, k) if k is not None and n in viewed else n) for n, (r, _) in zip(names, bases)])",
            "view_name(n, 0) if k is not None and n in viewed else n) for n, (r, _) in zip(names, bases)])",
            ("tests/test_views.py::test_offline_equals_online_with_views",)),
+    # safe by default (#29 items 1-3)
+    Mutant("checkpoint_loaded_with_pickle", "offline_kd/training/checkpoint.py",
+           "ckpt = torch.load(path, map_location=map_location, weights_only=True)",
+           "ckpt = torch.load(path, map_location=map_location, weights_only=False)",
+           ("tests/test_safety.py::test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing",)),
+    Mutant("seal_optional_again", "offline_kd/cache/integrity.py",
+           "return ([] if may_lack_seal(root, splits) else [MISSING_SEAL]), False", "return [], False",
+           ("tests/test_safety.py::test_a_format_2_cache_without_its_seal_is_refused",)),
+    Mutant("feature_hash_not_checked_on_read", "offline_kd/data/corpus.py",
+           "if self.verify_features and self.feature_hashes is not None and feature_sha256(x) != self.feature_hashes[i]:",
+           "if False:",
+           ("tests/test_safety.py::test_changed_features_are_found_by_validate_and_by_train_student",)),
+    Mutant("validate_skips_the_feature_hashes", "offline_kd/data/validate.py",
+           "changed = set(reader.changed_features()) if check_hashes else set()", "changed = set()",
+           ("tests/test_safety.py::test_changed_features_are_found_by_validate_and_by_train_student",)),
 ]
 
 
