@@ -171,3 +171,108 @@ def test_a_dump_stopped_while_decoding_the_lm_nbest_resumes_to_the_same_cache(ti
     a, b = zarr.open_group(str(out), mode="r"), zarr.open_group(str(lm_cache), mode="r")
     for k in ("untranscribed/lm_nbest_offset", "untranscribed/lm_nbest_tokens", "untranscribed/lm_nbest_weight"):
         np.testing.assert_array_equal(a[k][...], b[k][...])
+
+
+def _no_teacher(monkeypatch):
+    """Make any teacher pass of dump-teacher fail the test."""
+    def ran(*a, **k):
+        raise AssertionError("the teacher ran")
+    monkeypatch.setattr(dump_teacher, "iterate_outputs", ran)
+
+
+def _verify_ok(path):
+    r = CliRunner().invoke(main, ["cache", "verify", str(path), "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["ok"], r.output
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01 not a language model at all \xff" * 40,
+                                     b"\\data\\\nngram 1=3\n\n\\1-grams:\nthis is no arpa entry\n"],
+                         ids=["binary-garbage", "broken-arpa"])
+def test_a_bad_lm_is_refused_before_the_teacher_runs(tiny_teacher, tiny_corpus, tmp_path, monkeypatch, content):
+    """#29 item 5: a file that is not a KenLM model is refused like a missing one, before any teacher pass, naming
+    the key and the file, and nothing is left at dump.output."""
+    import re
+    bad = tmp_path / "bad.arpa"
+    bad.write_bytes(content)
+    out = tmp_path / "c.zarr"
+    _no_teacher(monkeypatch)
+    with pytest.raises(OfflineKDError, match=rf"dump\.lm_targets\.lm: .*{re.escape(str(bad))}") as e:
+        dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["train", "untranscribed"],
+                                  lm_targets={**LM, "lm": str(bad)}), **QUIET)
+    assert "\n" not in str(e.value)
+    assert not out.exists()
+    y = write_yaml(tmp_path / "d.yaml", {"dump": {"teacher": str(tiny_teacher), "corpus": str(tiny_corpus),
+                                                  "output": str(out), "splits": ["untranscribed"], "layers": [1, 3],
+                                                  "lm_targets": {"lm": str(bad), "splits": ["untranscribed"]}}})
+    r = CliRunner().invoke(main, ["dump-teacher", "--config", str(y)])
+    assert r.exit_code != 0 and "dump.lm_targets.lm" in r.output and "Traceback" not in r.output
+    assert not out.exists()
+
+
+def test_an_incomplete_dump_reruns_with_other_lm_settings_and_redoes_only_the_nbest(tiny_teacher, tiny_corpus, arpa,
+                                                                                     lm_cache, tmp_path, monkeypatch):
+    """#29 item 5: a dump stopped in its N-best stage (as one with a bad LM used to be) is finished by a rerun whose
+    dump.lm_targets differ (another LM file, other settings): no refusal, no teacher pass, a sealed cache."""
+    from offline_kd.cache import lm_targets
+    real = lm_targets.decode_split
+
+    def dies(split, *a, **k):
+        raise KeyboardInterrupt
+    out = tmp_path / "c.zarr"
+    monkeypatch.setattr(lm_targets, "decode_split", dies)
+    with pytest.raises(KeyboardInterrupt):
+        dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["train", "untranscribed"],
+                                  lm_targets={**LM, "lm": str(arpa),
+                                              "nbest": 2}), **QUIET)
+    monkeypatch.setattr(lm_targets, "decode_split", real)
+    other = tmp_path / "other.arpa"
+    other.write_bytes(arpa.read_bytes())
+    _no_teacher(monkeypatch)
+    res = dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["train", "untranscribed"],
+                                    lm_targets={**LM, "lm": str(other)}), **QUIET)
+    assert res["frames_written"] == 0
+    cache = TeacherCache(str(out))
+    assert cache.meta.dump_config["lm_targets"]["lm"] == str(other)
+    assert int(zarr.open_group(str(out), mode="r")["untranscribed"].attrs["lm_nbest"]) == 3
+    _verify_ok(out)
+    a, b = zarr.open_group(str(out), mode="r"), zarr.open_group(str(lm_cache), mode="r")
+    for k in ("untranscribed/lm_nbest_offset", "untranscribed/lm_nbest_tokens", "untranscribed/lm_nbest_weight"):
+        np.testing.assert_array_equal(a[k][...], b[k][...])
+
+
+def test_a_complete_cache_redoes_only_its_nbest_when_only_dump_lm_targets_change(tiny_teacher, tiny_corpus, arpa,
+                                                                                 lm_cache, tmp_path, monkeypatch):
+    """#29 item 5: changing, adding or removing dump.lm_targets on a complete cache redoes the N-best stage alone
+    and seals the cache again; any other change is still refused."""
+    import shutil
+    out = tmp_path / "c.zarr"
+    shutil.copytree(lm_cache, out)
+    _no_teacher(monkeypatch)
+    splits = ["train", "untranscribed"]
+
+    def dump(lm):
+        return dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=splits, lm_targets=lm), **QUIET)
+    res = dump({**LM, "lm": str(arpa), "nbest": 2, "alpha": 1.0, "splits": splits})
+    assert res["frames_written"] == 0
+    cache = TeacherCache(str(out))
+    assert cache.split("train").has_lm_nbest and cache.split("untranscribed").has_lm_nbest
+    assert int(zarr.open_group(str(out), mode="r")["untranscribed"].attrs["lm_nbest"]) == 2
+    _verify_ok(out)
+    res = dump(None)                                    # no N-best any more: the arrays go
+    cache = TeacherCache(str(out))
+    assert not cache.split("train").has_lm_nbest and not cache.split("untranscribed").has_lm_nbest
+    g = zarr.open_group(str(out), mode="r")
+    assert "lm_nbest" not in g["untranscribed"].attrs and "lm_nbest_offset" not in g["untranscribed"]
+    _verify_ok(out)
+    res = dump({**LM, "lm": str(arpa)})                 # back to the original settings: the original cache
+    assert res["frames_written"] == 0
+    a, b = zarr.open_group(str(out), mode="r"), zarr.open_group(str(lm_cache), mode="r")
+    assert a.attrs["offline_kd"]["identity_sha256"] == b.attrs["offline_kd"]["identity_sha256"]
+    for k in ("untranscribed/lm_nbest_offset", "untranscribed/lm_nbest_tokens", "untranscribed/lm_nbest_weight"):
+        np.testing.assert_array_equal(a[k][...], b[k][...])
+    assert "lm_nbest_offset" not in a["train"]
+    _verify_ok(out)
+    assert dump({**LM, "lm": str(arpa)})["frames_written"] == 0           # the same config: nothing to do
+    with pytest.raises(OfflineKDError, match="another teacher, corpus or dump config"):
+        dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=splits, batch_size=4,
+                                  lm_targets={**LM, "lm": str(arpa), "nbest": 2}), **QUIET)

@@ -35,14 +35,40 @@ def nbest_weights(scores: list[float], n: int) -> np.ndarray:
     return out
 
 
+def load_decoder(vocab, cfg):
+    """The beam decoder of `dump.lm_targets` with its KenLM model loaded; a file that is missing or does not load as
+    a KenLM model is a one-line error naming the key and the file."""
+    from offline_kd.decoding.beam import BeamSearchDecoder
+    if not os.path.isfile(cfg.lm):
+        raise OfflineKDError(f"dump.lm_targets.lm: language model file not found: {cfg.lm}")
+    try:
+        return BeamSearchDecoder(list(vocab.tokens), vocab.tokenizer, vocab.word_separator, cfg.lm, cfg.alpha,
+                                 cfg.beta, cfg.beam_width, num_processes=cfg.num_processes or os.cpu_count() or 1)
+    except (ValueError, OSError, RuntimeError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise OfflineKDError(f"dump.lm_targets.lm: {msg}" + ("" if cfg.lm in msg else f" ({cfg.lm})")) from None
+
+
+def check_lm_loads(vocab, cfg) -> None:
+    """Load the LM of `dump.lm_targets` once and drop it: a dump checks it before the teacher runs, so a bad file
+    costs no teacher pass."""
+    load_decoder(vocab, cfg)
+
+
+def drop_lm_targets(group) -> bool:
+    """Remove a split's stored N-best (arrays and attribute); -> whether it had any."""
+    had = [k for k in ARRAYS if k in group]
+    for k in had:
+        del group[k]
+    if "lm_nbest" in group.attrs:
+        del group.attrs["lm_nbest"]
+        had.append("lm_nbest")
+    return bool(had)
+
+
 def decode_split(split, vocab, cfg, log=print) -> dict[str, np.ndarray]:
     """The N-best arrays of one cache split (a CacheSplit of the dump being finalised)."""
-    from offline_kd.decoding.beam import BeamSearchDecoder
-    try:
-        dec = BeamSearchDecoder(list(vocab.tokens), vocab.tokenizer, vocab.word_separator, cfg.lm, cfg.alpha,
-                                cfg.beta, cfg.beam_width, num_processes=cfg.num_processes or os.cpu_count() or 1)
-    except ValueError as exc:
-        raise OfflineKDError(f"dump.lm_targets: {exc}") from None
+    dec = load_decoder(vocab, cfg)
     n, u = cfg.nbest, len(split)
     offsets, tokens, weights = [0], [], np.zeros((u, n), dtype=np.float32)
     start, step = time.perf_counter(), 256

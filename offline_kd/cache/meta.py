@@ -125,6 +125,12 @@ class CacheMeta:
                 h.update(f"{u}:{fh}".encode())
         return h.hexdigest()
 
+    def differs_only_in_lm_targets(self, old: dict, plans: dict) -> bool:
+        """True when `old` (a cache's stored metadata) has this dump's identity but for `dump.lm_targets` (the LM
+        N-best settings): every cached frame is what this dump would write, and only the N-best stage differs."""
+        d = {**self.dump_config, "lm_targets": (old.get("dump_config") or {}).get("lm_targets")}
+        return dataclasses.replace(self, dump_config=d).identity(plans) == old.get("identity_sha256")
+
     def with_identity(self, plans: dict) -> "CacheMeta":
         return dataclasses.replace(self, identity_sha256=self.identity(plans))
 

@@ -13,6 +13,7 @@ import zarr
 
 from offline_kd.cache import integrity
 from offline_kd.cache.layout import META_KEY, field_arrays, open_group
+from offline_kd.cache.lm_targets import drop_lm_targets
 from offline_kd.cache.meta import CacheMeta
 from offline_kd.cache.reader import build_codecs
 from offline_kd.cache.writer import create_split, finalize_split
@@ -49,6 +50,9 @@ def prepare_store(cfg: DumpConfig, meta: CacheMeta, plans: dict, fit_state: Call
             resume = True
             if old.get("complete"):
                 return {"resume": True, "complete": True}
+        elif not overwrite and meta.differs_only_in_lm_targets(old, plans):
+            resume = True
+            _redo_lm_targets(root, old, meta, list(plans), cfg.output, log)
         elif not overwrite:
             raise OfflineKDError(
                 f"{cfg.output} holds a cache from another teacher, corpus or dump config "
@@ -75,6 +79,23 @@ def prepare_store(cfg: DumpConfig, meta: CacheMeta, plans: dict, fit_state: Call
                      reader.lengths[p["order"]], p["hashes"], fields, cfg.chunk_frames, cfg.shard_chunks,
                      cfg.codecs.compressor, cfg.codecs.level)
     return {"resume": resume, "complete": False}
+
+
+def _redo_lm_targets(root: zarr.Group, old: dict, meta: CacheMeta, splits: list[str], output: str, log) -> None:
+    """A cache whose frames are what this dump would write, but whose N-best settings (`dump.lm_targets`) differ:
+    take the new settings and identity, mark the cache incomplete and unsealed (one attribute write, so a reader
+    refuses it from here on and a dump killed after it resumes), then drop every split's N-best; the splits stay as
+    they are and the dump's last stage decodes the N-best again and seals the cache."""
+    new = {**old, "dump_config": {**old.get("dump_config", {}), "lm_targets": meta.dump_config.get("lm_targets")},
+           "identity_sha256": meta.identity_sha256, "complete": False}
+    new.pop("completed", None)
+    attrs = {k: v for k, v in root.attrs.asdict().items() if k != integrity.INTEGRITY_KEY}
+    root.attrs.put({**attrs, META_KEY: new})
+    for name in splits:                      # (this dump's split names: the identity matched, so they are the cache's)
+        if name in root:
+            drop_lm_targets(root[name])
+    log(f"{output}: only the LM N-best settings (dump.lm_targets) differ from the cached dump's; "
+        f"keeping the cached frames and redoing the N-best")
 
 
 def needed_batches(p: dict, mine: np.ndarray, shard_frames: int) -> list[tuple[int, list[int]]]:

@@ -30,7 +30,7 @@ from offline_kd.config import CodecConfig, DumpConfig
 from offline_kd.data.corpus import Corpus, feature_sha256
 from offline_kd.data.validate import output_frames
 from offline_kd.data.views import ViewReader, parse_views, split_of, valid_in_views, view_name
-from offline_kd.cache.lm_targets import write_lm_targets
+from offline_kd.cache.lm_targets import check_lm_loads, write_lm_targets
 from offline_kd.errors import OfflineKDError
 from offline_kd.commands.common import open_split, quiet
 from offline_kd.training import distributed
@@ -187,6 +187,8 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     model = with_precision(model, cfg.precision, device, "dump.precision")   # fp32: the model itself
     corpus = Corpus(cfg.corpus)
     layers = _check(cfg, corpus, model, vocab)
+    if cfg.lm_targets is not None:     # load the LM now: a file KenLM cannot read must cost no teacher pass
+        distributed.run_on_main(lambda: check_lm_loads(vocab, cfg.lm_targets), env)
     lp_codec, hidden_codecs = make_codecs(cfg.codecs, model.config.num_classes,
                                           {L: model.hidden_size for L in layers}, log)
     plans = _plan(cfg, corpus, model, log)
