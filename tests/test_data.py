@@ -192,3 +192,25 @@ def test_collate_pads_and_returns_lengths(tiny_corpus):
     n0 = int(r.lengths[0])
     assert torch.all(batch["features"][0, n0:] == 0)
     assert batch["labels"].numel() == int(batch["label_lengths"].sum())
+
+
+def test_import_removes_what_a_killed_import_left_beside_out(tmp_path):
+    """#29 item 7: a killed `data import` leaves `.NAME.importing-PID` beside --out; the next import removes such
+    directories whose process is gone, and leaves those of a live import alone."""
+    import os
+    import subprocess
+    import sys
+    np.save(tmp_path / "u0.npy", np.zeros((6, 3), np.float32))
+    (tmp_path / "m.tsv").write_text("u0\tu0.npy\ta b\n")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, live = tmp_path / f".c.importing-{dead.pid}", tmp_path / f".c.importing-{os.getppid()}"
+    other = tmp_path / f".d.importing-{dead.pid}"          # another --out's: not this import's business
+    for d in (stale, live, other):
+        (d / "train.h5").parent.mkdir()
+        (d / "train.h5").write_bytes(b"partial")
+    res = CliRunner().invoke(main, ["data", "import", "--manifest", str(tmp_path / "m.tsv"), "--split", "train",
+                                    "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    assert len(Corpus(tmp_path / "c").split("train")) == 1
+    assert not stale.exists() and live.is_dir() and other.is_dir()

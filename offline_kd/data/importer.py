@@ -11,7 +11,8 @@ id<TAB>features) make a split of untranscribed audio, which the teacher's cache 
 (distill.untranscribed_splits). A split is either wholly transcribed or wholly untranscribed.
 
 The corpus is built in a temporary directory beside `--out` and renamed into place once every split is written: a
-failure leaves nothing behind.
+failure leaves nothing behind, and what a killed import left (`.NAME.importing-PID`, its process gone) the next
+import into the same `--out` removes.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def import_manifest(manifest: str, out: str, split_name: str | None, vocab_path:
     outdir = Path(out)
     if outdir.exists() and any(outdir.iterdir()):
         raise OfflineKDError(f"{outdir} exists and is not empty; import into a new directory")
+    _remove_stale_imports(outdir, log)
     tmp = outdir.with_name(f".{outdir.name}.importing-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -114,6 +116,31 @@ def import_manifest(manifest: str, out: str, split_name: str | None, vocab_path:
     for split, n in counts.items():
         log(f"wrote {outdir / (split + '.h5')}: {n} utterances")
     return counts
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # someone else's process: alive
+        return True
+    return True
+
+
+def _remove_stale_imports(outdir: Path, log) -> None:
+    """Remove the `.NAME.importing-PID` directories that imports into `outdir` killed before they could clean up
+    left beside it (those whose process no longer exists; a live import keeps its own)."""
+    prefix = f".{outdir.name}.importing-"
+    parent = outdir.parent
+    if not parent.is_dir():
+        return
+    for d in parent.iterdir():
+        pid = d.name[len(prefix):]
+        if d.name.startswith(prefix) and pid.isdigit() and d.is_dir() and not d.is_symlink() \
+                and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            log(f"removed {d}, left by an import that was stopped (process {pid} is gone)")
 
 
 def _write_splits(rows: dict, outdir: Path, vocab: Vocabulary, mpath: Path) -> dict:
