@@ -145,9 +145,10 @@ class CacheMeta:
         return cls(
             format_version=FORMAT_VERSION, tool_version=tool_version, complete=False, created=_now(),
             teacher={"path": str(cfg.teacher), "sha256": teacher_sha256, "weights_sha256": weights_sha256,
-                     "model_config": asdict(model.config), **({"dev": teacher_dev} if teacher_dev else {})},
+                     "model_config": model.describe(),
+                     **({"model_type": model.model_type} if model.model_type != "bilstm" else {}), **({"dev": teacher_dev} if teacher_dev else {})},
             vocab=vocab.to_dict(), vocab_sha256=vocab.sha256, corpus=corpus_dir,
-            subsampling=model.config.subsampling, num_classes=model.config.num_classes,
+            subsampling=model.subsampling, num_classes=model.num_classes,
             layers={str(L): d for L, d in layer_dims.items()},
             codecs={"log_probs": lp_codec.to_dict(), "hidden": {str(L): c.to_dict() for L, c in hidden_codecs.items()},
                     "compressor": cfg.codecs.compressor, "level": cfg.codecs.level},

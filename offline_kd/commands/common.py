@@ -16,8 +16,10 @@ def check_vocab_matches_model(corpus: Corpus, model: ModelConfig) -> None:
                              f"{len(corpus.vocab)} tokens (blank included)")
 
 
-def open_split(corpus: Corpus, split: str, model: ModelConfig, skip_invalid: bool,
+def open_split(corpus: Corpus, split: str, model, skip_invalid: bool,
                log=print) -> tuple[SplitReader, np.ndarray]:
+    """A split validated for `model` (a ModelConfig, or a CTCModel: what is read is its input_dim and
+    subsampling)."""
     reader = corpus.split(split)
     valid = validate_split(reader, corpus.vocab, model.input_dim, model.subsampling, skip_invalid, log=log)
     return reader, valid

@@ -111,16 +111,16 @@ def _plan(cfg: DumpConfig, corpus: Corpus, model, log):
     """Per cached split (a split of dump.view_splits is one per view: split@0, split@1, ...): validated utterances
     in dump order (longest first), batches, frame offsets."""
     plans = {}
-    s = model.config.subsampling
+    s = model.subsampling
     views = parse_views(cfg.views, "dump.views")
     for base_name in cfg.splits:
-        base, valid = open_split(corpus, base_name, model.config, cfg.skip_invalid, log)
+        base, valid = open_split(corpus, base_name, model, cfg.skip_invalid, log)
         if base_name not in cfg.view_splits:
             seen = [(base_name, base)]
         else:       # one cached split per view; an utterance too short for its transcript in any view is invalid
             seen = [(view_name(base_name, k), ViewReader(base, v, cfg.view_seed, k, verify=True))
                     for k, v in enumerate(views)]
-            valid = valid_in_views([r for _, r in seen], valid, corpus.vocab, model.config, cfg.skip_invalid, log)
+            valid = valid_in_views([r for _, r in seen], valid, corpus.vocab, model, cfg.skip_invalid, log)
         for split, reader in seen:
             plans[split] = _split_plan(reader, valid, cfg, s)
     return plans
@@ -189,8 +189,8 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     layers = _check(cfg, corpus, model, vocab)
     if cfg.lm_targets is not None:     # load the LM now: a file KenLM cannot read must cost no teacher pass
         distributed.run_on_main(lambda: check_lm_loads(vocab, cfg.lm_targets), env)
-    lp_codec, hidden_codecs = make_codecs(cfg.codecs, model.config.num_classes,
-                                          {L: model.hidden_size for L in layers}, log)
+    lp_codec, hidden_codecs = make_codecs(cfg.codecs, model.num_classes,
+                                          {L: model.layer_dims()[L] for L in layers}, log)
     plans = _plan(cfg, corpus, model, log)
     meta = CacheMeta.for_dump(cfg, model, vocab, str(corpus.dir), lp_codec, hidden_codecs, device.type,
                               file_sha256(cfg.teacher), weights_sha256(model), __version__,
@@ -229,9 +229,9 @@ def _check(cfg: DumpConfig, corpus: Corpus, model, vocab) -> list[int]:
     if corpus.vocab.tokens != vocab.tokens:
         raise OfflineKDError(f"the vocabulary of {corpus.dir} differs from the teacher's ({cfg.teacher})")
     layers = sorted(int(L) for L in cfg.layers)
-    bad = [L for L in layers if not 1 <= L <= model.config.num_layers]
+    bad = [L for L in layers if not 1 <= L <= model.num_layers]
     if bad:
-        raise OfflineKDError(f"dump.layers: {bad} out of range; the teacher has layers 1..{model.config.num_layers}")
+        raise OfflineKDError(f"dump.layers: {bad} out of range; the teacher has layers 1..{model.num_layers}")
     if not cfg.splits:
         raise OfflineKDError("dump.splits: give at least one split")
     if cfg.lm_targets is not None and not Path(cfg.lm_targets.lm).is_file():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from offline_kd.data.corpus import Corpus
 from offline_kd.errors import OfflineKDError
-from offline_kd.models.bilstm import count_parameters, model_size_mb
+from offline_kd.models.interface import count_parameters, model_size_mb
 from offline_kd.commands.common import open_split
 from offline_kd.training.checkpoint import model_from_checkpoint
 from offline_kd.training.inference import evaluate_greedy, resolve_device
@@ -28,7 +28,7 @@ def run(checkpoint: str, split: str, *, corpus_dir: str | None = None, device: s
     corpus = Corpus(corpus_dir)
     if corpus.vocab.tokens != vocab.tokens:
         raise OfflineKDError(f"the vocabulary of {corpus.dir} differs from the checkpoint's ({checkpoint})")
-    reader, idx = open_split(corpus, split, model.config, skip_invalid, log)
+    reader, idx = open_split(corpus, split, model, skip_invalid, log)
     want_beam = decoder == "beam"
     greedy = evaluate_greedy(model, reader, idx, vocab, dev, batch_size, keep_log_probs=want_beam)
     result = {

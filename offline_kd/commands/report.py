@@ -129,7 +129,7 @@ def measure_speeds(rows: list[dict], split: str, corpus: str | None, device: str
     for row in rows:
         model, vocab, ckpt = model_from_checkpoint(row["checkpoint"], dev)
         c = Corpus(corpus or ckpt.get("config", {}).get("data", {}).get("corpus"))
-        reader, idx = open_split(c, split, model.config, False, lambda *_: None)
+        reader, idx = open_split(c, split, model, False, lambda *_: None)
         speed = decode_speed(model, reader, idx, vocab, dev, batch_size=batch_size, repeats=repeats)
         row["decode_speed"] = speed
         row["frames_per_second"] = round(speed["frames_per_second"], 1)

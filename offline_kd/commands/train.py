@@ -9,7 +9,8 @@ from offline_kd.data.views import (CollatedByView, ViewBatchSampler, ViewReader,
                                    valid_in_views)
 from offline_kd.errors import OfflineKDError
 from offline_kd.losses.modules import CTCLoss
-from offline_kd.models.bilstm import build_model, count_parameters
+from offline_kd.models.bilstm import build_model
+from offline_kd.models.interface import count_parameters
 from offline_kd.models.augment import SpecAugment
 from offline_kd.commands.common import open_train_dev, quiet
 from offline_kd.training.checkpoint import seed_everything

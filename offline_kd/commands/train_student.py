@@ -21,7 +21,8 @@ from offline_kd.data.views import (ByView, ViewBatchSampler, ViewReader, max_vie
 from offline_kd.errors import OfflineKDError
 from offline_kd.losses.modules import DistillationLoss
 from offline_kd.models.augment import SpecAugment
-from offline_kd.models.bilstm import build_model, count_parameters
+from offline_kd.models.bilstm import build_model
+from offline_kd.models.interface import count_parameters
 from offline_kd.commands.common import open_split, open_train_dev, quiet, train_splits
 from offline_kd.training.checkpoint import checkpoint_dev, load_checkpoint, model_from_checkpoint, seed_everything
 from offline_kd.training import distributed
@@ -54,11 +55,11 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
         teacher, t_vocab, t_ckpt = model_from_checkpoint(online_teacher, device)
         if t_vocab.sha256 != corpus.vocab.sha256:
             raise OfflineKDError(f"--online-teacher {online_teacher}: vocabulary differs from {corpus.dir}'s")
-        teacher_dims = {L: teacher.hidden_size for L in range(1, teacher.config.num_layers + 1)}
+        teacher_dims = teacher.layer_dims()
         teacher_dev = checkpoint_dev(t_ckpt)
         for t in mapping.values():
             if t not in teacher_dims:
-                raise OfflineKDError(f"distill.layer_mapping: teacher layer {t} out of range 1..{teacher.config.num_layers}")
+                raise OfflineKDError(f"distill.layer_mapping: teacher layer {t} out of range 1..{teacher.num_layers}")
         log(f"online distillation from {online_teacher} (the cache is not used)")
     else:
         cache = TeacherCache(d.cache, d.storage_options, verify_reads=d.verify_reads)
@@ -105,7 +106,7 @@ def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, d
             raise OfflineKDError(f"distill.init_checkpoint {d.init_checkpoint}: its model config differs from 'model'")
         model.load_state_dict(ckpt["model_state_dict"])
     on_device = not online_teacher and (d.decode_on == "device" or d.decode_on == "auto" and device.type == "cuda")
-    loss_fn = DistillationLoss(d, model.hidden_size, teacher_dims, augment, device, teacher,
+    loss_fn = DistillationLoss(d, model.layer_dims(), teacher_dims, augment, device, teacher,
                                decoder=TargetDecoder(cache) if on_device else None)
     projections = loss_fn.projections
     log(f"student: {cfg.model.num_layers} x BiLSTM({cfg.model.hidden_dim}), {count_parameters(model):,} parameters "

@@ -37,7 +37,7 @@ def run(checkpoint: str, lm: str, alphas: list[float], betas: list[float], *, de
     model, vocab, ckpt = model_from_checkpoint(checkpoint, dev)
     corpus = Corpus(corpus_dir or ckpt.get("config", {}).get("data", {}).get("corpus", ""))
     decoder = _decoder(vocab, lm, beam_width, num_processes)
-    reader, idx = open_split(corpus, dev_split, model.config, False, log)
+    reader, idx = open_split(corpus, dev_split, model, False, log)
     d = evaluate_greedy(model, reader, idx, vocab, dev, keep_log_probs=True)
     grid = []
     for a, b in itertools.product(alphas, betas):
@@ -49,7 +49,7 @@ def run(checkpoint: str, lm: str, alphas: list[float], betas: list[float], *, de
     result = {"checkpoint": checkpoint, "lm": lm, "dev_split": dev_split, "dev_greedy_wer": d["wer"],
               "grid": grid, "best": best}
     if test_split:
-        reader, idx = open_split(corpus, test_split, model.config, False, log)
+        reader, idx = open_split(corpus, test_split, model, False, log)
         t = evaluate_greedy(model, reader, idx, vocab, dev, keep_log_probs=True)
         decoder.set_weights(best["alpha"], best["beta"])
         r = error_rates(t["references"], decoder.decode(t["log_probs"]))

@@ -1,1 +1,3 @@
-"""models"""
+"""CTC models behind one interface (`interface.CTCModel`); importing the package registers every model type."""
+
+from offline_kd.models import bilstm  # noqa: F401  (registers "bilstm")

@@ -10,22 +10,29 @@ so an utterance's outputs do not depend on how much padding its batch has.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Iterable, Optional
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, PackedSequence
 
+from offline_kd.config import ModelConfig, build_dataclass
 from offline_kd.data.validate import output_frames
+from offline_kd.errors import OfflineKDError
+from offline_kd.models.interface import count_parameters, model_size_mb, register_model
 
-from offline_kd.config import ModelConfig
+__all__ = ["BiLSTMCTC", "build_model", "count_parameters", "model_size_mb", "output_lengths"]
 
 
 def output_lengths(lengths: torch.Tensor, subsampling: int) -> torch.Tensor:
     return output_frames(lengths, subsampling)
 
 
+@register_model("bilstm")
 class BiLSTMCTC(nn.Module):
+    """A `CTCModel` (models/interface.py): every layer's hidden states are 2H wide; the blank is class 0."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -50,10 +57,47 @@ class BiLSTMCTC(nn.Module):
                     elif name.startswith("bias_hh"):
                         p[h:2 * h].fill_(0.0)
 
+    @classmethod
+    def from_description(cls, description: dict, where: str = "model_config") -> "BiLSTMCTC":
+        try:
+            return cls(build_dataclass(ModelConfig, description, where))
+        except OfflineKDError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - values of the wrong kind that the typed loader let through
+            raise OfflineKDError(f"{where} does not build a model ({exc.__class__.__name__}: "
+                                 f"{(str(exc).splitlines() or [''])[0][:160]})") from None
+
+    # ------------------------------------------------------------------------------------------ CTCModel
     @property
     def hidden_size(self) -> int:
         """Dimension of every cached/returned hidden state (2H: both directions)."""
         return 2 * self.config.hidden_dim
+
+    @property
+    def input_dim(self) -> int:
+        return self.config.input_dim
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def blank(self) -> int:
+        return 0
+
+    @property
+    def subsampling(self) -> int:
+        return self.config.subsampling
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    def layer_dims(self) -> dict[int, int]:
+        return {layer: self.hidden_size for layer in range(1, self.config.num_layers + 1)}
+
+    def describe(self) -> dict:
+        return asdict(self.config)
 
     def subsample(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, H) -> (B, ceil(T/s), H), mean over the valid frames of each group of s."""
@@ -100,12 +144,3 @@ class BiLSTMCTC(nn.Module):
 
 def build_model(config: ModelConfig) -> BiLSTMCTC:
     return BiLSTMCTC(config)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def model_size_mb(model: nn.Module) -> float:
-    """float32 weight bytes in MB (10^6)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6

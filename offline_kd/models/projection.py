@@ -7,12 +7,15 @@ from torch import nn
 
 
 class FeatureProjections(nn.Module):
-    """One Linear(student_dim, teacher_dim) per mapped student layer; keys are student layer indices."""
+    """One Linear(student width, teacher width) per mapped student layer; keys are student layer indices.
+    `student_dims`: the student's `layer_dims()` ({layer: width}), or one width for every layer."""
 
-    def __init__(self, layer_mapping: dict[int, int], student_dim: int, teacher_dims: dict[int, int]):
+    def __init__(self, layer_mapping: dict[int, int], student_dims: int | dict[int, int],
+                 teacher_dims: dict[int, int]):
         super().__init__()
         self.layer_mapping = {int(s): int(t) for s, t in layer_mapping.items()}
-        self.proj = nn.ModuleDict({str(s): nn.Linear(student_dim, teacher_dims[t])
+        width = (lambda s: student_dims[s]) if isinstance(student_dims, dict) else (lambda s: student_dims)
+        self.proj = nn.ModuleDict({str(s): nn.Linear(width(s), teacher_dims[t])
                                    for s, t in self.layer_mapping.items()})
 
     def forward(self, student_hidden: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from offline_kd.config import ModelConfig, build_dataclass
 from offline_kd.data.vocab import Vocabulary
 from offline_kd.errors import OfflineKDError
-from offline_kd.models.bilstm import BiLSTMCTC
+from offline_kd.models.interface import DEFAULT_MODEL_TYPE, CTCModel, build_from_description
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -47,7 +46,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         with torch.serialization.safe_globals(_LEGACY_SAFE_GLOBALS), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)     # "pickle protocol 4" of a plain pickle: refused below
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:    # asks for a Python object: refused before anything of it runs
+    except pickle.UnpicklingError:    # asks for a Python object: refused before anything of it runs
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         except Exception:  # noqa: BLE001 - a plain pickle, not a torch zip file
@@ -67,20 +66,20 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return ckpt
 
 
-def model_from_checkpoint(path: str | Path, device="cpu") -> tuple[BiLSTMCTC, Vocabulary, dict]:
+def checkpoint_model_type(ckpt: dict) -> str:
+    """The registered model type a checkpoint holds (checkpoints written before types were recorded: bilstm)."""
+    return str(ckpt.get("model_type", DEFAULT_MODEL_TYPE))
+
+
+def model_from_checkpoint(path: str | Path, device="cpu") -> tuple[CTCModel, Vocabulary, dict]:
     """The model and vocabulary a checkpoint describes; a checkpoint that loads but is wrong (a config that does
     not build, weights of other shapes, missing or extra weights, a vocabulary without tokens) is a one-line
     error naming the file."""
     ckpt = load_checkpoint(path)
-    if not isinstance(ckpt["model_config"], dict):
-        raise OfflineKDError(f"{path}: model_config is a {type(ckpt['model_config']).__name__}, not a mapping")
     try:
-        model = BiLSTMCTC(build_dataclass(ModelConfig, ckpt["model_config"], "model_config"))
+        model = build_from_description(checkpoint_model_type(ckpt), ckpt["model_config"])
     except OfflineKDError as exc:
         raise OfflineKDError(f"{path}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - values of the wrong kind that the typed loader let through
-        raise OfflineKDError(f"{path}: model_config does not build a model ({exc.__class__.__name__}: "
-                             f"{(str(exc).splitlines() or [''])[0][:160]})") from None
     state = ckpt["model_state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise OfflineKDError(f"{path}: model_state_dict is not a mapping of names to tensors")
@@ -99,8 +98,8 @@ def model_from_checkpoint(path: str | Path, device="cpu") -> tuple[BiLSTMCTC, Vo
         raise OfflineKDError(f"{path}: vocab: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a vocabulary record of the wrong shape
         raise OfflineKDError(f"{path}: vocab is not a vocabulary ({exc.__class__.__name__}: {exc})") from None
-    if len(vocab) != model.config.num_classes:
-        raise OfflineKDError(f"{path}: the vocabulary has {len(vocab)} classes, the model {model.config.num_classes}")
+    if len(vocab) != model.num_classes:
+        raise OfflineKDError(f"{path}: the vocabulary has {len(vocab)} classes, the model {model.num_classes}")
     return model, vocab, ckpt
 
 

@@ -41,7 +41,7 @@ from offline_kd.data.vocab import Vocabulary
 from offline_kd.errors import OfflineKDError
 from offline_kd.locking import run_dir_lock
 from offline_kd.losses.modules import LossFn
-from offline_kd.models.bilstm import BiLSTMCTC, count_parameters
+from offline_kd.models.interface import CTCModel, count_parameters
 from offline_kd.training import distributed
 from offline_kd.training.checkpoint import (load_checkpoint, rng_state, save_checkpoint, seed_everything,
                                             set_rng_state)
@@ -52,7 +52,7 @@ from offline_kd.training.numerics import grad_scaler, with_precision
 class _WithHidden(nn.Module):
     """DDP calls `forward`; this routes it to `forward_with_hidden_states` so both entry points go through DDP."""
 
-    def __init__(self, model: BiLSTMCTC):
+    def __init__(self, model: CTCModel):
         super().__init__()
         self.model = model
 
@@ -63,7 +63,7 @@ class _WithHidden(nn.Module):
 class _DDPModel:
     """What a loss function receives as `model` under DDP: the model's two entry points, through DDP's forward."""
 
-    def __init__(self, ddp, model: BiLSTMCTC):
+    def __init__(self, ddp, model: CTCModel):
         self.ddp, self.model = ddp, model
 
     def __call__(self, x, lengths):
@@ -136,7 +136,7 @@ def check_resume_config(saved: Optional[dict], now: dict, path: Path) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig, model: BiLSTMCTC, vocab: Vocabulary, train_dataset,
+    def __init__(self, cfg: ExperimentConfig, model: CTCModel, vocab: Vocabulary, train_dataset,
                  train_lengths: np.ndarray, train_indices: np.ndarray, dev_reader: Optional[SplitReader],
                  dev_indices: Optional[np.ndarray], loss_fn: LossFn, device: torch.device, *,
                  collate_fn=None, extra_meta: Optional[dict] = None,
@@ -189,7 +189,8 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- checkpoints
     def _state(self, epoch: int, dev: Optional[dict]) -> dict:
         return {
-            "model_config": asdict(self.model.config),
+            "model_type": self.model.model_type,
+            "model_config": self.model.describe(),
             "model_state_dict": self.model.state_dict(),
             "extra_state_dict": self.extra.state_dict() if self.extra is not None else None,
             "vocab": self.vocab.to_dict(),

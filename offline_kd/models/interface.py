@@ -1,0 +1,106 @@
+"""What a CTC model offers the rest of the toolkit, and the registry that rebuilds one from a checkpoint.
+
+Training, the dump, the losses and evaluation see a model only through `CTCModel`: its input (feature dimension),
+its output (classes, the blank's index, output frames per input frame), the layers whose hidden states it can
+return and their widths, `forward` / `forward_with_hidden_states`, and a plain description that rebuilds it.
+Nothing outside `models/` reads a model's own config.
+
+A checkpoint names its model type (`model_type`; checkpoints written before the registry are "bilstm") and
+carries the type's description (`model_config`); `build_from_description` rebuilds the model through the type
+registered under that name. Adding a model type: a module in `models/` with a class that follows `CTCModel`,
+decorated with `@register_model("name")` and imported by `models/__init__.py` (docs/extending.md).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from offline_kd.errors import OfflineKDError
+
+DEFAULT_MODEL_TYPE = "bilstm"      # checkpoints written before model types were recorded
+
+
+@runtime_checkable
+class CTCModel(Protocol):
+    """A CTC acoustic model (an `nn.Module`).
+
+    Shapes: features (B, T, D); log_probs (T', B, V), log-softmax at temperature 1; output_lengths (B,);
+    hidden states {layer: (B, T', width)} for 1-based layer indices.
+    """
+
+    model_type: str            # its name in the registry
+
+    @property
+    def input_dim(self) -> int: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def blank(self) -> int: ...
+
+    @property
+    def subsampling(self) -> int:
+        """Input frames per output frame (output_lengths = ceil(T / subsampling))."""
+
+    @property
+    def num_layers(self) -> int:
+        """Layers whose hidden states it can return: 1..num_layers."""
+
+    def layer_dims(self) -> dict[int, int]:
+        """{layer: width of its hidden states} for every layer it exposes."""
+
+    def describe(self) -> dict:
+        """Plain values (JSON/YAML-safe) that rebuild the architecture (stored as a checkpoint's model_config)."""
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def forward_with_hidden_states(self, x: torch.Tensor, lengths: torch.Tensor,
+                                   return_layer_indices: Optional[Iterable[int]] = None
+                                   ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]: ...
+
+
+#: model type name -> callable(description dict, where) -> model
+_REGISTRY: dict[str, Callable[[dict, str], nn.Module]] = {}
+
+
+def register_model(name: str):
+    """Class decorator: `cls.from_description(description, where)` rebuilds the model; the class's
+    `model_type` becomes `name`."""
+    def deco(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"model type {name!r} registered twice")
+        cls.model_type = name
+        _REGISTRY[name] = cls.from_description
+        return cls
+    return deco
+
+
+def model_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_from_description(model_type: str, description: dict, where: str = "model_config") -> nn.Module:
+    """The model of type `model_type` that `description` (its `describe()`) describes; one-line errors."""
+    if model_type not in _REGISTRY:
+        raise OfflineKDError(f"{where}: unknown model type {model_type!r} (known: {', '.join(model_types())})")
+    if not isinstance(description, dict):
+        raise OfflineKDError(f"{where} is a {type(description).__name__}, not a mapping")
+    return _REGISTRY[model_type](description, where)
+
+
+def model_identity(model: CTCModel) -> dict:
+    """What identifies an architecture: its type and description (the weights are hashed separately)."""
+    return {"model_type": model.model_type, "model_config": model.describe()}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_size_mb(model: nn.Module) -> float:
+    """float32 weight bytes in MB (10^6)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
