@@ -84,3 +84,42 @@ def test_resume_may_extend_a_run(one_epoch_run, tiny_corpus):
     d["train"]["progress"] = True
     train.run(build_dataclass(ExperimentConfig, d), resume=True, **QUIET)
     assert yaml.safe_load((one_epoch_run / "config.yaml").read_text())["train"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("stop", [OfflineKDError("fit failed"), KeyboardInterrupt()], ids=["error", "interrupt"])
+def test_a_dump_that_fails_while_fitting_leaves_nothing_and_reruns(tiny_teacher, tiny_corpus, tmp_path, monkeypatch,
+                                                                   stop):
+    """#29 item 7: a dump stopped while fitting its codecs (before the cache's metadata exists) leaves nothing at
+    dump.output (it used to leave a bare zarr.json that read as "not an offline-kd cache"), and the rerun dumps."""
+    from click.testing import CliRunner
+    from offline_kd.cli import main
+    out = tmp_path / "c.zarr"
+    codecs = {"hidden": "lowrank", "lowrank_rank": 8, "lowrank_coeff": "int8", "lowrank_fit_frames": 300}
+    real = dump_teacher._fit_state
+
+    def fails(*a, **k):
+        raise stop
+    monkeypatch.setattr(dump_teacher, "_fit_state", fails)
+    with pytest.raises(type(stop)):
+        dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["dev"], codecs=codecs), **QUIET)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+    r = CliRunner().invoke(main, ["cache", "info", str(out)])
+    assert r.exit_code != 0 and "not an offline-kd cache" not in r.output
+    monkeypatch.setattr(dump_teacher, "_fit_state", real)
+    res = dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["dev"], codecs=codecs), **QUIET)
+    assert res["frames_written"] > 0
+
+
+def test_a_dump_killed_while_storing_its_fitted_state_reruns(tiny_teacher, tiny_corpus, tmp_path):
+    """#29 item 7: what a dump killed between its fitted codec state and its metadata leaves (a group holding only
+    lowrank/ or prior/, no offline-kd metadata) is taken for an empty cache by the rerun, without --overwrite."""
+    import zarr
+    out = tmp_path / "c.zarr"
+    root = zarr.open_group(str(out), mode="w")
+    root.create_array("lowrank/hidden_1/basis", shape=(2, 3), dtype="float32")
+    codecs = {"hidden": "lowrank", "lowrank_rank": 8, "lowrank_coeff": "int8", "lowrank_fit_frames": 300}
+    res = dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["dev"], codecs=codecs), **QUIET)
+    assert res["frames_written"] > 0
+    zarr.open_group(str(tmp_path / "foreign.zarr"), mode="w").create_array("x", shape=(2,), dtype="float32")
+    with pytest.raises(OfflineKDError, match="not an offline-kd cache"):       # anything else is still refused
+        dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, tmp_path / "foreign.zarr", splits=["dev"]), **QUIET)

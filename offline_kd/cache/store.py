@@ -21,6 +21,11 @@ from offline_kd.config import DumpConfig
 from offline_kd.errors import OfflineKDError
 
 
+# what a dump stores before its metadata (the fitted codec state): a group holding only these and no metadata is
+# what a dump killed before its metadata was written left, and a rerun takes it for an empty cache
+FITTED_STATE_GROUPS = ("lowrank", "prior")
+
+
 def refuse_foreign_directory(output: str, overwrite: bool) -> None:
     """A local directory that holds files but no offline-kd cache is never replaced, even with --overwrite
     (`--set dump.output=data/demo` must not wipe a corpus)."""
@@ -30,20 +35,32 @@ def refuse_foreign_directory(output: str, overwrite: bool) -> None:
     if p.is_dir() and any(p.iterdir()):
         meta = p / "zarr.json"
         node = json.loads(meta.read_text() or "{}") if meta.is_file() else {}
-        if [e.name for e in p.iterdir()] == ["zarr.json"] and node.get("node_type") == "group" \
-                and not node.get("attributes"):
-            return                       # an empty group: what a dump that failed before writing anything leaves
+        if node.get("node_type") == "group" and not node.get("attributes") \
+                and {e.name for e in p.iterdir()} <= {"zarr.json", *FITTED_STATE_GROUPS}:
+            return      # an empty group, or one with fitted state only: what a dump stopped before its metadata left
         if not meta.is_file() or META_KEY not in node.get("attributes", {}):
             raise OfflineKDError(f"{output} is a non-empty directory that is not an offline-kd cache; "
                                  f"choose another dump.output (it is never replaced, not even with --overwrite)")
+
+
+def _exists(output: str, storage_options: dict | None) -> bool:
+    """Whether anything is stored at `output` (nothing is created before the fit, so a fit that fails leaves
+    nothing at dump.output)."""
+    try:
+        zarr.open_group(store=output, mode="r", storage_options=dict(storage_options or {}) or None)
+    except FileNotFoundError:
+        return False
+    except Exception:  # noqa: BLE001 - something else is there; open_group names it
+        return True
+    return True
 
 
 def prepare_store(cfg: DumpConfig, meta: CacheMeta, plans: dict, fit_state: Callable[[], dict], overwrite: bool,
                   log) -> dict:
     """(rank 0 only) Open, check or (re)create the cache and every split's arrays before any rank writes."""
     refuse_foreign_directory(cfg.output, overwrite)
-    root = open_group(cfg.output, "a", cfg.storage_options)
-    old = root.attrs.get(META_KEY)
+    root = open_group(cfg.output, "a", cfg.storage_options) if _exists(cfg.output, cfg.storage_options) else None
+    old = root.attrs.get(META_KEY) if root is not None else None
     resume = False
     if isinstance(old, dict):
         if old.get("identity_sha256") == meta.identity_sha256 and not overwrite:
@@ -58,7 +75,7 @@ def prepare_store(cfg: DumpConfig, meta: CacheMeta, plans: dict, fit_state: Call
                 f"{cfg.output} holds a cache from another teacher, corpus or dump config "
                 f"(teacher {old.get('teacher', {}).get('sha256', '?')[:12]}, created {old.get('created', '?')}); "
                 f"use --overwrite to replace it or choose another dump.output")
-    elif len(list(root.keys())) and not overwrite:
+    elif root is not None and not set(root.keys()) <= set(FITTED_STATE_GROUPS) and not overwrite:
         raise OfflineKDError(f"{cfg.output} exists and is not an offline-kd cache; use --overwrite or another path")
     if not resume:
         # fit before anything is replaced: a fit that fails must not have wiped the old cache
