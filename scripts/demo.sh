@@ -39,10 +39,14 @@ train() {  # train CMD CONFIG OUTDIR
 }
 # The teacher and the CTC-only baseline are independent: they train side by side, the baseline on one thread (a
 # small student trains faster on one thread than on two), its output going to runs/demo/baseline.log.
+# It runs as its own process group (job control on for that one start), so that the clean-up reaches its python
+# and not only the subshell around it: a failure below must not leave the baseline training, orphaned.
 mkdir -p runs/demo
-OMP_NUM_THREADS=1 train train configs/demo/baseline.yaml runs/demo/baseline > runs/demo/baseline.log 2>&1 &
+set -m
+OMP_NUM_THREADS=1 train train configs/demo/baseline.yaml runs/demo/baseline > runs/demo/baseline.log 2>&1 < /dev/null &
 BASELINE=$!
-trap 'kill "$BASELINE" 2>/dev/null || true' EXIT     # a failure below must not leave the baseline running
+set +m
+trap 'kill -TERM -- -"$BASELINE" 2>/dev/null || true' EXIT
 train train configs/demo/teacher.yaml runs/demo/teacher
 wait "$BASELINE" || { echo "demo.sh: error: the baseline failed, see runs/demo/baseline.log" >&2; exit 1; }
 trap - EXIT
