@@ -115,9 +115,10 @@ class DistillationLoss:
         else:
             labels, label_lengths = t.hard_labels(*refs)
         if epoch < d.kd_start_epoch:          # CTC warm-up: the student leaves the blank plateau on the labels
-            loss = (ctc_loss(log_probs, labels, out_len, label_lengths) if owner is None else
-                    weighted_ctc_loss(log_probs, labels, out_len, label_lengths, owner, weights))
-            return loss, {"ctc": loss.detach(), "total": loss.detach()}
+            # hybrid_loss with the CTC term alone (0 + 1 * ctc: the CTC loss itself, terms ctc and total)
+            return hybrid_loss(log_probs, out_len, labels, label_lengths, t.log_probs,
+                               temperature_at(epoch, d.temperature_schedule), alpha=0.0, beta=1.0, gamma=0.0,
+                               seq_weight=0.0, ctc_owner=owner, ctc_weights=weights)
         return hybrid_loss(log_probs, out_len, labels, label_lengths,
                            t.log_probs, temperature_at(epoch, d.temperature_schedule), d.alpha, d.beta, d.gamma,
                            projected_student=self._project(hidden) if self.mapping else None,
