@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from _common import Timer, command_line, machine, write_section

@@ -1,8 +1,6 @@
 """The LM N-best module on its own (no teacher): decoding a split of known log-probs, storing and reading back the
 arrays. Fast, so that mutation testing of offline_kd/cache/lm_targets.py can run it per mutant."""
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import zarr
