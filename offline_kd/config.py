@@ -2,21 +2,64 @@
 
 `load_config(path, Schema, overrides)` reads YAML with `yaml.safe_load` (configs are data, never code), applies
 `--set section.key=value` overrides, and builds the dataclass tree. Unknown keys and wrong types are rejected with
-the full key path in the message (`model.hidden_dim: expected int, got 'big'`).
+the full key path in the message (`model.hidden_dim: expected int, got 'big'`). A key that takes one of a set of
+values is typed `Literal[...]`; another value is refused with the allowed ones (`train.scheduler must be cosine or
+constant, got 'cosin'`), by the loader and by the dataclass itself when built directly.
+
+`validate_experiment(cfg, command)` holds the rules that involve more than one section of an experiment config
+(`train` takes no distill section, `train-student` needs one, ...); each command calls it first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
 
 from offline_kd.errors import OfflineKDError
+
+
+# ------------------------------------------------------------------------------------------------------ choices
+#: how a set of choices is listed in the error, where it is not "a, b or c" (the wording these keys always had)
+_LISTED = {("fp32", "bf16", "fp16"): "one of fp32, bf16, fp16"}
+
+
+def _is_literal(tp: Any) -> bool:
+    return typing.get_origin(tp) is Literal
+
+
+def _is_choice(value: Any, choices: tuple) -> bool:
+    return any(type(value) is type(c) and value == c for c in choices)
+
+
+def _choice_error(path: str, value: Any, choices: tuple) -> OfflineKDError:
+    """`{path} must be a, b or c, got 'x'`: one line with the key path, the value and the allowed values."""
+    names = [str(c) for c in choices]
+    listed = _LISTED.get(tuple(choices)) or (", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1
+                                             else names[0])
+    return OfflineKDError(f"{path} must be {listed}, got {value!r}")
+
+
+def _check_choices(obj) -> None:
+    """The `Literal[...]` fields of a section built directly (the loader checks them as it reads a config)."""
+    for name, choices in _choice_fields(type(obj)):
+        if not _is_choice(getattr(obj, name), choices):
+            raise _choice_error(f"{obj.SECTION}.{name}", getattr(obj, name), choices)
+
+
+@functools.cache
+def _choice_fields(cls: type) -> tuple:
+    return tuple((name, typing.get_args(tp)) for name, tp in typing.get_type_hints(cls).items() if _is_literal(tp))
+
+
+Precision = Literal["fp32", "bf16", "fp16"]     # fp16 needs CUDA
+Where = Literal["auto", "host", "device"]       # where codecs run: auto = device on a GPU, host on a CPU
 
 
 # ----------------------------------------------------------------------------------------------------- sections
@@ -28,6 +71,7 @@ def _at_least(section: str, obj, **minimums) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
+    SECTION: ClassVar[str] = "data"   # its key path in a config (messages name keys by it)
     corpus: str = "data/demo"           # directory with {split}.h5, vocab.txt, corpus.json
     train_split: Union[str, list] = "train"   # a split, or a list of transcribed splits trained on as one (train)
     dev_split: str = "dev"
@@ -54,6 +98,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    SECTION: ClassVar[str] = "model"
     input_dim: int = 512
     hidden_dim: int = 256               # LSTM units per direction
     num_layers: int = 4
@@ -70,6 +115,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class AugmentConfig:
     """SpecAugment-style masking of the input. It keeps the number of frames, so cached targets still line up."""
+    SECTION: ClassVar[str] = "augment"
 
     time_masks: int = 0
     time_mask_width: int = 10
@@ -91,32 +137,33 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    SECTION: ClassVar[str] = "train"
     epochs: int = 10
     lr: float = 3e-4
     weight_decay: float = 0.0
-    optimizer: str = "adamw"            # adam | adamw
-    scheduler: str = "cosine"           # cosine | constant
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    scheduler: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = 0
     grad_clip: float = 5.0
     accumulation_steps: int = 1
     eval_every: int = 1                 # epochs between dev evaluations
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"             # fp32 | bf16 | fp16 (CUDA): autocast for the model; losses stay float32
+    precision: Precision = "fp32"       # autocast for the model; losses stay float32
     output_dir: str = "runs/model"
     log_every: int = 10                 # optimizer steps between scalar logs
     progress: bool = True
 
     def __post_init__(self):
+        _check_choices(self)
         _at_least("train", self, epochs=1, accumulation_steps=1, eval_every=1, log_every=1, warmup_steps=0)
         if self.lr <= 0:
             raise OfflineKDError(f"train.lr must be > 0, got {self.lr}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise OfflineKDError(f"train.precision must be one of fp32, bf16, fp16, got {self.precision!r}")
 
 
 @dataclass(frozen=True)
 class DistillConfig:
+    SECTION: ClassVar[str] = "distill"
     cache: str = "cache/teacher.zarr"
     alpha: float = 0.7                  # soft KL weight
     beta: float = 0.2                   # hard CTC weight
@@ -127,9 +174,9 @@ class DistillConfig:
     layer_mapping: dict = field(default_factory=lambda: {2: 2, 3: 4})   # student layer -> teacher layer
     init_checkpoint: Optional[str] = None
     storage_options: dict = field(default_factory=dict)   # fsspec options for a URL cache
-    kl_frames: str = "all"              # all | spikes: KL only within spike_context frames of a teacher spike
+    kl_frames: Literal["all", "spikes"] = "all"     # spikes: KL only within spike_context frames of a teacher spike
     spike_context: int = 2              # blank frames kept on each side of a spike (kl_frames: spikes)
-    kl_target: str = "full"             # full | collapsed: KL over (blank, teacher's token, rest) only
+    kl_target: Literal["full", "collapsed"] = "full"    # collapsed: KL over (blank, teacher's token, rest) only
     kd_start_epoch: int = 1             # epochs before it train on CTC alone (warm-up off the blank plateau)
     verify_reads: bool = True           # check every cached utterance's crc32 and its features' sha256 on read (cost: docs/benchmarks.md)
     # splits of untranscribed audio (cached like the training split) mixed into training: their CTC target is the
@@ -141,20 +188,19 @@ class DistillConfig:
     compare_baseline: Optional[str] = None
     # where cached targets are decoded: host (in the loader, numpy), device (the stored codes travel to the training
     # device and are decoded there: the low-rank bases live on it), auto (device on a GPU, host on a CPU)
-    decode_on: str = "auto"
+    decode_on: Where = "auto"
     # augmented views (docs/views.md): with a cache, its own views are used (these, if given, must equal them);
     # with --online-teacher these are the views, of the training and untranscribed splits, both models see
     views: list = field(default_factory=list)
     view_seed: int = 0
     # the CTC target of untranscribed utterances: greedy (the teacher's greedy 1-best) or lm (its N-best from a beam
     # search with an n-gram LM, stored at dump time by dump.lm_targets, each hypothesis weighted by its posterior)
-    pseudo_labels: str = "greedy"
+    pseudo_labels: Literal["greedy", "lm"] = "greedy"
 
     def __post_init__(self):
         from offline_kd.data.views import parse_views
+        _check_choices(self)
         parse_views(self.views, "distill.views")
-        if self.pseudo_labels not in ("greedy", "lm"):
-            raise OfflineKDError(f"distill.pseudo_labels must be greedy or lm, got {self.pseudo_labels!r}")
         sched = self.temperature_schedule
         ok = bool(sched) and all(isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], int)
                                  and isinstance(e[1], (int, float)) and e[1] > 0 for e in sched)
@@ -168,10 +214,6 @@ class DistillConfig:
         for key in ("alpha", "beta", "gamma", "seq_weight"):
             if getattr(self, key) < 0:
                 raise OfflineKDError(f"distill.{key} must be >= 0, got {getattr(self, key)}")
-        if self.kl_frames not in ("all", "spikes"):
-            raise OfflineKDError(f"distill.kl_frames must be all or spikes, got {self.kl_frames!r}")
-        if self.kl_target not in ("full", "collapsed"):
-            raise OfflineKDError(f"distill.kl_target must be full or collapsed, got {self.kl_target!r}")
         if self.kl_target == "collapsed" and self.kl_frames != "all":
             raise OfflineKDError("distill.kl_target collapsed works on all frames; set distill.kl_frames: all")
         if self.spike_context < 0:
@@ -181,38 +223,42 @@ class DistillConfig:
                                  f"got {self.untranscribed_splits!r}")
         if not 0 < self.untranscribed_fraction <= 1:
             raise OfflineKDError(f"distill.untranscribed_fraction must be in (0, 1], got {self.untranscribed_fraction}")
-        if self.decode_on not in ("auto", "host", "device"):
-            raise OfflineKDError(f"distill.decode_on must be auto, host or device, got {self.decode_on!r}")
         if self.kd_start_epoch < 1:
             raise OfflineKDError(f"distill.kd_start_epoch must be >= 1 (a 1-based epoch), got {self.kd_start_epoch}")
 
 
 @dataclass(frozen=True)
 class CodecConfig:
+    SECTION: ClassVar[str] = "dump.codecs"
     # Each field's codec as its stored spec: a name (`float16`) or a mapping (`{name: topk, k: 8, coverage: 0.999,
     # tail: lowrank, tail_rank: 112}`, the settings of docs/cache-format.md; num_classes / dim are filled in).
     # The flat keys below are the older way to give settings; they still work, with a deprecation message.
     log_probs: Union[str, dict] = "float16"   # float32 | float16 | topk | sampled | lowrank
     logits_rank: int = 32               # coefficients per frame for lowrank log-probs (and topk_tail lowrank)
-    logits_coeff: str = "int8"          # float16 | int8 (whitened)
+    logits_coeff: Literal["float16", "int8"] = "int8"   # int8: whitened
     sampled_n: int = 32                 # tokens drawn per frame for sampled
     topk_k: int = 16                    # max k for topk
     topk_coverage: Optional[float] = None  # if set, per-frame k = smallest reaching this probability mass (<= topk_k)
-    topk_tail: str = "uniform"          # uniform | prior | lowrank: how decoding spreads the tail mass over tokens
-                                        # not kept (lowrank: shaped by logits_rank coefficients per frame)
+    # how decoding spreads the tail mass over tokens not kept (lowrank: shaped by logits_rank coefficients per frame)
+    topk_tail: Literal["uniform", "prior", "lowrank"] = "uniform"
     hidden: Union[str, dict] = "float16"      # float32 | float16 | int8 | lowrank
     lowrank_rank: int = 256             # coefficients per frame and layer for lowrank hidden states
     lowrank_fit_frames: int = 20000     # frames the fitted state (bases, prior) is computed on
-    lowrank_coeff: str = "float16"      # float16 | int8 (whitened) | step (one fitted quantiser step)
+    # int8: whitened; step: one fitted quantiser step
+    lowrank_coeff: Literal["float16", "int8", "step"] = "float16"
     lowrank_target_error: float = 0.008  # lowrank_coeff step: relative squared error the step is fitted for
-    compressor: str = "zstd"            # zstd | blosc | none
+    compressor: Literal["zstd", "blosc", "none"] = "zstd"
     level: int = 3
+
+    def __post_init__(self):
+        _check_choices(self)
 
 
 @dataclass(frozen=True)
 class LMTargetsConfig:
     """dump.lm_targets: the teacher's N best hypotheses from a beam search with an n-gram LM, per utterance of the
     named splits (docs/cache-format.md; `distill.pseudo_labels: lm` trains on them)."""
+    SECTION: ClassVar[str] = "dump.lm_targets"
     lm: str = ""                        # KenLM model, ARPA or binary
     splits: list = field(default_factory=list)    # dump splits to decode (a split of view_splits: every view)
     nbest: int = 1
@@ -229,6 +275,7 @@ class LMTargetsConfig:
 
 @dataclass(frozen=True)
 class DumpConfig:
+    SECTION: ClassVar[str] = "dump"
     teacher: str = "runs/teacher/checkpoint_best.pt"
     corpus: str = "data/demo"
     splits: list = field(default_factory=lambda: ["train", "dev"])
@@ -237,7 +284,7 @@ class DumpConfig:
     batch_size: int = 32
     max_frames_per_batch: Optional[int] = None
     device: str = "auto"
-    precision: str = "fp32"             # fp32 | bf16 | fp16 (CUDA): the teacher's forward pass under autocast
+    precision: Precision = "fp32"       # the teacher's forward pass under autocast
     chunk_frames: int = 512             # frames per zarr chunk (the unit of compression and reading)
     shard_chunks: int = 32              # chunks per shard (the unit of storage objects and of resume)
     skip_invalid: bool = False
@@ -245,7 +292,7 @@ class DumpConfig:
     num_workers: Union[int, str] = "auto"   # feature-reading processes: auto = none on a CPU, some on a GPU
     # where the codecs encode: host (the writer thread, numpy), device (where the teacher ran; only the codes are
     # copied to the host), auto (device on a GPU, host on a CPU)
-    encode_on: str = "auto"
+    encode_on: Where = "auto"
     progress: bool = True
     codecs: CodecConfig = field(default_factory=CodecConfig)
     storage_options: dict = field(default_factory=dict)
@@ -259,6 +306,7 @@ class DumpConfig:
 
     def __post_init__(self):
         from offline_kd.data.views import parse_views
+        _check_choices(self)
         parse_views(self.views, "dump.views")
         if self.lm_targets is not None:
             from offline_kd.cache.lm_targets import check_lm_targets
@@ -276,10 +324,6 @@ class DumpConfig:
         if isinstance(self.num_workers, str) and self.num_workers != "auto" or \
                 isinstance(self.num_workers, int) and self.num_workers < 0:
             raise OfflineKDError(f"dump.num_workers must be auto or an integer >= 0, got {self.num_workers!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise OfflineKDError(f"dump.precision must be one of fp32, bf16, fp16, got {self.precision!r}")
-        if self.encode_on not in ("auto", "host", "device"):
-            raise OfflineKDError(f"dump.encode_on must be auto, host or device, got {self.encode_on!r}")
 
 
 # ------------------------------------------------------------------------------------------------- top level
@@ -292,6 +336,40 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     distill: Optional[DistillConfig] = None
+
+
+def validate_experiment(cfg: ExperimentConfig, command: str) -> None:
+    """The rules of an experiment config that involve more than one section, for `command` (train |
+    train-student); each is a one-line error. Rules that need the corpus or the cache stay with the command."""
+    d = cfg.distill
+    if command == "train":
+        if d is not None:
+            raise OfflineKDError("this config has a 'distill' section: use `offline-kd train-student`")
+        return
+    if command != "train-student":
+        raise ValueError(f"validate_experiment: unknown command {command!r}")
+    if d is None:
+        raise OfflineKDError("the config has no 'distill' section (cache, alpha, beta, gamma, ...); "
+                             "for CTC-only training use `offline-kd train`")
+    train = [cfg.data.train_split] if isinstance(cfg.data.train_split, str) else list(cfg.data.train_split)
+    if len(train) > 1:
+        raise OfflineKDError(f"data.train_split: train-student trains on one transcribed split, got "
+                             f"{train} (give further audio as distill.untranscribed_splits)")
+    if cfg.augment.speed_perturb:
+        raise OfflineKDError("augment.speed_perturb changes the number of frames, so the cached teacher targets "
+                             "would no longer line up with the student's outputs; cache the teacher on "
+                             "speed-perturbed views instead (dump.views: [{speed: 0.9}, {speed: 1.0}, "
+                             "{speed: 1.1}], docs/views.md)")
+    for name in d.untranscribed_splits:
+        for key in ("train_split", "dev_split"):
+            if name == getattr(cfg.data, key) or key == "train_split" and name in train:
+                raise OfflineKDError(f"distill.untranscribed_splits: '{name}' is data.{key}; give splits of other "
+                                     f"audio (training uses its labels, validation never sees untranscribed data)")
+    # views given here (with --online-teacher the views; with a cache they must equal the cache's); the views a
+    # cache brings are checked against the masks by train-student once it has opened the cache
+    if d.views and (cfg.augment.time_masks or cfg.augment.freq_masks):
+        raise OfflineKDError("augment.time_masks / freq_masks: with views the student sees exactly the view its "
+                             "teacher saw; give the masks in the views (dump.views) and set these to 0")
 
 
 @dataclass(frozen=True)
@@ -307,6 +385,7 @@ def _type_name(tp: Any) -> str:
 @dataclass(frozen=True)
 class AblationConfig:
     """`offline-kd ablate`'s config (see offline_kd/commands/ablate.py)."""
+    SECTION: ClassVar[str] = "ablation"
     base: Union[str, dict] = ""                 # a distillation config path (relative to the ablation file) or mapping
     output_dir: str = "runs/ablation"
     parallel: int = 1                           # runs at a time
@@ -338,6 +417,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             except OfflineKDError as exc:
                 errors.append(str(exc))
         raise OfflineKDError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if origin is Literal:
+        if _is_choice(value, typing.get_args(tp)):
+            return value
+        raise _choice_error(path, value, typing.get_args(tp))
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise OfflineKDError(f"{path}: expected a mapping, got {type(value).__name__}")
@@ -370,7 +453,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 
 
 def build_dataclass(cls: type, data: dict, path: str = "") -> Any:
-    """Build `cls` from a plain dict, rejecting unknown keys and wrong types (messages carry the key path)."""
+    """Build `cls` from a plain dict, rejecting unknown keys, wrong types and values outside a `Literal[...]`
+    (messages carry the key path: `path`, or for a section built on its own its `SECTION`)."""
+    path = path or getattr(cls, "SECTION", "")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:

@@ -132,3 +132,112 @@ def test_ablation_config_is_a_dataclass_with_key_paths_in_errors(tmp_path):
         (tmp_path / "a.yaml").write_text(body)
         res = CliRunner().invoke(main, ["ablate", "--config", str(tmp_path / "a.yaml")])
         assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output, res.output
+
+
+@pytest.mark.parametrize("schema,key,value,allowed", [
+    ("experiment", "train.scheduler", "cosin", "cosine or constant"),
+    ("experiment", "train.optimizer", "sgd", "adam or adamw"),
+    ("experiment", "train.precision", "fp8", "one of fp32, bf16, fp16"),
+    ("experiment", "distill.kl_frames", "some", "all or spikes"),
+    ("experiment", "distill.kl_target", "half", "full or collapsed"),
+    ("experiment", "distill.decode_on", "gpu", "auto, host or device"),
+    ("experiment", "distill.pseudo_labels", "beam", "greedy or lm"),
+    ("dump", "dump.precision", "fp64", "one of fp32, bf16, fp16"),
+    ("dump", "dump.encode_on", "cpu", "auto, host or device"),
+    ("dump", "dump.codecs.compressor", "lz4", "zstd, blosc or none"),
+    ("dump", "dump.codecs.topk_tail", "flat", "uniform, prior or lowrank"),
+    ("dump", "dump.codecs.logits_coeff", "int4", "float16 or int8"),
+    ("dump", "dump.codecs.lowrank_coeff", 8, "float16, int8 or step"),
+])
+def test_a_wrong_choice_is_one_line_with_the_allowed_values(tmp_path, schema, key, value, allowed):
+    """Choice-valued keys are Literal[...]: the loader refuses another value with the key path, the value and the
+    allowed values, in one line; a section built on its own or directly refuses it too; every allowed value loads."""
+    import typing
+    from offline_kd import config as C
+    root = C.ExperimentConfig if schema == "experiment" else C.DumpRootConfig
+    p = tmp_path / "c.yaml"
+    p.write_text("{}\n")
+    with pytest.raises(OfflineKDError) as e:
+        load_config(p, root, [f"{key}={value}"])
+    assert str(e.value) == f"{p}: {key} must be {allowed}, got {value!r}"
+    *sections, name = key.split(".")
+    cls = root
+    for s in sections:
+        cls = typing.get_args(typing.get_type_hints(cls)[s])[0] if s == "distill" else typing.get_type_hints(cls)[s]
+    for build in (lambda: cls(**{name: value}), lambda: C.build_dataclass(cls, {name: value})):
+        with pytest.raises(OfflineKDError, match=f"^{key} must be {allowed}, got {value!r}$"):
+            build()         # a section on its own: the same message, its key path from cls.SECTION
+    for choice in typing.get_args(typing.get_type_hints(cls)[name]):
+        cfg = load_config(p, root, [f"{key}={choice}"])
+        for part in key.split("."):
+            cfg = getattr(cfg, part)
+        assert cfg == choice and type(cfg) is str
+
+
+def test_a_literal_key_saves_the_same_string(tmp_path):
+    from offline_kd.config import DumpRootConfig, save_config
+    cfg = load_config(None, ExperimentConfig, ["train.scheduler=constant", "distill.kl_frames=spikes",
+                                               "train.precision=bf16"])
+    save_config(cfg, tmp_path / "c.yaml")
+    text = (tmp_path / "c.yaml").read_text()
+    assert "scheduler: constant\n" in text and "kl_frames: spikes\n" in text and "precision: bf16\n" in text
+    assert load_config(tmp_path / "c.yaml", ExperimentConfig) == cfg
+    dump = load_config(None, DumpRootConfig, ["dump.codecs.compressor=none", "dump.encode_on=host"])
+    assert dump.dump.codecs.compressor == "none" and dump.dump.encode_on == "host"
+
+
+SPEED = "augment.speed_perturb changes the number of frames"
+MASKS = "augment.time_masks / freq_masks: with views the student sees exactly the view its teacher saw"
+
+
+@pytest.mark.parametrize("command,overrides,message", [
+    ("train", ["distill.alpha=0.5"], "this config has a 'distill' section: use `offline-kd train-student`"),
+    ("train-student", [], "the config has no 'distill' section (cache, alpha, beta, gamma, ...); "
+                          "for CTC-only training use `offline-kd train`"),
+    ("train-student", ["distill.alpha=0.5", "data.train_split=[train, more]"],
+     "data.train_split: train-student trains on one transcribed split, got ['train', 'more'] (give further audio as "
+     "distill.untranscribed_splits)"),
+    ("train-student", ["distill.alpha=0.5", "augment.speed_perturb=[0.9, 1.1]"], SPEED),
+    ("train-student", ["distill.untranscribed_splits=[extra, train]"],
+     "distill.untranscribed_splits: 'train' is data.train_split; give splits of other audio (training uses its "
+     "labels, validation never sees untranscribed data)"),
+    ("train-student", ["distill.untranscribed_splits=[dev]"], "'dev' is data.dev_split"),
+    ("train-student", ["distill.views=[0.9, 1.1]", "augment.time_masks=1"], MASKS),
+    ("train-student", ["distill.views=[{speed: 1.0}]", "augment.freq_masks=2"], MASKS),
+])
+def test_cross_section_rules_are_one_validation_step(command, overrides, message):
+    """Rules between sections that need nothing but the config: refused by validate_experiment, which each
+    command calls first, with the message the command gave before."""
+    from offline_kd.config import validate_experiment
+    cfg = load_config(None, ExperimentConfig, overrides)
+    with pytest.raises(OfflineKDError) as e:
+        validate_experiment(cfg, command)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_validation_accepts_what_each_command_takes():
+    from offline_kd.config import validate_experiment
+    validate_experiment(load_config(None, ExperimentConfig), "train")
+    validate_experiment(load_config(None, ExperimentConfig, ["data.train_split=[a, b]",
+                                                             "augment.speed_perturb=[0.9, 1.1]",
+                                                             "augment.time_masks=2"]), "train")
+    validate_experiment(load_config(None, ExperimentConfig, ["distill.untranscribed_splits=[extra]",
+                                                             "data.train_split=[train]", "augment.time_masks=2"]),
+                        "train-student")
+    validate_experiment(load_config(None, ExperimentConfig, ["distill.views=[0.9, 1.1]"]), "train-student")
+
+
+def test_the_commands_validate_before_anything_else(tmp_path):
+    """train / train-student refuse such a config before they open a corpus (this one does not exist)."""
+    from offline_kd.commands import train, train_student
+    missing = ["data.corpus=" + str(tmp_path / "none"), "train.output_dir=" + str(tmp_path / "run")]
+    with pytest.raises(OfflineKDError, match="has a 'distill' section"):
+        train.run(load_config(None, ExperimentConfig, missing + ["distill.alpha=0.5"]), log=lambda *_: None)
+    with pytest.raises(OfflineKDError, match="'dev' is data.dev_split"):
+        train_student.run(load_config(None, ExperimentConfig, missing + ["distill.untranscribed_splits=[dev]"]),
+                          log=lambda *_: None)
+    with pytest.raises(OfflineKDError, match="speed_perturb changes the number of frames"):
+        train_student.run(load_config(None, ExperimentConfig, missing + ["distill.alpha=0.5",
+                                                                         "augment.speed_perturb=[1.1]"]),
+                          log=lambda *_: None)
+    assert not (tmp_path / "run").exists()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from offline_kd.config import ExperimentConfig
+from offline_kd.config import ExperimentConfig, validate_experiment
 from offline_kd.data.dataset import SpeechDataset, collate
 from offline_kd.data.sampler import BucketBatchSampler
 from offline_kd.data.views import (CollatedByView, ViewBatchSampler, ViewReader, max_view_lengths, parse_views,
                                    valid_in_views)
-from offline_kd.errors import OfflineKDError
 from offline_kd.losses.modules import CTCLoss
 from offline_kd.models.bilstm import build_model
 from offline_kd.models.interface import count_parameters
@@ -19,8 +18,7 @@ from offline_kd.training.trainer import Trainer
 
 
 def run(cfg: ExperimentConfig, resume: bool = False, log=print) -> dict:
-    if cfg.distill is not None:
-        raise OfflineKDError("this config has a 'distill' section: use `offline-kd train-student`")
+    validate_experiment(cfg, "train")
     env, device = distributed.setup(cfg.train.device)
     return distributed.run_then_shutdown(lambda: _run(cfg, resume, env, device, log if env.is_main else quiet))
 

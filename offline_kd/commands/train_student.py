@@ -13,7 +13,7 @@ import numpy as np
 
 from offline_kd.cache.compat import check_cache
 from offline_kd.cache.reader import TargetDecoder, TeacherCache
-from offline_kd.config import ExperimentConfig, ModelConfig, build_dataclass
+from offline_kd.config import ExperimentConfig, ModelConfig, build_dataclass, validate_experiment
 from offline_kd.data.distill_dataset import DistillBatchDataset
 from offline_kd.data.sampler import SortedRunBatchSampler
 from offline_kd.data.views import (ByView, ViewBatchSampler, ViewReader, max_view_lengths, parse_views,
@@ -30,10 +30,7 @@ from offline_kd.training.trainer import Trainer
 
 
 def run(cfg: ExperimentConfig, resume: bool = False, online_teacher: str | None = None, log=print) -> dict:
-    d = cfg.distill
-    if d is None:
-        raise OfflineKDError("the config has no 'distill' section (cache, alpha, beta, gamma, ...); "
-                             "for CTC-only training use `offline-kd train`")
+    validate_experiment(cfg, "train-student")
     env, device = distributed.setup(cfg.train.device)
     return distributed.run_then_shutdown(
         lambda: _run(cfg, resume, online_teacher, env, device, log if env.is_main else quiet))
@@ -41,9 +38,6 @@ def run(cfg: ExperimentConfig, resume: bool = False, online_teacher: str | None 
 
 def _run(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, device, log) -> dict:
     d = cfg.distill
-    if len(train_splits(cfg.data)) > 1:
-        raise OfflineKDError(f"data.train_split: train-student trains on one transcribed split, got "
-                             f"{train_splits(cfg.data)} (give further audio as distill.untranscribed_splits)")
     augment = SpecAugment(cfg.augment, allow_frame_change=False)
     corpus, (train_reader, train_idx), (dev_reader, dev_idx) = open_train_dev(cfg.data, cfg.model, log)
     mapping = {int(s): int(t) for s, t in d.layer_mapping.items()} if d.gamma else {}
@@ -206,10 +200,6 @@ def _open_untranscribed(cfg: ExperimentConfig, corpus, log) -> list:
     """The splits of `distill.untranscribed_splits`, validated: [(name, reader, valid indices)]."""
     out = []
     for name in cfg.distill.untranscribed_splits:
-        for key in ("train_split", "dev_split"):
-            if name == getattr(cfg.data, key) or key == "train_split" and name in train_splits(cfg.data):
-                raise OfflineKDError(f"distill.untranscribed_splits: '{name}' is data.{key}; give splits of other "
-                                     f"audio (training uses its labels, validation never sees untranscribed data)")
         reader, idx = open_split(corpus, name, cfg.model, cfg.data.skip_invalid, log)
         if reader.transcribed:
             log(f"distill.untranscribed_splits: '{name}' has transcripts; they are not used (the teacher's 1-best is)")
