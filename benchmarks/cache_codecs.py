@@ -26,7 +26,7 @@ from _common import Timer, command_line, machine, write_section
 from train_throughput import run_mode
 from offline_kd.cache.info import cache_info
 from offline_kd.cache.reader import TeacherCache
-from offline_kd.cache.verify import fidelity
+from offline_kd.distillation.fidelity import fidelity
 from offline_kd.config import DumpConfig, ExperimentConfig, build_dataclass
 from offline_kd.data.corpus import Corpus
 from offline_kd.data.sampler import SortedRunBatchSampler

@@ -361,8 +361,9 @@ def cache_info(path, as_json):
 @_friendly
 def cache_verify(path, teacher, sample, device, corpus, as_json):
     """Completeness, checksums and shapes; with --teacher, fidelity of the cached outputs."""
-    from offline_kd.cache.verify import verify_cache, format_verify
-    res = verify_cache(path, teacher, sample, device, log=_log, corpus=corpus)
+    from offline_kd.cache.verify import format_verify
+    from offline_kd.distillation.fidelity import verify_with_teacher
+    res = verify_with_teacher(path, teacher, sample, device, log=_log, corpus=corpus)
     click.echo(json.dumps(res) if as_json else format_verify(res))
     if not res["ok"]:
         sys.exit(1)

@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Union
 
@@ -127,7 +127,6 @@ class AugmentConfig:
 
     def __post_init__(self):
         if self.speed_perturb is not None:
-            from offline_kd.data.views import parse_views
             if not self.speed_perturb:
                 raise OfflineKDError("augment.speed_perturb: give at least one speed, e.g. [0.9, 1.0, 1.1]")
             if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in self.speed_perturb):
@@ -198,7 +197,6 @@ class DistillConfig:
     pseudo_labels: Literal["greedy", "lm"] = "greedy"
 
     def __post_init__(self):
-        from offline_kd.data.views import parse_views
         _check_choices(self)
         parse_views(self.views, "distill.views")
         sched = self.temperature_schedule
@@ -305,11 +303,9 @@ class DumpConfig:
     lm_targets: Optional[LMTargetsConfig] = None
 
     def __post_init__(self):
-        from offline_kd.data.views import parse_views
         _check_choices(self)
         parse_views(self.views, "dump.views")
         if self.lm_targets is not None:
-            from offline_kd.cache.lm_targets import check_lm_targets
             check_lm_targets(self.lm_targets, list(self.splits))
         if self.views and not self.view_splits:
             raise OfflineKDError("dump.views: name the splits to cache through them in dump.view_splits "
@@ -534,3 +530,63 @@ def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config (after defaults and overrides) beside an output."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ------------------------------------------------------------------------------ views (data.views applies them)
+_KEYS = ("speed", "time_masks", "time_mask_width", "freq_masks", "freq_mask_width")
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    speed: float = 1.0
+    time_masks: int = 0
+    time_mask_width: int = 0
+    freq_masks: int = 0
+    freq_mask_width: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def frames(self, n: int) -> int:
+        """Frames of an n-frame utterance in this view."""
+        return max(1, int(round(n / self.speed))) if n > 0 else 0
+
+
+def parse_views(raw, where: str) -> tuple[ViewSpec, ...]:
+    """A config's list of views (mappings of _KEYS; a bare number is a speed) -> ViewSpecs; one-line errors."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, (list, tuple)):
+        raise OfflineKDError(f"{where}: give a list of views, e.g. [{{speed: 0.9}}, {{speed: 1.0}}, {{speed: 1.1}}]")
+    out = []
+    for i, v in enumerate(raw):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = {"speed": v}
+        if not isinstance(v, dict):
+            raise OfflineKDError(f"{where}[{i}]: a view is a mapping of {', '.join(_KEYS)} (or a speed), got {v!r}")
+        unknown = sorted(set(v) - set(_KEYS))
+        if unknown:
+            raise OfflineKDError(f"{where}[{i}]: unknown key(s) {', '.join(unknown)} (a view has {', '.join(_KEYS)})")
+        speed = v.get("speed", 1.0)
+        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0.5 <= speed <= 2.0:
+            raise OfflineKDError(f"{where}[{i}].speed must be a number in [0.5, 2], got {speed!r}")
+        ints = {}
+        for k in _KEYS[1:]:
+            x = v.get(k, 0)
+            if isinstance(x, bool) or not isinstance(x, int) or x < 0:
+                raise OfflineKDError(f"{where}[{i}].{k} must be an integer >= 0, got {x!r}")
+            ints[k] = x
+        out.append(ViewSpec(float(speed), **ints))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------- dump.lm_targets (checked with the dump)
+def check_lm_targets(cfg, splits: list[str]) -> None:
+    """One-line errors for a dump.lm_targets section that cannot work."""
+    if not cfg.lm:
+        raise OfflineKDError("dump.lm_targets.lm: give the KenLM model (ARPA or binary) to decode with")
+    if not cfg.splits:
+        raise OfflineKDError("dump.lm_targets.splits: name the splits to decode (e.g. [untranscribed])")
+    outside = [s for s in cfg.splits if s not in splits]
+    if outside:
+        raise OfflineKDError(f"dump.lm_targets.splits: {outside} not in dump.splits {splits}")

@@ -95,7 +95,7 @@ def test_codec_specs_in_the_config_are_the_stored_specs():
     """`codecs.log_probs: {name: topk, k: 8, ...}` gives the same codecs as the older flat keys, which still load
     with a deprecation message; mixing the two or leaving out the name is a one-line error."""
     import pytest as _pytest
-    from offline_kd.commands.dump_teacher import make_codecs
+    from offline_kd.distillation.dump import make_codecs
     from offline_kd.config import DumpConfig, build_dataclass
     from offline_kd.errors import OfflineKDError
     nested = build_dataclass(DumpConfig, {"codecs": {

@@ -113,7 +113,7 @@ def test_compact_dump_encoded_on_the_gpu(cuda_teacher, tiny_corpus, tmp_path):
     (#14 item 3)."""
     from helpers import CODECS
     from offline_kd.cache.reader import TeacherCache
-    from offline_kd.cache.verify import verify_cache
+    from offline_kd.distillation.fidelity import verify_with_teacher as verify_cache
     paths = {w: tmp_path / f"{w}.zarr" for w in ("auto", "host")}
     for where, path in paths.items():
         dump_teacher.run(dump_cfg(cuda_teacher, tiny_corpus, path, device="cuda", encode_on=where,

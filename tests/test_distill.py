@@ -137,7 +137,8 @@ def test_train_student_never_reads_the_teacher_checkpoint(f32_cache, tiny_teache
         assert str(path) != str(tiny_teacher), "train-student read the teacher checkpoint"
         return orig(path, *a, **k)
     monkeypatch.setattr(ck, "load_checkpoint", guarded)
-    monkeypatch.setattr(train_student, "load_checkpoint", guarded)
+    import offline_kd.distillation.student as student
+    monkeypatch.setattr(student, "load_checkpoint", guarded)
     cfg = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, f32_cache, tmp_path / "run", epochs=1))
     train_student.run(cfg, **QUIET)
 

@@ -14,6 +14,7 @@ from offline_kd.cache.lm_targets import nbest_weights
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.cli import main
 from offline_kd.commands import dump_teacher, train_student
+from offline_kd.distillation import dump as dump_module
 from offline_kd.config import DumpConfig, ExperimentConfig, build_dataclass
 from offline_kd.data.corpus import Corpus
 from offline_kd.data.targets import TeacherTargets
@@ -146,7 +147,7 @@ def _no_lm_cache_cfg(teacher, corpus, tmp_path):
 
 def test_a_dump_stopped_while_decoding_the_lm_nbest_resumes_to_the_same_cache(tiny_teacher, tiny_corpus, arpa,
                                                                              lm_cache, tmp_path, monkeypatch):
-    from offline_kd.cache import lm_targets
+    from offline_kd.distillation import pseudo_labels as lm_targets
     real = lm_targets.decode_split
     calls = []
 
@@ -177,7 +178,7 @@ def _no_teacher(monkeypatch):
     """Make any teacher pass of dump-teacher fail the test."""
     def ran(*a, **k):
         raise AssertionError("the teacher ran")
-    monkeypatch.setattr(dump_teacher, "iterate_outputs", ran)
+    monkeypatch.setattr(dump_module, "iterate_outputs", ran)
 
 
 def _verify_ok(path):
@@ -213,7 +214,7 @@ def test_an_incomplete_dump_reruns_with_other_lm_settings_and_redoes_only_the_nb
                                                                                      lm_cache, tmp_path, monkeypatch):
     """#29 item 5: a dump stopped in its N-best stage (as one with a bad LM used to be) is finished by a rerun whose
     dump.lm_targets differ (another LM file, other settings): no refusal, no teacher pass, a sealed cache."""
-    from offline_kd.cache import lm_targets
+    from offline_kd.distillation import pseudo_labels as lm_targets
     real = lm_targets.decode_split
 
     def dies(split, *a, **k):

@@ -6,7 +6,8 @@ import pytest
 import zarr
 
 from helpers import write_unigram_arpa
-from offline_kd.cache.lm_targets import NBest, check_lm_targets, decode_split, nbest_weights
+from offline_kd.cache.lm_targets import NBest, check_lm_targets, nbest_weights
+from offline_kd.distillation.pseudo_labels import decode_split
 from offline_kd.config import LMTargetsConfig
 from offline_kd.data.vocab import Vocabulary
 from offline_kd.decoding.beam import BeamSearchDecoder

@@ -9,7 +9,7 @@ from offline_kd.config import ExperimentConfig, build_dataclass
 from offline_kd.errors import OfflineKDError
 from offline_kd.models.bilstm import BiLSTMCTC
 from offline_kd.config import ModelConfig
-from offline_kd.training.numerics import AutocastModel, exact_numerics, with_precision
+from offline_kd.models.numerics import AutocastModel, exact_numerics, with_precision
 from offline_kd.training.trainer import check_resume_config
 
 
@@ -105,7 +105,7 @@ def test_bad_num_workers_is_refused_by_name(tiny_corpus, tmp_path, value):
 def test_precision_names_devices_and_scaler_choice():
     """The pieces `train.precision` is made of, on device objects (no GPU needed to construct them)."""
     import warnings
-    from offline_kd.training.numerics import check_precision, grad_scaler
+    from offline_kd.models.numerics import check_precision, grad_scaler
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert check_precision("fp32", cpu) is None and check_precision("bf16", cpu) is torch.bfloat16
     assert check_precision("fp16", gpu) is torch.float16 and check_precision("bf16", gpu) is torch.bfloat16
@@ -134,7 +134,7 @@ def test_bf16_dump_records_its_precision_and_verifies_in_it(tiny_teacher, tiny_c
     from helpers import dump_cfg
     from offline_kd.cache.info import cache_info, format_info
     from offline_kd.cache.reader import TeacherCache
-    from offline_kd.cache.verify import fidelity
+    from offline_kd.distillation.fidelity import fidelity
     from offline_kd.commands import dump_teacher
     out = tmp_path / "bf16.zarr"
     dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["train"], precision="bf16"), **QUIET)
@@ -146,7 +146,7 @@ def test_bf16_dump_records_its_precision_and_verifies_in_it(tiny_teacher, tiny_c
     x, y = a.split("train").read(0), b.split("train").read(0)
     assert x["log_probs"].shape == y["log_probs"].shape and not np.array_equal(x["log_probs"], y["log_probs"])
     assert np.abs(np.exp(x["log_probs"]) - np.exp(y["log_probs"])).max() < 0.1
-    import offline_kd.cache.verify as verify
+    import offline_kd.distillation.fidelity as verify
     asked = []
     monkeypatch.setattr(verify, "with_precision", lambda m, p, *a: asked.append(p) or with_precision(m, p, *a))
     fid = fidelity(a, str(tiny_teacher), sample=4, device="cpu", log=lambda *_: None)
@@ -188,7 +188,7 @@ def test_every_teacher_forward_pass_runs_in_exact_numerics(tiny_teacher, tiny_co
     forward pass (on a CPU the flags change nothing, so this is checked by counting, not by numbers)."""
     import contextlib
     from helpers import dump_cfg, student_dict
-    import offline_kd.cache.verify as verify
+    import offline_kd.distillation.fidelity as verify
     import offline_kd.losses.modules as modules
     import offline_kd.training.inference as inference
     from offline_kd.cache.reader import TeacherCache

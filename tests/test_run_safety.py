@@ -94,17 +94,18 @@ def test_a_dump_that_fails_while_fitting_leaves_nothing_and_reruns(tiny_teacher,
     from offline_kd.cli import main
     out = tmp_path / "c.zarr"
     codecs = {"hidden": "lowrank", "lowrank_rank": 8, "lowrank_coeff": "int8", "lowrank_fit_frames": 300}
-    real = dump_teacher._fit_state
+    from offline_kd.distillation import dump as dump_module
+    real = dump_module._fit_state
 
     def fails(*a, **k):
         raise stop
-    monkeypatch.setattr(dump_teacher, "_fit_state", fails)
+    monkeypatch.setattr(dump_module, "_fit_state", fails)
     with pytest.raises(type(stop)):
         dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["dev"], codecs=codecs), **QUIET)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
     r = CliRunner().invoke(main, ["cache", "info", str(out)])
     assert r.exit_code != 0 and "not an offline-kd cache" not in r.output
-    monkeypatch.setattr(dump_teacher, "_fit_state", real)
+    monkeypatch.setattr(dump_module, "_fit_state", real)
     res = dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["dev"], codecs=codecs), **QUIET)
     assert res["frames_written"] > 0
 

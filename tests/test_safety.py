@@ -20,6 +20,7 @@ from offline_kd.cache.integrity import INTEGRITY_KEY, MISSING_SEAL
 from offline_kd.cache.layout import META_KEY
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.cache.verify import format_verify, verify_cache
+from offline_kd.distillation.fidelity import verify_with_teacher
 from offline_kd.cli import main
 from offline_kd.commands import dump_teacher, train_student
 from offline_kd.config import ExperimentConfig, build_dataclass
@@ -227,8 +228,8 @@ def test_verify_follows_no_corpus_path_the_seal_does_not_cover(f32_cache, tiny_c
     root.attrs[META_KEY] = {**root.attrs[META_KEY], "corpus": str(tmp_path / "elsewhere")}
     (tmp_path / "elsewhere").mkdir()
     with pytest.raises(OfflineKDError, match="its corpus path is not followed: give the corpus with --corpus"):
-        verify_cache(str(out), teacher=str(tiny_teacher), sample=1, device="cpu", **QUIET)
-    res = verify_cache(str(out), teacher=str(tiny_teacher), sample=1, device="cpu", corpus=str(tiny_corpus),
+        verify_with_teacher(str(out), teacher=str(tiny_teacher), sample=1, device="cpu", **QUIET)
+    res = verify_with_teacher(str(out), teacher=str(tiny_teacher), sample=1, device="cpu", corpus=str(tiny_corpus),
                        **QUIET)
     assert not res["ok"] and res["fidelity"]["top1_agreement"] == 1.0     # the seal's finding, and the fidelity
     assert os.listdir(tmp_path / "elsewhere") == []

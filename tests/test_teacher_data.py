@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from helpers import QUIET, experiment_dict, student_dict, tiny_spec
 from offline_kd.cli import main
 from offline_kd.commands import train, train_student
-from offline_kd.commands.common import open_train_dev
+from offline_kd.data.splits import open_train_dev
 from offline_kd.config import DataConfig, ExperimentConfig, ModelConfig, build_dataclass
 from offline_kd.data.corpus import ConcatSplitReader, Corpus
 from offline_kd.data.synth import write_synth_corpus

@@ -13,8 +13,11 @@ import os
 import numpy as np
 import zarr
 
+from offline_kd.cache import integrity
 from offline_kd.cache.codecs import codec_from_spec, load_state
+from offline_kd.cache.lm_targets import NBest
 from offline_kd.cache.meta import CacheMeta
+from offline_kd.cache.writer import split_progress
 from offline_kd.cache.layout import decode_hashes, decode_ids, field_arrays, open_group, read_meta, utterance_checksum
 from offline_kd.errors import OfflineKDError
 
@@ -61,7 +64,6 @@ class CacheSplit:
     def lm_nbest(self, position: int) -> list:
         """The stored LM N-best of the utterance at `position`: [(token ids, weight), ...] (dump.lm_targets)."""
         if self._nbest is None:
-            from offline_kd.cache.lm_targets import NBest
             self._nbest = NBest(self.group)
         return self._nbest.get(position)
 
@@ -201,7 +203,6 @@ class TeacherCache:
         self.root = open_group(self.path, "r", storage_options)
         self.meta = CacheMeta.from_dict(read_meta(self.root, self.path), self.path)
         if require_complete and not self.meta.complete:
-            from offline_kd.cache.writer import split_progress
             done = {s: f"{split_progress(self.root[s])[1]}/{self.root[s].attrs.get('num_utterances')}"
                     for s in self.meta.splits if s in self.root and self.root[s].attrs.get("created")}
             raise OfflineKDError(f"{self.path}: the cache is incomplete (utterances written per split: {done}); "
@@ -215,7 +216,6 @@ class TeacherCache:
     def _check_seal(self) -> None:
         """The sealed digests of the metadata and of every array that is not per-frame (ids, offsets, fitted codec
         state, ...): what shapes decoding is checked once at open; per-frame data is checked on every read."""
-        from offline_kd.cache import integrity
         fields = [p for p, *_ in field_arrays(self.lp_codec, self.hidden_codecs)]
         problems, _ = integrity.check(self.root, self.splits, fields)
         if problems:

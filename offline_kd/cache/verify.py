@@ -1,37 +1,24 @@
-"""`offline-kd cache verify`: completeness, per-utterance checksums and shapes; with the teacher, fidelity.
+"""`offline-kd cache verify`: completeness, per-utterance checksums and shapes, the integrity seal.
 
 Structural checks read every utterance's stored bytes back and compare them with the crc32 recorded by the writer,
-and check offsets against the recorded input frame counts. With `--teacher`, a sample of utterances per split is
-recomputed live and compared with the decoded cache: KL(live || cached) at T = 1, 3, 4 (mean and max per frame),
-top-1 agreement, hidden-state relative squared error, and the greedy WER of cached vs live outputs.
+and check offsets against the recorded input frame counts. The comparison with a live teacher (`--teacher`) is
+offline_kd.distillation.fidelity; `format_verify` prints both.
 """
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
-import torch
 
 from offline_kd.cache import integrity
 from offline_kd.cache.layout import field_arrays, utterance_checksum
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.cache.writer import shard_starts, shards_done, whole_utterances
-from offline_kd.data.targets import collapse_best_path
 from offline_kd.data.validate import output_frames
-from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
-from offline_kd.training.numerics import exact_numerics, with_precision
 
 TEMPERATURES = (1.0, 3.0, 4.0)
 _READ_FRAMES = 65536   # structural check reads utterances in runs of about this many frames
-
-
-def kl_per_frame(live: np.ndarray, cached: np.ndarray, temperature: float) -> np.ndarray:
-    """KL(softmax(live/T) || softmax(cached/T)) per frame; inputs (F, V) log-probs."""
-    p = torch.log_softmax(torch.from_numpy(live).double() / temperature, -1)
-    q = torch.log_softmax(torch.from_numpy(cached).double() / temperature, -1)
-    return (p.exp() * (p - q)).sum(-1).clamp_min(0).numpy()
 
 
 def _stored_checksums(split) -> tuple[np.ndarray, np.ndarray]:
@@ -93,62 +80,9 @@ def structural_check(cache: TeacherCache, log=print) -> dict:
     return {"utterances_checked": checked, "problems": problems}
 
 
-@torch.no_grad()
-def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, log=print,
-             corpus_dir: str | None = None) -> dict:
-    from offline_kd.data.corpus import Corpus
-    from offline_kd.training.checkpoint import file_sha256, model_from_checkpoint
-    from offline_kd.data.views import corpus_reader
-    from offline_kd.training.inference import resolve_device
-    dev = resolve_device(device)
-    if file_sha256(teacher_path) != cache.meta.teacher["sha256"]:
-        log(f"warning: {teacher_path} is not the checkpoint file the cache was made from (sha256 differs)")
-    model, vocab, _ = model_from_checkpoint(teacher_path, dev)
-    # the teacher recomputed in the precision the dump used (older caches: float32)
-    model = with_precision(model, cache.meta.dump_config.get("precision", "fp32"), dev, "the cache's dump.precision")
-    corpus = Corpus(corpus_dir or cache.meta.corpus)
-    layers = cache.layers
-    kls = {t: [] for t in TEMPERATURES}
-    agree, frames, herr_num, herr_den = 0, 0, {L: 0.0 for L in layers}, {L: 0.0 for L in layers}
-    refs, hyps = [], []
-    for s in cache.splits:
-        split = cache.split(s)
-        reader = corpus_reader(corpus, s, cache.meta.views)      # a view's split: the corpus seen through it
-        positions = np.linspace(0, len(split) - 1, num=min(sample, len(split))).round().astype(int)
-        for p in sorted(set(positions.tolist())):
-            u = split.utterance_ids[p]
-            if u not in reader.index:
-                raise OfflineKDError(f"utterance {u} of the cache is not in {reader.path}")
-            i = reader.index[u]
-            x = torch.from_numpy(reader.features(i))[None].to(dev)
-            with exact_numerics():
-                lp, out_len, hidden = model.forward_with_hidden_states(x, torch.tensor([x.shape[1]], device=dev),
-                                                                       layers)
-            live = lp[:, 0].float().cpu().numpy()
-            cached = split.read(p)
-            for t in TEMPERATURES:
-                kls[t].append(kl_per_frame(live, cached["log_probs"], t))
-            agree += int((live.argmax(-1) == cached["log_probs"].argmax(-1)).sum())
-            frames += live.shape[0]
-            for L in layers:
-                h = hidden[L][0].float().cpu().numpy()
-                herr_num[L] += float(((h - cached["hidden"][L]) ** 2).sum())
-                herr_den[L] += float((h ** 2).sum())
-            hyps.append(vocab.decode(collapse_best_path(cached["best_path"]).tolist()))
-            refs.append(vocab.decode(collapse_best_path(live.argmax(-1)).tolist()))
-    out = {"frames_compared": frames, "top1_agreement": agree / max(frames, 1),
-           "hidden_relative_sq_error": {L: herr_num[L] / max(herr_den[L], 1e-30) for L in layers}}
-    for t in TEMPERATURES:
-        allk = np.concatenate(kls[t]) if kls[t] else np.zeros(1)
-        out[f"kl_T{t:g}_mean"] = float(allk.mean())
-        out[f"kl_T{t:g}_max"] = float(allk.max())
-    rates = error_rates(refs, hyps)
-    out["greedy_wer_cached_vs_live"] = rates["wer"] if not math.isnan(rates["wer"]) else 0.0
-    return out
-
-
-def verify_cache(path: str, teacher: str | None = None, sample: int = 32, device: str = "auto",
-                 storage_options: dict | None = None, log=print, corpus: str | None = None) -> dict:
+def verify_cache(path: str, storage_options: dict | None = None, log=print) -> dict:
+    """Completeness, per-utterance checksums and shapes, the seal (offline_kd.distillation.fidelity adds the live
+    teacher's comparison)."""
     cache = TeacherCache(path, storage_options, require_complete=False, verify_reads=False)   # checked here
     res = {"path": path, "complete": bool(cache.meta.complete)}
     problems = []
@@ -161,13 +95,6 @@ def verify_cache(path: str, teacher: str | None = None, sample: int = 32, device
         fields = [p for p, *_ in field_arrays(cache.lp_codec, cache.hidden_codecs)]
         sealed_problems, res["sealed"] = integrity.check(cache.root, cache.splits, fields)
         problems += sealed_problems
-    if teacher is not None:
-        trusted = res["complete"] and res.get("sealed") and not problems
-        if corpus is None and not trusted:       # the metadata's corpus path is only followed under an intact seal
-            raise OfflineKDError(f"{path}: the cache's metadata is not covered by an intact seal ("
-                                 f"{'incomplete' if not res['complete'] else 'problems found' if problems else 'unsealed'}"
-                                 f"), so its corpus path is not followed: give the corpus with --corpus")
-        res["fidelity"] = fidelity(cache, teacher, sample, device, log, corpus)
     res["problems"] = problems
     res["ok"] = not problems
     return res

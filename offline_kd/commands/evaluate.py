@@ -8,10 +8,11 @@ from pathlib import Path
 from offline_kd.data.corpus import Corpus
 from offline_kd.errors import OfflineKDError
 from offline_kd.models.interface import count_parameters, model_size_mb
-from offline_kd.commands.common import open_split
+from offline_kd.data.splits import open_split
 from offline_kd.training.checkpoint import model_from_checkpoint
 from offline_kd.training.inference import evaluate_greedy, resolve_device
 from offline_kd.decoding.metrics import error_rates
+from offline_kd.decoding.beam import BeamSearchDecoder
 
 
 def run(checkpoint: str, split: str, *, corpus_dir: str | None = None, device: str = "auto", batch_size: int = 32,
@@ -39,7 +40,6 @@ def run(checkpoint: str, split: str, *, corpus_dir: str | None = None, device: s
         "frames": greedy["frames"],
     }
     if want_beam:
-        from offline_kd.decoding.beam import BeamSearchDecoder
         if lm is not None and not Path(lm).is_file():
             raise OfflineKDError(f"--lm: language model file not found: {lm}")
         try:

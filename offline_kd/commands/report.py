@@ -10,8 +10,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from offline_kd.errors import OfflineKDError
 from offline_kd.commands import evaluate
+from offline_kd.data.corpus import Corpus
+from offline_kd.data.splits import open_split
+from offline_kd.training.checkpoint import model_from_checkpoint
+from offline_kd.training.inference import decode_speed, resolve_device
+from offline_kd.commands import tune_lm
 
 
 def _checkpoint(run: Path) -> Path:
@@ -30,7 +37,6 @@ def _epochs(run: Path) -> list[dict]:
 
 
 def _kind(run: Path) -> str:
-    import yaml
     cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
     return "distilled" if cfg and cfg.get("distill") else "CTC"
 
@@ -121,10 +127,6 @@ def measure_speeds(rows: list[dict], split: str, corpus: str | None, device: str
                    repeats: int = 5) -> None:
     """Decode speed of every run, measured after all evaluation work, one run after another, with the same
     utterances, batch size, threads and device (`decode_speed`); stored in each row."""
-    from offline_kd.data.corpus import Corpus
-    from offline_kd.commands.common import open_split
-    from offline_kd.training.checkpoint import model_from_checkpoint
-    from offline_kd.training.inference import decode_speed, resolve_device
     dev = resolve_device(device)
     for row in rows:
         model, vocab, ckpt = model_from_checkpoint(row["checkpoint"], dev)
@@ -155,7 +157,6 @@ def run(run_dirs: list[str], out: str, *, split: str = "test", corpus: str | Non
         row = {"name": run_dir.name, "path": str(run_dir), "checkpoint": str(ckpt), "type": _kind(run_dir),
                **{k: res[k] for k in ("wer", "cer", "num_parameters", "model_size_mb", "num_utterances")}}
         if lm and tune_split:
-            from offline_kd.commands import tune_lm
             tuned = tune_lm.run(str(ckpt), lm, alphas or [alpha], betas or [beta], dev_split=tune_split,
                                 test_split=split, corpus_dir=corpus, beam_width=beam_width, num_processes=1,
                                 device=device, log=lambda *_: None)["test"]

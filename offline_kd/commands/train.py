@@ -11,7 +11,7 @@ from offline_kd.losses.modules import CTCLoss
 from offline_kd.models.bilstm import build_model
 from offline_kd.models.interface import count_parameters
 from offline_kd.models.augment import SpecAugment
-from offline_kd.commands.common import open_train_dev, quiet
+from offline_kd.data.splits import open_train_dev, quiet
 from offline_kd.training.checkpoint import seed_everything
 from offline_kd.training import distributed
 from offline_kd.training.trainer import Trainer

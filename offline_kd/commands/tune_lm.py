@@ -14,13 +14,13 @@ from pathlib import Path
 from offline_kd.data.corpus import Corpus
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
-from offline_kd.commands.common import open_split
+from offline_kd.data.splits import open_split
 from offline_kd.training.checkpoint import model_from_checkpoint
 from offline_kd.training.inference import evaluate_greedy, resolve_device
+from offline_kd.decoding.beam import BeamSearchDecoder
 
 
 def _decoder(vocab, lm, beam_width, num_processes):
-    from offline_kd.decoding.beam import BeamSearchDecoder
     if not Path(lm).is_file():
         raise OfflineKDError(f"--lm: language model file not found: {lm}")
     try:

@@ -17,61 +17,15 @@ it changes duration, not pitch.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from offline_kd.data.corpus import feature_sha256
+from offline_kd.config import ViewSpec, parse_views  # noqa: F401  (re-exported: views are config data)
+from offline_kd.data.validate import validate_split
 from offline_kd.errors import OfflineKDError
 
 VIEW_SEP = "@"
-_KEYS = ("speed", "time_masks", "time_mask_width", "freq_masks", "freq_mask_width")
-
-
-@dataclass(frozen=True)
-class ViewSpec:
-    speed: float = 1.0
-    time_masks: int = 0
-    time_mask_width: int = 0
-    freq_masks: int = 0
-    freq_mask_width: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def frames(self, n: int) -> int:
-        """Frames of an n-frame utterance in this view."""
-        return max(1, int(round(n / self.speed))) if n > 0 else 0
-
-
-def parse_views(raw, where: str) -> tuple[ViewSpec, ...]:
-    """A config's list of views (mappings of _KEYS; a bare number is a speed) -> ViewSpecs; one-line errors."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, (list, tuple)):
-        raise OfflineKDError(f"{where}: give a list of views, e.g. [{{speed: 0.9}}, {{speed: 1.0}}, {{speed: 1.1}}]")
-    out = []
-    for i, v in enumerate(raw):
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            v = {"speed": v}
-        if not isinstance(v, dict):
-            raise OfflineKDError(f"{where}[{i}]: a view is a mapping of {', '.join(_KEYS)} (or a speed), got {v!r}")
-        unknown = sorted(set(v) - set(_KEYS))
-        if unknown:
-            raise OfflineKDError(f"{where}[{i}]: unknown key(s) {', '.join(unknown)} (a view has {', '.join(_KEYS)})")
-        speed = v.get("speed", 1.0)
-        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0.5 <= speed <= 2.0:
-            raise OfflineKDError(f"{where}[{i}].speed must be a number in [0.5, 2], got {speed!r}")
-        ints = {}
-        for k in _KEYS[1:]:
-            x = v.get(k, 0)
-            if isinstance(x, bool) or not isinstance(x, int) or x < 0:
-                raise OfflineKDError(f"{where}[{i}].{k} must be an integer >= 0, got {x!r}")
-            ints[k] = x
-        out.append(ViewSpec(float(speed), **ints))
-    return tuple(out)
-
-
 def view_name(split: str, k: int) -> str:
     return f"{split}{VIEW_SEP}{k}"
 
@@ -220,7 +174,6 @@ class CollatedByView:
 def valid_in_views(readers: list, valid: np.ndarray, vocab, model_cfg, skip_invalid: bool, log) -> np.ndarray:
     """The indices of `valid` that are valid in every view (a faster view can leave a transcript too long for the
     model's output frames)."""
-    from offline_kd.data.validate import validate_split
     keep = set(np.asarray(valid).tolist())
     for r in readers:
         keep &= set(validate_split(r, vocab, model_cfg.input_dim, model_cfg.subsampling, skip_invalid=skip_invalid,

@@ -15,7 +15,7 @@ from offline_kd.data.targets import EncodedTargets, TeacherTargets
 from offline_kd.errors import InternalError, OfflineKDError
 from offline_kd.losses.kd import ctc_loss, hybrid_loss, temperature_at
 from offline_kd.models.projection import FeatureProjections
-from offline_kd.training.numerics import exact_numerics
+from offline_kd.models.numerics import exact_numerics
 
 
 class LossFn(Protocol):

@@ -17,7 +17,7 @@ from offline_kd.data.vocab import Vocabulary
 from offline_kd.decoding.greedy import greedy_ids
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
-from offline_kd.training.numerics import exact_numerics
+from offline_kd.models.numerics import exact_numerics
 
 
 def resolve_device(name: str) -> torch.device:

@@ -46,7 +46,7 @@ from offline_kd.training import distributed
 from offline_kd.training.checkpoint import (load_checkpoint, rng_state, save_checkpoint, seed_everything,
                                             set_rng_state)
 from offline_kd.training.inference import evaluate_greedy, resolve_num_workers, worker_context
-from offline_kd.training.numerics import grad_scaler, with_precision
+from offline_kd.models.numerics import grad_scaler, with_precision
 
 
 class _WithHidden(nn.Module):

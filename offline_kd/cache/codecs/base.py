@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,9 @@ class CodecBase:
         return {}
 
     def encode_torch(self, x, state: dict) -> dict:
-        import torch
         return {k: torch.from_numpy(v) for k, v in self.encode(x.float().cpu().numpy()).items()}
 
     def decode_torch(self, a: dict, state: dict):
-        import torch
         device = next(iter(a.values())).device
         return torch.from_numpy(self.decode({k: v.cpu().numpy() for k, v in a.items()})).to(device)
 
@@ -122,7 +121,6 @@ def int8_encode(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def int8_encode_torch(x):
     """int8_encode for a torch tensor (the same float32 operations, so the same codes)."""
-    import torch
     scale = x.abs().amax(1) / 127.0
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.clamp(torch.round(x / safe[:, None]), -127, 127).to(torch.int8)

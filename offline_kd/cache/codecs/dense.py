@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import torch
 
 from offline_kd.cache.codecs.base import CodecBase, FieldArray, int8_encode, int8_encode_torch
 from offline_kd.cache.codecs.registry import register_codec
@@ -36,7 +37,6 @@ class _Dense(CodecBase):
         return a[""].float()
 
     def encode_torch(self, x, state: dict) -> dict:
-        import torch
         return {"": x.to(getattr(torch, self.dtype))}
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
+import torch
 
 from offline_kd.cache.codecs.base import CodecBase, FieldArray, int8_encode, int8_encode_torch, logsumexp
 from offline_kd.cache.codecs.registry import register_codec
@@ -42,7 +43,6 @@ def _pca(sample: np.ndarray, rank: int, target_error: float | None = None) -> di
         w, v = np.linalg.eigh(x.T @ x)
         s, vt = np.sqrt(np.maximum(w[::-1][:rank], 0.0)), v[:, ::-1][:, :rank].T
     else:
-        import torch
         _, s_t, v_t = torch.svd_lowrank(torch.from_numpy(x), q=min(rank + 16, min(x.shape)), niter=4)
         s, vt = s_t[:rank].numpy(), v_t[:, :rank].T.numpy()
     n = max(len(x), 1)
@@ -129,7 +129,6 @@ class _LowRank(CodecBase):
         return c @ self.basis + self.mean
 
     def device_state(self, device) -> dict:
-        import torch
         if self.basis is None:
             raise InternalError(f"{self.name} codec has no fitted basis (internal error)")
         st = {k: torch.from_numpy(np.asarray(v, np.float32)).to(device)
@@ -139,7 +138,6 @@ class _LowRank(CodecBase):
         return st
 
     def _encode_torch(self, x, st: dict) -> dict:
-        import torch
         c = (x - st["mean"]) @ st["basis"].T
         if self.coeff == "step":
             return {"/codes": torch.clamp(torch.round(c / st["step"]), -127, 127).to(torch.int8)}

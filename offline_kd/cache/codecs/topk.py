@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
+import torch
 
 from offline_kd.cache.codecs.base import CodecBase, FieldArray, index_dtype, logsumexp
 from offline_kd.cache.codecs.lowrank import LowRankLogProbs
@@ -153,7 +154,6 @@ class TopKLogProbs(CodecBase):
         return dense
 
     def device_state(self, device) -> dict:
-        import torch
         if self.tail == "prior":
             if self.prior is None:
                 raise InternalError("topk codec with tail 'prior' has no fitted prior (internal error)")
@@ -167,7 +167,6 @@ class TopKLogProbs(CodecBase):
 
     def encode_torch(self, x, state: dict) -> dict:
         """encode() on the device: the same selection, coverage and float64 tail (ties may be ordered otherwise)."""
-        import torch
         vals, idx = torch.topk(x, self.k, dim=1)              # largest first
         vals = vals.double()
         if self.coverage is None:
@@ -186,7 +185,6 @@ class TopKLogProbs(CodecBase):
 
     def decode_torch(self, a: dict, state: dict):
         """decode() on the device, without a host sync: entries not kept scatter into a spare column."""
-        import torch
         values, tail = a["/values"].float(), a["/tail_log_mass"].float()
         indices, count = a["/indices"].long(), a["/count"].long()
         f, v = values.shape[0], self.num_classes

@@ -1,4 +1,4 @@
-"""Glue shared by the commands: open a corpus split for a model, validated."""
+"""Opening corpus splits for a model, validated: the training split(s), dev, and any named split."""
 
 from __future__ import annotations
 

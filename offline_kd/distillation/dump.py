@@ -1,0 +1,292 @@
+"""The dump (`offline-kd dump-teacher`): run the teacher once over the corpus into a Zarr v3 cache.
+
+The dump plan (utterance order, batches, frame offsets) is a pure function of the corpus and the dump config, so
+an interrupted dump resumes on exactly the same batches and the finished cache is byte-identical to an
+uninterrupted one. Teacher inference overlaps encoding and writing, which run in a background thread.
+
+Under torchrun (`torchrun --nproc_per_node N -m offline_kd dump-teacher ...`) rank 0 prepares the store, every rank
+computes the batches that reach into its own contiguous block of shards and writes only those shards, and rank 0
+finalises the metadata after every rank has finished. Progress is recorded per shard, so a rerun with any number of
+processes resumes after whatever was stored, and the arrays equal those of a single-process dump.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from offline_kd import __version__
+from offline_kd.cache.codecs import codec_from_spec, state_arrays
+from offline_kd.cache.layout import META_KEY, open_group
+from offline_kd.cache.meta import CacheMeta
+from offline_kd.locking import cache_lock
+from offline_kd.cache.store import finalize, needed_batches, prepare_store
+from offline_kd.cache.reader import build_codecs
+from offline_kd.cache.writer import DeviceEncoder, SplitWriter, shard_frame_count, shards_done
+from offline_kd.config import CodecConfig, DumpConfig
+from offline_kd.data.corpus import Corpus, feature_sha256
+from offline_kd.data.validate import output_frames
+from offline_kd.data.views import ViewReader, parse_views, split_of, valid_in_views, view_name
+from offline_kd.distillation.pseudo_labels import check_lm_loads, write_lm_targets
+from offline_kd.errors import OfflineKDError
+from offline_kd.data.splits import open_split, quiet
+from offline_kd.training import distributed
+from offline_kd.training.checkpoint import checkpoint_dev, file_sha256, model_from_checkpoint, weights_sha256
+from offline_kd.training.inference import iterate_outputs, loader_for, resolve_num_workers, sorted_batches
+from offline_kd.models.numerics import with_precision
+
+
+FLAT_KEYS = {"log_probs": ("topk_k", "topk_coverage", "topk_tail", "logits_rank", "logits_coeff", "sampled_n"),
+             "hidden": ("lowrank_rank", "lowrank_coeff", "lowrank_target_error")}
+
+
+def _flat_spec(c: CodecConfig, field: str) -> dict:
+    """The spec that the older flat keys describe."""
+    if field == "log_probs":
+        spec = {"name": c.log_probs}
+        if c.log_probs == "topk":
+            spec.update(k=c.topk_k, coverage=c.topk_coverage, tail=c.topk_tail)
+            if c.topk_tail == "lowrank":
+                spec.update(tail_rank=c.logits_rank, tail_coeff=c.logits_coeff)
+        elif c.log_probs == "sampled":
+            spec.update(samples=c.sampled_n)
+        elif c.log_probs == "lowrank":
+            spec.update(rank=c.logits_rank, coeff=c.logits_coeff)
+        return spec
+    spec = {"name": c.hidden}
+    if c.hidden == "lowrank":
+        spec.update(rank=c.lowrank_rank, coeff=c.lowrank_coeff, target_error=c.lowrank_target_error)
+    return spec
+
+
+def codec_specs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int], log=print) -> tuple[dict, dict]:
+    """The stored specs of the codecs a dump config asks for: `codecs.log_probs` / `codecs.hidden` are specs
+    (a name or a mapping of settings); the older flat keys still work, with a deprecation message. Ranks are capped
+    at the field's width."""
+    defaults = CodecConfig()
+    specs = {}
+    for field in ("log_probs", "hidden"):
+        value = getattr(c, field)
+        flat = [k for k in FLAT_KEYS[field] if getattr(c, k) != getattr(defaults, k)]
+        if isinstance(value, dict):
+            if flat:
+                raise OfflineKDError(f"dump.codecs.{field} is a mapping, so give its settings there, not in "
+                                     f"{', '.join('dump.codecs.' + k for k in flat)}")
+            if "name" not in value:
+                raise OfflineKDError(f"dump.codecs.{field}: the mapping needs a 'name' (e.g. {{name: topk, k: 8}})")
+            specs[field] = dict(value)
+        else:
+            specs[field] = _flat_spec(c, field)
+            if flat:
+                shown = ", ".join(f"{k}: {v}" for k, v in specs[field].items())
+                log(f"warning: dump.codecs flat keys ({', '.join(flat)}) are deprecated; write "
+                    f"codecs.{field}: {{{shown}}}")
+    for key in ("num_classes", "dim"):
+        for field in ("log_probs", "hidden"):
+            if key in specs[field]:
+                raise OfflineKDError(f"dump.codecs.{field}.{key} is taken from the teacher; leave it out")
+    lp = {**specs["log_probs"], "num_classes": num_classes}
+    for key in ("rank", "tail_rank"):
+        if isinstance(lp.get(key), int):
+            lp[key] = min(lp[key], num_classes)
+    hidden = {}
+    for layer, dim in layer_dims.items():
+        h = {**specs["hidden"], "dim": dim}
+        if isinstance(h.get("rank"), int):
+            h["rank"] = min(h["rank"], dim)
+        hidden[layer] = h
+    return lp, hidden
+
+
+def make_codecs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int], log=print):
+    lp_spec, hidden_specs = codec_specs(c, num_classes, layer_dims, log)
+    return (codec_from_spec("log_probs", lp_spec, "dump.codecs.log_probs"),
+            {L: codec_from_spec("hidden", s, "dump.codecs.hidden") for L, s in hidden_specs.items()})
+
+
+def _plan(cfg: DumpConfig, corpus: Corpus, model, log):
+    """Per cached split (a split of dump.view_splits is one per view: split@0, split@1, ...): validated utterances
+    in dump order (longest first), batches, frame offsets."""
+    plans = {}
+    s = model.subsampling
+    views = parse_views(cfg.views, "dump.views")
+    for base_name in cfg.splits:
+        base, valid = open_split(corpus, base_name, model, cfg.skip_invalid, log)
+        if base_name not in cfg.view_splits:
+            seen = [(base_name, base)]
+        else:       # one cached split per view; an utterance too short for its transcript in any view is invalid
+            seen = [(view_name(base_name, k), ViewReader(base, v, cfg.view_seed, k, verify=True))
+                    for k, v in enumerate(views)]
+            valid = valid_in_views([r for _, r in seen], valid, corpus.vocab, model, cfg.skip_invalid, log)
+        for split, reader in seen:
+            plans[split] = _split_plan(reader, valid, cfg, s)
+    return plans
+
+
+def _split_plan(reader, valid, cfg: DumpConfig, s: int) -> dict:
+    batches = sorted_batches(reader, valid, cfg.batch_size, cfg.max_frames_per_batch)
+    order = [i for b in batches for i in b]
+    out_frames = output_frames(reader.lengths[order], s)
+    offsets = np.concatenate([[0], np.cumsum(out_frames)]).astype(np.int64)
+    hashes = reader.all_feature_hashes()
+    return {"reader": reader, "batches": batches, "order": order, "offsets": offsets,
+            "hashes": [hashes[i] for i in order]}
+
+
+def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -> dict[str, np.ndarray]:
+    """Fitted codec state, as {cache array path: array}, from the first `lowrank_fit_frames` frames of the first
+    split, for every codec that needs one (`fit_required`). Empty when none does."""
+    fit_lp = lp_codec.fit_required
+    layers = sorted(L for L, c in hidden_codecs.items() if c.fit_required)
+    if not (fit_lp or layers):
+        return {}
+    first = next(iter(plans.values()))
+    collected = {L: [] for L in layers}
+    lps, n, limit = [], 0, cfg.codecs.lowrank_fit_frames
+    loader = loader_for(first["reader"], vocab, first["batches"], device=device)
+    for batch, log_probs, out_len, hidden in iterate_outputs(model, loader, device, layers):
+        lp = log_probs.transpose(0, 1).float().cpu().numpy()
+        for b, t in enumerate(out_len.tolist()):
+            for L in layers:
+                collected[L].append(hidden[L][b, :t].float().cpu().numpy())
+            if fit_lp:
+                lps.append(lp[b, :t])
+            n += t
+        if n >= limit:
+            break
+    needed = max([lp_codec.fit_frames_needed if fit_lp else 0] + [hidden_codecs[L].fit_frames_needed for L in layers])
+    if n < needed:
+        raise OfflineKDError(f"dump.codecs: a low-rank codec asks for rank {needed}, more than the {n} frames "
+                             f"available to fit its basis; lower lowrank_rank / logits_rank or raise "
+                             f"dump.codecs.lowrank_fit_frames")
+    state = {}
+    if fit_lp:
+        state.update(state_arrays(lp_codec.fit(np.concatenate(lps)[:limit]), "log_probs"))
+    for L in layers:
+        state.update(state_arrays(hidden_codecs[L].fit(np.concatenate(collected[L])[:limit]), f"hidden_{L}"))
+    log(f"fitting codec state ({', '.join(sorted({k.rsplit('/', 1)[0] for k in state}))}) on {min(n, limit)} "
+        f"frames")
+    return state
+
+
+def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
+    """Dump the teacher; under torchrun every rank writes its own block of shards and rank 0 finalises."""
+    env, device = distributed.setup(cfg.device)
+    def locked():
+        with cache_lock(cfg.output, env.is_main):       # one dump per cache (the ranks of this one excepted)
+            return _run(cfg, overwrite, env, device, log if env.is_main else quiet)
+    return distributed.run_then_shutdown(locked)
+
+
+def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
+    """plan -> fit -> prepare -> loop -> finalise."""
+    model, vocab, ckpt = model_from_checkpoint(cfg.teacher, device)
+    model = with_precision(model, cfg.precision, device, "dump.precision")   # fp32: the model itself
+    corpus = Corpus(cfg.corpus)
+    layers = _check(cfg, corpus, model, vocab)
+    if cfg.lm_targets is not None:     # load the LM now: a file KenLM cannot read must cost no teacher pass
+        distributed.run_on_main(lambda: check_lm_loads(vocab, cfg.lm_targets), env)
+    lp_codec, hidden_codecs = make_codecs(cfg.codecs, model.num_classes,
+                                          {L: model.layer_dims()[L] for L in layers}, log)
+    plans = _plan(cfg, corpus, model, log)
+    meta = CacheMeta.for_dump(cfg, model, vocab, str(corpus.dir), lp_codec, hidden_codecs, device.type,
+                              file_sha256(cfg.teacher), weights_sha256(model), __version__,
+                              checkpoint_dev(ckpt), splits=list(plans)).with_identity(plans)
+    fit = lambda: _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log)  # noqa: E731
+    state = distributed.run_on_main(lambda: prepare_store(cfg, meta, plans, fit, overwrite, log), env)
+    if state["complete"]:
+        log(f"{cfg.output}: already complete, nothing to do")
+        return {"cache": cfg.output, "resumed": True, "frames_written": 0}
+    root = open_group(cfg.output, "r+", cfg.storage_options)
+    if root.attrs.get(META_KEY, {}).get("identity_sha256") != meta.identity_sha256:
+        raise OfflineKDError(f"rank {env.rank}: {cfg.output} was prepared for another dump plan than this rank's "
+                             f"(every rank must run the same command on the same corpus and teacher)")
+    lp_codec, hidden_codecs = build_codecs(meta.codecs, root)      # with their fitted state
+    totals = {"frames": 0, "utterances": 0, "seconds": 0.0}
+    for split in plans:
+        for k, v in _dump_split(cfg, root[split], plans[split], model, vocab, layers, lp_codec, hidden_codecs,
+                                env, device, log).items():
+            totals[k] += v
+    per_rank = distributed.all_gather(totals, env)    # also the barrier: every rank has finished writing
+    lm_splits = [s for s in plans if cfg.lm_targets and split_of(s)[0] in cfg.lm_targets.splits]
+    lm = (lambda: write_lm_targets(cfg.output, cfg.storage_options, lm_splits, vocab, cfg.lm_targets, log)) \
+        if lm_splits else None
+    distributed.run_on_main(lambda: finalize(root, list(plans), lp_codec, hidden_codecs, before_seal=lm), env)
+    out = {"cache": cfg.output, "resumed": state["resume"],
+           "frames_written": sum(t["frames"] for t in per_rank),
+           "utterances_written": sum(t["utterances"] for t in per_rank),
+           "seconds": round(max(t["seconds"] for t in per_rank), 2)}
+    if env.enabled:
+        out["world_size"] = env.world_size
+    return out
+
+
+def _check(cfg: DumpConfig, corpus: Corpus, model, vocab) -> list[int]:
+    """One-line errors for a dump that cannot work; -> the teacher layers to cache, sorted."""
+    if corpus.vocab.tokens != vocab.tokens:
+        raise OfflineKDError(f"the vocabulary of {corpus.dir} differs from the teacher's ({cfg.teacher})")
+    layers = sorted(int(L) for L in cfg.layers)
+    bad = [L for L in layers if not 1 <= L <= model.num_layers]
+    if bad:
+        raise OfflineKDError(f"dump.layers: {bad} out of range; the teacher has layers 1..{model.num_layers}")
+    if not cfg.splits:
+        raise OfflineKDError("dump.splits: give at least one split")
+    if cfg.lm_targets is not None and not Path(cfg.lm_targets.lm).is_file():
+        raise OfflineKDError(f"dump.lm_targets.lm: language model file not found: {cfg.lm_targets.lm}")
+    return layers
+
+
+def _dump_split(cfg: DumpConfig, g, p: dict, model, vocab, layers, lp_codec, hidden_codecs, env, device,
+                log) -> dict:
+    """This rank's unfinished shards of one split: run the teacher over the batches that reach into them and
+    hand the outputs to the background writer. -> {frames, utterances, seconds} written here."""
+    reader, shard_frames = p["reader"], cfg.chunk_frames * cfg.shard_chunks
+    none = {"frames": 0, "utterances": 0, "seconds": 0.0}
+    if g.attrs.get("complete"):
+        log(f"{g.basename}: already complete")
+        return none
+    done = shards_done(g)
+    blocks = np.array_split(np.arange(len(done)), env.world_size)
+    mine = np.asarray([s for s in blocks[env.rank] if not done[s]], dtype=np.int64)
+    if done.any():
+        log(f"{g.basename}: resuming, {int(done.sum())} of {len(done)} shards already stored")
+    if not len(mine):
+        return none
+    todo = needed_batches(p, mine, shard_frames)
+    mine_frames = shard_frame_count(mine, shard_frames, int(p["offsets"][-1]))
+    bar = tqdm(total=sum(int(p["offsets"][q + len(b)] - p["offsets"][q]) for q, b in todo), unit="frame",
+               unit_scale=True, desc=f"dump {g.basename}" + (f" rank {env.rank}" if env.enabled else ""),
+               disable=not (cfg.progress and env.is_main), dynamic_ncols=True)
+    start, n_utts = time.perf_counter(), 0
+    # on any error the writer stops; the whole shards written so far stay flagged and a rerun resumes after them
+    encoder = DeviceEncoder(lp_codec, hidden_codecs, device) if (
+        cfg.encode_on == "device" or cfg.encode_on == "auto" and device.type == "cuda") else None
+    with bar, SplitWriter(g, lp_codec, hidden_codecs, shard_frames, mine.tolist(), cfg.writer_queue) as writer:
+        workers = resolve_num_workers(cfg.num_workers, device, env.world_size)
+        outputs_iter = iterate_outputs(model, loader_for(reader, vocab, [b for _, b in todo], workers, device),
+                                       device, layers)
+        for (pos, _), (batch, log_probs, out_len, hidden) in zip(todo, outputs_iter):
+            # (a view's reader checks the corpus features itself, before transforming them)
+            for b, i in enumerate([] if isinstance(reader, ViewReader) else batch["indices"]):
+                if p["hashes"][pos + b] != feature_sha256(batch["features"][b, :reader.lengths[i]].numpy()):
+                    raise OfflineKDError(f"utterance {reader.utterance_ids[i]}: features changed since the "
+                                         f"corpus was written (feature_sha256 mismatch)")
+            if encoder is not None:
+                writer.put(encoder.encode(pos, log_probs, out_len, hidden))
+            else:
+                lp = log_probs.transpose(0, 1).float().cpu().numpy()
+                best = lp.argmax(-1)
+                hid = {L: h.float().cpu().numpy() for L, h in hidden.items()}
+                writer.put([(pos + b, {"log_probs": lp[b, :t], "best_path": best[b, :t],
+                                       "hidden": {L: h[b, :t] for L, h in hid.items()}})
+                            for b, t in enumerate(out_len.tolist())])
+            n_utts += len(out_len)
+            bar.update(int(out_len.sum()))
+            bar.set_postfix(utt_per_s=f"{n_utts / max(time.perf_counter() - start, 1e-9):.1f}")
+    el = time.perf_counter() - start
+    log(f"{g.basename}: {n_utts} utterances, {mine_frames} frames in {el:.1f}s"
+        + (f" (rank 0 of {env.world_size})" if env.enabled else ""))
+    return {"frames": mine_frames, "utterances": n_utts, "seconds": el}

@@ -1,0 +1,94 @@
+"""The cache against a live teacher (`offline-kd cache verify --teacher`): a sample of utterances per split is
+recomputed and compared with the decoded cache: KL(live || cached) at T = 1, 3, 4 (mean and max per frame), top-1
+agreement, hidden-state relative squared error, and the greedy WER of cached vs live outputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from offline_kd.cache.reader import TeacherCache
+from offline_kd.cache.verify import TEMPERATURES, verify_cache
+from offline_kd.data.corpus import Corpus
+from offline_kd.data.targets import collapse_best_path
+from offline_kd.data.views import corpus_reader
+from offline_kd.decoding.metrics import error_rates
+from offline_kd.errors import OfflineKDError
+from offline_kd.models.numerics import exact_numerics, with_precision
+from offline_kd.training.checkpoint import file_sha256, model_from_checkpoint
+from offline_kd.training.inference import resolve_device
+
+
+def kl_per_frame(live: np.ndarray, cached: np.ndarray, temperature: float) -> np.ndarray:
+    """KL(softmax(live/T) || softmax(cached/T)) per frame; inputs (F, V) log-probs."""
+    p = torch.log_softmax(torch.from_numpy(live).double() / temperature, -1)
+    q = torch.log_softmax(torch.from_numpy(cached).double() / temperature, -1)
+    return (p.exp() * (p - q)).sum(-1).clamp_min(0).numpy()
+
+
+@torch.no_grad()
+def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, log=print,
+             corpus_dir: str | None = None) -> dict:
+    dev = resolve_device(device)
+    if file_sha256(teacher_path) != cache.meta.teacher["sha256"]:
+        log(f"warning: {teacher_path} is not the checkpoint file the cache was made from (sha256 differs)")
+    model, vocab, _ = model_from_checkpoint(teacher_path, dev)
+    # the teacher recomputed in the precision the dump used (older caches: float32)
+    model = with_precision(model, cache.meta.dump_config.get("precision", "fp32"), dev, "the cache's dump.precision")
+    corpus = Corpus(corpus_dir or cache.meta.corpus)
+    layers = cache.layers
+    kls = {t: [] for t in TEMPERATURES}
+    agree, frames, herr_num, herr_den = 0, 0, {L: 0.0 for L in layers}, {L: 0.0 for L in layers}
+    refs, hyps = [], []
+    for s in cache.splits:
+        split = cache.split(s)
+        reader = corpus_reader(corpus, s, cache.meta.views)      # a view's split: the corpus seen through it
+        positions = np.linspace(0, len(split) - 1, num=min(sample, len(split))).round().astype(int)
+        for p in sorted(set(positions.tolist())):
+            u = split.utterance_ids[p]
+            if u not in reader.index:
+                raise OfflineKDError(f"utterance {u} of the cache is not in {reader.path}")
+            i = reader.index[u]
+            x = torch.from_numpy(reader.features(i))[None].to(dev)
+            with exact_numerics():
+                lp, out_len, hidden = model.forward_with_hidden_states(x, torch.tensor([x.shape[1]], device=dev),
+                                                                       layers)
+            live = lp[:, 0].float().cpu().numpy()
+            cached = split.read(p)
+            for t in TEMPERATURES:
+                kls[t].append(kl_per_frame(live, cached["log_probs"], t))
+            agree += int((live.argmax(-1) == cached["log_probs"].argmax(-1)).sum())
+            frames += live.shape[0]
+            for L in layers:
+                h = hidden[L][0].float().cpu().numpy()
+                herr_num[L] += float(((h - cached["hidden"][L]) ** 2).sum())
+                herr_den[L] += float((h ** 2).sum())
+            hyps.append(vocab.decode(collapse_best_path(cached["best_path"]).tolist()))
+            refs.append(vocab.decode(collapse_best_path(live.argmax(-1)).tolist()))
+    out = {"frames_compared": frames, "top1_agreement": agree / max(frames, 1),
+           "hidden_relative_sq_error": {L: herr_num[L] / max(herr_den[L], 1e-30) for L in layers}}
+    for t in TEMPERATURES:
+        allk = np.concatenate(kls[t]) if kls[t] else np.zeros(1)
+        out[f"kl_T{t:g}_mean"] = float(allk.mean())
+        out[f"kl_T{t:g}_max"] = float(allk.max())
+    rates = error_rates(refs, hyps)
+    out["greedy_wer_cached_vs_live"] = rates["wer"] if not math.isnan(rates["wer"]) else 0.0
+    return out
+
+
+def verify_with_teacher(path: str, teacher: str | None = None, sample: int = 32, device: str = "auto",
+                        storage_options: dict | None = None, log=print, corpus: str | None = None) -> dict:
+    """`verify_cache`, and with `teacher` the fidelity of a sample against it (`res["fidelity"]`). The corpus is
+    the one the cache's metadata names only under an intact seal; otherwise `corpus` must be given."""
+    res = verify_cache(path, storage_options, log)
+    if teacher is not None:
+        trusted = res["complete"] and res.get("sealed") and not res["problems"]
+        if corpus is None and not trusted:       # the metadata's corpus path is only followed under an intact seal
+            raise OfflineKDError(f"{path}: the cache's metadata is not covered by an intact seal ("
+                                 f"{'incomplete' if not res['complete'] else 'problems found' if res['problems'] else 'unsealed'}"
+                                 f"), so its corpus path is not followed: give the corpus with --corpus")
+        cache = TeacherCache(path, storage_options, require_complete=False, verify_reads=False)
+        res["fidelity"] = fidelity(cache, teacher, sample, device, log, corpus)
+    return res

@@ -1,0 +1,231 @@
+"""A student distilled from the teacher cache (`offline-kd train-student`) with the hybrid loss.
+
+The teacher checkpoint is never read (unless `--online-teacher` asks for live targets, for comparison). Before any
+training the cache is checked against the corpus and the student: complete, same vocabulary, same subsampling,
+every training utterance present with the same feature hash and frame count, every mapped teacher layer cached.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from offline_kd.distillation.compat import check_cache
+from offline_kd.cache.reader import TargetDecoder, TeacherCache
+from offline_kd.config import ExperimentConfig, ModelConfig, build_dataclass
+from offline_kd.data.distill_dataset import DistillBatchDataset
+from offline_kd.data.sampler import SortedRunBatchSampler
+from offline_kd.data.views import (ByView, ViewBatchSampler, ViewReader, max_view_lengths, parse_views,
+                                   split_of, valid_in_views, view_name)
+from offline_kd.errors import OfflineKDError
+from offline_kd.losses.modules import DistillationLoss
+from offline_kd.models.augment import SpecAugment
+from offline_kd.models.bilstm import build_model
+from offline_kd.models.interface import count_parameters
+from offline_kd.data.splits import open_split, open_train_dev, train_splits
+from offline_kd.training.checkpoint import checkpoint_dev, load_checkpoint, model_from_checkpoint, seed_everything
+from offline_kd.training.trainer import Trainer
+
+
+def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, device, log) -> dict:
+    """One process's part of a train-student run (under torchrun: this rank's): the cache checked against the
+    corpus and the student, the views and untranscribed splits resolved, the targets assembled, the trainer run."""
+    d = cfg.distill
+    augment = SpecAugment(cfg.augment, allow_frame_change=False)
+    corpus, (train_reader, train_idx), (dev_reader, dev_idx) = open_train_dev(cfg.data, cfg.model, log)
+    mapping = {int(s): int(t) for s, t in d.layer_mapping.items()} if d.gamma else {}
+
+    extra = _open_untranscribed(cfg, corpus, log)   # [(name, reader, valid indices)]
+
+    teacher, cache, teacher_dims = None, None, {}
+    if online_teacher:
+        teacher, t_vocab, t_ckpt = model_from_checkpoint(online_teacher, device)
+        if t_vocab.sha256 != corpus.vocab.sha256:
+            raise OfflineKDError(f"--online-teacher {online_teacher}: vocabulary differs from {corpus.dir}'s")
+        teacher_dims = teacher.layer_dims()
+        teacher_dev = checkpoint_dev(t_ckpt)
+        for t in mapping.values():
+            if t not in teacher_dims:
+                raise OfflineKDError(f"distill.layer_mapping: teacher layer {t} out of range 1..{teacher.num_layers}")
+        log(f"online distillation from {online_teacher} (the cache is not used)")
+    else:
+        cache = TeacherCache(d.cache, d.storage_options, verify_reads=d.verify_reads)
+        teacher_dims = cache.layer_dims
+        if d.verify_reads:      # features read against their hashes, as the targets are against their checksums
+            for reader in [train_reader] + [r for _, r, _ in extra]:
+                reader.verify_reads()
+        teacher_dev = cache.meta.teacher_dev
+    views, view_seed, viewed = _views(cfg, cache, [name for name, _, _ in extra], log)
+    if views and augment.active:
+        raise OfflineKDError("augment.time_masks / freq_masks: with views the student sees exactly the view its "
+                             "teacher saw; give the masks in the views (dump.views) and set these to 0")
+
+    # per view (or once, without views): the training split and the untranscribed ones as the student sees them,
+    # with the cached targets of that view; an utterance must be valid in every view
+    names = [train_splits(cfg.data)[0]] + [name for name, _, _ in extra]
+    bases = [(train_reader, train_idx)] + [(r, idx) for _, r, idx in extra]
+    seen = []            # [view][part] -> (reader, cached split name)
+    for k in (range(len(views)) if views else [None]):
+        seen.append([(ViewReader(r, views[k], view_seed, k) if k is not None and n in viewed else r,
+                      view_name(n, k) if k is not None and n in viewed else n) for n, (r, _) in zip(names, bases)])
+    valids = [valid_in_views([seen[k][j][0] for k in range(len(seen))], idx, corpus.vocab, cfg.model,
+                             cfg.data.skip_invalid, log) if views else idx for j, (_, idx) in enumerate(bases)]
+    splits = [[None] * len(names) for _ in seen]
+    if cache is not None:
+        for k, parts in enumerate(seen):
+            for j, (reader, name) in enumerate(parts):
+                splits[k][j] = cache.split(name)
+                check_cache(cache, splits[k][j], reader, valids[j], corpus.vocab, cfg.model, mapping)
+        split = splits[0][0]
+        log(f"cache {d.cache}: {len(split)} utterances, {split.num_frames} frames, "
+            f"log_probs {cache.meta.codec_names()[0]}, hidden {cache.meta.codec_names()[1]}"
+            + (f"; {len(views)} views of {', '.join(viewed)}" if views else ""))
+    train_idx, extra = valids[0], [(n, r, v) for (n, r, _), v in zip(extra, valids[1:])]
+    if d.pseudo_labels == "lm":
+        _check_lm_pseudo_labels(cfg, online_teacher, [sp[1:] for sp in splits], names[1:])
+
+    reference = _teacher_reference(teacher_dev, cfg, log)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model).to(device)
+    if d.init_checkpoint:
+        ckpt = load_checkpoint(d.init_checkpoint)
+        if build_dataclass(ModelConfig, ckpt["model_config"]) != cfg.model:
+            raise OfflineKDError(f"distill.init_checkpoint {d.init_checkpoint}: its model config differs from 'model'")
+        model.load_state_dict(ckpt["model_state_dict"])
+    on_device = not online_teacher and (d.decode_on == "device" or d.decode_on == "auto" and device.type == "cuda")
+    loss_fn = DistillationLoss(d, model.layer_dims(), teacher_dims, augment, device, teacher,
+                               decoder=TargetDecoder(cache) if on_device else None)
+    projections = loss_fn.projections
+    log(f"student: {cfg.model.num_layers} x BiLSTM({cfg.model.hidden_dim}), {count_parameters(model):,} parameters "
+        f"(+{count_parameters(projections):,} in projection heads, not exported); layer mapping {mapping}")
+
+    datasets = [DistillBatchDataset(parts[0][0], corpus.vocab, sp[0], layers=set(mapping.values()),
+                                    untranscribed=[(r, es) for (r, _), es in zip(parts[1:], sp[1:])],
+                                    encoded=on_device, lm_nbest=d.pseudo_labels == "lm")
+                for parts, sp in zip(seen, splits)]
+    dataset = datasets[0] if not views else ByView(datasets)
+    lengths = datasets[0].lengths if not views else max_view_lengths(
+        np.concatenate([r.lengths for r, _ in bases]), views)
+    if not online_teacher:
+        log(f"cached targets decoded on {device if on_device else 'the host'} (distill.decode_on {d.decode_on})")
+    indices = np.concatenate([train_idx] + [off + idx for off, (_, _, idx) in zip(datasets[0].part_offsets[1:],
+                                                                               extra)])
+    sampled = np.arange(len(indices)) >= len(train_idx)
+    sampler = SortedRunBatchSampler(lengths, indices, cfg.data.batch_size,
+                                    cfg.data.max_frames_per_batch, seed=cfg.train.seed, rank=env.rank,
+                                    world_size=env.world_size, sampled=sampled,
+                                    sampled_fraction=d.untranscribed_fraction)
+    if views:     # every batch is seen through one view, drawn from (seed, epoch, batch)
+        sampler = ViewBatchSampler(sampler, len(views), cfg.train.seed)
+    if extra:
+        n_extra = int(round(d.untranscribed_fraction * int(sampled.sum())))
+        log(f"untranscribed: {', '.join(name for name, _, _ in extra)}, {int(sampled.sum())} utterances; "
+            f"{n_extra} per epoch beside {len(train_idx)} transcribed ones, trained on the teacher's "
+            + ("LM N-best" if d.pseudo_labels == "lm" else "1-best"))
+    meta = {"distillation": {"cache": None if online_teacher else d.cache, "online_teacher": online_teacher,
+                             "cache_identity": None if online_teacher else cache.meta.identity_sha256,
+                             "projections": {"layer_mapping": mapping, "teacher_dims": teacher_dims},
+                             "views": {"views": [v.to_dict() for v in views], "splits": viewed, "seed": view_seed}}}
+    last = Path(cfg.train.output_dir) / "checkpoint_last.pt"
+    if resume and last.is_file():
+        before = load_checkpoint(last).get("distillation", {})
+        if before.get("cache_identity") != meta["distillation"]["cache_identity"]:
+            raise OfflineKDError(f"--resume: {last} was trained from another cache or teacher than "
+                                 f"{'--online-teacher' if online_teacher else d.cache} (identity differs); "
+                                 f"start a new run instead")
+        if before.get("views", meta["distillation"]["views"]) != meta["distillation"]["views"]:
+            raise OfflineKDError(f"--resume: {last} was trained with other views ({before.get('views')}); "
+                                 f"start a new run instead")
+    trainer = Trainer(cfg, model, corpus.vocab, dataset, lengths, indices, dev_reader, dev_idx,
+                      loss_fn, device, extra_meta=meta, sampler=sampler, rank=env.rank,
+                      world_size=env.world_size, dev_reference=reference)
+    trainer.fit(resume=resume)
+    return {"output_dir": cfg.train.output_dir, "best_dev_wer": trainer.best_wer}
+
+
+def _views(cfg: ExperimentConfig, cache, untranscribed: list[str], log) -> tuple[tuple, int, list[str]]:
+    """The views the student and its targets are seen through: (specs, seed, the splits viewed), or ((), 0, []).
+    From the cache (distill.views, if given, must equal its views), or with --online-teacher from distill.views,
+    for the training split and every untranscribed one."""
+    d, train = cfg.distill, train_splits(cfg.data)[0]
+    asked = parse_views(d.views, "distill.views")
+    if cache is None:
+        return asked, d.view_seed, ([train] + untranscribed if asked else [])
+    cv = cache.meta.views
+    stored = parse_views(cv["views"], f"{cache.path}: dump.views")
+    if not stored or train not in cv["splits"]:
+        if asked:
+            raise OfflineKDError(f"distill.views: the cache {cache.path} has no views of '{train}' (dump it with "
+                                 f"dump.views and dump.view_splits), or leave distill.views out")
+        return (), 0, []
+    if asked and (asked != stored or d.view_seed != cv["seed"]):
+        raise OfflineKDError(f"distill.views / view_seed differ from the views the cache {cache.path} was dumped "
+                             f"with ({cv['views']}, seed {cv['seed']}); leave them out to use the cache's")
+    viewed = [s for s in [train] + untranscribed if s in cv["splits"]]
+    log(f"views: {len(stored)} per utterance ({', '.join(_describe(v) for v in stored)}) of {', '.join(viewed)}; "
+        f"each batch is given one view and the teacher targets computed on it")
+    return stored, cv["seed"], viewed
+
+
+def _check_lm_pseudo_labels(cfg: ExperimentConfig, online_teacher, untranscribed: list[list], names: list[str]):
+    """distill.pseudo_labels lm needs a cache whose untranscribed splits (every view) hold an LM N-best."""
+    if online_teacher:
+        raise OfflineKDError("distill.pseudo_labels: lm reads the LM N-best stored in a cache (dump.lm_targets); "
+                             "with --online-teacher use greedy")
+    if not names:
+        raise OfflineKDError("distill.pseudo_labels: lm applies to untranscribed audio; give "
+                             "distill.untranscribed_splits (or use greedy)")
+    for per_view in untranscribed:
+        for split in per_view:
+            if not split.has_lm_nbest:
+                raise OfflineKDError(f"distill.pseudo_labels: lm, but split '{split.name}' of {cfg.distill.cache} "
+                                     f"has no LM N-best; dump it with dump.lm_targets (splits: "
+                                     f"[{split_of(split.name)[0]}])")
+
+
+def _describe(v) -> str:
+    masks = (f" +{v.time_masks}x{v.time_mask_width}t" if v.time_masks else "") + \
+            (f" +{v.freq_masks}x{v.freq_mask_width}f" if v.freq_masks else "")
+    return f"speed {v.speed:g}{masks}"
+
+
+def _open_untranscribed(cfg: ExperimentConfig, corpus, log) -> list:
+    """The splits of `distill.untranscribed_splits`, validated: [(name, reader, valid indices)]."""
+    out = []
+    for name in cfg.distill.untranscribed_splits:
+        reader, idx = open_split(corpus, name, cfg.model, cfg.data.skip_invalid, log)
+        if reader.transcribed:
+            log(f"distill.untranscribed_splits: '{name}' has transcripts; they are not used (the teacher's 1-best is)")
+        out.append((name, reader, idx))
+    return out
+
+
+def _teacher_reference(teacher_dev: dict | None, cfg: ExperimentConfig, log) -> dict | None:
+    """Print the teacher's dev figures (and the baseline's, with distill.compare_baseline); warn when the baseline
+    is already as good as the teacher. Returns the figures the trainer prints beside the student's, when they were
+    measured on the student's dev split."""
+    if teacher_dev is None:
+        log("teacher dev WER: not recorded (its checkpoint has no dev evaluation, or the cache predates the record)")
+        same = False
+    else:
+        same = (Path(str(teacher_dev.get("corpus"))).resolve() == Path(cfg.data.corpus).resolve()
+                and teacher_dev.get("split") == cfg.data.dev_split)
+        where = "" if same else f" (on {teacher_dev.get('corpus')}:{teacher_dev.get('split')}, not this dev split)"
+        log(f"teacher dev WER {teacher_dev['wer']:.2f}% CER {teacher_dev['cer']:.2f}% "
+            f"(epoch {teacher_dev.get('epoch')}){where}: a distilled student converges towards it")
+    base = cfg.distill.compare_baseline
+    if base:
+        path = Path(base) / "checkpoint_best.pt" if Path(base).is_dir() else Path(base)
+        if not path.is_file():
+            raise OfflineKDError(f"distill.compare_baseline: {base} is neither a run directory with "
+                                 f"checkpoint_best.pt nor a checkpoint")
+        b = checkpoint_dev(load_checkpoint(path))
+        if b is None:
+            raise OfflineKDError(f"distill.compare_baseline: {path} has no dev evaluation")
+        log(f"baseline {base}: dev WER {b['wer']:.2f}% CER {b['cer']:.2f}%")
+        if teacher_dev is not None and b["wer"] <= teacher_dev["wer"]:
+            log(f"warning: the baseline's dev WER {b['wer']:.2f}% is already at or below the teacher's "
+                f"{teacher_dev['wer']:.2f}%: distilling from this teacher is unlikely to beat the baseline "
+                f"(train the teacher longer or larger)")
+    return {"name": "teacher", "wer": teacher_dev["wer"], "cer": teacher_dev["cer"]} if same else None
