@@ -251,6 +251,53 @@ class CodecConfig:
     def __post_init__(self):
         _check_choices(self)
 
+    def field_specs(self, log=print) -> dict:
+        """{"log_probs": spec, "hidden": spec}: each field's codec spec as this config gives it (a name or a
+        mapping of settings), the deprecated flat keys translated into a spec with a deprecation message."""
+        c, defaults, specs = self, CodecConfig(), {}
+        for field_name in ("log_probs", "hidden"):
+            value = getattr(c, field_name)
+            flat = [k for k in FLAT_CODEC_KEYS[field_name] if getattr(c, k) != getattr(defaults, k)]
+            if isinstance(value, dict):
+                if flat:
+                    raise OfflineKDError(f"dump.codecs.{field_name} is a mapping, so give its settings there, not in "
+                                         f"{', '.join('dump.codecs.' + k for k in flat)}")
+                if "name" not in value:
+                    raise OfflineKDError(f"dump.codecs.{field_name}: the mapping needs a 'name' (e.g. "
+                                         f"{{name: topk, k: 8}})")
+                specs[field_name] = dict(value)
+            else:
+                specs[field_name] = _flat_codec_spec(c, field_name)
+                if flat:
+                    shown = ", ".join(f"{k}: {v}" for k, v in specs[field_name].items())
+                    log(f"warning: dump.codecs flat keys ({', '.join(flat)}) are deprecated; write "
+                        f"codecs.{field_name}: {{{shown}}}")
+        return specs
+
+
+
+FLAT_CODEC_KEYS = {"log_probs": ("topk_k", "topk_coverage", "topk_tail", "logits_rank", "logits_coeff", "sampled_n"),
+             "hidden": ("lowrank_rank", "lowrank_coeff", "lowrank_target_error")}
+
+
+def _flat_codec_spec(c: CodecConfig, field: str) -> dict:
+    """The spec that the older (deprecated) flat keys describe."""
+    if field == "log_probs":
+        spec = {"name": c.log_probs}
+        if c.log_probs == "topk":
+            spec.update(k=c.topk_k, coverage=c.topk_coverage, tail=c.topk_tail)
+            if c.topk_tail == "lowrank":
+                spec.update(tail_rank=c.logits_rank, tail_coeff=c.logits_coeff)
+        elif c.log_probs == "sampled":
+            spec.update(samples=c.sampled_n)
+        elif c.log_probs == "lowrank":
+            spec.update(rank=c.logits_rank, coeff=c.logits_coeff)
+        return spec
+    spec = {"name": c.hidden}
+    if c.hidden == "lowrank":
+        spec.update(rank=c.lowrank_rank, coeff=c.lowrank_coeff, target_error=c.lowrank_target_error)
+    return spec
+
 
 @dataclass(frozen=True)
 class LMTargetsConfig:

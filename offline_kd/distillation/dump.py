@@ -26,7 +26,7 @@ from offline_kd.locking import cache_lock
 from offline_kd.cache.store import finalize, needed_batches, prepare_store
 from offline_kd.cache.reader import build_codecs
 from offline_kd.cache.writer import DeviceEncoder, SplitWriter, shard_frame_count, shards_done
-from offline_kd.config import CodecConfig, DumpConfig
+from offline_kd.config import CodecConfig, DumpConfig  # noqa: F401
 from offline_kd.data.corpus import Corpus, feature_sha256
 from offline_kd.data.validate import output_frames
 from offline_kd.data.views import ViewReader, parse_views, split_of, valid_in_views, view_name
@@ -39,51 +39,11 @@ from offline_kd.training.inference import iterate_outputs, loader_for, resolve_n
 from offline_kd.models.numerics import with_precision
 
 
-FLAT_KEYS = {"log_probs": ("topk_k", "topk_coverage", "topk_tail", "logits_rank", "logits_coeff", "sampled_n"),
-             "hidden": ("lowrank_rank", "lowrank_coeff", "lowrank_target_error")}
-
-
-def _flat_spec(c: CodecConfig, field: str) -> dict:
-    """The spec that the older flat keys describe."""
-    if field == "log_probs":
-        spec = {"name": c.log_probs}
-        if c.log_probs == "topk":
-            spec.update(k=c.topk_k, coverage=c.topk_coverage, tail=c.topk_tail)
-            if c.topk_tail == "lowrank":
-                spec.update(tail_rank=c.logits_rank, tail_coeff=c.logits_coeff)
-        elif c.log_probs == "sampled":
-            spec.update(samples=c.sampled_n)
-        elif c.log_probs == "lowrank":
-            spec.update(rank=c.logits_rank, coeff=c.logits_coeff)
-        return spec
-    spec = {"name": c.hidden}
-    if c.hidden == "lowrank":
-        spec.update(rank=c.lowrank_rank, coeff=c.lowrank_coeff, target_error=c.lowrank_target_error)
-    return spec
-
-
 def codec_specs(c: CodecConfig, num_classes: int, layer_dims: dict[int, int], log=print) -> tuple[dict, dict]:
-    """The stored specs of the codecs a dump config asks for: `codecs.log_probs` / `codecs.hidden` are specs
-    (a name or a mapping of settings); the older flat keys still work, with a deprecation message. Ranks are capped
-    at the field's width."""
-    defaults = CodecConfig()
-    specs = {}
-    for field in ("log_probs", "hidden"):
-        value = getattr(c, field)
-        flat = [k for k in FLAT_KEYS[field] if getattr(c, k) != getattr(defaults, k)]
-        if isinstance(value, dict):
-            if flat:
-                raise OfflineKDError(f"dump.codecs.{field} is a mapping, so give its settings there, not in "
-                                     f"{', '.join('dump.codecs.' + k for k in flat)}")
-            if "name" not in value:
-                raise OfflineKDError(f"dump.codecs.{field}: the mapping needs a 'name' (e.g. {{name: topk, k: 8}})")
-            specs[field] = dict(value)
-        else:
-            specs[field] = _flat_spec(c, field)
-            if flat:
-                shown = ", ".join(f"{k}: {v}" for k, v in specs[field].items())
-                log(f"warning: dump.codecs flat keys ({', '.join(flat)}) are deprecated; write "
-                    f"codecs.{field}: {{{shown}}}")
+    """The stored specs of the codecs a dump config asks for (`CodecConfig.field_specs`, which also translates the
+    deprecated flat keys), with the teacher's class count and layer widths filled in; ranks are capped at the
+    field's width."""
+    specs = c.field_specs(log)
     for key in ("num_classes", "dim"):
         for field in ("log_probs", "hidden"):
             if key in specs[field]:
