@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from offline_kd.cache.fields import is_field_name
 from offline_kd.cache.layout import open_group, read_meta
 from offline_kd.cache.meta import CacheMeta
 from offline_kd.cache.writer import split_progress
@@ -41,7 +42,7 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
             totals[k] = totals.get(k, 0) + b
     per_frame = {k: b / max(total_frames, 1) for k, b in totals.items()}
     # targets = what the loss consumes: log-probs + hidden states (+ the 1-best path); index arrays are overhead
-    target_keys = [k for k in totals if k == "log_probs" or k.startswith("hidden_") or k == "best_path"]
+    target_keys = [k for k in totals if is_field_name(k)]
     target_per_frame = sum(per_frame[k] for k in target_keys)
     all_bytes = sum(totals.values()) + sum(_stored_bytes(a) for _, a in root.members(max_depth=None)
                                            if _.startswith("lowrank") and hasattr(a, "nbytes_stored"))

@@ -28,6 +28,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from offline_kd.cache.fields import FieldTable
 from offline_kd.errors import OfflineKDError
 
 FORMAT_VERSION = 2           # 2: ids and hashes as uint8 arrays (core Zarr v3 types, readable by any implementation)
@@ -65,12 +66,9 @@ def decode_hashes(stored: np.ndarray) -> list[str]:
 
 
 def field_arrays(log_prob_codec, hidden_codecs: dict) -> list[tuple[str, tuple, str, bool]]:
-    """All per-frame arrays of a split, as (path, per-frame shape, dtype, stored component-major)."""
-    out = [("best_path", (), "int32", False)]
-    out += [("log_probs" + a.suffix, a.shape, a.dtype, a.transpose) for a in log_prob_codec.arrays()]
-    for layer, codec in sorted(hidden_codecs.items()):
-        out += [(f"hidden_{layer}" + a.suffix, a.shape, a.dtype, a.transpose) for a in codec.arrays()]
-    return out
+    """All per-frame arrays of a split, as (path, per-frame shape, dtype, stored component-major): the field
+    table's (offline_kd.cache.fields)."""
+    return FieldTable(log_prob_codec, hidden_codecs).arrays()
 
 
 def compressors(name: str, level: int):

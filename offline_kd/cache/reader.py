@@ -15,6 +15,7 @@ import zarr
 
 from offline_kd.cache import integrity
 from offline_kd.cache.codecs import codec_from_spec, load_state
+from offline_kd.cache.fields import LOG_PROBS, FieldTable, hidden_field
 from offline_kd.cache.lm_targets import NBest
 from offline_kd.cache.meta import CacheMeta
 from offline_kd.cache.writer import split_progress
@@ -30,8 +31,8 @@ except ImportError:       # pragma: no cover - another zarr 3 layout: read the a
 def build_codecs(codecs: dict, root: zarr.Group):
     """The cache's codecs from their stored specs (the metadata's `codecs`), with their fitted state read from the
     cache."""
-    lp = load_state(codec_from_spec("log_probs", codecs["log_probs"]), "log_probs", root)
-    hidden = {int(layer): load_state(codec_from_spec("hidden", spec), f"hidden_{layer}", root)
+    lp = load_state(codec_from_spec("log_probs", codecs["log_probs"]), LOG_PROBS, root)
+    hidden = {int(layer): load_state(codec_from_spec("hidden", spec), hidden_field(layer), root)
               for layer, spec in codecs["hidden"].items()}
     return lp, hidden
 
@@ -47,7 +48,7 @@ class CacheSplit:
         self.input_frames = g["input_frames"][:].astype(np.int64)
         self.feature_hashes = decode_hashes(g["feature_sha256"][...])
         self.position = {u: i for i, u in enumerate(self.utterance_ids)}
-        self.paths = [p for p, *_ in field_arrays(cache.lp_codec, cache.hidden_codecs)]
+        self.paths = cache.fields.paths()
         # per-utterance crc32 of the stored bytes, checked on every read (a complete split has them)
         self.checksums = g["checksum"][:] if cache.verify_reads and self.attrs.get("complete") else None
         self._arrays = None
@@ -126,23 +127,17 @@ class CacheSplit:
                                      f"checksum the dump wrote; the cache is corrupted (run `offline-kd cache verify "
                                      f"{self.cache.path}`; verify_reads: false skips this check)")
 
-    def decode(self, raw: dict) -> dict:
-        """Encoded arrays -> {"log_probs": (F, V) float32, "hidden": {L: (F, H) float32}, "best_path": (F,)}."""
-        lp = {k[len("log_probs"):]: v for k, v in raw.items() if k.startswith("log_probs")}
-        out = {"log_probs": self.cache.lp_codec.decode(lp), "best_path": raw["best_path"], "hidden": {}}
-        for layer, codec in self.cache.hidden_codecs.items():
-            key = f"hidden_{layer}"
-            out["hidden"][layer] = codec.decode({k[len(key):]: v for k, v in raw.items()
-                                                 if k == key or k.startswith(key + "/")})
-        return out
+    def decode(self, raw: dict, layers=None) -> dict:
+        """Encoded arrays -> {"log_probs": (F, V) float32, "hidden": {L: (F, H) float32}, "best_path": (F,)}, the
+        hidden layers in `layers` only (all with None)."""
+        return self.cache.fields.decode(raw, layers)
 
     def read_range_codes(self, lo: int, hi: int, layers=None) -> list[dict]:
         """The stored codes of positions lo..hi-1, checked, not decoded: per utterance {path: (frames, ...)} of
         best_path, the log-prob arrays and the hidden arrays of `layers` (all with None)."""
         raw = self.read_raw(lo, hi)
         self.check(raw, lo, hi)
-        wanted = [k for k in raw if not k.startswith("hidden_") or layers is None
-                  or int(k[len("hidden_"):].split("/")[0]) in layers]
+        wanted = list(self.cache.fields.select(raw, layers))
         base = int(self.offsets[lo])
         return [{k: raw[k][int(self.offsets[p]) - base:int(self.offsets[p + 1]) - base] for k in wanted}
                 for p in range(lo, hi)]
@@ -151,7 +146,7 @@ class CacheSplit:
         """Decoded utterances at positions lo..hi-1, each {"log_probs", "hidden", "best_path"} (numpy)."""
         raw = self.read_raw(lo, hi)
         self.check(raw, lo, hi)
-        dec = self.decode(raw)
+        dec = self.decode(raw, layers)
         base = int(self.offsets[lo])
         out = []
         for p in range(lo, hi):
@@ -170,28 +165,18 @@ class TargetDecoder:
     process only (never pickled into loader workers)."""
 
     def __init__(self, cache: "TeacherCache"):
-        self.lp_codec, self.hidden_codecs = cache.lp_codec, cache.hidden_codecs
+        self.fields = cache.fields
         self._state: dict = {}
 
     def _on(self, device) -> dict:
         key = str(device)
         if key not in self._state:
-            self._state[key] = {"log_probs": self.lp_codec.device_state(device),
-                                **{L: c.device_state(device) for L, c in self.hidden_codecs.items()}}
+            self._state[key] = self.fields.device_states(device)
         return self._state[key]
 
     def decode_torch(self, codes: dict, device) -> tuple:
         """{path: codes on `device`} -> log-probs (F, V) and {layer: (F, H)} float32 on `device`."""
-        st = self._on(device)
-        lp = self.lp_codec.decode_torch({k[len("log_probs"):]: v for k, v in codes.items()
-                                         if k.startswith("log_probs")}, st["log_probs"])
-        hidden = {}
-        for layer, codec in self.hidden_codecs.items():
-            key = f"hidden_{layer}"
-            part = {k[len(key):]: v for k, v in codes.items() if k == key or k.startswith(key + "/")}
-            if part:
-                hidden[layer] = codec.decode_torch(part, st[layer])
-        return lp, hidden
+        return self.fields.decode_torch(codes, self._on(device))
 
 
 class TeacherCache:
@@ -208,6 +193,7 @@ class TeacherCache:
             raise OfflineKDError(f"{self.path}: the cache is incomplete (utterances written per split: {done}); "
                                  f"rerun the same `offline-kd dump-teacher` command to finish it")
         self.lp_codec, self.hidden_codecs = build_codecs(self.meta.codecs, self.root)
+        self.fields = FieldTable(self.lp_codec, self.hidden_codecs)
         self.layers = sorted(self.hidden_codecs)
         self.layer_dims = self.meta.layer_dims
         if verify_reads and self.meta.complete:

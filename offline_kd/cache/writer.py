@@ -26,7 +26,8 @@ import torch
 import zarr
 from zarr.codecs import TransposeCodec
 
-from offline_kd.cache.layout import compressors, encode_hashes, encode_ids, field_arrays, utterance_checksum
+from offline_kd.cache.fields import FieldTable
+from offline_kd.cache.layout import compressors, encode_hashes, encode_ids, utterance_checksum
 from offline_kd.errors import InternalError, OfflineKDError
 
 _STOP = object()     # flush everything and mark the split complete
@@ -135,19 +136,15 @@ class DeviceEncoder:
     to the host, cast to the dtypes the cache declares."""
 
     def __init__(self, lp_codec, hidden_codecs: dict, device):
-        self.lp_codec, self.hidden_codecs = lp_codec, hidden_codecs
-        self.state = {"log_probs": lp_codec.device_state(device),
-                      **{L: c.device_state(device) for L, c in hidden_codecs.items()}}
-        self.dtypes = {p: np.dtype(dt) for p, _, dt, _ in field_arrays(lp_codec, hidden_codecs)}
+        self.fields = FieldTable(lp_codec, hidden_codecs)
+        self.state = self.fields.device_states(device)
+        self.dtypes = {p: np.dtype(dt) for p, _, dt, _ in self.fields.arrays()}
 
     def encode(self, pos: int, log_probs, out_len, hidden: dict) -> EncodedBatch:
         sizes = out_len.tolist()
         lp = torch.cat([log_probs[:t, b] for b, t in enumerate(sizes)]).float()       # (frames, V)
-        codes = {"best_path": lp.argmax(-1)}
-        codes.update({"log_probs" + k: v for k, v in self.lp_codec.encode_torch(lp, self.state["log_probs"]).items()})
-        for layer, codec in self.hidden_codecs.items():
-            h = torch.cat([hidden[layer][b, :t] for b, t in enumerate(sizes)]).float()
-            codes.update({f"hidden_{layer}" + k: v for k, v in codec.encode_torch(h, self.state[layer]).items()})
+        hid = {L: torch.cat([hidden[L][b, :t] for b, t in enumerate(sizes)]).float() for L in self.fields.hidden}
+        codes = self.fields.encode_torch(lp, hid, self.state)
         enc = {k: v.cpu().numpy().astype(self.dtypes[k], copy=False) for k, v in codes.items()}
         return EncodedBatch([pos + b for b in range(len(sizes))], sizes, enc)
 
@@ -162,7 +159,8 @@ class SplitWriter:
                  targets: list[int], queue_size: int = 4):
         self.g = group
         self.lp_codec, self.hidden_codecs = log_prob_codec, hidden_codecs
-        self.paths = [p for p, *_ in field_arrays(log_prob_codec, hidden_codecs)]
+        self.fields = FieldTable(log_prob_codec, hidden_codecs)
+        self.paths = self.fields.paths()
         self.arrays = {p: group[p] for p in self.paths}
         self.done_flags, self.checksum_rows = group["_progress/shard_done"], group["_progress/checksums"]
         self.offsets = group["offset"][:]
@@ -237,12 +235,9 @@ class SplitWriter:
 
     def _encode(self, outputs: list) -> tuple[dict, list[tuple[int, int, int]]]:
         """Encode a batch (consecutive plan positions) into {path: (F, ...)} and per-utterance frame spans."""
-        lp = np.concatenate([o["log_probs"] for _, o in outputs])
-        enc = {"best_path": np.concatenate([o["best_path"] for _, o in outputs]).astype(np.int32)}
-        enc.update({"log_probs" + k: v for k, v in self.lp_codec.encode(lp).items()})
-        for layer, codec in self.hidden_codecs.items():
-            h = np.concatenate([o["hidden"][layer] for _, o in outputs])
-            enc.update({f"hidden_{layer}" + k: v for k, v in codec.encode(h).items()})
+        enc = self.fields.encode(np.concatenate([o["log_probs"] for _, o in outputs]),
+                                 np.concatenate([o["best_path"] for _, o in outputs]),
+                                 {L: np.concatenate([o["hidden"][L] for _, o in outputs]) for L in self.fields.hidden})
         spans, pos = [], 0
         for p, o in outputs:
             n = len(o["log_probs"])

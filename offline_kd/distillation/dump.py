@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from offline_kd import __version__
 from offline_kd.cache.codecs import codec_from_spec, state_arrays
+from offline_kd.cache.fields import LOG_PROBS, hidden_field
 from offline_kd.cache.layout import META_KEY, open_group
 from offline_kd.cache.meta import CacheMeta
 from offline_kd.locking import cache_lock
@@ -124,9 +125,9 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -
                              f"dump.codecs.lowrank_fit_frames")
     state = {}
     if fit_lp:
-        state.update(state_arrays(lp_codec.fit(np.concatenate(lps)[:limit]), "log_probs"))
+        state.update(state_arrays(lp_codec.fit(np.concatenate(lps)[:limit]), LOG_PROBS))
     for L in layers:
-        state.update(state_arrays(hidden_codecs[L].fit(np.concatenate(collected[L])[:limit]), f"hidden_{L}"))
+        state.update(state_arrays(hidden_codecs[L].fit(np.concatenate(collected[L])[:limit]), hidden_field(L)))
     log(f"fitting codec state ({', '.join(sorted({k.rsplit('/', 1)[0] for k in state}))}) on {min(n, limit)} "
         f"frames")
     return state
