@@ -121,7 +121,7 @@ class CacheMeta:
                             sort_keys=True).encode())
         for split, p in plans.items():
             h.update(split.encode())
-            for u, fh in zip((p["reader"].utterance_ids[i] for i in p["order"]), p["hashes"]):
+            for u, fh in zip(p.utterance_ids, p.hashes):
                 h.update(f"{u}:{fh}".encode())
         return h.hexdigest()
 

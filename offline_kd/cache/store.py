@@ -15,6 +15,7 @@ from offline_kd.cache import integrity
 from offline_kd.cache.layout import META_KEY, field_arrays, open_group
 from offline_kd.cache.lm_targets import drop_lm_targets
 from offline_kd.cache.meta import CacheMeta
+from offline_kd.cache.plan import SplitPlan
 from offline_kd.cache.reader import build_codecs
 from offline_kd.cache.writer import create_split, finalize_split
 from offline_kd.config import DumpConfig
@@ -55,7 +56,7 @@ def _exists(output: str, storage_options: dict | None) -> bool:
     return True
 
 
-def prepare_store(cfg: DumpConfig, meta: CacheMeta, plans: dict, fit_state: Callable[[], dict], overwrite: bool,
+def prepare_store(cfg: DumpConfig, meta: CacheMeta, plans: dict[str, SplitPlan], fit_state: Callable[[], dict], overwrite: bool,
                   log) -> dict:
     """(rank 0 only) Open, check or (re)create the cache and every split's arrays before any rank writes."""
     refuse_foreign_directory(cfg.output, overwrite)
@@ -91,10 +92,8 @@ def prepare_store(cfg: DumpConfig, meta: CacheMeta, plans: dict, fit_state: Call
         if resume and split in root and root[split].attrs.get("created"):
             continue                               # (a split killed while being created is made again)
         p = plans[split]
-        reader = p["reader"]
-        create_split(root, split, [reader.utterance_ids[i] for i in p["order"]], p["offsets"],
-                     reader.lengths[p["order"]], p["hashes"], fields, cfg.chunk_frames, cfg.shard_chunks,
-                     cfg.codecs.compressor, cfg.codecs.level)
+        create_split(root, split, p.utterance_ids, p.offsets, p.input_frames, p.hashes, fields, cfg.chunk_frames,
+                     cfg.shard_chunks, cfg.codecs.compressor, cfg.codecs.level)
     return {"resume": resume, "complete": False}
 
 
@@ -115,14 +114,14 @@ def _redo_lm_targets(root: zarr.Group, old: dict, meta: CacheMeta, splits: list[
         f"keeping the cached frames and redoing the N-best")
 
 
-def needed_batches(p: dict, mine: np.ndarray, shard_frames: int) -> list[tuple[int, list[int]]]:
+def needed_batches(p: SplitPlan, mine: np.ndarray, shard_frames: int) -> list[tuple[int, list[int]]]:
     """(plan position of the first utterance, batch) for every batch whose frames reach into a shard in `mine`."""
-    offsets, starts = p["offsets"], np.cumsum([0] + [len(b) for b in p["batches"]])
+    offsets, starts = p.offsets, np.cumsum([0] + [len(b) for b in p.batches])
     wanted = np.zeros(int(-(-offsets[-1] // shard_frames)) + 1, dtype=np.int64)
     wanted[mine] = 1
     cum = np.concatenate([[0], np.cumsum(wanted)])
     out = []
-    for bi, batch in enumerate(p["batches"]):
+    for bi, batch in enumerate(p.batches):
         lo, hi = int(offsets[starts[bi]]), int(offsets[starts[bi + 1]])
         if hi > lo and cum[(hi - 1) // shard_frames + 1] - cum[lo // shard_frames] > 0:
             out.append((int(starts[bi]), batch))

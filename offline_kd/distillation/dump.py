@@ -23,6 +23,7 @@ from offline_kd.cache.codecs import codec_from_spec, state_arrays
 from offline_kd.cache.fields import LOG_PROBS, hidden_field
 from offline_kd.cache.layout import META_KEY, open_group
 from offline_kd.cache.meta import CacheMeta
+from offline_kd.cache.plan import SplitPlan
 from offline_kd.locking import cache_lock
 from offline_kd.cache.store import finalize, needed_batches, prepare_store
 from offline_kd.cache.reader import build_codecs
@@ -87,14 +88,14 @@ def _plan(cfg: DumpConfig, corpus: Corpus, model, log):
     return plans
 
 
-def _split_plan(reader, valid, cfg: DumpConfig, s: int) -> dict:
+def _split_plan(reader, valid, cfg: DumpConfig, s: int) -> SplitPlan:
     batches = sorted_batches(reader, valid, cfg.batch_size, cfg.max_frames_per_batch)
     order = [i for b in batches for i in b]
     out_frames = output_frames(reader.lengths[order], s)
     offsets = np.concatenate([[0], np.cumsum(out_frames)]).astype(np.int64)
     hashes = reader.all_feature_hashes()
-    return {"reader": reader, "batches": batches, "order": order, "offsets": offsets,
-            "hashes": [hashes[i] for i in order]}
+    return SplitPlan(reader=reader, batches=batches, order=order, offsets=offsets,
+                     hashes=[hashes[i] for i in order])
 
 
 def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -> dict[str, np.ndarray]:
@@ -107,7 +108,7 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -
     first = next(iter(plans.values()))
     collected = {L: [] for L in layers}
     lps, n, limit = [], 0, cfg.codecs.lowrank_fit_frames
-    loader = loader_for(first["reader"], vocab, first["batches"], device=device)
+    loader = loader_for(first.reader, vocab, first.batches, device=device)
     for batch, log_probs, out_len, hidden in iterate_outputs(model, loader, device, layers):
         lp = log_probs.transpose(0, 1).float().cpu().numpy()
         for b, t in enumerate(out_len.tolist()):
@@ -204,7 +205,7 @@ def _dump_split(cfg: DumpConfig, g, p: dict, model, vocab, layers, lp_codec, hid
                 log) -> dict:
     """This rank's unfinished shards of one split: run the teacher over the batches that reach into them and
     hand the outputs to the background writer. -> {frames, utterances, seconds} written here."""
-    reader, shard_frames = p["reader"], cfg.chunk_frames * cfg.shard_chunks
+    reader, shard_frames = p.reader, cfg.chunk_frames * cfg.shard_chunks
     none = {"frames": 0, "utterances": 0, "seconds": 0.0}
     if g.attrs.get("complete"):
         log(f"{g.basename}: already complete")
@@ -217,8 +218,8 @@ def _dump_split(cfg: DumpConfig, g, p: dict, model, vocab, layers, lp_codec, hid
     if not len(mine):
         return none
     todo = needed_batches(p, mine, shard_frames)
-    mine_frames = shard_frame_count(mine, shard_frames, int(p["offsets"][-1]))
-    bar = tqdm(total=sum(int(p["offsets"][q + len(b)] - p["offsets"][q]) for q, b in todo), unit="frame",
+    mine_frames = shard_frame_count(mine, shard_frames, int(p.offsets[-1]))
+    bar = tqdm(total=sum(int(p.offsets[q + len(b)] - p.offsets[q]) for q, b in todo), unit="frame",
                unit_scale=True, desc=f"dump {g.basename}" + (f" rank {env.rank}" if env.enabled else ""),
                disable=not (cfg.progress and env.is_main), dynamic_ncols=True)
     start, n_utts = time.perf_counter(), 0
@@ -232,7 +233,7 @@ def _dump_split(cfg: DumpConfig, g, p: dict, model, vocab, layers, lp_codec, hid
         for (pos, _), (batch, log_probs, out_len, hidden) in zip(todo, outputs_iter):
             # (a view's reader checks the corpus features itself, before transforming them)
             for b, i in enumerate([] if isinstance(reader, ViewReader) else batch["indices"]):
-                if p["hashes"][pos + b] != feature_sha256(batch["features"][b, :reader.lengths[i]].numpy()):
+                if p.hashes[pos + b] != feature_sha256(batch["features"][b, :reader.lengths[i]].numpy()):
                     raise OfflineKDError(f"utterance {reader.utterance_ids[i]}: features changed since the "
                                          f"corpus was written (feature_sha256 mismatch)")
             if encoder is not None:
