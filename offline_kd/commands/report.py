@@ -17,7 +17,7 @@ from offline_kd.commands import evaluate
 from offline_kd.data.corpus import Corpus
 from offline_kd.data.splits import open_split
 from offline_kd.training.checkpoint import model_from_checkpoint
-from offline_kd.training.inference import decode_speed, resolve_device
+from offline_kd.training import inference
 from offline_kd.commands import tune_lm
 
 
@@ -127,12 +127,12 @@ def measure_speeds(rows: list[dict], split: str, corpus: str | None, device: str
                    repeats: int = 5) -> None:
     """Decode speed of every run, measured after all evaluation work, one run after another, with the same
     utterances, batch size, threads and device (`decode_speed`); stored in each row."""
-    dev = resolve_device(device)
+    dev = inference.resolve_device(device)
     for row in rows:
         model, vocab, ckpt = model_from_checkpoint(row["checkpoint"], dev)
         c = Corpus(corpus or ckpt.get("config", {}).get("data", {}).get("corpus"))
         reader, idx = open_split(c, split, model, False, lambda *_: None)
-        speed = decode_speed(model, reader, idx, vocab, dev, batch_size=batch_size, repeats=repeats)
+        speed = inference.decode_speed(model, reader, idx, vocab, dev, batch_size=batch_size, repeats=repeats)
         row["decode_speed"] = speed
         row["frames_per_second"] = round(speed["frames_per_second"], 1)
 
