@@ -5,7 +5,7 @@ from __future__ import annotations
 from offline_kd.cache.fields import is_field_name
 from offline_kd.cache.layout import open_group, read_meta
 from offline_kd.cache.meta import CacheMeta
-from offline_kd.cache.writer import split_progress
+from offline_kd.cache.progress import split_progress
 
 
 def _stored_bytes(arr) -> int:

@@ -18,7 +18,7 @@ from offline_kd.cache.codecs import codec_from_spec, load_state
 from offline_kd.cache.fields import LOG_PROBS, FieldTable, hidden_field
 from offline_kd.cache.lm_targets import NBest
 from offline_kd.cache.meta import CacheMeta
-from offline_kd.cache.writer import split_progress
+from offline_kd.cache.progress import split_progress
 from offline_kd.cache.layout import decode_hashes, decode_ids, field_arrays, open_group, read_meta, utterance_checksum
 from offline_kd.errors import OfflineKDError
 

@@ -13,7 +13,7 @@ import numpy as np
 from offline_kd.cache import integrity
 from offline_kd.cache.layout import field_arrays, utterance_checksum
 from offline_kd.cache.reader import TeacherCache
-from offline_kd.cache.writer import shard_starts, shards_done, whole_utterances
+from offline_kd.cache.progress import shard_starts, shards_done, whole_utterances
 from offline_kd.data.validate import output_frames
 from offline_kd.errors import OfflineKDError
 

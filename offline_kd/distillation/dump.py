@@ -27,7 +27,8 @@ from offline_kd.cache.plan import SplitPlan
 from offline_kd.locking import cache_lock
 from offline_kd.cache.store import finalize, needed_batches, prepare_store
 from offline_kd.cache.reader import build_codecs
-from offline_kd.cache.writer import DeviceEncoder, SplitWriter, shard_frame_count, shards_done
+from offline_kd.cache.progress import shard_frame_count, shards_done
+from offline_kd.cache.writer import DeviceEncoder, SplitWriter
 from offline_kd.config import CodecConfig, DumpConfig  # noqa: F401
 from offline_kd.data.corpus import Corpus, feature_sha256
 from offline_kd.data.validate import output_frames
