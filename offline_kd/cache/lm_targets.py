@@ -11,16 +11,19 @@ every view), in the split's dump order:
     {split}/lm_nbest_weight  float32 (U, N)        softmax of the beam scores over the N hypotheses (absent: 0)
     split attribute lm_nbest = N
 
-The arrays are sealed with the rest of the cache (offline_kd.cache.integrity).
+They are one record array (offline_kd.cache.records), sealed with the rest of the cache (offline_kd.cache.integrity).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from offline_kd.cache.records import RecordArray, RecordReader
 from offline_kd.config import check_lm_targets  # noqa: F401  (re-exported)
 
-ARRAYS = ("lm_nbest_offset", "lm_nbest_tokens", "lm_nbest_weight")
+#: the LM N-best as a record array (cache/records.py): per utterance N weighted token-id hypotheses
+LM_NBEST = RecordArray("lm_nbest", values="tokens", dtype="int32")
+ARRAYS = LM_NBEST.arrays
 
 
 def nbest_weights(scores: list[float], n: int) -> np.ndarray:
@@ -35,42 +38,15 @@ def nbest_weights(scores: list[float], n: int) -> np.ndarray:
 
 def drop_lm_targets(group) -> bool:
     """Remove a split's stored N-best (arrays and attribute); -> whether it had any."""
-    had = [k for k in ARRAYS if k in group]
-    for k in had:
-        del group[k]
-    if "lm_nbest" in group.attrs:
-        del group.attrs["lm_nbest"]
-        had.append("lm_nbest")
-    return bool(had)
+    return LM_NBEST.drop(group)
 
 
 def store_lm_targets(group, arrays: dict[str, np.ndarray], nbest: int) -> None:
     """Write one split's N-best arrays (`decode_split`'s output) into its group (opened for writing)."""
-    for key, arr in arrays.items():
-        chunks = (max(1, min(arr.shape[0], 1 << 20)),) + arr.shape[1:]       # (an empty array: one chunk)
-        a = group.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=chunks, overwrite=True)
-        if arr.size:
-            a[...] = arr
-    group.attrs.update({"lm_nbest": int(nbest)})
+    LM_NBEST.write(group, arrays, nbest)
 
 
-class NBest:
+def NBest(group) -> RecordReader:
     """The stored N-best of one cache split, in memory: `get(position)` -> [(token ids, weight), ...] (the
     hypotheses with weight > 0)."""
-
-    def __init__(self, group):
-        if "lm_nbest_offset" not in group:
-            raise KeyError(group.basename)
-        self.n = int(group.attrs["lm_nbest"])
-        self.offset = group["lm_nbest_offset"][:]
-        self.tokens = group["lm_nbest_tokens"][:]
-        self.weight = group["lm_nbest_weight"][:]
-
-    def get(self, position: int) -> list[tuple[np.ndarray, float]]:
-        out = []
-        for j in range(self.n):
-            w = float(self.weight[position, j])
-            if w > 0:
-                k = position * self.n + j
-                out.append((self.tokens[self.offset[k]:self.offset[k + 1]].astype(np.int64), w))
-        return out
+    return LM_NBEST.reader(group)

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from offline_kd.cache.layout import open_group
-from offline_kd.cache.lm_targets import nbest_weights, store_lm_targets
+from offline_kd.cache.lm_targets import LM_NBEST, nbest_weights, store_lm_targets
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.decoding.beam import BeamSearchDecoder
 from offline_kd.errors import OfflineKDError
@@ -39,20 +39,16 @@ def decode_split(split, vocab, cfg, log=print) -> dict[str, np.ndarray]:
     """The N-best arrays of one cache split (a CacheSplit of the dump being finalised)."""
     dec = load_decoder(vocab, cfg)
     n, u = cfg.nbest, len(split)
-    offsets, tokens, weights = [0], [], np.zeros((u, n), dtype=np.float32)
+    slots, weights = [], np.zeros((u, n), dtype=np.float32)
     start, step = time.perf_counter(), 256
     for lo in range(0, u, step):
         hi = min(u, lo + step)
         lps = [r["log_probs"] for r in split.read_range(lo, hi, layers=set())]
         for i, beams in enumerate(dec.decode_nbest(lps, n), start=lo):
             weights[i] = nbest_weights([s for _, s in beams], n)
-            for j in range(n):
-                ids = vocab.encode(beams[j][0]) if j < len(beams) and beams[j][0] else []
-                tokens.extend(ids)
-                offsets.append(offsets[-1] + len(ids))
+            slots.append([vocab.encode(text) if text else [] for text, _ in beams[:n]])
     log(f"{split.name}: LM {n}-best of {u} utterances in {time.perf_counter() - start:.1f}s")
-    return {"lm_nbest_offset": np.asarray(offsets, dtype=np.int64),
-            "lm_nbest_tokens": np.asarray(tokens, dtype=np.int32), "lm_nbest_weight": weights}
+    return LM_NBEST.build(slots, weights)
 
 
 def write_lm_targets(cache_path: str, storage_options: dict, splits: list[str], vocab, cfg, log=print) -> None:
