@@ -427,7 +427,7 @@ def _type_name(tp: Any) -> str:
 
 @dataclass(frozen=True)
 class AblationConfig:
-    """`offline-kd ablate`'s config (see offline_kd/commands/ablate.py)."""
+    """`offline-kd ablate`'s config (see offline_kd/distillation/ablation.py)."""
     SECTION: ClassVar[str] = "ablation"
     base: Union[str, dict] = ""                 # a distillation config path (relative to the ablation file) or mapping
     output_dir: str = "runs/ablation"

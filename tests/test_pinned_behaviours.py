@@ -354,7 +354,7 @@ def _table_column(table: str, name: str, column: str) -> str:
 
 
 def test_report_names_the_last_epoch_marked_best(tmp_path, monkeypatch):
-    from offline_kd.commands import report
+    from offline_kd.training import report
     run = tmp_path / "kd"
     run.mkdir()
     (run / "metrics.jsonl").write_text(_metrics_text())
@@ -376,7 +376,7 @@ def test_report_names_the_last_epoch_marked_best(tmp_path, monkeypatch):
 
 
 def test_ablate_names_the_last_epoch_marked_best(tmp_path, monkeypatch):
-    from offline_kd.commands import ablate
+    from offline_kd.distillation import ablation as ablate
     base = student_dict(tmp_path / "corpus", tmp_path / "cache.zarr", tmp_path / "unused")
     spec = write_yaml(tmp_path / "ablation.yaml", {"base": base, "output_dir": str(tmp_path / "abl"),
                                                      "runs": [{"name": "kd", "set": {}}], "evaluate": ["dev"]})

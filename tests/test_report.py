@@ -9,7 +9,8 @@ import pytest
 
 from helpers import experiment_dict, QUIET, student_dict
 from offline_kd.config import ExperimentConfig, build_dataclass
-from offline_kd.commands import report, train, train_student
+from offline_kd.commands import train, train_student
+from offline_kd.training import report
 
 
 @pytest.fixture(scope="module")
