@@ -54,21 +54,8 @@ def test_every_module_is_in_a_declared_layer():
     assert not unknown, f"packages missing from LAYERS: {unknown}"
 
 
-def test_imports_follow_the_declared_order():
-    wrong = []
-    for rel, tree in _modules():
-        here = _layer(rel)
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                for module in _imported(node):
-                    there = _target_layer(module)
-                    if there is not None and there != here and RANK[there] > RANK[here]:
-                        wrong.append(f"{rel}:{node.lineno} ({here}) imports {module} ({there})")
-    assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)
-
-
-def test_no_cycle_between_packages():
-    edges: dict[str, set[str]] = {}
+def _cross_layer_imports():
+    """(module path, line, its layer, imported module, that module's layer) for every import of another layer."""
     for rel, tree in _modules():
         here = _layer(rel)
         for node in ast.walk(tree):
@@ -76,7 +63,19 @@ def test_no_cycle_between_packages():
                 for module in _imported(node):
                     there = _target_layer(module)
                     if there is not None and there != here:
-                        edges.setdefault(here, set()).add(there)
+                        yield rel, node.lineno, here, module, there
+
+
+def test_imports_follow_the_declared_order():
+    wrong = [f"{rel}:{line} ({here}) imports {module} ({there})"
+             for rel, line, here, module, there in _cross_layer_imports() if RANK[there] > RANK[here]]
+    assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)
+
+
+def test_no_cycle_between_packages():
+    edges: dict[str, set[str]] = {}
+    for _, _, here, _, there in _cross_layer_imports():
+        edges.setdefault(here, set()).add(there)
 
     def reach(a, seen):
         for b in edges.get(a, ()):

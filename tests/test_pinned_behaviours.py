@@ -33,30 +33,7 @@ CPU = torch.device("cpu")
 # ------------------------------------------------------------------------------------------------------------------
 # 1. BeamSearchDecoder.set_weights (tune-lm's alpha/beta grid) decodes like a decoder built with those weights
 
-CHAR_TOKENS = ["<blank>", "|", "t", "h", "e", "c", "k", "a"]
-
-# log10 2-gram: "the cat" likely, "the kat" not
-ARPA = """\\data\\
-ngram 1=6
-ngram 2=5
-
-\\1-grams:
--1.0\t<unk>\t0
--99\t<s>\t-0.5
--0.7\t</s>\t0
--0.7\tthe\t-0.3
--0.8\tcat\t-0.3
--3.0\tkat\t-0.3
-
-\\2-grams:
--0.1\t<s> the
--0.1\tthe cat
--3.0\tthe kat
--0.1\tcat </s>
--0.5\tkat </s>
-
-\\end\\
-"""
+from test_beam import ARPA, CHAR_TOKENS  # noqa: E402  (the same toy 2-gram: "the cat" likely, "the kat" not)
 
 
 def _the_kat() -> np.ndarray:
