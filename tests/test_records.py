@@ -30,3 +30,17 @@ def test_the_lm_nbest_is_a_record_array_with_its_documented_names():
     assert LM_NBEST.arrays == ("lm_nbest_offset", "lm_nbest_tokens", "lm_nbest_weight")
     arrays = LM_NBEST.build([[[], [7, 8]]], np.array([[0.5, 0.5]], dtype=np.float32))
     assert arrays["lm_nbest_tokens"].dtype == np.int32 and arrays["lm_nbest_offset"].tolist() == [0, 0, 2]
+
+
+def test_stored_dtypes_are_the_format_s_whatever_the_input_and_a_rewrite_replaces(tmp_path):
+    rec = RecordArray("r", values="tokens", dtype="int32")
+    arrays = rec.build([[np.array([1, 2], dtype=np.int64)]], np.array([[1.0]], dtype=np.float64))
+    assert [arrays[k].dtype for k in rec.arrays] == [np.int64, np.int32, np.float32]
+    empty = rec.build([], np.zeros((0, 3)))                     # a split without utterances
+    assert empty["r_offset"].tolist() == [0] and empty["r_tokens"].dtype == np.int32 and empty["r_tokens"].size == 0
+    g = zarr.open_group(str(tmp_path / "c.zarr"), mode="w").create_group("dev")
+    rec.write(g, arrays, slots=1)
+    rec.write(g, rec.build([[[7]]], np.array([[1.0]])), slots=1)     # the N-best stage redone: replaced
+    assert [(v.tolist(), w) for v, w in rec.reader(g).get(0)] == [([7], 1.0)]
+    rec.write(g, empty, slots=3)
+    assert rec.reader(g).n == 3 and g["r_tokens"].shape == (0,)

@@ -47,7 +47,7 @@ class RecordArray:
                 offsets.append(offsets[-1] + len(v))
         off_name, val_name, w_name = self.arrays
         return {off_name: np.asarray(offsets, dtype=np.int64),
-                val_name: np.concatenate(values).astype(self.dtype) if values else np.zeros(0, self.dtype),
+                val_name: np.concatenate(values + [np.zeros(0, self.dtype)]).astype(self.dtype),
                 w_name: np.asarray(weights, dtype=np.float32)}
 
     def write(self, group, arrays: dict[str, np.ndarray], slots: int) -> None:
