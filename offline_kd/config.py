@@ -381,6 +381,10 @@ class ExperimentConfig:
     distill: Optional[DistillConfig] = None
 
 
+VIEWS_EXCLUDE_MASKS = ("augment.time_masks / freq_masks: with views the student sees exactly the view its teacher "
+                       "saw; give the masks in the views (dump.views) and set these to 0")
+
+
 def validate_experiment(cfg: ExperimentConfig, command: str) -> None:
     """The rules of an experiment config that involve more than one section, for `command` (train |
     train-student); each is a one-line error. Rules that need the corpus or the cache stay with the command."""
@@ -411,8 +415,7 @@ def validate_experiment(cfg: ExperimentConfig, command: str) -> None:
     # views given here (with --online-teacher the views; with a cache they must equal the cache's); the views a
     # cache brings are checked against the masks by train-student once it has opened the cache
     if d.views and (cfg.augment.time_masks or cfg.augment.freq_masks):
-        raise OfflineKDError("augment.time_masks / freq_masks: with views the student sees exactly the view its "
-                             "teacher saw; give the masks in the views (dump.views) and set these to 0")
+        raise OfflineKDError(VIEWS_EXCLUDE_MASKS)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import numpy as np
 
 from offline_kd.distillation.compat import check_cache
 from offline_kd.cache.reader import TargetDecoder, TeacherCache
-from offline_kd.config import ExperimentConfig, ModelConfig, build_dataclass
+from offline_kd.config import VIEWS_EXCLUDE_MASKS, ExperimentConfig, ModelConfig, build_dataclass
 from offline_kd.data.distill_dataset import DistillBatchDataset
 from offline_kd.data.sampler import SortedRunBatchSampler
 from offline_kd.data.views import (ByView, ViewBatchSampler, ViewReader, max_view_lengths, parse_views,
@@ -58,8 +58,7 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
         teacher_dev = cache.meta.teacher_dev
     views, view_seed, viewed = _views(cfg, cache, [name for name, _, _ in extra], log)
     if views and augment.active:
-        raise OfflineKDError("augment.time_masks / freq_masks: with views the student sees exactly the view its "
-                             "teacher saw; give the masks in the views (dump.views) and set these to 0")
+        raise OfflineKDError(VIEWS_EXCLUDE_MASKS)
 
     # per view (or once, without views): the training split and the untranscribed ones as the student sees them,
     # with the cached targets of that view; an utterance must be valid in every view
