@@ -14,7 +14,7 @@ import warnings
 import click
 
 from offline_kd import __version__
-from offline_kd.errors import OfflineKDError
+from offline_kd.errors import OfflineKDError, user_message
 
 
 def _friendly(fn):
@@ -24,7 +24,7 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except OfflineKDError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(user_message(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

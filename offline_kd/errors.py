@@ -12,3 +12,17 @@ class OfflineKDError(Exception):
 class InternalError(RuntimeError):
     """A bug in offline-kd, not a user mistake: deliberately not an OfflineKDError, so the CLI shows its traceback
     instead of a one-line message that would hide where it happened."""
+
+
+def user_message(exc: OfflineKDError) -> str:
+    """The one-line message of `exc`. An OfflineKDError raised in a DataLoader worker reaches the main process
+    re-raised by torch with the worker's traceback folded into its message ("Caught OfflineKDError in DataLoader
+    worker process 0. Original Traceback ... OfflineKDError: <message>"): the original message is its last line."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        for prefix in (f"{type(exc).__module__}.{type(exc).__name__}: ", f"{type(exc).__name__}: "):
+            if last.startswith(prefix):
+                return last[len(prefix):]
+        return last
+    return text

@@ -267,3 +267,23 @@ def test_warnings_of_libraries_print_as_one_line_in_the_cli(f32_cache, tmp_path)
     assert res.exit_code == 0
     assert res.output.strip() == ("warning (ZarrUserWarning): Consolidated metadata is currently not part\\n of "
                                   "the spec")
+
+
+class _RaisesInWorker(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        raise OfflineKDError("train.h5: utterance u1: its features differ from their stored feature_sha256")
+
+
+def test_an_error_raised_in_a_loader_worker_prints_as_its_own_one_line_message():
+    """Reads of the cache and of the features run in DataLoader workers on a GPU (data.num_workers auto): torch
+    re-raises their OfflineKDError with the worker's traceback in the message; the CLI prints the message alone."""
+    from offline_kd.errors import user_message
+    loader = torch.utils.data.DataLoader(_RaisesInWorker(), num_workers=1, multiprocessing_context="fork")
+    with pytest.raises(OfflineKDError) as info:
+        next(iter(loader))
+    assert "Original Traceback" in str(info.value)                       # what torch does
+    assert user_message(info.value) == "train.h5: utterance u1: its features differ from their stored feature_sha256"
+    assert user_message(OfflineKDError("plain")) == "plain"
