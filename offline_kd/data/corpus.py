@@ -34,8 +34,9 @@ FORMAT_VERSION = 1
 _STR = h5py.string_dtype(encoding="utf-8")
 
 
-CHANGED_FEATURES = ("its features differ from their stored feature_sha256 (changed after the corpus was written: "
-                    "targets cached for them would be stale; re-import the corpus and dump the teacher again)")
+CHANGED_FEATURES = ("its features differ from their stored feature_sha256 (feature_sha256 mismatch: changed after "
+                    "the corpus was written, so targets cached for them would be stale; re-import the corpus and "
+                    "dump the teacher again)")
 
 
 def feature_sha256(features: np.ndarray) -> str:
