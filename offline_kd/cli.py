@@ -134,20 +134,58 @@ def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, untra
 
 
 @data.command("import")
-@click.option("--manifest", required=True, type=click.Path(dir_okay=False),
-              help="JSONL ({\"id\", \"features\", \"text\"[, \"split\"]}) or TSV (id<TAB>features.npy<TAB>text).")
+@click.option("--manifest", "manifests", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help="Manifest (repeatable): NeMo JSONL (audio_filepath, duration, text, offset), lhotse "
+                   "(.jsonl.gz: CutSet, or RecordingSet + SupervisionSet), an audio list (JSONL {id, audio, text, "
+                   "split} or TSV id<TAB>audio<TAB>text[<TAB>split]), or .npy features ({id, features, text}).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output corpus directory.")
-@click.option("--split", "split_name", default=None, help="Split name for all rows (else the 'split' field).")
+@click.option("--split", "split_names", multiple=True,
+              help="Split of each --manifest, in order (else each row's 'split' field).")
+@click.option("--format", "fmt", type=click.Choice(["auto", "nemo", "lhotse", "list", "features"]), default="auto",
+              show_default=True, help="Manifest kind (auto: from the file name and its first row).")
 @click.option("--vocab", type=click.Path(dir_okay=False), default=None,
               help="Vocabulary file (token per line, <blank> first); built from the transcripts if omitted.")
 @click.option("--tokenizer", type=click.Choice(["char", "word"]), default="char", show_default=True,
               help="How transcripts are split into tokens.")
 @click.option("--word-separator", default="|", show_default=True, help="Word-separator token (char tokenizer).")
+@click.option("--sample-rate", default=16000, show_default=True, help="Audio: the front end's sample rate (Hz).")
+@click.option("--no-resample", is_flag=True, help="Audio: refuse files at another rate instead of resampling.")
+@click.option("--num-mel-bins", default=80, show_default=True, help="Audio: Kaldi fbank bins.")
+@click.option("--frame-length-ms", default=25.0, show_default=True, help="Audio: analysis window.")
+@click.option("--frame-shift-ms", default=10.0, show_default=True, help="Audio: frame shift.")
+@click.option("--dither", default=0.0, show_default=True, help="Audio: Kaldi dither (0: reproducible features).")
+@click.option("--cmvn", type=click.Choice(["none", "global", "utterance"]), default="none", show_default=True,
+              help="Audio: feature normalisation (global: statistics of --cmvn-split, stored in corpus.json).")
+@click.option("--cmvn-split", default="train", show_default=True, help="Audio: the split global CMVN is taken from.")
+@click.option("--keep-audio", is_flag=True, help="Audio: store each utterance's int16 waveform beside its features "
+                                                 "(for teachers that read waveforms).")
+@click.option("--jobs", default=1, show_default=True, help="Audio: worker processes.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Audio: leave out unusable rows and list them in OUT/import_skipped.tsv instead of failing.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Audio: progress bar.")
 @_friendly
-def data_import(manifest, out, split_name, vocab, tokenizer, word_separator):
-    """Build HDF5 splits from per-utterance .npy feature files and a transcript manifest."""
+def data_import(manifests, out, split_names, fmt, vocab, tokenizer, word_separator, sample_rate, no_resample,
+                num_mel_bins, frame_length_ms, frame_shift_ms, dither, cmvn, cmvn_split, keep_audio, jobs,
+                skip_invalid, progress):
+    """Build a corpus from audio files (Kaldi fbank) or per-utterance .npy features, and a manifest."""
+    from pathlib import Path
+    from offline_kd.data.audio_import import AudioImportOptions, import_audio
+    from offline_kd.data.frontend import FbankOptions
     from offline_kd.data.importer import import_manifest
-    import_manifest(manifest, out, split_name, vocab, tokenizer, word_separator, log=_log)
+    from offline_kd.data.manifests import detect_format
+    kind = fmt if fmt != "auto" else (detect_format(Path(manifests[0])) if Path(manifests[0]).is_file() else "list")
+    if kind == "features":
+        if len(manifests) > 1 or len(split_names) > 1:
+            raise OfflineKDError("a .npy feature manifest is imported alone: one --manifest, at most one --split")
+        import_manifest(manifests[0], out, split_names[0] if split_names else None, vocab, tokenizer,
+                        word_separator, log=_log)
+        return
+    options = AudioImportOptions(
+        fbank=FbankOptions(sample_rate=sample_rate, num_mel_bins=num_mel_bins, frame_length_ms=frame_length_ms,
+                           frame_shift_ms=frame_shift_ms, dither=dither),
+        cmvn=cmvn, cmvn_split=cmvn_split, keep_audio=keep_audio, resample=not no_resample,
+        skip_invalid=skip_invalid, jobs=jobs, progress=progress)
+    import_audio(list(manifests), list(split_names), out, fmt, vocab, tokenizer, word_separator, options, log=_log)
 
 
 @data.command("validate")

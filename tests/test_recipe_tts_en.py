@@ -35,9 +35,11 @@ def test_tts_en_quick(tmp_path):
     for r in rows:   # greedy and tuned beam results, parameters
         assert {"wer", "cer", "beam_wer", "beam_cer", "alpha", "beta", "num_parameters"} <= set(r)
     assert rows[1]["num_parameters"] == rows[2]["num_parameters"]
-    manifest = [json.loads(x) for x in (tmp_path / "data/raw/manifest.jsonl").read_text().splitlines()]
-    assert [m for m in manifest if m["split"] == "untranscribed"] and \
-        all("text" not in m for m in manifest if m["split"] == "untranscribed")
+    # NeMo manifests, one per split; the untranscribed one without text; features made by `data import`
+    untranscribed = [json.loads(x) for x in (tmp_path / "data/raw/untranscribed.json").read_text().splitlines()]
+    assert untranscribed and all("text" not in m and m["audio_filepath"].endswith(".flac") for m in untranscribed)
+    corpus = json.loads((tmp_path / "data/corpus/corpus.json").read_text())
+    assert corpus["frontend"]["kind"] == "kaldi-fbank" and corpus["frontend"]["sample_rate"] == 16000
     assert "untranscribed: untranscribed, 12 utterances" in res.stdout + res.stderr
     by_split = {s: {m["text"] for m in manifest if m["split"] == s} for s in ("train", "dev", "test", "teacher_train")}
     assert not by_split["train"] & (by_split["dev"] | by_split["test"])        # disjoint sentences

@@ -1,75 +1,103 @@
-"""Log-mel filterbank features from a waveform (numpy only; no torchaudio needed).
+"""Audio in: decode one manifest row's samples (soundfile), mix down to mono, resample (soxr), quantize to int16.
 
-`log_mel(signal, sample_rate)` gives (frames, n_mels) float32: Hann-windowed frames of `win_ms` every `hop_ms`,
-power spectrum, HTK mel filterbank between `fmin` and `fmax`, natural log with a floor. `read_wav` reads 16-bit
-PCM WAV files (what espeak-ng and most tools write) into float32 in [-1, 1].
+The rule for every audio file, whatever the manifest kind:
+  - soundfile decodes it (WAV, FLAC, OGG/Vorbis, ... whatever libsndfile reads) as float32 in [-1, 1);
+  - `offset` and `duration` (seconds) select a segment; a duration that runs up to `DURATION_TOLERANCE` past the
+    end of the file is cut to the file (manifests round durations), further is an error;
+  - several channels: the manifest's `channel` when it names one (lhotse cuts do), else the mean of all channels;
+  - a sample rate other than the front end's is resampled with soxr (quality "HQ"), unless resampling is off;
+  - the result is quantized to int16 (round half to even, clipped): that is the utterance's audio, the one
+    `--keep-audio` stores and the one the filterbank reads, so features and kept audio always agree.
+
+Every problem is an `AudioError` whose message names what is wrong; the importer adds the row and the file.
 """
 
 from __future__ import annotations
 
-import wave
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
+import soundfile as sf
+import soxr
 
-from offline_kd.errors import OfflineKDError
+#: seconds a manifest's offset + duration may run past the end of its file before it is an error
+DURATION_TOLERANCE = 0.025
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """Mono 16-bit PCM WAV -> (float32 samples in [-1, 1], sample rate). Multi-channel files are averaged."""
+class AudioError(Exception):
+    """A row's audio cannot be used (the message says why; the importer names the row and the file)."""
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    """Where one utterance's samples are: a file, and optionally a segment of it and a channel."""
+    path: str
+    offset: float = 0.0
+    duration: Optional[float] = None
+    channel: Optional[int] = None
+
+
+def decode(spec: AudioSpec) -> tuple[np.ndarray, int]:
+    """(float32 mono samples, sample rate) of the segment `spec` names."""
     try:
-        with wave.open(str(path), "rb") as w:
-            if w.getsampwidth() != 2:
-                raise OfflineKDError(f"{path}: only 16-bit PCM WAV is supported (sample width {w.getsampwidth()})")
-            rate, channels = w.getframerate(), w.getnchannels()
-            raw = w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as exc:
-        raise OfflineKDError(f"{path}: not a readable WAV file ({exc})") from None
-    x = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
-    if channels > 1:
-        x = x.reshape(-1, channels).mean(axis=1)
-    return x, rate
+        info = sf.info(spec.path)
+    except FileNotFoundError:
+        raise AudioError("audio file not found") from None
+    except Exception as exc:  # noqa: BLE001  (libsndfile's own message says what is wrong with the file)
+        raise AudioError(f"not a readable audio file ({_one_line(exc)})") from None
+    rate, total = int(info.samplerate), int(info.frames)
+    if spec.offset < 0 or (spec.duration is not None and spec.duration < 0):
+        raise AudioError(f"negative offset or duration ({spec.offset}, {spec.duration})")
+    start = int(round(spec.offset * rate))
+    if spec.duration is None:
+        count = total - start
+    else:
+        count = int(round(spec.duration * rate))
+        past = (start + count - total) / rate
+        if past > DURATION_TOLERANCE:
+            raise AudioError(f"offset + duration ({spec.offset + spec.duration:.3f} s) runs past the end of the file "
+                             f"({total / rate:.3f} s)")
+        count = min(count, total - start)
+    if count <= 0:
+        raise AudioError(f"no samples (offset {spec.offset:g} s, file {total / rate:.3f} s)")
+    try:
+        x = sf.read(spec.path, start=start, frames=count, dtype="float32", always_2d=True)[0]
+    except Exception as exc:  # noqa: BLE001
+        raise AudioError(f"cannot decode the audio ({_one_line(exc)}): truncated or damaged?") from None
+    if x.shape[0] < count:
+        raise AudioError(f"the file ends after {(start + x.shape[0]) / rate:.3f} s although its header says "
+                         f"{total / rate:.3f} s: truncated?")
+    if spec.channel is not None:
+        if not 0 <= spec.channel < x.shape[1]:
+            raise AudioError(f"channel {spec.channel} asked for, the file has {x.shape[1]}")
+        x = x[:, spec.channel]
+    elif x.shape[1] == 1:
+        x = x[:, 0]
+    else:
+        x = x.mean(axis=1, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise AudioError(f"{int((~np.isfinite(x)).sum())} samples are NaN or infinite")
+    return np.ascontiguousarray(x, dtype=np.float32), rate
 
 
-def _hz_to_mel(f):
-    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+def resample(x: np.ndarray, rate: int, target: int, allowed: bool = True) -> np.ndarray:
+    if rate == target:
+        return x
+    if not allowed:
+        raise AudioError(f"sample rate {rate} Hz, the front end reads {target} Hz and resampling is off")
+    return np.asarray(soxr.resample(x, rate, target, quality="HQ"), dtype=np.float32)
 
 
-def _mel_to_hz(m):
-    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+def to_int16(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, fmin: float = 20.0,
-                   fmax: float | None = None) -> np.ndarray:
-    """(n_mels, n_fft // 2 + 1) triangular filters, equally spaced on the HTK mel scale."""
-    fmax = sample_rate / 2 if fmax is None else fmax
-    if not 0 <= fmin < fmax <= sample_rate / 2:
-        raise OfflineKDError(f"mel range must satisfy 0 <= fmin < fmax <= {sample_rate / 2:g} Hz, "
-                             f"got {fmin:g}..{fmax:g}")
-    bins = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    up = (bins[None, :] - lo) / (mid - lo)
-    down = (hi - bins[None, :]) / (hi - mid)
-    return np.maximum(0.0, np.minimum(up, down)).astype(np.float32)
+def load(spec: AudioSpec, target_rate: int, allow_resample: bool = True) -> np.ndarray:
+    """The utterance's int16 samples at `target_rate`."""
+    x, rate = decode(spec)
+    return to_int16(resample(x, rate, target_rate, allow_resample))
 
 
-def log_mel(signal: np.ndarray, sample_rate: int, n_mels: int = 80, hop_ms: float = 10.0, win_ms: float = 25.0,
-            fmin: float = 20.0, fmax: float | None = 8000.0, floor: float = 1e-10) -> np.ndarray:
-    """Log-mel filterbank energies, (frames, n_mels) float32; frames = 1 + (len - win) // hop (at least 1)."""
-    x = np.asarray(signal, dtype=np.float32)
-    if x.ndim != 1 or x.size == 0:
-        raise OfflineKDError(f"log_mel expects a non-empty 1-D signal, got shape {x.shape}")
-    win = int(round(sample_rate * win_ms / 1000))
-    hop = int(round(sample_rate * hop_ms / 1000))
-    n_fft = 1 << (win - 1).bit_length()
-    if x.size < win:
-        x = np.pad(x, (0, win - x.size))
-    x = np.append(x[0], x[1:] - 0.97 * x[:-1])           # pre-emphasis
-    n_frames = 1 + (x.size - win) // hop
-    idx = np.arange(win)[None, :] + hop * np.arange(n_frames)[:, None]
-    frames = x[idx] * np.hanning(win).astype(np.float32)[None, :]
-    power = np.abs(np.fft.rfft(frames, n=n_fft, axis=1)) ** 2
-    fmax = min(fmax or sample_rate / 2, sample_rate / 2)
-    fb = mel_filterbank(n_mels, n_fft, sample_rate, fmin, fmax)
-    return np.log(np.maximum(power @ fb.T, floor)).astype(np.float32)
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -12,6 +12,10 @@ Layout (see docs/data-format.md):
         feature_sha256  str     (N,)                sha256 of each utterance's float32 feature bytes
         nonfinite       int64   (N,)                count of NaN/Inf values per utterance (written by the writer)
         attrs["transcribed"]  bool                  False for a split of untranscribed audio (teacher targets only)
+      and, imported from audio with --keep-audio (waveform teachers read it):
+        audio           int16   (total_samples,)    every utterance's samples back to back, at attrs["audio_sample_rate"]
+        audio_offsets   int64   (N + 1,)            utterance i = audio[audio_offsets[i]:audio_offsets[i+1]]
+        audio_sha256    str     (N,)                sha256 of each utterance's int16 sample bytes
 
 Readers hold only the small per-utterance arrays in memory and read feature slices on demand, so a corpus of any
 size opens instantly. The h5py handle is opened lazily per process, so readers survive DataLoader forking.
@@ -43,11 +47,21 @@ def feature_sha256(features: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(features, dtype=np.float32).tobytes()).hexdigest()
 
 
+def audio_sha256(samples: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.int16).tobytes()).hexdigest()
+
+
+CHANGED_AUDIO = ("its audio differs from its stored audio_sha256 (changed after the corpus was written; re-import the "
+                 "corpus and dump the teacher again)")
+
+
 class SplitWriter:
     """Append utterances to `{split}.h5`; the file appears under its final name only after `close()`.
-    `transcribed=False` writes a split of untranscribed audio: every transcript must be empty."""
+    `transcribed=False` writes a split of untranscribed audio: every transcript must be empty. With
+    `audio_sample_rate`, every `add` also takes the utterance's int16 samples (kept for waveform teachers)."""
 
-    def __init__(self, path: str | Path, feature_dim: int, transcribed: bool = True):
+    def __init__(self, path: str | Path, feature_dim: int, transcribed: bool = True,
+                 audio_sample_rate: int | None = None):
         self.path = Path(path)
         self.transcribed = transcribed
         self.tmp = self.path.with_name(self.path.name + ".partial")
@@ -63,12 +77,30 @@ class SplitWriter:
         self._nonfinite: list[int] = []
         self._pending: list[np.ndarray] = []
         self._pending_frames = 0
+        self.audio_sample_rate = audio_sample_rate
+        if audio_sample_rate:
+            self._audio = self._f.create_dataset("audio", shape=(0,), maxshape=(None,), dtype="int16",
+                                                 chunks=(2 ** 18,))
+            self._audio_offsets = [0]
+            self._audio_hashes: list[str] = []
+            self._pending_audio: list[np.ndarray] = []
 
-    def add(self, utterance_id: str, features: np.ndarray, transcript: str) -> None:
+    def add(self, utterance_id: str, features: np.ndarray, transcript: str, audio: np.ndarray | None = None) -> None:
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2 or features.shape[1] != self.feature_dim:
             raise OfflineKDError(
                 f"utterance {utterance_id}: features have shape {features.shape}, expected (T, {self.feature_dim})")
+        if (audio is not None) != bool(self.audio_sample_rate):
+            raise OfflineKDError(f"utterance {utterance_id}: audio given to a split written "
+                                 f"{'with' if self.audio_sample_rate else 'without'} audio, or the other way round")
+        if audio is not None:
+            audio = np.asarray(audio)
+            if audio.dtype != np.int16 or audio.ndim != 1:
+                raise OfflineKDError(f"utterance {utterance_id}: audio must be 1-D int16, got {audio.dtype} "
+                                     f"{audio.shape}")
+            self._audio_offsets.append(self._audio_offsets[-1] + audio.shape[0])
+            self._audio_hashes.append(audio_sha256(audio))
+            self._pending_audio.append(audio)
         transcript = transcript or ""
         if not self.transcribed and transcript.strip():
             raise OfflineKDError(f"utterance {utterance_id}: has a transcript, but {self.path.name} is a split of "
@@ -91,6 +123,12 @@ class SplitWriter:
         self._feats.resize(n + block.shape[0], axis=0)
         self._feats[n:] = block
         self._pending, self._pending_frames = [], 0
+        if self.audio_sample_rate and self._pending_audio:
+            block = np.concatenate(self._pending_audio)
+            n = self._audio.shape[0]
+            self._audio.resize(n + block.shape[0], axis=0)
+            self._audio[n:] = block
+            self._pending_audio = []
 
     def close(self) -> None:
         if len(set(self._ids)) != len(self._ids):
@@ -111,6 +149,10 @@ class SplitWriter:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["feature_dim"] = self.feature_dim
         f.attrs["transcribed"] = self.transcribed
+        if self.audio_sample_rate:
+            f.create_dataset("audio_offsets", data=np.asarray(self._audio_offsets, dtype=np.int64))
+            f.create_dataset("audio_sha256", data=np.asarray(self._audio_hashes, dtype=object), dtype=_STR)
+            f.attrs["audio_sample_rate"] = int(self.audio_sample_rate)
         f.close()
         os.replace(self.tmp, self.path)
 
@@ -141,6 +183,10 @@ class SplitReader:
                                        if "feature_sha256" in f else None)
                 self.nonfinite = f["nonfinite"][:] if "nonfinite" in f else None
                 self.transcribed = bool(f.attrs.get("transcribed", True))
+                self.audio_sample_rate = int(f.attrs["audio_sample_rate"]) if "audio_offsets" in f else None
+                self.audio_offsets = f["audio_offsets"][:].astype(np.int64) if "audio_offsets" in f else None
+                self.audio_hashes = ([s.decode() if isinstance(s, bytes) else s for s in f["audio_sha256"][:]]
+                                     if "audio_sha256" in f else None)
         except OSError as exc:
             raise OfflineKDError(f"{self.path}: not a readable HDF5 file ({exc})") from None
         if len(self.offsets) != len(self.utterance_ids) + 1 or len(self.transcripts) != len(self.utterance_ids):
@@ -172,6 +218,21 @@ class SplitReader:
         x = self._file()["features"][self.offsets[i]:self.offsets[i + 1]]
         if self.verify_features and self.feature_hashes is not None and feature_sha256(x) != self.feature_hashes[i]:
             raise OfflineKDError(f"{self.path}: utterance {self.utterance_ids[i]}: {CHANGED_FEATURES}")
+        return x
+
+    @property
+    def has_audio(self) -> bool:
+        """True when the split keeps its audio (imported with --keep-audio)."""
+        return self.audio_offsets is not None
+
+    def audio(self, i: int) -> np.ndarray:
+        """Utterance i's int16 samples at `audio_sample_rate` (checked against their sha256 with `verify_reads`)."""
+        if self.audio_offsets is None:
+            raise OfflineKDError(f"{self.path}: the split keeps no audio (import it with `data import --keep-audio` "
+                                 f"for a teacher that reads waveforms)")
+        x = self._file()["audio"][self.audio_offsets[i]:self.audio_offsets[i + 1]]
+        if self.verify_features and self.audio_hashes is not None and audio_sha256(x) != self.audio_hashes[i]:
+            raise OfflineKDError(f"{self.path}: utterance {self.utterance_ids[i]}: {CHANGED_AUDIO}")
         return x
 
     def changed_features(self) -> list[int]:

@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Synthesize the tts_en corpus: public-domain English text (the King James Bible from Debian's `bible-kjv`),
-spoken by espeak-ng with several voices, variants, rates and pitches, with noise at varied SNR; 80-dim log-mel
-features (25 ms window, 10 ms hop) per utterance as .npy, a JSONL manifest for `offline-kd data import`, and the
-language-model text (every training-partition sentence except the untranscribed ones; no dev/test sentence).
+spoken by espeak-ng with several voices, variants, rates and pitches, with noise at varied SNR, written as 16-bit
+FLAC files at espeak-ng's rate (22,050 Hz); one NeMo-style manifest per split (`audio_filepath`, `duration`,
+`text`; the untranscribed split without text) for `offline-kd data import`, and the language-model text (every
+training-partition sentence except the untranscribed ones; no dev/test sentence). Features are not made here:
+`offline-kd data import` computes them (Kaldi fbank, resampled to 16 kHz).
 
 Splits use disjoint sentences. Dev and test use two accents and two voice variants that training never hears, for
 half of their utterances; the other half use training voices (new sentences).
 
     python recipes/tts_en/prepare.py --out data/tts_en/raw [--num-train 3000 --num-dev 300 --num-test 300]
 
-Resumable: utterances whose feature file exists are not synthesized again. Deterministic for a given --seed.
+Resumable: utterances whose audio file exists are not synthesized again. Deterministic for a given --seed.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
-from offline_kd.data.audio import log_mel, read_wav
+import soundfile as sf
 
 TRAIN_VOICES = ["en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029"]
 TRAIN_VARIANTS = ["m1", "m2", "m3", "m4", "f1", "f2", "f3"]
@@ -137,11 +138,11 @@ def plan(args) -> tuple[list[dict], list[str]]:
     return rows, [s for s in train_partition if s not in hidden]
 
 
-def synthesize(row: dict, feats_dir: str) -> tuple[str, int, float]:
-    """espeak-ng -> noisy waveform -> log-mel (per-utterance mean/variance normalised) -> .npy (atomic)."""
-    out = Path(feats_dir) / f"{row['id']}.npy"
+def synthesize(row: dict, audio_dir: str) -> tuple[str, float]:
+    """espeak-ng -> waveform + noise at the row's SNR -> 16-bit FLAC (atomic). Returns (id, seconds)."""
+    out = Path(audio_dir) / f"{row['id']}.flac"
     if out.exists():
-        return row["id"], int(np.load(out, mmap_mode="r").shape[0]), -1.0
+        return row["id"], sf.info(str(out)).duration
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "u.wav"
         cmd = ["espeak-ng", "-v", f"{row['voice']}+{row['variant']}", "-s", str(row["rate"]),
@@ -149,7 +150,9 @@ def synthesize(row: dict, feats_dir: str) -> tuple[str, int, float]:
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0 or not wav.exists():
             raise RuntimeError(f"{row['id']}: espeak-ng failed: {res.stderr.strip()[:200]}")
-        x, rate = read_wav(wav)
+        x, rate = sf.read(str(wav), dtype="float32")
+    if x.ndim > 1:
+        x = x.mean(axis=1)
     rng = np.random.default_rng(row["seed"])
     noise = rng.standard_normal(x.size).astype(np.float32)
     if row["noise"] == "brown":
@@ -157,17 +160,18 @@ def synthesize(row: dict, feats_dir: str) -> tuple[str, int, float]:
         noise -= np.convolve(noise, np.ones(401) / 401, mode="same")      # remove the drift, keep low tones
     speech_power = float(np.mean(x[np.abs(x) > 0.01] ** 2)) if np.any(np.abs(x) > 0.01) else 1e-4
     noise *= np.sqrt(speech_power / (np.mean(noise ** 2) + 1e-12) / 10 ** (row["snr_db"] / 10))
-    f = log_mel(x + noise, rate)
-    f = (f - f.mean(0)) / (f.std(0) + 1e-5)
-    tmp_out = out.with_suffix(".tmp.npy")
-    np.save(tmp_out, f.astype(np.float32))
+    y = x + noise
+    y *= min(1.0, 0.95 / max(float(np.abs(y).max()), 1e-9))                 # no clipping in 16 bits
+    pcm = np.clip(np.rint(y * 32768), -32768, 32767).astype(np.int16)
+    tmp_out = out.with_name(out.stem + ".tmp.flac")
+    sf.write(str(tmp_out), pcm, rate, subtype="PCM_16")
     os.replace(tmp_out, out)
-    return row["id"], f.shape[0], x.size / rate
+    return row["id"], pcm.size / rate
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="Output folder (feats/, manifest.jsonl, lm_text.txt).")
+    ap.add_argument("--out", required=True, help="Output folder (audio/, SPLIT.json manifests, lm_text.txt).")
     ap.add_argument("--num-train", type=int, default=3000)
     ap.add_argument("--num-dev", type=int, default=300)
     ap.add_argument("--num-test", type=int, default=300)
@@ -187,27 +191,30 @@ def main() -> None:
     if not shutil.which("espeak-ng"):
         die("espeak-ng was not found: apt-get install espeak-ng")
     out = Path(args.out)
-    feats = out / "feats"
-    feats.mkdir(parents=True, exist_ok=True)
+    audio = out / "audio"
+    audio.mkdir(parents=True, exist_ok=True)
     rows, lm_text = plan(args)
     from tqdm import tqdm
-    seconds, frames = 0.0, {}
+    seconds = {}
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futs = [pool.submit(synthesize, r, str(feats)) for r in rows]
+        futs = [pool.submit(synthesize, r, str(audio)) for r in rows]
         for fut in tqdm(futs, desc="synthesize", unit="utt", file=sys.stderr):
-            uid, n, sec = fut.result()
-            frames[uid] = n
-            seconds += max(sec, 0.0)
-    with open(out / "manifest.jsonl.tmp", "w") as fh:
-        for r in rows:
-            text = {} if r["split"] == "untranscribed" else {"text": r["text"]}      # rows without text
-            fh.write(json.dumps({"id": r["id"], "features": f"feats/{r['id']}.npy", **text,
-                                 "split": r["split"]}) + "\n")
-    os.replace(out / "manifest.jsonl.tmp", out / "manifest.jsonl")
-    (out / "utterances.jsonl").write_text("".join(json.dumps({**r, "frames": frames[r["id"]]}) + "\n"
+            uid, sec = fut.result()
+            seconds[uid] = sec
+    splits = sorted({r["split"] for r in rows})
+    for split in splits:                 # one NeMo manifest per split; the untranscribed rows carry no text
+        tmp = out / f"{split}.json.tmp"
+        with open(tmp, "w") as fh:
+            for r in rows:
+                if r["split"] == split:
+                    text = {} if split == "untranscribed" else {"text": r["text"]}
+                    fh.write(json.dumps({"audio_filepath": f"audio/{r['id']}.flac",
+                                         "duration": round(seconds[r["id"]], 4), **text}) + "\n")
+        os.replace(tmp, out / f"{split}.json")
+    (out / "utterances.jsonl").write_text("".join(json.dumps({**r, "duration": round(seconds[r["id"]], 4)}) + "\n"
                                                   for r in rows))
     (out / "lm_text.txt").write_text("\n".join(lm_text) + "\n")
-    hours = sum(frames.values()) / 100 / 3600
+    hours = sum(seconds.values()) / 3600
     print(f"prepare: {len(rows)} utterances ({hours:.2f} h of speech), {len(lm_text)} LM sentences -> {out}",
           file=sys.stderr)
 

@@ -7,7 +7,7 @@
 #   NUM_TEACHER_TRAIN=6000 ...                      add 6,000 transcribed utterances that only the teacher trains on
 #                                                   (the demo's setting: a teacher that knows more than its student)
 #
-# Steps: 1. synthesize + log-mel features (prepare.py)  2. `offline-kd data import` + validate
+# Steps: 1. synthesize speech + NeMo manifests (prepare.py)  2. `offline-kd data import` (fbank) + validate
 #        3. 4-gram KenLM from training-partition text (lmplz, build_binary)  4. teacher
 #        5. CTC-only baseline, side by side with: dump the teacher once (Zarr v3) + verify, distilled student
 #        7. report: greedy and beam+LM (alpha/beta tuned per model on dev) on test -> $RUNS/report/report.md
@@ -44,8 +44,16 @@ done
 
 # 1-2. corpus
 python "$HERE/prepare.py" --out "$DATA/raw" "${SIZES[@]}"
+if [ -f "$DATA/corpus/corpus.json" ] && ! grep -q '"frontend"' "$DATA/corpus/corpus.json"; then
+  echo "run.sh: error: $DATA/corpus was made by an older recipe (numpy log-mel features); delete $DATA and $RUNS" >&2
+  exit 2
+fi
 if [ ! -f "$DATA/corpus/corpus.json" ]; then
-  $OKD data import --manifest "$DATA/raw/manifest.jsonl" --out "$DATA/corpus" --tokenizer char --word-separator "|"
+  MANIFESTS=()
+  for m in "$DATA"/raw/*.json; do s=$(basename "$m" .json); MANIFESTS+=(--manifest "$m" --split "$s"); done
+  # Kaldi fbank (80 bins, 25 ms / 10 ms) at 16 kHz (espeak-ng's 22.05 kHz resampled), each utterance normalised
+  $OKD data import "${MANIFESTS[@]}" --out "$DATA/corpus" --tokenizer char --word-separator "|" \
+    --cmvn utterance --jobs "$(nproc 2>/dev/null || echo 2)"
 fi
 $OKD data validate --corpus "$DATA/corpus"
 

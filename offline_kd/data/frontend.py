@@ -1,0 +1,121 @@
+"""The acoustic front end: Kaldi-compatible log-mel filterbanks from kaldi-native-fbank, and feature normalisation.
+
+`Fbank(options).compute(samples_int16)` gives (frames, num_mel_bins) float32, exactly what kaldi-native-fbank's
+`OnlineFbank` returns for the same samples (Kaldi's convention: samples in the int16 range, not [-1, 1]). Dither
+is 0 by default so that features are reproducible (a resumed import writes the same bytes). The options are
+recorded in `corpus.json` (`frontend`) and so in every cache dumped from the corpus.
+
+Normalisation (`cmvn`):
+  none       the filterbank as it comes;
+  global     mean and standard deviation per bin over every frame of one split (the training split), stored in
+             `corpus.json` and applied to every split;
+  utterance  each utterance by its own mean and standard deviation per bin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from importlib.metadata import version
+
+import kaldi_native_fbank as knf
+import numpy as np
+
+from offline_kd.errors import OfflineKDError
+
+CMVN_KINDS = ("none", "global", "utterance")
+_STD_FLOOR = 1e-5
+
+
+@dataclass(frozen=True)
+class FbankOptions:
+    sample_rate: int = 16000
+    num_mel_bins: int = 80
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    dither: float = 0.0
+    low_freq: float = 20.0
+    high_freq: float = 0.0            # Kaldi: <= 0 means offset from the Nyquist frequency
+    preemph_coeff: float = 0.97
+    window_type: str = "povey"
+    snip_edges: bool = True
+
+    def check(self) -> None:
+        if self.sample_rate <= 0 or self.num_mel_bins <= 0 or self.frame_shift_ms <= 0 \
+                or self.frame_length_ms < self.frame_shift_ms:
+            raise OfflineKDError(f"front end: need sample_rate, num_mel_bins, frame_shift_ms > 0 and frame_length_ms "
+                                 f">= frame_shift_ms, got {self}")
+
+    def to_dict(self) -> dict:
+        return {"kind": "kaldi-fbank", "library": f"kaldi-native-fbank {_knf_version()}", **asdict(self)}
+
+    @property
+    def frame_length(self) -> int:
+        """Samples in one analysis window (an utterance shorter than this has no frame)."""
+        return int(self.sample_rate * self.frame_length_ms / 1000)
+
+    def knf(self) -> knf.FbankOptions:
+        o = knf.FbankOptions()
+        f = o.frame_opts
+        f.samp_freq = float(self.sample_rate)
+        f.frame_length_ms = float(self.frame_length_ms)
+        f.frame_shift_ms = float(self.frame_shift_ms)
+        f.dither = float(self.dither)
+        f.preemph_coeff = float(self.preemph_coeff)
+        f.window_type = self.window_type
+        f.snip_edges = bool(self.snip_edges)
+        o.mel_opts.num_bins = int(self.num_mel_bins)
+        o.mel_opts.low_freq = float(self.low_freq)
+        o.mel_opts.high_freq = float(self.high_freq)
+        return o
+
+
+def _knf_version() -> str:
+
+    try:
+        return version("kaldi-native-fbank")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+class Fbank:
+    def __init__(self, options: FbankOptions):
+        self.options = options
+        self._knf = options.knf()
+
+    def compute(self, samples: np.ndarray) -> np.ndarray:
+        """(frames, num_mel_bins) float32 from int16 samples (or floats in the int16 range) at the options' rate."""
+        fb = knf.OnlineFbank(self._knf)
+        fb.accept_waveform(float(self.options.sample_rate), np.asarray(samples, dtype=np.float32))
+        fb.input_finished()
+        n = fb.num_frames_ready
+        if n == 0:
+            return np.zeros((0, self.options.num_mel_bins), dtype=np.float32)
+        return np.stack([fb.get_frame(i) for i in range(n)]).astype(np.float32, copy=False)
+
+
+def normalise_utterance(feats: np.ndarray) -> np.ndarray:
+    return ((feats - feats.mean(0)) / np.maximum(feats.std(0), _STD_FLOOR)).astype(np.float32)
+
+
+class GlobalStats:
+    """Running sums for global mean/variance normalisation (float64; merged across chunks in a fixed order)."""
+
+    def __init__(self, dim: int):
+        self.n = 0
+        self.sum = np.zeros(dim, dtype=np.float64)
+        self.sumsq = np.zeros(dim, dtype=np.float64)
+
+    def add(self, n: int, s: np.ndarray, ss: np.ndarray) -> None:
+        self.n += int(n)
+        self.sum += s
+        self.sumsq += ss
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = self.sum / max(self.n, 1)
+        var = np.maximum(self.sumsq / max(self.n, 1) - mean ** 2, 0.0)
+        return mean.astype(np.float32), np.maximum(np.sqrt(var), _STD_FLOOR).astype(np.float32)
+
+
+def apply_global(feats: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return ((feats - mean) / std).astype(np.float32)
