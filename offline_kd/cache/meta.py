@@ -117,6 +117,8 @@ class CacheMeta:
             keys.update({k: d[k] for k in ("views", "view_splits", "view_seed")})
         if d.get("precision", "fp32") != "fp32":     # (fp32 leaves the identity of older caches as it was)
             keys["precision"] = d["precision"]
+        if self.extra.get("frontend"):               # the corpus's audio front end (corpora imported from audio)
+            keys["frontend"] = self.extra["frontend"]
         h.update(json.dumps([self.teacher["weights_sha256"], self.vocab_sha256, self.device_type, keys],
                             sort_keys=True).encode())
         for split, p in plans.items():
@@ -140,7 +142,8 @@ class CacheMeta:
     @classmethod
     def for_dump(cls, cfg, model, vocab, corpus_dir: str, lp_codec, hidden_codecs: dict, device_type: str,
                  teacher_sha256: str, weights_sha256: str, tool_version: str,
-                 teacher_dev: Optional[dict] = None, splits: Optional[list] = None) -> "CacheMeta":
+                 teacher_dev: Optional[dict] = None, splits: Optional[list] = None,
+                 frontend: Optional[dict] = None) -> "CacheMeta":
         layer_dims = {L: c.dim for L, c in hidden_codecs.items()}
         return cls(
             format_version=FORMAT_VERSION, tool_version=tool_version, complete=False, created=_now(),
@@ -154,4 +157,5 @@ class CacheMeta:
                     "compressor": cfg.codecs.compressor, "level": cfg.codecs.level},
             chunk_frames=cfg.chunk_frames, shard_frames=cfg.chunk_frames * cfg.shard_chunks,
             splits=list(splits if splits is not None else cfg.splits), device_type=device_type,
-            dump_config={k: v for k, v in asdict(cfg).items() if k != "storage_options"})
+            dump_config={k: v for k, v in asdict(cfg).items() if k != "storage_options"},
+            extra={"frontend": frontend} if frontend else {})

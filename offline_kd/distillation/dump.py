@@ -158,7 +158,8 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     plans = _plan(cfg, corpus, model, log)
     meta = CacheMeta.for_dump(cfg, model, vocab, str(corpus.dir), lp_codec, hidden_codecs, device.type,
                               file_sha256(cfg.teacher), weights_sha256(model), __version__,
-                              checkpoint_dev(ckpt), splits=list(plans)).with_identity(plans)
+                              checkpoint_dev(ckpt), splits=list(plans),
+                              frontend=corpus.meta.get("frontend")).with_identity(plans)
     fit = lambda: _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log)  # noqa: E731
     state = distributed.run_on_main(lambda: prepare_store(cfg, meta, plans, fit, overwrite, log), env)
     if state["complete"]:
