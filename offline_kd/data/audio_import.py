@@ -168,6 +168,10 @@ def import_audio(manifests: list[str], splits: list[str], out: str, fmt: str, vo
         log(f"wrote {outdir / (split + '.h5')}: {n} utterances")
     if skipped:
         log(f"skipped {skipped} invalid rows: {outdir / SKIPPED_REPORT}")
+    meta = json.loads((outdir / "corpus.json").read_text())
+    log(f"{outdir}: {options.fbank.num_mel_bins}-dim features (model.input_dim), "
+        f"{len((outdir / 'vocab.txt').read_text().splitlines())} tokens with the blank (model.num_classes), "
+        f"front end {meta['frontend']['kind']} with cmvn {options.cmvn}")
     return counts
 
 
@@ -265,7 +269,7 @@ def _compute_chunks(plan: list[_Chunk], rows: list[AudioRow], options: AudioImpo
                                                  f"command resumes)" if kept else ""))
         hours += res["seconds"] / 3600
         bar.update(res["n"])
-        bar.set_postfix_str(f"{hours:.2f} h of audio")
+        bar.set_postfix_str(f"{hours:.2f} h of audio" if hours >= 0.1 else f"{hours * 60:.1f} min of audio")
 
     with bar:
         if options.jobs == 1 or len(todo) <= 1:
