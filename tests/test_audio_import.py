@@ -387,3 +387,24 @@ def test_a_killed_import_process_resumes(tmp_path):
     assert res.returncode == 0 and "resuming" in res.stderr, res.stderr
     for name in ("train.h5", "dev.h5", "corpus.json"):
         assert (tmp_path / "ref" / name).read_bytes() == (tmp_path / "c" / name).read_bytes(), name
+
+
+def test_kept_audio_is_fingerprinted_like_the_features(tmp_path):
+    import h5py
+    from offline_kd.errors import OfflineKDError
+    m = nemo_corpus(tmp_path)
+    assert run("--manifest", m, "--out", tmp_path / "c", "--keep-audio")[0] == 0
+    res = CliRunner().invoke(main, ["data", "validate", "--corpus", str(tmp_path / "c"), "--split", "train",
+                                    "--split", "dev"])
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "c" / "train.h5", "r+") as f:
+        start = int(f["audio_offsets"][2])
+        f["audio"][start] = f["audio"][start] + 1                  # one sample of utterance u2 changes
+    res = CliRunner().invoke(main, ["data", "validate", "--corpus", str(tmp_path / "c"), "--split", "train"])
+    assert res.exit_code == 1 and "kept audio differs from its stored audio_sha256" in res.output and "u2" in \
+        res.output
+    r = Corpus(tmp_path / "c").split("train")
+    r.verify_reads()
+    r.audio(1)
+    with pytest.raises(OfflineKDError, match="utterance u2: its audio differs"):
+        r.audio(2)

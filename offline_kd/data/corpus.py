@@ -235,6 +235,14 @@ class SplitReader:
             raise OfflineKDError(f"{self.path}: utterance {self.utterance_ids[i]}: {CHANGED_AUDIO}")
         return x
 
+    def changed_audio(self) -> list[int]:
+        """Indices of the utterances whose kept audio no longer matches its stored sha256 (reads all of it)."""
+        if self.audio_hashes is None:
+            return []
+        f = self._file()["audio"]
+        return [i for i in range(len(self))
+                if audio_sha256(f[self.audio_offsets[i]:self.audio_offsets[i + 1]]) != self.audio_hashes[i]]
+
     def changed_features(self) -> list[int]:
         """Indices of the utterances whose features no longer match their stored sha256 (reads every feature)."""
         if self.feature_hashes is None:

@@ -29,7 +29,8 @@ def validate_split(reader: SplitReader, vocab: Vocabulary, feature_dim: int, sub
 
     Checks: feature dimension, zero-length utterances, NaN/Inf features, tokens not in the vocabulary, transcripts
     longer than the model's output frames (the transcript checks only in transcribed splits); with `check_hashes`
-    (`data validate`) also every utterance's features against their stored sha256, reading them all. With
+    (`data validate`) also every utterance's features (and kept audio) against their stored sha256, reading them
+    all. With
     `skip_invalid=False` any problem raises one error listing the offending utterance ids per problem; with
     `skip_invalid=True` they are skipped and counted.
     """
@@ -42,11 +43,16 @@ def validate_split(reader: SplitReader, vocab: Vocabulary, feature_dim: int, sub
     if nonfinite is None:   # a file written by hand without the per-utterance count: scan it
         nonfinite = np.array([int((~np.isfinite(reader.features(i))).sum()) for i in range(len(reader))])
     changed = set(reader.changed_features()) if check_hashes else set()
+    changed_audio = set(reader.changed_audio()) if check_hashes and getattr(reader, "has_audio", False) else set()
     valid = []
     for i, utt in enumerate(reader.utterance_ids):
         bad = False
         if i in changed:
             problems["features differ from their stored feature_sha256 (changed after the corpus was written)"
+                     ].append(utt)
+            bad = True
+        if i in changed_audio:
+            problems["kept audio differs from its stored audio_sha256 (changed after the corpus was written)"
                      ].append(utt)
             bad = True
         if reader.lengths[i] == 0:
