@@ -1,9 +1,9 @@
 """Import speed and memory of `offline-kd data import` from audio, against kaldi-native-fbank alone.
 
-    python benchmarks/audio_import.py [--utterances 240 --runs 3 --work DIR]
+    python benchmarks/audio_import.py [--utterances 500 --runs 3 --work DIR]
 
-Self-contained: writes --utterances utterances of tones and noise (2-12 s each, seeded) as 16-bit FLAC files, once
-at 16 kHz and once at 22.05 kHz (the latter resampled to 16 kHz by the import), with a NeMo manifest each.
+Self-contained: writes --utterances utterances of tones and noise (2-12 s each, seeded) as 16-bit files: WAV and FLAC
+at 16 kHz, and FLAC at 22.05 kHz (resampled to 16 kHz by the import), with a NeMo manifest each.
 
 - Speed: seconds of audio per second of wall time per core, for (a) `offline-kd data import --jobs 1` (the whole
   job: manifest, decoding with soundfile, resampling with soxr, int16 quantization, kaldi-native-fbank, chunk files,
@@ -35,9 +35,9 @@ from offline_kd.data.audio import AudioSpec, load
 from offline_kd.data.frontend import Fbank, FbankOptions
 
 
-def make_corpus(work: Path, n: int, rate: int) -> tuple[Path, float]:
-    d = work / f"audio{rate}"
-    manifest = work / f"manifest{rate}.json"
+def make_corpus(work: Path, n: int, rate: int, ext: str) -> tuple[Path, float]:
+    d = work / f"audio{rate}{ext}"
+    manifest = work / f"manifest{rate}{ext}.json"
     if manifest.is_file():
         return manifest, sum(json.loads(x)["duration"] for x in manifest.read_text().splitlines())
     d.mkdir(parents=True, exist_ok=True)
@@ -47,8 +47,8 @@ def make_corpus(work: Path, n: int, rate: int) -> tuple[Path, float]:
         sec = float(rng.uniform(2, 12))
         t = np.arange(int(sec * rate)) / rate
         x = 0.1 * np.sin(2 * np.pi * rng.uniform(100, 2000) * t) + 0.03 * rng.standard_normal(t.size)
-        sf.write(str(d / f"u{i:05d}.flac"), x.astype(np.float32), rate, subtype="PCM_16")
-        rows.append({"audio_filepath": str(d / f"u{i:05d}.flac"), "duration": round(t.size / rate, 4),
+        sf.write(str(d / f"u{i:05d}.{ext}"), x.astype(np.float32), rate, subtype="PCM_16")
+        rows.append({"audio_filepath": str(d / f"u{i:05d}.{ext}"), "duration": round(t.size / rate, 4),
                      "text": "a b", "split": "train"})
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest, sum(r["duration"] for r in rows)
@@ -94,7 +94,7 @@ def fbank_alone(samples: list[np.ndarray], fb: Fbank) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--utterances", type=int, default=240)
+    ap.add_argument("--utterances", type=int, default=500)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--work", default=None, help="folder for the audio (kept and reused when given)")
     ap.add_argument("--section", default="audio-import")
@@ -104,8 +104,8 @@ def main() -> None:
     cores = os.cpu_count() or 1
     fb = Fbank(FbankOptions())
     rows, notes = [], []
-    for rate in (16000, 22050):
-        manifest, seconds = make_corpus(work, args.utterances, rate)
+    for rate, ext in ((16000, "wav"), (16000, "flac"), (22050, "flac")):
+        manifest, seconds = make_corpus(work, args.utterances, rate, ext)
         samples = [load(AudioSpec(json.loads(x)["audio_filepath"]), 16000)
                    for x in manifest.read_text().splitlines()]
         imp, imp2, alone = [], [], []
@@ -114,18 +114,18 @@ def main() -> None:
             imp.append(run_import(manifest, work / "corpus"))
             imp2.append(run_import(manifest, work / "corpus", "--jobs", "2"))
         a, i1, i2 = median(alone), median(imp), median(imp2)
-        rows.append(f"| {rate / 1000:g} kHz FLAC{' (resampled)' if rate != 16000 else ''} | {seconds / 3600:.2f} "
+        rows.append(f"| {rate / 1000:g} kHz {ext.upper()}{' (resampled)' if rate != 16000 else ''} | {seconds / 3600:.2f} "
                     f"| {seconds / a:,.0f} | {seconds / i1:,.0f} | **{a / i1:.2f}x** | "
                     f"{seconds / i2 / min(2, cores):,.0f} |")
-        notes.append(f"{rate}: fbank alone {a:.2f} s, import {i1:.2f} s (jobs 1), {i2:.2f} s (jobs 2)")
-    manifest = work / "manifest16000.json"
+        notes.append(f"{rate / 1000:g} kHz {ext.upper()}: fbank alone {a:.2f} s, import {i1:.2f} s (jobs 1), {i2:.2f} s (jobs 2)")
+    manifest = work / "manifest16000flac.json"
     one, ten = peak_rss(manifest, work / "corpus"), peak_rss(times_ten(manifest), work / "corpus")
     total = sum(json.loads(x)["duration"] for x in manifest.read_text().splitlines())
     body = "\n".join([
         "## Audio import: `offline-kd data import` against kaldi-native-fbank alone",
         "",
         f"Command: `{command_line()}`. Machine: {cores} CPU cores. {args.utterances} utterances of 2-12 s (tones and "
-        f"noise, 16-bit FLAC), 80-bin Kaldi fbank, 25 ms / 10 ms, dither 0; median of {args.runs} runs, the import "
+        f"noise, 16-bit), 80-bin Kaldi fbank, 25 ms / 10 ms, dither 0; median of {args.runs} runs, the import "
         f"(a separate process, start-up included) and the front end alone measured alternately. Speed in seconds of "
         f"audio per second per core.",
         "",

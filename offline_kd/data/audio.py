@@ -38,15 +38,45 @@ class AudioSpec:
     channel: Optional[int] = None
 
 
-def decode(spec: AudioSpec) -> tuple[np.ndarray, int]:
-    """(float32 mono samples, sample rate) of the segment `spec` names."""
+def load(spec: AudioSpec, target_rate: int, allow_resample: bool = True) -> np.ndarray:
+    """The utterance's int16 samples at `target_rate` (the module's rule). A 16-bit file at the target rate with one
+    channel to take is read as int16 directly: the same samples the float path gives, without the round trip."""
     try:
-        info = sf.info(spec.path)
+        f = sf.SoundFile(spec.path)
     except FileNotFoundError:
         raise AudioError("audio file not found") from None
     except Exception as exc:  # noqa: BLE001  (libsndfile's own message says what is wrong with the file)
         raise AudioError(f"not a readable audio file ({_one_line(exc)})") from None
-    rate, total = int(info.samplerate), int(info.frames)
+    with f:
+        rate, total, channels = int(f.samplerate), int(f.frames), int(f.channels)
+        start, count = _segment(spec, rate, total)
+        direct = f.subtype == "PCM_16" and rate == target_rate and (channels == 1 or spec.channel is not None)
+        try:
+            if start:
+                f.seek(start)
+            x = f.read(count, dtype="int16" if direct else "float32", always_2d=True)
+        except Exception as exc:  # noqa: BLE001
+            raise AudioError(f"cannot decode the audio ({_one_line(exc)}): truncated or damaged?") from None
+    if x.shape[0] < count:
+        raise AudioError(f"the file ends after {(start + x.shape[0]) / rate:.3f} s although its header says "
+                         f"{total / rate:.3f} s: truncated?")
+    if spec.channel is not None:
+        if not 0 <= spec.channel < channels:
+            raise AudioError(f"channel {spec.channel} asked for, the file has {channels}")
+        x = x[:, spec.channel]
+    elif channels == 1:
+        x = x[:, 0]
+    else:
+        x = x.mean(axis=1, dtype=np.float32)
+    if direct:
+        return np.ascontiguousarray(x)
+    if not np.isfinite(x).all():
+        raise AudioError(f"{int((~np.isfinite(x)).sum())} samples are NaN or infinite")
+    return to_int16(resample(np.ascontiguousarray(x, dtype=np.float32), rate, target_rate, allow_resample))
+
+
+def _segment(spec: AudioSpec, rate: int, total: int) -> tuple[int, int]:
+    """(first sample, sample count) of the segment `spec` names in a file of `total` samples."""
     if spec.offset < 0 or (spec.duration is not None and spec.duration < 0):
         raise AudioError(f"negative offset or duration ({spec.offset}, {spec.duration})")
     start = int(round(spec.offset * rate))
@@ -61,24 +91,7 @@ def decode(spec: AudioSpec) -> tuple[np.ndarray, int]:
         count = min(count, total - start)
     if count <= 0:
         raise AudioError(f"no samples (offset {spec.offset:g} s, file {total / rate:.3f} s)")
-    try:
-        x = sf.read(spec.path, start=start, frames=count, dtype="float32", always_2d=True)[0]
-    except Exception as exc:  # noqa: BLE001
-        raise AudioError(f"cannot decode the audio ({_one_line(exc)}): truncated or damaged?") from None
-    if x.shape[0] < count:
-        raise AudioError(f"the file ends after {(start + x.shape[0]) / rate:.3f} s although its header says "
-                         f"{total / rate:.3f} s: truncated?")
-    if spec.channel is not None:
-        if not 0 <= spec.channel < x.shape[1]:
-            raise AudioError(f"channel {spec.channel} asked for, the file has {x.shape[1]}")
-        x = x[:, spec.channel]
-    elif x.shape[1] == 1:
-        x = x[:, 0]
-    else:
-        x = x.mean(axis=1, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise AudioError(f"{int((~np.isfinite(x)).sum())} samples are NaN or infinite")
-    return np.ascontiguousarray(x, dtype=np.float32), rate
+    return start, count
 
 
 def resample(x: np.ndarray, rate: int, target: int, allowed: bool = True) -> np.ndarray:
@@ -91,12 +104,6 @@ def resample(x: np.ndarray, rate: int, target: int, allowed: bool = True) -> np.
 
 def to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * 32768.0), -32768, 32767).astype(np.int16)
-
-
-def load(spec: AudioSpec, target_rate: int, allow_resample: bool = True) -> np.ndarray:
-    """The utterance's int16 samples at `target_rate`."""
-    x, rate = decode(spec)
-    return to_int16(resample(x, rate, target_rate, allow_resample))
 
 
 def _one_line(exc: Exception) -> str:

@@ -115,8 +115,9 @@ def compute_chunk(task: dict) -> dict:
     cat = np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)
     arrays = {"features": cat, "frames": np.asarray(frames, np.int64), "reasons": np.asarray(reasons, dtype=str),
               "stat": np.asarray(task["stat"], np.int64).reshape(-1, 2),
-              "sum": cat.sum(0, dtype=np.float64), "sumsq": np.square(cat, dtype=np.float64).sum(0),
               "seconds": np.float64(seconds)}
+    if task["cmvn"] == "global":                    # float64 sums for the statistics, merged in chunk order
+        arrays["sum"], arrays["sumsq"] = cat.sum(0, dtype=np.float64), np.square(cat, dtype=np.float64).sum(0)
     if task["keep_audio"]:
         arrays["audio"] = np.concatenate(audio) if audio else np.zeros(0, np.int16)
         arrays["samples"] = np.asarray(samples, np.int64)
@@ -179,7 +180,7 @@ def _job(rows: list[AudioRow], options: AudioImportOptions, manifests: list[str]
     h = hashlib.sha256()
     for r in rows:
         h.update(json.dumps(_row_key(r)).encode())
-    chunk_opts = {"fbank": asdict(options.fbank), "cmvn_utterance": options.cmvn == "utterance",
+    chunk_opts = {"fbank": asdict(options.fbank), "cmvn": options.cmvn,
                   "keep_audio": options.keep_audio, "resample": options.resample,
                   "skip_invalid": options.skip_invalid, "chunk_utterances": CHUNK_UTTERANCES}
     h.update(json.dumps(chunk_opts, sort_keys=True).encode())

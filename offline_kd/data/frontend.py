@@ -86,12 +86,13 @@ class Fbank:
     def compute(self, samples: np.ndarray) -> np.ndarray:
         """(frames, num_mel_bins) float32 from int16 samples (or floats in the int16 range) at the options' rate."""
         fb = knf.OnlineFbank(self._knf)
-        fb.accept_waveform(float(self.options.sample_rate), np.asarray(samples, dtype=np.float32))
+        # a list crosses into the extension faster than an array (pybind11 converts either to a vector)
+        fb.accept_waveform(float(self.options.sample_rate), np.asarray(samples, dtype=np.float32).tolist())
         fb.input_finished()
-        n = fb.num_frames_ready
-        if n == 0:
-            return np.zeros((0, self.options.num_mel_bins), dtype=np.float32)
-        return np.stack([fb.get_frame(i) for i in range(n)]).astype(np.float32, copy=False)
+        out = np.empty((fb.num_frames_ready, self.options.num_mel_bins), dtype=np.float32)
+        for i in range(out.shape[0]):
+            out[i] = fb.get_frame(i)
+        return out
 
 
 def normalise_utterance(feats: np.ndarray) -> np.ndarray:
