@@ -32,6 +32,7 @@ python dump_throughput.py --teacher ../$T --corpus ../data/seed --split train --
     --codecs log_probs=float16,hidden=float16 --codecs default --encode-on both --section dump-encode-on
 python train_throughput.py --corpus ../data/seed --teacher ../$T --cache compact=../cache/bench_compact.zarr \
     --batches 12 --runs "$RUNS" --decode-on both --section train-decode-on
+python audio_import.py --runs "$RUNS"        # self-contained: its own audio in a temporary folder
 cd ..
 # efficacy on the demo corpus (needs ./scripts/demo.sh first: its teacher, cache, LM and configs)
 if [ -f runs/demo/teacher/checkpoint_best.pt ]; then
