@@ -68,4 +68,11 @@ def test_bring_your_own_audio_as_the_readme_says(tmp_path):
         if cmd[1] == "data":
             assert "80-dim features (model.input_dim), 29 tokens with the blank (model.num_classes)" in res.stderr
     assert (tmp_path / "runs/mine/student/checkpoint_best.pt").is_file()
+    # the cache records the corpus's front end (metadata, identity) and `cache info` prints it
+    info = subprocess.run([sys.executable, "-m", "offline_kd", "cache", "info", "cache/mine.zarr"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert "corpus front end: kaldi-fbank 80 bins, 25.0 / 10.0 ms at 16000 Hz, cmvn global" in info.stdout, info
+    from offline_kd.cache.reader import TeacherCache
+    fe = TeacherCache(str(tmp_path / "cache/mine.zarr")).meta.extra["frontend"]
+    assert fe == json.loads((tmp_path / "data/mine/corpus.json").read_text())["frontend"]
     assert json.loads((tmp_path / "data/mine/corpus.json").read_text())["frontend"]["cmvn"]["kind"] == "global"

@@ -59,7 +59,7 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
         "bytes_total": all_bytes, "bytes_per_field": totals, "bytes_per_frame": per_frame,
         "target_bytes_per_frame": target_per_frame, "float32_bytes_per_frame": float32_per_frame,
         "ratio_to_float32": target_per_frame / float32_per_frame, "splits": splits,
-        "views": meta.views,
+        "views": meta.views, "frontend": meta.extra.get("frontend"),
     }
 
 
@@ -83,6 +83,11 @@ def format_info(info: dict) -> str:
         f"level {c['level']}",
         f"  {info['utterances']} utterances, {info['frames']} frames, {info['bytes_total'] / 1e6:.2f} MB on disk",
     ]
+    fe = info.get("frontend")
+    if fe:
+        lines.insert(-1, f"  corpus front end: {fe.get('kind')} {fe.get('num_mel_bins')} bins, "
+                         f"{fe.get('frame_length_ms')} / {fe.get('frame_shift_ms')} ms at {fe.get('sample_rate')} Hz, "
+                         f"cmvn {(fe.get('cmvn') or {}).get('kind', 'none')}")
     for s, x in info["splits"].items():
         lines.append(f"  split {s}: {x['utterances_done']}/{x['utterances']} utterances, {x['frames']} frames"
                      f"{'' if x['complete'] else ' (incomplete)'}"
