@@ -409,17 +409,3 @@ def test_kept_audio_is_fingerprinted_like_the_features(tmp_path):
     with pytest.raises(OfflineKDError, match="utterance u2: its audio differs"):
         r.audio(2)
 
-
-def test_the_front_end_enters_a_cache_identity_only_when_the_corpus_has_one(f32_cache):
-    """A corpus imported from audio records its front end in the cache's metadata and identity; caches of corpora
-    without one (.npy imports, synth, every cache written before) keep their identity."""
-    import dataclasses
-    from offline_kd.cache.reader import TeacherCache
-    meta = TeacherCache(str(f32_cache)).meta
-    assert "frontend" not in meta.extra
-    fe = {"kind": "kaldi-fbank", "num_mel_bins": 80, "cmvn": {"kind": "none"}}
-    with_fe = dataclasses.replace(meta, extra={**meta.extra, "frontend": fe})
-    assert with_fe.identity({}) != meta.identity({})
-    other = dataclasses.replace(meta, extra={**meta.extra, "frontend": {**fe, "cmvn": {"kind": "global"}}})
-    assert other.identity({}) != with_fe.identity({})
-    assert with_fe.to_dict()["frontend"] == fe

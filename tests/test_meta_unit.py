@@ -1,0 +1,62 @@
+"""CacheMeta on hand-made metadata (no teacher, fast enough for mutmut): what enters a cache's resume identity."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from offline_kd.cache.meta import CacheMeta
+
+
+def _meta(**extra) -> CacheMeta:
+    dump = {"layers": [1], "batch_size": 4, "max_frames_per_batch": None, "chunk_frames": 8, "shard_chunks": 2,
+            "skip_invalid": False, "codecs": {"log_probs": "float32"}, "splits": ["train"]}
+    return CacheMeta.from_dict({
+        "format_version": 2, "tool_version": "0", "complete": True, "created": "2026-01-01T00:00:00+00:00",
+        "teacher": {"path": "t.pt", "sha256": "s", "weights_sha256": "w", "model_config": {}},
+        "vocab": {}, "vocab_sha256": "v", "corpus": "c", "subsampling": 2, "num_classes": 5, "layers": {"1": 4},
+        "codecs": {}, "chunk_frames": 8, "shard_frames": 16, "splits": ["train"], "device_type": "cpu",
+        "dump_config": dump, **extra})
+
+
+def test_the_front_end_enters_a_cache_identity_only_when_the_corpus_has_one():
+    """A corpus imported from audio records its front end in the cache's metadata and identity; caches of corpora
+    without one (.npy imports, synth, every cache written before) keep their identity."""
+    plain = _meta()
+    fe = {"kind": "kaldi-fbank", "num_mel_bins": 80, "cmvn": {"kind": "none"}}
+    with_fe = _meta(frontend=fe)
+    assert "frontend" not in plain.extra and with_fe.extra["frontend"] == fe
+    assert with_fe.identity({}) != plain.identity({})
+    assert _meta(frontend={}).identity({}) == plain.identity({})
+    other = _meta(frontend={**fe, "cmvn": {"kind": "global"}})
+    assert other.identity({}) != with_fe.identity({})
+    assert with_fe.to_dict()["frontend"] == fe and "frontend" not in plain.to_dict()
+    assert dataclasses.replace(with_fe, extra={}).identity({}) == plain.identity({})
+
+
+def test_for_dump_records_the_front_end_it_is_given():
+    from offline_kd.config import DumpConfig, build_dataclass
+
+    class Model:
+        subsampling, num_classes, model_type = 2, 5, "bilstm"
+
+        def describe(self):
+            return {}
+
+    class Codec:
+        dim = 4
+
+        def to_dict(self):
+            return {"name": "float32"}
+
+    class Vocab:
+        sha256 = "v"
+
+        def to_dict(self):
+            return {}
+
+    cfg = build_dataclass(DumpConfig, {"teacher": "t.pt", "corpus": "c", "output": "o.zarr"})
+    fe = {"kind": "kaldi-fbank"}
+    a = CacheMeta.for_dump(cfg, Model(), Vocab(), "c", Codec(), {1: Codec()}, "cpu", "s", "w", "0", frontend=fe)
+    b = CacheMeta.for_dump(cfg, Model(), Vocab(), "c", Codec(), {1: Codec()}, "cpu", "s", "w", "0")
+    assert a.extra == {"frontend": fe} and b.extra == {}
+    assert a.identity({}) != b.identity({})
