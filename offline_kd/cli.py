@@ -225,8 +225,9 @@ def train(config_path, resume, overrides):
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="Distillation YAML (with a 'distill' section).")
 @click.option("--resume", is_flag=True, help="Continue the run in train.output_dir from checkpoint_last.pt.")
-@click.option("--online-teacher", type=click.Path(dir_okay=False), default=None,
-              help="Compute the targets from this live teacher checkpoint instead of the cache (for comparison).")
+@click.option("--online-teacher", default=None,
+              help="Compute the targets from this live teacher (a checkpoint, or an entry point as inline YAML) "
+                   "instead of the cache (for comparison).")
 @set_option
 @_friendly
 def train_student(config_path, resume, online_teacher, overrides):
@@ -389,8 +390,9 @@ def cache_info(path, as_json):
 
 @cache.command("verify")
 @click.argument("path")
-@click.option("--teacher", type=click.Path(dir_okay=False), default=None,
-              help="Teacher checkpoint: recompute a sample and compare with the cache.")
+@click.option("--teacher", default=None,
+              help="Teacher checkpoint, or an entry point as inline YAML ('{entry_point: pkg.mod:load, args: "
+                   "{...}}'): recompute a sample and compare with the cache.")
 @click.option("--sample", default=32, show_default=True, help="Utterances per split to recompute.")
 @click.option("--device", default="auto", show_default=True, help="Device for the teacher.")
 @click.option("--corpus", type=click.Path(file_okay=False), default=None,

@@ -321,7 +321,8 @@ class LMTargetsConfig:
 @dataclass(frozen=True)
 class DumpConfig:
     SECTION: ClassVar[str] = "dump"
-    teacher: str = "runs/teacher/checkpoint_best.pt"
+    # a checkpoint path, or {entry_point: "module:function", args: {...}} (a teacher in your own code; docs/teachers.md)
+    teacher: Union[str, dict] = "runs/teacher/checkpoint_best.pt"
     corpus: str = "data/demo"
     splits: list = field(default_factory=lambda: ["train", "dev"])
     layers: list = field(default_factory=lambda: [2, 4])

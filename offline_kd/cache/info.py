@@ -60,7 +60,14 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
         "target_bytes_per_frame": target_per_frame, "float32_bytes_per_frame": float32_per_frame,
         "ratio_to_float32": target_per_frame / float32_per_frame, "splits": splits,
         "views": meta.views, "frontend": meta.extra.get("frontend"),
+        "teacher_adapter": meta.teacher.get("adapter", "checkpoint"),
     }
+
+
+def _teacher_source(info: dict) -> str:
+    if info.get("teacher_adapter") == "entry_point":
+        return f"entry point {info['teacher_path'].split(':', 1)[1]} (args in the cache's metadata)"
+    return f"checkpoint {info['teacher_path']}"
 
 
 def format_info(info: dict) -> str:
@@ -72,6 +79,7 @@ def format_info(info: dict) -> str:
     lines = [
         f"cache {info['path']}  ({'complete' if info['complete'] else 'INCOMPLETE'}, format v{info['format_version']}, "
         f"offline-kd {info['tool_version']}, created {info['created']})",
+        f"  teacher: {_teacher_source(info)}",
         f"  teacher sha256 {info['teacher_sha256'][:16]}  vocab sha256 {info['vocab_sha256'][:16]}  "
         f"identity {info['identity_sha256'][:16]}",
         f"  classes {info['num_classes']}, layers {info['layers']}, subsampling {info['subsampling']}; teacher forward "

@@ -143,13 +143,18 @@ class CacheMeta:
     def for_dump(cls, cfg, model, vocab, corpus_dir: str, lp_codec, hidden_codecs: dict, device_type: str,
                  teacher_sha256: str, weights_sha256: str, tool_version: str,
                  teacher_dev: Optional[dict] = None, splits: Optional[list] = None,
-                 frontend: Optional[dict] = None) -> "CacheMeta":
+                 frontend: Optional[dict] = None, teacher_record: Optional[dict] = None) -> "CacheMeta":
+        """`teacher_record`: where the teacher came from (path, and for an entry point its adapter, entry point and
+        args); without it, `cfg.teacher` is the checkpoint's path."""
         layer_dims = {L: c.dim for L, c in hidden_codecs.items()}
         return cls(
             format_version=FORMAT_VERSION, tool_version=tool_version, complete=False, created=_now(),
-            teacher={"path": str(cfg.teacher), "sha256": teacher_sha256, "weights_sha256": weights_sha256,
+            teacher={"path": str(cfg.teacher) if teacher_record is None else teacher_record["path"],
+                     "sha256": teacher_sha256, "weights_sha256": weights_sha256,
                      "model_config": model.describe(),
-                     **({"model_type": model.model_type} if model.model_type != "bilstm" else {}), **({"dev": teacher_dev} if teacher_dev else {})},
+                     **({"model_type": model.model_type} if model.model_type != "bilstm" else {}),
+                     **({"dev": teacher_dev} if teacher_dev else {}),
+                     **{k: v for k, v in (teacher_record or {}).items() if k not in ("path", "sha256")}},
             vocab=vocab.to_dict(), vocab_sha256=vocab.sha256, corpus=corpus_dir,
             subsampling=model.subsampling, num_classes=model.num_classes,
             layers={str(L): d for L, d in layer_dims.items()},

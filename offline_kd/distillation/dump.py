@@ -33,11 +33,12 @@ from offline_kd.config import CodecConfig, DumpConfig  # noqa: F401
 from offline_kd.data.corpus import Corpus
 from offline_kd.data.validate import output_frames
 from offline_kd.data.views import ViewReader, parse_views, split_of, valid_in_views, view_name
+from offline_kd.distillation.teachers import load_teacher, probe
 from offline_kd.distillation.pseudo_labels import check_lm_loads, write_lm_targets
 from offline_kd.errors import OfflineKDError
 from offline_kd.data.splits import open_split, quiet
 from offline_kd.training import distributed
-from offline_kd.training.checkpoint import checkpoint_dev, file_sha256, model_from_checkpoint, weights_sha256
+from offline_kd.training.checkpoint import weights_sha256
 from offline_kd.training.inference import iterate_outputs, loader_for, resolve_num_workers, sorted_batches
 from offline_kd.models.numerics import with_precision
 
@@ -147,19 +148,22 @@ def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
 
 def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     """plan -> fit -> prepare -> loop -> finalise."""
-    model, vocab, ckpt = model_from_checkpoint(cfg.teacher, device)
-    model = with_precision(model, cfg.precision, device, "dump.precision")   # fp32: the model itself
     corpus = Corpus(cfg.corpus)
-    layers = _check(cfg, corpus, model, vocab)
+    teacher = load_teacher(cfg.teacher, device, corpus.vocab)
+    model, vocab = teacher.model, teacher.vocab
+    model = with_precision(model, cfg.precision, device, "dump.precision")   # fp32: the model itself
+    layers = _check(cfg, corpus, model, vocab, teacher.name)
     if cfg.lm_targets is not None:     # load the LM now: a file KenLM cannot read must cost no teacher pass
         distributed.run_on_main(lambda: check_lm_loads(vocab, cfg.lm_targets), env)
     lp_codec, hidden_codecs = make_codecs(cfg.codecs, model.num_classes,
                                           {L: model.layer_dims()[L] for L in layers}, log)
     plans = _plan(cfg, corpus, model, log)
+    first = next(iter(plans.values()))
+    probe(teacher, first.reader, first.order[0], layers, device)       # a wrong teacher fails before any write
     meta = CacheMeta.for_dump(cfg, model, vocab, str(corpus.dir), lp_codec, hidden_codecs, device.type,
-                              file_sha256(cfg.teacher), weights_sha256(model), __version__,
-                              checkpoint_dev(ckpt), splits=list(plans),
-                              frontend=corpus.meta.get("frontend")).with_identity(plans)
+                              teacher.record["sha256"], weights_sha256(model), __version__,
+                              teacher.dev, splits=list(plans), frontend=corpus.meta.get("frontend"),
+                              teacher_record=teacher.record).with_identity(plans)
     fit = lambda: _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log)  # noqa: E731
     state = distributed.run_on_main(lambda: prepare_store(cfg, meta, plans, fit, overwrite, log), env)
     if state["complete"]:
@@ -189,14 +193,16 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     return out
 
 
-def _check(cfg: DumpConfig, corpus: Corpus, model, vocab) -> list[int]:
+def _check(cfg: DumpConfig, corpus: Corpus, model, vocab, name: str) -> list[int]:
     """One-line errors for a dump that cannot work; -> the teacher layers to cache, sorted."""
     if corpus.vocab.tokens != vocab.tokens:
-        raise OfflineKDError(f"the vocabulary of {corpus.dir} differs from the teacher's ({cfg.teacher})")
+        raise OfflineKDError(f"the vocabulary of {corpus.dir} differs from the teacher's ({name})")
     layers = sorted(int(L) for L in cfg.layers)
-    bad = [L for L in layers if not 1 <= L <= model.num_layers]
+    have = model.layer_dims()
+    bad = [L for L in layers if L not in have]
     if bad:
-        raise OfflineKDError(f"dump.layers: {bad} out of range; the teacher has layers 1..{model.num_layers}")
+        raise OfflineKDError(f"dump.layers: {bad} out of range; the teacher has layers "
+                             f"{', '.join(map(str, sorted(have)))}")
     if not cfg.splits:
         raise OfflineKDError("dump.splits: give at least one split")
     if cfg.lm_targets is not None and not Path(cfg.lm_targets.lm).is_file():

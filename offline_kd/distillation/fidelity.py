@@ -14,10 +14,11 @@ from offline_kd.cache.verify import TEMPERATURES, verify_cache
 from offline_kd.data.corpus import Corpus
 from offline_kd.data.targets import collapse_best_path
 from offline_kd.data.views import corpus_reader
+from offline_kd.data.vocab import Vocabulary
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
+from offline_kd.distillation.teachers import load_teacher
 from offline_kd.models.numerics import exact_numerics, with_precision
-from offline_kd.training.checkpoint import file_sha256, model_from_checkpoint
 from offline_kd.training.inference import resolve_device
 
 
@@ -32,9 +33,10 @@ def kl_per_frame(live: np.ndarray, cached: np.ndarray, temperature: float) -> np
 def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, log=print,
              corpus_dir: str | None = None) -> dict:
     dev = resolve_device(device)
-    if file_sha256(teacher_path) != cache.meta.teacher["sha256"]:
-        log(f"warning: {teacher_path} is not the checkpoint file the cache was made from (sha256 differs)")
-    model, vocab, _ = model_from_checkpoint(teacher_path, dev)
+    teacher = load_teacher(teacher_path, dev, Vocabulary.from_dict(cache.meta.vocab), where="--teacher")
+    if teacher.record["sha256"] != cache.meta.teacher["sha256"]:
+        log(f"warning: {teacher.name} is not the teacher the cache was made from (sha256 differs)")
+    model, vocab = teacher.model, teacher.vocab
     # the teacher recomputed in the precision the dump used (older caches: float32)
     model = with_precision(model, cache.meta.dump_config.get("precision", "fp32"), dev, "the cache's dump.precision")
     corpus = Corpus(corpus_dir or cache.meta.corpus)

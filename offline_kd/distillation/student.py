@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from offline_kd.distillation.compat import check_cache
+from offline_kd.distillation.teachers import load_teacher
 from offline_kd.cache.reader import TargetDecoder, TeacherCache
 from offline_kd.config import VIEWS_EXCLUDE_MASKS, ExperimentConfig, ModelConfig, build_dataclass
 from offline_kd.data.distill_dataset import DistillBatchDataset
@@ -24,7 +25,7 @@ from offline_kd.models.augment import SpecAugment
 from offline_kd.models.bilstm import build_model
 from offline_kd.models.interface import count_parameters
 from offline_kd.data.splits import open_split, open_train_dev, train_splits
-from offline_kd.training.checkpoint import checkpoint_dev, load_checkpoint, model_from_checkpoint, seed_everything
+from offline_kd.training.checkpoint import checkpoint_dev, load_checkpoint, seed_everything
 from offline_kd.training.trainer import Trainer
 
 
@@ -40,15 +41,17 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
 
     teacher, cache, teacher_dims = None, None, {}
     if online_teacher:
-        teacher, t_vocab, t_ckpt = model_from_checkpoint(online_teacher, device)
+        loaded = load_teacher(online_teacher, device, corpus.vocab, where="--online-teacher")
+        teacher, t_vocab = loaded.model, loaded.vocab
         if t_vocab.sha256 != corpus.vocab.sha256:
-            raise OfflineKDError(f"--online-teacher {online_teacher}: vocabulary differs from {corpus.dir}'s")
+            raise OfflineKDError(f"--online-teacher {loaded.name}: vocabulary differs from {corpus.dir}'s")
         teacher_dims = teacher.layer_dims()
-        teacher_dev = checkpoint_dev(t_ckpt)
+        teacher_dev = loaded.dev
         for t in mapping.values():
             if t not in teacher_dims:
-                raise OfflineKDError(f"distill.layer_mapping: teacher layer {t} out of range 1..{teacher.num_layers}")
-        log(f"online distillation from {online_teacher} (the cache is not used)")
+                raise OfflineKDError(f"distill.layer_mapping: teacher layer {t} is not one of the teacher's layers "
+                                     f"({', '.join(map(str, sorted(teacher_dims)))})")
+        log(f"online distillation from {loaded.name} (the cache is not used)")
     else:
         cache = TeacherCache(d.cache, d.storage_options, verify_reads=d.verify_reads)
         teacher_dims = cache.layer_dims

@@ -1,0 +1,263 @@
+"""Where a teacher comes from: an offline-kd checkpoint, or a Python entry point into the user's own code.
+
+`dump.teacher` (and `cache verify --teacher`, `train-student --online-teacher`) is either
+
+  - a path to a checkpoint written by `offline-kd train` (the model type it records is rebuilt through the
+    registry), or
+  - a mapping `{entry_point: "my_package.teachers:load", args: {...}}`: `load(**args)` is imported and called, and
+    returns the teacher, an object with the members below (docs/teachers.md). On the command line, the mapping is
+    given inline as YAML: `--teacher '{entry_point: my_package.teachers:load, args: {checkpoint: m.pt}}'`.
+
+What a teacher from an entry point must offer (the dump reads nothing else):
+
+    tokens        its vocabulary, a sequence of strings: class i is tokens[i]
+    blank         the blank's class index
+    input_dim     feature dimension it reads
+    subsampling   input frames per output frame (output lengths are ceil(T / subsampling))
+    layer_dims()  {layer: width} of the layers whose hidden states it can return (1-based)
+    forward_with_hidden_states(x (B, T, D) float32, lengths (B,) int64, layers)
+                  -> (log_probs (T', B, V) at temperature 1, output lengths (B,), {layer: (B, T', width)})
+    state_dict()  its weights (a torch nn.Module has one): their sha256 is the teacher's identity in the cache
+
+The teacher's vocabulary must be the corpus's, class for class (vocabulary and frame-rate alignment across models
+are not built yet). A probe forward on one utterance checks the shapes, the lengths and that the outputs are
+finite before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import yaml
+from torch import nn
+
+from offline_kd.data.vocab import Vocabulary
+from offline_kd.errors import OfflineKDError
+from offline_kd.training.checkpoint import checkpoint_dev, file_sha256, model_from_checkpoint
+
+TeacherSpec = Union[str, dict]
+REQUIRED = ("tokens", "blank", "input_dim", "subsampling", "layer_dims", "forward_with_hidden_states", "state_dict")
+
+
+@dataclass
+class LoadedTeacher:
+    model: nn.Module          # follows models/interface.py's CTCModel
+    vocab: Vocabulary
+    record: dict              # what the cache's metadata records about where the teacher came from
+    dev: Optional[dict]       # its own dev figures, when its checkpoint recorded them
+    name: str                 # for messages
+
+
+def parse_teacher(value: Any, where: str = "dump.teacher") -> TeacherSpec:
+    """A checkpoint path, or an entry-point mapping (given as a mapping, or as inline YAML text)."""
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise OfflineKDError(f"{where}: not a YAML mapping ({' '.join(str(exc).split())[:200]})") from None
+    if isinstance(value, str):
+        if not value:
+            raise OfflineKDError(f"{where} is empty: give a checkpoint path or {{entry_point: module:function}}")
+        return value
+    if not isinstance(value, dict):
+        raise OfflineKDError(f"{where} must be a checkpoint path or a mapping {{entry_point, args}}, got "
+                             f"{type(value).__name__}")
+    unknown = sorted(set(value) - {"entry_point", "args"})
+    if unknown or "entry_point" not in value:
+        raise OfflineKDError(f"{where}: a teacher mapping has the keys entry_point (module:function) and args"
+                             f"{'; unknown: ' + ', '.join(unknown) if unknown else ''}")
+    ep, args = value["entry_point"], value.get("args") or {}
+    if not isinstance(ep, str) or ep.count(":") != 1 or not all(ep.split(":")):
+        raise OfflineKDError(f"{where}.entry_point must be 'module.path:function', got {ep!r}")
+    if not isinstance(args, dict):
+        raise OfflineKDError(f"{where}.args must be a mapping of keyword arguments, got {type(args).__name__}")
+    return {"entry_point": ep, "args": args}
+
+
+def teacher_name(spec: TeacherSpec) -> str:
+    return spec if isinstance(spec, str) else f"entry point {spec['entry_point']}"
+
+
+def spec_sha256(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_teacher(spec: TeacherSpec, device, vocab: Optional[Vocabulary] = None,
+                 where: str = "dump.teacher") -> LoadedTeacher:
+    """The teacher `spec` names, on `device`, in eval mode. A teacher from an entry point has no vocabulary of
+    offline-kd's kind: its tokens must equal `vocab`'s (the corpus's, or the cache's), class for class."""
+    spec = parse_teacher(spec, where)
+    if isinstance(spec, str):
+        if not Path(spec).is_file():
+            raise OfflineKDError(f"{where}: teacher checkpoint not found: {spec}")
+        model, t_vocab, ckpt = model_from_checkpoint(spec, device)
+        return LoadedTeacher(model, t_vocab, {"path": str(spec), "sha256": file_sha256(spec)}, checkpoint_dev(ckpt),
+                             spec)
+    model = EntryPointTeacher(_call_entry_point(spec, where), spec, where).to(device).eval()
+    if vocab is None:
+        raise OfflineKDError(f"{where}: a teacher from an entry point needs the corpus's vocabulary to check its "
+                             f"tokens against")
+    if model.tokens != vocab.tokens:
+        diff = next((i for i, (a, b) in enumerate(zip(model.tokens, vocab.tokens)) if a != b),
+                    min(len(model.tokens), len(vocab.tokens)))
+        got = repr(model.tokens[diff]) if diff < len(model.tokens) else "nothing"
+        want = repr(vocab.tokens[diff]) if diff < len(vocab.tokens) else "nothing"
+        raise OfflineKDError(f"{where}: the teacher's {len(model.tokens)} tokens differ from the corpus's "
+                             f"{len(vocab.tokens)} at class {diff} ({got} where the corpus has {want}); mapping one "
+                             f"vocabulary onto another is not supported yet")
+    if model.blank != 0:
+        raise OfflineKDError(f"{where}: the teacher's blank is class {model.blank}; offline-kd's is class 0")
+    return LoadedTeacher(model, vocab, {"path": f"entry_point:{spec['entry_point']}", "sha256": spec_sha256(spec),
+                                        "adapter": "entry_point", "entry_point": spec["entry_point"],
+                                        "args": spec["args"]}, None, teacher_name(spec))
+
+
+def _call_entry_point(spec: dict, where: str):
+    module, fn = spec["entry_point"].split(":")
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001  (any failure of the user's module is reported on one line)
+        raise OfflineKDError(f"{where}: cannot import {module} ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]}); is it on PYTHONPATH?") from None
+    target = getattr(mod, fn, None)
+    if not callable(target):
+        raise OfflineKDError(f"{where}: {module} has no function {fn}")
+    try:
+        return target(**spec["args"])
+    except OfflineKDError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise OfflineKDError(f"{where}: {spec['entry_point']}(**args) failed ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]})") from None
+
+
+class EntryPointTeacher(nn.Module):
+    """A teacher from the user's code seen as a `CTCModel`: the members it lacks are derived, and every forward is
+    checked (shapes, lengths, finite values) so that a wrong teacher fails with a message, not a cache."""
+
+    model_type = "entry_point"
+
+    def __init__(self, obj, spec: dict, where: str):
+        super().__init__()
+        missing = [m for m in REQUIRED if not hasattr(obj, m)]
+        if missing:
+            raise OfflineKDError(f"{where}: what {spec['entry_point']} returned lacks {', '.join(missing)} (a "
+                                 f"teacher needs {', '.join(REQUIRED)}; docs/teachers.md)")
+        self.where, self.spec = where, spec
+        if isinstance(obj, nn.Module):
+            self.inner = obj                          # a submodule: .to(device) and .eval() reach it
+        else:
+            object.__setattr__(self, "_plain", obj)   # manages its own device
+        tokens = [str(t) for t in obj.tokens]
+        if len(tokens) < 2 or len(set(tokens)) != len(tokens):
+            raise OfflineKDError(f"{where}: the teacher's tokens must be at least 2 distinct strings")
+        self._tokens = tuple(tokens)
+        self._blank = int(obj.blank)
+        if not 0 <= self._blank < len(tokens):
+            raise OfflineKDError(f"{where}: blank {self._blank} is not a class of its {len(tokens)} tokens")
+        self._input_dim, self._subsampling = int(obj.input_dim), int(obj.subsampling)
+        dims = obj.layer_dims()
+        if not isinstance(dims, dict) or not dims or not all(int(k) >= 1 and int(v) >= 1 for k, v in dims.items()):
+            raise OfflineKDError(f"{where}: layer_dims() must be a non-empty {{layer >= 1: width >= 1}}, got {dims!r}")
+        self._dims = {int(k): int(v) for k, v in dims.items()}
+
+    # ------------------------------------------------------------------------------------------ CTCModel
+    @property
+    def _obj(self):
+        return self.inner if "inner" in self._modules else self._plain
+
+    @property
+    def tokens(self) -> tuple:
+        return self._tokens
+
+    @property
+    def input_dim(self) -> int:
+        return self._input_dim
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._tokens)
+
+    @property
+    def blank(self) -> int:
+        return self._blank
+
+    @property
+    def subsampling(self) -> int:
+        return self._subsampling
+
+    @property
+    def num_layers(self) -> int:
+        return max(self._dims)
+
+    def layer_dims(self) -> dict[int, int]:
+        return dict(self._dims)
+
+    def describe(self) -> dict:
+        return {"entry_point": self.spec["entry_point"], "args": self.spec["args"]}
+
+    def state_dict(self, *args, **kwargs):
+        return self._obj.state_dict(*args, **kwargs)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if "inner" not in self._modules and callable(getattr(self._plain, "train", None)):
+            self._plain.train(mode)
+        return self
+
+    def forward_with_hidden_states(self, x: torch.Tensor, lengths: torch.Tensor, return_layer_indices=None):
+        layers = sorted(set(return_layer_indices or []))
+        bad = [L for L in layers if L not in self._dims]
+        if bad:
+            raise OfflineKDError(f"{self.where}: the teacher has no layer {bad[0]} (it exposes "
+                                 f"{', '.join(map(str, sorted(self._dims)))})")
+        out = self._obj.forward_with_hidden_states(x, lengths, layers)
+        if not (isinstance(out, (tuple, list)) and len(out) == 3):
+            raise OfflineKDError(f"{self.where}: forward_with_hidden_states must return (log_probs, output_lengths, "
+                                 f"hidden), got {type(out).__name__}")
+        lp, out_len, hidden = out
+        b = x.shape[0]
+        t_out = -(-int(lengths.max()) // self._subsampling) if b else 0
+        if not isinstance(lp, torch.Tensor) or lp.dim() != 3 or lp.shape[1] != b or lp.shape[2] != self.num_classes \
+                or lp.shape[0] < t_out:
+            raise OfflineKDError(f"{self.where}: log_probs must be (T', {b}, {self.num_classes}) with T' >= {t_out}, "
+                                 f"got {tuple(lp.shape) if isinstance(lp, torch.Tensor) else type(lp).__name__}")
+        expect = -(-lengths.to(torch.int64) // self._subsampling)
+        if not isinstance(out_len, torch.Tensor) or out_len.shape != (b,) or not torch.equal(
+                out_len.to(expect.device, torch.int64), expect):
+            raise OfflineKDError(f"{self.where}: output lengths must be ceil(lengths / {self._subsampling}) = "
+                                 f"{expect.tolist()[:4]}..., got "
+                                 f"{out_len.tolist()[:4] if isinstance(out_len, torch.Tensor) else out_len}")
+        if not isinstance(hidden, dict) or sorted(hidden) != layers:
+            raise OfflineKDError(f"{self.where}: hidden states must be returned for exactly the layers asked "
+                                 f"({layers}), got {sorted(hidden) if isinstance(hidden, dict) else hidden!r}")
+        for L, h in hidden.items():
+            if not isinstance(h, torch.Tensor) or h.shape[:2] != (b, lp.shape[0]) or h.shape[2] != self._dims[L]:
+                raise OfflineKDError(f"{self.where}: hidden state of layer {L} must be ({b}, {lp.shape[0]}, "
+                                     f"{self._dims[L]}), got {tuple(h.shape) if isinstance(h, torch.Tensor) else h}")
+        for name, t in [("log_probs", lp)] + [(f"layer {L}", h) for L, h in hidden.items()]:
+            valid = t if name != "log_probs" else t[:t_out]
+            if not torch.isfinite(valid).all():
+                raise OfflineKDError(f"{self.where}: the teacher's {name} are not finite (NaN or Inf)")
+        return lp, out_len, hidden
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+        lp, out_len, _ = self.forward_with_hidden_states(x, lengths, None)
+        return lp, out_len
+
+
+@torch.no_grad()
+def probe(teacher: LoadedTeacher, reader, index: int, layers: list[int], device) -> None:
+    """One forward on one utterance before anything is written: a teacher from an entry point that returns the
+    wrong shapes, lengths or non-finite values fails here (its wrapper checks every forward), not in a cache."""
+    if not isinstance(teacher.model, EntryPointTeacher):
+        return
+    x = torch.from_numpy(reader.features(index))[None].to(device)
+    teacher.model.forward_with_hidden_states(x, torch.tensor([x.shape[1]], device=device), layers)
+
