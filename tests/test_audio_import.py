@@ -249,7 +249,7 @@ def _bad_inputs(d: Path) -> dict:
     write(d / "at8k.wav", tone(8000, 0.5, 1), 8000)
     return {
         "unreadable": ({"audio_filepath": "garbage.wav", "text": "ab"}, "not a readable audio file"),
-        "truncated wav": ({"audio_filepath": "truncated.wav", "duration": 0.5, "text": "ab"}, "runs past the end"),
+        "truncated wav": ({"audio_filepath": "truncated.wav", "duration": 0.5, "text": "ab"}, "truncated"),
         "truncated flac": ({"audio_filepath": "truncated.flac", "text": "ab"}, "truncated"),
         "missing": ({"audio_filepath": "nowhere.wav", "text": "ab"}, "audio file not found"),
         "zero length": ({"audio_filepath": "empty.wav", "text": "ab"}, "no samples"),
@@ -409,3 +409,109 @@ def test_kept_audio_is_fingerprinted_like_the_features(tmp_path):
     with pytest.raises(OfflineKDError, match="utterance u2: its audio differs"):
         r.audio(2)
 
+
+
+# ------------------------------------------------------------------------------------ found in review (each failed)
+def test_a_resumed_import_never_reuses_a_chunk_for_other_rows(tmp_path, monkeypatch):
+    """Segments of one file share its size and mtime: a chunk is reused only for the very rows it was made from,
+    even when a changed --vocab moves rows from one chunk to another between the two runs."""
+    monkeypatch.setattr(audio_import, "CHUNK_UTTERANCES", 2)
+    write(tmp_path / "long.wav", tone(16000, 2.0, 3), 16000)
+    rows = [{"audio_filepath": "long.wav", "offset": 0.3 * i, "duration": 0.3, "text": "z" if i == 0 else "ab"}
+            for i in range(6)]
+    (tmp_path / "m.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "v1.txt").write_text("\n".join([BLANK, "|", "a", "b"]) + "\n")
+    (tmp_path / "v2.txt").write_text("\n".join([BLANK, "|", "a", "b", "z"]) + "\n")
+    base = ["--manifest", tmp_path / "m.json", "--split", "train", "--skip-invalid", "--keep-audio"]
+    real, calls = audio_import.compute_chunk, []
+
+    def dies_on_the_second(task):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(task)
+    monkeypatch.setattr(audio_import, "compute_chunk", dies_on_the_second)
+    assert run(*base, "--vocab", tmp_path / "v1.txt", "--out", tmp_path / "c")[0] != 0
+    monkeypatch.setattr(audio_import, "compute_chunk", real)
+    assert run(*base, "--vocab", tmp_path / "v2.txt", "--out", tmp_path / "c")[0] == 0
+    assert run(*base, "--vocab", tmp_path / "v2.txt", "--out", tmp_path / "ref")[0] == 0
+    assert (tmp_path / "c/train.h5").read_bytes() == (tmp_path / "ref/train.h5").read_bytes()
+
+
+def test_a_truncated_wav_without_a_duration_is_an_error(tmp_path):
+    write(tmp_path / "good.wav", tone(16000, 1.0, 1), 16000)
+    full = (tmp_path / "good.wav").read_bytes()
+    (tmp_path / "t.wav").write_bytes(full[:len(full) // 2])
+    (tmp_path / "m.tsv").write_text("ok\tgood.wav\tab\nt\tt.wav\tab\n")
+    code, out = run("--manifest", tmp_path / "m.tsv", "--split", "train", "--out", tmp_path / "c")
+    assert code == 1 and "m.tsv:2: utterance t" in out and "truncated" in out, out
+
+
+@pytest.mark.parametrize("field, value", [("offset", "NaN"), ("duration", "Infinity"), ("duration", "-1")])
+def test_a_non_finite_or_negative_number_in_a_manifest_is_one_line(tmp_path, field, value):
+    write(tmp_path / "a.wav", tone(16000, 0.5, 1), 16000)
+    (tmp_path / "m.json").write_text('{"audio_filepath": "a.wav", "text": "ab", "%s": %s}\n' % (field, value))
+    code, out = run("--manifest", tmp_path / "m.json", "--split", "train", "--out", tmp_path / "c")
+    assert code == 1 and f"m.json:1: '{field}' must be a number >= 0" in out, out
+
+
+@pytest.mark.parametrize("split", ["train/clean", "..", "a@0", ".hidden"])
+def test_a_split_name_that_is_not_a_file_name_is_refused(tmp_path, split):
+    m = nemo_corpus(tmp_path, n=2, split_field=False)
+    code, out = run("--manifest", m, "--split", split, "--out", tmp_path / "c")
+    assert code == 1 and f"split name {split!r}" in out, out
+    assert not (tmp_path / "c").exists()
+
+
+def test_every_row_invalid_names_the_first_reason(tmp_path):
+    (tmp_path / "m.tsv").write_text("a\tnope.wav\tab\n")
+    code, out = run("--manifest", tmp_path / "m.tsv", "--split", "train", "--out", tmp_path / "c", "--skip-invalid")
+    assert code == 1 and "split 'train': every row is invalid (first: m.tsv:1: audio file not found)" in out, out
+
+
+def test_nemo_rows_whose_file_names_collide_take_their_paths(tmp_path):
+    for spk in ("FCJF0", "MDAB0"):
+        (tmp_path / "DR1" / spk).mkdir(parents=True)
+        write(tmp_path / "DR1" / spk / "SA1.wav", tone(16000, 0.4, 1), 16000)
+    write(tmp_path / "other.wav", tone(16000, 0.4, 2), 16000)
+    rows = [{"audio_filepath": f"DR1/{spk}/SA1.wav", "text": "ab"} for spk in ("FCJF0", "MDAB0")]
+    rows.append({"audio_filepath": "other.wav", "text": "b"})
+    (tmp_path / "m.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out = run("--manifest", tmp_path / "m.json", "--split", "train", "--out", tmp_path / "c")
+    assert code == 0, out
+    assert Corpus(tmp_path / "c").split("train").utterance_ids == ["DR1-FCJF0-SA1", "DR1-MDAB0-SA1", "other"]
+
+
+def test_skip_invalid_leaves_out_textless_rows_of_a_transcribed_split(tmp_path):
+    m = nemo_corpus(tmp_path, n=4)
+    rows = [json.loads(x) for x in m.read_text().splitlines()]
+    rows[1].pop("text")
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out = run("--manifest", m, "--out", tmp_path / "c")
+    assert code == 1 and "1 of 2 rows have no text" in out
+    code, out = run("--manifest", m, "--out", tmp_path / "c", "--skip-invalid")
+    assert code == 0, out
+    assert Corpus(tmp_path / "c").split("train").utterance_ids == ["u0"]
+    assert "no text, in a split of transcribed rows" in (tmp_path / "c/import_skipped.tsv").read_text()
+
+
+def test_long_recordings_close_a_chunk_by_duration_with_the_same_corpus(tmp_path, monkeypatch):
+    m = nemo_corpus(tmp_path, n=8)
+    assert run("--manifest", m, "--out", tmp_path / "ref")[0] == 0
+    monkeypatch.setattr(audio_import, "CHUNK_SECONDS", 0.7)          # two or three short rows per chunk
+    real, sizes = audio_import.compute_chunk, []
+    monkeypatch.setattr(audio_import, "compute_chunk", lambda task: (sizes.append(len(task["rows"])), real(task))[1])
+    assert run("--manifest", m, "--out", tmp_path / "c")[0] == 0
+    assert max(sizes) <= 2 and len(sizes) > 4
+    for name in ("train.h5", "dev.h5"):
+        assert (tmp_path / "ref" / name).read_bytes() == (tmp_path / "c" / name).read_bytes()
+
+
+def test_fbank_in_blocks_equals_one_call(monkeypatch):
+    from offline_kd.data import frontend
+    x = (np.random.default_rng(0).standard_normal(16000 * 5) * 3000).astype(np.int16)
+    fb = frontend.Fbank(frontend.FbankOptions())
+    whole = fb.compute(x)
+    monkeypatch.setattr(frontend, "BLOCK", 4001)
+    np.testing.assert_array_equal(fb.compute(x), whole)
+    np.testing.assert_array_equal(whole, knf_fbank(x))

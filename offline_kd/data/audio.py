@@ -14,6 +14,8 @@ Every problem is an `AudioError` whose message names what is wrong; the importer
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -41,14 +43,17 @@ class AudioSpec:
 def load(spec: AudioSpec, target_rate: int, allow_resample: bool = True) -> np.ndarray:
     """The utterance's int16 samples at `target_rate` (the module's rule). A 16-bit file at the target rate with one
     channel to take is read as int16 directly: the same samples the float path gives, without the round trip."""
+    if not os.path.isfile(spec.path):
+        raise AudioError("audio file not found")
     try:
         f = sf.SoundFile(spec.path)
-    except FileNotFoundError:
-        raise AudioError("audio file not found") from None
     except Exception as exc:  # noqa: BLE001  (libsndfile's own message says what is wrong with the file)
         raise AudioError(f"not a readable audio file ({_one_line(exc)})") from None
     with f:
         rate, total, channels = int(f.samplerate), int(f.frames), int(f.channels)
+        short = _shorter_than_its_header(f)
+        if short:
+            raise AudioError(short)
         start, count = _segment(spec, rate, total)
         direct = f.subtype == "PCM_16" and rate == target_rate and (channels == 1 or spec.channel is not None)
         try:
@@ -73,6 +78,20 @@ def load(spec: AudioSpec, target_rate: int, allow_resample: bool = True) -> np.n
     if not np.isfinite(x).all():
         raise AudioError(f"{int((~np.isfinite(x)).sum())} samples are NaN or infinite")
     return to_int16(resample(np.ascontiguousarray(x, dtype=np.float32), rate, target_rate, allow_resample))
+
+
+_DATA_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+_PLACEHOLDERS = {0, 0x7FFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF - 1}     # what streaming writers put before the size is known
+
+
+def _shorter_than_its_header(f) -> str:
+    """A WAV-like file whose data chunk is shorter than its header says: libsndfile reads what is there without a
+    word, so the truncation is found in its log (`extra_info`). Size placeholders of streamed files are not errors."""
+    m = _DATA_SIZE.search(f.extra_info or "")
+    if m and int(m.group(1)) > int(m.group(2)) and int(m.group(1)) not in _PLACEHOLDERS:
+        return (f"the file holds {int(m.group(2))} bytes of audio data, its header says {int(m.group(1))}: "
+                f"truncated?")
+    return ""
 
 
 def _segment(spec: AudioSpec, rate: int, total: int) -> tuple[int, int]:

@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -44,6 +45,7 @@ from offline_kd.errors import OfflineKDError
 from offline_kd.locking import WriterLock
 
 CHUNK_UTTERANCES = 64
+CHUNK_SECONDS = 1800.0
 JOB_VERSION = 1
 SKIPPED_REPORT = "import_skipped.tsv"
 
@@ -114,7 +116,7 @@ def compute_chunk(task: dict) -> dict:
     dim = fb.options.num_mel_bins
     cat = np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)
     arrays = {"features": cat, "frames": np.asarray(frames, np.int64), "reasons": np.asarray(reasons, dtype=str),
-              "stat": np.asarray(task["stat"], np.int64).reshape(-1, 2),
+              "stat": np.asarray(task["stat"], np.int64).reshape(-1, 2), "key": np.asarray(task["key"]),
               "seconds": np.float64(seconds)}
     if task["cmvn"] == "global":                    # float64 sums for the statistics, merged in chunk order
         arrays["sum"], arrays["sumsq"] = cat.sum(0, dtype=np.float64), np.square(cat, dtype=np.float64).sum(0)
@@ -139,7 +141,7 @@ def import_audio(manifests: list[str], splits: list[str], out: str, fmt: str, vo
     rows = read_manifests(manifests, splits, fmt)
     sep = word_separator if tokenizer == "char" else None
     vocab = Vocabulary.load(vocab_path, tokenizer, sep) if vocab_path else None
-    bad = check_rows(rows, vocab)
+    bad = check_rows(rows, vocab, options.skip_invalid)
     stats = [_stat(r.audio.path) for r in rows]
     for i, st in enumerate(stats):
         if st[0] < 0 and i not in bad:
@@ -156,6 +158,8 @@ def import_audio(manifests: list[str], splits: list[str], out: str, fmt: str, vo
     outdir.parent.mkdir(parents=True, exist_ok=True)
     with WriterLock(work.with_name(work.name + ".lock"), f"import into {outdir}",
                     "wait for it to finish, or import into another --out"):
+        if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):    # written while we waited
+            raise OfflineKDError(f"{outdir} exists and is not empty; import into a new directory")
         job = _job(rows, options, manifests)
         _open_work_dir(work, job, log)
         plan = _plan(rows, bad, stats, work)
@@ -214,6 +218,7 @@ class _Chunk:
     rows: list          # row indices into the manifest rows (those not rejected before audio)
     path: Path
     stat: list = field(default_factory=list)    # (size, mtime_ns) of each row's file when planned
+    key: str = ""       # sha256 of the rows' keys (id, file, segment, ...): a stored chunk is reused for these only
 
 
 def _plan(rows: list[AudioRow], bad: dict, stats: list, work: Path) -> list[_Chunk]:
@@ -225,12 +230,25 @@ def _plan(rows: list[AudioRow], bad: dict, stats: list, work: Path) -> list[_Chu
     chunks = []
     for split, idx in by_split.items():
         if not idx:
-            raise OfflineKDError(f"split '{split}': every row is invalid (see the errors above)")
-        for k in range(0, len(idx), CHUNK_UTTERANCES):
-            chunks.append(_Chunk(split, k // CHUNK_UTTERANCES, idx[k:k + CHUNK_UTTERANCES],
-                                 work / f"{_safe(split)}.{k // CHUNK_UTTERANCES:07d}.npz"))
+            first = min(i for i, r in enumerate(rows) if r.split == split)
+            raise OfflineKDError(f"split '{split}': every row is invalid (first: {rows[first].where}: "
+                                 f"{bad[first]})")
+        # a chunk closes at CHUNK_UTTERANCES rows or CHUNK_SECONDS of audio (the manifest's durations, else the
+        # file's size as 16-bit 16 kHz): memory stays bounded with hour-long recordings too
+        members, seconds = [], 0.0
+        for i in idx + [None]:
+            if i is not None:
+                sec = rows[i].audio.duration if rows[i].audio.duration is not None else max(stats[i][0], 0) / 32000
+            if members and (i is None or len(members) == CHUNK_UTTERANCES or seconds + sec > CHUNK_SECONDS):
+                k = len([c for c in chunks if c.split == split])
+                chunks.append(_Chunk(split, k, members, work / f"{_safe(split)}.{k:07d}.npz"))
+                members, seconds = [], 0.0
+            if i is not None:
+                members.append(i)
+                seconds += sec
     for c in chunks:
         c.stat = [stats[i] for i in c.rows]
+        c.key = hashlib.sha256(json.dumps([_row_key(rows[i]) for i in c.rows]).encode()).hexdigest()
     return chunks
 
 
@@ -244,7 +262,7 @@ def _chunk_done(c: _Chunk) -> bool:
         return False
     try:
         with np.load(c.path, allow_pickle=False) as z:
-            return z["stat"].tolist() == c.stat
+            return str(z["key"]) == c.key and z["stat"].tolist() == c.stat
     except Exception:  # noqa: BLE001  (a damaged chunk is computed again)
         return False
 
@@ -258,7 +276,7 @@ def _compute_chunks(plan: list[_Chunk], rows: list[AudioRow], options: AudioImpo
     hours = 0.0
 
     def task(c: _Chunk) -> dict:
-        return {"rows": [(rows[i].uid, rows[i].where, rows[i].audio) for i in c.rows], "stat": c.stat,
+        return {"rows": [(rows[i].uid, rows[i].where, rows[i].audio) for i in c.rows], "stat": c.stat, "key": c.key,
                 "fbank": asdict(options.fbank), "cmvn": options.cmvn, "keep_audio": options.keep_audio,
                 "resample": options.resample, "skip_invalid": options.skip_invalid, "path": str(c.path)}
 
@@ -288,7 +306,15 @@ def _compute_chunks(plan: list[_Chunk], rows: list[AudioRow], options: AudioImpo
                         pending[pool.submit(compute_chunk, task(c))] = c
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
-                        finished(pending.pop(fut), fut.result())
+                        c = pending.pop(fut)
+                        try:
+                            res = fut.result()
+                        except BrokenProcessPool:
+                            raise OfflineKDError(f"a worker process died while computing {c.split} rows "
+                                                 f"{rows[c.rows[0]].where} to {rows[c.rows[-1]].where} (out of "
+                                                 f"memory?); the chunks computed so far are kept in {work}: the same "
+                                                 f"command resumes") from None
+                        finished(c, res)
             except BaseException:
                 for fut in pending:
                     fut.cancel()
@@ -356,7 +382,9 @@ def _assemble(plan: list[_Chunk], rows: list[AudioRow], bad: dict, options: Audi
                                audio[ao[k]:ao[k + 1]] if ao is not None else None)
                     n += 1
             if n == 0:
-                raise OfflineKDError(f"split '{split}': every row is invalid ({SKIPPED_REPORT} lists why)")
+                first = min(i for i in reasons if rows[i].split == split)
+                raise OfflineKDError(f"split '{split}': every row is invalid (first: {rows[first].where}: "
+                                     f"{reasons[first]})")
             writer.close()
         except BaseException:
             writer.abort()

@@ -24,6 +24,7 @@ import numpy as np
 from offline_kd.errors import OfflineKDError
 
 CMVN_KINDS = ("none", "global", "utterance")
+BLOCK = 1 << 20                 # samples handed to kaldi-native-fbank at a time
 _STD_FLOOR = 1e-5
 
 
@@ -86,8 +87,11 @@ class Fbank:
     def compute(self, samples: np.ndarray) -> np.ndarray:
         """(frames, num_mel_bins) float32 from int16 samples (or floats in the int16 range) at the options' rate."""
         fb = knf.OnlineFbank(self._knf)
-        # a list crosses into the extension faster than an array (pybind11 converts either to a vector)
-        fb.accept_waveform(float(self.options.sample_rate), np.asarray(samples, dtype=np.float32).tolist())
+        # a list crosses into the extension faster than an array (pybind11 converts either to a vector); blocks
+        # of BLOCK samples keep that list small for long recordings (the online extractor's frames are the same)
+        x = np.asarray(samples, dtype=np.float32)
+        for start in range(0, x.shape[0], BLOCK):
+            fb.accept_waveform(float(self.options.sample_rate), x[start:start + BLOCK].tolist())
         fb.input_finished()
         out = np.empty((fb.num_frames_ready, self.options.num_mel_bins), dtype=np.float32)
         for i in range(out.shape[0]):

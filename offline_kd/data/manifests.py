@@ -20,6 +20,8 @@ lhotse itself does, then the manifest's folder). A row's text of None or "" make
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -37,6 +39,7 @@ class AudioRow:
     audio: AudioSpec
     text: Optional[str]
     where: str
+    longer_id: Optional[str] = None     # a derived id's fallback when file names collide (NeMo rows without id)
 
 
 def detect_format(path: Path) -> str:
@@ -82,11 +85,13 @@ def _resolve(base: Path, p: str) -> str:
 
 
 def _num(row: dict, key: str, where: str, kind=float):
+    """A non-negative finite number (JSON lets NaN and Infinity through), or None when the key is absent."""
     v = row.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
-        raise OfflineKDError(f"{where}: '{key}' must be a {'whole ' if kind is int else ''}number, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)) \
+            or not math.isfinite(v) or v < 0:
+        raise OfflineKDError(f"{where}: '{key}' must be a {'whole ' if kind is int else ''}number >= 0, got {v!r}")
     return kind(v)
 
 
@@ -119,13 +124,16 @@ def read_nemo(path: Path, split: Optional[str]) -> list[AudioRow]:
         if "audio_filepath" not in row or not isinstance(row["audio_filepath"], str):
             raise OfflineKDError(f"{where}: missing key 'audio_filepath' (a NeMo manifest row)")
         offset = _num(row, "offset", where) or 0.0
-        uid = row.get("id", row.get("utt_id"))
-        if uid is None:
-            uid = Path(row["audio_filepath"]).stem + (f"_{int(round(offset * 1000)):08d}" if offset else "")
+        uid, longer = row.get("id", row.get("utt_id")), None
+        if uid is None:           # the file's name; where names collide, its path (rule in read_manifests)
+            seg = f"_{int(round(offset * 1000)):08d}" if offset else ""
+            fp = Path(row["audio_filepath"])
+            uid = fp.stem + seg
+            longer = "-".join(fp.with_suffix("").parts).lstrip("-") + seg
         rows.append(AudioRow(str(uid), _split(row, split, where),
                              AudioSpec(_resolve(path.parent, row["audio_filepath"]), offset,
                                        _num(row, "duration", where)),
-                             _text(row, "text", where), where))
+                             _text(row, "text", where), where, longer))
     return rows
 
 
@@ -156,11 +164,22 @@ def read_list(path: Path, split: Optional[str]) -> list[AudioRow]:
     return rows
 
 
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def check_split_name(s: str, where: str) -> str:
+    """A split name is a file name (`{split}.h5`) and a cache group: letters, digits, '_', '-', '.', not leading '.'
+    ('@' marks a view of a split in a cache)."""
+    if not _SPLIT_NAME.match(s):
+        raise OfflineKDError(f"{where}: split name {s!r} must be letters, digits, '_', '-' or '.' (not first)")
+    return s
+
+
 def _split(row: dict, split: Optional[str], where: str) -> str:
     s = split or row.get("split")
     if not s or not isinstance(s, str):
         raise OfflineKDError(f"{where}: no split (give --split, or a 'split' field in every row)")
-    return s
+    return check_split_name(s, where)
 
 
 # ------------------------------------------------------------------------------------------------------ lhotse
@@ -258,6 +277,8 @@ def read_manifests(manifests: list[str], splits: list[str], fmt: str = "auto") -
     if splits and len(splits) != len(manifests):
         raise OfflineKDError(f"{len(manifests)} --manifest but {len(splits)} --split: give one --split per "
                              f"--manifest, in the same order, or none (rows carry a 'split' field)")
+    for s in splits:
+        check_split_name(s, "--split")
     paths = [Path(m) for m in manifests]
     for p in paths:
         if not p.is_file():
@@ -280,12 +301,18 @@ def read_manifests(manifests: list[str], splits: list[str], fmt: str = "auto") -
         rows += read_lhotse(group, split)
     if not rows:
         raise OfflineKDError(f"{', '.join(manifests)}: no rows")
-    return rows
+    # NeMo rows without an id take their file's name; rows whose names collide (SA1.wav in many speakers' folders)
+    # take the file's path instead (folders joined by '-')
+    count: dict[str, int] = {}
+    for r in rows:
+        count[r.uid] = count.get(r.uid, 0) + 1
+    return [replace(r, uid=r.longer_id) if r.longer_id and count[r.uid] > 1 else r for r in rows]
 
 
-def check_rows(rows: list[AudioRow], vocab=None) -> dict[int, str]:
-    """Problems found without opening any audio: {row index: reason}. Duplicate ids (the second and later rows),
-    a split mixing transcribed and untranscribed rows is an error outright; units outside `vocab` per row."""
+def check_rows(rows: list[AudioRow], vocab=None, skip_invalid: bool = False) -> dict[int, str]:
+    """Problems found without opening any audio: {row index: reason}: duplicate ids (the second and later rows),
+    units outside `vocab`, and in a split where some rows have text, the rows without (an error outright unless
+    `skip_invalid`: a split is either transcribed or untranscribed)."""
     bad: dict[int, str] = {}
     first: dict[str, int] = {}
     for i, r in enumerate(rows):
@@ -303,13 +330,14 @@ def check_rows(rows: list[AudioRow], vocab=None) -> dict[int, str]:
         by_split.setdefault(r.split, []).append(r)
     for split, items in by_split.items():
         with_text = sum(r.text is not None for r in items)
-        if 0 < with_text < len(items):
+        if 0 < with_text < len(items) and skip_invalid:
+            for i, r in enumerate(rows):
+                if r.split == split and r.text is None and i not in bad:
+                    bad[i] = "no text, in a split of transcribed rows"
+        elif 0 < with_text < len(items):
             r = next(x for x in items if x.text is None)
             raise OfflineKDError(f"split '{split}': {len(items) - with_text} of {len(items)} rows have no text (first: "
                                  f"{r.uid}, {r.where}); a split is either transcribed or untranscribed: put the "
                                  f"untranscribed rows into a split of their own")
     return bad
 
-
-def with_split(row: AudioRow, split: str) -> AudioRow:
-    return replace(row, split=split)
