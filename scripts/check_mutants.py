@@ -117,6 +117,19 @@ MUTANTS = [
     Mutant("validate_skips_the_feature_hashes", "offline_kd/data/validate.py",
            "changed = set(reader.changed_features()) if check_hashes else set()", "changed = set()",
            ("tests/test_safety.py::test_changed_features_are_found_by_validate_and_by_train_student",)),
+    # bring your own audio (#26) and teacher (#27)
+    Mutant("import_chunk_reused_for_other_rows", "offline_kd/data/audio_import.py",
+           'return str(z["key"]) == c.key and z["stat"].tolist() == c.stat', 'return z["stat"].tolist() == c.stat',
+           ("tests/test_audio_import.py::test_a_resumed_import_never_reuses_a_chunk_for_other_rows",)),
+    Mutant("import_truncated_wav_accepted", "offline_kd/data/audio.py",
+           "        if short:\n            raise AudioError(short)", "        pass",
+           ("tests/test_audio_import.py::test_a_truncated_wav_without_a_duration_is_an_error",)),
+    Mutant("kept_audio_not_checked_on_read", "offline_kd/data/corpus.py",
+           "if self.verify_features and self.audio_hashes is not None and audio_sha256(x) != self.audio_hashes[i]:",
+           "if False:", ("tests/test_audio_import.py::test_kept_audio_is_fingerprinted_like_the_features",)),
+    Mutant("entry_point_teacher_not_probed", "offline_kd/distillation/dump.py",
+           "    probe(teacher, first.reader, first.order[0], layers, device)", "    pass",
+           ("tests/test_teachers.py::test_a_wrong_teacher_is_a_one_line_error_and_writes_nothing",)),
 ]
 
 
