@@ -60,3 +60,11 @@ def test_for_dump_records_the_front_end_it_is_given():
     b = CacheMeta.for_dump(cfg, Model(), Vocab(), "c", Codec(), {1: Codec()}, "cpu", "s", "w", "0")
     assert a.extra == {"frontend": fe} and b.extra == {}
     assert a.identity({}) != b.identity({})
+    assert b.teacher == {"path": "t.pt", "sha256": "s", "weights_sha256": "w", "model_config": {}}
+    record = {"path": "entry_point:m:load", "sha256": "spec", "adapter": "entry_point", "entry_point": "m:load",
+              "args": {"a": 1}}
+    c = CacheMeta.for_dump(cfg, Model(), Vocab(), "c", Codec(), {1: Codec()}, "cpu", "spec", "w", "0",
+                           teacher_record=record)
+    assert c.teacher == {"path": "entry_point:m:load", "sha256": "spec", "weights_sha256": "w", "model_config": {},
+                         "adapter": "entry_point", "entry_point": "m:load", "args": {"a": 1}}
+    assert list(c.teacher)[:4] == ["path", "sha256", "weights_sha256", "model_config"]   # the old keys first
