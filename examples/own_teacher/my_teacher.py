@@ -103,4 +103,5 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Write load()'s weight and tokens files from an offline-kd checkpoint.")
     ap.add_argument("--from-offline-kd", required=True, metavar="CHECKPOINT")
     ap.add_argument("--out", required=True)
-    print(from_offline_kd(**{"checkpoint": ap.parse_args().from_offline_kd, "out": ap.parse_args().out}))
+    a = ap.parse_args()
+    print(from_offline_kd(a.from_offline_kd, a.out))
