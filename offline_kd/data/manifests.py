@@ -51,12 +51,7 @@ def detect_format(path: Path) -> str:
     if first is None:
         raise OfflineKDError(f"{path}: the manifest is empty")
     if path.suffix in (".jsonl", ".json"):
-        try:
-            row = json.loads(first)
-        except json.JSONDecodeError as exc:
-            raise OfflineKDError(f"{path.name}:1: invalid JSON ({exc})") from None
-        if not isinstance(row, dict):
-            raise OfflineKDError(f"{path.name}:1: expected a JSON object per line")
+        where, row = next(_json_rows(path))         # the first row, parsed and checked as every row is
         if "audio_filepath" in row:
             return "nemo"
         if "features" in row:
@@ -65,7 +60,7 @@ def detect_format(path: Path) -> str:
             return "list"
         if {"recording", "recording_id", "sources", "supervisions"} & set(row):
             return "lhotse"
-        raise OfflineKDError(f"{path.name}:1: cannot tell the manifest kind: a row needs 'audio_filepath' (NeMo), "
+        raise OfflineKDError(f"{where}: cannot tell the manifest kind: a row needs 'audio_filepath' (NeMo), "
                              f"'audio' or 'features' (plain list); or give --format")
     parts = first.split("\t")
     return "features" if len(parts) > 1 and parts[1].endswith(".npy") else "list"
