@@ -1,0 +1,31 @@
+"""`cache info`'s text on a hand-made info record (no teacher; fast enough for mutmut): the teacher's source and the
+corpus's front end."""
+
+from __future__ import annotations
+
+from offline_kd.cache.info import format_info
+
+
+def _info(**kw) -> dict:
+    base = {"path": "c.zarr", "complete": True, "format_version": 2, "tool_version": "0", "created": "now",
+            "teacher_path": "runs/t.pt", "teacher_sha256": "a" * 64, "vocab_sha256": "b" * 64,
+            "identity_sha256": "c" * 64, "num_classes": 5, "layers": {"1": 4}, "subsampling": 2,
+            "codecs": {"log_probs": {"name": "float32"}, "hidden": {"1": {"name": "float32"}}, "compressor": "zstd",
+                       "level": 3},
+            "utterances": 1, "frames": 2, "bytes_total": 10, "splits": {}, "bytes_per_frame": {},
+            "target_bytes_per_frame": 1.0, "ratio_to_float32": 0.5, "float32_bytes_per_frame": 2}
+    return {**base, **kw}
+
+
+def test_the_teacher_source_and_the_front_end_are_printed():
+    plain = format_info(_info()).splitlines()
+    assert "  teacher: checkpoint runs/t.pt" in plain and not any("front end" in x for x in plain)
+    fe = {"kind": "kaldi-fbank", "num_mel_bins": 80, "frame_length_ms": 25.0, "frame_shift_ms": 10.0,
+          "sample_rate": 16000, "cmvn": {"kind": "global"}}
+    lines = format_info(_info(teacher_adapter="entry_point", teacher_path="entry_point:m.t:load",
+                              frontend=fe)).splitlines()
+    assert "  teacher: entry point m.t:load (args in the cache's metadata)" in lines
+    i = lines.index("  corpus front end: kaldi-fbank 80 bins, 25.0 / 10.0 ms at 16000 Hz, cmvn global")
+    assert lines[i + 1].startswith("  1 utterances, 2 frames")
+    no_cmvn = format_info(_info(frontend={**fe, "cmvn": None}))
+    assert "cmvn none" in no_cmvn
