@@ -323,6 +323,9 @@ class DumpConfig:
     SECTION: ClassVar[str] = "dump"
     # a checkpoint path, or {entry_point: "module:function", args: {...}} (a teacher in your own code; docs/teachers.md)
     teacher: Union[str, dict] = "runs/teacher/checkpoint_best.pt"
+    # the student's subsampling (input frames per output frame) the targets are cached at; null: the teacher's own.
+    # A teacher at another frame rate is pooled or repeated onto it (docs/teachers.md "Alignment")
+    subsampling: Optional[int] = None
     corpus: str = "data/demo"
     splits: list = field(default_factory=lambda: ["train", "dev"])
     layers: list = field(default_factory=lambda: [2, 4])

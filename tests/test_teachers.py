@@ -15,7 +15,7 @@ from helpers import QUIET, assert_same_cache, dump_cfg, student_dict, write_yaml
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.cli import main
 from offline_kd.commands import dump_teacher
-from offline_kd.distillation.teachers import parse_teacher
+from offline_kd.teachers.source import parse_teacher
 from offline_kd.errors import OfflineKDError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def _bad_module(tmp_path, monkeypatch, rule: str, corpus) -> dict:
     ({"rule": "shape"}, "log_probs must be (T'"),
     ({"rule": "nan"}, "log_probs are not finite"),
     ({"rule": "lengths"}, "output lengths must be ceil(lengths / 2)"),
-    ({"tokens": ["<blank>", "x"]}, "tokens differ from the corpus's"),
+    ({"tokens": ["<blank>", "x"]}, "tokens 'x' have no counterpart in the student's vocabulary"),
     ({"layers": [2]}, "dump.layers: [2] out of range; the teacher has layers 1"),
 ])
 def test_a_wrong_teacher_is_a_one_line_error_and_writes_nothing(tiny_corpus, tmp_path, monkeypatch, change, expect):

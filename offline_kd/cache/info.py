@@ -61,13 +61,30 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
         "ratio_to_float32": target_per_frame / float32_per_frame, "splits": splits,
         "views": meta.views, "frontend": meta.extra.get("frontend"),
         "teacher_adapter": meta.teacher.get("adapter", "checkpoint"),
+        "teacher_alignment": meta.teacher.get("alignment"),
     }
 
 
 def _teacher_source(info: dict) -> str:
     if info.get("teacher_adapter") == "entry_point":
         return f"entry point {info['teacher_path'].split(':', 1)[1]} (args in the cache's metadata)"
+    if info.get("teacher_adapter") == "huggingface":
+        return f"Hugging Face model {info['teacher_path']}"
     return f"checkpoint {info['teacher_path']}"
+
+
+def _alignment(a: dict) -> list[str]:
+    """The alignment lines of `cache info` (teachers/alignment.py records them)."""
+    v, f = a.get("vocabulary", {}), a.get("frames", {})
+    counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in (v.get("counts") or {}).items())
+    out = [f"  vocabulary alignment: {v.get('kind')} ({counts})"
+           + (f"; student tokens no teacher class reaches: {', '.join(map(repr, v['unreached'][:6]))}"
+              if v.get("unreached") else "")
+           + (f"; mapping file {v['mapping_file']}" if v.get("mapping_file") else ""),
+           f"  frame alignment: teacher frame shift {f.get('teacher_frame_shift')}, student "
+           f"{f.get('student_frame_shift')} {f.get('unit')}: posteriors {f.get('posteriors')}, hidden "
+           f"{f.get('hidden')}; lengths {f.get('lengths')}"]
+    return out
 
 
 def format_info(info: dict) -> str:
@@ -91,6 +108,8 @@ def format_info(info: dict) -> str:
         f"level {c['level']}",
         f"  {info['utterances']} utterances, {info['frames']} frames, {info['bytes_total'] / 1e6:.2f} MB on disk",
     ]
+    if info.get("teacher_alignment"):
+        lines[2:2] = _alignment(info["teacher_alignment"])
     fe = info.get("frontend")
     if fe:
         lines.insert(-1, f"  corpus front end: {fe.get('kind')} {fe.get('num_mel_bins')} bins, "

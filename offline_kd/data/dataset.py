@@ -1,8 +1,9 @@
 """Map-style dataset over one split, and the collate that pads a batch.
 
 `SpeechDataset[i]` returns features and label ids; `collate` pads with zeros and returns lengths: batches are
-`features (B, T, D)`, `feature_lengths (B,)`, `labels (sum L,)`, `label_lengths (B,)`. Cached teacher targets are
-joined in offline_kd.data.distill_dataset.
+`features (B, T, D)`, `feature_lengths (B,)`, `labels (sum L,)`, `label_lengths (B,)`, and with `with_audio` (for a
+teacher that reads waveforms) `audio (B, N)` float32 in [-1, 1) and `audio_lengths (B,)`. Cached teacher targets
+are joined in offline_kd.data.distill_dataset.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from offline_kd.data.vocab import Vocabulary
 
 
 class SpeechDataset(Dataset):
-    def __init__(self, reader: SplitReader, vocab: Vocabulary):
+    def __init__(self, reader: SplitReader, vocab: Vocabulary, with_audio: bool = False):
         self.reader = reader
         self.vocab = vocab
+        self.with_audio = with_audio
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -31,6 +33,8 @@ class SpeechDataset(Dataset):
             "features": torch.from_numpy(np.ascontiguousarray(self.reader.features(i))),
             "labels": torch.tensor(self.vocab.encode(self.reader.transcripts[i]), dtype=torch.long),
         }
+        if self.with_audio:
+            item["audio"] = torch.from_numpy(self.reader.audio(i).astype(np.float32) / 32768.0)
         return item
 
 
@@ -48,4 +52,17 @@ def collate(items: list[dict]) -> dict:
         "labels": torch.cat([it["labels"] for it in items]),
         "label_lengths": torch.tensor([len(it["labels"]) for it in items], dtype=torch.long),
     }
+    if "audio" in items[0]:
+        batch["audio"] = pad_time([it["audio"] for it in items])
+        batch["audio_lengths"] = torch.tensor([len(it["audio"]) for it in items], dtype=torch.long)
     return batch
+
+
+def utterance_batch(reader: SplitReader, i: int, with_audio: bool = False) -> dict:
+    """A batch of one utterance (labels left empty: for a forward pass only)."""
+    item = {"index": i, "utterance_id": reader.utterance_ids[i],
+            "features": torch.from_numpy(np.ascontiguousarray(reader.features(i))),
+            "labels": torch.zeros(0, dtype=torch.long)}
+    if with_audio:
+        item["audio"] = torch.from_numpy(reader.audio(i).astype(np.float32) / 32768.0)
+    return collate([item])

@@ -30,22 +30,23 @@ from offline_kd.data.vocab import Vocabulary
 
 
 class _Part:
-    def __init__(self, reader: SplitReader, vocab: Vocabulary, targets, offset: int):
-        self.reader, self.items, self.targets, self.offset = reader, SpeechDataset(reader, vocab), targets, offset
+    def __init__(self, reader: SplitReader, vocab: Vocabulary, targets, offset: int, with_audio: bool = False):
+        self.reader, self.targets, self.offset = reader, targets, offset
+        self.items = SpeechDataset(reader, vocab, with_audio)
         self.pos = [targets.position.get(u) for u in reader.utterance_ids] if targets is not None else None
 
 
 class DistillBatchDataset(torch.utils.data.Dataset):
     def __init__(self, reader: SplitReader, vocab: Vocabulary, targets=None, layers=None, untranscribed=(),
-                 encoded: bool = False, lm_nbest: bool = False):
+                 encoded: bool = False, lm_nbest: bool = False, with_audio: bool = False):
         self.reader = reader
         self.lm_nbest = lm_nbest          # True: untranscribed utterances carry the cached LM N-best
         self.targets = targets
         self.encoded = encoded            # True: the batch carries the stored codes (EncodedTargets), not values
         self.layers = set(layers or [])
-        self.parts = [_Part(reader, vocab, targets, 0)]
+        self.parts = [_Part(reader, vocab, targets, 0, with_audio)]
         for r, t in untranscribed:
-            self.parts.append(_Part(r, vocab, t, self.parts[-1].offset + len(self.parts[-1].reader)))
+            self.parts.append(_Part(r, vocab, t, self.parts[-1].offset + len(self.parts[-1].reader), with_audio))
         self.part_offsets = [p.offset for p in self.parts]
 
     def __len__(self) -> int:

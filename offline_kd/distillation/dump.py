@@ -33,7 +33,7 @@ from offline_kd.config import CodecConfig, DumpConfig  # noqa: F401
 from offline_kd.data.corpus import Corpus
 from offline_kd.data.validate import output_frames
 from offline_kd.data.views import ViewReader, parse_views, split_of, valid_in_views, view_name
-from offline_kd.distillation.teachers import load_teacher, probe
+from offline_kd.teachers.source import check_frames, load_teacher, probe
 from offline_kd.distillation.pseudo_labels import check_lm_loads, write_lm_targets
 from offline_kd.errors import OfflineKDError
 from offline_kd.data.splits import open_split, quiet
@@ -111,7 +111,8 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -
     first = next(iter(plans.values()))
     collected = {L: [] for L in layers}
     lps, n, limit = [], 0, cfg.codecs.lowrank_fit_frames
-    loader = loader_for(first.reader, vocab, first.batches, device=device)
+    loader = loader_for(first.reader, vocab, first.batches, device=device,
+                        with_audio=getattr(model, "input_kind", "features") == "waveform")
     for batch, log_probs, out_len, hidden in iterate_outputs(model, loader, device, layers):
         lp = log_probs.transpose(0, 1).float().cpu().numpy()
         for b, t in enumerate(out_len.tolist()):
@@ -149,8 +150,13 @@ def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
 def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     """plan -> fit -> prepare -> loop -> finalise."""
     corpus = Corpus(cfg.corpus)
-    teacher = load_teacher(cfg.teacher, device, corpus.vocab)
+    teacher = load_teacher(cfg.teacher, device, corpus.vocab, subsampling=cfg.subsampling,
+                           corpus=corpus)
     model, vocab = teacher.model, teacher.vocab
+    waveform = teacher.input_kind == "waveform"
+    if waveform and cfg.views:
+        raise OfflineKDError("dump.views act on features; a teacher that reads waveforms cannot see them (leave "
+                             "dump.views out)")
     model = with_precision(model, cfg.precision, device, "dump.precision")   # fp32: the model itself
     layers = _check(cfg, corpus, model, vocab, teacher.name)
     if cfg.lm_targets is not None:     # load the LM now: a file KenLM cannot read must cost no teacher pass
@@ -159,6 +165,8 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
                                           {L: model.layer_dims()[L] for L in layers}, log)
     plans = _plan(cfg, corpus, model, log)
     first = next(iter(plans.values()))
+    for p in plans.values():
+        check_frames(teacher, p.reader, p.order)                # every utterance's frame count reconciles
     probe(teacher, first.reader, first.order[0], layers, device)       # a wrong teacher fails before any write
     meta = CacheMeta.for_dump(cfg, model, vocab, str(corpus.dir), lp_codec, hidden_codecs, device.type,
                               teacher.record["sha256"], weights_sha256(model), __version__,
@@ -237,7 +245,8 @@ def _dump_split(cfg: DumpConfig, g, p: dict, model, vocab, layers, lp_codec, hid
         cfg.encode_on == "device" or cfg.encode_on == "auto" and device.type == "cuda") else None
     with bar, SplitWriter(g, lp_codec, hidden_codecs, shard_frames, mine.tolist(), cfg.writer_queue) as writer:
         workers = resolve_num_workers(cfg.num_workers, device, env.world_size)
-        outputs_iter = iterate_outputs(model, loader_for(reader, vocab, [b for _, b in todo], workers, device),
+        outputs_iter = iterate_outputs(model, loader_for(reader, vocab, [b for _, b in todo], workers, device,
+                                                         getattr(model, "input_kind", "features") == "waveform"),
                                        device, layers)
         for (pos, _), (batch, log_probs, out_len, hidden) in zip(todo, outputs_iter):
             if encoder is not None:

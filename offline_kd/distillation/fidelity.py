@@ -17,8 +17,10 @@ from offline_kd.data.views import corpus_reader
 from offline_kd.data.vocab import Vocabulary
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
-from offline_kd.distillation.teachers import load_teacher
+from offline_kd.data.dataset import utterance_batch
+from offline_kd.models.interface import forward_batch
 from offline_kd.models.numerics import exact_numerics, with_precision
+from offline_kd.teachers.source import load_teacher
 from offline_kd.training.inference import resolve_device
 
 
@@ -33,13 +35,14 @@ def kl_per_frame(live: np.ndarray, cached: np.ndarray, temperature: float) -> np
 def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, log=print,
              corpus_dir: str | None = None) -> dict:
     dev = resolve_device(device)
-    teacher = load_teacher(teacher_path, dev, Vocabulary.from_dict(cache.meta.vocab), where="--teacher")
+    corpus = Corpus(corpus_dir or cache.meta.corpus)
+    teacher = load_teacher(teacher_path, dev, Vocabulary.from_dict(cache.meta.vocab), where="--teacher",
+                           subsampling=cache.meta.subsampling, corpus=corpus)
     if teacher.record["sha256"] != cache.meta.teacher["sha256"]:
         log(f"warning: {teacher.name} is not the teacher the cache was made from (sha256 differs)")
     model, vocab = teacher.model, teacher.vocab
     # the teacher recomputed in the precision the dump used (older caches: float32)
     model = with_precision(model, cache.meta.dump_config.get("precision", "fp32"), dev, "the cache's dump.precision")
-    corpus = Corpus(corpus_dir or cache.meta.corpus)
     layers = cache.layers
     kls = {t: [] for t in TEMPERATURES}
     agree, frames, herr_num, herr_den = 0, 0, {L: 0.0 for L in layers}, {L: 0.0 for L in layers}
@@ -53,10 +56,9 @@ def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, l
             if u not in reader.index:
                 raise OfflineKDError(f"utterance {u} of the cache is not in {reader.path}")
             i = reader.index[u]
-            x = torch.from_numpy(reader.features(i))[None].to(dev)
+            batch = utterance_batch(reader, i, teacher.input_kind == "waveform")
             with exact_numerics():
-                lp, out_len, hidden = model.forward_with_hidden_states(x, torch.tensor([x.shape[1]], device=dev),
-                                                                       layers)
+                lp, out_len, hidden = forward_batch(model, batch, dev, layers)
             live = lp[:, 0].float().cpu().numpy()
             cached = split.read(p)
             for t in TEMPERATURES:

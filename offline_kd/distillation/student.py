@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from offline_kd.distillation.compat import check_cache
-from offline_kd.distillation.teachers import load_teacher
 from offline_kd.cache.reader import TargetDecoder, TeacherCache
 from offline_kd.config import VIEWS_EXCLUDE_MASKS, ExperimentConfig, ModelConfig, build_dataclass
 from offline_kd.data.distill_dataset import DistillBatchDataset
@@ -26,6 +25,7 @@ from offline_kd.models.bilstm import build_model
 from offline_kd.models.interface import count_parameters
 from offline_kd.data.splits import open_split, open_train_dev, train_splits
 from offline_kd.training.checkpoint import checkpoint_dev, load_checkpoint, seed_everything
+from offline_kd.teachers.source import load_teacher
 from offline_kd.training.trainer import Trainer
 
 
@@ -41,8 +41,13 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
 
     teacher, cache, teacher_dims = None, None, {}
     if online_teacher:
-        loaded = load_teacher(online_teacher, device, corpus.vocab, where="--online-teacher")
+        loaded = load_teacher(online_teacher, device, corpus.vocab, where="--online-teacher",
+                              subsampling=cfg.model.subsampling, corpus=corpus)
         teacher, t_vocab = loaded.model, loaded.vocab
+        if loaded.input_kind == "waveform" and (d.views or augment.active):
+            raise OfflineKDError("--online-teacher: this teacher reads waveforms and cannot see the student's views "
+                                 "or SpecAugment masks (they act on features); leave distill.views and the "
+                                 "augment masks out")
         if t_vocab.sha256 != corpus.vocab.sha256:
             raise OfflineKDError(f"--online-teacher {loaded.name}: vocabulary differs from {corpus.dir}'s")
         teacher_dims = teacher.layer_dims()
@@ -104,7 +109,8 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
 
     datasets = [DistillBatchDataset(parts[0][0], corpus.vocab, sp[0], layers=set(mapping.values()),
                                     untranscribed=[(r, es) for (r, _), es in zip(parts[1:], sp[1:])],
-                                    encoded=on_device, lm_nbest=d.pseudo_labels == "lm")
+                                    encoded=on_device, lm_nbest=d.pseudo_labels == "lm",
+                                    with_audio=teacher is not None and getattr(teacher, "input_kind", "") == "waveform")
                 for parts, sp in zip(seen, splits)]
     dataset = datasets[0] if not views else ByView(datasets)
     lengths = datasets[0].lengths if not views else max_view_lengths(

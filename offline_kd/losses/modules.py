@@ -14,6 +14,7 @@ from offline_kd.config import DistillConfig
 from offline_kd.data.targets import EncodedTargets, TeacherTargets
 from offline_kd.errors import InternalError, OfflineKDError
 from offline_kd.losses.kd import ctc_loss, hybrid_loss, temperature_at
+from offline_kd.models.interface import forward_batch
 from offline_kd.models.projection import FeatureProjections
 from offline_kd.models.numerics import exact_numerics
 
@@ -83,10 +84,9 @@ class DistillationLoss:
         return out
 
     @torch.no_grad()
-    def live_targets(self, x: torch.Tensor, lengths: torch.Tensor) -> TeacherTargets:
+    def live_targets(self, batch: dict) -> TeacherTargets:
         with exact_numerics():   # the same float32 function as the dump's (TF32 off on a GPU)
-            lp, out_len, hidden = self.teacher.forward_with_hidden_states(x, lengths,
-                                                                          sorted(set(self.mapping.values())))
+            lp, out_len, hidden = forward_batch(self.teacher, batch, self.device, sorted(set(self.mapping.values())))
         best = lp.argmax(-1).transpose(0, 1).cpu().numpy()
         return TeacherTargets.from_best_paths(lp, out_len.cpu(), hidden,
                                               [best[b, :n] for b, n in enumerate(out_len.tolist())]).to(self.device)
@@ -95,7 +95,7 @@ class DistillationLoss:
         x = batch["features"].to(self.device)
         lengths = batch["feature_lengths"].to(self.device)
         if self.teacher is not None:
-            t = self.live_targets(x, lengths)
+            t = self.live_targets(batch)
         elif isinstance(batch["teacher"], EncodedTargets):
             t = batch["teacher"].decode(self.decoder, self.device)
         else:

@@ -28,7 +28,8 @@ class CTCModel(Protocol):
     """A CTC acoustic model (an `nn.Module`).
 
     Shapes: features (B, T, D); log_probs (T', B, V), log-softmax at temperature 1; output_lengths (B,);
-    hidden states {layer: (B, T', width)} for 1-based layer indices.
+    hidden states {layer: (B, T', width)} for 1-based layer indices. A teacher that reads waveforms says so with
+    `input_kind = "waveform"` and is called through `forward_batch` (teachers/alignment.py's AlignedTeacher).
     """
 
     model_type: str            # its name in the registry
@@ -90,6 +91,16 @@ def build_from_description(model_type: str, description: dict, where: str = "mod
     if not isinstance(description, dict):
         raise OfflineKDError(f"{where} is a {type(description).__name__}, not a mapping")
     return _REGISTRY[model_type](description, where)
+
+
+def forward_batch(model, batch: dict, device: torch.device, layers=None):
+    """`model.forward_with_hidden_states` on a collated batch: its features, or, for a teacher that reads waveforms
+    (`input_kind` "waveform"), its samples with the feature frame counts its outputs must line up with."""
+    if getattr(model, "input_kind", "features") == "waveform":
+        return model.forward_with_hidden_states(batch["audio"].to(device), batch["audio_lengths"].to(device), layers,
+                                                num_frames=batch["feature_lengths"].to(device))
+    return model.forward_with_hidden_states(batch["features"].to(device, non_blocking=True),
+                                            batch["feature_lengths"].to(device), layers)
 
 
 def model_identity(model: CTCModel) -> dict:

@@ -59,9 +59,10 @@ class AutocastModel:
             log_probs, out_len = self.model(x, lengths)
         return log_probs.float(), out_len
 
-    def forward_with_hidden_states(self, x, lengths, return_layer_indices=None):
+    def forward_with_hidden_states(self, x, lengths, return_layer_indices=None, **kwargs):
         with self._autocast():
-            log_probs, out_len, hidden = self.model.forward_with_hidden_states(x, lengths, return_layer_indices)
+            log_probs, out_len, hidden = self.model.forward_with_hidden_states(x, lengths, return_layer_indices,
+                                                                               **kwargs)
         return log_probs.float(), out_len, {k: h.float() for k, h in hidden.items()}
 
     def __getattr__(self, name):

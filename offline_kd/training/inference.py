@@ -17,6 +17,7 @@ from offline_kd.data.vocab import Vocabulary
 from offline_kd.decoding.greedy import greedy_ids
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
+from offline_kd.models.interface import forward_batch
 from offline_kd.models.numerics import exact_numerics
 
 
@@ -59,10 +60,10 @@ def resolve_num_workers(value, device: torch.device, world_size: int = 1, cpu_co
 
 
 def loader_for(reader: SplitReader, vocab: Vocabulary, batches: list[list[int]], num_workers: int = 0,
-               device: Optional[torch.device] = None):
-    """Batches of features in the given order. On CUDA they are pinned, so the copy to the device overlaps the
+               device: Optional[torch.device] = None, with_audio: bool = False):
+    """Batches of features (and with `with_audio` their samples) in the given order. On CUDA they are pinned, so the copy to the device overlaps the
     previous forward pass (`non_blocking` in `iterate_outputs`); workers, if any, are spawned."""
-    return DataLoader(SpeechDataset(reader, vocab), batch_sampler=batches, collate_fn=collate,
+    return DataLoader(SpeechDataset(reader, vocab, with_audio), batch_sampler=batches, collate_fn=collate,
                       num_workers=num_workers, pin_memory=device is not None and device.type == "cuda",
                       multiprocessing_context=worker_context() if num_workers else None,
                       prefetch_factor=4 if num_workers else None)
@@ -75,11 +76,9 @@ def iterate_outputs(model, loader, device: torch.device, layers=None) -> Iterato
     """Yield (batch, log_probs (T', B, V), output_lengths (B,), hidden {layer: (B, T', H)}) in eval mode."""
     model.eval()
     for batch in loader:
-        x = batch["features"].to(device, non_blocking=True)
-        lengths = batch["feature_lengths"].to(device)
         with exact_numerics():   # TF32 off: the dump and an online teacher compute the same function (and
             # dev evaluation is deterministic)
-            log_probs, out_len, hidden = model.forward_with_hidden_states(x, lengths, layers)
+            log_probs, out_len, hidden = forward_batch(model, batch, device, layers)
         yield batch, log_probs, out_len, hidden
 
 

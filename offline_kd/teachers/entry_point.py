@@ -1,14 +1,6 @@
-"""Where a teacher comes from: an offline-kd checkpoint, or a Python entry point into the user's own code.
+"""A teacher from the user's own code (`dump.teacher: {entry_point: "module:function", args: {...}}`).
 
-`dump.teacher` (and `cache verify --teacher`, `train-student --online-teacher`) is either
-
-  - a path to a checkpoint written by `offline-kd train` (the model type it records is rebuilt through the
-    registry), or
-  - a mapping `{entry_point: "my_package.teachers:load", args: {...}}`: `load(**args)` is imported and called, and
-    returns the teacher, an object with the members below (docs/teachers.md). On the command line, the mapping is
-    given inline as YAML: `--teacher '{entry_point: my_package.teachers:load, args: {checkpoint: m.pt}}'`.
-
-What a teacher from an entry point must offer (the dump reads nothing else):
+`function(**args)` is imported and called; what it returns must offer (the dump reads nothing else):
 
     tokens        its vocabulary, a sequence of strings: class i is tokens[i]
     blank         the blank's class index
@@ -19,106 +11,23 @@ What a teacher from an entry point must offer (the dump reads nothing else):
                   -> (log_probs (T', B, V) at temperature 1, output lengths (B,), {layer: (B, T', width)})
     state_dict()  its weights (a torch nn.Module has one): their sha256 is the teacher's identity in the cache
 
-The teacher's vocabulary must be the corpus's, class for class (vocabulary and frame-rate alignment across models
-are not built yet). A probe forward on one utterance checks the shapes, the lengths and that the outputs are
-finite before anything is written.
+and optionally `word_delimiter` (its word-separator token) and `special_tokens` (tokens to drop), which the
+vocabulary alignment reads (teachers/alignment.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Optional, Union
 
 import torch
-import yaml
 from torch import nn
 
-from offline_kd.data.vocab import Vocabulary
 from offline_kd.errors import OfflineKDError
-from offline_kd.training.checkpoint import checkpoint_dev, file_sha256, model_from_checkpoint
 
-TeacherSpec = Union[str, dict]
 REQUIRED = ("tokens", "blank", "input_dim", "subsampling", "layer_dims", "forward_with_hidden_states", "state_dict")
 
 
-@dataclass
-class LoadedTeacher:
-    model: nn.Module          # follows models/interface.py's CTCModel
-    vocab: Vocabulary
-    record: dict              # what the cache's metadata records about where the teacher came from
-    dev: Optional[dict]       # its own dev figures, when its checkpoint recorded them
-    name: str                 # for messages
-
-
-def parse_teacher(value: Any, where: str = "dump.teacher") -> TeacherSpec:
-    """A checkpoint path, or an entry-point mapping (given as a mapping, or as inline YAML text)."""
-    if isinstance(value, str) and value.lstrip().startswith("{"):
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise OfflineKDError(f"{where}: not a YAML mapping ({' '.join(str(exc).split())[:200]})") from None
-    if isinstance(value, str):
-        if not value:
-            raise OfflineKDError(f"{where} is empty: give a checkpoint path or {{entry_point: module:function}}")
-        return value
-    if not isinstance(value, dict):
-        raise OfflineKDError(f"{where} must be a checkpoint path or a mapping {{entry_point, args}}, got "
-                             f"{type(value).__name__}")
-    unknown = sorted(set(value) - {"entry_point", "args"})
-    if unknown or "entry_point" not in value:
-        raise OfflineKDError(f"{where}: a teacher mapping has the keys entry_point (module:function) and args"
-                             f"{'; unknown: ' + ', '.join(unknown) if unknown else ''}")
-    ep, args = value["entry_point"], value.get("args") or {}
-    if not isinstance(ep, str) or ep.count(":") != 1 or not all(ep.split(":")):
-        raise OfflineKDError(f"{where}.entry_point must be 'module.path:function', got {ep!r}")
-    if not isinstance(args, dict):
-        raise OfflineKDError(f"{where}.args must be a mapping of keyword arguments, got {type(args).__name__}")
-    return {"entry_point": ep, "args": args}
-
-
-def teacher_name(spec: TeacherSpec) -> str:
-    return spec if isinstance(spec, str) else f"entry point {spec['entry_point']}"
-
-
-def spec_sha256(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def load_teacher(spec: TeacherSpec, device, vocab: Optional[Vocabulary] = None,
-                 where: str = "dump.teacher") -> LoadedTeacher:
-    """The teacher `spec` names, on `device`, in eval mode. A teacher from an entry point has no vocabulary of
-    offline-kd's kind: its tokens must equal `vocab`'s (the corpus's, or the cache's), class for class."""
-    spec = parse_teacher(spec, where)
-    if isinstance(spec, str):
-        if not Path(spec).is_file():
-            raise OfflineKDError(f"{where}: teacher checkpoint not found: {spec}")
-        model, t_vocab, ckpt = model_from_checkpoint(spec, device)
-        return LoadedTeacher(model, t_vocab, {"path": str(spec), "sha256": file_sha256(spec)}, checkpoint_dev(ckpt),
-                             spec)
-    model = EntryPointTeacher(_call_entry_point(spec, where), spec, where).to(device).eval()
-    if vocab is None:
-        raise OfflineKDError(f"{where}: a teacher from an entry point needs the corpus's vocabulary to check its "
-                             f"tokens against")
-    if model.tokens != vocab.tokens:
-        diff = next((i for i, (a, b) in enumerate(zip(model.tokens, vocab.tokens)) if a != b),
-                    min(len(model.tokens), len(vocab.tokens)))
-        got = repr(model.tokens[diff]) if diff < len(model.tokens) else "nothing"
-        want = repr(vocab.tokens[diff]) if diff < len(vocab.tokens) else "nothing"
-        raise OfflineKDError(f"{where}: the teacher's {len(model.tokens)} tokens differ from the corpus's "
-                             f"{len(vocab.tokens)} at class {diff} ({got} where the corpus has {want}); mapping one "
-                             f"vocabulary onto another is not supported yet")
-    if model.blank != 0:
-        raise OfflineKDError(f"{where}: the teacher's blank is class {model.blank}; offline-kd's is class 0")
-    return LoadedTeacher(model, vocab, {"path": f"entry_point:{spec['entry_point']}", "sha256": spec_sha256(spec),
-                                        "adapter": "entry_point", "entry_point": spec["entry_point"],
-                                        "args": spec["args"]}, None, teacher_name(spec))
-
-
-def _call_entry_point(spec: dict, where: str):
+def call_entry_point(spec: dict, where: str):
     module, fn = spec["entry_point"].split(":")
     try:
         mod = importlib.import_module(module)
@@ -158,6 +67,8 @@ class EntryPointTeacher(nn.Module):
         if len(tokens) < 2 or len(set(tokens)) != len(tokens):
             raise OfflineKDError(f"{where}: the teacher's tokens must be at least 2 distinct strings")
         self._tokens = tuple(tokens)
+        self.word_delimiter = getattr(obj, "word_delimiter", None)
+        self.special = tuple(str(t) for t in getattr(obj, "special_tokens", ()) or ())
         self._blank = int(obj.blank)
         if not 0 <= self._blank < len(tokens):
             raise OfflineKDError(f"{where}: blank {self._blank} is not a class of its {len(tokens)} tokens")
@@ -250,14 +161,3 @@ class EntryPointTeacher(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
         lp, out_len, _ = self.forward_with_hidden_states(x, lengths, None)
         return lp, out_len
-
-
-@torch.no_grad()
-def probe(teacher: LoadedTeacher, reader, index: int, layers: list[int], device) -> None:
-    """One forward on one utterance before anything is written: a teacher from an entry point that returns the
-    wrong shapes, lengths or non-finite values fails here (its wrapper checks every forward), not in a cache."""
-    if not isinstance(teacher.model, EntryPointTeacher):
-        return
-    x = torch.from_numpy(reader.features(index))[None].to(device)
-    teacher.model.forward_with_hidden_states(x, torch.tensor([x.shape[1]], device=device), layers)
-

@@ -1,0 +1,196 @@
+"""Hugging Face teachers (Wav2Vec2ForCTC, HubertForCTC, WavLMForCTC) from a local directory: tiny randomly
+initialised models saved into a temporary directory (nothing is downloaded), dumped from the corpus's kept audio.
+The cache equals transformers' own forward on the same samples, mapped onto the student's vocabulary by hand; the
+cache verifies against the live teacher; a student trains from it, and with --online-teacher on the same targets;
+every wrong directory or setting is a one-line error with nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from helpers import QUIET, dump_cfg, step_records, write_yaml
+from offline_kd.cache.reader import TeacherCache
+from offline_kd.cli import main
+from offline_kd.commands import dump_teacher, train_student
+from offline_kd.config import ExperimentConfig, build_dataclass
+from offline_kd.data.corpus import Corpus
+from offline_kd.errors import OfflineKDError
+from test_audio_import import nemo_corpus, run
+
+transformers = pytest.importorskip("transformers")
+
+HF_VOCAB = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "A": 5, "B": 6}
+TINY = dict(vocab_size=len(HF_VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=24, conv_dim=(8,) * 7, num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+            pad_token_id=0, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+            feat_proj_dropout=0.0, final_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0)
+KINDS = {"wav2vec2": ("Wav2Vec2Config", "Wav2Vec2ForCTC", "group"),
+         "hubert": ("HubertConfig", "HubertForCTC", "layer"),
+         "wavlm": ("WavLMConfig", "WavLMForCTC", "layer")}
+
+
+def save_tiny(d: Path, kind: str, seed: int = 0, vocab: dict = HF_VOCAB) -> Path:
+    cfg_cls, model_cls, norm = KINDS[kind]
+    torch.manual_seed(seed)
+    extra = {"num_buckets": 32, "max_bucket_distance": 64} if kind == "wavlm" else {}
+    cfg = getattr(transformers, cfg_cls)(**{**TINY, "vocab_size": len(vocab)}, feat_extract_norm=norm,
+                                         do_stable_layer_norm=norm == "layer", **extra)
+    model = getattr(transformers, model_cls)(cfg).eval()
+    model.save_pretrained(str(d), safe_serialization=True)
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "tokenizer_config.json").write_text(json.dumps({"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>",
+                                                          "unk_token": "<unk>", "word_delimiter_token": "|"}))
+    (d / "preprocessor_config.json").write_text(json.dumps({"sampling_rate": 16000, "do_normalize": True,
+                                                            "feature_size": 1, "padding_value": 0.0,
+                                                            "return_attention_mask": norm == "layer"}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def audio_corpus(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("hf_audio")
+    m = nemo_corpus(d, n=10)
+    code, out = run("--manifest", m, "--out", d / "corpus", "--keep-audio", "--cmvn", "utterance")
+    assert code == 0, out
+    return d / "corpus"
+
+
+@pytest.fixture(scope="module", params=sorted(KINDS))
+def hf_dir(request, tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp(f"hf_{request.param}"), request.param)
+
+
+def hf_cfg(model_dir, corpus, out, **kw):
+    return dump_cfg({"huggingface": str(model_dir)}, corpus, out, layers=kw.pop("layers", [1, 2]), **kw)
+
+
+def own_forward(model_dir: Path, samples: np.ndarray):
+    """transformers' own forward on one utterance, as its documentation shows: the feature extractor, then the model."""
+    fe = transformers.Wav2Vec2FeatureExtractor.from_pretrained(str(model_dir))
+    model = transformers.AutoModelForCTC.from_pretrained(str(model_dir)).eval()
+    inputs = fe(samples.astype(np.float32) / 32768.0, sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        out = model(inputs.input_values, output_hidden_states=True)
+    return torch.log_softmax(out.logits[0].double(), -1).numpy(), [h[0].numpy() for h in out.hidden_states]
+
+
+def by_hand(lp: np.ndarray, student_tokens) -> np.ndarray:
+    """The student's log-probs from the teacher's: <pad> -> blank, | -> separator, A -> a, B -> b, specials
+    dropped and the rest renormalised."""
+    p = np.exp(lp)
+    where = {"<blank>": [0], "a": [5], "b": [6], "|": [4]}
+    q = np.stack([p[:, where[t]].sum(1) for t in student_tokens], 1)
+    return np.log(q / q.sum(1, keepdims=True))
+
+
+def test_the_cache_equals_transformers_own_forward(hf_dir, audio_corpus, tmp_path):
+    out = tmp_path / "hf.zarr"
+    dump_teacher.run(hf_cfg(hf_dir, audio_corpus, out), **QUIET)
+    cache = TeacherCache(str(out))
+    reader = Corpus(audio_corpus).split("train")
+    tokens = Corpus(audio_corpus).vocab.tokens
+    assert cache.meta.subsampling == 2 and cache.meta.teacher["adapter"] == "huggingface"
+    split = cache.split("train")
+    for u in split.utterance_ids:
+        i = reader.index[u]
+        lp, hidden = own_forward(hf_dir, reader.audio(i))
+        got = split.read(split.position[u])
+        n = -(-int(reader.lengths[i]) // 2)
+        assert got["log_probs"].shape == (n, len(tokens))
+        m = min(n, len(lp))
+        np.testing.assert_allclose(got["log_probs"][:m], by_hand(lp, tokens)[:m], atol=2e-5)
+        for L in (1, 2):
+            np.testing.assert_allclose(got["hidden"][L][:m], hidden[L][:m], atol=2e-5)
+    info = CliRunner().invoke(main, ["cache", "info", str(out)])
+    assert info.exit_code == 0 and f"Hugging Face model {hf_dir}" in info.output, info.output
+    assert "vocabulary alignment: merged (1 blank, 1 same, 2 case folded, 3 dropped)" in info.output, info.output
+    assert "frame alignment: teacher frame shift 320, student 320 samples" in info.output
+
+
+def test_verify_and_train_from_the_cache_and_online_alike(audio_corpus, tmp_path):
+    model_dir = save_tiny(tmp_path / "w2v", "wav2vec2")
+    out = tmp_path / "hf.zarr"
+    dump_teacher.run(hf_cfg(model_dir, audio_corpus, out, splits=["train"]), **QUIET)
+    inline = json.dumps({"huggingface": str(model_dir)})
+    res = CliRunner().invoke(main, ["cache", "verify", str(out), "--teacher", inline, "--sample", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    fid = json.loads(res.output)["fidelity"]
+    assert fid["kl_T1_max"] < 1e-9 and fid["top1_agreement"] == 1.0
+    runs = []
+    for name, teacher in (("offline", None), ("online", inline)):
+        d = {"data": {"corpus": str(audio_corpus), "batch_size": 4, "num_buckets": 1},
+             "model": {"input_dim": 80, "hidden_dim": 8, "num_layers": 2, "num_classes": 4, "dropout": 0.0},
+             "train": {"epochs": 1, "lr": 0.01, "output_dir": str(tmp_path / name), "progress": False,
+                       "log_every": 1, "seed": 0},
+             "distill": {"cache": str(out), "layer_mapping": {1: 1, 2: 2}, "alpha": 0.7, "beta": 0.2, "gamma": 0.1}}
+        cfg = build_dataclass(ExperimentConfig, d)
+        train_student.run(cfg, online_teacher=teacher, **QUIET)
+        runs.append(step_records(tmp_path / name))
+    off, on = runs
+    assert len(off) == len(on) > 0
+    for a, b in zip(off, on):
+        for k in ("train/soft", "train/ctc", "train/feature", "train/total"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (a["step"], k)
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("no_weights", "has no weights (model.safetensors)"),
+    ("pickle_only", "has only pickled weights"),
+    ("no_vocab", "has no vocab.json"),
+    ("bad_layer", "dump.layers: [3] out of range; the teacher has layers 1, 2"),
+    ("unmappable", "the teacher's tokens 'Z' have no counterpart in the student's vocabulary"),
+    ("ratio", "the student's frame shift is 1.5 times the teacher's"),
+    ("views", "dump.views act on features"),
+    ("no_audio", "keeps no audio"),
+    ("bad_map", "vocabulary_map: 'Q' is not among the teacher's tokens"),
+])
+def test_a_wrong_hf_teacher_is_a_one_line_error_and_writes_nothing(audio_corpus, tmp_path, case, expect):
+    d = save_tiny(tmp_path / "m", "wav2vec2", vocab={**HF_VOCAB, "Z": 7} if case == "unmappable" else HF_VOCAB)
+    spec, kw, corpus = {"huggingface": str(d)}, {}, audio_corpus
+    if case == "no_weights":
+        (d / "model.safetensors").unlink()
+    elif case == "pickle_only":
+        (d / "model.safetensors").rename(d / "pytorch_model.bin")
+    elif case == "no_vocab":
+        (d / "vocab.json").unlink()
+    elif case == "bad_layer":
+        kw["layers"] = [3]
+    elif case == "ratio":
+        kw["subsampling"] = 3
+    elif case == "views":
+        kw.update(views=[{"speed": 1.0}], view_splits=["train"])
+    elif case == "no_audio":        # the same manifest imported without --keep-audio
+        corpus = tmp_path / "features_only"
+        assert run("--manifest", audio_corpus.parent / "manifest.json", "--out", corpus)[0] == 0
+    elif case == "bad_map":
+        (tmp_path / "map.yaml").write_text("Q: a\n")
+        spec["vocabulary_map"] = str(tmp_path / "map.yaml")
+    out = tmp_path / "c.zarr"
+    with pytest.raises(OfflineKDError) as err:
+        dump_teacher.run(dump_cfg(spec, corpus, out, layers=kw.pop("layers", [1, 2]), **kw), **QUIET)
+    msg = str(err.value)
+    assert expect in msg and "\n" not in msg, msg
+    assert not out.exists()
+
+
+def test_an_explicit_mapping_file_and_the_cli(audio_corpus, tmp_path):
+    """A mapping file that sends B to a (and drops nothing else): the cache records it, `cache info` prints it, and
+    the student's 'b' is reached by no teacher class."""
+    d = save_tiny(tmp_path / "m", "hubert")
+    (tmp_path / "map.yaml").write_text("B: a\n")
+    cfg = write_yaml(tmp_path / "dump.yaml", {"dump": {
+        "teacher": {"huggingface": str(d), "vocabulary_map": str(tmp_path / "map.yaml")}, "corpus": str(audio_corpus),
+        "output": str(tmp_path / "c.zarr"), "splits": ["train"], "layers": [2], "progress": False, "device": "cpu"}})
+    res = CliRunner().invoke(main, ["dump-teacher", "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    meta = TeacherCache(str(tmp_path / "c.zarr")).meta
+    v = meta.teacher["alignment"]["vocabulary"]
+    assert v["unreached"] == ["b"] and v["counts"]["explicit"] == 1 and ["B", "a"] in v["pairs"]
+    info = CliRunner().invoke(main, ["cache", "info", str(tmp_path / "c.zarr")])
+    assert "student tokens no teacher class reaches: 'b'" in info.output, info.output
