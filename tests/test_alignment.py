@@ -1,0 +1,170 @@
+"""Alignment of a teacher to the student (teachers/alignment.py): vocabulary mapping (blank anywhere, word
+delimiter, case folding, special tokens, explicit file, unmappable tokens), frame-rate pooling and repetition with the
+length rule, and end to end: a teacher at 20 ms cached for a 40 ms student trains the same from the cache as live,
+and a teacher with its classes permuted (blank last) makes the native cache bit for bit."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from helpers import QUIET, assert_same_cache, dump_cfg, offline_and_online_steps, student_dict
+from offline_kd.cache.reader import TeacherCache
+from offline_kd.cli import main
+from offline_kd.commands import dump_teacher
+from offline_kd.config import ExperimentConfig, build_dataclass
+from offline_kd.data.vocab import Vocabulary
+from offline_kd.errors import OfflineKDError
+from offline_kd.teachers.alignment import FLOOR, FrameAlignment, LengthMismatch, VocabularyMap
+
+STUDENT = Vocabulary(("<blank>", "|", "a", "b", "c"), "char", "|")
+HF = ["<pad>", "<s>", "</s>", "<unk>", "|", "A", "B", "C"]
+
+
+def _lp(shape, seed=0):
+    return torch.log_softmax(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 3, -1)
+
+
+# ------------------------------------------------------------------------------------------------ vocabulary
+def test_hf_style_vocabulary_maps_blank_delimiter_case_and_drops_specials():
+    m = VocabularyMap(HF, 0, STUDENT, "|", ("<s>", "</s>", "<unk>"))
+    assert m.target == [0, None, None, None, 1, 2, 3, 4]
+    assert m.counts == {"blank": 1, "same": 1, "delimiter": 0, "case_folded": 3, "explicit": 0, "dropped": 3}
+    lp = _lp((5, 2, len(HF)))
+    p = lp.exp()
+    kept = p[..., [0, 4, 5, 6, 7]]
+    want = kept / kept.sum(-1, keepdim=True)
+    torch.testing.assert_close(m.apply(lp).exp(), want, rtol=1e-5, atol=1e-7)
+
+
+def test_delimiter_maps_onto_another_separator_and_blank_at_the_pad_or_last():
+    student = Vocabulary(("<blank>", " ", "a", "b"), "char", " ")
+    m = VocabularyMap(["a", "b", "|", "<pad>"], 3, student, "|")
+    assert m.target == [2, 3, 1, 0] and m.permutation and m.counts["delimiter"] == 1
+    lp = _lp((4, 1, 4))
+    assert torch.equal(m.apply(lp), lp[..., [3, 2, 0, 1]])          # a permutation: bit for bit
+
+
+def test_the_identity_is_left_alone_and_unreached_student_classes_get_the_floor():
+    assert VocabularyMap(STUDENT.tokens, 0, STUDENT).identity
+    m = VocabularyMap(["<blank>", "|", "a", "b"], 0, STUDENT)
+    assert m.unreached == ["c"]
+    out = m.apply(_lp((3, 1, 4)))
+    assert torch.allclose(out.exp().sum(-1), torch.ones(3, 1), atol=1e-6)
+    assert torch.allclose(out[..., 4], torch.full((3, 1), math.log(FLOOR)), atol=1e-3)
+
+
+def test_unmappable_tokens_are_named_and_a_mapping_file_resolves_them(tmp_path):
+    with pytest.raises(OfflineKDError, match=r"tokens 'é', 'ß' have no counterpart") as err:
+        VocabularyMap(["<blank>", "a", "é", "ß"], 0, STUDENT)
+    assert "\n" not in str(err.value)
+    f = tmp_path / "map.yaml"
+    f.write_text("é: a\nß: null\n")
+    m = VocabularyMap(["<blank>", "a", "é", "ß"], 0, STUDENT, mapping_file=str(f))
+    assert m.target == [0, 2, 2, None] and m.counts["explicit"] == 1 and m.counts["dropped"] == 1
+    f.write_text("é: z\n")
+    with pytest.raises(OfflineKDError, match="'é' -> 'z', which is not a token of the student's"):
+        VocabularyMap(["<blank>", "a", "é"], 0, STUDENT, mapping_file=str(f))
+    f.write_text("- a\n")
+    with pytest.raises(OfflineKDError, match="must map teacher tokens to student tokens"):
+        VocabularyMap(["<blank>", "a"], 0, STUDENT, mapping_file=str(f))
+
+
+# ------------------------------------------------------------------------------------------------ frames
+def test_pooling_averages_probabilities_over_each_group_and_the_partial_last_one():
+    f = FrameAlignment(Fraction(2), Fraction(4))          # teacher at 2 feature frames, student at 4: pool 2
+    lp, h = _lp((5, 2, 3)), torch.randn(2, 5, 4)
+    lengths = torch.tensor([5, 3])
+    out, n, hid = f.apply(lp, lengths, {1: h}, torch.tensor([3, 2]))
+    assert out.shape == (3, 2, 3) and n.tolist() == [3, 2]
+    p = lp.exp()
+    torch.testing.assert_close(out[0, 0].exp(), (p[0, 0] + p[1, 0]) / 2)
+    torch.testing.assert_close(out[2, 0].exp(), p[4, 0])                 # the partial group: its one frame
+    torch.testing.assert_close(out[1, 1].exp(), p[2, 1])                 # utterance 2 has 3 frames
+    torch.testing.assert_close(hid[1][0, 1], (h[0, 2] + h[0, 3]) / 2)
+    stacked = FrameAlignment(Fraction(2), Fraction(4), hidden="stack")
+    _, _, hs = stacked.apply(lp, lengths, {1: h}, torch.tensor([3, 2]))
+    assert hs[1].shape == (2, 3, 8) and stacked.width(4) == 8
+    torch.testing.assert_close(hs[1][0, 2], torch.cat([h[0, 4], h[0, 4]]))     # past the end: the last repeats
+
+
+def test_repetition_and_the_length_rule():
+    f = FrameAlignment(Fraction(4), Fraction(2))          # teacher at 40 ms, student at 20: each frame twice
+    lp = _lp((3, 1, 3))
+    out, n, _ = f.apply(lp, torch.tensor([3]), {}, torch.tensor([7]))    # 6 frames, one more wanted: the last repeats
+    assert n.tolist() == [7] and torch.equal(out[:, 0], lp[[0, 0, 1, 1, 2, 2, 2], 0])
+    out, _, _ = f.apply(lp, torch.tensor([3]), {}, torch.tensor([5]))    # one frame too many: dropped at the end
+    assert torch.equal(out[:, 0], lp[[0, 0, 1, 1, 2], 0])
+    with pytest.raises(LengthMismatch, match="gives 6 frames .* where the student has 9, more than max_length_mismatch 2"):
+        f.apply(lp, torch.tensor([3]), {}, torch.tensor([9]))
+
+
+@pytest.mark.parametrize("teacher, student", [(2, 3), (3, 2), (4, 6)])
+def test_a_ratio_that_is_not_an_integer_or_its_inverse_is_an_error(teacher, student):
+    with pytest.raises(OfflineKDError, match="must be an integer multiple or an integer fraction"):
+        FrameAlignment(Fraction(teacher), Fraction(student))
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def test_a_20ms_teacher_for_a_40ms_student_from_the_cache_and_live(tiny_teacher, tiny_corpus, tmp_path):
+    out = tmp_path / "s4.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, splits=["train"], subsampling=4,
+                                      skip_invalid=True), **QUIET)
+    meta = TeacherCache(str(out)).meta
+    assert meta.subsampling == 4 and meta.teacher["alignment"]["frames"]["pool"] == 2
+    info = CliRunner().invoke(main, ["cache", "info", str(out)])
+    assert "frame alignment: teacher frame shift 2, student 4 feature frames: posteriors mean of probabilities" \
+        in info.output, info.output
+    cfgs = []
+    for name in ("off", "on"):
+        d = student_dict(tiny_corpus, out, tmp_path / name, epochs=1)
+        d["model"]["subsampling"] = 4
+        d["data"]["skip_invalid"] = True      # at 40 ms a few transcripts no longer fit their frames
+        cfgs.append(build_dataclass(ExperimentConfig, d))
+    a, b = offline_and_online_steps(*cfgs, tiny_teacher)
+    assert len(a) == len(b) > 3
+    for x, y in zip(a, b):
+        for k in ("train/soft", "train/ctc", "train/feature", "train/total"):
+            assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-6), (x["step"], k)
+    with pytest.raises(OfflineKDError, match="subsampling"):      # a 20 ms student cannot use the 40 ms cache
+        from offline_kd.commands import train_student
+        train_student.run(build_dataclass(ExperimentConfig, student_dict(tiny_corpus, out, tmp_path / "x")), **QUIET)
+
+
+def test_a_permuted_teacher_makes_the_native_cache_bit_for_bit(tiny_teacher, tiny_corpus, tmp_path, monkeypatch):
+    (tmp_path / "permuted_teacher.py").write_text('''
+import torch
+from offline_kd.training.checkpoint import model_from_checkpoint
+
+
+class Permuted(torch.nn.Module):
+    """The checkpoint's model with its classes rotated: the blank last."""
+    def __init__(self, checkpoint):
+        super().__init__()
+        self.m, vocab, _ = model_from_checkpoint(checkpoint)
+        self.perm = list(range(1, len(vocab.tokens))) + [0]
+        self.tokens = [vocab.tokens[i] for i in self.perm]
+        self.blank, self.input_dim, self.subsampling = len(self.perm) - 1, self.m.input_dim, self.m.subsampling
+
+    def layer_dims(self):
+        return self.m.layer_dims()
+
+    def forward_with_hidden_states(self, x, lengths, layers):
+        lp, n, h = self.m.forward_with_hidden_states(x, lengths, layers)
+        return lp[..., self.perm], n, h
+
+
+def load(checkpoint):
+    return Permuted(checkpoint)
+''')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    native, permuted = tmp_path / "native.zarr", tmp_path / "permuted.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, native), **QUIET)
+    spec = {"entry_point": "permuted_teacher:load", "args": {"checkpoint": str(tiny_teacher)}}
+    dump_teacher.run(dump_cfg(spec, tiny_corpus, permuted), **QUIET)
+    assert_same_cache(native, permuted)
+    assert TeacherCache(str(permuted)).meta.teacher["alignment"]["vocabulary"]["kind"] == "permutation"
