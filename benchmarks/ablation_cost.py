@@ -44,12 +44,15 @@ def main():
     ap.add_argument("--dump-set", dest="dump_sets", action="append", default=[], help="key=value for the dump")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--section", default="ablation-cost")
+    ap.add_argument("--caller", default=None, help="the command to quote instead of this one (a script that ran it)")
     args = ap.parse_args()
     import yaml
     teacher = yaml.safe_load(open(args.dump))["dump"]["teacher"]
     for kv in args.dump_sets:
         if kv.startswith("dump.teacher="):
             teacher = kv.split("=", 1)[1]
+    if isinstance(teacher, dict):        # an entry point or a Hugging Face directory: inline YAML (JSON) on the CLI
+        teacher = json.dumps(teacher)
     tmp = Path(tempfile.mkdtemp(prefix="ablation_cost_"))
     try:
         cache = tmp / "cache.zarr"
@@ -77,7 +80,7 @@ def main():
     key = "cuda_peak_mb" if gpu else "max_rss_mb"
     lines = [
         "## Ablation cost: one dump + N students from the cache vs N students with a live teacher\n",
-        f"`{command_line()}`\n",
+        f"`{args.caller or command_line()}`\n",
         f"Machine: {machine()}. Teacher `{teacher}`; students `{args.distill}` with "
         f"{' '.join(args.sets) or 'no overrides'}, seeds 0..{args.students - 1}; every run a separate process, one "
         f"after another (offline and online alternating); wall time includes start-up, data loading and the dev "

@@ -321,7 +321,8 @@ class LMTargetsConfig:
 @dataclass(frozen=True)
 class DumpConfig:
     SECTION: ClassVar[str] = "dump"
-    # a checkpoint path, or {entry_point: "module:function", args: {...}} (a teacher in your own code; docs/teachers.md)
+    # a checkpoint path, {entry_point: "module:function", args: {...}} (a teacher in your own code), or
+    # {huggingface: DIR} (a local transformers CTC model), with alignment options (docs/teachers.md)
     teacher: Union[str, dict] = "runs/teacher/checkpoint_best.pt"
     # the student's subsampling (input frames per output frame) the targets are cached at; null: the teacher's own.
     # A teacher at another frame rate is pooled or repeated onto it (docs/teachers.md "Alignment")
@@ -355,6 +356,9 @@ class DumpConfig:
 
     def __post_init__(self):
         _check_choices(self)
+        if self.subsampling is not None and (isinstance(self.subsampling, bool) or not isinstance(self.subsampling, int)
+                                             or self.subsampling < 1):
+            raise OfflineKDError(f"dump.subsampling must be an integer >= 1 or null, got {self.subsampling!r}")
         parse_views(self.views, "dump.views")
         if self.lm_targets is not None:
             check_lm_targets(self.lm_targets, list(self.splits))
