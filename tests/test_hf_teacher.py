@@ -194,3 +194,27 @@ def test_an_explicit_mapping_file_and_the_cli(audio_corpus, tmp_path):
     assert v["unreached"] == ["b"] and v["counts"]["explicit"] == 1 and ["B", "a"] in v["pairs"]
     info = CliRunner().invoke(main, ["cache", "info", str(tmp_path / "c.zarr")])
     assert "student tokens no teacher class reaches: 'b'" in info.output, info.output
+
+
+@pytest.mark.slow
+def test_torchrun_shards_and_lm_nbest_with_an_hf_teacher(audio_corpus, tmp_path):
+    """The sharded dump under torchrun equals the single-process one, and the LM N-best is stored from the HF
+    teacher's (mapped) log-probs."""
+    from helpers import assert_same_cache, write_unigram_arpa
+    from test_distributed import _one_thread, torchrun
+    model_dir = save_tiny(tmp_path / "w2v", "wav2vec2")
+    arpa = write_unigram_arpa(tmp_path / "lm.arpa", ["ab", "ba", "a", "b", "abba"], ("ab", "ba"))
+    lm = {"lm": str(arpa), "splits": ["train"], "nbest": 2, "beam_width": 4, "num_processes": 1}
+    kw = dict(codecs={"log_probs": "float16", "hidden": "float16"}, lm_targets=lm)
+    ref = tmp_path / "ref.zarr"
+    _one_thread(dump_teacher.run, hf_cfg(model_dir, audio_corpus, ref, **kw))
+    out = tmp_path / "dist.zarr"
+    y = write_yaml(tmp_path / "d.yaml", {"dump": {
+        "teacher": {"huggingface": str(model_dir)}, "corpus": str(audio_corpus), "output": str(out),
+        "splits": ["train", "dev"], "layers": [1, 2], "batch_size": 8, "chunk_frames": 32, "shard_chunks": 2,
+        "progress": False, "device": "cpu", **kw}})
+    res = torchrun("dump-teacher", "--config", y)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_same_cache(ref, out)
+    split = TeacherCache(str(out)).split("train")
+    assert split.has_lm_nbest and len(split.lm_nbest(0)) >= 1
