@@ -3,7 +3,8 @@ order, no offline_kd import hidden inside a function (a cycle in disguise), outs
 
 The order (README, "Layout"), lowest first; a module may import its own package and any lower layer:
 
-    errors, locking < config < data < decoding < models < cache < losses < training < distillation < commands < cli
+    errors, locking < config < data < decoding < models < cache < losses < training < teachers < distillation
+    < commands < cli
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "offline_kd"
 
-LAYERS = ["errors", "locking", "config", "data", "decoding", "models", "cache", "losses", "training",
+LAYERS = ["errors", "locking", "config", "data", "decoding", "models", "cache", "losses", "training", "teachers",
           "distillation", "commands", "cli"]
 RANK = {name: (0 if name in ("errors", "locking") else i) for i, name in enumerate(LAYERS)}
 RANK["__main__"] = RANK["cli"]

@@ -119,6 +119,8 @@ class CacheMeta:
             keys["precision"] = d["precision"]
         if self.extra.get("frontend"):               # the corpus's audio front end (corpora imported from audio)
             keys["frontend"] = self.extra["frontend"]
+        if self.teacher.get("alignment"):            # a teacher mapped onto the student's vocabulary and frames
+            keys["alignment"] = self.teacher["alignment"]
         h.update(json.dumps([self.teacher["weights_sha256"], self.vocab_sha256, self.device_type, keys],
                             sort_keys=True).encode())
         for split, p in plans.items():

@@ -34,10 +34,13 @@ import torch
 import yaml
 from torch import nn
 
+from offline_kd.data.dataset import utterance_batch
 from offline_kd.data.vocab import Vocabulary
 from offline_kd.errors import OfflineKDError
+from offline_kd.models.interface import forward_batch
 from offline_kd.teachers.alignment import AlignedTeacher, FrameAlignment, LengthMismatch, VocabularyMap
 from offline_kd.teachers.entry_point import EntryPointTeacher, call_entry_point
+from offline_kd.teachers.huggingface import HFTeacher
 from offline_kd.training.checkpoint import checkpoint_dev, file_sha256, model_from_checkpoint
 
 TeacherSpec = Union[str, dict]
@@ -134,7 +137,6 @@ def load_teacher(spec: TeacherSpec, device, vocab: Optional[Vocabulary] = None, 
                   "adapter": "entry_point", "entry_point": spec["entry_point"], "args": spec["args"]}
         name = teacher_name(spec)
     else:
-        from offline_kd.teachers.huggingface import HFTeacher
         inner = HFTeacher(spec["huggingface"], where).to(device).eval()
         tokens, blank, delimiter, special = inner.tokens, inner.blank, inner.word_delimiter, inner.special
         record = {"path": str(spec["huggingface"]), "sha256": inner.sha256, "adapter": "huggingface",
@@ -206,6 +208,4 @@ def probe(teacher: LoadedTeacher, reader, index: int, layers: list[int], device)
     wrong shapes, lengths or non-finite values fails here (its wrapper checks every forward), not in a cache."""
     if not isinstance(teacher.model, (EntryPointTeacher, AlignedTeacher)):
         return
-    from offline_kd.data.dataset import utterance_batch
-    from offline_kd.models.interface import forward_batch
     forward_batch(teacher.model, utterance_batch(reader, index, teacher.input_kind == "waveform"), device, layers)
