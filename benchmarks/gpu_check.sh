@@ -5,7 +5,8 @@
 # Steps (about 10 minutes on an H200): the cuda tests; a seed-geometry corpus (2,000 utterances, 512-dim, V = 1,229)
 # and a 1-epoch 5x384 teacher; dump float16 and compact vs teacher inference alone; train-student from both caches
 # vs the CTC-only student (codecs on the host and on the device); the ablation cost (one dump + 3 students vs 3 with
-# the live teacher, time and peak GPU memory); fp32 / bf16 / fp16 training speed. Logs go to $OUT (or runs/gpu).
+# the live teacher, time and peak GPU memory); a wav2vec2-base-sized Hugging Face teacher (dump vs its bare forward, the
+# ablation cost; issue #27); fp32 / bf16 / fp16 training speed. Logs go to $OUT (or runs/gpu).
 set -uo pipefail
 OUT="${OUT:-runs/gpu}"; mkdir -p "$OUT"
 if [ -d .whl ]; then
@@ -64,6 +65,14 @@ if [ "${WIDE:-0}" = 1 ]; then   # the issue's second size: a teacher 3x wider (5
     --dump-set dump.corpus=$D/seed --dump-set "dump.splits=[train,dev]" --distill configs/distillation_config.yaml \
     --set data.corpus=$D/seed --set train.epochs=1 --students 3 --device cuda --section ablation-cost-wide 2>&1 \
     | tee "$OUT/ablation_cost_wide.log" | tail -n 12
+fi
+
+if python3 -c "import transformers" 2>/dev/null; then   # issue #27: a wav2vec2-base-sized HF teacher (95M)
+  step "Hugging Face teacher: dump vs bare forward, ablation cost"
+  (cd benchmarks && python3 hf_teacher.py --limit 200 --runs 3 --students 3 --device cuda) 2>&1 \
+    | tee "$OUT/hf_teacher.log" | tail -n 20
+else
+  echo "transformers does not import here: HF teacher step skipped (scripts/gpu_wheels.sh downloads its wheels)" | tee "$OUT/hf_teacher.log"
 fi
 
 step "precision: 1 epoch of the seed student, fp32 / bf16 / fp16"

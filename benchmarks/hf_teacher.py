@@ -47,6 +47,24 @@ def offline_kd(*args):
     return p.stdout
 
 
+def synthetic(d: Path, n: int, seed: int = 0) -> Path:
+    """n WAV files at 16 kHz (2-5 s of tones in noise) and their NeMo manifest, with texts over a-z and '."""
+    import soundfile as sf
+    rng = np.random.default_rng(seed)
+    d.mkdir(parents=True)
+    letters = list("abcdefghijklmnopqrstuvwxyz'")
+    rows = []
+    for i in range(n):
+        sec = float(rng.uniform(2, 5))
+        t = np.arange(int(sec * 16000)) / 16000
+        x = 0.1 * np.sin(2 * np.pi * rng.uniform(100, 400) * t) + 0.02 * rng.standard_normal(t.size)
+        sf.write(str(d / f"u{i}.wav"), x.astype(np.float32), 16000, subtype="PCM_16")
+        text = " ".join("".join(rng.choice(letters, size=int(rng.integers(2, 7)))) for _ in range(int(sec * 2)))
+        rows.append(json.dumps({"audio_filepath": str(d / f"u{i}.wav"), "duration": sec, "text": text}))
+    (d / "manifest.json").write_text("\n".join(rows) + "\n")
+    return d / "manifest.json"
+
+
 def save_model(d: Path, seed: int = 0) -> int:
     import transformers
     torch.manual_seed(seed)
@@ -62,24 +80,26 @@ def save_model(d: Path, seed: int = 0) -> int:
 
 
 @torch.no_grad()
-def bare_forward(model_dir: Path, reader, order, layers) -> int:
+def bare_forward(model_dir: Path, reader, order, layers, device) -> int:
     """transformers' own forward over the utterances, outputs to host; -> output frames."""
     import transformers
-    model = transformers.Wav2Vec2ForCTC.from_pretrained(str(model_dir)).eval()
+    model = transformers.Wav2Vec2ForCTC.from_pretrained(str(model_dir)).eval().to(device)
     frames = 0
     for i in order:
         x = reader.audio(i).astype(np.float32) / 32768.0
         x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
-        out = model(torch.from_numpy(x)[None], output_hidden_states=True)
-        lp = torch.log_softmax(out.logits[0].float(), -1).numpy()
-        _ = [out.hidden_states[L][0].numpy() for L in layers]
+        out = model(torch.from_numpy(x)[None].to(device), output_hidden_states=True)
+        lp = torch.log_softmax(out.logits[0].float(), -1).cpu().numpy()
+        _ = [out.hidden_states[L][0].cpu().numpy() for L in layers]
         frames += lp.shape[0]
     return frames
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--manifest", required=True, help="NeMo JSONL manifest of the audio")
+    ap.add_argument("--manifest", default=None, help="NeMo JSONL manifest of the audio (default: --limit synthetic "
+                                                     "utterances of 2-5 s, tones in noise: speed does not depend on "
+                                                     "what is said)")
     ap.add_argument("--limit", type=int, default=120, help="first rows of the manifest")
     ap.add_argument("--vocab", default=None, help="the corpus's vocab.txt (default: built from the rows' text; "
                                                   "it must cover the teacher's letters)")
@@ -87,6 +107,7 @@ def main():
     ap.add_argument("--layers", default="6,12")
     ap.add_argument("--students", type=int, default=0, help="N for the ablation-cost part (0: skip it)")
     ap.add_argument("--epochs", type=int, default=1, help="epochs of each student in the ablation-cost part")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     layers = [int(x) for x in args.layers.split(",")]
     from offline_kd.commands import dump_teacher
@@ -95,6 +116,8 @@ def main():
     from offline_kd.training.inference import sorted_batches
     tmp = Path(tempfile.mkdtemp(prefix="hf_teacher_"))
     try:
+        if args.manifest is None:
+            args.manifest = str(synthetic(tmp / "synthetic", args.limit))
         rows = Path(args.manifest).read_text().splitlines()[:args.limit]
         base = Path(args.manifest).resolve().parent
         fixed = []
@@ -115,12 +138,12 @@ def main():
         bare, dump = [], []
         for r in range(args.runs):
             with Timer() as t:
-                frames = bare_forward(tmp / "w2v", reader, order, layers)
+                frames = bare_forward(tmp / "w2v", reader, order, layers, args.device)
             bare.append(frames / t.seconds)
             out = tmp / f"c{r}.zarr"
             cfg = build_dataclass(DumpConfig, {
                 "teacher": teacher, "corpus": str(tmp / "corpus"), "output": str(out), "splits": ["train"],
-                "layers": layers, "batch_size": 8, "progress": False, "device": "cpu",
+                "layers": layers, "batch_size": 8, "progress": False, "device": args.device,
                 "codecs": {"log_probs": "float16", "hidden": "float16"}})
             with Timer() as t:
                 dump_teacher.run(cfg, log=lambda *_: None)
@@ -133,7 +156,8 @@ def main():
             f"`{command_line()}`\n",
             f"Machine: {machine()}. `Wav2Vec2ForCTC`, transformers' default config, {params / 1e6:.1f}M parameters, "
             f"randomly initialised (speed does not depend on the weights); {len(reader)} utterances, {hours * 60:.1f} "
-            f"min of audio, {frames} output frames (20 ms); layers {layers}; float16 codecs; float32 forward; one "
+            f"min of audio, {frames} output frames (20 ms); layers {layers}; float16 codecs; float32 forward on "
+            f"{args.device}; one "
             f"utterance per forward (group norm). Median of {args.runs} runs, each run both side by side.\n",
             "| | frames/s (median) | runs |", "|---|---|---|",
             f"| bare forward (transformers, outputs to host) | {median(bare):.1f} | "
@@ -157,7 +181,7 @@ def main():
                 "distill": {"layer_mapping": {2: layers[0], 3: layers[1]}, "alpha": 0.7, "beta": 0.2,
                             "gamma": 0.1}}))
             subprocess.run([sys.executable, str(HERE / "ablation_cost.py"), "--dump", str(dump_yaml), "--distill",
-                            str(distill_yaml), "--students", str(args.students), "--device", "cpu",
+                            str(distill_yaml), "--students", str(args.students), "--device", args.device,
                             "--section", "hf-ablation-cost", "--caller",
                             f"{command_line()} (its temporary corpus and model)"], check=True)
     finally:

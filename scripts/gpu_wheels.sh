@@ -9,4 +9,8 @@ for plat in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 ma
   P+=(--platform "$plat")
 done
 python3 -m pip download "${P[@]}" zarr==3.1.5 numcodecs==0.16.6 donfig google-crc32c jiwer rapidfuzz
+# transformers and what it needs beyond torch/numpy, for gpu_check.sh's Hugging Face teacher step (issue #27)
+python3 -m pip download "${P[@]}" transformers safetensors tokenizers huggingface-hub regex typer click \
+  shellingham rich markdown-it-py mdurl pygments hf-xet filelock fsspec packaging pyyaml tqdm typing-extensions \
+  || echo "transformers wheels not downloaded: gpu_check.sh skips the HF teacher step"
 ls -la .whl
