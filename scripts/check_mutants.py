@@ -130,6 +130,19 @@ MUTANTS = [
     Mutant("entry_point_teacher_not_probed", "offline_kd/distillation/dump.py",
            "    probe(teacher, first.reader, first.order[0], layers, device)", "    pass",
            ("tests/test_teachers.py::test_a_wrong_teacher_is_a_one_line_error_and_writes_nothing",)),
+    Mutant("pooled_probabilities_not_averaged", "offline_kd/teachers/alignment.py",
+           "out = torch.logsumexp(x, dim=2) - count.log()[..., None]", "out = torch.logsumexp(x, dim=2)",
+           ("tests/test_alignment.py::test_pooling_averages_probabilities_over_each_group_and_the_partial_last_one",)),
+    Mutant("length_rule_repeats_the_wrong_frame", "offline_kd/teachers/alignment.py",
+           "(lengths.to(lp.device) - 1).clamp_min(0)[:, None])", "(lengths.to(lp.device) - 2).clamp_min(0)[:, None])",
+           ("tests/test_alignment.py::test_repetition_and_the_length_rule",)),
+    Mutant("special_tokens_sent_to_the_blank", "offline_kd/teachers/alignment.py",
+           "            elif tok in special:\n                target.append(None)",
+           "            elif tok in special:\n                target.append(0)",
+           ("tests/test_hf_teacher.py::test_the_cache_equals_transformers_own_forward",)),
+    Mutant("hf_input_not_normalised", "offline_kd/teachers/huggingface.py",
+           "        if not self.do_normalize:\n            return x", "        if True:\n            return x",
+           ("tests/test_hf_teacher.py::test_the_cache_equals_transformers_own_forward",)),
 ]
 
 

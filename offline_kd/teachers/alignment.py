@@ -215,6 +215,8 @@ class FrameAlignment:
             lengths = lengths * self.repeat
         self.check(lengths, target)
         t_max = int(target.max()) if len(target) else 0
+        if lp.shape[1] == t_max and torch.equal(lengths.to(target.device), target):     # nothing to reconcile
+            return lp.transpose(0, 1), target, hidden
         index = torch.minimum(torch.arange(t_max, device=lp.device)[None, :],
                               (lengths.to(lp.device) - 1).clamp_min(0)[:, None])     # (B, T): the last frame repeats
         lp = torch.gather(lp, 1, index[..., None].expand(-1, -1, lp.shape[-1]))
