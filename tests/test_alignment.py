@@ -168,3 +168,33 @@ def load(checkpoint):
     dump_teacher.run(dump_cfg(spec, tiny_corpus, permuted), **QUIET)
     assert_same_cache(native, permuted)
     assert TeacherCache(str(permuted)).meta.teacher["alignment"]["vocabulary"]["kind"] == "permutation"
+
+
+def test_a_teacher_that_gives_no_frame_is_named_too_short():
+    f = FrameAlignment(Fraction(2), Fraction(2), max_length_mismatch=2)
+    with pytest.raises(LengthMismatch, match="gives 0 frames .* where the student has 1, the utterance is too short"):
+        f.check(torch.tensor([5, 0]), torch.tensor([5, 1]))
+
+
+def test_the_merged_map_floors_only_the_unreached_classes():
+    m = VocabularyMap(["<blank>", "|", "a", "b", "x"], 0, STUDENT, mapping_file=None, special=("x",))
+    lp = torch.log_softmax(torch.tensor([[0.0, -90.0, -120.0, -20.0, -1.0]]), -1)
+    out = m.apply(lp)
+    kept = torch.log_softmax(torch.tensor([[0.0, -90.0, -120.0, -20.0]], dtype=torch.float64), -1)
+    assert out.dtype == lp.dtype and m.unreached == ["c"]
+    torch.testing.assert_close(out[0, :4].double(), kept[0] - math.log1p(FLOOR), rtol=0, atol=1e-4)
+    assert out[0, 4].item() == pytest.approx(math.log(FLOOR) - math.log1p(FLOOR))
+
+
+@pytest.mark.parametrize("value, expect", [
+    ({"huggingface": "d", "vocabulary_map": 5}, "vocabulary_map must be a file path"),
+    ({"huggingface": "d", "max_length_mismatch": True}, "max_length_mismatch must be an integer >= 0"),
+    ({"huggingface": "d", "hidden_pooling": "max"}, "hidden_pooling must be mean or stack"),
+    ({"huggingface": "d", "checkpoint": "c"}, "names one of checkpoint, entry_point, huggingface (got checkpoint, "),
+    ({"huggingface": "d", "args": {}}, "only an entry_point takes args"),
+])
+def test_teacher_options_are_checked_on_one_line(value, expect):
+    from offline_kd.teachers.source import parse_teacher
+    with pytest.raises(OfflineKDError) as err:
+        parse_teacher(value)
+    assert expect in str(err.value) and "\n" not in str(err.value)

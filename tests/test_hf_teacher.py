@@ -218,3 +218,33 @@ def test_torchrun_shards_and_lm_nbest_with_an_hf_teacher(audio_corpus, tmp_path)
     assert_same_cache(ref, out)
     split = TeacherCache(str(out)).split("train")
     assert split.has_lm_nbest and len(split.lm_nbest(0)) >= 1
+
+
+def test_special_tokens_only_in_added_tokens_decoder_and_a_changed_preprocessor_is_another_cache(audio_corpus,
+                                                                                                   tmp_path):
+    """transformers' tokenizer writes <s> and </s> only into added_tokens_decoder: they are still the model's
+    classes and are dropped as special. Changing the normalisation changes the cache's identity: no resume."""
+    d = save_tiny(tmp_path / "m", "wav2vec2")
+    vocab = {t: i for t, i in HF_VOCAB.items() if t not in ("<s>", "</s>")}
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    tok = json.loads((d / "tokenizer_config.json").read_text())
+    tok["added_tokens_decoder"] = {"1": {"content": "<s>"}, "2": {"content": "</s>"}, "9": {"content": "<x>"}}
+    (d / "tokenizer_config.json").write_text(json.dumps(tok))
+    out = tmp_path / "c.zarr"
+    dump_teacher.run(hf_cfg(d, audio_corpus, out, splits=["train"]), **QUIET)
+    assert TeacherCache(str(out)).meta.teacher["alignment"]["vocabulary"]["counts"]["dropped"] == 3
+    pre = json.loads((d / "preprocessor_config.json").read_text())
+    (d / "preprocessor_config.json").write_text(json.dumps({**pre, "do_normalize": False}))
+    with pytest.raises(OfflineKDError) as err:
+        dump_teacher.run(hf_cfg(d, audio_corpus, out, splits=["train"]), **QUIET)
+    assert "\n" not in str(err.value)
+
+
+def test_verify_with_other_alignment_options_is_a_one_line_error(audio_corpus, tmp_path):
+    d = save_tiny(tmp_path / "m", "hubert")
+    out = tmp_path / "c.zarr"
+    dump_teacher.run(dump_cfg({"huggingface": str(d), "hidden_pooling": "stack"}, audio_corpus, out,
+                              splits=["train"], layers=[1], subsampling=4, skip_invalid=True), **QUIET)
+    assert TeacherCache(str(out)).meta.layers == {"1": 32}
+    res = CliRunner().invoke(main, ["cache", "verify", str(out), "--teacher", json.dumps({"huggingface": str(d)})])
+    assert res.exit_code != 0 and "differs from the one" in res.output and "Traceback" not in res.output, res.output

@@ -121,6 +121,8 @@ class CacheMeta:
             keys["frontend"] = self.extra["frontend"]
         if self.teacher.get("alignment"):            # a teacher mapped onto the student's vocabulary and frames
             keys["alignment"] = self.teacher["alignment"]
+        if self.teacher.get("adapter") == "huggingface":    # its config and preprocessing, beyond the weights
+            keys["teacher_sha256"] = self.teacher["sha256"]
         h.update(json.dumps([self.teacher["weights_sha256"], self.vocab_sha256, self.device_type, keys],
                             sort_keys=True).encode())
         for split, p in plans.items():
@@ -164,5 +166,6 @@ class CacheMeta:
                     "compressor": cfg.codecs.compressor, "level": cfg.codecs.level},
             chunk_frames=cfg.chunk_frames, shard_frames=cfg.chunk_frames * cfg.shard_chunks,
             splits=list(splits if splits is not None else cfg.splits), device_type=device_type,
-            dump_config={k: v for k, v in asdict(cfg).items() if k != "storage_options"},
+            dump_config={k: v for k, v in asdict(cfg).items()
+                         if k != "storage_options" and not (k == "subsampling" and v is None)},
             extra={"frontend": frontend} if frontend else {})

@@ -40,6 +40,16 @@ def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, l
                            subsampling=cache.meta.subsampling, corpus=corpus)
     if teacher.record["sha256"] != cache.meta.teacher["sha256"]:
         log(f"warning: {teacher.name} is not the teacher the cache was made from (sha256 differs)")
+    mine, cached = teacher.record.get("alignment") or {}, cache.meta.teacher.get("alignment") or {}
+    if (mine.get("vocabulary") or {}).get("sha256") != (cached.get("vocabulary") or {}).get("sha256") \
+            or mine.get("frames") != cached.get("frames"):
+        raise OfflineKDError(f"--teacher {teacher.name}: its alignment to the student (vocabulary mapping, frames) "
+                             f"differs from the one {cache.path} was dumped with; give the same teacher options")
+    dims = teacher.model.layer_dims()
+    wrong = [L for L in cache.layers if dims.get(L) != cache.layer_dims[L]]
+    if wrong:
+        raise OfflineKDError(f"--teacher {teacher.name}: layer {wrong[0]} is {dims.get(wrong[0])} wide, the cache's "
+                             f"{cache.layer_dims[wrong[0]]}")
     model, vocab = teacher.model, teacher.vocab
     # the teacher recomputed in the precision the dump used (older caches: float32)
     model = with_precision(model, cache.meta.dump_config.get("precision", "fp32"), dev, "the cache's dump.precision")

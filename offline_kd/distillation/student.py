@@ -25,7 +25,7 @@ from offline_kd.models.bilstm import build_model
 from offline_kd.models.interface import count_parameters
 from offline_kd.data.splits import open_split, open_train_dev, train_splits
 from offline_kd.training.checkpoint import checkpoint_dev, load_checkpoint, seed_everything
-from offline_kd.teachers.source import load_teacher
+from offline_kd.teachers.source import check_frames, load_teacher
 from offline_kd.training.trainer import Trainer
 
 
@@ -48,6 +48,8 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
             raise OfflineKDError("--online-teacher: this teacher reads waveforms and cannot see the student's views "
                                  "or SpecAugment masks (they act on features); leave distill.views and the "
                                  "augment masks out")
+        for reader, idx in [(train_reader, train_idx)] + [(r, i) for _, r, i in extra]:
+            check_frames(loaded, reader, idx)         # a waveform teacher: every utterance kept and reconcilable
         if t_vocab.sha256 != corpus.vocab.sha256:
             raise OfflineKDError(f"--online-teacher {loaded.name}: vocabulary differs from {corpus.dir}'s")
         teacher_dims = teacher.layer_dims()

@@ -106,6 +106,7 @@ class VocabularyMap:
             self._gather = torch.tensor(inverse, dtype=torch.long)
         self._keep = torch.tensor([i for i, t in enumerate(target) if t is not None], dtype=torch.long)
         self._dest = torch.tensor([t for t in target if t is not None], dtype=torch.long)
+        self._unreached = torch.tensor([i for i in range(len(student)) if i not in reached], dtype=torch.long)
 
     def record(self, teacher_tokens) -> dict:
         pairs = [[tok, None if t is None else self.student.tokens[t]] for tok, t in zip(teacher_tokens, self.target)]
@@ -114,30 +115,23 @@ class VocabularyMap:
                 "unreached": self.unreached, "mapping_file": self.mapping_file,
                 "sha256": hashlib.sha256(json.dumps(pairs).encode()).hexdigest(), "pairs": pairs}
 
-    def lengths(self, teacher_lengths: torch.Tensor) -> torch.Tensor:
-        """Teacher frame counts -> their counts at the student's rate, before the length rule."""
-        return -(-teacher_lengths // self.pool) if self.pool > 1 else teacher_lengths * self.repeat
-
-    def check(self, lengths: torch.Tensor, target: torch.Tensor) -> None:
-        """`LengthMismatch` (naming the batch row) where the counts at the student's rate differ from `target` by
-        more than the tolerance."""
-        diff = (lengths.to(target.device) - target).abs()
-        if bool((diff > self.tolerance).any()):
-            b = int(diff.argmax())
-            raise LengthMismatch(b, int(lengths[b]), int(target[b]), self.tolerance)
-
     def apply(self, log_probs: torch.Tensor) -> torch.Tensor:
         """(..., V_teacher) log-probs -> (..., V_student)."""
         if self.identity:
             return log_probs
         if self.permutation:
             return log_probs.index_select(-1, self._gather.to(log_probs.device))
-        lp = log_probs.float().index_select(-1, self._keep.to(log_probs.device))
+        # merged: per student class, the log of the summed probabilities of its teacher classes (float64: no
+        # underflow above e^-700), renormalised over the kept classes; unreached classes get FLOOR
+        lp = log_probs.double().index_select(-1, self._keep.to(log_probs.device))
         peak = lp.max(-1, keepdim=True).values
         p = torch.zeros(*lp.shape[:-1], len(self.student), device=lp.device, dtype=lp.dtype)
         p.index_add_(-1, self._dest.to(lp.device), (lp - peak).exp())
-        p = p / p.sum(-1, keepdim=True)
-        return torch.log(p.clamp_min(FLOOR) / (1 + FLOOR * len(self.unreached)))
+        out = p.log() - p.sum(-1, keepdim=True).log()
+        if self.unreached:
+            out[..., self._unreached.to(lp.device)] = math.log(FLOOR)
+            out = out - math.log1p(FLOOR * len(self.unreached))
+        return out.to(log_probs.dtype)
 
 
 def _read_mapping(path: str, where: str) -> dict:
@@ -196,9 +190,11 @@ class FrameAlignment:
     def check(self, lengths: torch.Tensor, target: torch.Tensor) -> None:
         """`LengthMismatch` (naming the batch row) where the counts at the student's rate differ from `target` by
         more than the tolerance."""
-        diff = (lengths.to(target.device) - target).abs()
-        if bool((diff > self.tolerance).any()):
-            b = int(diff.argmax())
+        lengths = lengths.to(target.device)
+        diff = (lengths - target).abs()
+        empty = (lengths < 1) & (target >= 1)        # nothing to repeat: the teacher saw too few samples
+        if bool((diff > self.tolerance).any() or empty.any()):
+            b = int(torch.where(empty, diff.max() + 1, diff).argmax())
             raise LengthMismatch(b, int(lengths[b]), int(target[b]), self.tolerance)
 
     def apply(self, log_probs: torch.Tensor, lengths: torch.Tensor, hidden: dict, target: torch.Tensor):
@@ -227,8 +223,9 @@ class FrameAlignment:
 class LengthMismatch(OfflineKDError):
     def __init__(self, b: int, got: int, want: int, tolerance: int):
         self.b = b
-        super().__init__(f"the teacher gives {got} frames (at the student's rate) where the student has {want}, more "
-                         f"than max_length_mismatch {tolerance} apart")
+        why = f"more than max_length_mismatch {tolerance} apart" if got else "the utterance is too short for it"
+        super().__init__(f"the teacher gives {got} frames (at the student's rate) where the student has {want}, "
+                         f"{why}")
 
 
 def _num(f: Fraction):
@@ -246,7 +243,7 @@ def _pool_log_probs(lp: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Te
     x = x.masked_fill(~valid[..., None], -math.inf).view(b, groups, k, v)
     count = valid.view(b, groups, k).sum(-1).clamp_min(1)                                          # (B, G)
     out = torch.logsumexp(x, dim=2) - count.log()[..., None]
-    return torch.nan_to_num(out, neginf=math.log(FLOOR)).to(lp.dtype)
+    return torch.where(torch.isneginf(out), math.log(FLOOR), out).to(lp.dtype)     # groups past the end
 
 
 def _pool_hidden(h: torch.Tensor, lengths: torch.Tensor, k: int, how: str) -> torch.Tensor:

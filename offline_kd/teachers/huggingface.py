@@ -107,10 +107,10 @@ class HFTeacher(nn.Module):
             by_id[i] = tok
         tok_cfg = {**_json(d / "special_tokens_map.json", where, False), **_json(d / "tokenizer_config.json", where,
                                                                                  False)}
-        for added in (tok_cfg.get("added_tokens_decoder") or {}).items():     # tokens added beyond vocab.json
-            i, t = int(added[0]), _token(added[1])
-            by_id.setdefault(i, t)
         n = int(config.get("vocab_size", len(by_id)))
+        for i, t in (tok_cfg.get("added_tokens_decoder") or {}).items():     # tokens added beyond vocab.json
+            if str(i).isdigit() and int(i) < n:                               # (those past the CTC head: unused)
+                by_id.setdefault(int(i), _token(t))
         if sorted(by_id) != list(range(n)):
             raise OfflineKDError(f"{where}: {d}/vocab.json has ids {min(by_id, default=0)}..{max(by_id, default=-1)} "
                                  f"({len(by_id)} tokens) but the model's CTC head has {n} classes")
@@ -123,13 +123,11 @@ class HFTeacher(nn.Module):
         self._blank = int(pad)
         self.word_delimiter = _token(tok_cfg.get("word_delimiter_token")) or "|"
         self.special = tuple(t for t in (_token(tok_cfg.get(k)) for k in ("bos_token", "eos_token", "unk_token"))
-                             if t and t in vocab) or tuple(t for t in ("<s>", "</s>", "<unk>") if t in vocab)
+                             if t and t in self._tokens) or tuple(t for t in ("<s>", "</s>", "<unk>")
+                                                                  if t in self._tokens)
         pre = _json(d / "preprocessor_config.json", where, False)
         self.sample_rate = int(pre.get("sampling_rate", 16000))
         self.do_normalize = bool(pre.get("do_normalize", True))
-        self.batched = config.get("feat_extract_norm", "group") == "layer"
-        self.frame_shift_samples = math.prod(int(s) for s in config.get("conv_stride", [5, 2, 2, 2, 2, 2, 2]))
-        self.num_hidden_layers, self.hidden_size = int(config["num_hidden_layers"]), int(config["hidden_size"])
         try:
             import transformers
         except ImportError:
@@ -145,6 +143,10 @@ class HFTeacher(nn.Module):
             raise OfflineKDError(f"{where}: transformers cannot load {d} ({type(exc).__name__}: "
                                  f"{' '.join(str(exc).split())[:200]})") from None
         self.model.eval()
+        c = self.model.config                 # the loaded config: transformers' defaults filled in
+        self.batched = getattr(c, "feat_extract_norm", "group") == "layer"
+        self.frame_shift_samples = math.prod(int(x) for x in c.conv_stride)
+        self.num_hidden_layers, self.hidden_size = int(c.num_hidden_layers), int(c.hidden_size)
         self.directory, self.kind, self.sha256 = str(d), kind, directory_sha256(d, files)
 
     # --------------------------------------------------------------------------------------- interface

@@ -83,6 +83,14 @@ def parse_teacher(value: Any, where: str = "dump.teacher") -> TeacherSpec:
                              f"entry point and the options {', '.join(OPTIONS)}"
                              f"{'; unknown: ' + ', '.join(unknown) if unknown else ''}")
     out = {k: value[k] for k in OPTIONS if value.get(k) is not None}
+    if "vocabulary_map" in out and (not isinstance(out["vocabulary_map"], str) or not out["vocabulary_map"]):
+        raise OfflineKDError(f"{where}.vocabulary_map must be a file path, got {out['vocabulary_map']!r}")
+    if "max_length_mismatch" in out and (isinstance(out["max_length_mismatch"], bool)
+                                         or not isinstance(out["max_length_mismatch"], int)
+                                         or out["max_length_mismatch"] < 0):
+        raise OfflineKDError(f"{where}.max_length_mismatch must be an integer >= 0, got {out['max_length_mismatch']!r}")
+    if "hidden_pooling" in out and out["hidden_pooling"] not in ("mean", "stack"):
+        raise OfflineKDError(f"{where}.hidden_pooling must be mean or stack, got {out['hidden_pooling']!r}")
     if "entry_point" in value:
         ep, args = value["entry_point"], value.get("args") or {}
         if not isinstance(ep, str) or ep.count(":") != 1 or not all(ep.split(":")):
@@ -129,7 +137,8 @@ def load_teacher(spec: TeacherSpec, device, vocab: Optional[Vocabulary] = None, 
         inner, own_vocab, ckpt = model_from_checkpoint(path, device)
         tokens, blank, delimiter, special = own_vocab.tokens, 0, own_vocab.word_separator, ()
         record, dev, name = {"path": str(path), "sha256": file_sha256(path)}, checkpoint_dev(ckpt), str(path)
-        vocab = vocab or own_vocab
+        if vocab is None or vocab.tokens == own_vocab.tokens:
+            vocab = own_vocab          # as before alignment existed: the cache records the checkpoint's vocabulary
     elif "entry_point" in spec:
         inner = EntryPointTeacher(call_entry_point(spec, where), spec, where).to(device).eval()
         tokens, blank, delimiter, special = inner.tokens, inner.blank, inner.word_delimiter, inner.special
