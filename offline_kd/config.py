@@ -146,6 +146,9 @@ class TrainConfig:
     grad_clip: float = 5.0
     accumulation_steps: int = 1
     eval_every: int = 1                 # epochs between dev evaluations
+    # early stopping: stop after this many dev evaluations in a row without a new best dev WER (train.epochs is then
+    # the budget, and the cosine schedule runs over it: the stop shortens it); null: train all train.epochs
+    patience: Optional[int] = None
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     precision: Precision = "fp32"       # autocast for the model; losses stay float32
@@ -156,6 +159,9 @@ class TrainConfig:
     def __post_init__(self):
         _check_choices(self)
         _at_least("train", self, epochs=1, accumulation_steps=1, eval_every=1, log_every=1, warmup_steps=0)
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise OfflineKDError(f"train.patience must be an integer >= 1 or null, got {self.patience!r}")
         if self.lr <= 0:
             raise OfflineKDError(f"train.lr must be > 0, got {self.lr}")
 

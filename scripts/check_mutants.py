@@ -143,6 +143,11 @@ MUTANTS = [
     Mutant("hf_input_not_normalised", "offline_kd/teachers/huggingface.py",
            "        if not self.do_normalize:\n            return x", "        if True:\n            return x",
            ("tests/test_hf_teacher.py::test_the_cache_equals_transformers_own_forward",)),
+    # convergence without a guessed budget (#31)
+    Mutant("patience_never_reset_by_a_new_best", "offline_kd/training/trainer.py",
+           'self.since_best = 0 if dev["wer"] < self.best_wer else self.since_best + 1',
+           'self.since_best = self.since_best if dev["wer"] < self.best_wer else self.since_best + 1',
+           ("tests/test_early_stop.py::test_patience_counts_evaluations_since_the_last_best_and_stops",)),
 ]
 
 

@@ -182,6 +182,7 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, cfg.train, steps_per_epoch * cfg.train.epochs)
         self.trainable = params
         self.start_epoch, self.step, self.best_wer = 1, 0, float("inf")
+        self.since_best = 0          # dev evaluations in a row without a new best (train.patience)
         self.tb = None
 
     # ----------------------------------------------------------------------------------------- checkpoints
@@ -195,7 +196,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "epoch": epoch, "step": self.step, "best_wer": self.best_wer,
+            "epoch": epoch, "step": self.step, "best_wer": self.best_wer, "evals_since_best": self.since_best,
             "dev": {k: v for k, v in (dev or {}).items() if k in ("wer", "cer", "num_utterances")},
             "rng": rng_state(),
             "config": asdict(self.cfg),
@@ -214,6 +215,7 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self.start_epoch, self.step, self.best_wer = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_wer"]
+        self.since_best = int(ckpt.get("evals_since_best", 0))
 
     # ------------------------------------------------------------------------------------------------ logs
     def _truncate_metrics(self) -> None:
@@ -285,8 +287,16 @@ class Trainer:
                 self._log({"event": "start", "num_parameters": count_parameters(self.model),
                            "train_batches": len(self.sampler)})
         summary = {}
+        patience = cfg.train.patience
         for epoch in range(self.start_epoch, cfg.train.epochs + 1):
+            if patience and self.since_best >= patience:      # (a resumed run that had already stopped)
+                break
             summary = self._epoch(epoch)
+            if patience and self.since_best >= patience and epoch < cfg.train.epochs:
+                self._log({"event": "early_stop", "epoch": epoch, "best_wer": self.best_wer, "patience": patience})
+                if self.is_main:
+                    tqdm.write(f"early stop after epoch {epoch} of at most {cfg.train.epochs}: {patience} dev "
+                               f"evaluation(s) without a new best (best dev WER {self.best_wer:.2f}%)")
         if self.tb is not None:
             self.tb.close()
         return summary
@@ -359,6 +369,9 @@ class Trainer:
             if self.world_size > 1:     # every rank tracks the best WER (and waits for rank 0's evaluation)
                 dev = distributed.broadcast(dev, distributed.env_from_os())
             record.update({"dev_wer": dev["wer"], "dev_cer": dev["cer"]})
+        if dev is not None:
+            self.since_best = 0 if dev["wer"] < self.best_wer else self.since_best + 1
+            record["evals_since_best"] = self.since_best
         if dev is not None and dev["wer"] < self.best_wer:
             self.best_wer = dev["wer"]
             record["best"] = True
