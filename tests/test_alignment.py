@@ -99,6 +99,9 @@ def test_repetition_and_the_length_rule():
     assert n.tolist() == [7] and torch.equal(out[:, 0], lp[[0, 0, 1, 1, 2, 2, 2], 0])
     out, _, _ = f.apply(lp, torch.tensor([3]), {}, torch.tensor([5]))    # one frame too many: dropped at the end
     assert torch.equal(out[:, 0], lp[[0, 0, 1, 1, 2], 0])
+    same = FrameAlignment(Fraction(2), Fraction(2))     # one frame short at the same rate: the last one repeats
+    out, _, _ = same.apply(lp, torch.tensor([3]), {}, torch.tensor([4]))
+    assert torch.equal(out[:, 0], lp[[0, 1, 2, 2], 0])
     with pytest.raises(LengthMismatch, match="gives 6 frames .* where the student has 9, more than max_length_mismatch 2"):
         f.apply(lp, torch.tensor([3]), {}, torch.tensor([9]))
 
