@@ -201,10 +201,28 @@ class DistillConfig:
     # the CTC target of untranscribed utterances: greedy (the teacher's greedy 1-best) or lm (its N-best from a beam
     # search with an n-gram LM, stored at dump time by dump.lm_targets, each hypothesis weighted by its posterior)
     pseudo_labels: Literal["greedy", "lm"] = "greedy"
+    # untranscribed utterances whose teacher confidence (the mean posterior of its 1-best's tokens, stored by the
+    # dump; cache/confidence.py) is below this are left out (null: all are kept); the share kept is logged
+    min_confidence: Optional[float] = None
+    # true: the pseudo-label CTC of each untranscribed utterance is weighted by that confidence
+    confidence_weighting: bool = False
+    # the KL and CTC weights on untranscribed utterances (null: alpha and beta), e.g. more KL and less CTC where
+    # the labels are guesses; each must be 0 where alpha / beta is 0
+    untranscribed_alpha: Optional[float] = None
+    untranscribed_beta: Optional[float] = None
 
     def __post_init__(self):
         _check_choices(self)
         parse_views(self.views, "distill.views")
+        if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
+            raise OfflineKDError(f"distill.min_confidence must be in [0, 1] or null, got {self.min_confidence}")
+        for key, base in (("untranscribed_alpha", "alpha"), ("untranscribed_beta", "beta")):
+            v = getattr(self, key)
+            if v is not None and v < 0:
+                raise OfflineKDError(f"distill.{key} must be >= 0 or null, got {v}")
+            if v and not getattr(self, base):
+                raise OfflineKDError(f"distill.{key} weighs untranscribed utterances relative to distill.{base}, "
+                                     f"which is 0: set distill.{base} > 0 (or {key}: 0)")
         sched = self.temperature_schedule
         ok = bool(sched) and all(isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], int)
                                  and isinstance(e[1], (int, float)) and e[1] > 0 for e in sched)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from offline_kd.cache.confidence import read as read_confidence, summary as confidence_summary
 from offline_kd.cache.fields import is_field_name
 from offline_kd.cache.layout import open_group, read_meta
 from offline_kd.cache.meta import CacheMeta
@@ -38,6 +39,9 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
                      "utterances_done": split_progress(g)[1] if g.attrs.get("created") else 0,
                      "complete": bool(g.attrs.get("complete")), "bytes": fields,
                      "lm_nbest": int(g.attrs.get("lm_nbest", 0))}
+        conf = read_confidence(g)
+        if conf is not None:
+            splits[s]["confidence"] = confidence_summary(conf)
         for k, b in fields.items():
             totals[k] = totals.get(k, 0) + b
     per_frame = {k: b / max(total_frames, 1) for k, b in totals.items()}
@@ -118,7 +122,9 @@ def format_info(info: dict) -> str:
     for s, x in info["splits"].items():
         lines.append(f"  split {s}: {x['utterances_done']}/{x['utterances']} utterances, {x['frames']} frames"
                      f"{'' if x['complete'] else ' (incomplete)'}"
-                     + (f"; LM {x['lm_nbest']}-best of every utterance" if x.get("lm_nbest") else ""))
+                     + (f"; LM {x['lm_nbest']}-best of every utterance" if x.get("lm_nbest") else "")
+                     + (f"; teacher confidence p10 {x['confidence']['p10']:.3f} median {x['confidence']['p50']:.3f} "
+                        f"p90 {x['confidence']['p90']:.3f}" if x.get("confidence") else ""))
     views = info.get("views") or {}
     if views.get("views"):
         lines.append(f"  views of {', '.join(views['splits'])} (split@k), seed {views['seed']}: "

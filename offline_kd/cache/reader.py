@@ -15,6 +15,7 @@ import zarr
 
 from offline_kd.cache import integrity
 from offline_kd.cache.codecs import codec_from_spec, load_state
+from offline_kd.cache.confidence import read as read_confidence
 from offline_kd.cache.fields import LOG_PROBS, FieldTable, hidden_field
 from offline_kd.cache.lm_targets import NBest
 from offline_kd.cache.meta import CacheMeta
@@ -57,6 +58,14 @@ class CacheSplit:
 
     def __len__(self) -> int:
         return len(self.utterance_ids)
+
+    @property
+    def confidence(self):
+        """(U,) the teacher's confidence in each utterance's 1-best, in position order (cache/confidence.py); None
+        for a cache dumped before it was stored."""
+        if not hasattr(self, "_confidence"):
+            self._confidence = read_confidence(self.group)
+        return self._confidence
 
     @property
     def has_lm_nbest(self) -> bool:

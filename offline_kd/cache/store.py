@@ -11,7 +11,8 @@ from typing import Callable
 import numpy as np
 import zarr
 
-from offline_kd.cache import integrity
+from offline_kd.cache import confidence, integrity
+from offline_kd.cache.fields import FieldTable
 from offline_kd.cache.layout import META_KEY, field_arrays, open_group
 from offline_kd.cache.lm_targets import drop_lm_targets
 from offline_kd.cache.meta import CacheMeta
@@ -129,12 +130,16 @@ def needed_batches(p: SplitPlan, mine: np.ndarray, shard_frames: int) -> list[tu
 
 
 def finalize(root: zarr.Group, splits: list[str], lp_codec, hidden_codecs: dict, before_seal=None) -> None:
-    """(one process, after every writer finished) Gather each split's checksums, run `before_seal` (what is
-    computed from the finished splits: the LM N-best), then store the complete metadata and its integrity seal in
+    """(one process, after every writer finished) Gather each split's checksums, store each utterance's teacher
+    confidence, run `before_seal` (what else is computed from the finished splits: the LM N-best), then store the complete metadata and its integrity seal in
     one attribute write, so a complete cache is always sealed."""
     for split in splits:
         if not root[split].attrs.get("complete"):
             finalize_split(root[split])
+    fields = FieldTable(lp_codec, hidden_codecs)
+    for split in splits:          # the teacher's confidence in its 1-best, per utterance (cache/confidence.py)
+        g = root[split]
+        confidence.store(g, confidence.compute(g, fields, g["offset"][:].astype(np.int64)))
     if before_seal is not None:
         before_seal()
     meta = CacheMeta.from_dict(dict(root.attrs[META_KEY])).completed_now().to_dict()

@@ -90,6 +90,9 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
         log(f"cache {d.cache}: {len(split)} utterances, {split.num_frames} frames, "
             f"log_probs {cache.meta.codec_names()[0]}, hidden {cache.meta.codec_names()[1]}"
             + (f"; {len(views)} views of {', '.join(viewed)}" if views else ""))
+    if d.min_confidence is not None:
+        valids = valids[:1] + [_confident(d.min_confidence, [sp[j] for sp in splits], seen[0][j][0], names[j], v,
+                                          online_teacher, log) for j, v in enumerate(valids) if j >= 1]
     train_idx, extra = valids[0], [(n, r, v) for (n, r, _), v in zip(extra, valids[1:])]
     if d.pseudo_labels == "lm":
         _check_lm_pseudo_labels(cfg, online_teacher, [sp[1:] for sp in splits], names[1:])
@@ -192,6 +195,27 @@ def _check_lm_pseudo_labels(cfg: ExperimentConfig, online_teacher, untranscribed
                 raise OfflineKDError(f"distill.pseudo_labels: lm, but split '{split.name}' of {cfg.distill.cache} "
                                      f"has no LM N-best; dump it with dump.lm_targets (splits: "
                                      f"[{split_of(split.name)[0]}])")
+
+
+def _confident(threshold: float, cached: list, reader, name: str, valid: np.ndarray, online_teacher, log):
+    """The utterances of an untranscribed split whose teacher confidence (stored by the dump; with views, the
+    mean over them) reaches `threshold`; the share kept is logged."""
+    if online_teacher or any(c is None for c in cached):
+        raise OfflineKDError("distill.min_confidence reads the teacher confidence a cache stores; with "
+                             "--online-teacher leave it out")
+    if any(c.confidence is None for c in cached):
+        raise OfflineKDError(f"distill.min_confidence: the cache's split '{cached[0].name}' stores no teacher "
+                             f"confidence (dumped before offline-kd stored it): dump it again")
+    conf = np.mean([[c.confidence[c.position[reader.utterance_ids[i]]] for i in valid] for c in cached], axis=0) \
+        if len(valid) else np.zeros(0)
+    kept = valid[conf >= threshold] if len(valid) else valid
+    log(f"distill.min_confidence {threshold:g}: {len(kept)} of {len(valid)} untranscribed utterances of '{name}' "
+        f"kept ({100 * len(kept) / max(len(valid), 1):.1f}%; teacher confidence median "
+        f"{float(np.median(conf)) if len(conf) else 0:.3f})")
+    if not len(kept):
+        raise OfflineKDError(f"distill.min_confidence {threshold:g}: no untranscribed utterance of '{name}' reaches "
+                             f"it; lower it")
+    return kept
 
 
 def _describe(v) -> str:

@@ -29,14 +29,18 @@ def _tempered(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, 
             F.log_softmax(teacher_log_probs[:t_max].float() / temperature, dim=-1))
 
 
-def _frame_mean(values: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+def _frame_mean(values: torch.Tensor, mask: torch.Tensor, temperature: float,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
     """T^2 * the mean of per-frame `values` (T, B) over the frames in `mask` (T, B), which must not be empty (the
-    callers return 0 before computing anything)."""
+    callers return 0 before computing anything); with `weights` (B,) each utterance's frames count times its
+    weight in the sum (the denominator stays the frame count)."""
+    if weights is not None:
+        values = values * weights[None, :]
     return (values * mask).sum() / mask.sum() * temperature ** 2
 
 
 def soft_kd_loss(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, lengths: torch.Tensor,
-                 temperature: float) -> torch.Tensor:
+                 temperature: float, weights: torch.Tensor | None = None) -> torch.Tensor:
     """T^2 * mean over valid frames of KL(softmax(teacher/T) || softmax(student/T)).
 
     Both inputs are log-probabilities at temperature 1, `(T, B, V)`. Because log_softmax(log_softmax(z)/T) ==
@@ -46,7 +50,7 @@ def soft_kd_loss(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tenso
     if not mask.any():
         return student_log_probs.new_zeros((), dtype=torch.float32)
     s, t = _tempered(student_log_probs, teacher_log_probs, temperature)
-    return _frame_mean(_kl(t, s), mask, temperature)
+    return _frame_mean(_kl(t, s), mask, temperature, weights)
 
 
 def spike_frames(teacher_log_probs: torch.Tensor, lengths: torch.Tensor, context: int) -> torch.Tensor:
@@ -63,17 +67,17 @@ def spike_frames(teacher_log_probs: torch.Tensor, lengths: torch.Tensor, context
 
 
 def selected_kd_loss(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, lengths: torch.Tensor,
-                     temperature: float, context: int) -> torch.Tensor:
+                     temperature: float, context: int, weights: torch.Tensor | None = None) -> torch.Tensor:
     """T^2 * mean over the frames selected by `spike_frames` of KL(teacher/T || student/T); 0 with no spike."""
     sel = spike_frames(teacher_log_probs[:student_log_probs.shape[0]], lengths, context)
     if not sel.any():
         return student_log_probs.new_zeros((), dtype=torch.float32)
     s, t = _tempered(student_log_probs, teacher_log_probs, temperature)
-    return _frame_mean(_kl(t, s), sel, temperature)
+    return _frame_mean(_kl(t, s), sel, temperature, weights)
 
 
 def collapsed_kd_loss(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, lengths: torch.Tensor,
-                      temperature: float) -> torch.Tensor:
+                      temperature: float, weights: torch.Tensor | None = None) -> torch.Tensor:
     """T^2 * mean over valid frames of KL between the (blank, token, rest) collapses of the tempered teacher and
     student distributions, `token` being the teacher's most likely non-blank token at that frame (Panchapagesan et
     al. 2021: the teacher's ranking of the tail is not imitated, only how sure it is of blank and of its token)."""
@@ -87,7 +91,7 @@ def collapsed_kd_loss(student_log_probs: torch.Tensor, teacher_log_probs: torch.
         other = lp.scatter(-1, token, float("-inf"))
         other = torch.cat([torch.full_like(other[..., :1], float("-inf")), other[..., 1:]], -1)
         return torch.stack([lp[..., 0], lp.gather(-1, token)[..., 0], torch.logsumexp(other, -1)], -1)
-    return _frame_mean(_kl(collapse(t), collapse(s)), mask, temperature)
+    return _frame_mean(_kl(collapse(t), collapse(s)), mask, temperature, weights)
 
 
 def ctc_loss(log_probs: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor,
@@ -125,6 +129,16 @@ def feature_matching_loss(projected_student: dict[int, torch.Tensor], teacher_hi
     return torch.stack(terms).mean()
 
 
+def utterance_confidence(teacher_log_probs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(T, B, V) teacher log-probs -> (B,) the mean posterior of the greedy token over each utterance's non-blank
+    frames (all its frames when every one is blank): the confidence the dump stores (cache/confidence.py)."""
+    top, best = teacher_log_probs.float().max(-1)                                  # (T, B)
+    valid = frame_mask(lengths.to(top.device), top.shape[0]).transpose(0, 1)
+    spoken = valid & (best != 0)
+    use = torch.where(spoken.any(0, keepdim=True), spoken, valid).float()
+    return (top.exp() * use).sum(0) / use.sum(0).clamp_min(1)
+
+
 def temperature_at(epoch: int, schedule: list) -> float:
     """schedule [[first_epoch, T], ...] (1-based epochs): the T of the last entry whose first_epoch <= epoch."""
     temp = float(schedule[0][1])
@@ -143,13 +157,16 @@ def hybrid_loss(student_log_probs: torch.Tensor, lengths: torch.Tensor, labels: 
                 seq_weight: float = 0.0, teacher_tokens: torch.Tensor | None = None,
                 teacher_token_lengths: torch.Tensor | None = None, kl_frames: str = "all", spike_context: int = 2,
                 kl_target: str = "full", ctc_owner: torch.Tensor | None = None,
-                ctc_weights: torch.Tensor | None = None):
+                ctc_weights: torch.Tensor | None = None, kl_utterance_weights: torch.Tensor | None = None,
+                ctc_utterance_weights: torch.Tensor | None = None):
     """alpha * soft KD + beta * CTC + gamma * feature MSE (+ seq_weight * CTC on the teacher's 1-best).
 
     The soft term is `soft_kd_loss` by default; `kl_frames="spikes"` restricts it to frames within `spike_context`
     of a teacher spike (`selected_kd_loss`), `kl_target="collapsed"` compares (blank, token, rest) collapses
     (`collapsed_kd_loss`). With `ctc_owner` / `ctc_weights` the CTC term is `weighted_ctc_loss` (labels hold several
-    weighted targets per utterance: an LM N-best).
+    weighted targets per utterance: an LM N-best). `kl_utterance_weights` / `ctc_utterance_weights` (B,) scale each
+    utterance's share of the soft and CTC terms (untranscribed utterances: their own weights and confidence); None
+    leaves every utterance at 1 (and the terms exactly as without them).
 
     Returns (total, {"soft": ..., "ctc": ..., "feature": ..., "seq": ..., "total": ...}) with detached terms.
     A term whose weight is 0 is not computed.
@@ -157,15 +174,22 @@ def hybrid_loss(student_log_probs: torch.Tensor, lengths: torch.Tensor, labels: 
     terms: dict[str, torch.Tensor] = {}
     total = student_log_probs.new_zeros((), dtype=torch.float32)
     if alpha:
+        w = kl_utterance_weights
         if kl_target == "collapsed":
-            terms["soft"] = collapsed_kd_loss(student_log_probs, teacher_log_probs, lengths, temperature)
+            terms["soft"] = collapsed_kd_loss(student_log_probs, teacher_log_probs, lengths, temperature, w)
         elif kl_frames == "spikes":
             terms["soft"] = selected_kd_loss(student_log_probs, teacher_log_probs, lengths, temperature,
-                                             spike_context)
+                                             spike_context, w)
         else:
-            terms["soft"] = soft_kd_loss(student_log_probs, teacher_log_probs, lengths, temperature)
+            terms["soft"] = soft_kd_loss(student_log_probs, teacher_log_probs, lengths, temperature, w)
         total = total + alpha * terms["soft"]
     if beta:
+        if ctc_utterance_weights is not None:          # per-utterance weights: the weighted CTC, one entry each
+            if ctc_owner is None:
+                ctc_owner = torch.arange(len(lengths), device=lengths.device)
+                ctc_weights = ctc_utterance_weights
+            else:
+                ctc_weights = ctc_weights * ctc_utterance_weights[ctc_owner]
         terms["ctc"] = (ctc_loss(student_log_probs, labels, lengths, label_lengths) if ctc_owner is None else
                         weighted_ctc_loss(student_log_probs, labels, lengths, label_lengths, ctc_owner, ctc_weights))
         total = total + beta * terms["ctc"]

@@ -13,7 +13,7 @@ from torch import nn
 from offline_kd.config import DistillConfig
 from offline_kd.data.targets import EncodedTargets, TeacherTargets
 from offline_kd.errors import InternalError, OfflineKDError
-from offline_kd.losses.kd import ctc_loss, hybrid_loss, temperature_at
+from offline_kd.losses.kd import ctc_loss, hybrid_loss, temperature_at, utterance_confidence
 from offline_kd.models.interface import forward_batch
 from offline_kd.models.projection import FeatureProjections
 from offline_kd.models.numerics import exact_numerics
@@ -114,15 +114,38 @@ class DistillationLoss:
             labels, label_lengths, owner, weights = t.nbest_labels(*refs)
         else:
             labels, label_lengths = t.hard_labels(*refs)
+        kl_w, ctc_w = self.utterance_weights(batch.get("labelled"), t)
         if epoch < d.kd_start_epoch:          # CTC warm-up: the student leaves the blank plateau on the labels
             # hybrid_loss with the CTC term alone (0 + 1 * ctc: the CTC loss itself, terms ctc and total)
             return hybrid_loss(log_probs, out_len, labels, label_lengths, t.log_probs,
                                temperature_at(epoch, d.temperature_schedule), alpha=0.0, beta=1.0, gamma=0.0,
-                               seq_weight=0.0, ctc_owner=owner, ctc_weights=weights)
+                               seq_weight=0.0, ctc_owner=owner, ctc_weights=weights, ctc_utterance_weights=ctc_w)
         return hybrid_loss(log_probs, out_len, labels, label_lengths,
                            t.log_probs, temperature_at(epoch, d.temperature_schedule), d.alpha, d.beta, d.gamma,
                            projected_student=self._project(hidden) if self.mapping else None,
                            teacher_hidden=t.hidden, layer_mapping=self.mapping, seq_weight=d.seq_weight,
                            teacher_tokens=t.tokens, teacher_token_lengths=t.token_lengths, kl_frames=d.kl_frames,
                            spike_context=d.spike_context, kl_target=d.kl_target, ctc_owner=owner,
-                           ctc_weights=weights)
+                           ctc_weights=weights, kl_utterance_weights=kl_w, ctc_utterance_weights=ctc_w)
+
+    def utterance_weights(self, labelled, t: TeacherTargets):
+        """(KL, CTC) per-utterance weights (B,) for the batch, or None where every utterance weighs 1: on
+        untranscribed utterances distill.untranscribed_alpha / alpha and untranscribed_beta / beta, the CTC one
+        times the teacher's confidence with distill.confidence_weighting."""
+        d = self.d
+        if labelled is None or bool(labelled.all()) or not (
+                d.untranscribed_alpha is not None or d.untranscribed_beta is not None or d.confidence_weighting):
+            return None, None
+        unl = ~labelled.to(self.device)
+        one = torch.ones(len(unl), device=self.device)
+
+        def on_untranscribed(x):
+            return torch.where(unl, x * one, one)
+        kl_w = on_untranscribed(d.untranscribed_alpha / d.alpha) if d.untranscribed_alpha is not None and d.alpha \
+            else None
+        ctc_w = on_untranscribed(d.untranscribed_beta / d.beta) if d.untranscribed_beta is not None and d.beta \
+            else None
+        if d.confidence_weighting:
+            conf = on_untranscribed(utterance_confidence(t.log_probs, t.lengths).to(self.device))
+            ctc_w = conf if ctc_w is None else ctc_w * conf
+        return kl_w, ctc_w

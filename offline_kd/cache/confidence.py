@@ -1,0 +1,74 @@
+"""The teacher's confidence in its 1-best, per utterance, stored at dump time:
+
+    {split}/confidence  float32 (U,)  in the split's dump order
+
+`confidence` = the mean, over the frames whose greedy token is not blank, of the teacher's posterior of that token
+(temperature 1); over all frames (the blank's posterior) when every frame is blank. It is computed from the cached
+log-probs (decoded, as the student sees them) after the splits are written and before the cache is sealed, so it
+costs no teacher pass and is sealed with the rest of the cache (offline_kd.cache.integrity). A cache dumped before
+it existed has none (`read` gives None). `train-student` filters or weights untranscribed utterances by it
+(`distill.min_confidence`, `distill.confidence_weighting`); `cache info` prints its distribution;
+`benchmarks/pseudo_label_quality.py` shows how it tracks the 1-best's true error.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from offline_kd.cache.fields import BEST_PATH
+
+NAME = "confidence"
+BLOCK_FRAMES = 1 << 17        # frames decoded at a time
+
+
+def utterance_confidence(log_probs: np.ndarray, best_path: np.ndarray) -> float:
+    """(F, V) log-probs and their (F,) argmax path -> the mean posterior of the greedy token over non-blank frames
+    (all frames when none is non-blank); 0 for an empty utterance."""
+    if len(best_path) == 0:
+        return 0.0
+    p = np.exp(np.take_along_axis(log_probs, np.asarray(best_path, np.int64)[:, None], 1)[:, 0].astype(np.float64))
+    spoken = np.asarray(best_path) != 0
+    return float(p[spoken].mean() if spoken.any() else p.mean())
+
+
+def compute(group, fields, offsets: np.ndarray) -> np.ndarray:
+    """Every utterance's confidence, from a written split's stored log-probs and best path (read in blocks)."""
+    paths = [p for p, *_ in fields.log_probs.arrays()] + [BEST_PATH]
+    arrays = {p: group[p] for p in paths}
+    n = len(offsets) - 1
+    out = np.zeros(n, dtype=np.float32)
+    lo = 0
+    while lo < n:
+        hi = lo + 1
+        while hi < n and offsets[hi + 1] - offsets[lo] <= BLOCK_FRAMES:
+            hi += 1
+        a, b = int(offsets[lo]), int(offsets[hi])
+        raw = {p: arr[a:b] for p, arr in arrays.items()}
+        lp = fields.log_probs.codec.decode(fields.log_probs.part(raw))
+        best = raw[BEST_PATH]
+        for i in range(lo, hi):
+            s, e = int(offsets[i]) - a, int(offsets[i + 1]) - a
+            out[i] = utterance_confidence(lp[s:e], best[s:e])
+        lo = hi
+    return out
+
+
+def store(group, values: np.ndarray) -> None:
+    """Write (or rewrite: a dump finalised again after a kill) a split's confidences."""
+    if NAME in group:
+        del group[NAME]
+    arr = group.create_array(NAME, shape=values.shape, dtype="float32", chunks=(max(1, len(values)),))
+    arr[...] = values.astype(np.float32)
+
+
+def read(group) -> Optional[np.ndarray]:
+    return group[NAME][...].astype(np.float32) if NAME in group else None
+
+
+def summary(values: np.ndarray) -> dict:
+    """Quantiles of a split's confidences (cache info)."""
+    q = np.quantile(values, [0.1, 0.25, 0.5, 0.75, 0.9]) if len(values) else np.zeros(5)
+    return {"mean": float(values.mean()) if len(values) else 0.0,
+            **{k: float(v) for k, v in zip(("p10", "p25", "p50", "p75", "p90"), q)}}
