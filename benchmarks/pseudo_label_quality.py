@@ -1,6 +1,9 @@
 """How good are the pseudo-labels a cache gives untranscribed audio? WER of the teacher's greedy 1-best and of its
 LM 1-best (dump.lm_targets) against the true text, which a synthesized corpus knows even for its untranscribed
-split (a JSONL with "id" and "text" per utterance, e.g. recipes/tts_en's raw/utterances.jsonl).
+split (a JSONL with "id" and "text" per utterance, e.g. recipes/tts_en's raw/utterances.jsonl). With the teacher
+confidence the dump stores per utterance (cache/confidence.py): how it tracks the 1-best's true error (calibration:
+mean confidence against the 1-best's character accuracy per confidence decile) and the WER of the share
+`distill.min_confidence` would keep at each threshold.
 
     python benchmarks/pseudo_label_quality.py --cache cache/tts_en_teacher.zarr --split untranscribed \
         --truth data/tts_en/raw/utterances.jsonl
@@ -53,7 +56,34 @@ def main():
     if weights is not None:
         lines.append(f"\nThe LM 1-best's posterior weight among the N: median {np.median(weights):.2f}, "
                      f"mean {weights.mean():.2f}.")
+    if split.confidence is not None:
+        lines += _confidence_rows(split.confidence, refs, greedy)
     write_section(args.section, "\n".join(lines))
+
+
+def _confidence_rows(conf: np.ndarray, refs: list, hyps: list) -> list:
+    """Calibration by decile, and the WER of the kept share at thresholds that keep 100 ... 20% of the split."""
+    per = [error_rates([r], [h]) for r, h in zip(refs, hyps)]
+    acc = np.array([max(0.0, 100.0 - p["cer"]) / 100 for p in per])
+    order = np.argsort(conf)
+    out = ["\nTeacher confidence (stored by the dump) against the greedy 1-best's true error. Calibration, by "
+           "confidence decile (lowest first): mean confidence vs the 1-best's character accuracy (1 - CER).\n",
+           "| decile | utterances | mean confidence | character accuracy | WER of the decile |", "|---|---|---|---|---|"]
+    for k, idx in enumerate(np.array_split(order, 10)):
+        if not len(idx):
+            continue
+        r = error_rates([refs[i] for i in idx], [hyps[i] for i in idx])
+        out.append(f"| {k + 1} | {len(idx)} | {conf[idx].mean():.3f} | {acc[idx].mean():.3f} | {r['wer']:.2f} |")
+    out += ["\nThe share `distill.min_confidence` keeps, and its pseudo-labels' WER:\n",
+            "| threshold | kept | WER of the kept (%) | CER of the kept (%) |", "|---|---|---|---|"]
+    for share in (1.0, 0.9, 0.75, 0.5, 0.35, 0.2):
+        keep = order[len(order) - int(round(share * len(order))):]
+        thr = float(conf[keep].min()) if len(keep) else 1.0
+        r = error_rates([refs[i] for i in keep], [hyps[i] for i in keep])
+        out.append(f"| {thr:.3f} | {100 * len(keep) / max(len(order), 1):.0f}% | {r['wer']:.2f} | {r['cer']:.2f} |")
+    rho = np.corrcoef(conf, acc)[0, 1] if len(conf) > 1 else float("nan")
+    out.append(f"\nPearson correlation of confidence and character accuracy over utterances: {rho:.3f}.")
+    return out
 
 
 if __name__ == "__main__":
