@@ -148,6 +148,12 @@ MUTANTS = [
            'self.since_best = 0 if dev["wer"] < self.best_wer else self.since_best + 1',
            'self.since_best = self.since_best if dev["wer"] < self.best_wer else self.since_best + 1',
            ("tests/test_early_stop.py::test_patience_counts_evaluations_since_the_last_best_and_stops",)),
+    Mutant("confidence_weighting_ignored", "offline_kd/losses/modules.py",
+           "ctc_w = conf if ctc_w is None else ctc_w * conf", "ctc_w = ctc_w",
+           ("tests/test_confidence.py::test_utterance_weights_of_a_batch",)),
+    Mutant("min_confidence_keeps_everything", "offline_kd/distillation/student.py",
+           "kept = valid[conf >= threshold] if len(valid) else valid", "kept = valid",
+           ("tests/test_confidence.py::test_min_confidence_keeps_the_confident_share_and_logs_it",)),
 ]
 
 
