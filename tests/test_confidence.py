@@ -64,6 +64,8 @@ def test_min_confidence_keeps_the_confident_share_and_logs_it(u_cache, tiny_corp
                      min_confidence=threshold)
     train_student.run(build_dataclass(ExperimentConfig, d), log=lines.append)
     kept = int((conf >= threshold).sum())
+    assert any(x.startswith("teacher confidence on 'untranscribed' (the mean posterior of its 1-best's tokens): "
+                            f"median {np.median(conf):.3f}") for x in lines), lines
     assert any(f"{kept} of 48 untranscribed utterances of 'untranscribed' kept" in x for x in lines), lines
     d["distill"]["min_confidence"] = 1.0
     d["train"]["output_dir"] = str(tmp_path / "none")

@@ -90,6 +90,9 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
         log(f"cache {d.cache}: {len(split)} utterances, {split.num_frames} frames, "
             f"log_probs {cache.meta.codec_names()[0]}, hidden {cache.meta.codec_names()[1]}"
             + (f"; {len(views)} views of {', '.join(viewed)}" if views else ""))
+    if cache is not None:
+        for j in range(1, len(names)):
+            _report_confidence(splits[0][j], seen[0][j][0], valids[j], names[j], d, log)
     if d.min_confidence is not None:
         valids = valids[:1] + [_confident(d.min_confidence, [sp[j] for sp in splits], seen[0][j][0], names[j], v,
                                           online_teacher, log) for j, v in enumerate(valids) if j >= 1]
@@ -195,6 +198,25 @@ def _check_lm_pseudo_labels(cfg: ExperimentConfig, online_teacher, untranscribed
                 raise OfflineKDError(f"distill.pseudo_labels: lm, but split '{split.name}' of {cfg.distill.cache} "
                                      f"has no LM N-best; dump it with dump.lm_targets (splits: "
                                      f"[{split_of(split.name)[0]}])")
+
+
+LOW_CONFIDENCE = 0.75     # median teacher confidence below which train-student warns (docs/usage.md)
+
+
+def _report_confidence(cached, reader, valid: np.ndarray, name: str, d, log) -> None:
+    """Before training: how sure the teacher is of the pseudo-labels of an untranscribed split (its stored
+    confidence), with a warning where it is unsure and they are trained at full weight."""
+    if cached.confidence is None or not len(valid):
+        return
+    conf = np.array([cached.confidence[cached.position[reader.utterance_ids[i]]] for i in valid])
+    med = float(np.median(conf))
+    log(f"teacher confidence on '{name}' (the mean posterior of its 1-best's tokens): median {med:.3f}, "
+        f"p10 {float(np.quantile(conf, 0.1)):.3f}")
+    if med < LOW_CONFIDENCE and not (d.confidence_weighting or d.untranscribed_beta is not None
+                                     or d.min_confidence is not None):
+        log(f"warning: the teacher is unsure of its pseudo-labels on '{name}' (median confidence {med:.2f} < "
+            f"{LOW_CONFIDENCE}): they are trained at full CTC weight; consider distill.confidence_weighting and a "
+            f"lower distill.untranscribed_beta (docs/usage.md)")
 
 
 def _confident(threshold: float, cached: list, reader, name: str, valid: np.ndarray, online_teacher, log):
