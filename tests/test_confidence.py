@@ -155,3 +155,29 @@ def test_utterance_weights_of_a_batch():
     none = DistillationLoss.utterance_weights(SimpleNamespace(d=DistillConfig(), device=torch.device("cpu")),
                                               labelled, t)
     assert none == (None, None)
+
+
+def test_utterance_weights_reach_every_kl_variant_and_the_nbest_ctc():
+    from offline_kd.losses.kd import collapsed_kd_loss, selected_kd_loss, soft_kd_loss, weighted_ctc_loss
+    torch.manual_seed(1)
+    s = torch.randn(9, 3, 5).log_softmax(-1)
+    t = (torch.randn(9, 3, 5) * 3).log_softmax(-1)
+    lengths = torch.tensor([9, 7, 4])
+    labels, label_lengths = torch.tensor([1, 2, 3, 1, 4, 2]), torch.tensor([2, 3, 1])
+    w = torch.tensor([1.0, 0.0, 2.0])
+    args = (s, lengths, labels, label_lengths, t, 2.0, 0.7, 0.2, 0.0)
+    for kw, fn in (({}, lambda x: soft_kd_loss(s, t, lengths, 2.0, x)),
+                   ({"kl_frames": "spikes", "spike_context": 1}, lambda x: selected_kd_loss(s, t, lengths, 2.0, 1, x)),
+                   ({"kl_target": "collapsed"}, lambda x: collapsed_kd_loss(s, t, lengths, 2.0, x))):
+        _, plain = hybrid_loss(*args, **kw)
+        _, weighted = hybrid_loss(*args, **kw, kl_utterance_weights=w)
+        assert float(plain["soft"]) == pytest.approx(float(fn(None)), rel=1e-6)
+        assert float(weighted["soft"]) == pytest.approx(float(fn(w)), rel=1e-6)
+        assert abs(float(weighted["soft"]) - float(plain["soft"])) > 1e-4
+    # an N-best (two hypotheses for utterance 0, one each for 1 and 2) times per-utterance weights
+    owner, nbw = torch.tensor([0, 0, 1, 2]), torch.tensor([0.75, 0.25, 1.0, 1.0])
+    nb_labels, nb_lengths = torch.tensor([1, 2, 2, 3, 1, 4, 2]), torch.tensor([2, 1, 3, 1])
+    _, got = hybrid_loss(s, lengths, nb_labels, nb_lengths, t, 2.0, 0.0, 1.0, 0.0, ctc_owner=owner, ctc_weights=nbw,
+                         ctc_utterance_weights=torch.tensor([0.5, 1.0, 0.0]))
+    want = weighted_ctc_loss(s, nb_labels, lengths, nb_lengths, owner, nbw * torch.tensor([0.5, 0.5, 1.0, 0.0]))
+    assert float(got["ctc"]) == pytest.approx(float(want), rel=1e-6)
