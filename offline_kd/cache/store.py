@@ -131,8 +131,8 @@ def needed_batches(p: SplitPlan, mine: np.ndarray, shard_frames: int) -> list[tu
 
 def finalize(root: zarr.Group, splits: list[str], lp_codec, hidden_codecs: dict, before_seal=None) -> None:
     """(one process, after every writer finished) Gather each split's checksums, store each utterance's teacher
-    confidence, run `before_seal` (what else is computed from the finished splits: the LM N-best), then store the complete metadata and its integrity seal in
-    one attribute write, so a complete cache is always sealed."""
+    confidence, run `before_seal` (what else is computed from the finished splits: the LM N-best), then store the
+    complete metadata and its integrity seal in one attribute write, so a complete cache is always sealed."""
     for split in splits:
         if not root[split].attrs.get("complete"):
             finalize_split(root[split])

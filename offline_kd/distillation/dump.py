@@ -40,6 +40,7 @@ from offline_kd.data.splits import open_split, quiet
 from offline_kd.training import distributed
 from offline_kd.training.checkpoint import weights_sha256
 from offline_kd.training.inference import iterate_outputs, loader_for, resolve_num_workers, sorted_batches
+from offline_kd.models.interface import reads_waveform
 from offline_kd.models.numerics import with_precision
 
 
@@ -112,7 +113,7 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -
     collected = {L: [] for L in layers}
     lps, n, limit = [], 0, cfg.codecs.lowrank_fit_frames
     loader = loader_for(first.reader, vocab, first.batches, device=device,
-                        with_audio=getattr(model, "input_kind", "features") == "waveform")
+                        with_audio=reads_waveform(model))
     for batch, log_probs, out_len, hidden in iterate_outputs(model, loader, device, layers):
         lp = log_probs.transpose(0, 1).float().cpu().numpy()
         for b, t in enumerate(out_len.tolist()):
@@ -153,8 +154,7 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     teacher = load_teacher(cfg.teacher, device, corpus.vocab, subsampling=cfg.subsampling,
                            corpus=corpus)
     model, vocab = teacher.model, teacher.vocab
-    waveform = teacher.input_kind == "waveform"
-    if waveform and cfg.views:
+    if reads_waveform(model) and cfg.views:
         raise OfflineKDError("dump.views act on features; a teacher that reads waveforms cannot see them (leave "
                              "dump.views out)")
     model = with_precision(model, cfg.precision, device, "dump.precision")   # fp32: the model itself
@@ -246,7 +246,7 @@ def _dump_split(cfg: DumpConfig, g, p: dict, model, vocab, layers, lp_codec, hid
     with bar, SplitWriter(g, lp_codec, hidden_codecs, shard_frames, mine.tolist(), cfg.writer_queue) as writer:
         workers = resolve_num_workers(cfg.num_workers, device, env.world_size)
         outputs_iter = iterate_outputs(model, loader_for(reader, vocab, [b for _, b in todo], workers, device,
-                                                         getattr(model, "input_kind", "features") == "waveform"),
+                                                         reads_waveform(model)),
                                        device, layers)
         for (pos, _), (batch, log_probs, out_len, hidden) in zip(todo, outputs_iter):
             if encoder is not None:

@@ -22,7 +22,7 @@ from offline_kd.errors import OfflineKDError
 from offline_kd.losses.modules import DistillationLoss
 from offline_kd.models.augment import SpecAugment
 from offline_kd.models.bilstm import build_model
-from offline_kd.models.interface import count_parameters
+from offline_kd.models.interface import count_parameters, reads_waveform
 from offline_kd.data.splits import open_split, open_train_dev, train_splits
 from offline_kd.training.checkpoint import checkpoint_dev, load_checkpoint, seed_everything
 from offline_kd.teachers.source import check_frames, load_teacher
@@ -118,7 +118,7 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
     datasets = [DistillBatchDataset(parts[0][0], corpus.vocab, sp[0], layers=set(mapping.values()),
                                     untranscribed=[(r, es) for (r, _), es in zip(parts[1:], sp[1:])],
                                     encoded=on_device, lm_nbest=d.pseudo_labels == "lm",
-                                    with_audio=teacher is not None and getattr(teacher, "input_kind", "") == "waveform")
+                                    with_audio=teacher is not None and reads_waveform(teacher))
                 for parts, sp in zip(seen, splits)]
     dataset = datasets[0] if not views else ByView(datasets)
     lengths = datasets[0].lengths if not views else max_view_lengths(

@@ -93,10 +93,15 @@ def build_from_description(model_type: str, description: dict, where: str = "mod
     return _REGISTRY[model_type](description, where)
 
 
+def reads_waveform(model) -> bool:
+    """Whether `model` is a teacher that reads waveforms (`input_kind` "waveform") rather than features."""
+    return getattr(model, "input_kind", "features") == "waveform"
+
+
 def forward_batch(model, batch: dict, device: torch.device, layers=None):
     """`model.forward_with_hidden_states` on a collated batch: its features, or, for a teacher that reads waveforms
     (`input_kind` "waveform"), its samples with the feature frame counts its outputs must line up with."""
-    if getattr(model, "input_kind", "features") == "waveform":
+    if reads_waveform(model):
         return model.forward_with_hidden_states(batch["audio"].to(device), batch["audio_lengths"].to(device), layers,
                                                 num_frames=batch["feature_lengths"].to(device))
     return model.forward_with_hidden_states(batch["features"].to(device, non_blocking=True),

@@ -37,7 +37,7 @@ from torch import nn
 from offline_kd.data.dataset import utterance_batch
 from offline_kd.data.vocab import Vocabulary
 from offline_kd.errors import OfflineKDError
-from offline_kd.models.interface import forward_batch
+from offline_kd.models.interface import forward_batch, reads_waveform
 from offline_kd.teachers.alignment import AlignedTeacher, FrameAlignment, LengthMismatch, VocabularyMap
 from offline_kd.teachers.entry_point import EntryPointTeacher, call_entry_point
 from offline_kd.teachers.huggingface import HFTeacher
@@ -58,7 +58,7 @@ class LoadedTeacher:
 
     @property
     def input_kind(self) -> str:
-        return getattr(self.model, "input_kind", "features")
+        return "waveform" if reads_waveform(self.model) else "features"
 
 
 def parse_teacher(value: Any, where: str = "dump.teacher") -> TeacherSpec:
@@ -156,7 +156,7 @@ def load_teacher(spec: TeacherSpec, device, vocab: Optional[Vocabulary] = None, 
                              f"map its tokens onto")
     vmap = VocabularyMap(tokens, blank, vocab, delimiter, special, opts.get("vocabulary_map"), where)
     frames, unit, own = _frames(inner, subsampling, frontend, opts, where)
-    if vmap.identity and frames.identity and getattr(inner, "input_kind", "features") == "features":
+    if vmap.identity and frames.identity and not reads_waveform(inner):
         return LoadedTeacher(inner, vocab, record, dev, name)
     alignment = {"vocabulary": vmap.record(tokens), "frames": frames.record(unit)}
     if opts.get("vocabulary_map"):
@@ -173,7 +173,7 @@ def _frames(inner, subsampling: Optional[int], frontend: Optional[dict], opts: d
           "where": where}
     if subsampling is not None and (not isinstance(subsampling, int) or subsampling < 1):
         raise OfflineKDError(f"the student's subsampling must be an integer >= 1, got {subsampling!r}")
-    if getattr(inner, "input_kind", "features") != "waveform":
+    if not reads_waveform(inner):
         own = int(inner.subsampling)
         return FrameAlignment(Fraction(own), Fraction(subsampling or own), **kw), "feature frames", own
     if not frontend or "sample_rate" not in frontend or "frame_shift_ms" not in frontend:
@@ -197,7 +197,7 @@ def check_frames(teacher: LoadedTeacher, reader, indices) -> None:
     """A waveform teacher's frame count for every utterance, from its sample count, against the student's: an
     utterance the length rule cannot reconcile is named before anything is written."""
     model = teacher.model
-    if getattr(model, "input_kind", "features") != "waveform" or not hasattr(model.inner, "output_lengths"):
+    if not reads_waveform(model) or not hasattr(model.inner, "output_lengths"):
         return
     if not reader.has_audio:
         reader.audio(0)            # the one-line error: the split keeps no audio
