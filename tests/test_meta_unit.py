@@ -61,6 +61,11 @@ def test_for_dump_records_the_front_end_it_is_given():
     assert a.extra == {"frontend": fe} and b.extra == {}
     assert a.identity({}) != b.identity({})
     assert b.teacher == {"path": "t.pt", "sha256": "s", "weights_sha256": "w", "model_config": {}}
+    # dump.subsampling is left out of the stored config while null (caches keep their metadata bytes), kept when set
+    assert "subsampling" not in b.dump_config and "storage_options" not in b.dump_config
+    s4 = build_dataclass(DumpConfig, {"teacher": "t.pt", "corpus": "c", "output": "o.zarr", "subsampling": 4})
+    assert CacheMeta.for_dump(s4, Model(), Vocab(), "c", Codec(), {1: Codec()}, "cpu", "s", "w",
+                              "0").dump_config["subsampling"] == 4
     record = {"path": "entry_point:m:load", "sha256": "spec", "adapter": "entry_point", "entry_point": "m:load",
               "args": {"a": 1}}
     c = CacheMeta.for_dump(cfg, Model(), Vocab(), "c", Codec(), {1: Codec()}, "cpu", "spec", "w", "0",
@@ -68,3 +73,20 @@ def test_for_dump_records_the_front_end_it_is_given():
     assert c.teacher == {"path": "entry_point:m:load", "sha256": "spec", "weights_sha256": "w", "model_config": {},
                          "adapter": "entry_point", "entry_point": "m:load", "args": {"a": 1}}
     assert list(c.teacher)[:4] == ["path", "sha256", "weights_sha256", "model_config"]   # the old keys first
+
+
+def test_a_teachers_alignment_and_an_hf_directory_enter_the_identity():
+    """An aligned teacher's mapping and frames, and a Hugging Face teacher's directory hash (its config and
+    preprocessing, not only its weights), decide whether a cache resumes; a checkpoint's file hash does not."""
+    plain = _meta()
+    teacher = plain.teacher
+    def with_teacher(**t):
+        return dataclasses.replace(plain, teacher={**teacher, **t})
+    a = with_teacher(alignment={"vocabulary": {"sha256": "x"}, "frames": {"pool": 1}})
+    b = with_teacher(alignment={"vocabulary": {"sha256": "y"}, "frames": {"pool": 1}})
+    c = with_teacher(alignment={"vocabulary": {"sha256": "x"}, "frames": {"pool": 2}})
+    assert len({plain.identity({}), a.identity({}), b.identity({}), c.identity({})}) == 4
+    hf1, hf2 = with_teacher(adapter="huggingface", sha256="d1"), with_teacher(adapter="huggingface", sha256="d2")
+    assert hf1.identity({}) != hf2.identity({}) and hf1.identity({}) != plain.identity({})
+    assert with_teacher(sha256="other").identity({}) == plain.identity({})
+    assert with_teacher(adapter="entry_point", sha256="d1").identity({}) == plain.identity({})
