@@ -188,6 +188,9 @@ class DistillConfig:
     # teacher's 1-best; each epoch uses a fresh random `untranscribed_fraction` of them
     untranscribed_splits: list = field(default_factory=list)
     untranscribed_fraction: float = 1.0
+    # at most this many untranscribed utterances are used at all (the first ones of the splits, in their stored
+    # order; null: all): how much untranscribed audio a setting has, from one cache
+    untranscribed_limit: Optional[int] = None
     # the CTC-only baseline's run directory (or checkpoint): its dev WER is printed beside the teacher's, with a
     # warning when the baseline is already as good as the teacher
     compare_baseline: Optional[str] = None
@@ -245,6 +248,10 @@ class DistillConfig:
                                  f"got {self.untranscribed_splits!r}")
         if not 0 < self.untranscribed_fraction <= 1:
             raise OfflineKDError(f"distill.untranscribed_fraction must be in (0, 1], got {self.untranscribed_fraction}")
+        if self.untranscribed_limit is not None and (isinstance(self.untranscribed_limit, bool) or not isinstance(
+                self.untranscribed_limit, int) or self.untranscribed_limit < 1):
+            raise OfflineKDError(f"distill.untranscribed_limit must be an integer >= 1 or null, "
+                                 f"got {self.untranscribed_limit!r}")
         if self.kd_start_epoch < 1:
             raise OfflineKDError(f"distill.kd_start_epoch must be >= 1 (a 1-based epoch), got {self.kd_start_epoch}")
 

@@ -220,3 +220,24 @@ def test_warning_when_the_student_passes_its_teacher(tiny_teacher, tiny_corpus, 
     train_student.run(cfg, online_teacher=str(tmp_path / "weak.pt"), **QUIET)
     out = capsys.readouterr().out
     assert out.count("has passed the teacher's 100.50%") == 1, out
+
+
+@pytest.mark.parametrize("limit,used", [(None, 48), (10, 10), (48, 48), (100, 48)])
+def test_untranscribed_limit_keeps_the_first_utterances(tiny_corpus, tmp_path, limit, used):
+    """distill.untranscribed_limit: at most that many untranscribed utterances at all, the first in stored order."""
+    from offline_kd.distillation.student import _open_untranscribed
+    cfg = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, tmp_path / "c.zarr", tmp_path / "s",
+                                                         untranscribed_splits=["untranscribed"],
+                                                         untranscribed_limit=limit))
+    logs = []
+    [(name, reader, idx)] = _open_untranscribed(cfg, Corpus(tiny_corpus), logs.append)
+    assert name == "untranscribed" and len(reader) == 48
+    assert idx.tolist() == list(range(used))
+    assert any(f"{used} of 48 untranscribed utterances used" in m for m in logs) == (limit is not None)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "10"])
+def test_untranscribed_limit_must_be_a_positive_integer(tiny_corpus, tmp_path, bad):
+    with pytest.raises(OfflineKDError, match="distill.untranscribed_limit"):
+        build_dataclass(ExperimentConfig, student_dict(tiny_corpus, tmp_path / "c.zarr", tmp_path / "s",
+                                                       untranscribed_limit=bad))

@@ -254,6 +254,14 @@ def _open_untranscribed(cfg: ExperimentConfig, corpus, log) -> list:
         if reader.transcribed:
             log(f"distill.untranscribed_splits: '{name}' has transcripts; they are not used (the teacher's 1-best is)")
         out.append((name, reader, idx))
+    limit = cfg.distill.untranscribed_limit
+    if limit is not None and out:
+        total, left = sum(len(idx) for _, _, idx in out), limit
+        for j, (name, reader, idx) in enumerate(out):
+            out[j], left = (name, reader, idx[:left]), max(0, left - len(idx))
+        out = [o for o in out if len(o[2])]
+        log(f"distill.untranscribed_limit {limit}: {min(limit, total)} of {total} untranscribed utterances used "
+            f"(the first of {', '.join(n for n, _, _ in out)})")
     return out
 
 
