@@ -109,8 +109,8 @@ def main():
         futures = {}
         # the prepare steps first (one worker), then the settings that need none, then those that do: no worker
         # waits on a prepare step while there is other work
-        for p in dict.fromkeys(p for st in settings for p in st.get("prepare", [])):
-            futures[("prepare", p, None)] = pool.submit(prepared.need, p)
+        steps = list(dict.fromkeys(p for st in settings for p in st.get("prepare", [])))
+        futures[("prepare", None, None)] = pool.submit(lambda: [prepared.need(p) for p in steps])
         for st in sorted(settings, key=lambda st: bool(st.get("prepare"))):
             for seed in seeds:
                 futures[(st["name"], "baseline", seed)] = pool.submit(baseline, st, seed)
