@@ -173,6 +173,10 @@ class DistillConfig:
     alpha: float = 0.7                  # soft KL weight
     beta: float = 0.2                   # hard CTC weight
     gamma: float = 0.1                  # feature-matching weight
+    # the feature term: mse (projected student layer vs the teacher layer's values) or codebook (per mapped student
+    # layer a linear head predicts the index of each codebook of the teacher layer, cross-entropy summed over the
+    # codebooks: icefall's MVQ-KD; needs a cache whose mapped layers use the codebook codec, docs/cache-format.md)
+    feature_loss: Literal["mse", "codebook"] = "mse"
     seq_weight: float = 0.0             # CTC on the teacher's cached 1-best (sequence-level KD)
     # [[first_epoch, temperature], ...]: T applies from that (1-based) epoch on
     temperature_schedule: list = field(default_factory=lambda: [[1, 4.0], [31, 3.5], [71, 3.0]])

@@ -7,6 +7,7 @@ from offline_kd.cache.fields import is_field_name
 from offline_kd.cache.layout import open_group, read_meta
 from offline_kd.cache.meta import CacheMeta
 from offline_kd.cache.progress import split_progress
+from offline_kd.cache.store import FITTED_STATE_GROUPS
 
 
 def _stored_bytes(arr) -> int:
@@ -49,7 +50,10 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
     target_keys = [k for k in totals if is_field_name(k)]
     target_per_frame = sum(per_frame[k] for k in target_keys)
     all_bytes = sum(totals.values()) + sum(_stored_bytes(a) for _, a in root.members(max_depth=None)
-                                           if _.startswith("lowrank") and hasattr(a, "nbytes_stored"))
+                                           if _.split("/")[0] in FITTED_STATE_GROUPS and hasattr(a, "nbytes_stored"))
+    # the codebook codec's relative reconstruction error on its fit sample, per layer (stored with its codebooks)
+    codebook_error = {int(L): float(root[f"codebook/hidden_{L}/fit_error"][0]) for L, spec in meta.codecs["hidden"].items()
+                      if spec.get("name") == "codebook" and f"codebook/hidden_{L}/fit_error" in root}
     return {
         "path": path, "complete": meta.complete, "format_version": meta.format_version,
         "tool_version": meta.tool_version, "created": meta.created,
@@ -66,6 +70,7 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
         "views": meta.views, "frontend": meta.extra.get("frontend"),
         "teacher_adapter": meta.teacher.get("adapter", "checkpoint"),
         "teacher_alignment": meta.teacher.get("alignment"),
+        "codebook_relative_error": codebook_error,
     }
 
 
@@ -112,6 +117,9 @@ def format_info(info: dict) -> str:
         f"level {c['level']}",
         f"  {info['utterances']} utterances, {info['frames']} frames, {info['bytes_total'] / 1e6:.2f} MB on disk",
     ]
+    if info.get("codebook_relative_error"):
+        lines.insert(-1, "  codebook reconstruction error (relative, sum (x - x')^2 / sum x^2 on the fit sample): "
+                         + ", ".join(f"layer {L} {e:.4f}" for L, e in sorted(info["codebook_relative_error"].items())))
     if info.get("teacher_alignment"):
         lines[2:2] = _alignment(info["teacher_alignment"])
     fe = info.get("frontend")

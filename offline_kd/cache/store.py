@@ -25,7 +25,7 @@ from offline_kd.errors import OfflineKDError
 
 # what a dump stores before its metadata (the fitted codec state): a group holding only these and no metadata is
 # what a dump killed before its metadata was written left, and a rerun takes it for an empty cache
-FITTED_STATE_GROUPS = ("lowrank", "prior")
+FITTED_STATE_GROUPS = ("lowrank", "prior", "codebook")
 
 
 def refuse_foreign_directory(output: str, overwrite: bool) -> None:

@@ -66,6 +66,7 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
             for reader in [train_reader] + [r for _, r, _ in extra]:
                 reader.verify_reads()
         teacher_dev = cache.meta.teacher_dev
+    quantizers = _codebooks(d, cache, teacher_dims, mapping, log) if d.feature_loss == "codebook" else None
     views, view_seed, viewed = _views(cfg, cache, [name for name, _, _ in extra], log)
     if views and augment.active:
         raise OfflineKDError(VIEWS_EXCLUDE_MASKS)
@@ -110,7 +111,7 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
         model.load_state_dict(ckpt["model_state_dict"])
     on_device = not online_teacher and (d.decode_on == "device" or d.decode_on == "auto" and device.type == "cuda")
     loss_fn = DistillationLoss(d, model.layer_dims(), teacher_dims, augment, device, teacher,
-                               decoder=TargetDecoder(cache) if on_device else None)
+                               decoder=TargetDecoder(cache) if on_device else None, quantizers=quantizers)
     projections = loss_fn.projections
     log(f"student: {cfg.model.num_layers} x BiLSTM({cfg.model.hidden_dim}), {count_parameters(model):,} parameters "
         f"(+{count_parameters(projections):,} in projection heads, not exported); layer mapping {mapping}")
@@ -141,7 +142,8 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
             + ("LM N-best" if d.pseudo_labels == "lm" else "1-best"))
     meta = {"distillation": {"cache": None if online_teacher else d.cache, "online_teacher": online_teacher,
                              "cache_identity": None if online_teacher else cache.meta.identity_sha256,
-                             "projections": {"layer_mapping": mapping, "teacher_dims": teacher_dims},
+                             "projections": {"layer_mapping": mapping, "teacher_dims": teacher_dims,
+                                             "feature_loss": d.feature_loss},
                              "views": {"views": [v.to_dict() for v in views], "splits": viewed, "seed": view_seed}}}
     last = Path(cfg.train.output_dir) / "checkpoint_last.pt"
     if resume and last.is_file():
@@ -244,6 +246,29 @@ def _describe(v) -> str:
     masks = (f" +{v.time_masks}x{v.time_mask_width}t" if v.time_masks else "") + \
             (f" +{v.freq_masks}x{v.freq_mask_width}f" if v.freq_masks else "")
     return f"speed {v.speed:g}{masks}"
+
+
+def _codebooks(d, cache, teacher_dims: dict, mapping: dict, log) -> dict:
+    """distill.feature_loss codebook: {teacher layer: its codebook codec, fitted} for every mapped teacher layer, from
+    the cache (with --online-teacher, from distill.cache too: the live states are quantised with its codebooks)."""
+    if not mapping:
+        raise OfflineKDError("distill.feature_loss codebook needs distill.gamma > 0 and a distill.layer_mapping")
+    source = cache if cache is not None else TeacherCache(d.cache, d.storage_options, verify_reads=d.verify_reads)
+    out = {}
+    for s, t in sorted(mapping.items()):
+        codec = source.hidden_codecs.get(t)
+        if codec is None or codec.name != "codebook":
+            raise OfflineKDError(f"distill.feature_loss codebook: student layer {s} is mapped to teacher layer {t}, "
+                                 f"which {d.cache} stores " + (f"with the {codec.name} codec" if codec else "not at all")
+                                 + "; dump it with dump.codecs.hidden: {name: codebook} (or feature_loss: mse)")
+        if codec.dim != teacher_dims.get(t, codec.dim):
+            raise OfflineKDError(f"distill.feature_loss codebook: teacher layer {t} is {teacher_dims[t]} wide, the "
+                                 f"codebooks of {d.cache} are for {codec.dim}")
+        out[t] = codec
+    log("feature loss: codebook cross-entropy, " + ", ".join(
+        f"teacher layer {t}: {c.num_codebooks} x {c.entries} entries (reconstruction error {c.relative_error:.3f})"
+        for t, c in out.items()) + (f" (codebooks of {d.cache})" if cache is None else ""))
+    return out
 
 
 def _open_untranscribed(cfg: ExperimentConfig, corpus, log) -> list:

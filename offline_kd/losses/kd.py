@@ -129,6 +129,23 @@ def feature_matching_loss(projected_student: dict[int, torch.Tensor], teacher_hi
     return torch.stack(terms).mean()
 
 
+def codebook_loss(logits: dict[int, torch.Tensor], teacher_codes: dict[int, torch.Tensor],
+                  layer_mapping: dict[int, int], lengths: torch.Tensor) -> torch.Tensor:
+    """MVQ-KD's codebook loss (icefall's JointCodebookLoss): for each mapped pair, the student head's logits
+    (B, T, N * K) against the teacher layer's codebook indexes (B, T, N), cross-entropy summed over the N codebooks
+    and averaged over valid frames; the mean over the mapped pairs."""
+    terms = []
+    for s, t in layer_mapping.items():
+        codes = teacher_codes[t]
+        b, t_max, n = logits[s].shape[0], logits[s].shape[1], codes.shape[-1]
+        lg = logits[s].float().reshape(b, t_max, n, -1)
+        ce = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), codes[:, :t_max].reshape(-1).long(),
+                             reduction="none").view(b, t_max, n).sum(-1)
+        mask = frame_mask(lengths, t_max).float()
+        terms.append((ce * mask).sum() / mask.sum().clamp_min(1.0))
+    return torch.stack(terms).mean()
+
+
 def utterance_confidence(teacher_log_probs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """(T, B, V) teacher log-probs -> (B,) the mean posterior of the greedy token over each utterance's non-blank
     frames (all its frames when every one is blank): the confidence the dump stores (cache/confidence.py)."""
@@ -158,7 +175,8 @@ def hybrid_loss(student_log_probs: torch.Tensor, lengths: torch.Tensor, labels: 
                 teacher_token_lengths: torch.Tensor | None = None, kl_frames: str = "all", spike_context: int = 2,
                 kl_target: str = "full", ctc_owner: torch.Tensor | None = None,
                 ctc_weights: torch.Tensor | None = None, kl_utterance_weights: torch.Tensor | None = None,
-                ctc_utterance_weights: torch.Tensor | None = None):
+                ctc_utterance_weights: torch.Tensor | None = None,
+                teacher_codes: dict[int, torch.Tensor] | None = None):
     """alpha * soft KD + beta * CTC + gamma * feature MSE (+ seq_weight * CTC on the teacher's 1-best).
 
     The soft term is `soft_kd_loss` by default; `kl_frames="spikes"` restricts it to frames within `spike_context`
@@ -166,7 +184,9 @@ def hybrid_loss(student_log_probs: torch.Tensor, lengths: torch.Tensor, labels: 
     (`collapsed_kd_loss`). With `ctc_owner` / `ctc_weights` the CTC term is `weighted_ctc_loss` (labels hold several
     weighted targets per utterance: an LM N-best). `kl_utterance_weights` / `ctc_utterance_weights` (B,) scale each
     utterance's share of the soft and CTC terms (untranscribed utterances: their own weights and confidence); None
-    leaves every utterance at 1 (and the terms exactly as without them).
+    leaves every utterance at 1 (and the terms exactly as without them). With `teacher_codes` ({teacher layer:
+    (B, T, N) codebook indexes}) the feature term is `codebook_loss` of the heads' logits (`projected_student`)
+    instead of the MSE.
 
     Returns (total, {"soft": ..., "ctc": ..., "feature": ..., "seq": ..., "total": ...}) with detached terms.
     A term whose weight is 0 is not computed.
@@ -194,7 +214,9 @@ def hybrid_loss(student_log_probs: torch.Tensor, lengths: torch.Tensor, labels: 
                         weighted_ctc_loss(student_log_probs, labels, lengths, label_lengths, ctc_owner, ctc_weights))
         total = total + beta * terms["ctc"]
     if gamma and layer_mapping:
-        terms["feature"] = feature_matching_loss(projected_student, teacher_hidden, layer_mapping, lengths)
+        terms["feature"] = (feature_matching_loss(projected_student, teacher_hidden, layer_mapping, lengths)
+                            if teacher_codes is None else
+                            codebook_loss(projected_student, teacher_codes, layer_mapping, lengths))
         total = total + gamma * terms["feature"]
     if seq_weight:
         terms["seq"] = ctc_loss(student_log_probs, teacher_tokens, lengths, teacher_token_lengths)

@@ -57,18 +57,24 @@ class CTCLoss:
 
 
 class DistillationLoss:
-    """The seed's hybrid loss from `DistillConfig`: alpha * T^2 KL + beta * CTC + gamma * feature MSE
-    (+ seq_weight * CTC on the teacher's 1-best); on untranscribed utterances the CTC term's target is the teacher's
+    """The seed's hybrid loss from `DistillConfig`: alpha * T^2 KL + beta * CTC + gamma * feature MSE (or, with
+    feature_loss codebook, the codebook cross-entropy) (+ seq_weight * CTC on the teacher's 1-best); on untranscribed utterances the CTC term's target is the teacher's
     1-best. Owns the feature projections (`trainable`). Targets come from
     the batch (`batch["teacher"]`, read from the cache) or, with `teacher`, from a live teacher that sees the same
     un-augmented input the dump saw."""
 
     def __init__(self, d: DistillConfig, student_dim: int, teacher_dims: dict[int, int], augment,
-                 device: torch.device, teacher: Optional[nn.Module] = None, decoder=None):
+                 device: torch.device, teacher: Optional[nn.Module] = None, decoder=None, quantizers=None):
         self.d = d
         self.decoder = decoder        # TargetDecoder: batches of stored codes (EncodedTargets) are decoded on device
         self.mapping = {int(s): int(t) for s, t in d.layer_mapping.items()} if d.gamma else {}
-        self.projections = FeatureProjections(self.mapping, student_dim, teacher_dims).to(device)
+        # feature_loss codebook: {teacher layer: its codebook codec} (the cache's fitted codebooks), and the heads
+        # predict num_codebooks x entries logits instead of the teacher's width
+        self.quantizers = {t: quantizers[t] for t in set(self.mapping.values())} if quantizers else {}
+        self._q_state = {t: q.device_state(device) for t, q in self.quantizers.items()}
+        widths = ({t: q.num_codebooks * q.entries for t, q in self.quantizers.items()} if self.quantizers
+                  else teacher_dims)
+        self.projections = FeatureProjections(self.mapping, student_dim, widths).to(device)
         self.trainable: nn.Module = self.projections
         self._project: nn.Module = self.projections
         self.augment, self.device, self.teacher = augment, device, teacher
@@ -126,7 +132,17 @@ class DistillationLoss:
                            teacher_hidden=t.hidden, layer_mapping=self.mapping, seq_weight=d.seq_weight,
                            teacher_tokens=t.tokens, teacher_token_lengths=t.token_lengths, kl_frames=d.kl_frames,
                            spike_context=d.spike_context, kl_target=d.kl_target, ctc_owner=owner,
-                           ctc_weights=weights, kl_utterance_weights=kl_w, ctc_utterance_weights=ctc_w)
+                           ctc_weights=weights, kl_utterance_weights=kl_w, ctc_utterance_weights=ctc_w,
+                           teacher_codes=self.teacher_codes(t.hidden) if self.quantizers and d.gamma else None)
+
+    def teacher_codes(self, hidden: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """{teacher layer: (B, T, D)} values (a live teacher's, or a codebook cache's reconstruction, which
+        re-encodes to its stored indexes) -> {teacher layer: (B, T, N)} codebook indexes."""
+        out = {}
+        for t, q in self.quantizers.items():
+            h = hidden[t]
+            out[t] = q.codes_torch(h.reshape(-1, h.shape[-1]), self._q_state[t]).view(*h.shape[:2], -1)
+        return out
 
     def utterance_weights(self, labelled, t: TeacherTargets):
         """(KL, CTC) per-utterance weights (B,) for the batch, or None where every utterance weighs 1: on

@@ -30,6 +30,8 @@ Hidden-state codecs (input `(F, D)` float32):
             (whitened by each component's standard deviation, then one absmax scale per frame), or `step`: one
             uniform quantiser step for all components, fitted for a target relative error, int8 codes stored
             component-major so zstd entropy-codes each component's narrow range (small components cost ~nothing)
+  codebook  product quantisation (MVQ-KD): `num_codebooks` sub-vectors per frame, each the uint8 index of its
+            nearest of `entries` k-means centroids fitted at dump time; decodes to the centroids + mean
 """
 
 from offline_kd.cache.codecs.base import CodecBase, FieldArray, logsumexp
@@ -38,9 +40,10 @@ from offline_kd.cache.codecs.registry import (codec_from_spec, hidden_codec, loa
 from offline_kd.cache.codecs.dense import (Float16Hidden, Float16LogProbs, Float32Hidden, Float32LogProbs,
                                            Int8Hidden)
 from offline_kd.cache.codecs.lowrank import LowRankHidden, LowRankLogProbs
+from offline_kd.cache.codecs.codebook import CodebookHidden
 from offline_kd.cache.codecs.sampled import SampledLogProbs
 from offline_kd.cache.codecs.topk import TopKLogProbs
 
 __all__ = ["CodecBase", "FieldArray", "logsumexp", "codec_from_spec", "hidden_codec", "load_state", "log_prob_codec",
            "register_codec", "registered", "state_arrays", "Float16Hidden", "Float16LogProbs", "Float32Hidden",
-           "Float32LogProbs", "Int8Hidden", "LowRankHidden", "LowRankLogProbs", "SampledLogProbs", "TopKLogProbs"]
+           "Float32LogProbs", "Int8Hidden", "CodebookHidden", "LowRankHidden", "LowRankLogProbs", "SampledLogProbs", "TopKLogProbs"]

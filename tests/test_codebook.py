@@ -1,0 +1,142 @@
+"""Codebook targets (#30): the codebook codec (product quantisation fitted at dump time, uint8 indexes, sealed
+codebooks) and the codebook loss (MVQ-KD: heads predict each codebook's index, cross-entropy summed over the
+codebooks), from the cache and from the live teacher alike."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+
+from helpers import QUIET, dump_cfg, offline_and_online_steps, student_dict
+from offline_kd.cache.codecs import codec_from_spec
+from offline_kd.cache.reader import TeacherCache
+from offline_kd.cli import main
+from offline_kd.commands import dump_teacher, train_student
+from offline_kd.config import ExperimentConfig, build_dataclass
+from offline_kd.errors import OfflineKDError
+from offline_kd.losses.kd import codebook_loss
+
+BOOK = {"name": "codebook", "num_codebooks": 4, "entries": 16}
+
+
+@pytest.fixture(scope="module")
+def cb_cache(tiny_teacher, tiny_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cb") / "cb.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out, codecs={"hidden": BOOK, "lowrank_fit_frames": 400}),
+                     **QUIET)
+    return out
+
+
+def test_codebook_cache_stores_uint8_indexes_and_sealed_codebooks(cb_cache):
+    root = zarr.open_group(str(cb_cache), mode="r")
+    codes = root["train/hidden_1/codes"]
+    assert codes.dtype == np.uint8 and codes.shape[1] == 4
+    cache = TeacherCache(str(cb_cache))
+    q = cache.hidden_codecs[1]
+    assert q.name == "codebook" and q.codebooks.shape == (4, 16, -(-q.dim // 4))
+    assert 0 < q.relative_error < 1
+    # every entry of every codebook is used on the fit sample (empty clusters are re-seeded)
+    fit = np.asarray(codes[:400])
+    assert all(len(np.unique(fit[:, n])) == 16 for n in range(4))
+    # the reconstruction re-encodes to the stored indexes (how the loss reads them from decoded targets)
+    split = cache.split("train")
+    raw = split.read_range(0, 4, layers={1, 3})
+    stored = np.asarray(codes[: sum(len(r["log_probs"]) for r in raw)])
+    rec = np.concatenate([r["hidden"][1] for r in raw])
+    again = q.codes_torch(torch.from_numpy(rec), q.device_state("cpu")).numpy()
+    np.testing.assert_array_equal(again, stored)
+    # cache info prints the relative reconstruction error
+    out = CliRunner().invoke(main, ["cache", "info", str(cb_cache)])
+    assert out.exit_code == 0 and "codebook reconstruction error" in out.output
+    info = json.loads(CliRunner().invoke(main, ["cache", "info", str(cb_cache), "--json"]).output)
+    assert set(info["codebook_relative_error"]) == {"1", "3"}
+
+
+def test_a_changed_codebook_is_caught_by_the_seal(cb_cache, tmp_path):
+    import shutil
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(cb_cache, copy)
+    books = zarr.open_group(str(copy), mode="r+")["codebook/hidden_3/codebooks"]
+    books[0, 0, 0] = float(books[0, 0, 0]) + 0.5
+    with pytest.raises(OfflineKDError, match="changed after its dump"):
+        TeacherCache(str(copy))
+
+
+def test_codebook_loss_is_cross_entropy_summed_over_codebooks_on_valid_frames():
+    torch.manual_seed(0)
+    logits = {1: torch.randn(2, 5, 3 * 4)}
+    codes = {7: torch.randint(0, 4, (2, 5, 3))}
+    lengths = torch.tensor([5, 2])
+    want = []
+    for b, n_valid in enumerate(lengths.tolist()):
+        for f in range(n_valid):
+            want.append(sum(float(-torch.log_softmax(logits[1][b, f, 4 * n:4 * n + 4], -1)[codes[7][b, f, n]])
+                            for n in range(3)))
+    got = codebook_loss(logits, codes, {1: 7}, lengths)
+    assert abs(float(got) - np.mean(want)) < 1e-5
+
+
+def test_codebook_loss_trains_from_the_cache_as_from_the_live_teacher(cb_cache, tiny_teacher, tiny_corpus,
+                                                                       tmp_path):
+    """--online-teacher quantises the live states with the cache's codebooks: the same loss, step for step."""
+    kw = dict(feature_loss="codebook", gamma=0.5)
+    off = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, cb_cache, tmp_path / "off", **kw))
+    on = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, cb_cache, tmp_path / "on", **kw))
+    a, b = offline_and_online_steps(off, on, tiny_teacher)
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert abs(x["train/feature"] - y["train/feature"]) < 1e-4 * max(1.0, abs(x["train/feature"]))
+        assert abs(x["train/total"] - y["train/total"]) < 1e-4 * max(1.0, abs(x["train/total"]))
+    # the heads predict num_codebooks x entries logits per mapped layer, are saved for resume, not exported
+    ckpt = torch.load(tmp_path / "off" / "checkpoint_last.pt", weights_only=False)
+    heads = {k: v.shape for k, v in ckpt["extra_state_dict"].items() if k.endswith("weight")}
+    assert heads and all(s[0] == 4 * 16 for s in heads.values())
+    assert ckpt["distillation"]["projections"]["feature_loss"] == "codebook"
+
+
+def test_codebook_loss_differs_from_mse_and_learns(cb_cache, tiny_corpus, tmp_path):
+    cfg = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, cb_cache, tmp_path / "cb", epochs=3,
+                                                         feature_loss="codebook", gamma=1.0))
+    train_student.run(cfg, **QUIET)
+    recs = [json.loads(line) for line in (tmp_path / "cb" / "metrics.jsonl").read_text().splitlines()]
+    feats = [r["train/feature"] for r in recs if "train/feature" in r]
+    assert feats[0] > feats[-1]                              # the heads learn to predict the indexes
+    assert feats[0] > 0.5 * 4 * np.log(16)                   # a CE over 4 codebooks of 16, not an MSE
+
+
+@pytest.mark.parametrize("codecs,sets,match", [
+    ({"hidden": "float16"}, {}, r"teacher layer 1, which .* stores with the float16 codec"),
+    ({"hidden": BOOK, "lowrank_fit_frames": 400}, {"layer_mapping": {1: 2}}, r"teacher layer 2|layer_mapping"),
+    ({"hidden": BOOK, "lowrank_fit_frames": 400}, {"gamma": 0.0}, r"needs distill.gamma > 0"),
+])
+def test_codebook_loss_refuses_what_it_cannot_read(tiny_teacher, tiny_corpus, tmp_path, codecs, sets, match):
+    cache = tmp_path / "c.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, cache, codecs=codecs), **QUIET)
+    cfg = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, cache, tmp_path / "s",
+                                                         **{"feature_loss": "codebook", **sets}))
+    with pytest.raises(OfflineKDError, match=match):
+        train_student.run(cfg, **QUIET)
+    assert not (tmp_path / "s" / "checkpoint_last.pt").exists()
+
+
+@pytest.mark.parametrize("spec,match", [
+    ({"num_codebooks": 0}, "num_codebooks must be an integer in 1..24"),
+    ({"num_codebooks": 25}, "num_codebooks must be an integer in 1..24"),
+    ({"entries": 257}, "entries must be an integer in 2..256"),
+    ({"entries": 1}, "entries must be an integer in 2..256"),
+])
+def test_codebook_settings_out_of_range(spec, match):
+    with pytest.raises(OfflineKDError, match=match):
+        codec_from_spec("hidden", {"name": "codebook", "dim": 24, **spec})
+
+
+def test_fitting_on_fewer_frames_than_entries_is_refused_and_writes_nothing(tiny_teacher, tiny_corpus, tmp_path):
+    out = tmp_path / "few.zarr"
+    with pytest.raises(OfflineKDError, match="256|frames"):
+        dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, out,
+                                  codecs={"hidden": {"name": "codebook", "num_codebooks": 2, "entries": 256},
+                                          "lowrank_fit_frames": 100}), **QUIET)
+    assert not out.exists()
