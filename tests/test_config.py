@@ -34,6 +34,7 @@ def test_shipped_configs_load():
     for name in ("teacher_config", "student_baseline", "distillation_config"):
         load_config(f"configs/{name}.yaml", ExperimentConfig)
     load_config("configs/dump_config.yaml", DumpRootConfig)
+    load_config("configs/dump_config_1pct.yaml", DumpRootConfig)
     for name in ("teacher", "baseline", "distill"):
         load_config(f"configs/demo/{name}.yaml", ExperimentConfig)
     for name in ("dump", "dump_views", "dump_views_masked"):

@@ -43,11 +43,17 @@ def kmeans(x: torch.Tensor, k: int, iterations: int, generator: torch.Generator)
     return c
 
 
-def nearest(x: torch.Tensor, codebooks: torch.Tensor, sub: int) -> torch.Tensor:
-    """(F, N * sub) centred rows, (N, K, sub) centroids -> (F, N) int64: each sub-vector's nearest centroid."""
-    parts = x.view(len(x), codebooks.shape[0], sub).transpose(0, 1)              # (N, F, sub)
-    d = (codebooks * codebooks).sum(-1)[:, None, :] - 2 * torch.bmm(parts, codebooks.transpose(1, 2))
-    return d.argmin(-1).transpose(0, 1)                                           # (F, N)
+def nearest(x: torch.Tensor, codebooks: torch.Tensor, sub: int, chunk: int = 512) -> torch.Tensor:
+    """(F, N * sub) centred rows, (N, K, sub) centroids -> (F, N) int64: each sub-vector's nearest centroid
+    (argmin of |c|^2 - 2 x.c, in chunks of frames so the (N, chunk, K) distances stay in cache)."""
+    n = codebooks.shape[0]
+    norms = (codebooks * codebooks).sum(-1)[:, None, :]                           # (N, 1, K)
+    books_t = codebooks.transpose(1, 2)                                           # (N, sub, K)
+    out = torch.empty(len(x), n, dtype=torch.int64, device=x.device)
+    for lo in range(0, len(x), chunk):
+        parts = x[lo:lo + chunk].reshape(-1, n, sub).transpose(0, 1)              # (N, f, sub)
+        out[lo:lo + chunk] = torch.baddbmm(norms, parts, books_t, alpha=-2.0).argmin(-1).transpose(0, 1)
+    return out
 
 
 @register_codec
