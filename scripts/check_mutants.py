@@ -154,6 +154,28 @@ MUTANTS = [
     Mutant("min_confidence_keeps_everything", "offline_kd/distillation/student.py",
            "kept = valid[conf >= threshold] if len(valid) else valid", "kept = valid",
            ("tests/test_confidence.py::test_min_confidence_keeps_the_confident_share_and_logs_it",)),
+    Mutant("untranscribed_limit_ignored", "offline_kd/distillation/student.py",
+           "out[j], left = (name, reader, idx[:left]), max(0, left - len(idx))",
+           "out[j], left = (name, reader, idx), max(0, left - len(idx))",
+           ("tests/test_untranscribed.py::test_untranscribed_limit_keeps_the_first_utterances",)),
+    # codebook targets (#30)
+    Mutant("codebook_decode_drops_the_mean", "offline_kd/cache/codecs/codebook.py",
+           'return parts.reshape(len(codes), -1)[:, :self.dim] + state["mean"]',
+           'return parts.reshape(len(codes), -1)[:, :self.dim]',
+           ("tests/test_codec_conformance.py",)),
+    Mutant("codebook_empty_clusters_not_reseeded", "offline_kd/cache/codecs/codebook.py",
+           "        if len(empty):\n", "        if False:\n",
+           ("tests/test_codebook.py::test_codebook_cache_stores_uint8_indexes_and_sealed_codebooks",)),
+    Mutant("codebook_loss_averages_over_codebooks", "offline_kd/losses/kd.py",
+           'reduction="none").view(b, t_max, n).sum(-1)', 'reduction="none").view(b, t_max, n).mean(-1)',
+           ("tests/test_codebook.py::test_codebook_loss_is_cross_entropy_summed_over_codebooks_on_valid_frames",)),
+    Mutant("codebook_loss_counts_padding", "offline_kd/losses/kd.py",
+           "terms.append((ce * mask).sum() / mask.sum().clamp_min(1.0))", "terms.append(ce.mean())",
+           ("tests/test_codebook.py::test_codebook_loss_is_cross_entropy_summed_over_codebooks_on_valid_frames",)),
+    Mutant("codebook_live_states_not_centred", "offline_kd/cache/codecs/codebook.py",
+           'return nearest(self._pad(x.float() - state["mean"]), state["codebooks"], self.sub)\n',
+           'return nearest(self._pad(x.float()), state["codebooks"], self.sub)\n',
+           ("tests/test_codebook.py::test_codebook_cache_stores_uint8_indexes_and_sealed_codebooks",)),
 ]
 
 

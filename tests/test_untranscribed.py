@@ -241,3 +241,25 @@ def test_untranscribed_limit_must_be_a_positive_integer(tiny_corpus, tmp_path, b
     with pytest.raises(OfflineKDError, match="distill.untranscribed_limit"):
         build_dataclass(ExperimentConfig, student_dict(tiny_corpus, tmp_path / "c.zarr", tmp_path / "s",
                                                        untranscribed_limit=bad))
+
+
+@pytest.mark.parametrize("better_by,warned", [(3.0, True), (4.9, True), (5.5, False), (12.0, False)])
+def test_train_student_says_before_training_when_the_teacher_is_too_close_to_the_baseline(
+        tiny_teacher, tiny_corpus, tmp_path, better_by, warned):
+    """#31: with distill.compare_baseline, a teacher less than USEFUL_GAP (5) dev points better than the CTC-only
+    baseline is warned about before training (the robustness study measured no reliable gain there)."""
+    from offline_kd.distillation.student import USEFUL_GAP, _teacher_reference
+    from offline_kd.training.checkpoint import checkpoint_dev, load_checkpoint
+    base = checkpoint_dev(load_checkpoint(tiny_teacher))
+    teacher_dev = {"wer": base["wer"] - better_by, "cer": 1.0, "epoch": 3, "corpus": str(tiny_corpus), "split": "dev"}
+    cfg = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, tmp_path / "c.zarr", tmp_path / "s",
+                                                         compare_baseline=str(tiny_teacher)))
+    lines = []
+    _teacher_reference(teacher_dev, cfg, lines.append)
+    assert USEFUL_GAP == 5.0
+    assert any(f"warning: the teacher is only {better_by:.1f} points better than the baseline" in l
+               for l in lines) == warned
+    lines = []
+    cfg = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, tmp_path / "c.zarr", tmp_path / "s"))
+    _teacher_reference(teacher_dev, cfg, lines.append)
+    assert any(l.startswith("hint: set distill.compare_baseline") for l in lines)

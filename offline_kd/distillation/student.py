@@ -290,6 +290,11 @@ def _open_untranscribed(cfg: ExperimentConfig, corpus, log) -> list:
     return out
 
 
+# the teacher-baseline dev WER gap below which the robustness study (benchmarks/robustness.py) measured no reliable
+# gain: train-student warns before training
+USEFUL_GAP = 5.0
+
+
 def _teacher_reference(teacher_dev: dict | None, cfg: ExperimentConfig, log) -> dict | None:
     """Print the teacher's dev figures (and the baseline's, with distill.compare_baseline); warn when the baseline
     is already as good as the teacher. Returns the figures the trainer prints beside the student's, when they were
@@ -317,4 +322,12 @@ def _teacher_reference(teacher_dev: dict | None, cfg: ExperimentConfig, log) -> 
             log(f"warning: the baseline's dev WER {b['wer']:.2f}% is already at or below the teacher's "
                 f"{teacher_dev['wer']:.2f}%: distilling from this teacher is unlikely to beat the baseline "
                 f"(train the teacher longer or larger)")
+        elif teacher_dev is not None and b["wer"] - teacher_dev["wer"] < USEFUL_GAP:
+            log(f"warning: the teacher is only {b['wer'] - teacher_dev['wer']:.1f} points better than the baseline "
+                f"on dev (WER {teacher_dev['wer']:.2f}% against {b['wer']:.2f}%): in the robustness study "
+                f"(docs/efficacy.md) distillation beat CTC-only reliably only from a teacher at least {USEFUL_GAP:g} "
+                f"points better; expect a small gain or none (train the teacher longer or larger)")
+    elif teacher_dev is not None:
+        log("hint: set distill.compare_baseline to the CTC-only student's run and train-student says before training "
+            "whether this teacher is good enough to pay (docs/efficacy.md, robustness)")
     return {"name": "teacher", "wer": teacher_dev["wer"], "cer": teacher_dev["cer"]} if same else None
