@@ -48,8 +48,10 @@ if [ -f runs/demo/teacher/checkpoint_best.pt ]; then
       --compact-codecs tail32+lr192:log_probs=topk,topk_k=8,topk_coverage=0.999,topk_tail=lowrank,logits_rank=32,logits_coeff=int8,hidden=lowrank,lowrank_rank=192,lowrank_coeff=int8 \
       --compact-codecs float16:log_probs=float16,hidden=float16 --seeds 0,1,2,3 --jobs 2 --out runs/efficacy_v2
 fi
-# scale-out (needs recipes/tts_en/run.sh first: its teacher, corpus and cache)
+# scale-out and the robustness study (need recipes/tts_en/run.sh first and efficacy.py's tts_en runs, in
+# docs/benchmarks.md "tts_en: confidence-aware pseudo-labels": its teacher, corpus, caches and the CTC-only baseline)
 if [ -f runs/tts_en/teacher/checkpoint_best.pt ]; then
+  python benchmarks/robustness.py --study benchmarks/robustness.yaml
   (cd benchmarks && python scaling.py --teacher ../runs/tts_en/teacher/checkpoint_best.pt --corpus ../data/tts_en/corpus \
       --cache ../cache/tts_en_teacher.zarr --split train --nproc 2 --runs 5 --batches 48 --student-hidden 96)
 fi
