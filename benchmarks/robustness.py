@@ -54,6 +54,14 @@ class Prepared:
             self._run(step["after"])
         if not Path(step["creates"]).exists():
             for cmd in step["commands"]:
+                if isinstance(cmd, str):      # a shell command (OKD: this python's offline-kd)
+                    print(f"robustness: prepare {name}: {cmd}", flush=True)
+                    env = {**os.environ, **efficacy.ENV, "OKD": f"{sys.executable} -m offline_kd",
+                           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+                    p = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True)
+                    if p.returncode != 0:
+                        raise SystemExit(f"robustness: prepare {name}: `{cmd}` failed:\n{p.stderr[-2000:]}")
+                    continue
                 cmd = [str(c) for c in cmd]
                 if step.get("resume_if") and Path(step["resume_if"]).is_file():
                     cmd.append("--resume")
@@ -102,6 +110,9 @@ def main():
         out = Path(f"{st['baseline_runs']}-seed{seed}")
         return efficacy.train("train", st["baseline"], out, seed, st.get("baseline_sets", []))
 
+    def lm_of(st):     # a setting may have its own LM and grid
+        return st.get("lm", lm), st.get("alphas", alphas), st.get("betas", betas)
+
     def runs_of(st):   # without untranscribed audio every recipe is the first one (they differ only there)
         return list(recipes)[:1] if st.get("untranscribed", True) is False else list(recipes)
 
@@ -118,9 +129,9 @@ def main():
                 for seed in seeds:
                     futures[(st["name"], recipe, seed)] = pool.submit(student, st, recipe, seed)
         ckpts = {k: f.result() for k, f in futures.items() if k[0] != "prepare"}
-        evals = {k: pool.submit(efficacy.evaluate, c, yaml.safe_load(open(
-            next(s for s in settings if s["name"] == k[0])["distill"]))["data"]["corpus"], lm, alphas, betas)
-            for k, c in ckpts.items()}
+        by_name = {st["name"]: st for st in settings}
+        evals = {k: pool.submit(efficacy.evaluate, c, yaml.safe_load(open(by_name[k[0]]["distill"]))["data"]["corpus"],
+                                *lm_of(by_name[k[0]])) for k, c in ckpts.items()}
         results = {k: f.result() for k, f in evals.items()}
 
     rows, facts = [], []
@@ -132,7 +143,7 @@ def main():
         info = json.loads(efficacy.cli("cache", "info", cache, "--json").stdout)
         teacher = Path(info["teacher_path"])
         t_out = Path(st["out"]) / "teacher_eval.json"     # efficacy.py's, else one beside the teacher
-        t = efficacy.evaluate(teacher, corpus, lm, alphas, betas, t_out if t_out.is_file() else None)
+        t = efficacy.evaluate(teacher, corpus, *lm_of(st), t_out if t_out.is_file() else None)
         conf = info["splits"].get("untranscribed", {}).get("confidence") if st.get("untranscribed", True) else None
         base = [results[(st["name"], "baseline", s)] for s in seeds]
         b_greedy, b_beam = statistics.mean(r["test"] for r in base), statistics.mean(r["beam"] for r in base)
@@ -168,8 +179,8 @@ def main():
     lines = [f"## {args.title}\n", f"`{command_line()}`\n",
              f"Machine: {machine()}; {jobs} training run(s) at a time with {threads} thread(s) each. Study "
              f"`{args.study}`, seeds {seeds}, WER in % of each run's best-dev checkpoint on the test split; beam "
-             f"search: width 32, LM `{lm}`, alpha in {{{alphas}}} and beta in {{{betas}}} chosen on dev for every "
-             f"model. Differences: the recipe's WER minus the baseline's, paired by seed, mean ± standard error. "
+             f"search: width 32, LM `{lm}` (a setting may name its own), alpha in {{{alphas}}} and beta in "
+             f"{{{betas}}} chosen on dev for every model. Differences: the recipe's WER minus the baseline's, paired by seed, mean ± standard error. "
              f"Goal: where the teacher's test WER is at least {GOAL_GAP:g} points below the baseline's, mean + 2 SE "
              f"<= -{GOAL_GAIN:g} greedy and with the LM.\n",
              "Settings:\n"]
