@@ -140,3 +140,14 @@ def test_fitting_on_fewer_frames_than_entries_is_refused_and_writes_nothing(tiny
                                   codecs={"hidden": {"name": "codebook", "num_codebooks": 2, "entries": 256},
                                           "lowrank_fit_frames": 100}), **QUIET)
     assert not out.exists()
+
+
+def test_codebook_round_trip_off_zero_and_with_padding():
+    """Frames far from 0 (the mean is fitted and added back) and a width the codebooks do not divide."""
+    rng = np.random.default_rng(0)
+    x = (3.0 + rng.normal(size=(1200, 8)) @ rng.normal(size=(8, 30)) / 4).astype(np.float32)
+    q = codec_from_spec("hidden", {"name": "codebook", "dim": 30, "num_codebooks": 7, "entries": 64}).fit(x[:800])
+    assert q.sub == 5 and q.codebooks.shape == (7, 64, 5)
+    y = q.decode(q.encode(x[800:]))
+    rel = ((y - x[800:]) ** 2).sum() / (x[800:] ** 2).sum()
+    assert rel < 0.01 and abs(q.relative_error - rel) < 0.01
