@@ -37,43 +37,73 @@ GOAL_GAP, GOAL_GAIN = 5.0, 1.5
 
 
 class Prepared:
-    """The study's `prepare` steps, each run once (in the order of its `after`), by whichever training needs it."""
+    """The study's `prepare` steps, each run once (after the step its `after` names), by whichever job needs it
+    first; a job needing a step that is done does not wait, one needing a step that failed fails at once."""
 
     def __init__(self, steps: dict):
-        self.steps, self.lock, self.done = steps, threading.Lock(), set()
+        self.steps, self.locks, self.done, self.failed = steps, {n: threading.Lock() for n in steps}, set(), {}
 
     def need(self, name: str):
-        with self.lock:
-            self._run(name)
-
-    def _run(self, name: str):
         if name in self.done:
             return
+        if name in self.failed:
+            raise SystemExit(f"robustness: prepare {name} failed before: {self.failed[name]}")
         step = self.steps[name]
         if step.get("after"):
-            self._run(step["after"])
-        if not Path(step["creates"]).exists():
-            for cmd in step["commands"]:
-                if isinstance(cmd, str):      # a shell command (OKD: this python's offline-kd)
-                    print(f"robustness: prepare {name}: {cmd}", flush=True)
-                    env = {**os.environ, **efficacy.ENV, "OKD": f"{sys.executable} -m offline_kd",
-                           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-                    p = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True)
-                    if p.returncode != 0:
-                        raise SystemExit(f"robustness: prepare {name}: `{cmd}` failed:\n{p.stderr[-2000:]}")
-                    continue
-                cmd = [str(c) for c in cmd]
-                if step.get("resume_if") and Path(step["resume_if"]).is_file():
-                    cmd.append("--resume")
-                print(f"robustness: prepare {name}: offline-kd {' '.join(cmd)}", flush=True)
-                efficacy.cli(*cmd)
-            if not Path(step["creates"]).exists():      # a training's marker: its run finished
-                Path(step["creates"]).write_text("")
-        self.done.add(name)
+            self.need(step["after"])
+        with self.locks[name]:
+            if name in self.done:
+                return
+            try:
+                self._run(name, step)
+            except BaseException as exc:
+                self.failed[name] = str(exc)[-500:]
+                raise
+            self.done.add(name)
+
+    @staticmethod
+    def _made(path: str) -> bool:
+        """A cache counts as made when it is complete (a dump killed half-way left an incomplete one, which the
+        dump's own resume finishes); anything else when it exists."""
+        if path.endswith(".zarr"):
+            if not (Path(path) / "zarr.json").is_file():
+                return False
+            return bool(json.loads(efficacy.cli("cache", "info", path, "--json").stdout)["complete"])
+        return Path(path).exists()
+
+    def _run(self, name: str, step: dict):
+        if self._made(step["creates"]):
+            return
+        for cmd in step["commands"]:
+            if isinstance(cmd, str):      # a shell command (OKD: this python's offline-kd)
+                print(f"robustness: prepare {name}: {cmd}", flush=True)
+                env = {**os.environ, **efficacy.ENV, "OKD": f"{sys.executable} -m offline_kd",
+                       "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+                p = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True)
+                if p.returncode != 0:
+                    raise SystemExit(f"robustness: prepare {name}: `{cmd}` failed:\n{p.stderr[-2000:]}")
+                continue
+            cmd = [str(c) for c in cmd]
+            if step.get("resume_if") and Path(step["resume_if"]).is_file():
+                cmd.append("--resume")
+            print(f"robustness: prepare {name}: offline-kd {' '.join(cmd)}", flush=True)
+            efficacy.cli(*cmd)
+        if not step["creates"].endswith(".zarr") and not Path(step["creates"]).exists():
+            Path(step["creates"]).write_text("")       # a training's marker: its run finished
+        if not self._made(step["creates"]):
+            raise SystemExit(f"robustness: prepare {name} ran but {step['creates']} is not complete")
 
 
 def stats(d: list[float]) -> tuple[float, float]:
     return statistics.mean(d), (statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan"))
+
+
+def mean_or_none(xs: list) -> float | None:
+    return None if any(x is None for x in xs) else statistics.mean(xs)
+
+
+def num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def fmt(mean: float, se: float) -> str:
@@ -117,21 +147,31 @@ def main():
         return list(recipes)[:1] if st.get("untranscribed", True) is False else list(recipes)
 
     with ThreadPoolExecutor(jobs) as pool:
-        futures = {}
-        # the prepare steps first (one worker), then the settings that need none, then those that do: no worker
-        # waits on a prepare step while there is other work
+        futures, by_path = {}, {}
+
+        def once(path, fn, *a):      # one job per run directory: settings share the baseline's runs
+            if str(path) not in by_path:
+                by_path[str(path)] = pool.submit(fn, *a)
+            return by_path[str(path)]
+        # the prepare steps first (one worker) and the settings in the study's order: a student whose setting's
+        # steps are not done yet waits for them, one whose steps are done does not
         steps = list(dict.fromkeys(p for st in settings for p in st.get("prepare", [])))
         futures[("prepare", None, None)] = pool.submit(lambda: [prepared.need(p) for p in steps])
-        for st in sorted(settings, key=lambda st: bool(st.get("prepare"))):
+        for st in settings:
             for seed in seeds:
-                futures[(st["name"], "baseline", seed)] = pool.submit(baseline, st, seed)
+                futures[(st["name"], "baseline", seed)] = once(f"{st['baseline_runs']}-seed{seed}", baseline, st, seed)
             for recipe in runs_of(st):
                 for seed in seeds:
-                    futures[(st["name"], recipe, seed)] = pool.submit(student, st, recipe, seed)
+                    futures[(st["name"], recipe, seed)] = once(Path(st["out"]) / f"{recipes[recipe]['dir']}-seed{seed}",
+                                                               student, st, recipe, seed)
         ckpts = {k: f.result() for k, f in futures.items() if k[0] != "prepare"}
         by_name = {st["name"]: st for st in settings}
-        evals = {k: pool.submit(efficacy.evaluate, c, yaml.safe_load(open(by_name[k[0]]["distill"]))["data"]["corpus"],
-                                *lm_of(by_name[k[0]])) for k, c in ckpts.items()}
+        evals, by_ckpt = {}, {}
+        for k, c in ckpts.items():
+            if str(c) not in by_ckpt:
+                by_ckpt[str(c)] = pool.submit(efficacy.evaluate, c, yaml.safe_load(open(by_name[k[0]]["distill"]))[
+                    "data"]["corpus"], *lm_of(by_name[k[0]]))
+            evals[k] = by_ckpt[str(c)]
         results = {k: f.result() for k, f in evals.items()}
 
     rows, facts = [], []
@@ -146,7 +186,7 @@ def main():
         t = efficacy.evaluate(teacher, corpus, *lm_of(st), t_out if t_out.is_file() else None)
         conf = info["splits"].get("untranscribed", {}).get("confidence") if st.get("untranscribed", True) else None
         base = [results[(st["name"], "baseline", s)] for s in seeds]
-        b_greedy, b_beam = statistics.mean(r["test"] for r in base), statistics.mean(r["beam"] for r in base)
+        b_greedy, b_beam = statistics.mean(r["test"] for r in base), mean_or_none([r["beam"] for r in base])
         gap = b_greedy - t["test"]
         applies = gap >= GOAL_GAP
         facts.append({"setting": st["name"], "about": st["about"], "teacher": str(teacher), "cache": cache,
@@ -157,24 +197,24 @@ def main():
             got = recipe if recipe in runs_of(st) else runs_of(st)[0]
             rs = [results[(st["name"], got, s)] for s in seeds]
             dg = stats([r["test"] - b["test"] for r, b in zip(rs, base)])
-            db = stats([r["beam"] - b["beam"] for r, b in zip(rs, base)])
-            met = dg[0] + 2 * dg[1] <= -GOAL_GAIN and db[0] + 2 * db[1] <= -GOAL_GAIN
+            db = stats([r["beam"] - b["beam"] for r, b in zip(rs, base)]) if b_beam is not None else None
+            met = dg[0] + 2 * dg[1] <= -GOAL_GAIN and (db is None or db[0] + 2 * db[1] <= -GOAL_GAIN)
             goal = ("met" if met else "**missed**") if applies else f"n/a (teacher {gap:+.1f} better)"
             same = "" if got == recipe else f" (= {got}: no untranscribed audio)"
             rows.append(f"| {st['name'] if i == 0 else ''} | "
-                        + (f"{t['test']:.2f} / {t['beam']:.2f} (dev {t['dev']:.2f})" if i == 0 else "") + " | "
-                        + (f"{b_greedy:.2f} / {b_beam:.2f}" if i == 0 else "") + " | "
+                        + (f"{t['test']:.2f} / {num(t['beam'])} (dev {t['dev']:.2f})" if i == 0 else "") + " | "
+                        + (f"{b_greedy:.2f} / {num(b_beam)}" if i == 0 else "") + " | "
                         + (f"{conf['p50']:.3f}" if i == 0 and conf else "") + " | "
                         + f"{recipes[recipe]['label']}{same} | "
-                        + f"{statistics.mean(r['test'] for r in rs):.2f} / {statistics.mean(r['beam'] for r in rs):.2f} | "
-                        + f"{fmt(*dg)} | {fmt(*db)} | {goal} |")
+                        + f"{statistics.mean(r['test'] for r in rs):.2f} / {num(mean_or_none([r['beam'] for r in rs]))} | "
+                        + f"{fmt(*dg)} | {fmt(*db) if db else 'n/a'} | {goal} |")
     for f in facts:
         print(json.dumps(f), flush=True)
     for k, r in results.items():
         print(json.dumps({"setting": k[0], "run": k[1], "seed": k[2], **r}), flush=True)
 
     head = ("| setting | teacher test WER greedy / beam + LM | CTC-only student greedy / beam + LM (mean) | "
-            "teacher confidence on untranscribed (median) | recipe | student greedy / beam + LM (mean) | "
+            "teacher confidence on the untranscribed split (median, every cached utterance) | recipe | student greedy / beam + LM (mean) | "
             "greedy vs baseline (paired, ± SE) | beam + LM vs baseline | goal |")
     lines = [f"## {args.title}\n", f"`{command_line()}`\n",
              f"Machine: {machine()}; {jobs} training run(s) at a time with {threads} thread(s) each. Study "

@@ -256,6 +256,9 @@ class DistillConfig:
                 self.untranscribed_limit, int) or self.untranscribed_limit < 1):
             raise OfflineKDError(f"distill.untranscribed_limit must be an integer >= 1 or null, "
                                  f"got {self.untranscribed_limit!r}")
+        if self.untranscribed_limit is not None and not self.untranscribed_splits:
+            raise OfflineKDError("distill.untranscribed_limit limits distill.untranscribed_splits, which is empty: "
+                                 "name the splits or leave the limit out")
         if self.kd_start_epoch < 1:
             raise OfflineKDError(f"distill.kd_start_epoch must be >= 1 (a 1-based epoch), got {self.kd_start_epoch}")
 

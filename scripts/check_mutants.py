@@ -160,8 +160,8 @@ MUTANTS = [
            ("tests/test_untranscribed.py::test_untranscribed_limit_keeps_the_first_utterances",)),
     # codebook targets (#30)
     Mutant("codebook_decode_drops_the_mean", "offline_kd/cache/codecs/codebook.py",
-           'return parts.reshape(len(codes), -1)[:, :self.dim] + state["mean"]',
-           'return parts.reshape(len(codes), -1)[:, :self.dim]',
+           'return parts.reshape(len(codes), self.num_codebooks * self.sub)[:, :self.dim] + state["mean"]',
+           'return parts.reshape(len(codes), self.num_codebooks * self.sub)[:, :self.dim]',
            ("tests/test_codebook.py::test_codebook_round_trip_off_zero_and_with_padding",)),
     Mutant("codebook_empty_clusters_not_reseeded", "offline_kd/cache/codecs/codebook.py",
            "        if len(empty):\n", "        if False:\n",

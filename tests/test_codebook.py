@@ -146,8 +146,33 @@ def test_codebook_round_trip_off_zero_and_with_padding():
     """Frames far from 0 (the mean is fitted and added back) and a width the codebooks do not divide."""
     rng = np.random.default_rng(0)
     x = (3.0 + rng.normal(size=(1200, 8)) @ rng.normal(size=(8, 30)) / 4).astype(np.float32)
-    q = codec_from_spec("hidden", {"name": "codebook", "dim": 30, "num_codebooks": 7, "entries": 64}).fit(x[:800])
-    assert q.sub == 5 and q.codebooks.shape == (7, 64, 5)
+    q = codec_from_spec("hidden", {"name": "codebook", "dim": 30, "num_codebooks": 8, "entries": 64}).fit(x[:800])
+    assert q.sub == 4 and q.codebooks.shape == (8, 64, 4)
     y = q.decode(q.encode(x[800:]))
     rel = ((y - x[800:]) ** 2).sum() / (x[800:] ** 2).sum()
     assert rel < 0.01 and abs(q.relative_error - rel) < 0.01
+
+
+def test_repeated_frames_still_give_distinct_entries_that_re_encode_to_themselves():
+    """A fit sample full of repeated frames (k-means leaves duplicate or empty entries): every entry is moved until
+    it is distinct, so decode -> re-encode gives back any stored index; too few distinct frames is refused."""
+    rng = np.random.default_rng(1)
+    distinct = rng.normal(size=(40, 12)).astype(np.float32)
+    x = distinct[rng.integers(0, 40, 600)]
+    q = codec_from_spec("hidden", {"name": "codebook", "dim": 12, "num_codebooks": 3, "entries": 32}).fit(x)
+    st = q.device_state("cpu")
+    own = torch.arange(32)[:, None].expand(32, 3)
+    np.testing.assert_array_equal(q.codes_torch(q.decode_torch({"/codes": own}, st), st).numpy(), own.numpy())
+    codes = q.encode(x)["/codes"]
+    np.testing.assert_array_equal(q.encode(q.decode({"/codes": codes}))["/codes"], codes)
+    with pytest.raises(OfflineKDError, match="fewer distinct sub-vectors than its 64 entries"):
+        codec_from_spec("hidden", {"name": "codebook", "dim": 12, "num_codebooks": 3, "entries": 64}).fit(x)
+
+
+def test_codebooks_of_padding_only_are_refused_and_zero_frames_decode():
+    with pytest.raises(OfflineKDError, match="padding only"):
+        codec_from_spec("hidden", {"name": "codebook", "dim": 10, "num_codebooks": 6})
+    rng = np.random.default_rng(0)
+    q = codec_from_spec("hidden", {"name": "codebook", "dim": 10, "num_codebooks": 5, "entries": 16}).fit(
+        rng.normal(size=(100, 10)).astype(np.float32))
+    assert q.decode({"/codes": np.zeros((0, 5), np.uint8)}).shape == (0, 10)

@@ -233,7 +233,7 @@ def test_untranscribed_limit_keeps_the_first_utterances(tiny_corpus, tmp_path, l
     [(name, reader, idx)] = _open_untranscribed(cfg, Corpus(tiny_corpus), logs.append)
     assert name == "untranscribed" and len(reader) == 48
     assert idx.tolist() == list(range(used))
-    assert any(f"{used} of 48 untranscribed utterances used" in m for m in logs) == (limit is not None)
+    assert any(f"the first {used} of 48 untranscribed utterances" in m for m in logs) == (limit is not None)
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "10"])

@@ -126,9 +126,9 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -
             break
     needed = max([lp_codec.fit_frames_needed if fit_lp else 0] + [hidden_codecs[L].fit_frames_needed for L in layers])
     if n < needed:
-        raise OfflineKDError(f"dump.codecs: a low-rank codec asks for rank {needed}, more than the {n} frames "
-                             f"available to fit its basis; lower lowrank_rank / logits_rank or raise "
-                             f"dump.codecs.lowrank_fit_frames")
+        raise OfflineKDError(f"dump.codecs: a fitted codec needs {needed} frames (a low-rank codec's rank, a codebook "
+                             f"codec's entries), more than the {n} frames available to fit it; lower lowrank_rank / "
+                             f"logits_rank / the codebook's entries or raise dump.codecs.lowrank_fit_frames")
     state = {}
     if fit_lp:
         state.update(state_arrays(lp_codec.fit(np.concatenate(lps)[:limit]), LOG_PROBS))

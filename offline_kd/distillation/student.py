@@ -24,7 +24,7 @@ from offline_kd.models.augment import SpecAugment
 from offline_kd.models.bilstm import build_model
 from offline_kd.models.interface import count_parameters, reads_waveform
 from offline_kd.data.splits import open_split, open_train_dev, train_splits
-from offline_kd.training.checkpoint import checkpoint_dev, load_checkpoint, seed_everything
+from offline_kd.training.checkpoint import checkpoint_dev, load_checkpoint, seed_everything, weights_sha256
 from offline_kd.teachers.source import check_frames, load_teacher
 from offline_kd.training.trainer import Trainer
 
@@ -66,7 +66,8 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
             for reader in [train_reader] + [r for _, r, _ in extra]:
                 reader.verify_reads()
         teacher_dev = cache.meta.teacher_dev
-    quantizers = _codebooks(d, cache, teacher_dims, mapping, log) if d.feature_loss == "codebook" else None
+    quantizers = (_codebooks(d, cache, teacher_dims, mapping, log, teacher) if d.feature_loss == "codebook"
+                  else None)
     views, view_seed, viewed = _views(cfg, cache, [name for name, _, _ in extra], log)
     if views and augment.active:
         raise OfflineKDError(VIEWS_EXCLUDE_MASKS)
@@ -152,6 +153,10 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
             raise OfflineKDError(f"--resume: {last} was trained from another cache or teacher than "
                                  f"{'--online-teacher' if online_teacher else d.cache} (identity differs); "
                                  f"start a new run instead")
+        was = before.get("projections", {}).get("feature_loss", "mse")
+        if was != d.feature_loss:
+            raise OfflineKDError(f"--resume: {last} was trained with distill.feature_loss {was}, not "
+                                 f"{d.feature_loss} (its heads differ); start a new run instead")
         if before.get("views", meta["distillation"]["views"]) != meta["distillation"]["views"]:
             raise OfflineKDError(f"--resume: {last} was trained with other views ({before.get('views')}); "
                                  f"start a new run instead")
@@ -248,12 +253,17 @@ def _describe(v) -> str:
     return f"speed {v.speed:g}{masks}"
 
 
-def _codebooks(d, cache, teacher_dims: dict, mapping: dict, log) -> dict:
+def _codebooks(d, cache, teacher_dims: dict, mapping: dict, log, teacher=None) -> dict:
     """distill.feature_loss codebook: {teacher layer: its codebook codec, fitted} for every mapped teacher layer, from
-    the cache (with --online-teacher, from distill.cache too: the live states are quantised with its codebooks)."""
+    the cache (with --online-teacher, from distill.cache too: the live states are quantised with its codebooks, which
+    must have been fitted on this teacher)."""
     if not mapping:
         raise OfflineKDError("distill.feature_loss codebook needs distill.gamma > 0 and a distill.layer_mapping")
     source = cache if cache is not None else TeacherCache(d.cache, d.storage_options, verify_reads=d.verify_reads)
+    if teacher is not None and source.meta.teacher.get("weights_sha256") != weights_sha256(teacher):
+        raise OfflineKDError(f"distill.feature_loss codebook with --online-teacher: the codebooks of {d.cache} were "
+                             f"fitted on another teacher's states (its weights differ); dump this teacher with the "
+                             f"codebook codec first")
     out = {}
     for s, t in sorted(mapping.items()):
         codec = source.hidden_codecs.get(t)
@@ -285,8 +295,8 @@ def _open_untranscribed(cfg: ExperimentConfig, corpus, log) -> list:
         for j, (name, reader, idx) in enumerate(out):
             out[j], left = (name, reader, idx[:left]), max(0, left - len(idx))
         out = [o for o in out if len(o[2])]
-        log(f"distill.untranscribed_limit {limit}: {min(limit, total)} of {total} untranscribed utterances used "
-            f"(the first of {', '.join(n for n, _, _ in out)})")
+        log(f"distill.untranscribed_limit {limit}: the first {min(limit, total)} of {total} untranscribed "
+            f"utterances of {', '.join(n for n, _, _ in out)} kept (before any distill.min_confidence filter)")
     return out
 
 
@@ -322,7 +332,7 @@ def _teacher_reference(teacher_dev: dict | None, cfg: ExperimentConfig, log) -> 
             log(f"warning: the baseline's dev WER {b['wer']:.2f}% is already at or below the teacher's "
                 f"{teacher_dev['wer']:.2f}%: distilling from this teacher is unlikely to beat the baseline "
                 f"(train the teacher longer or larger)")
-        elif teacher_dev is not None and b["wer"] - teacher_dev["wer"] < USEFUL_GAP:
+        elif teacher_dev is not None and same and b["wer"] - teacher_dev["wer"] < USEFUL_GAP:
             log(f"warning: the teacher is only {b['wer'] - teacher_dev['wer']:.1f} points better than the baseline "
                 f"on dev (WER {teacher_dev['wer']:.2f}% against {b['wer']:.2f}%): in the robustness study "
                 f"(docs/efficacy.md) distillation beat CTC-only reliably only from a teacher at least {USEFUL_GAP:g} "

@@ -24,13 +24,14 @@ from offline_kd.errors import InternalError, OfflineKDError
 
 
 def kmeans(x: torch.Tensor, k: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
-    """Lloyd's k-means on (N, d) float32 rows -> (k, d) centroids. Initialised with k distinct rows drawn by
-    `generator` (k-means++ would cost a pass per centroid); a centroid left empty is re-seeded with the row farthest
-    from its current centroid, so every entry of the codebook is used on the sample."""
+    """Lloyd's k-means on (N, d) float32 rows -> (k, d) centroids. Initialised with k rows drawn by `generator`
+    (k-means++ would cost a pass per centroid); a centroid left empty is re-seeded with the rows farthest from their
+    own centroid (rows that sit on a centroid are never taken), so on a sample of at least k distinct rows every
+    entry is used."""
     n = len(x)
     c = x[torch.randperm(n, generator=generator)[:k]].clone()
     for _ in range(iterations):
-        d = (x * x).sum(1, keepdim=True) - 2 * x @ c.T + (c * c).sum(1)
+        d = ((x * x).sum(1, keepdim=True) - 2 * x @ c.T + (c * c).sum(1)).clamp_min(0)
         best, assign = d.min(1)
         counts = torch.bincount(assign, minlength=k)
         sums = torch.zeros_like(c).index_add_(0, assign, x)
@@ -38,8 +39,9 @@ def kmeans(x: torch.Tensor, k: int, iterations: int, generator: torch.Generator)
         c[filled] = sums[filled] / counts[filled, None].float()
         empty = torch.nonzero(~filled).flatten()
         if len(empty):
-            far = torch.argsort(best, descending=True)[:len(empty)]
-            c[empty] = x[far]
+            order = torch.argsort(best, descending=True)
+            far = order[best[order] > 0][:len(empty)]
+            c[empty[:len(far)]] = x[far]
     return c
 
 
@@ -80,6 +82,10 @@ class CodebookHidden(CodecBase):
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise OfflineKDError(f"codecs.hidden codebook: {key} must be an integer in {lo}..{hi} "
                                      f"(hidden width {self.dim}), got {v!r}")
+        if self.num_codebooks * self.sub - self.dim >= self.sub:       # a codebook of padding only
+            raise OfflineKDError(f"codecs.hidden codebook: {self.num_codebooks} codebooks of ceil({self.dim} / "
+                                 f"{self.num_codebooks}) = {self.sub} leave the last one(s) with padding only; "
+                                 f"choose num_codebooks so that it (nearly) divides the width {self.dim}")
 
     @property
     def sub(self) -> int:
@@ -121,10 +127,37 @@ class CodebookHidden(CodecBase):
         g = torch.Generator().manual_seed(self.seed)
         books = torch.stack([kmeans(parts[:, n].contiguous(), self.entries, self.iterations, g)
                              for n in range(self.num_codebooks)])
+        books = self._separate(books, parts, g, mean)
         fitted = self.with_state({"codebooks": books.numpy().astype(np.float32), "mean": mean.astype(np.float32)})
         err = float(((fitted.decode(fitted.encode(x)) - x) ** 2).sum() / max((x.astype(np.float64) ** 2).sum(),
                                                                            1e-30))
         return fitted.with_state({**fitted.state(), "fit_error": np.array([err], np.float32)})
+
+    def _separate(self, books: torch.Tensor, parts: torch.Tensor, g: torch.Generator, mean: np.ndarray,
+                  tries: int = 8) -> torch.Tensor:
+        """Every entry must re-encode to itself through decode (the loss reads stored indexes back from the decoded
+        reconstruction): an entry that does not (a duplicate, or one a float rounding step from another) is moved
+        to a sample row no entry sits on. A sample with fewer distinct sub-vectors than entries is refused."""
+        k, n = self.entries, self.num_codebooks
+        own = torch.arange(k)[:, None].expand(k, n)
+        for _ in range(tries):
+            trial = self.with_state({"codebooks": books.numpy(), "mean": mean.astype(np.float32)})
+            st = trial.device_state("cpu")
+            back = trial.codes_torch(trial.decode_torch({"/codes": own}, st), st)
+            bad = back != own
+            if not bad.any():
+                return books
+            for b in torch.nonzero(bad.any(0)).flatten().tolist():
+                rows = parts[:, b]
+                d = ((rows[:, None, :] - books[b][None]) ** 2).sum(-1).min(1).values
+                free = torch.unique(rows[d > 0], dim=0)       # distinct sub-vectors no entry sits on
+                idx = torch.nonzero(bad[:, b]).flatten()
+                if len(free) < len(idx):
+                    raise OfflineKDError(f"codecs.hidden codebook: codebook {b} of the fit sample has fewer distinct "
+                                         f"sub-vectors than its {k} entries; lower entries or fit on more frames")
+                books[b, idx] = free[torch.randperm(len(free), generator=g)[:len(idx)]]
+        raise OfflineKDError(f"codecs.hidden codebook: could not make the {k} entries of every codebook distinct on "
+                             f"the fit sample; lower entries or fit on more frames")
 
     def arrays(self) -> list[FieldArray]:
         return [FieldArray("/codes", (self.num_codebooks,), "uint8")]
@@ -145,7 +178,7 @@ class CodebookHidden(CodecBase):
         codes = a["/codes"].long()                                                     # (F, N)
         books = state["codebooks"]
         parts = books[torch.arange(self.num_codebooks, device=codes.device)[None, :], codes]   # (F, N, sub)
-        return parts.reshape(len(codes), -1)[:, :self.dim] + state["mean"]
+        return parts.reshape(len(codes), self.num_codebooks * self.sub)[:, :self.dim] + state["mean"]
 
     def encode(self, x: np.ndarray) -> dict:      # the torch code on the host: the same codes as encode_torch
         st = self.device_state("cpu")
