@@ -74,6 +74,9 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 def train_fps(cfg, reader, vocab, split, batches, mapping, tdims) -> float:
     torch.manual_seed(0)
     model = build_model(cfg.model).train()
+    if cfg.distill.feature_loss != "mse":
+        raise SystemExit(f"{__file__}: measures the MSE feature term only (distill.feature_loss: "
+                         f"{cfg.distill.feature_loss} is not wired here)")
     loss_fn = DistillationLoss(cfg.distill, model.hidden_size, tdims, SpecAugment(cfg.augment, False),
                                torch.device("cpu"))
     opt = torch.optim.AdamW(list(model.parameters()) + list(loss_fn.projections.parameters()), lr=1e-4)

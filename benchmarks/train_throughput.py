@@ -36,6 +36,9 @@ def run_mode(mode, cfg, reader, vocab, batches, device, cache_split=None, teache
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device).train()
     on_device = mode.endswith("@device")
+    if cfg.distill.feature_loss != "mse":
+        raise SystemExit(f"{__file__}: measures the MSE feature term only (distill.feature_loss: "
+                         f"{cfg.distill.feature_loss} is not wired here)")
     loss_fn = DistillationLoss(cfg.distill, model.hidden_size, teacher_dims, SpecAugment(cfg.augment, False), device,
                                teacher, decoder=TargetDecoder(cache_split.cache) if on_device else None)
     opt = torch.optim.AdamW(list(model.parameters()) + list(loss_fn.projections.parameters()), lr=1e-4)
