@@ -70,15 +70,16 @@ class CodebookHidden(CodecBase):
     dim: int
     num_codebooks: int = 16
     entries: int = 256
-    iterations: int = 20
+    iterations: int = 15
     seed: int = 0
+    fit_frames: int = 8192                 # frames of the fit sample k-means runs on (evenly strided); more cost more
     codebooks: np.ndarray | None = None    # (num_codebooks, entries, sub) float32
     mean: np.ndarray | None = None         # (dim,) float32
     fit_error: np.ndarray | None = None    # (1,) relative squared error sum((x - x')^2) / sum(x^2) on the fit sample
 
     def __post_init__(self):
         for key, v, lo, hi in (("num_codebooks", self.num_codebooks, 1, self.dim), ("entries", self.entries, 2, 256),
-                               ("iterations", self.iterations, 1, 1000)):
+                               ("iterations", self.iterations, 1, 1000), ("fit_frames", self.fit_frames, 2, 10 ** 7)):
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise OfflineKDError(f"codecs.hidden codebook: {key} must be an integer in {lo}..{hi} "
                                      f"(hidden width {self.dim}), got {v!r}")
@@ -110,7 +111,7 @@ class CodebookHidden(CodecBase):
 
     def to_dict(self) -> dict:
         return {"name": self.name, "dim": self.dim, "num_codebooks": self.num_codebooks, "entries": self.entries,
-                "iterations": self.iterations, "seed": self.seed}
+                "iterations": self.iterations, "seed": self.seed, "fit_frames": self.fit_frames}
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         extra = self.num_codebooks * self.sub - self.dim
@@ -123,7 +124,8 @@ class CodebookHidden(CodecBase):
                                  f"frames, the fit sample has {len(x)} (raise dump.codecs.lowrank_fit_frames or "
                                  f"lower entries)")
         mean = x.mean(0)
-        parts = self._pad(torch.from_numpy(x - mean)).view(len(x), self.num_codebooks, self.sub)
+        km = x[::max(1, len(x) // self.fit_frames)][:self.fit_frames] if len(x) > self.fit_frames else x
+        parts = self._pad(torch.from_numpy(km - mean)).view(len(km), self.num_codebooks, self.sub)
         g = torch.Generator().manual_seed(self.seed)
         books = torch.stack([kmeans(parts[:, n].contiguous(), self.entries, self.iterations, g)
                              for n in range(self.num_codebooks)])
