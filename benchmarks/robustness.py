@@ -201,7 +201,8 @@ def main():
             worst = max(dg[0] + 2 * dg[1], db[0] + 2 * db[1] if db else -float("inf"))    # the bound that decides
             met = worst <= -GOAL_GAIN
             goal = ((f"met ({worst:+.2f})" if met else f"**missed** ({worst:+.2f})") if applies else
-                    f"n/a: the teacher is {gap:.1f} points better")
+                    (f"n/a: the teacher is only {gap:.1f} points better" if gap > 0 else
+                     f"n/a: the teacher is {-gap:.1f} points worse"))
             same = "" if got == recipe else f" (= {got}: no untranscribed audio)"
             rows.append(f"| {st['name'] if i == 0 else ''} | "
                         + (f"{t['test']:.2f} / {num(t['beam'])} (dev {t['dev']:.2f})" if i == 0 else "") + " | "
