@@ -32,6 +32,7 @@ import yaml
 
 import efficacy
 from _common import command_line, machine, write_section
+from offline_kd.distillation.student import teacher_verdict
 
 GOAL_GAP, GOAL_GAIN = 5.0, 1.5
 
@@ -92,6 +93,11 @@ class Prepared:
             Path(step["creates"]).write_text("")       # a training's marker: its run finished
         if not self._made(step["creates"]):
             raise SystemExit(f"robustness: prepare {name} ran but {step['creates']} is not complete")
+
+
+def base_dev(st: dict, seed: int) -> float:
+    """The best dev WER of a setting's baseline run (what distill.compare_baseline reads from its checkpoint)."""
+    return min(efficacy.dev_curve(Path(f"{st['baseline_runs']}-seed{seed}")))
 
 
 def stats(d: list[float]) -> tuple[float, float]:
@@ -185,6 +191,8 @@ def main():
         t_out = Path(st["out"]) / "teacher_eval.json"     # efficacy.py's, else one beside the teacher
         t = efficacy.evaluate(teacher, corpus, *lm_of(st), t_out if t_out.is_file() else None)
         conf = info["splits"].get("untranscribed", {}).get("confidence") if st.get("untranscribed", True) else None
+        # what train-student says before training with distill.compare_baseline set to the baseline's seed-0 run
+        said = teacher_verdict(info["teacher_dev"], {"wer": base_dev(st, seeds[0])}) or "no warning"
         base = [results[(st["name"], "baseline", s)] for s in seeds]
         b_greedy, b_beam = statistics.mean(r["test"] for r in base), mean_or_none([r["beam"] for r in base])
         gap = b_greedy - t["test"]
@@ -192,7 +200,7 @@ def main():
         facts.append({"setting": st["name"], "about": st["about"], "teacher": str(teacher), "cache": cache,
                       "teacher_dev": t["dev"], "teacher_test": t["test"], "teacher_beam": t["beam"],
                       "baseline_test": b_greedy, "baseline_beam": b_beam, "gap": gap,
-                      "untranscribed_confidence_median": conf["p50"] if conf else None})
+                      "untranscribed_confidence_median": conf["p50"] if conf else None, "train_student_says": said})
         for i, recipe in enumerate(recipes):
             got = recipe if recipe in runs_of(st) else runs_of(st)[0]
             rs = [results[(st["name"], got, s)] for s in seeds]
@@ -230,6 +238,11 @@ def main():
     lines += [f"- **{st['name']}**: {st['about']}; cache `{f['cache']}`, teacher `{f['teacher']}`." for st, f in
               zip(settings, facts)]
     lines += ["", head, "|" + "---|" * (head.count("|") - 1)] + rows
+    lines += ["", "What `train-student` prints before training with `distill.compare_baseline` set to the baseline's "
+                  "seed-0 run (`offline_kd.distillation.student.teacher_verdict`, the teacher's dev WER recorded in "
+                  "the cache against the baseline's best dev WER):", ""]
+    lines += [f"- {f['setting']}: teacher dev {f['teacher_dev']:.2f}%, baseline dev "
+              f"{base_dev(st, seeds[0]):.2f}%: {f['train_student_says']}" for st, f in zip(settings, facts)]
     lines.append("\nRecipes (overrides of each setting's distilled config): "
                  + "; ".join(f"{r['label']}: `{' '.join(r['sets'])}`" for r in recipes.values()) + ".")
     write_section(args.section, "\n".join(lines))

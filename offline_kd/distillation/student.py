@@ -305,6 +305,23 @@ def _open_untranscribed(cfg: ExperimentConfig, corpus, log) -> list:
 USEFUL_GAP = 5.0
 
 
+def teacher_verdict(teacher_dev: dict | None, baseline_dev: dict, same: bool = True) -> str | None:
+    """What train-student says before training about a teacher against the CTC-only baseline's dev figures (both
+    on the student's dev split when `same`): a warning where distillation is not expected to pay, else None."""
+    if teacher_dev is None:
+        return None
+    t, b = teacher_dev["wer"], baseline_dev["wer"]
+    if b <= t:
+        return (f"warning: the baseline's dev WER {b:.2f}% is already at or below the teacher's {t:.2f}%: "
+                f"distilling from this teacher is unlikely to beat the baseline (train the teacher longer or larger)")
+    if same and b - t < USEFUL_GAP:
+        return (f"warning: the teacher is only {b - t:.1f} points better than the baseline on dev (WER {t:.2f}% "
+                f"against {b:.2f}%): in the robustness study (docs/efficacy.md) distillation beat CTC-only reliably "
+                f"only from a teacher at least {USEFUL_GAP:g} points better; expect a small gain or none (train the "
+                f"teacher longer or larger)")
+    return None
+
+
 def _teacher_reference(teacher_dev: dict | None, cfg: ExperimentConfig, log) -> dict | None:
     """Print the teacher's dev figures (and the baseline's, with distill.compare_baseline); warn when the baseline
     is already as good as the teacher. Returns the figures the trainer prints beside the student's, when they were
@@ -328,15 +345,9 @@ def _teacher_reference(teacher_dev: dict | None, cfg: ExperimentConfig, log) -> 
         if b is None:
             raise OfflineKDError(f"distill.compare_baseline: {path} has no dev evaluation")
         log(f"baseline {base}: dev WER {b['wer']:.2f}% CER {b['cer']:.2f}%")
-        if teacher_dev is not None and b["wer"] <= teacher_dev["wer"]:
-            log(f"warning: the baseline's dev WER {b['wer']:.2f}% is already at or below the teacher's "
-                f"{teacher_dev['wer']:.2f}%: distilling from this teacher is unlikely to beat the baseline "
-                f"(train the teacher longer or larger)")
-        elif teacher_dev is not None and same and b["wer"] - teacher_dev["wer"] < USEFUL_GAP:
-            log(f"warning: the teacher is only {b['wer'] - teacher_dev['wer']:.1f} points better than the baseline "
-                f"on dev (WER {teacher_dev['wer']:.2f}% against {b['wer']:.2f}%): in the robustness study "
-                f"(docs/efficacy.md) distillation beat CTC-only reliably only from a teacher at least {USEFUL_GAP:g} "
-                f"points better; expect a small gain or none (train the teacher longer or larger)")
+        verdict = teacher_verdict(teacher_dev, b, same)
+        if verdict:
+            log(verdict)
     elif teacher_dev is not None:
         log("hint: set distill.compare_baseline to the CTC-only student's run and train-student says before training "
             "whether this teacher is good enough to pay (docs/efficacy.md, robustness)")
