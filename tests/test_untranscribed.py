@@ -263,3 +263,14 @@ def test_train_student_says_before_training_when_the_teacher_is_too_close_to_the
     cfg = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, tmp_path / "c.zarr", tmp_path / "s"))
     _teacher_reference(teacher_dev, cfg, lines.append)
     assert any(l.startswith("hint: set distill.compare_baseline") for l in lines)
+
+
+def test_teacher_verdict_thresholds():
+    from offline_kd.distillation.student import teacher_verdict
+    assert teacher_verdict({"wer": 50.0}, {"wer": 49.0}).startswith("warning: the baseline's dev WER 49.00% is "
+                                                                    "already at or below the teacher's 50.00%")
+    assert teacher_verdict({"wer": 50.0}, {"wer": 50.0}).startswith("warning: the baseline's dev WER")
+    assert teacher_verdict({"wer": 50.0}, {"wer": 53.0}).startswith("warning: the teacher is only 3.0 points better")
+    assert teacher_verdict({"wer": 50.0}, {"wer": 53.0}, same=False) is None     # another dev split: no comparison
+    assert teacher_verdict({"wer": 50.0}, {"wer": 56.0}) is None
+    assert teacher_verdict(None, {"wer": 56.0}) is None
