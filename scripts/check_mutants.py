@@ -158,6 +158,9 @@ MUTANTS = [
            "out[j], left = (name, reader, idx[:left]), max(0, left - len(idx))",
            "out[j], left = (name, reader, idx), max(0, left - len(idx))",
            ("tests/test_untranscribed.py::test_untranscribed_limit_keeps_the_first_utterances",)),
+    Mutant("teacher_verdict_never_warns_of_a_small_gap", "offline_kd/distillation/student.py",
+           "    if same and b - t < USEFUL_GAP:", "    if same and b - t < 0:",
+           ("tests/test_untranscribed.py::test_teacher_verdict_thresholds",)),
     # codebook targets (#30)
     Mutant("codebook_decode_drops_the_mean", "offline_kd/cache/codecs/codebook.py",
            'return parts.reshape(len(codes), self.num_codebooks * self.sub)[:, :self.dim] + state["mean"]',
