@@ -150,7 +150,7 @@ def main():
         return st.get("lm", lm), st.get("alphas", alphas), st.get("betas", betas)
 
     def runs_of(st):   # without untranscribed audio every recipe is the first one (they differ only there)
-        return list(recipes)[:1] if st.get("untranscribed", True) is False else list(recipes)
+        return list(recipes)[:1] if st.get("untranscribed", True) is False else st.get("recipes", list(recipes))
 
     with ThreadPoolExecutor(jobs) as pool:
         futures, by_path = {}, {}
@@ -201,7 +201,8 @@ def main():
                       "teacher_dev": t["dev"], "teacher_test": t["test"], "teacher_beam": t["beam"],
                       "baseline_test": b_greedy, "baseline_beam": b_beam, "gap": gap,
                       "untranscribed_confidence_median": conf["p50"] if conf else None, "train_student_says": said})
-        for i, recipe in enumerate(recipes):
+        shown = list(recipes) if st.get("untranscribed", True) is False else runs_of(st)
+        for i, recipe in enumerate(shown):
             got = recipe if recipe in runs_of(st) else runs_of(st)[0]
             rs = [results[(st["name"], got, s)] for s in seeds]
             dg = stats([r["test"] - b["test"] for r, b in zip(rs, base)])
