@@ -176,3 +176,12 @@ def test_codebooks_of_padding_only_are_refused_and_zero_frames_decode():
     q = codec_from_spec("hidden", {"name": "codebook", "dim": 10, "num_codebooks": 5, "entries": 16}).fit(
         rng.normal(size=(100, 10)).astype(np.float32))
     assert q.decode({"/codes": np.zeros((0, 5), np.uint8)}).shape == (0, 10)
+
+
+def test_kmeans_iterations_lower_the_reconstruction_error():
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(3000, 6)) @ rng.normal(size=(6, 16))).astype(np.float32)
+    spec = {"name": "codebook", "dim": 16, "num_codebooks": 4, "entries": 32}
+    one = codec_from_spec("hidden", {**spec, "iterations": 1}).fit(x).relative_error
+    many = codec_from_spec("hidden", {**spec, "iterations": 15}).fit(x).relative_error
+    assert many < 0.9 * one
