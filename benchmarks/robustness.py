@@ -120,6 +120,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--study", default="benchmarks/robustness.yaml")
     ap.add_argument("--settings", default="", help="comma-separated setting names (default: all)")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="train nothing: the table of the runs that have finished, the others listed as not run")
     ap.add_argument("--section", default="robustness")
     ap.add_argument("--title", default="Robustness: the recipes in settings nobody tuned them for (#31)")
     args = ap.parse_args()
@@ -137,13 +139,17 @@ def main():
     prepared = Prepared(study.get("prepare", {}))
 
     def student(st, recipe, seed):
+        out = Path(st["out"]) / f"{recipes[recipe]['dir']}-seed{seed}"
+        if args.finished_only:
+            return out / "checkpoint_best.pt" if (out / "done").is_file() else None
         for p in st.get("prepare", []):
             prepared.need(p)
-        out = Path(st["out"]) / f"{recipes[recipe]['dir']}-seed{seed}"
         return efficacy.train("train-student", st["distill"], out, seed, st.get("sets", []) + recipes[recipe]["sets"])
 
     def baseline(st, seed):
         out = Path(f"{st['baseline_runs']}-seed{seed}")
+        if args.finished_only:
+            return out / "checkpoint_best.pt" if (out / "done").is_file() else None
         return efficacy.train("train", st["baseline"], out, seed, st.get("baseline_sets", []))
 
     def lm_of(st):     # a setting may have its own LM and grid
@@ -162,7 +168,8 @@ def main():
         # the prepare steps first (one worker) and the settings in the study's order: a student whose setting's
         # steps are not done yet waits for them, one whose steps are done does not
         steps = list(dict.fromkeys(p for st in settings for p in st.get("prepare", [])))
-        futures[("prepare", None, None)] = pool.submit(lambda: [prepared.need(p) for p in steps])
+        if not args.finished_only:
+            futures[("prepare", None, None)] = pool.submit(lambda: [prepared.need(p) for p in steps])
         for st in settings:
             for seed in seeds:
                 futures[(st["name"], "baseline", seed)] = once(f"{st['baseline_runs']}-seed{seed}", baseline, st, seed)
@@ -171,6 +178,8 @@ def main():
                     futures[(st["name"], recipe, seed)] = once(Path(st["out"]) / f"{recipes[recipe]['dir']}-seed{seed}",
                                                                student, st, recipe, seed)
         ckpts = {k: f.result() for k, f in futures.items() if k[0] != "prepare"}
+        missing = sorted({f"{k[0]}: {k[1]}" for k, c in ckpts.items() if c is None})
+        ckpts = {k: c for k, c in ckpts.items() if c is not None}
         by_name = {st["name"]: st for st in settings}
         evals, by_ckpt = {}, {}
         for k, c in ckpts.items():
@@ -202,6 +211,8 @@ def main():
                       "baseline_test": b_greedy, "baseline_beam": b_beam, "gap": gap,
                       "untranscribed_confidence_median": conf["p50"] if conf else None, "train_student_says": said})
         shown = list(recipes) if st.get("untranscribed", True) is False else runs_of(st)
+        shown = [r for r in shown if all((st["name"], r if r in runs_of(st) else runs_of(st)[0], s) in results
+                                         for s in seeds)]
         for i, recipe in enumerate(shown):
             got = recipe if recipe in runs_of(st) else runs_of(st)[0]
             rs = [results[(st["name"], got, s)] for s in seeds]
@@ -244,6 +255,9 @@ def main():
                   "the cache against the baseline's best dev WER):", ""]
     lines += [f"- {f['setting']}: teacher dev {f['teacher_dev']:.2f}%, baseline dev "
               f"{base_dev(st, seeds[0]):.2f}%: {f['train_student_says']}" for st, f in zip(settings, facts)]
+    if missing:
+        lines.append("\nNot finished when this table was written (`--finished-only`), left out: " + "; ".join(missing)
+                     + ".")
     lines.append("\nRecipes (overrides of each setting's distilled config): "
                  + "; ".join(f"{r['label']}: `{' '.join(r['sets'])}`" for r in recipes.values()) + ".")
     write_section(args.section, "\n".join(lines))
