@@ -124,13 +124,18 @@ def main():
                     help="train nothing: the table of the runs that have finished, the others listed as not run")
     ap.add_argument("--section", default="robustness")
     ap.add_argument("--title", default="Robustness: the recipes in settings nobody tuned them for (#31)")
+    ap.add_argument("--jobs", type=int, help="trainings at once (default: the study's `jobs`)")
+    ap.add_argument("--threads", type=int, help="threads of each (default: cores / jobs)")
     args = ap.parse_args()
     study = yaml.safe_load(open(args.study))
-    seeds, jobs = study["seeds"], study.get("jobs", 1)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    seeds, jobs = study["seeds"], args.jobs or study.get("jobs", 1)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
     efficacy.ENV["OMP_NUM_THREADS"] = str(threads)
     lm, alphas, betas = study.get("lm"), study.get("alphas", "0.25,0.5,1"), study.get("betas", "0,1,2")
     recipes = study["recipes"]
+    ref = study.get("reference")       # a recipe every other one is also compared with, paired by seed
+    if ref is not None and ref not in recipes:
+        raise SystemExit(f"robustness: reference {ref}: not a recipe of {args.study}")
     wanted = [s for s in args.settings.split(",") if s]
     unknown = [s for s in wanted if s not in {st["name"] for st in study["settings"]}]
     if unknown:
@@ -138,8 +143,11 @@ def main():
     settings = [s for s in study["settings"] if not wanted or s["name"] in wanted]
     prepared = Prepared(study.get("prepare", {}))
 
+    def run_dir(st, recipe, seed):   # a setting may name a recipe's runs otherwise (`dirs`: runs made before)
+        return Path(st["out"]) / f"{st.get('dirs', {}).get(recipe, recipes[recipe]['dir'])}-seed{seed}"
+
     def student(st, recipe, seed):
-        out = Path(st["out"]) / f"{recipes[recipe]['dir']}-seed{seed}"
+        out = run_dir(st, recipe, seed)
         if args.finished_only:
             return out / "checkpoint_best.pt" if (out / "done").is_file() else None
         for p in st.get("prepare", []):
@@ -175,8 +183,7 @@ def main():
                 futures[(st["name"], "baseline", seed)] = once(f"{st['baseline_runs']}-seed{seed}", baseline, st, seed)
             for recipe in runs_of(st):
                 for seed in seeds:
-                    futures[(st["name"], recipe, seed)] = once(Path(st["out"]) / f"{recipes[recipe]['dir']}-seed{seed}",
-                                                               student, st, recipe, seed)
+                    futures[(st["name"], recipe, seed)] = once(run_dir(st, recipe, seed), student, st, recipe, seed)
         ckpts = {k: f.result() for k, f in futures.items() if k[0] != "prepare"}
         missing = sorted({f"{k[0]}: {k[1]}" for k, c in ckpts.items() if c is None})
         ckpts = {k: c for k, c in ckpts.items() if c is not None}
@@ -224,13 +231,27 @@ def main():
                     (f"n/a: the teacher is only {gap:.1f} points better" if gap > 0 else
                      f"n/a: the teacher is {-gap:.1f} points worse"))
             same = "" if got == recipe else f" (= {got}: no untranscribed audio)"
+            vs_ref = ""
+            if ref:                       # the paired difference against the study's reference recipe
+                # (a setting's `reference_setting`: the reference runs of another, e.g. from another cache)
+                rst = by_name.get(st.get("reference_setting", st["name"]))
+                rg = None if rst is None else ref if ref in runs_of(rst) else runs_of(rst)[0]
+                if recipe == ref and rst is st:
+                    vs_ref = " — |"
+                elif rg is None or any((rst["name"], rg, s) not in results for s in seeds):
+                    vs_ref = " not run |"
+                else:
+                    rr = [results[(rst["name"], rg, s)] for s in seeds]
+                    vg = stats([r["test"] - q["test"] for r, q in zip(rs, rr)])
+                    vb = (stats([r["beam"] - q["beam"] for r, q in zip(rs, rr)]) if b_beam is not None else None)
+                    vs_ref = f" {fmt(*vg)} / {fmt(*vb) if vb else 'n/a'} |"
             rows.append(f"| {st['name'] if i == 0 else ''} | "
                         + (f"{t['test']:.2f} / {num(t['beam'])} (dev {t['dev']:.2f})" if i == 0 else "") + " | "
                         + (f"{b_greedy:.2f} / {num(b_beam)}" if i == 0 else "") + " | "
                         + (f"{conf['p50']:.3f}" if i == 0 and conf else "") + " | "
                         + f"{recipes[recipe]['label']}{same} | "
                         + f"{statistics.mean(r['test'] for r in rs):.2f} / {num(mean_or_none([r['beam'] for r in rs]))} | "
-                        + f"{fmt(*dg)} | {fmt(*db) if db else 'n/a'} | {goal} |")
+                        + f"{fmt(*dg)} | {fmt(*db) if db else 'n/a'} |{vs_ref} {goal} |")
     for f in facts:
         print(json.dumps(f), flush=True)
     for k, r in results.items():
@@ -238,7 +259,8 @@ def main():
 
     head = ("| setting | teacher test WER greedy / beam + LM | CTC-only student greedy / beam + LM (mean) | "
             "teacher confidence on the untranscribed split (median, every cached utterance) | recipe | student greedy / beam + LM (mean) | "
-            "greedy vs baseline (paired, ± SE) | beam + LM vs baseline | goal |")
+            "greedy vs baseline (paired, ± SE) | beam + LM vs baseline | "
+            + (f"greedy / beam + LM vs {recipes[ref]['label']} (paired) | " if ref else "") + "goal |")
     lines = [f"## {args.title}\n", f"`{command_line()}`\n",
              f"Machine: {machine()}; {jobs} training run(s) at a time with {threads} thread(s) each. Study "
              f"`{args.study}`, seeds {seeds}, WER in % of each run's best-dev checkpoint on the test split; beam "
