@@ -185,3 +185,57 @@ def test_kmeans_iterations_lower_the_reconstruction_error():
     one = codec_from_spec("hidden", {**spec, "iterations": 1}).fit(x).relative_error
     many = codec_from_spec("hidden", {**spec, "iterations": 15}).fit(x).relative_error
     assert many < 0.9 * one
+
+
+def test_the_fitted_mean_is_per_dimension():
+    """Each dimension's own mean is removed before quantising (a scalar mean of the whole sample would leave each
+    dimension's offset to the codebooks)."""
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(600, 8)) + np.arange(8) * 5.0).astype(np.float32)
+    q = codec_from_spec("hidden", {"name": "codebook", "dim": 8, "num_codebooks": 4, "entries": 16}).fit(x)
+    np.testing.assert_allclose(q.mean, x.mean(0), rtol=1e-5, atol=1e-5)
+    assert q.mean.shape == (8,) and q.mean.dtype == np.float32
+
+
+def test_kmeans_runs_on_fit_frames_rows_evenly_strided(monkeypatch):
+    """k-means sees at most `fit_frames` rows of the fit sample, taken with an even stride over all of it (not its
+    head), and every row when the sample is no larger."""
+    from offline_kd.cache.codecs import codebook
+    seen = []
+    real = codebook.kmeans
+    monkeypatch.setattr(codebook, "kmeans", lambda x, *a: seen.append(x.clone()) or real(x, *a))
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(1000, 4)).astype(np.float32)
+    spec = {"name": "codebook", "dim": 4, "num_codebooks": 2, "entries": 8, "iterations": 2}
+    q = codec_from_spec("hidden", {**spec, "fit_frames": 300}).fit(x)
+    want = torch.from_numpy(x[::3][:300] - q.mean)
+    assert len(seen) == 2 and seen[0].shape == (300, 2)
+    torch.testing.assert_close(seen[0], want[:, :2])
+    torch.testing.assert_close(seen[1], want[:, 2:])
+    seen.clear()
+    codec_from_spec("hidden", {**spec, "fit_frames": 1000}).fit(x)
+    assert seen[0].shape == (1000, 2)
+    seen.clear()
+    codec_from_spec("hidden", {**spec, "fit_frames": 999}).fit(x)       # stride 1, the first 999 rows
+    torch.testing.assert_close(seen[0], torch.from_numpy(x[:999, :2] - x.mean(0)[:2]))
+
+
+def test_kmeans_reseeds_empty_entries_with_the_farthest_rows():
+    """Starting from centroids drawn on one repeated row, the entries left empty take the rows farthest from their
+    centroid, and the fit ends on the three distinct points."""
+    from offline_kd.cache.codecs.codebook import kmeans
+    a, b, c = [0.0, 0.0], [10.0, 0.0], [0.0, -7.0]
+    x = torch.tensor([a] * 20 + [b, c])
+    for seed in range(5):
+        got = kmeans(x, 3, 4, torch.Generator().manual_seed(seed))
+        assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, (a, b, c)))
+
+
+def test_nearest_in_chunks_equals_the_brute_force_argmin():
+    from offline_kd.cache.codecs.codebook import nearest
+    g = torch.Generator().manual_seed(0)
+    books = torch.randn(3, 5, 2, generator=g)
+    x = torch.randn(11, 6, generator=g) * 2
+    want = ((x.view(11, 3, 1, 2) - books[None]) ** 2).sum(-1).argmin(-1)
+    for chunk in (1, 4, 11, 512):
+        torch.testing.assert_close(nearest(x, books, 2, chunk=chunk), want)
