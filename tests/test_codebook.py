@@ -239,3 +239,30 @@ def test_nearest_in_chunks_equals_the_brute_force_argmin():
     want = ((x.view(11, 3, 1, 2) - books[None]) ** 2).sum(-1).argmin(-1)
     for chunk in (1, 4, 11, 512):
         torch.testing.assert_close(nearest(x, books, 2, chunk=chunk), want)
+
+
+def test_kmeans_on_small_values_and_one_iteration_reseeds_the_farthest_row():
+    """Distances far below 1 count (nothing clamps or thresholds them at 1); an entry left empty takes the row
+    farthest from its centroid, not the nearest."""
+    from offline_kd.cache.codecs.codebook import kmeans
+    a, b, c = [0.0, 0.0], [0.1, 0.0], [0.0, -0.07]
+    x = torch.tensor([a] * 20 + [b, c])
+    for seed in range(5):
+        got = kmeans(x, 3, 4, torch.Generator().manual_seed(seed))
+        np.testing.assert_allclose(sorted(map(tuple, got.tolist())), sorted(map(tuple, (a, b, c))), atol=1e-6)
+    x = torch.tensor([[0.0, 0.0]] * 200 + [[1.0, 0.0], [10.0, 0.0]])
+    seed = next(s for s in range(100) if (torch.randperm(202, generator=torch.Generator().manual_seed(s))[:2]
+                                          < 200).all())            # both entries start on the repeated row
+    got = kmeans(x, 2, 1, torch.Generator().manual_seed(seed))
+    assert got[1].tolist() == [10.0, 0.0]
+
+
+def test_the_fit_is_seeded():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(500, 8)).astype(np.float32)
+    spec = {"name": "codebook", "dim": 8, "num_codebooks": 2, "entries": 16, "iterations": 3}
+    torch.manual_seed(0)
+    one = codec_from_spec("hidden", spec).fit(x).codebooks
+    torch.manual_seed(1)          # the global generator does not matter, only `seed`
+    np.testing.assert_array_equal(codec_from_spec("hidden", spec).fit(x).codebooks, one)
+    assert not np.array_equal(codec_from_spec("hidden", {**spec, "seed": 1}).fit(x).codebooks, one)
