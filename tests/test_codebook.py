@@ -127,10 +127,15 @@ def test_codebook_loss_refuses_what_it_cannot_read(tiny_teacher, tiny_corpus, tm
     ({"num_codebooks": 25}, "num_codebooks must be an integer in 1..24"),
     ({"entries": 257}, "entries must be an integer in 2..256"),
     ({"entries": 1}, "entries must be an integer in 2..256"),
+    ({"entries": 16.0}, "entries must be an integer in 2..256"),
+    ({"num_codebooks": True}, "num_codebooks must be an integer"),
+    ({"iterations": 1001}, r"iterations must be an integer in 1\.\.1000"),
+    ({"fit_frames": 1}, r"fit_frames must be an integer in 2\.\.10000000"),
+    ({"fit_frames": 10 ** 7 + 1}, r"fit_frames must be an integer in 2\.\.10000000"),
 ])
 def test_codebook_settings_out_of_range(spec, match):
     with pytest.raises(OfflineKDError, match=match):
-        codec_from_spec("hidden", {"name": "codebook", "dim": 24, **spec})
+        codec_from_spec("hidden", {"name": "codebook", "dim": 24, "num_codebooks": 12, **spec})
 
 
 def test_fitting_on_fewer_frames_than_entries_is_refused_and_writes_nothing(tiny_teacher, tiny_corpus, tmp_path):
@@ -266,3 +271,47 @@ def test_the_fit_is_seeded():
     torch.manual_seed(1)          # the global generator does not matter, only `seed`
     np.testing.assert_array_equal(codec_from_spec("hidden", spec).fit(x).codebooks, one)
     assert not np.array_equal(codec_from_spec("hidden", {**spec, "seed": 1}).fit(x).codebooks, one)
+
+
+def test_settings_at_their_bounds_are_accepted():
+    for spec in ({"iterations": 1000}, {"fit_frames": 2}, {"fit_frames": 10 ** 7}, {"entries": 256},
+                 {"num_codebooks": 24}):
+        codec_from_spec("hidden", {"name": "codebook", "dim": 24, "num_codebooks": 12, **spec})
+
+
+def test_the_stored_fit_error_is_the_relative_squared_error_on_the_fit_sample():
+    """Small values (sum of squares far below 1) and a float64 sample: the state is float32, as from float32."""
+    rng = np.random.default_rng(6)
+    x = (1e-3 * rng.normal(size=(400, 6)) @ rng.normal(size=(6, 12))).astype(np.float32)
+    spec = {"name": "codebook", "dim": 12, "num_codebooks": 3, "entries": 16, "iterations": 4}
+    q = codec_from_spec("hidden", spec).fit(x)
+    y = q.decode(q.encode(x)).astype(np.float64)
+    want = ((y - x) ** 2).sum() / (x.astype(np.float64) ** 2).sum()
+    assert 0 < want < 1 and q.relative_error == pytest.approx(want, rel=1e-5)
+    assert q.codebooks.dtype == q.mean.dtype == q.fit_error.dtype == np.float32
+    q64 = codec_from_spec("hidden", spec).fit(x.astype(np.float64))
+    np.testing.assert_array_equal(q64.codebooks, q.codebooks)
+    assert q64.codebooks.dtype == np.float32
+
+
+def test_exactly_as_many_distinct_frames_as_entries_fit_and_fewer_are_refused():
+    rng = np.random.default_rng(7)
+    x = (1e-3 * rng.normal(size=(16, 4))).astype(np.float32)     # (small values: nothing thresholds at 1)
+    spec = {"name": "codebook", "dim": 4, "num_codebooks": 1, "entries": 16}
+    q = codec_from_spec("hidden", spec).fit(x)
+    assert len(np.unique(q.encode(x)["/codes"])) == 16
+    with pytest.raises(OfflineKDError, match="fitting 16 entries needs at least that many frames, the fit sample "
+                                             "has 15"):
+        codec_from_spec("hidden", spec).fit(x[:15])
+    with pytest.raises(OfflineKDError, match="fewer distinct sub-vectors than its 16 entries"):
+        codec_from_spec("hidden", spec).fit(np.concatenate([x[:15], x[:1]]))
+
+
+def test_moving_duplicate_entries_is_seeded():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(40, 6)).astype(np.float32)[rng.integers(0, 40, 500)]
+    spec = {"name": "codebook", "dim": 6, "num_codebooks": 2, "entries": 32, "iterations": 2}
+    torch.manual_seed(0)
+    one = codec_from_spec("hidden", spec).fit(x).codebooks
+    torch.manual_seed(1)
+    np.testing.assert_array_equal(codec_from_spec("hidden", spec).fit(x).codebooks, one)

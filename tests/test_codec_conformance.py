@@ -72,6 +72,10 @@ def test_codec_contract(field, name, i, spec):
         assert not np.isnan(y).any()
         if name not in ("sampled", "lowrank"):      # (random logits are not low-rank; sampled is a draw)
             assert (y.argmax(1) == x.argmax(1)).mean() > 0.95
+        # gather: each frame's token's decoded log-prob, bit-equal to decode (the argmax, kept by top-k, and any
+        # token, most of them in a top-k tail)
+        for tokens in (x.argmax(1), np.random.default_rng(3).integers(0, V, len(x))):
+            np.testing.assert_array_equal(fitted.gather(enc, tokens), y[np.arange(len(x)), tokens])
     else:       # (vector quantisation with few, small codebooks is coarse by design: held-out error up to 0.2)
         assert ((y - x) ** 2).sum() / (x ** 2).sum() < (0.2 if name == "codebook" and spec["num_codebooks"] < 8
                                                         else 0.05)

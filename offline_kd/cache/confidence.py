@@ -28,7 +28,15 @@ def utterance_confidence(log_probs: np.ndarray, best_path: np.ndarray) -> float:
     (all frames when none is non-blank); 0 for an empty utterance."""
     if len(best_path) == 0:
         return 0.0
-    p = np.exp(np.take_along_axis(log_probs, np.asarray(best_path, np.int64)[:, None], 1)[:, 0].astype(np.float64))
+    return path_confidence(np.take_along_axis(log_probs, np.asarray(best_path, np.int64)[:, None], 1)[:, 0],
+                           best_path)
+
+
+def path_confidence(path_log_probs: np.ndarray, best_path: np.ndarray) -> float:
+    """(F,) log-probs of the argmax path's tokens -> `utterance_confidence`."""
+    if len(best_path) == 0:
+        return 0.0
+    p = np.exp(np.asarray(path_log_probs, np.float64))
     spoken = np.asarray(best_path) != 0
     return float(p[spoken].mean() if spoken.any() else p.mean())
 
@@ -46,11 +54,11 @@ def compute(group, fields, offsets: np.ndarray) -> np.ndarray:
             hi += 1
         a, b = int(offsets[lo]), int(offsets[hi])
         raw = {p: arr[a:b] for p, arr in arrays.items()}
-        lp = fields.log_probs.codec.decode(fields.log_probs.part(raw))
-        best = raw[BEST_PATH]
+        best = np.asarray(raw[BEST_PATH], np.int64)
+        lp = fields.log_probs.codec.gather(fields.log_probs.part(raw), best)     # (F,): the 1-best's log-probs
         for i in range(lo, hi):
             s, e = int(offsets[i]) - a, int(offsets[i + 1]) - a
-            out[i] = utterance_confidence(lp[s:e], best[s:e])
+            out[i] = path_confidence(lp[s:e], best[s:e])
         lo = hi
     return out
 

@@ -45,6 +45,9 @@ class CodecBase:
                   travel to the training device and the values are rebuilt there. The default decodes on the host
                   with numpy and moves the result back; codecs whose decoding is matrix work override it.
     to_dict()     the spec stored in the cache; from_dict(spec) rebuilds the codec (without fitted state)
+    gather(a, tokens)  log-probs only: {suffix: array}, (F,) token ids -> (F,) float32 the decoded log-prob of
+                  each frame's token, equal to decode(a)[f, tokens[f]]; the default decodes, a codec that stores
+                  some entries exactly (top-k) reads them without decoding the rest
     fit(sample)   -> a new codec with its state fitted on a (N, W) sample (the codec itself when it has none)
     fit_required  True while state it needs is missing
     state()       {key: array} of the fitted state; with_state(state) -> a new codec carrying it
@@ -87,6 +90,10 @@ class CodecBase:
     def decode_torch(self, a: dict, state: dict):
         device = next(iter(a.values())).device
         return torch.from_numpy(self.decode({k: v.cpu().numpy() for k, v in a.items()})).to(device)
+
+    def gather(self, a: dict, tokens: np.ndarray) -> np.ndarray:
+        dense = self.decode(a)
+        return np.take_along_axis(dense, np.asarray(tokens, np.int64)[:, None], 1)[:, 0].astype(np.float32)
 
     def with_state(self, state: dict[str, np.ndarray]) -> "CodecBase":
         return self

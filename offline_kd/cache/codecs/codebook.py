@@ -27,17 +27,23 @@ def kmeans(x: torch.Tensor, k: int, iterations: int, generator: torch.Generator)
     """Lloyd's k-means on (N, d) float32 rows -> (k, d) centroids. Initialised with k rows drawn by `generator`
     (k-means++ would cost a pass per centroid); a centroid left empty is re-seeded with the rows farthest from their
     own centroid (rows that sit on a centroid are never taken), so on a sample of at least k distinct rows every
-    entry is used."""
+    entry is used. It stops early at a fixed point (the same assignment as the step before, which left no entry
+    empty: the centroids would not move), with the centroids the remaining iterations would give."""
     n = len(x)
     c = x[torch.randperm(n, generator=generator)[:k]].clone()
+    before, settled = None, False
     for _ in range(iterations):
         d = ((x * x).sum(1, keepdim=True) - 2 * x @ c.T + (c * c).sum(1)).clamp_min(0)
         best, assign = d.min(1)
+        if settled and torch.equal(assign, before):
+            break
+        before = assign
         counts = torch.bincount(assign, minlength=k)
         sums = torch.zeros_like(c).index_add_(0, assign, x)
         filled = counts > 0
         c[filled] = sums[filled] / counts[filled, None].float()
         empty = torch.nonzero(~filled).flatten()
+        settled = len(empty) == 0
         if len(empty):
             order = torch.argsort(best, descending=True)
             far = order[best[order] > 0][:len(empty)]

@@ -153,6 +153,19 @@ class TopKLogProbs(CodecBase):
         dense[rows[keep], indices[keep]] = values[keep]
         return dense
 
+    def gather(self, a: dict, tokens: np.ndarray) -> np.ndarray:
+        """decode(a)[f, tokens[f]] without the dense decode where the token is kept (its value is stored exactly;
+        the teacher's 1-best always is): only the frames whose token is in the tail are decoded."""
+        values, indices, count, _ = self.decode_sparse(a)
+        tokens = np.asarray(tokens, np.int64)
+        hit = (indices == tokens[:, None]) & (np.arange(self.k)[None, :] < count[:, None])
+        found = hit.any(1)
+        out = np.where(found, values[np.arange(len(tokens)), hit.argmax(1)], 0.0).astype(np.float32)
+        miss = np.flatnonzero(~found)
+        if len(miss):
+            out[miss] = super().gather({k: np.asarray(v)[miss] for k, v in a.items()}, tokens[miss])
+        return out
+
     def device_state(self, device) -> dict:
         if self.tail == "prior":
             if self.prior is None:
