@@ -32,9 +32,11 @@ def kmeans(x: torch.Tensor, k: int, iterations: int, generator: torch.Generator)
     n = len(x)
     c = x[torch.randperm(n, generator=generator)[:k]].clone()
     before, settled = None, False
+    xx = (x * x).sum(1)
     for _ in range(iterations):
-        d = ((x * x).sum(1, keepdim=True) - 2 * x @ c.T + (c * c).sum(1)).clamp_min(0)
-        best, assign = d.min(1)
+        # |x - c|^2 = |x|^2 + (|c|^2 - 2 x.c): the argmin needs only the bracket; the distances themselves (for
+        # re-seeding) add |x|^2 back
+        part, assign = torch.addmm((c * c).sum(1)[None, :], x, c.T, alpha=-2.0).min(1)
         if settled and torch.equal(assign, before):
             break
         before = assign
@@ -45,6 +47,7 @@ def kmeans(x: torch.Tensor, k: int, iterations: int, generator: torch.Generator)
         empty = torch.nonzero(~filled).flatten()
         settled = len(empty) == 0
         if len(empty):
+            best = (xx + part).clamp_min(0)
             order = torch.argsort(best, descending=True)
             far = order[best[order] > 0][:len(empty)]
             c[empty[:len(far)]] = x[far]
