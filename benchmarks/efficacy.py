@@ -33,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from _common import command_line, machine, write_section
+from offline_kd.config import ExperimentConfig, load_config, to_dict
 
 ENV = {}   # environment overrides for the training processes (OMP_NUM_THREADS with --jobs)
 
@@ -49,7 +50,47 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "layer_mapping":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_mismatch(config: str, out: Path, seed: int, sets: list[str]) -> list[str]:
+    """The keys on which the run in `out` (its saved, resolved config.yaml) differs from what `config` with `sets`
+    asks now: a finished run is reused by its directory, so a changed default must not pass for it. Keys the saved
+    config lacks (options added since) are not compared; nor is what only places or shows the run."""
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        return []
+    want = _flat(to_dict(load_config(config, ExperimentConfig, [f"train.output_dir={out}", f"train.seed={seed}",
+                                                                    *sets])))
+    have = _flat(yaml.safe_load(saved.read_text()))
+    skip = {"train.output_dir", "train.progress", "train.device", "data.num_workers"}
+    return [f"{k}: {have[k]!r} there, {want[k]!r} asked" for k in sorted(have.keys() & want.keys())
+            if k not in skip and str(have[k]) != str(want[k])
+            and not (k == "distill.cache" and same_targets(have[k], want[k]))]
+
+
+def same_targets(a: str, b: str) -> bool:
+    """Two caches of the same teacher, vocabulary, codecs and dump settings (their identity) hold the same
+    targets, whatever else one of them has (a confidence, an LM N-best)."""
+    try:
+        ids = [json.loads(cli("cache", "info", c, "--json").stdout)["identity_sha256"] for c in (a, b)]
+    except SystemExit:
+        return False
+    return ids[0] == ids[1]
+
+
 def train(kind: str, config: str, out: Path, seed: int, sets: list[str]) -> Path:
+    bad = config_mismatch(config, out, seed, sets)
+    if bad:
+        raise SystemExit(f"efficacy: {out} was trained with another config than {config} + {sets} now gives "
+                         f"({'; '.join(bad)}): move it away to retrain, or pin those keys in the study")
     if not (out / "done").is_file():
         args = [kind, "--config", config, "--set", f"train.output_dir={out}", "--set", f"train.seed={seed}",
                 "--set", "train.progress=false", *[a for s in sets for a in ("--set", s)]]

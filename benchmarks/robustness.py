@@ -235,8 +235,9 @@ def main():
             if ref:                       # the paired difference against the study's reference recipe
                 # (a setting's `reference_setting`: the reference runs of another, e.g. from another cache)
                 rst = by_name.get(st.get("reference_setting", st["name"]))
-                rg = None if rst is None else ref if ref in runs_of(rst) else runs_of(rst)[0]
-                if recipe == ref and rst is st:
+                sref = (rst or st).get("reference", ref)          # (a setting may name its own)
+                rg = None if rst is None else sref if sref in runs_of(rst) else runs_of(rst)[0]
+                if recipe == sref and rst is st:
                     vs_ref = " — |"
                 elif rg is None or any((rst["name"], rg, s) not in results for s in seeds):
                     vs_ref = " not run |"
