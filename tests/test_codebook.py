@@ -315,3 +315,30 @@ def test_moving_duplicate_entries_is_seeded():
     one = codec_from_spec("hidden", spec).fit(x).codebooks
     torch.manual_seed(1)
     np.testing.assert_array_equal(codec_from_spec("hidden", spec).fit(x).codebooks, one)
+
+
+def test_the_fit_samples_teacher_outputs_are_written_not_recomputed(tiny_teacher, tiny_corpus, tmp_path,
+                                                                     monkeypatch):
+    """The teacher runs once on every utterance, the fit sample's included (its outputs are kept for the dump), and
+    the cache is the one a dump that ran the teacher again on them writes, byte for byte."""
+    from offline_kd.distillation import dump
+    real_iter, real_fit, seen = dump.iterate_outputs, dump._fit_state, []
+
+    def counting(*a, **k):
+        for out in real_iter(*a, **k):
+            seen.append(len(out[2]))
+            yield out
+    monkeypatch.setattr(dump, "iterate_outputs", counting)
+    codecs = {"hidden": BOOK, "log_probs": {"name": "topk", "k": 3, "tail": "lowrank", "tail_rank": 4},
+              "lowrank_fit_frames": 400}
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, tmp_path / "a.zarr", codecs=codecs), **QUIET)
+    a = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")
+    assert sum(seen) == a["train/offset"].shape[0] - 1 + a["dev/offset"].shape[0] - 1
+    monkeypatch.setattr(dump, "_fit_state", lambda *args: real_fit(*args[:8], None))     # without keeping them
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, tmp_path / "b.zarr", codecs=codecs), **QUIET)
+    b = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")
+    arrays = {name: x for name, x in a.members(max_depth=None) if isinstance(x, zarr.Array)}
+    assert {"train/log_probs/tail_q", "train/hidden_1/codes", "dev/hidden_3/codes"} <= set(arrays), sorted(arrays)
+    assert sorted(arrays) == sorted(n for n, x in b.members(max_depth=None) if isinstance(x, zarr.Array))
+    for name, x in arrays.items():
+        np.testing.assert_array_equal(x[...], b[name][...], err_msg=name)

@@ -102,9 +102,12 @@ def _split_plan(reader, valid, cfg: DumpConfig, s: int) -> SplitPlan:
                      hashes=[hashes[i] for i in order])
 
 
-def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -> dict[str, np.ndarray]:
+def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log,
+               kept: dict | None = None) -> dict[str, np.ndarray]:
     """Fitted codec state, as {cache array path: array}, from the first `lowrank_fit_frames` frames of the first
-    split, for every codec that needs one (`fit_required`). Empty when none does."""
+    split, for every codec that needs one (`fit_required`). Empty when none does. The teacher's outputs on those
+    batches go into `kept` ({plan position of a batch's first utterance: outputs}, every cached layer), so the
+    split's dump writes them instead of running the teacher on them again."""
     fit_lp = lp_codec.fit_required
     layers = sorted(L for L, c in hidden_codecs.items() if c.fit_required)
     if not (fit_lp or layers):
@@ -114,7 +117,12 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log) -
     lps, n, limit = [], 0, cfg.codecs.lowrank_fit_frames
     loader = loader_for(first.reader, vocab, first.batches, device=device,
                         with_audio=reads_waveform(model))
-    for batch, log_probs, out_len, hidden in iterate_outputs(model, loader, device, layers):
+    pos = 0
+    for batch, log_probs, out_len, hidden in iterate_outputs(model, loader, device,
+                                                             sorted(hidden_codecs) if kept is not None else layers):
+        if kept is not None:
+            kept[pos] = (batch, log_probs, out_len, hidden)
+            pos += len(out_len)
         lp = log_probs.transpose(0, 1).float().cpu().numpy()
         for b, t in enumerate(out_len.tolist()):
             for L in layers:
@@ -164,7 +172,8 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     lp_codec, hidden_codecs = make_codecs(cfg.codecs, model.num_classes,
                                           {L: model.layer_dims()[L] for L in layers}, log)
     plans = _plan(cfg, corpus, model, log)
-    first = next(iter(plans.values()))
+    first_name = next(iter(plans))
+    first = plans[first_name]
     for p in plans.values():
         check_frames(teacher, p.reader, p.order)                # every utterance's frame count reconciles
     probe(teacher, first.reader, first.order[0], layers, device)       # a wrong teacher fails before any write
@@ -172,7 +181,8 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
                               teacher.record["sha256"], weights_sha256(model), __version__,
                               teacher.dev, splits=list(plans), frontend=corpus.meta.get("frontend"),
                               teacher_record=teacher.record).with_identity(plans)
-    fit = lambda: _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log)  # noqa: E731
+    kept: dict = {}       # the teacher's outputs on the fit sample's batches (the first split's first ones)
+    fit = lambda: _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log, kept)  # noqa: E731
     state = distributed.run_on_main(lambda: prepare_store(cfg, meta, plans, fit, overwrite, log), env)
     if state["complete"]:
         log(f"{cfg.output}: already complete, nothing to do")
@@ -185,8 +195,9 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     totals = {"frames": 0, "utterances": 0, "seconds": 0.0}
     for split in plans:
         for k, v in _dump_split(cfg, root[split], plans[split], model, vocab, layers, lp_codec, hidden_codecs,
-                                env, device, log).items():
+                                env, device, log, kept if split == first_name else None).items():
             totals[k] += v
+        kept = {}
     per_rank = distributed.all_gather(totals, env)    # also the barrier: every rank has finished writing
     lm_splits = [s for s in plans if cfg.lm_targets and split_of(s)[0] in cfg.lm_targets.splits]
     lm = (lambda: write_lm_targets(cfg.output, cfg.storage_options, lm_splits, vocab, cfg.lm_targets, log)) \
@@ -219,9 +230,10 @@ def _check(cfg: DumpConfig, corpus: Corpus, model, vocab, name: str) -> list[int
 
 
 def _dump_split(cfg: DumpConfig, g, p: dict, model, vocab, layers, lp_codec, hidden_codecs, env, device,
-                log) -> dict:
-    """This rank's unfinished shards of one split: run the teacher over the batches that reach into them and
-    hand the outputs to the background writer. -> {frames, utterances, seconds} written here."""
+                log, kept: dict | None = None) -> dict:
+    """This rank's unfinished shards of one split: run the teacher over the batches that reach into them (those
+    in `kept`, the fit sample's, it ran on already) and hand the outputs to the background writer.
+    -> {frames, utterances, seconds} written here."""
     reader, shard_frames = p.reader, cfg.chunk_frames * cfg.shard_chunks
     none = {"frames": 0, "utterances": 0, "seconds": 0.0}
     if g.attrs.get("complete"):
@@ -245,10 +257,12 @@ def _dump_split(cfg: DumpConfig, g, p: dict, model, vocab, layers, lp_codec, hid
         cfg.encode_on == "device" or cfg.encode_on == "auto" and device.type == "cuda") else None
     with bar, SplitWriter(g, lp_codec, hidden_codecs, shard_frames, mine.tolist(), cfg.writer_queue) as writer:
         workers = resolve_num_workers(cfg.num_workers, device, env.world_size)
-        outputs_iter = iterate_outputs(model, loader_for(reader, vocab, [b for _, b in todo], workers, device,
-                                                         reads_waveform(model)),
+        kept = kept or {}
+        outputs_iter = iterate_outputs(model, loader_for(reader, vocab, [b for q, b in todo if q not in kept],
+                                                         workers, device, reads_waveform(model)),
                                        device, layers)
-        for (pos, _), (batch, log_probs, out_len, hidden) in zip(todo, outputs_iter):
+        for pos, _ in todo:
+            batch, log_probs, out_len, hidden = kept.pop(pos) if pos in kept else next(outputs_iter)
             if encoder is not None:
                 writer.put(encoder.encode(pos, log_probs, out_len, hidden))
             else:
