@@ -179,6 +179,9 @@ MUTANTS = [
            'return nearest(self._pad(x.float() - state["mean"]), state["codebooks"], self.sub)\n',
            'return nearest(self._pad(x.float()), state["codebooks"], self.sub)\n',
            ("tests/test_codebook.py::test_codebook_cache_stores_uint8_indexes_and_sealed_codebooks",)),
+    Mutant("dump_recomputes_the_fit_sample", "offline_kd/distillation/dump.py",
+           "env, device, log, kept if split == first_name else None)", "env, device, log, None)",
+           ("tests/test_codebook.py::test_the_fit_samples_teacher_outputs_are_written_not_recomputed",)),
 ]
 
 
