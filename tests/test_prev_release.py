@@ -8,6 +8,11 @@ expected.json: what that release got from them. Here the current code must get t
 `cache verify --teacher` (OK, sealed, the same fidelity figures), every utterance decoded to the same bytes,
 `evaluate` of the teacher with the same hypotheses, and a 1-epoch student per cache with the same final weights
 (sha256) and the same loss in every metrics.jsonl step. Everything runs with one torch thread, as the generator did.
+
+Bit-for-bit holds on the CPU type the fixture was made on. On another x86 CPU type the compact cache's low-rank decode
+(a float32 matmul whose kernel follows the CPU's vector units) differs in the last bits, in the old release as in
+this one: other_cpu_reference.npz holds what release d04b025 itself decoded and trained from that cache on such a
+CPU (an Intel Xeon of 2026-12), and where the bytes differ the figures must agree with it to float32 rounding.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from offline_kd.cli import main
 FIXTURE = Path(__file__).parent / "fixtures" / "prev_release"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 CACHES = sorted(EXPECTED["caches"])
+OTHER_CPU = dict(np.load(FIXTURE / "other_cpu_reference.npz"))   # the old release on a second CPU type (above)
+ROUNDING = {"rel": 1e-5, "abs": 0.0}          # float32 rounding of a different summation order, not a change
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +140,11 @@ def test_cache_verify_ok_and_same_fidelity(name):
     assert res["ok"] is True and res["complete"] is True and res["sealed"] is True, res
     assert res["problems"] == []
     assert res["utterances_checked"] == exp["verify"]["utterances_checked"]
-    assert res["fidelity"] == exp["verify"]["fidelity"]
+    got, want = res["fidelity"], exp["verify"]["fidelity"]
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():       # (exact on the fixture's CPU type; to rounding on another, see above)
+        assert got[key] == (pytest.approx(value, **ROUNDING) if not isinstance(value, dict) else
+                            {k: pytest.approx(v, **ROUNDING) for k, v in value.items()}), key
     assert "OK" in cli("cache", "verify", exp["path"])
 
 
@@ -146,7 +157,17 @@ def test_cache_reads_every_utterance_the_same(name):
     for split_name, want in exp["decoded"].items():
         split = cache.split(split_name)
         assert (len(split), split.num_frames) == (want["utterances"], want["frames"])
-        assert decoded_digest(split) == want["sha256"], f"{split_name}: decoded utterances differ"
+        if decoded_digest(split) == want["sha256"]:
+            continue
+        # not the same bytes: what the old release decoded on the other CPU type, to float32 rounding
+        assert any(k.startswith(f"decoded/{split_name}/") for k in OTHER_CPU), f"{split_name}: decoded utterances differ"
+        for p, u in enumerate(split.utterance_ids):
+            d = split.read(p)
+            got = {"log_probs": d["log_probs"], **{f"hidden_{L}": h for L, h in d["hidden"].items()}}
+            assert sorted(got) == sorted(k.split("/")[-1] for k in OTHER_CPU if k.startswith(f"decoded/{split_name}/{u}/"))
+            for field, a in got.items():
+                np.testing.assert_allclose(a, OTHER_CPU[f"decoded/{split_name}/{u}/{field}"], rtol=1e-5, atol=1e-6,
+                                           err_msg=f"{split_name} {u} {field}")
 
 
 @pytest.mark.parametrize("name", CACHES)
@@ -164,15 +185,22 @@ def test_student_trains_to_the_same_weights(name, tmp_path):
     epochs = [{k: v for k, v in r.items() if k in ("epoch", "step", "dev_wer", "dev_cer") or k.startswith("train_")}
               for r in rows if r["event"] == "epoch"]
     want = exp["student"]
+    ckpt = load_checkpoint(tmp_path / "student" / "checkpoint_last.pt")
+    exact = state_sha256(ckpt["model_state_dict"]) == want["weights_sha256"]
+    # not the same bytes (another CPU type, see above): the old release's weights there, the losses to rounding
+    same = (lambda a, b: a == b) if exact else (lambda a, b: a == pytest.approx(b, **ROUNDING))
     assert len(steps) == len(want["steps"])
     for got, was in zip(steps, want["steps"]):
         for key, value in was.items():
-            assert got.get(key) == value, f"step {was['step']} {key}: now {got.get(key)!r}, was {value!r}"
+            assert same(got.get(key), value), f"step {was['step']} {key}: now {got.get(key)!r}, was {value!r}"
     for got, was in zip(epochs, want["epochs"]):
         for key, value in was.items():
-            assert got.get(key) == value, f"epoch {was['epoch']} {key}: now {got.get(key)!r}, was {value!r}"
-    ckpt = load_checkpoint(tmp_path / "student" / "checkpoint_last.pt")
-    assert state_sha256(ckpt["model_state_dict"]) == want["weights_sha256"]
+            assert same(got.get(key), value), f"epoch {was['epoch']} {key}: now {got.get(key)!r}, was {value!r}"
+    if not exact:
+        assert any(k.startswith("student/") for k in OTHER_CPU) and name == "topk-lowrank+lowrank-step", \
+            f"{name}: the student's weights differ"
+        for k, v in ckpt["model_state_dict"].items():
+            np.testing.assert_allclose(v.numpy(), OTHER_CPU[f"student/{k}"], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
 def test_old_teacher_checkpoint_loads_and_evaluates(tmp_path):
