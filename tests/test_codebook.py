@@ -260,6 +260,9 @@ def test_kmeans_on_small_values_and_one_iteration_reseeds_the_farthest_row():
                                           < 200).all())            # both entries start on the repeated row
     got = kmeans(x, 2, 1, torch.Generator().manual_seed(seed))
     assert got[1].tolist() == [10.0, 0.0]
+    x = x / 100                       # the same at distances far below 1: the farthest row, not a repeated one
+    got = kmeans(x, 2, 1, torch.Generator().manual_seed(seed))
+    assert got[1].tolist() == x[-1].tolist()
 
 
 def test_the_fit_is_seeded():
