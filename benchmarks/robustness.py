@@ -270,8 +270,12 @@ def main():
              f"Goal: where the teacher's test WER is at least {GOAL_GAP:g} points below the baseline's, mean + 2 SE "
              f"<= -{GOAL_GAIN:g} greedy and with the LM; the goal column gives the larger of the two bounds.\n",
              "Settings:\n"]
-    lines += [f"- **{st['name']}**: {st['about']}; cache `{f['cache']}`, teacher `{f['teacher']}`." for st, f in
-              zip(settings, facts)]
+    def own_lm(st):     # a setting's own LM and grid, where it has one
+        got = lm_of(st)
+        return "" if got == (lm, alphas, betas) else (f"; LM `{got[0]}`, alpha in {{{got[1]}}}, beta in "
+                                                       f"{{{got[2]}}}")
+    lines += [f"- **{st['name']}**: {st['about']}; cache `{f['cache']}`, teacher `{f['teacher']}`{own_lm(st)}."
+              for st, f in zip(settings, facts)]
     lines += ["", head, "|" + "---|" * (head.count("|") - 1)] + rows
     lines += ["", "What `train-student` prints before training with `distill.compare_baseline` set to the baseline's "
                   "seed-0 run (`offline_kd.distillation.student.teacher_verdict`, the teacher's dev WER recorded in "
