@@ -142,7 +142,7 @@ def test_cache_verify_ok_and_same_fidelity(name):
     assert res["utterances_checked"] == exp["verify"]["utterances_checked"]
     got, want = res["fidelity"], exp["verify"]["fidelity"]
     assert sorted(got) == sorted(want)
-    for key, value in want.items():       # (exact on the fixture's CPU type; to rounding on another, see above)
+    for key, value in want.items():       # to float32 rounding: another CPU type rounds differently (see above)
         assert got[key] == (pytest.approx(value, **ROUNDING) if not isinstance(value, dict) else
                             {k: pytest.approx(v, **ROUNDING) for k, v in value.items()}), key
     assert "OK" in cli("cache", "verify", exp["path"])
@@ -160,7 +160,8 @@ def test_cache_reads_every_utterance_the_same(name):
         if decoded_digest(split) == want["sha256"]:
             continue
         # not the same bytes: what the old release decoded on the other CPU type, to float32 rounding
-        assert any(k.startswith(f"decoded/{split_name}/") for k in OTHER_CPU), f"{split_name}: decoded utterances differ"
+        assert name == "topk-lowrank+lowrank-step" and any(k.startswith(f"decoded/{split_name}/") for k in OTHER_CPU), \
+            f"{name} {split_name}: decoded utterances differ"      # (the reference holds that cache only)
         for p, u in enumerate(split.utterance_ids):
             d = split.read(p)
             got = {"log_probs": d["log_probs"], **{f"hidden_{L}": h for L, h in d["hidden"].items()}}
