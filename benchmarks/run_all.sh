@@ -27,6 +27,16 @@ python dump_throughput.py --teacher ../$T --corpus ../data/seed --split train --
 python train_throughput.py --corpus ../data/seed --teacher ../$T --cache float32=../cache/bench_f32.zarr \
     --cache float16=../cache/bench_f16.zarr --cache compact=../cache/bench_compact.zarr --batches 12 --runs "$RUNS"
 python cache_codecs.py --teacher ../$T20 --corpus ../data/seed --split dev --sample 64
+# the 1% preset (#30): its codec rows (the same teacher trained 10 epochs) and its dump's throughput
+T10=runs/bench/seed_teacher10/checkpoint_best.pt
+[ -f "../$T10" ] || (cd .. && $OKD train --config configs/bench/seed_teacher.yaml --set train.progress=false \
+    --set train.epochs=10 --set train.output_dir=runs/bench/seed_teacher10)
+python cache_codecs.py --teacher ../$T10 --corpus ../data/seed --split dev --sample 64 \
+    --only 'float32;float16;default (configs/dump_config.yaml);1% preset (configs/dump_config_1pct.yaml);1% preset with 8 codebooks a layer' \
+    --section cache-codecs-1pct --title 'Cache codecs: the 1% preset (#30)'
+python dump_throughput.py --teacher ../$T --corpus ../data/seed --split train --runs "$RUNS" \
+    --codecs log_probs=float16,hidden=float16 --codecs default --codecs ../configs/dump_config_1pct.yaml \
+    --section dump-throughput-1pct
 # the codecs on the device (encode_on / decode_on) against the host, side by side
 python dump_throughput.py --teacher ../$T --corpus ../data/seed --split train --runs "$RUNS" \
     --codecs log_probs=float16,hidden=float16 --codecs default --encode-on both --section dump-encode-on
@@ -47,11 +57,17 @@ if [ -f runs/demo/teacher/checkpoint_best.pt ]; then
       --compact-codecs log_probs=topk,topk_k=8,topk_coverage=0.999,topk_tail=lowrank,logits_rank=112,logits_coeff=int8,hidden=lowrank,lowrank_rank=1024,lowrank_coeff=step,lowrank_target_error=0.0085 \
       --compact-codecs tail32+lr192:log_probs=topk,topk_k=8,topk_coverage=0.999,topk_tail=lowrank,logits_rank=32,logits_coeff=int8,hidden=lowrank,lowrank_rank=192,lowrank_coeff=int8 \
       --compact-codecs float16:log_probs=float16,hidden=float16 --seeds 0,1,2,3 --jobs 2 --out runs/efficacy_v2
+  python benchmarks/robustness.py --study benchmarks/robustness.yaml --settings demo --section robustness-demo \
+      --title "Robustness: the demo setting (#31)"
+  python benchmarks/robustness.py --study benchmarks/feature_terms.yaml --settings "demo,demo (1% cache)" \
+      --section feature-terms-demo --title "Feature terms on the demo: none, projected MSE, the codebook loss (#30)"
 fi
 # scale-out and the robustness study (need recipes/tts_en/run.sh first and efficacy.py's tts_en runs, in
 # docs/benchmarks.md "tts_en: confidence-aware pseudo-labels": its teacher, corpus, caches and the CTC-only baseline)
 if [ -f runs/tts_en/teacher/checkpoint_best.pt ]; then
   python benchmarks/robustness.py --study benchmarks/robustness.yaml
+  python benchmarks/robustness.py --study benchmarks/feature_terms.yaml --settings "seed's setting,seed's setting (1% cache)" \
+      --section feature-terms-seed --title "Feature terms in the seed's setting: none, projected MSE, the codebook loss (#30)"
   (cd benchmarks && python scaling.py --teacher ../runs/tts_en/teacher/checkpoint_best.pt --corpus ../data/tts_en/corpus \
       --cache ../cache/tts_en_teacher.zarr --split train --nproc 2 --runs 5 --batches 48 --student-hidden 96)
 fi

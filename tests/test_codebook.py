@@ -3,6 +3,7 @@ codebooks) and the codebook loss (MVQ-KD: heads predict each codebook's index, c
 codebooks), from the cache and from the live teacher alike."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -345,3 +346,16 @@ def test_the_fit_samples_teacher_outputs_are_written_not_recomputed(tiny_teacher
     assert sorted(arrays) == sorted(n for n, x in b.members(max_depth=None) if isinstance(x, zarr.Array))
     for name, x in arrays.items():
         np.testing.assert_array_equal(x[...], b[name][...], err_msg=name)
+
+
+def test_the_dump_reports_its_codec_fitting_time(tiny_teacher, tiny_corpus, tmp_path):
+    """`fit_seconds` (what benchmarks/dump_throughput.py subtracts as the fixed cost): the codecs' fitting time,
+    within the dump's own, and 0 for a dump whose codecs fit nothing."""
+    codecs = {"hidden": BOOK, "log_probs": {"name": "topk", "k": 3, "tail": "lowrank", "tail_rank": 4},
+              "lowrank_fit_frames": 400}
+    start = time.perf_counter()
+    res = dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, tmp_path / "a.zarr", codecs=codecs), **QUIET)
+    assert 0 < res["fit_seconds"] < time.perf_counter() - start
+    res = dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, tmp_path / "b.zarr",
+                                    codecs={"hidden": "float16", "log_probs": "float16"}), **QUIET)
+    assert res["fit_seconds"] == 0

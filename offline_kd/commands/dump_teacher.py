@@ -8,5 +8,5 @@ from offline_kd.distillation import dump
 
 
 def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
-    """-> {cache, resumed, frames_written, utterances_written, seconds[, world_size]}."""
+    """-> {cache, resumed, frames_written, utterances_written, seconds, fit_seconds[, world_size]}."""
     return dump.run(cfg, overwrite=overwrite, log=log)

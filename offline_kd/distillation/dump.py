@@ -103,11 +103,12 @@ def _split_plan(reader, valid, cfg: DumpConfig, s: int) -> SplitPlan:
 
 
 def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log,
-               kept: dict | None = None) -> dict[str, np.ndarray]:
+               kept: dict | None = None, timing: dict | None = None) -> dict[str, np.ndarray]:
     """Fitted codec state, as {cache array path: array}, from the first `lowrank_fit_frames` frames of the first
     split, for every codec that needs one (`fit_required`). Empty when none does. The teacher's outputs on those
     batches go into `kept` ({plan position of a batch's first utterance: outputs}, every cached layer), so the
-    split's dump writes them instead of running the teacher on them again."""
+    split's dump writes them instead of running the teacher on them again. `timing["fit_seconds"]` gets the codecs'
+    fitting time (k-means, PCA: a fixed cost, whatever the corpus's size), the teacher's pass not included."""
     fit_lp = lp_codec.fit_required
     layers = sorted(L for L, c in hidden_codecs.items() if c.fit_required)
     if not (fit_lp or layers):
@@ -137,11 +138,13 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log,
         raise OfflineKDError(f"dump.codecs: a fitted codec needs {needed} frames (a low-rank codec's rank, a codebook "
                              f"codec's entries), more than the {n} frames available to fit it; lower lowrank_rank / "
                              f"logits_rank / the codebook's entries or raise dump.codecs.lowrank_fit_frames")
-    state = {}
+    state, start = {}, time.perf_counter()
     if fit_lp:
         state.update(state_arrays(lp_codec.fit(np.concatenate(lps)[:limit]), LOG_PROBS))
     for L in layers:
         state.update(state_arrays(hidden_codecs[L].fit(np.concatenate(collected[L])[:limit]), hidden_field(L)))
+    if timing is not None:
+        timing["fit_seconds"] = time.perf_counter() - start
     log(f"fitting codec state ({', '.join(sorted({k.rsplit('/', 1)[0] for k in state}))}) on {min(n, limit)} "
         f"frames")
     return state
@@ -182,7 +185,9 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
                               teacher.dev, splits=list(plans), frontend=corpus.meta.get("frontend"),
                               teacher_record=teacher.record).with_identity(plans)
     kept: dict = {}       # the teacher's outputs on the fit sample's batches (the first split's first ones)
-    fit = lambda: _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log, kept)  # noqa: E731
+    timing = {"fit_seconds": 0.0}
+    fit = lambda: _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log, kept,  # noqa: E731
+                             timing)
     state = distributed.run_on_main(lambda: prepare_store(cfg, meta, plans, fit, overwrite, log), env)
     if state["complete"]:
         log(f"{cfg.output}: already complete, nothing to do")
@@ -206,7 +211,8 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     out = {"cache": cfg.output, "resumed": state["resume"],
            "frames_written": sum(t["frames"] for t in per_rank),
            "utterances_written": sum(t["utterances"] for t in per_rank),
-           "seconds": round(max(t["seconds"] for t in per_rank), 2)}
+           "seconds": round(max(t["seconds"] for t in per_rank), 2),
+           "fit_seconds": round(timing["fit_seconds"], 3)}     # (on the main rank; 0 where nothing was fitted)
     if env.enabled:
         out["world_size"] = env.world_size
     return out
