@@ -64,10 +64,13 @@ if [ -f runs/demo/teacher/checkpoint_best.pt ]; then
 fi
 # scale-out and the robustness study (need recipes/tts_en/run.sh first and efficacy.py's tts_en runs, in
 # docs/benchmarks.md "tts_en: confidence-aware pseudo-labels": its teacher, corpus, caches and the CTC-only baseline)
-if [ -f runs/tts_en/teacher/checkpoint_best.pt ]; then
-  python benchmarks/robustness.py --study benchmarks/robustness.yaml
+# the seed's setting needs only the tts_en corpus and its LM (the study trains its teacher, dumps and runs)
+if [ -f data/tts_en/corpus/corpus.json ] && [ -f data/tts_en/lm/4gram.bin ]; then
   python benchmarks/robustness.py --study benchmarks/feature_terms.yaml --settings "seed's setting,seed's setting (1% cache)" \
       --section feature-terms-seed --title "Feature terms in the seed's setting: none, projected MSE, the codebook loss (#30)"
+fi
+if [ -f runs/tts_en/teacher/checkpoint_best.pt ]; then
+  python benchmarks/robustness.py --study benchmarks/robustness.yaml
   (cd benchmarks && python scaling.py --teacher ../runs/tts_en/teacher/checkpoint_best.pt --corpus ../data/tts_en/corpus \
       --cache ../cache/tts_en_teacher.zarr --split train --nproc 2 --runs 5 --batches 48 --student-hidden 96)
 fi
