@@ -158,6 +158,12 @@ def test_cache_info_same(name):
     assert info["complete"] is True
 
 
+def flat_figures(fidelity: dict) -> dict:
+    """verify's fidelity figures with a dict's entries as figure/key (as the CPU references hold them)."""
+    return {f"{k}/{kk}" if isinstance(v, dict) else k: vv for k, v in fidelity.items()
+            for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
+
+
 @pytest.mark.parametrize("name", CACHES)
 def test_cache_verify_ok_and_same_fidelity(name):
     exp = EXPECTED["caches"][name]
@@ -168,17 +174,14 @@ def test_cache_verify_ok_and_same_fidelity(name):
     assert res["utterances_checked"] == exp["verify"]["utterances_checked"]
     got, want = res["fidelity"], exp["verify"]["fidelity"]
     assert sorted(got) == sorted(want)
-    flat = {f"{k}/{kk}" if isinstance(v, dict) else k: vv for k, v in got.items()
-            for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
+    flat = flat_figures(got)
 
     def same_as(ref: dict) -> None:       # to float32 rounding of a different summation order
         assert sorted(flat) == sorted(ref), sorted(set(flat) ^ set(ref))
         for key, value in ref.items():
             assert flat[key] == pytest.approx(float(value), **ROUNDING), f"{key}: now {flat[key]!r}, was {value!r}"
-    want_flat = {f"{k}/{kk}" if isinstance(v, dict) else k: vv for k, v in want.items()
-                 for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
     try:
-        same_as(want_flat)
+        same_as(flat_figures(want))
     except AssertionError:                # another CPU type's live teacher: its reference (see above)
         agrees_with_a_cpu_reference(f"{name}/verify/", same_as)
     assert "OK" in cli("cache", "verify", exp["path"])
