@@ -13,7 +13,7 @@ Bit-for-bit holds on the CPU type the fixture was made on. On another x86 CPU ty
 vector units and differ in the last bits, in the old release as in this one (the compact cache's low-rank decode, the
 live teacher's outputs that `cache verify` compares with, a student's training): a CPU reference holds what release
 d04b025 itself got on such a CPU type (tests/fixtures/make_other_cpu_reference.py), and where the bytes or figures
-differ from expected.json they must agree with one CPU type's reference to float32 rounding. other_cpu_reference.npz:
+differ from expected.json they must agree with one CPU type's reference to float32 rounding. cpu_reference_intel_xeon.npz:
 an Intel Xeon of 2026-12, the compact cache's decode and student; cpu_reference_amd_epyc.npz: an AMD EPYC of 2026-12,
 every cache's verify figures, decode and student.
 """
@@ -36,10 +36,9 @@ from offline_kd.cli import main
 FIXTURE = Path(__file__).parent / "fixtures" / "prev_release"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 CACHES = sorted(EXPECTED["caches"])
+ROUNDING = {"rel": 1e-5, "abs": 0.0}          # float32 rounding of a different summation order, not a change
 # the old release on other CPU types (above): {cpu: {"<cache>/<verify|decoded|student>/...": array}}
-CPU_REFS = {"intel-xeon": {f"topk-lowrank+lowrank-step/{k}": v      # the first file: that cache only, no prefix
-                           for k, v in np.load(FIXTURE / "other_cpu_reference.npz").items()},
-            **{p.stem.removeprefix("cpu_reference_"): dict(np.load(p)) for p in sorted(FIXTURE.glob("cpu_reference_*.npz"))}}
+CPU_REFS = {p.stem.removeprefix("cpu_reference_"): dict(np.load(p)) for p in sorted(FIXTURE.glob("cpu_reference_*.npz"))}
 
 
 def cpu_refs(prefix: str) -> dict[str, dict]:
@@ -60,7 +59,6 @@ def agrees_with_a_cpu_reference(prefix: str, check) -> None:
         except AssertionError as exc:
             failed[cpu] = str(exc).splitlines()[0]
     raise AssertionError(f"{prefix}: differs from expected.json and from every CPU reference: {failed}")
-ROUNDING = {"rel": 1e-5, "abs": 0.0}          # float32 rounding of a different summation order, not a change
 
 
 @pytest.fixture(scope="module")
