@@ -120,6 +120,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--study", default="benchmarks/robustness.yaml")
     ap.add_argument("--settings", default="", help="comma-separated setting names (default: all)")
+    ap.add_argument("--recipes", default="",
+                    help="comma-separated recipe names: only those of each setting's (default: each setting's)")
     ap.add_argument("--finished-only", action="store_true",
                     help="train nothing: the table of the runs that have finished, the others listed as not run")
     ap.add_argument("--section", default="robustness")
@@ -141,6 +143,9 @@ def main():
     if unknown:
         raise SystemExit(f"robustness: --settings {', '.join(unknown)}: not in {args.study}")
     settings = [s for s in study["settings"] if not wanted or s["name"] in wanted]
+    only = [r for r in args.recipes.split(",") if r]
+    if [r for r in only if r not in recipes]:
+        raise SystemExit(f"robustness: --recipes {', '.join(r for r in only if r not in recipes)}: not in {args.study}")
     prepared = Prepared(study.get("prepare", {}))
 
     def run_dir(st, recipe, seed):   # a setting may name a recipe's runs otherwise (`dirs`: runs made before)
@@ -164,7 +169,9 @@ def main():
         return st.get("lm", lm), st.get("alphas", alphas), st.get("betas", betas)
 
     def runs_of(st):   # without untranscribed audio every recipe is the first one (they differ only there)
-        return list(recipes)[:1] if st.get("untranscribed", True) is False else st.get("recipes", list(recipes))
+        if st.get("untranscribed", True) is False:
+            return list(recipes)[:1]
+        return [r for r in st.get("recipes", list(recipes)) if not only or r in only]
 
     with ThreadPoolExecutor(jobs) as pool:
         futures, by_path = {}, {}
@@ -217,7 +224,8 @@ def main():
                       "teacher_dev": t["dev"], "teacher_test": t["test"], "teacher_beam": t["beam"],
                       "baseline_test": b_greedy, "baseline_beam": b_beam, "gap": gap,
                       "untranscribed_confidence_median": conf["p50"] if conf else None, "train_student_says": said})
-        shown = list(recipes) if st.get("untranscribed", True) is False else runs_of(st)
+        shown = [r for r in (list(recipes) if st.get("untranscribed", True) is False else runs_of(st))
+                 if not only or r in only]
         shown = [r for r in shown if all((st["name"], r if r in runs_of(st) else runs_of(st)[0], s) in results
                                          for s in seeds)]
         for i, recipe in enumerate(shown):
