@@ -68,6 +68,12 @@ fi
 if [ -f data/tts_en/corpus/corpus.json ] && [ -f data/tts_en/lm/4gram.bin ]; then
   python benchmarks/robustness.py --study benchmarks/feature_terms.yaml --settings "seed's setting,seed's setting (1% cache)" \
       --section feature-terms-seed --title "Feature terms in the seed's setting: none, projected MSE, the codebook loss (#30)"
+  # tts_en itself (the study trains the recipe's teacher as run.sh does, and dumps it twice)
+  python benchmarks/robustness.py --study benchmarks/feature_terms.yaml --settings "tts_en,tts_en (1% cache)" \
+      --section feature-terms-tts_en --title "Feature terms on tts_en: none, projected MSE, the codebook loss (#30)"
+  # the default recipe with the weak teacher (its row of the robustness study, run alone)
+  python benchmarks/robustness.py --settings "weak teacher" --recipes soft --section robustness-weak-teacher-soft \
+      --title "Robustness: the default recipe (untranscribed soft) with the weak teacher (#31)"
 fi
 if [ -f runs/tts_en/teacher/checkpoint_best.pt ]; then
   python benchmarks/robustness.py --study benchmarks/robustness.yaml
