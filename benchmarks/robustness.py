@@ -168,10 +168,12 @@ def main():
     def lm_of(st):     # a setting may have its own LM and grid
         return st.get("lm", lm), st.get("alphas", alphas), st.get("betas", betas)
 
-    def runs_of(st):   # without untranscribed audio every recipe is the first one (they differ only there)
-        if st.get("untranscribed", True) is False:
-            return list(recipes)[:1]
-        return [r for r in st.get("recipes", list(recipes)) if not only or r in only]
+    def setting_runs(st):   # without untranscribed audio every recipe is the first one (they differ only there)
+        return list(recipes)[:1] if st.get("untranscribed", True) is False else st.get("recipes", list(recipes))
+
+    def runs_of(st):        # those this invocation trains (--recipes)
+        got = setting_runs(st)
+        return got if st.get("untranscribed", True) is False else [r for r in got if not only or r in only]
 
     with ThreadPoolExecutor(jobs) as pool:
         futures, by_path = {}, {}
@@ -224,8 +226,8 @@ def main():
                       "teacher_dev": t["dev"], "teacher_test": t["test"], "teacher_beam": t["beam"],
                       "baseline_test": b_greedy, "baseline_beam": b_beam, "gap": gap,
                       "untranscribed_confidence_median": conf["p50"] if conf else None, "train_student_says": said})
-        shown = [r for r in (list(recipes) if st.get("untranscribed", True) is False else runs_of(st))
-                 if not only or r in only]
+        shown = ([r for r in recipes if not only or r in only] if st.get("untranscribed", True) is False
+                 else runs_of(st))
         shown = [r for r in shown if all((st["name"], r if r in runs_of(st) else runs_of(st)[0], s) in results
                                          for s in seeds)]
         for i, recipe in enumerate(shown):
@@ -244,7 +246,7 @@ def main():
                 # (a setting's `reference_setting`: the reference runs of another, e.g. from another cache)
                 rst = by_name.get(st.get("reference_setting", st["name"]))
                 sref = (rst or st).get("reference", ref)          # (a setting may name its own)
-                rg = None if rst is None else sref if sref in runs_of(rst) else runs_of(rst)[0]
+                rg = None if rst is None else sref if sref in setting_runs(rst) else setting_runs(rst)[0]
                 if recipe == sref and rst is st:
                     vs_ref = " — |"
                 elif rg is None or any((rst["name"], rg, s) not in results for s in seeds):
