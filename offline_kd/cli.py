@@ -154,6 +154,15 @@ def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, untra
 @click.option("--frame-length-ms", default=25.0, show_default=True, help="Audio: analysis window.")
 @click.option("--frame-shift-ms", default=10.0, show_default=True, help="Audio: frame shift.")
 @click.option("--dither", default=0.0, show_default=True, help="Audio: Kaldi dither (0: reproducible features).")
+@click.option("--fbank-preset", type=click.Choice(["kaldi", "lhotse"]), default="kaldi", show_default=True,
+              help="Audio: named fbank settings. kaldi: samples in the int16 range, snip_edges, mel bank up to "
+                   "Nyquist; lhotse: lhotse's/icefall's Fbank (samples in [-1, 1], no snip_edges, high_freq -400), "
+                   "which sherpa-onnx's command line computes for an exported model.")
+@click.option("--snip-edges/--no-snip-edges", default=None, help="Audio: Kaldi snip_edges (default: the preset's).")
+@click.option("--low-freq", type=float, default=None, help="Audio: lowest mel-bank frequency in Hz (preset: 20).")
+@click.option("--high-freq", type=float, default=None,
+              help="Audio: highest mel-bank frequency in Hz, <= 0 an offset from Nyquist (kaldi preset: 0, "
+                   "lhotse: -400).")
 @click.option("--cmvn", type=click.Choice(["none", "global", "utterance"]), default="none", show_default=True,
               help="Audio: feature normalisation (global: statistics of --cmvn-split, stored in corpus.json).")
 @click.option("--cmvn-split", default="train", show_default=True, help="Audio: the split global CMVN is taken from.")
@@ -165,12 +174,12 @@ def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, untra
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Audio: progress bar.")
 @_friendly
 def data_import(manifests, out, split_names, fmt, vocab, tokenizer, word_separator, sample_rate, no_resample,
-                num_mel_bins, frame_length_ms, frame_shift_ms, dither, cmvn, cmvn_split, keep_audio, jobs,
-                skip_invalid, progress):
+                num_mel_bins, frame_length_ms, frame_shift_ms, dither, fbank_preset, snip_edges, low_freq,
+                high_freq, cmvn, cmvn_split, keep_audio, jobs, skip_invalid, progress):
     """Build a corpus from audio files (Kaldi fbank) or per-utterance .npy features, and a manifest."""
     from pathlib import Path
     from offline_kd.data.audio_import import AudioImportOptions, import_audio
-    from offline_kd.data.frontend import FbankOptions
+    from offline_kd.data.frontend import FBANK_PRESETS, FbankOptions
     from offline_kd.data.importer import import_manifest
     from offline_kd.data.manifests import detect_format
     kind = fmt if fmt != "auto" else (detect_format(Path(manifests[0])) if Path(manifests[0]).is_file() else "list")
@@ -181,8 +190,10 @@ def data_import(manifests, out, split_names, fmt, vocab, tokenizer, word_separat
                         word_separator, log=_log)
         return
     options = AudioImportOptions(
-        fbank=FbankOptions(sample_rate=sample_rate, num_mel_bins=num_mel_bins, frame_length_ms=frame_length_ms,
-                           frame_shift_ms=frame_shift_ms, dither=dither),
+        fbank=FbankOptions(**{**FBANK_PRESETS[fbank_preset], **{k: v for k, v in (
+            ("snip_edges", snip_edges), ("low_freq", low_freq), ("high_freq", high_freq)) if v is not None}},
+            sample_rate=sample_rate, num_mel_bins=num_mel_bins, frame_length_ms=frame_length_ms,
+            frame_shift_ms=frame_shift_ms, dither=dither),
         cmvn=cmvn, cmvn_split=cmvn_split, keep_audio=keep_audio, resample=not no_resample,
         skip_invalid=skip_invalid, jobs=jobs, progress=progress)
     import_audio(list(manifests), list(split_names), out, fmt, vocab, tokenizer, word_separator, options, log=_log)
@@ -295,6 +306,81 @@ def evaluate(checkpoint, split, corpus, device, batch_size, skip_invalid, decode
     click.echo(f"  {decoder:<7} WER {res['wer']:6.2f}%  CER {res['cer']:6.2f}%")
     click.echo(f"  parameters {res['num_parameters']:,}  size {res['model_size_mb']:.1f} MB  "
                f"decoding {res['frames_per_second']:.0f} frames/s")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("audio", nargs=-1, type=click.Path())
+@click.option("--manifest", "manifests", multiple=True, type=click.Path(dir_okay=False),
+              help="A speech manifest (repeatable): NeMo JSONL, lhotse, or an audio list, as `data import` reads.")
+@click.option("--corpus", default=None, type=click.Path(file_okay=False),
+              help="With --split: transcribe that corpus split's features. Alone: borrow its front end (a "
+                   "checkpoint that does not carry one).")
+@click.option("--split", default=None, help="A split of --corpus to transcribe (corpora of features, e.g. the demo).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Output file (default: standard output).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "text"]), default=None,
+              help="jsonl: {id, text, words: [{word, start, end}]} per line; text: id<TAB>text. "
+                   "Default: jsonl for an --out ending in .jsonl, else text.")
+@click.option("--decoder", type=click.Choice(["greedy", "beam"]), default="greedy", show_default=True)
+@click.option("--lm", type=click.Path(dir_okay=False), default=None, help="KenLM model (.arpa or binary) for beam.")
+@click.option("--alpha", type=float, default=None,
+              help="LM weight (default: the run's tuned value from tune_lm.json beside the checkpoint, else 0.5).")
+@click.option("--beta", type=float, default=None, help="Word bonus (default: the run's tuned value, else 1.0).")
+@click.option("--beam-width", default=32, show_default=True, help="Beam width.")
+@click.option("--jobs", default=1, show_default=True, help="Worker processes decoding audio and computing features.")
+@click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:N | auto.")
+@click.option("--skip-invalid", is_flag=True, help="Transcribe the rest when an input is bad, and list the bad ones.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
+@_friendly
+def transcribe(checkpoint, audio, manifests, corpus, split, out, fmt, decoder, lm, alpha, beta, beam_width, jobs,
+               device, skip_invalid, progress):
+    """Transcribe audio files, directories of them, manifests or a corpus split with a checkpoint."""
+    from offline_kd.commands import transcribe as command
+    from offline_kd.inference.job import failed_report, write_output
+    res = command.run(checkpoint, list(audio), manifests=list(manifests), corpus=corpus, split=split, device=device,
+                      decoder=decoder, lm=lm, alpha=alpha, beta=beta, beam_width=beam_width, jobs=jobs,
+                      skip_invalid=skip_invalid, progress=progress, log=_log)
+    fmt = fmt or ("jsonl" if out and out.endswith(".jsonl") else "text")
+    write_output(res, out, fmt, click.echo)
+    for line in failed_report(res.failed):
+        _log(line)
+    s = res.summary()
+    wer = f"; WER {s['wer']:.2f}% CER {s['cer']:.2f}% against the references" if "wer" in s else ""
+    _log(f"transcribed {s['utterances']} utterances ({s['audio_hours'] * 3600:.1f} s of audio) in "
+         f"{s['wall_seconds']:.1f} s: real-time factor {s['real_time_factor']:.4f} (features "
+         f"{s['seconds']['features']:.1f} s, model {s['seconds']['model']:.1f} s, search {s['seconds']['search']:.1f} "
+         f"s){wer}" + (f"; {s['failed']} skipped" if s["failed"] else "") + (f"; output: {out}" if out else ""))
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True)
+@click.option("--int8", is_flag=True, help="ONNX: also write model.int8.onnx (onnxruntime dynamic int8 quantisation).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (new or empty).")
+@click.option("--corpus", default=None, type=click.Path(file_okay=False),
+              help="Borrow the front end of this corpus (a checkpoint that does not carry one); its utterances check "
+                   "the export.")
+@_friendly
+def export(checkpoint, fmt, int8, out, corpus):
+    """Export a checkpoint to ONNX (onnxruntime, sherpa-onnx) or TorchScript, checked against PyTorch."""
+    from offline_kd.inference.export import export_model
+    res = export_model(checkpoint, out, fmt=fmt, int8=int8, corpus=corpus, log=_log)
+    for name, path in res.files.items():
+        _log(f"wrote {path} ({res.sizes[name] / 1e6:.2f} MB)")
+    for name, c in res.check.items():
+        if isinstance(c, dict):
+            _log(f"check {name} on {res.check['utterances']} utterances ({res.check['source']}): max |log-prob "
+                 f"difference| {c['max_abs_diff']:.2e}" + (f" (tolerance {c['tolerance']:g})" if "tolerance" in c
+                                                            else "") + f", argmax agreement "
+                 f"{100 * c['argmax_agreement']:.2f}%")
+    if res.sherpa:
+        _log(f"sherpa-onnx: {res.sherpa['command']}")
+        if not res.sherpa["command_line_exact"]:
+            _log("sherpa-onnx: its command line computes other features than this model was trained on ("
+                 + "; ".join(res.sherpa["why"]) + "): use its Python API with the feature config in "
+                 f"{out}/sherpa-onnx.json (offline_kd.inference.sherpa.recognizer), or train on "
+                 "`data import --fbank-preset lhotse` features")
+    _result({"out": res.out_dir, "files": res.files, "sizes": res.sizes, "check": res.check})
 
 
 @main.command()

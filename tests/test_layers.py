@@ -3,8 +3,10 @@ order, no offline_kd import hidden inside a function (a cycle in disguise), outs
 
 The order (README, "Layout"), lowest first; a module may import its own package and any lower layer:
 
-    errors, locking < config < data < decoding < models < cache < losses < training < teachers < distillation
-    < commands < cli
+    errors, locking < config < data < decoding < models < cache < losses < training < inference < teachers
+    < distillation < commands < api < cli
+
+`offline_kd/__init__.py` re-exports `api` lazily (PEP 562 `__getattr__`), so `import offline_kd` stays light.
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "offline_kd"
 
-LAYERS = ["errors", "locking", "config", "data", "decoding", "models", "cache", "losses", "training", "teachers",
-          "distillation", "commands", "cli"]
+LAYERS = ["errors", "locking", "config", "data", "decoding", "models", "cache", "losses", "training", "inference",
+          "teachers", "distillation", "commands", "api", "cli"]
 RANK = {name: (0 if name in ("errors", "locking") else i) for i, name in enumerate(LAYERS)}
 RANK["__main__"] = RANK["cli"]
 RANK["__init__"] = 0
 
 #: third-party imports that may sit inside a function: optional extras, or heavy modules only some paths need
 OPTIONAL = ("pyctcdecode", "kenlm", "matplotlib", "torch.utils.tensorboard", "torch.nn.parallel", "lhotse",
-            "transformers", "s3fs", "tensorstore", "multiprocessing")
+            "transformers", "s3fs", "tensorstore", "multiprocessing", "onnx", "onnxruntime", "sherpa_onnx")
 
 
 def _modules():

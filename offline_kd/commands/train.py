@@ -14,7 +14,7 @@ from offline_kd.models.augment import SpecAugment
 from offline_kd.data.splits import open_train_dev, quiet
 from offline_kd.training.checkpoint import seed_everything
 from offline_kd.training import distributed
-from offline_kd.training.trainer import Trainer
+from offline_kd.training.trainer import Trainer, inference_meta
 
 
 def run(cfg: ExperimentConfig, resume: bool = False, log=print) -> dict:
@@ -46,6 +46,7 @@ def _run(cfg: ExperimentConfig, resume: bool, env, device, log) -> dict:
         log(f"speed perturbation: {', '.join(f'{v.speed:g}' for v in views)} (one per batch)")
 
     trainer = Trainer(cfg, model, corpus.vocab, dataset, lengths, train_idx, dev_reader, dev_idx, loss_fn, device,
-                      collate_fn=collate, rank=env.rank, world_size=env.world_size, sampler=sampler)
+                      collate_fn=collate, rank=env.rank, world_size=env.world_size, sampler=sampler,
+                      extra_meta=inference_meta(corpus))
     trainer.fit(resume=resume)
     return {"output_dir": cfg.train.output_dir, "best_dev_wer": trainer.best_wer}

@@ -5,6 +5,13 @@
 is 0 by default so that features are reproducible (a resumed import writes the same bytes). The options are
 recorded in `corpus.json` (`frontend`) and so in every cache dumped from the corpus.
 
+Presets (`data import --fbank-preset`): `kaldi` (the default above: samples in the int16 range, `snip_edges`
+true, the mel bank up to Nyquist) and `lhotse` (lhotse's and icefall's `Fbank` defaults, which sherpa-onnx's
+zipformer-CTC kind computes too: samples in [-1, 1], `snip_edges` false, `high_freq` -400).
+
+`FrontEnd.from_record(corpus.json's or a checkpoint's "frontend")` applies a recorded front end, normalisation
+included, to new audio: what `offline-kd transcribe` does with a checkpoint's record.
+
 Normalisation (`cmvn`):
   none       the filterbank as it comes;
   global     mean and standard deviation per bin over every frame of one split (the training split), stored in
@@ -14,7 +21,7 @@ Normalisation (`cmvn`):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from importlib.metadata import version
 
@@ -24,6 +31,11 @@ import numpy as np
 from offline_kd.errors import OfflineKDError
 
 CMVN_KINDS = ("none", "global", "utterance")
+#: named front ends (`data import --fbank-preset`): the options each sets, beside FbankOptions' defaults
+FBANK_PRESETS = {
+    "kaldi": {},
+    "lhotse": {"snip_edges": False, "high_freq": -400.0, "low_freq": 20.0, "normalize_samples": True},
+}
 BLOCK = 1 << 20                 # samples handed to kaldi-native-fbank at a time
 _STD_FLOOR = 1e-5
 
@@ -40,6 +52,7 @@ class FbankOptions:
     preemph_coeff: float = 0.97
     window_type: str = "povey"
     snip_edges: bool = True
+    normalize_samples: bool = False   # True: the filterbank reads samples in [-1, 1] (lhotse), not the int16 range
 
     def check(self) -> None:
         if self.sample_rate <= 0 or self.num_mel_bins <= 0 or self.frame_shift_ms <= 0 \
@@ -48,7 +61,28 @@ class FbankOptions:
                                  f">= frame_shift_ms, got {self}")
 
     def to_dict(self) -> dict:
-        return {"kind": "kaldi-fbank", "library": f"kaldi-native-fbank {_knf_version()}", **asdict(self)}
+        d = asdict(self)
+        if not self.normalize_samples:     # records written before the option existed read the same
+            del d["normalize_samples"]
+        return {"kind": "kaldi-fbank", "library": f"kaldi-native-fbank {_knf_version()}", **d}
+
+    @classmethod
+    def from_record(cls, record: dict, where: str = "frontend") -> "FbankOptions":
+        """The options a `to_dict()` record holds (its `kind`, `library` and `cmvn` are not options)."""
+        if not isinstance(record, dict) or record.get("kind") != "kaldi-fbank":
+            kind = record.get("kind") if isinstance(record, dict) else type(record).__name__
+            raise OfflineKDError(f"{where}: front end of kind {kind!r}; this offline-kd computes 'kaldi-fbank'")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(record) - names - {"kind", "library", "cmvn"})
+        if unknown:
+            raise OfflineKDError(f"{where}: unknown front-end option(s) {', '.join(unknown)} (written by a newer "
+                                 f"offline-kd?)")
+        try:
+            options = cls(**{k: v for k, v in record.items() if k in names})
+        except TypeError as exc:
+            raise OfflineKDError(f"{where}: {exc}") from None
+        options.check()
+        return options
 
     @property
     def frame_length(self) -> int:
@@ -90,6 +124,8 @@ class Fbank:
         # a list crosses into the extension faster than an array (pybind11 converts either to a vector); blocks
         # of BLOCK samples keep that list small for long recordings (the online extractor's frames are the same)
         x = np.asarray(samples, dtype=np.float32)
+        if self.options.normalize_samples:
+            x = x / np.float32(32768.0)
         for start in range(0, x.shape[0], BLOCK):
             fb.accept_waveform(float(self.options.sample_rate), x[start:start + BLOCK].tolist())
         fb.input_finished()
@@ -124,3 +160,50 @@ class GlobalStats:
 
 def apply_global(feats: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return ((feats - mean) / std).astype(np.float32)
+
+
+class FrontEnd:
+    """A recorded front end applied to new audio: filterbank, then the recorded normalisation.
+
+    `record` is a corpus's (or a checkpoint's) `frontend`: the fbank options and `cmvn` ({"kind": "none"},
+    {"kind": "utterance"} or {"kind": "global", "mean": [...], "std": [...]}). `features(samples)` gives exactly
+    what `data import` stored for the same int16 samples."""
+
+    def __init__(self, record: dict, where: str = "frontend"):
+        self.record = record
+        self.options = FbankOptions.from_record(record, where)
+        self.fbank = Fbank(self.options)
+        cmvn = record.get("cmvn") or {"kind": "none"}
+        self.cmvn_kind = cmvn.get("kind")
+        if self.cmvn_kind not in CMVN_KINDS:
+            raise OfflineKDError(f"{where}: cmvn kind {self.cmvn_kind!r} (known: {', '.join(CMVN_KINDS)})")
+        self.mean = self.std = None
+        if self.cmvn_kind == "global":
+            try:
+                self.mean = np.asarray(cmvn["mean"], dtype=np.float32)
+                self.std = np.asarray(cmvn["std"], dtype=np.float32)
+            except (KeyError, TypeError, ValueError):
+                raise OfflineKDError(f"{where}: global cmvn without its mean and std") from None
+            if self.mean.shape != (self.options.num_mel_bins,) or self.std.shape != self.mean.shape:
+                raise OfflineKDError(f"{where}: global cmvn statistics of {self.mean.shape[0]} bins, the filterbank "
+                                     f"has {self.options.num_mel_bins}")
+
+    @property
+    def sample_rate(self) -> int:
+        return self.options.sample_rate
+
+    @property
+    def feature_dim(self) -> int:
+        return self.options.num_mel_bins
+
+    def features(self, samples: np.ndarray) -> np.ndarray:
+        """(frames, num_mel_bins) float32 from int16 samples at `sample_rate`, normalised as recorded."""
+        return self.normalise(self.fbank.compute(samples))
+
+    def normalise(self, f: np.ndarray) -> np.ndarray:
+        """The recorded normalisation of raw filterbank frames (T, num_mel_bins)."""
+        if self.cmvn_kind == "utterance":
+            return normalise_utterance(f)
+        if self.cmvn_kind == "global":
+            return apply_global(f, self.mean, self.std)
+        return f

@@ -160,6 +160,21 @@ class BeamSearchDecoder:
         it = iter(texts)
         return ["" if e else " ".join(next(it).split()) for e in empty]
 
+    def decode_with_word_frames(self, log_probs: list[np.ndarray]) -> list[tuple[str, list[tuple[str, int, int]]]]:
+        """The best hypothesis of every utterance with its words' frames: (text, [(word, first frame, end frame)]),
+        from pyctcdecode's beam (its word frames come from the CTC alignment the beam kept)."""
+        arrays = [self._check(lp, i) for i, lp in enumerate(log_probs)]
+        kw = dict(beam_width=self.beam_width)
+        out = []
+        for a in arrays:
+            if not a.shape[0]:
+                out.append(("", []))
+                continue
+            best = self._decoder.decode_beams(a, **kw)[0]
+            words = [(w, int(s), int(e)) for w, (s, e) in best[2] if w.strip()]
+            out.append((" ".join(best[0].split()), words))
+        return out
+
     def decode_nbest(self, log_probs: list[np.ndarray], n: int) -> list[list[tuple[str, float]]]:
         """The n best hypotheses of every utterance, best first, as (text, score): pyctcdecode's final beam score
         (acoustic + alpha * LM + beta * words, natural log). Fewer than n when the beam holds fewer; an empty

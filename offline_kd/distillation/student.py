@@ -26,7 +26,7 @@ from offline_kd.models.interface import count_parameters, reads_waveform
 from offline_kd.data.splits import open_split, open_train_dev, train_splits
 from offline_kd.training.checkpoint import checkpoint_dev, load_checkpoint, seed_everything, weights_sha256
 from offline_kd.teachers.source import check_frames, load_teacher
-from offline_kd.training.trainer import Trainer
+from offline_kd.training.trainer import Trainer, inference_meta
 
 
 def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, device, log) -> dict:
@@ -141,7 +141,7 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
         log(f"untranscribed: {', '.join(name for name, _, _ in extra)}, {int(sampled.sum())} utterances; "
             f"{n_extra} per epoch beside {len(train_idx)} transcribed ones, trained on the teacher's "
             + ("LM N-best" if d.pseudo_labels == "lm" else "1-best"))
-    meta = {"distillation": {"cache": None if online_teacher else d.cache, "online_teacher": online_teacher,
+    meta = {**inference_meta(corpus), "distillation": {"cache": None if online_teacher else d.cache, "online_teacher": online_teacher,
                              "cache_identity": None if online_teacher else cache.meta.identity_sha256,
                              "projections": {"layer_mapping": mapping, "teacher_dims": teacher_dims,
                                              "feature_loss": d.feature_loss},

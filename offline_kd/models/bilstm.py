@@ -142,5 +142,55 @@ class BiLSTMCTC(nn.Module):
         return log_probs, out_len
 
 
+    def exportable(self) -> nn.Module:
+        """The same function as `forward`, written for tracing (ONNX, TorchScript): see `ExportableBiLSTM`."""
+        return ExportableBiLSTM(self)
+
+
+class ExportableBiLSTM(nn.Module):
+    """`BiLSTMCTC.forward` without packed sequences, which ONNX and tracing do not carry: x (B, T, D), lengths (B,)
+    -> log_probs (B, T', V), output_lengths (B,).
+
+    Each bidirectional layer runs as two one-directional LSTMs with its weights: the forward one on the padded
+    batch (padding comes after an utterance's frames, so it cannot reach them), the backward one on each utterance
+    reversed within its own length (padding stays at the end). Subsampling is the same masked mean, as the ratio of
+    two average pools (their common divisor cancels), so no Python branch depends on the input's shape. Outputs at
+    padded frames are not defined; valid frames equal `forward`'s to float rounding (kernels differ)."""
+
+    def __init__(self, model: BiLSTMCTC):
+        super().__init__()
+        self.subsampling = model.config.subsampling
+        self.input_proj, self.output_proj = model.input_proj, model.output_proj
+        self.forward_lstms, self.backward_lstms = nn.ModuleList(), nn.ModuleList()
+        for lstm in model.lstms:
+            for suffix, target in (("", self.forward_lstms), ("_reverse", self.backward_lstms)):
+                one = nn.LSTM(lstm.input_size, lstm.hidden_size, batch_first=True)
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(one, f"{name}_l0").data.copy_(getattr(lstm, f"{name}_l0{suffix}").data)
+                target.append(one)
+
+    @staticmethod
+    def _reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        t = torch.arange(x.shape[1], device=x.device)[None, :]
+        idx = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)
+        return x.gather(1, idx[..., None].expand(-1, -1, x.shape[2]))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.input_proj(x)
+        s = self.subsampling
+        out_len = torch.div(lengths + (s - 1), s, rounding_mode="floor")
+        if s > 1:
+            mask = (torch.arange(y.shape[1], device=y.device)[None, :] < lengths[:, None]).to(y.dtype)
+            pool = dict(kernel_size=s, stride=s, ceil_mode=True)
+            num = nn.functional.avg_pool1d((y * mask[..., None]).transpose(1, 2), **pool)
+            den = nn.functional.avg_pool1d(mask[:, None, :], **pool)
+            y = (num / den.clamp_min(1e-12)).transpose(1, 2)
+        for fwd, bwd in zip(self.forward_lstms, self.backward_lstms):
+            a, _ = fwd(y)
+            b, _ = bwd(self._reverse_within(y, out_len))
+            y = torch.cat([a, self._reverse_within(b, out_len)], dim=2)
+        return self.output_proj(y).log_softmax(-1), out_len
+
+
 def build_model(config: ModelConfig) -> BiLSTMCTC:
     return BiLSTMCTC(config)

@@ -133,6 +133,13 @@ def check_resume_config(saved: Optional[dict], now: dict, path: Path) -> None:
                              f"{', '.join(RESUME_SAFE)}; start a new run (another train.output_dir) for the rest")
 
 
+def inference_meta(corpus) -> dict:
+    """What a checkpoint carries for inference beside the model and vocabulary: the corpus's audio front end (fbank
+    options, sample rate, normalisation and its statistics; None for a corpus of precomputed features) and the
+    feature dimension, so that `load_model` / `offline-kd transcribe` need the checkpoint alone."""
+    return {"frontend": corpus.meta.get("frontend"), "feature_dim": corpus.feature_dim}
+
+
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, model: CTCModel, vocab: Vocabulary, train_dataset,
                  train_lengths: np.ndarray, train_indices: np.ndarray, dev_reader: Optional[SplitReader],
