@@ -10,6 +10,7 @@
 #   5. dump the teacher once into a Zarr v3 cache (transcribed, untranscribed, dev)  6. verify the cache
 #   7. distil the student from the cache (transcribed + untranscribed)
 #   8. evaluate all three on the test split, greedy and beam + LM, and print the table (runs/demo/report/report.md)
+#   9. transcribe the test split with the distilled student's checkpoint (runs/demo/test_transcripts.jsonl)
 # Idempotent: finished steps are skipped, interrupted training resumes (delete runs/demo, cache/demo_teacher.zarr
 # and data/demo to start over).
 set -euo pipefail
@@ -56,4 +57,9 @@ $OKD cache info cache/demo_teacher.zarr
 $OKD cache verify cache/demo_teacher.zarr --teacher runs/demo/teacher/checkpoint_best.pt --sample 16
 OMP_NUM_THREADS=1 train train-student configs/demo/distill.yaml runs/demo/distilled
 $OKD report runs/demo/teacher runs/demo/baseline runs/demo/distilled --out runs/demo/report "${LM[@]}"
+# 9. use the student: transcribe the test split with the distilled checkpoint alone (the demo corpus is features,
+#    not audio: audio files go in the same way, `offline-kd transcribe CKPT a.wav ...`); the first three lines
+$OKD transcribe runs/demo/distilled/checkpoint_best.pt --corpus data/demo --split test --no-progress \
+  --out runs/demo/test_transcripts.jsonl
+head -n 3 runs/demo/test_transcripts.jsonl
 echo "demo: done in $(( ($(date +%s) - START) / 60 )) min $(( ($(date +%s) - START) % 60 )) s" >&2
