@@ -114,7 +114,8 @@ def main() -> None:
             "student (PyTorch)": sum(p.numel() * 4 for p in student.model.parameters()),
             "student onnx fp32": os.path.getsize(exp / "model.onnx"),
             "student onnx int8": os.path.getsize(exp / "model.int8.onnx")}
-    params = {"teacher (PyTorch)": count_parameters(teacher.model), "student (PyTorch)": count_parameters(student.model)}
+    params = {"teacher (PyTorch)": count_parameters(teacher.model),
+              "student (PyTorch)": count_parameters(student.model)}
     base = texts["student (PyTorch)"]
     rows = ["| model | parameters | size on disk (MB) | model + search s | RTF with front end | x student PyTorch "
             "(speed) | WER greedy | texts equal to student PyTorch |", "|---|---|---|---|---|---|---|---|"]

@@ -43,6 +43,10 @@ python dump_throughput.py --teacher ../$T --corpus ../data/seed --split train --
 python train_throughput.py --corpus ../data/seed --teacher ../$T --cache compact=../cache/bench_compact.zarr \
     --batches 12 --runs "$RUNS" --decode-on both --section train-decode-on
 python audio_import.py --runs "$RUNS"        # self-contained: its own audio in a temporary folder
+if [ -f ../runs/tts_en/distilled/checkpoint_best.pt ]; then   # the tts_en recipe's student and teacher
+  python deploy.py --student ../runs/tts_en/distilled/checkpoint_best.pt \
+    --teacher ../runs/tts_en/teacher/checkpoint_best.pt --manifest ../data/tts_en/raw/test.json --repeats "$RUNS"
+fi
 cd ..
 # efficacy on the demo corpus (needs ./scripts/demo.sh first: its teacher, cache, LM and configs)
 if [ -f runs/demo/teacher/checkpoint_best.pt ]; then

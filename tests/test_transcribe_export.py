@@ -235,6 +235,8 @@ def test_samples_at_an_unusable_rate_are_one_line(lhotse_model):
         m.transcribe([np.zeros(0, np.float32)])
     with pytest.raises(OfflineKDError, match=r"inputs\[0\]"):
         m.transcribe([np.full(16000, np.nan, np.float32)])
+    with pytest.raises(OfflineKDError, match=r"inputs\[0\]: sample rate 0"):
+        m.transcribe([np.zeros(16000, np.float32)], sample_rate=0)
 
 
 # ----------------------------------------------------------------------------------------------------- export

@@ -94,7 +94,7 @@ def from_inputs(inputs: Sequence[AudioLike], sample_rate: Optional[int], model_r
         elif isinstance(x, AudioSpec):
             out.append(Utterance(Path(x.path).stem, x, duration=x.duration or file_duration(x.path), where=x.path))
         elif isinstance(x, np.ndarray):
-            samples = samples_at(x, sample_rate or model_rate, model_rate, f"inputs[{i}]")
+            samples = samples_at(x, model_rate if sample_rate is None else sample_rate, model_rate, f"inputs[{i}]")
             out.append(Utterance(f"input_{i}", samples=samples, duration=samples.size / model_rate,
                                  where=f"inputs[{i}]"))
         else:
@@ -106,6 +106,8 @@ def samples_at(x: np.ndarray, rate: int, target: int, where: str) -> np.ndarray:
     """int16 samples at `target` Hz from an array of samples at `rate` (int16, or floats in [-1, 1]; one channel,
     or (samples, channels) mixed down as `data import` does)."""
     x = np.asarray(x)
+    if not isinstance(rate, (int, np.integer)) or rate <= 0:
+        raise OfflineKDError(f"{where}: sample rate {rate!r}: give a positive number of samples per second")
     if x.ndim == 2:
         x = x.mean(axis=1, dtype=np.float32) if x.dtype != np.int16 else x.mean(axis=1).astype(np.float32) / 32768
     if x.ndim != 1:
