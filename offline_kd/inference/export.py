@@ -140,11 +140,12 @@ def _export_onnx(graph: ExportGraph, dim: int, path: Path, metadata: dict) -> No
     tmp = path.with_name(path.name + ".partial")
     # torch warns that an LSTM traced at batch 2 may fail at other batch sizes when its initial states are baked
     # in: ours are not (ONNX's LSTM defaults them to zeros for any batch; tests run batches of 1 to 30)
-    warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
-    torch.onnx.export(graph, (x, lens), str(tmp), input_names=["x", "x_lens"],
-                      output_names=["log_probs", "log_probs_len"], opset_version=OPSET, dynamo=False,
-                      dynamic_axes={"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, "log_probs": {0: "N", 1: "T_out"},
-                                    "log_probs_len": {0: "N"}})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
+        torch.onnx.export(graph, (x, lens), str(tmp), input_names=["x", "x_lens"],
+                          output_names=["log_probs", "log_probs_len"], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, "log_probs": {0: "N", 1: "T_out"},
+                                        "log_probs_len": {0: "N"}})
     m = onnx.load(str(tmp))
     for k, v in metadata.items():
         entry = m.metadata_props.add()
