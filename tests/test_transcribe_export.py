@@ -316,3 +316,19 @@ def test_sherpa_onnx_command_line(lhotse_model, tmp_path):
                          capture_output=True, text=True, check=True)
     texts = [json.loads(line)["text"] for line in (res.stdout + res.stderr).splitlines() if line.startswith("{")]
     assert [" ".join(t.split()) for t in texts] == load_model(ckpt).transcribe(files)
+
+
+def test_beam_search_equals_evaluate_beam(lhotse_model, tmp_path):
+    corpus, ckpt = lhotse_model
+    code, out = cli("evaluate", "--checkpoint", ckpt, "--split", "dev", "--decoder", "beam", "--beam-width", "8",
+                    "--hypotheses", tmp_path / "hyp.jsonl", "--json")
+    assert code == 0, out
+    expected = {r["utterance_id"]: r["hypothesis"]
+                for r in map(json.loads, (tmp_path / "hyp.jsonl").read_text().splitlines())}
+    dev = [w for w in wavs(corpus) if Path(w).stem in expected]
+    code, out = cli("transcribe", ckpt, *dev, "--decoder", "beam", "--beam-width", "8", "--out", tmp_path / "b.jsonl",
+                    "--no-progress")
+    assert code == 0, out
+    rows = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert {r["id"]: r["text"] for r in rows} == expected
+    assert all(" ".join(w["word"] for w in r["words"]) == r["text"] for r in rows)

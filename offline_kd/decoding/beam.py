@@ -170,7 +170,8 @@ class BeamSearchDecoder:
             if not a.shape[0]:
                 out.append(("", []))
                 continue
-            best = self._decoder.decode_beams(a, **kw)[0]
+            # prune_history as pyctcdecode's decode() (and so `decode` here) sets it: the same best hypothesis
+            best = self._decoder.decode_beams(a, prune_history=True, **kw)[0]
             words = [(w, int(s), int(e)) for w, (s, e) in best[2] if w.strip()]
             out.append((" ".join(best[0].split()), words))
         return out
