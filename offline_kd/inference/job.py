@@ -26,9 +26,9 @@ from offline_kd.data.frontend import FrontEnd
 from offline_kd.decoding.beam import BeamSearchDecoder
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
-from offline_kd.inference.audio_input import Utterance, read_samples
+from offline_kd.inference.audio_input import Utterance
 from offline_kd.inference.model import (BATCH_SECONDS, BATCH_UTTERANCES, Failed, SpeechModel, Transcript,
-                                        batches_of)
+                                        batches_of, utterance_features)
 
 
 @dataclass
@@ -55,17 +55,13 @@ class JobResult:
         return out
 
 
-def features_of(record: dict, rate: int, utterances: list[Utterance]) -> list:
+def features_of(record: dict, utterances: list[Utterance]) -> list:
     """Per utterance its features, or the AudioError that stopped them (runs in a worker process)."""
     fe = FrontEnd(record)
     out = []
     for u in utterances:
         try:
-            samples = read_samples(u, rate)
-            if samples.size < fe.options.frame_length:
-                raise AudioError(f"{samples.size} samples at {rate} Hz: shorter than one frame "
-                                 f"({fe.options.frame_length_ms:g} ms)")
-            out.append(fe.features(samples))
+            out.append(utterance_features(fe, u))
         except AudioError as exc:
             out.append(AudioError(str(exc)))
     return out
@@ -74,20 +70,20 @@ def features_of(record: dict, rate: int, utterances: list[Utterance]) -> list:
 def _pooled_features(model: SpeechModel, utterances: Sequence[Utterance], plan: list[list[int]],
                      jobs: int) -> Iterator[list]:
     """Each batch's features from `jobs` spawned workers, up to 2 x jobs batches ahead, in plan order."""
-    record, rate = model.require_frontend().record, model.sample_rate
+    record = model.require_frontend().record
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         pending = []
         queue = iter(plan)
         for idx in queue:
-            pending.append(pool.submit(features_of, record, rate, [utterances[i] for i in idx]))
+            pending.append(pool.submit(features_of, record, [utterances[i] for i in idx]))
             if len(pending) >= 2 * jobs:
                 break
         while pending:
             fut = pending.pop(0)
             nxt = next(queue, None)
             if nxt is not None:
-                pending.append(pool.submit(features_of, record, rate, [utterances[i] for i in nxt]))
+                pending.append(pool.submit(features_of, record, [utterances[i] for i in nxt]))
             yield fut.result()
 
 

@@ -107,12 +107,7 @@ class SpeechModel:
     # -------------------------------------------------------------------------------------------- features
     def features(self, utt: Utterance) -> np.ndarray:
         """(frames, feature_dim) float32 of one utterance, exactly as `data import` computes them."""
-        fe = self.require_frontend()
-        samples = read_samples(utt, fe.sample_rate)
-        if samples.size < fe.options.frame_length:
-            raise AudioError(f"{samples.size} samples at {fe.sample_rate} Hz: shorter than one frame "
-                             f"({fe.options.frame_length_ms:g} ms)")
-        return fe.features(samples)
+        return utterance_features(self.require_frontend(), utt)
 
     @torch.no_grad()
     def forward_features(self, features: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -211,6 +206,15 @@ class SpeechModel:
                                      lm_path=lm, alpha=a, beta=b, beam_width=beam_width, num_processes=num_processes)
         except ValueError as exc:
             raise OfflineKDError(f"--lm: {exc}") from None
+
+
+def utterance_features(fe: FrontEnd, utt: Utterance) -> np.ndarray:
+    """The front end's features of one utterance; AudioError for audio it cannot use (as `data import` refuses)."""
+    samples = read_samples(utt, fe.sample_rate)
+    if samples.size < fe.options.frame_length:
+        raise AudioError(f"{samples.size} samples at {fe.sample_rate} Hz: shorter than one frame "
+                         f"({fe.options.frame_length_ms:g} ms)")
+    return fe.features(samples)
 
 
 def batches_of(utterances: Sequence[Utterance], batch_seconds: float = BATCH_SECONDS,
