@@ -23,9 +23,9 @@ import torch
 from offline_kd.data.audio import AudioError
 from offline_kd.data.corpus import Corpus
 from offline_kd.data.frontend import FrontEnd
+from offline_kd.data.targets import collapse_best_path
 from offline_kd.data.vocab import Vocabulary
 from offline_kd.decoding.beam import BeamSearchDecoder
-from offline_kd.decoding.greedy import greedy_ids
 from offline_kd.errors import OfflineKDError
 from offline_kd.inference.audio_input import AudioLike, Utterance, from_inputs, read_samples
 from offline_kd.inference.timing import Word, greedy_words
@@ -187,8 +187,8 @@ class SpeechModel:
                     for u, lp, (text, frames) in zip(uids, log_probs, beams)]
         out = []
         for u, lp in zip(uids, log_probs):
-            best = lp.argmax(-1) if lp.shape[0] else np.zeros(0, dtype=np.int64)
-            ids = greedy_ids(torch.from_numpy(lp[:, None, :]), torch.tensor([lp.shape[0]]))[0]
+            best = lp.argmax(-1)
+            ids = collapse_best_path(best).tolist()
             words = tuple(greedy_words(best, self.vocab, self.frame_seconds)) if timestamps else None
             out.append(Transcript(u, self.vocab.decode(ids), words, lp.shape[0] * self.frame_seconds))
         return out
