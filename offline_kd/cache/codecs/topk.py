@@ -154,8 +154,10 @@ class TopKLogProbs(CodecBase):
         return dense
 
     def gather(self, a: dict, tokens: np.ndarray) -> np.ndarray:
-        """decode(a)[f, tokens[f]] without the dense decode where the token is kept (its value is stored exactly;
-        the teacher's 1-best always is): only the frames whose token is in the tail are decoded."""
+        """decode(a)[f, tokens[f]], bit for bit, without the dense decode where every token is kept (its value is
+        stored exactly; the teacher's 1-best always is). Where a token lies in the tail, the whole block is decoded
+        as decode() decodes it: a matmul over a subset of the rows may take another BLAS kernel and differ in the
+        last bit (issue #47), so the tail is never decoded on a subset."""
         values, indices, count, _ = self.decode_sparse(a)
         tokens = np.asarray(tokens, np.int64)
         hit = (indices == tokens[:, None]) & (np.arange(self.k)[None, :] < count[:, None])
@@ -163,7 +165,7 @@ class TopKLogProbs(CodecBase):
         out = np.where(found, values[np.arange(len(tokens)), hit.argmax(1)], 0.0).astype(np.float32)
         miss = np.flatnonzero(~found)
         if len(miss):
-            out[miss] = super().gather({k: np.asarray(v)[miss] for k, v in a.items()}, tokens[miss])
+            out[miss] = self.decode(a)[miss, tokens[miss]]
         return out
 
     def device_state(self, device) -> dict:
