@@ -9,6 +9,11 @@ class OfflineKDError(Exception):
     """A user-facing error: bad config, bad corpus, mismatched cache. The message is shown as is."""
 
 
+class TeacherForwardError(OfflineKDError):
+    """A teacher's own forward (the user's code) raised on a batch; whoever runs the batch adds its first
+    utterance's id to the message."""
+
+
 class InternalError(RuntimeError):
     """A bug in offline-kd, not a user mistake: deliberately not an OfflineKDError, so the CLI shows its traceback
     instead of a one-line message that would hide where it happened."""

@@ -482,6 +482,25 @@ def test_nemo_rows_whose_file_names_collide_take_their_paths(tmp_path):
     assert Corpus(tmp_path / "c").split("train").utterance_ids == ["DR1-FCJF0-SA1", "DR1-MDAB0-SA1", "other"]
 
 
+def test_colliding_names_give_the_same_ids_wherever_the_corpus_lies(tmp_path):
+    """Absolute paths in the manifest, the corpus in two places: the ids come from the path relative to the
+    manifest's folder, so both imports give the same ids (issue #47: they held the absolute path)."""
+    import shutil
+    ids = []
+    for where in ("first/place", "another"):
+        root = tmp_path / where / "timit"
+        for spk in ("FCJF0", "MDAB0"):
+            (root / "DR1" / spk).mkdir(parents=True)
+            write(root / "DR1" / spk / "SA1.wav", tone(16000, 0.4, 1), 16000)
+        rows = [{"audio_filepath": str(root / "DR1" / spk / "SA1.wav"), "text": "ab"} for spk in ("FCJF0", "MDAB0")]
+        (root / "m.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        code, out = run("--manifest", root / "m.json", "--split", "train", "--out", tmp_path / where / "c")
+        assert code == 0, out
+        ids.append(Corpus(tmp_path / where / "c").split("train").utterance_ids)
+        shutil.rmtree(root)
+    assert ids[0] == ids[1] == ["DR1-FCJF0-SA1", "DR1-MDAB0-SA1"]
+
+
 def test_skip_invalid_leaves_out_textless_rows_of_a_transcribed_split(tmp_path):
     m = nemo_corpus(tmp_path, n=4)
     rows = [json.loads(x) for x in m.read_text().splitlines()]

@@ -5,6 +5,7 @@ and every wrong teacher is a one-line error with nothing written."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,10 @@ class _Bad(torch.nn.Module):
         super().__init__()
         self.rule = rule
         self.lin = torch.nn.Linear(16, 9)
+        with torch.no_grad():                                  # the same weights at every load (its identity)
+            g = torch.Generator().manual_seed(0)
+            self.lin.weight.copy_(torch.randn(9, 16, generator=g) * 0.25)
+            self.lin.bias.zero_()
         self.tokens = ["<blank>", "|"] + [f"w{i}" for i in range(7)]
         self.blank, self.input_dim, self.subsampling = 0, 16, 2
 
@@ -74,6 +79,9 @@ class _Bad(torch.nn.Module):
         return {1: 9}
 
     def forward_with_hidden_states(self, x, lengths, layers=None):
+        self.calls = getattr(self, "calls", 0) + 1
+        if os.environ.get("BAD_TEACHER_FAIL_AT") == str(self.calls):     # (rule "ok": the same teacher identity)
+            raise RuntimeError("CUDA out of memory (simulated)")
         y = self.lin(x[:, ::2])
         lp = y.log_softmax(-1).transpose(0, 1)
         out_len = (lengths + 1) // 2
@@ -129,6 +137,39 @@ def test_the_ok_teacher_of_those_tests_dumps(tiny_corpus, tmp_path, monkeypatch)
     spec = _bad_module(tmp_path, monkeypatch, "ok", tiny_corpus)
     dump_teacher.run(dump_cfg(spec, tiny_corpus, tmp_path / "c.zarr", layers=[1]), **QUIET)
     assert TeacherCache(str(tmp_path / "c.zarr")).meta.complete
+
+
+def test_a_teacher_failing_on_a_later_batch_names_it_and_the_rerun_resumes(tiny_corpus, tmp_path, monkeypatch):
+    """The user's forward raises on the 5th batch (not the probe): one line naming the teacher and the batch's first
+    utterance; the shards written before it stay, and the same command resumes to the cache an unbroken dump
+    writes, bit for bit (issue #47)."""
+    from offline_kd.cache.layout import open_group
+    from offline_kd.cache.progress import shards_done
+    spec = _bad_module(tmp_path, monkeypatch, "ok", tiny_corpus)
+    out, whole = tmp_path / "c.zarr", tmp_path / "whole.zarr"
+    base = {"teacher": spec, "corpus": str(tiny_corpus), "splits": ["train", "dev"], "layers": [1], "batch_size": 8,
+            "chunk_frames": 32, "shard_chunks": 2, "progress": False, "device": "cpu"}
+    cfg = write_yaml(tmp_path / "dump.yaml", {"dump": {**base, "output": str(out)}})
+    monkeypatch.setenv("BAD_TEACHER_FAIL_AT", "6")           # call 1 is the probe
+    res = CliRunner().invoke(main, ["dump-teacher", "--config", str(cfg)])
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    line = [x for x in res.output.splitlines() if x.startswith("Error")]
+    assert len(line) == 1 and "bad_teacher:load" in line[0], res.output
+    assert "CUDA out of memory (simulated)" in line[0] and "on the batch starting with utterance " in line[0]
+    first = line[0].split("starting with utterance ")[1].split(";")[0]
+    from offline_kd.data.corpus import Corpus
+    assert first in Corpus(tiny_corpus).split("train").utterance_ids
+    assert "resumes" in line[0]
+    done = shards_done(open_group(str(out), "r")["train"])
+    assert 0 < done.sum() < len(done)                      # some shards kept, not all
+    monkeypatch.delenv("BAD_TEACHER_FAIL_AT")
+    res = CliRunner().invoke(main, ["dump-teacher", "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert "resuming" in res.output
+    res = CliRunner().invoke(main, ["dump-teacher", "--config", str(write_yaml(
+        tmp_path / "whole.yaml", {"dump": {**base, "output": str(whole)}}))])
+    assert res.exit_code == 0, res.output
+    assert_same_cache(whole, out)
 
 
 @pytest.mark.parametrize("value, expect", [

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -120,16 +121,24 @@ def read_nemo(path: Path, split: Optional[str]) -> list[AudioRow]:
             raise OfflineKDError(f"{where}: missing key 'audio_filepath' (a NeMo manifest row)")
         offset = _num(row, "offset", where) or 0.0
         uid, longer = row.get("id", row.get("utt_id")), None
+        audio = _resolve(path.parent, row["audio_filepath"])
         if uid is None:           # the file's name; where names collide, its path (rule in read_manifests)
             seg = f"_{int(round(offset * 1000)):08d}" if offset else ""
-            fp = Path(row["audio_filepath"])
-            uid = fp.stem + seg
-            longer = "-".join(fp.with_suffix("").parts).lstrip("-") + seg
+            uid = Path(audio).stem + seg
+            longer = "-".join(_relative_parts(audio, path.parent)) + seg
         rows.append(AudioRow(str(uid), _split(row, split, where),
-                             AudioSpec(_resolve(path.parent, row["audio_filepath"]), offset,
+                             AudioSpec(audio, offset,
                                        _num(row, "duration", where)),
                              _text(row, "text", where), where, longer))
     return rows
+
+
+def _relative_parts(audio: str, folder: Path) -> list[str]:
+    """The audio file's path relative to the manifest's folder, without its suffix, as folder names: the same
+    wherever the corpus lies (an absolute path in the manifest included). A file outside that folder keeps the
+    names below the folders the two share ('..' is dropped)."""
+    rel = Path(os.path.relpath(os.path.abspath(audio), os.path.abspath(folder))).with_suffix("")
+    return [p for p in rel.parts if p not in ("..", ".")]
 
 
 def read_list(path: Path, split: Optional[str]) -> list[AudioRow]:
@@ -297,7 +306,8 @@ def read_manifests(manifests: list[str], splits: list[str], fmt: str = "auto") -
     if not rows:
         raise OfflineKDError(f"{', '.join(manifests)}: no rows")
     # NeMo rows without an id take their file's name; rows whose names collide (SA1.wav in many speakers' folders)
-    # take the file's path instead (folders joined by '-')
+    # take the file's path relative to the manifest's folder instead (folders joined by '-': spk2-SA1), so that the
+    # corpus imported from another folder or machine gets the same ids
     count: dict[str, int] = {}
     for r in rows:
         count[r.uid] = count.get(r.uid, 0) + 1

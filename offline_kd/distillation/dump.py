@@ -35,7 +35,7 @@ from offline_kd.data.validate import output_frames
 from offline_kd.data.views import ViewReader, parse_views, split_of, valid_in_views, view_name
 from offline_kd.teachers.source import check_frames, load_teacher, probe
 from offline_kd.distillation.pseudo_labels import check_lm_loads, write_lm_targets
-from offline_kd.errors import OfflineKDError
+from offline_kd.errors import OfflineKDError, TeacherForwardError
 from offline_kd.data.splits import open_split, quiet
 from offline_kd.training import distributed
 from offline_kd.training.checkpoint import weights_sha256
@@ -120,7 +120,8 @@ def _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log,
                         with_audio=reads_waveform(model))
     pos = 0
     for batch, log_probs, out_len, hidden in iterate_outputs(model, loader, device,
-                                                             sorted(hidden_codecs) if kept is not None else layers):
+                                                             sorted(hidden_codecs) if kept is not None else layers,
+                                                             first.reader.utterance_ids):
         if kept is not None:
             kept[pos] = (batch, log_probs, out_len, hidden)
             pos += len(out_len)
@@ -266,9 +267,13 @@ def _dump_split(cfg: DumpConfig, g, p: dict, model, vocab, layers, lp_codec, hid
         kept = kept or {}
         outputs_iter = iterate_outputs(model, loader_for(reader, vocab, [b for q, b in todo if q not in kept],
                                                          workers, device, reads_waveform(model)),
-                                       device, layers)
+                                       device, layers, reader.utterance_ids)
         for pos, _ in todo:
-            batch, log_probs, out_len, hidden = kept.pop(pos) if pos in kept else next(outputs_iter)
+            try:
+                batch, log_probs, out_len, hidden = kept.pop(pos) if pos in kept else next(outputs_iter)
+            except TeacherForwardError as exc:     # the shards stored so far stay: a rerun resumes after them
+                raise TeacherForwardError(f"{exc}; the whole shards written so far are kept, and the same command "
+                                          f"resumes after them") from None
             if encoder is not None:
                 writer.put(encoder.encode(pos, log_probs, out_len, hidden))
             else:

@@ -16,7 +16,7 @@ from offline_kd.data.targets import collapse_best_path
 from offline_kd.data.views import corpus_reader
 from offline_kd.data.vocab import Vocabulary
 from offline_kd.decoding.metrics import error_rates
-from offline_kd.errors import OfflineKDError
+from offline_kd.errors import OfflineKDError, TeacherForwardError
 from offline_kd.data.dataset import utterance_batch
 from offline_kd.models.interface import forward_batch
 from offline_kd.models.numerics import exact_numerics, with_precision
@@ -67,8 +67,11 @@ def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, l
                 raise OfflineKDError(f"utterance {u} of the cache is not in {reader.path}")
             i = reader.index[u]
             batch = utterance_batch(reader, i, teacher.input_kind == "waveform")
-            with exact_numerics():
-                lp, out_len, hidden = forward_batch(model, batch, dev, layers)
+            try:
+                with exact_numerics():
+                    lp, out_len, hidden = forward_batch(model, batch, dev, layers)
+            except TeacherForwardError as exc:
+                raise TeacherForwardError(f"{exc} on utterance {u}") from None
             live = lp[:, 0].float().cpu().numpy()
             cached = split.read(p)
             for t in TEMPERATURES:

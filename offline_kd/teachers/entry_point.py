@@ -22,7 +22,7 @@ import importlib
 import torch
 from torch import nn
 
-from offline_kd.errors import OfflineKDError
+from offline_kd.errors import OfflineKDError, TeacherForwardError
 
 REQUIRED = ("tokens", "blank", "input_dim", "subsampling", "layer_dims", "forward_with_hidden_states", "state_dict")
 
@@ -128,7 +128,13 @@ class EntryPointTeacher(nn.Module):
         if bad:
             raise OfflineKDError(f"{self.where}: the teacher has no layer {bad[0]} (it exposes "
                                  f"{', '.join(map(str, sorted(self._dims)))})")
-        out = self._obj.forward_with_hidden_states(x, lengths, layers)
+        try:
+            out = self._obj.forward_with_hidden_states(x, lengths, layers)
+        except OfflineKDError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (the user's code failed: one line, the caller names the batch)
+            raise TeacherForwardError(f"{self.where}: {self.spec['entry_point']}'s forward_with_hidden_states "
+                                      f"failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
         if not (isinstance(out, (tuple, list)) and len(out) == 3):
             raise OfflineKDError(f"{self.where}: forward_with_hidden_states must return (log_probs, output_lengths, "
                                  f"hidden), got {type(out).__name__}")

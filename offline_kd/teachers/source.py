@@ -36,7 +36,7 @@ from torch import nn
 
 from offline_kd.data.dataset import utterance_batch
 from offline_kd.data.vocab import Vocabulary
-from offline_kd.errors import OfflineKDError
+from offline_kd.errors import OfflineKDError, TeacherForwardError
 from offline_kd.models.interface import forward_batch, reads_waveform
 from offline_kd.teachers.alignment import AlignedTeacher, FrameAlignment, LengthMismatch, VocabularyMap
 from offline_kd.teachers.entry_point import EntryPointTeacher, call_entry_point
@@ -217,4 +217,7 @@ def probe(teacher: LoadedTeacher, reader, index: int, layers: list[int], device)
     wrong shapes, lengths or non-finite values fails here (its wrapper checks every forward), not in a cache."""
     if not isinstance(teacher.model, (EntryPointTeacher, AlignedTeacher)):
         return
-    forward_batch(teacher.model, utterance_batch(reader, index, teacher.input_kind == "waveform"), device, layers)
+    try:
+        forward_batch(teacher.model, utterance_batch(reader, index, teacher.input_kind == "waveform"), device, layers)
+    except TeacherForwardError as exc:
+        raise TeacherForwardError(f"{exc} on utterance {reader.utterance_ids[index]}") from None

@@ -16,7 +16,7 @@ from offline_kd.data.sampler import make_batches
 from offline_kd.data.vocab import Vocabulary
 from offline_kd.decoding.greedy import greedy_ids
 from offline_kd.decoding.metrics import error_rates
-from offline_kd.errors import OfflineKDError
+from offline_kd.errors import OfflineKDError, TeacherForwardError
 from offline_kd.models.interface import forward_batch
 from offline_kd.models.numerics import exact_numerics
 
@@ -72,13 +72,20 @@ def loader_for(reader: SplitReader, vocab: Vocabulary, batches: list[list[int]],
 
 
 @torch.no_grad()
-def iterate_outputs(model, loader, device: torch.device, layers=None) -> Iterator[tuple]:
-    """Yield (batch, log_probs (T', B, V), output_lengths (B,), hidden {layer: (B, T', H)}) in eval mode."""
+def iterate_outputs(model, loader, device: torch.device, layers=None, ids=None) -> Iterator[tuple]:
+    """Yield (batch, log_probs (T', B, V), output_lengths (B,), hidden {layer: (B, T', H)}) in eval mode. `ids`
+    (the reader's utterance ids): a teacher whose own forward fails is named with the batch's first utterance."""
     model.eval()
     for batch in loader:
-        with exact_numerics():   # TF32 off: the dump and an online teacher compute the same function (and
-            # dev evaluation is deterministic)
-            log_probs, out_len, hidden = forward_batch(model, batch, device, layers)
+        try:
+            with exact_numerics():   # TF32 off: the dump and an online teacher compute the same function (and
+                # dev evaluation is deterministic)
+                log_probs, out_len, hidden = forward_batch(model, batch, device, layers)
+        except TeacherForwardError as exc:
+            if ids is None:
+                raise
+            raise TeacherForwardError(f"{exc} on the batch starting with utterance "
+                                      f"{ids[int(batch['indices'][0])]}") from None
         yield batch, log_probs, out_len, hidden
 
 
