@@ -240,6 +240,30 @@ def test_special_tokens_only_in_added_tokens_decoder_and_a_changed_preprocessor_
     assert "\n" not in str(err.value)
 
 
+def test_transformers_5_processor_config_is_read_and_is_part_of_the_identity(audio_corpus, tmp_path):
+    """transformers 5 saves the feature extractor's settings in processor_config.json (under "feature_extractor"),
+    not preprocessor_config.json: an 8 kHz model is refused on 16 kHz audio, naming the import option that
+    resamples, and a changed normalisation there is another cache (issue #45 item 1)."""
+    d = save_tiny(tmp_path / "m", "wav2vec2")
+    pre = json.loads((d / "preprocessor_config.json").read_text())
+    (d / "preprocessor_config.json").unlink()
+    proc = {"feature_extractor": {**pre, "sampling_rate": 8000}, "processor_class": "Wav2Vec2Processor"}
+    (d / "processor_config.json").write_text(json.dumps(proc))
+    out = tmp_path / "c.zarr"
+    with pytest.raises(OfflineKDError) as err:
+        dump_teacher.run(hf_cfg(d, audio_corpus, out, splits=["train"]), **QUIET)
+    assert "reads 8000 Hz audio" in str(err.value) and "--sample-rate 8000" in str(err.value), err.value
+    assert not out.exists()
+    proc["feature_extractor"]["sampling_rate"] = 16000
+    (d / "processor_config.json").write_text(json.dumps(proc))
+    dump_teacher.run(hf_cfg(d, audio_corpus, out, splits=["train"]), **QUIET)
+    proc["feature_extractor"]["do_normalize"] = False
+    (d / "processor_config.json").write_text(json.dumps(proc))
+    with pytest.raises(OfflineKDError) as err:
+        dump_teacher.run(hf_cfg(d, audio_corpus, out, splits=["train"]), **QUIET)
+    assert "another teacher" in str(err.value)
+
+
 def test_verify_with_other_alignment_options_is_a_one_line_error(audio_corpus, tmp_path):
     d = save_tiny(tmp_path / "m", "hubert")
     out = tmp_path / "c.zarr"

@@ -4,8 +4,9 @@ directory (`dump.teacher: {huggingface: DIR}`).
 The directory holds what `save_pretrained` and the tokenizer write: `config.json`, the weights as safetensors
 (`model.safetensors`, or shards with `model.safetensors.index.json`; pickled `pytorch_model.bin` is refused: loading
 a file never runs code), `vocab.json`, and optionally `tokenizer_config.json` / `special_tokens_map.json` (pad, word
-delimiter, special tokens) and `preprocessor_config.json` (sampling rate, per-utterance normalisation). Nothing is
-downloaded: everything is read from the directory, with `trust_remote_code` off.
+delimiter, special tokens) and `processor_config.json` (transformers 5) or `preprocessor_config.json` (sampling
+rate, per-utterance normalisation). Nothing is downloaded: everything is read from the directory, with
+`trust_remote_code` off.
 
 What the teacher gives: log-probs from the CTC head (log-softmax in float32), the hidden states of transformer
 layers 1..num_hidden_layers as `output_hidden_states` numbers them (layer 0, the embeddings, is not offered), blank
@@ -67,11 +68,26 @@ def weight_files(d: Path, where: str) -> list[Path]:
     raise OfflineKDError(f"{where}: {d} has no weights (model.safetensors)")
 
 
+def preprocessing(d: Path, where: str) -> dict:
+    """The feature extractor's settings (sampling_rate, do_normalize): transformers 5 saves them in
+    `processor_config.json` under "feature_extractor", older versions in `preprocessor_config.json`; the newer file
+    is read first."""
+    proc = _json(d / "processor_config.json", where, False)
+    if proc:
+        inner = proc.get("feature_extractor", proc)
+        if not isinstance(inner, dict):
+            raise OfflineKDError(f"{where}: {d}/processor_config.json: 'feature_extractor' must be a JSON object")
+        if "sampling_rate" in inner or "do_normalize" in inner:
+            return inner
+    return _json(d / "preprocessor_config.json", where, False)
+
+
 def directory_sha256(d: Path, files: list[Path]) -> str:
     """sha256 over the files that define the teacher (config, vocabulary, weights), by name and content."""
     h = hashlib.sha256()
     for p in sorted(files + [d / n for n in ("config.json", "vocab.json", "tokenizer_config.json",
-                                               "special_tokens_map.json", "preprocessor_config.json")
+                                               "special_tokens_map.json", "preprocessor_config.json",
+                                               "processor_config.json")
                              if (d / n).is_file()]):
         h.update(p.name.encode() + b"\0")
         with open(p, "rb") as f:
@@ -125,7 +141,7 @@ class HFTeacher(nn.Module):
         self.special = tuple(t for t in (_token(tok_cfg.get(k)) for k in ("bos_token", "eos_token", "unk_token"))
                              if t and t in self._tokens) or tuple(t for t in ("<s>", "</s>", "<unk>")
                                                                   if t in self._tokens)
-        pre = _json(d / "preprocessor_config.json", where, False)
+        pre = preprocessing(d, where)
         self.sample_rate = int(pre.get("sampling_rate", 16000))
         self.do_normalize = bool(pre.get("do_normalize", True))
         try:

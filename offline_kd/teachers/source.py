@@ -181,7 +181,8 @@ def _frames(inner, subsampling: Optional[int], frontend: Optional[dict], opts: d
                              f"the corpus from audio with `data import --keep-audio`")
     if int(frontend["sample_rate"]) != inner.sample_rate:
         raise OfflineKDError(f"{where}: the teacher reads {inner.sample_rate} Hz audio and the corpus keeps "
-                             f"{frontend['sample_rate']} Hz")
+                             f"{frontend['sample_rate']} Hz; import the audio again at the teacher's rate "
+                             f"(`data import ... --keep-audio --sample-rate {inner.sample_rate}`)")
     shift = Fraction(int(frontend["sample_rate"])) * Fraction(str(frontend["frame_shift_ms"])) / 1000
     own = Fraction(inner.frame_shift_samples) / shift
     if subsampling is None:
