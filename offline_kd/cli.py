@@ -148,6 +148,9 @@ def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, untra
 @click.option("--tokenizer", type=click.Choice(["char", "word"]), default="char", show_default=True,
               help="How transcripts are split into tokens.")
 @click.option("--word-separator", default="|", show_default=True, help="Word-separator token (char tokenizer).")
+@click.option("--normalize", type=click.Choice(["none", "lower", "upper"]), default="none", show_default=True,
+              help="Transcripts: fold case (lower, or upper for a teacher with upper-case letters), remove "
+                   "punctuation but apostrophes inside words, collapse whitespace; recorded in corpus.json.")
 @click.option("--sample-rate", default=16000, show_default=True, help="Audio: the front end's sample rate (Hz).")
 @click.option("--no-resample", is_flag=True, help="Audio: refuse files at another rate instead of resampling.")
 @click.option("--num-mel-bins", default=80, show_default=True, help="Audio: Kaldi fbank bins.")
@@ -173,8 +176,8 @@ def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, untra
               help="Audio: leave out unusable rows and list them in OUT/import_skipped.tsv instead of failing.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Audio: progress bar.")
 @_friendly
-def data_import(manifests, out, split_names, fmt, vocab, tokenizer, word_separator, sample_rate, no_resample,
-                num_mel_bins, frame_length_ms, frame_shift_ms, dither, fbank_preset, snip_edges, low_freq,
+def data_import(manifests, out, split_names, fmt, vocab, tokenizer, word_separator, normalize, sample_rate,
+                no_resample, num_mel_bins, frame_length_ms, frame_shift_ms, dither, fbank_preset, snip_edges, low_freq,
                 high_freq, cmvn, cmvn_split, keep_audio, jobs, skip_invalid, progress):
     """Build a corpus from audio files (Kaldi fbank) or per-utterance .npy features, and a manifest."""
     from pathlib import Path
@@ -187,7 +190,7 @@ def data_import(manifests, out, split_names, fmt, vocab, tokenizer, word_separat
         if len(manifests) > 1 or len(split_names) > 1:
             raise OfflineKDError("a .npy feature manifest is imported alone: one --manifest, at most one --split")
         import_manifest(manifests[0], out, split_names[0] if split_names else None, vocab, tokenizer,
-                        word_separator, log=_log)
+                        word_separator, log=_log, normalize=normalize)
         return
     options = AudioImportOptions(
         fbank=FbankOptions(**{**FBANK_PRESETS[fbank_preset], **{k: v for k, v in (
@@ -195,7 +198,7 @@ def data_import(manifests, out, split_names, fmt, vocab, tokenizer, word_separat
             sample_rate=sample_rate, num_mel_bins=num_mel_bins, frame_length_ms=frame_length_ms,
             frame_shift_ms=frame_shift_ms, dither=dither),
         cmvn=cmvn, cmvn_split=cmvn_split, keep_audio=keep_audio, resample=not no_resample,
-        skip_invalid=skip_invalid, jobs=jobs, progress=progress)
+        skip_invalid=skip_invalid, jobs=jobs, progress=progress, normalize=normalize)
     import_audio(list(manifests), list(split_names), out, fmt, vocab, tokenizer, word_separator, options, log=_log)
 
 

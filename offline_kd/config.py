@@ -391,6 +391,11 @@ class DumpConfig:
     view_splits: list = field(default_factory=list)
     view_seed: int = 0
     lm_targets: Optional[LMTargetsConfig] = None
+    # a mapped teacher (teachers/coverage.py): the dump refuses student classes that the transcripts use but no
+    # teacher class reaches, unless allow_unreached; and a mean share of the teacher's probability on the classes
+    # its vocabulary map drops above max_dropped_mass (measured on a sample before anything is written)
+    allow_unreached: bool = False
+    max_dropped_mass: float = 0.05
 
     def __post_init__(self):
         _check_choices(self)
@@ -413,6 +418,9 @@ class DumpConfig:
         if isinstance(self.num_workers, str) and self.num_workers != "auto" or \
                 isinstance(self.num_workers, int) and self.num_workers < 0:
             raise OfflineKDError(f"dump.num_workers must be auto or an integer >= 0, got {self.num_workers!r}")
+        if isinstance(self.max_dropped_mass, bool) or not isinstance(self.max_dropped_mass, (int, float)) \
+                or not 0.0 <= self.max_dropped_mass <= 1.0:
+            raise OfflineKDError(f"dump.max_dropped_mass must be a share in [0, 1], got {self.max_dropped_mass!r}")
 
 
 # ------------------------------------------------------------------------------------------------- top level

@@ -70,6 +70,7 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
         "views": meta.views, "frontend": meta.extra.get("frontend"),
         "teacher_adapter": meta.teacher.get("adapter", "checkpoint"),
         "teacher_alignment": meta.teacher.get("alignment"),
+        "teacher_coverage": meta.extra.get("teacher_coverage"),
         "codebook_relative_error": codebook_error,
     }
 
@@ -87,12 +88,25 @@ def _alignment(a: dict) -> list[str]:
     v, f = a.get("vocabulary", {}), a.get("frames", {})
     counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in (v.get("counts") or {}).items())
     out = [f"  vocabulary alignment: {v.get('kind')} ({counts})"
-           + (f"; student tokens no teacher class reaches: {', '.join(map(repr, v['unreached'][:6]))}"
-              if v.get("unreached") else "")
+           + (f"; student tokens no teacher class reaches ({len(v['unreached'])}): "
+              f"{', '.join(map(repr, v['unreached']))}" if v.get("unreached") else "")
            + (f"; mapping file {v['mapping_file']}" if v.get("mapping_file") else ""),
            f"  frame alignment: teacher frame shift {f.get('teacher_frame_shift')}, student "
            f"{f.get('student_frame_shift')} {f.get('unit')}: posteriors {f.get('posteriors')}, hidden "
            f"{f.get('hidden')}; lengths {f.get('lengths')}"]
+    return out
+
+
+def _coverage(c: dict) -> list[str]:
+    """The coverage lines of `cache info` (teachers/coverage.py measures them at the dump)."""
+    out = []
+    if c.get("unreached_in_transcripts"):
+        out.append("  unreached tokens the transcripts use (dumped with dump.allow_unreached): " + ", ".join(
+            f"{t!r} {n}x" for t, n in c["unreached_in_transcripts"].items()))
+    d = c.get("dropped_mass")
+    if d:
+        out.append(f"  teacher probability on dropped classes: mean {100 * d['mean']:.2f}% over {d['utterances']} "
+                   f"utterances, worst {100 * d['worst']:.2f}% ({d['worst_utterance']})")
     return out
 
 
@@ -121,7 +135,7 @@ def format_info(info: dict) -> str:
         lines.insert(-1, "  codebook reconstruction error (relative, sum (x - x')^2 / sum x^2 on the fit sample): "
                          + ", ".join(f"layer {L} {e:.4f}" for L, e in sorted(info["codebook_relative_error"].items())))
     if info.get("teacher_alignment"):
-        lines[2:2] = _alignment(info["teacher_alignment"])
+        lines[2:2] = _alignment(info["teacher_alignment"]) + _coverage(info.get("teacher_coverage") or {})
     fe = info.get("frontend")
     if fe:
         lines.insert(-1, f"  corpus front end: {fe.get('kind')} {fe.get('num_mel_bins')} bins, "

@@ -147,7 +147,8 @@ class CacheMeta:
     def for_dump(cls, cfg, model, vocab, corpus_dir: str, lp_codec, hidden_codecs: dict, device_type: str,
                  teacher_sha256: str, weights_sha256: str, tool_version: str,
                  teacher_dev: Optional[dict] = None, splits: Optional[list] = None,
-                 frontend: Optional[dict] = None, teacher_record: Optional[dict] = None) -> "CacheMeta":
+                 frontend: Optional[dict] = None, teacher_record: Optional[dict] = None,
+                 coverage: Optional[dict] = None) -> "CacheMeta":
         """`teacher_record`: where the teacher came from (path, and for an entry point its adapter, entry point and
         args); without it, `cfg.teacher` is the checkpoint's path."""
         layer_dims = {L: c.dim for L, c in hidden_codecs.items()}
@@ -168,4 +169,5 @@ class CacheMeta:
             splits=list(splits if splits is not None else cfg.splits), device_type=device_type,
             dump_config={k: v for k, v in asdict(cfg).items()
                          if k != "storage_options" and not (k == "subsampling" and v is None)},
-            extra={"frontend": frontend} if frontend else {})
+            extra={**({"frontend": frontend} if frontend else {}),
+                   **({"teacher_coverage": coverage} if coverage else {})})

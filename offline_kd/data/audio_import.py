@@ -28,7 +28,7 @@ import shutil
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -38,6 +38,7 @@ from tqdm import tqdm
 from offline_kd.data.audio import AudioError, load
 from offline_kd.data.corpus import SplitWriter, write_corpus_meta
 from offline_kd.data.importer import build_vocab
+from offline_kd.data.text import MODES as TEXT_MODES, normalize as normalize_text, rules as text_rules
 from offline_kd.data.frontend import CMVN_KINDS, Fbank, FbankOptions, GlobalStats, apply_global, normalise_utterance
 from offline_kd.data.manifests import AudioRow, check_rows, read_manifests
 from offline_kd.data.vocab import Vocabulary
@@ -60,9 +61,12 @@ class AudioImportOptions:
     skip_invalid: bool = False
     jobs: int = 1
     progress: bool = True
+    normalize: str = "none"          # transcripts: none | lower | upper (data/text.py)
 
     def check(self) -> None:
         self.fbank.check()
+        if self.normalize not in TEXT_MODES:
+            raise OfflineKDError(f"--normalize must be one of {', '.join(TEXT_MODES)}, got {self.normalize!r}")
         if self.cmvn not in CMVN_KINDS:
             raise OfflineKDError(f"--cmvn must be one of {', '.join(CMVN_KINDS)}, got {self.cmvn!r}")
         if self.jobs < 1:
@@ -138,7 +142,8 @@ def import_audio(manifests: list[str], splits: list[str], out: str, fmt: str, vo
     outdir = Path(out)
     if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
         raise OfflineKDError(f"{outdir} exists and is not empty; import into a new directory")
-    rows = read_manifests(manifests, splits, fmt)
+    rows = [r if r.text is None else replace(r, text=normalize_text(r.text, options.normalize) or None)
+            for r in read_manifests(manifests, splits, fmt)]
     sep = word_separator if tokenizer == "char" else None
     vocab = Vocabulary.load(vocab_path, tokenizer, sep) if vocab_path else None
     bad = check_rows(rows, vocab, options.skip_invalid)
@@ -392,7 +397,8 @@ def _assemble(plan: list[_Chunk], rows: list[AudioRow], bad: dict, options: Audi
         counts[split] = n
     manifest_names = ", ".join(Path(m).name for m in manifests)
     write_corpus_meta(corpus, vocab, fb.num_mel_bins, source=f"offline-kd data import {manifest_names}",
-                      frontend=frontend, audio={"sample_rate": fb.sample_rate, "kept": options.keep_audio})
+                      frontend=frontend, audio={"sample_rate": fb.sample_rate, "kept": options.keep_audio},
+                      **({"text_normalization": text_rules(options.normalize)} if options.normalize != "none" else {}))
     if reasons:
         lines = ["id\tsplit\trow\tfile\treason"]
         for i in sorted(reasons):

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from offline_kd.data.corpus import SplitWriter, write_corpus_meta
+from offline_kd.data.text import MODES as TEXT_MODES, normalize as normalize_text, rules as text_rules
 from offline_kd.data.vocab import BLANK, Vocabulary
 from offline_kd.errors import OfflineKDError
 
@@ -85,11 +86,14 @@ def build_vocab(texts: list[str], tokenizer: str, word_separator: str) -> Vocabu
 
 
 def import_manifest(manifest: str, out: str, split_name: str | None, vocab_path: str | None, tokenizer: str,
-                    word_separator: str, log=print) -> dict:
+                    word_separator: str, log=print, normalize: str = "none") -> dict:
     mpath = Path(manifest)
     if not mpath.is_file():
         raise OfflineKDError(f"manifest not found: {mpath}")
-    rows = read_manifest(mpath, split_name)
+    if normalize not in TEXT_MODES:
+        raise OfflineKDError(f"--normalize must be one of {', '.join(TEXT_MODES)}, got {normalize!r}")
+    rows = {s: [(u, f, None if t is None else normalize_text(t, normalize) or None) for u, f, t in r]
+            for s, r in read_manifest(mpath, split_name).items()}
     sep = word_separator if tokenizer == "char" else None
     if vocab_path:
         vocab = Vocabulary.load(vocab_path, tokenizer, sep)
@@ -106,7 +110,7 @@ def import_manifest(manifest: str, out: str, split_name: str | None, vocab_path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        counts = _write_splits(rows, tmp, vocab, mpath)
+        counts = _write_splits(rows, tmp, vocab, mpath, text_rules(normalize))
         if outdir.exists():
             outdir.rmdir()
         os.replace(tmp, outdir)
@@ -143,7 +147,7 @@ def _remove_stale_imports(outdir: Path, log) -> None:
             log(f"removed {d}, left by an import that was stopped (process {pid} is gone)")
 
 
-def _write_splits(rows: dict, outdir: Path, vocab: Vocabulary, mpath: Path) -> dict:
+def _write_splits(rows: dict, outdir: Path, vocab: Vocabulary, mpath: Path, text_normalization=None) -> dict:
     feature_dim = None
     counts = {}
     for split, items in rows.items():
@@ -170,5 +174,6 @@ def _write_splits(rows: dict, outdir: Path, vocab: Vocabulary, mpath: Path) -> d
                 writer.abort()
             raise
         counts[split] = len(items)
-    write_corpus_meta(outdir, vocab, feature_dim, source=f"offline-kd data import {mpath.name}")
+    write_corpus_meta(outdir, vocab, feature_dim, source=f"offline-kd data import {mpath.name}",
+                      **({"text_normalization": text_normalization} if text_normalization else {}))
     return counts

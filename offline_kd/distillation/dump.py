@@ -33,6 +33,7 @@ from offline_kd.config import CodecConfig, DumpConfig  # noqa: F401
 from offline_kd.data.corpus import Corpus
 from offline_kd.data.validate import output_frames
 from offline_kd.data.views import ViewReader, parse_views, split_of, valid_in_views, view_name
+from offline_kd.teachers import coverage
 from offline_kd.teachers.source import check_frames, load_teacher, probe
 from offline_kd.distillation.pseudo_labels import check_lm_loads, write_lm_targets
 from offline_kd.errors import OfflineKDError, TeacherForwardError
@@ -181,10 +182,11 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     for p in plans.values():
         check_frames(teacher, p.reader, p.order)                # every utterance's frame count reconciles
     probe(teacher, first.reader, first.order[0], layers, device)       # a wrong teacher fails before any write
+    coverage = _coverage(cfg, corpus, teacher, plans, first, device, log)
     meta = CacheMeta.for_dump(cfg, model, vocab, str(corpus.dir), lp_codec, hidden_codecs, device.type,
                               teacher.record["sha256"], weights_sha256(model), __version__,
                               teacher.dev, splits=list(plans), frontend=corpus.meta.get("frontend"),
-                              teacher_record=teacher.record).with_identity(plans)
+                              teacher_record=teacher.record, coverage=coverage).with_identity(plans)
     kept: dict = {}       # the teacher's outputs on the fit sample's batches (the first split's first ones)
     timing = {"fit_seconds": 0.0}
     fit = lambda: _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log, kept,  # noqa: E731
@@ -217,6 +219,21 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     if env.enabled:
         out["world_size"] = env.world_size
     return out
+
+
+def _coverage(cfg: DumpConfig, corpus: Corpus, teacher, plans: dict, first, device, log) -> dict | None:
+    """A mapped teacher's coverage of the student (teachers/coverage.py), refused before anything is written where
+    it would teach the wrong thing; -> what the cache's metadata records, None for a teacher used as it is."""
+    unreached = ((teacher.record.get("alignment") or {}).get("vocabulary") or {}).get("unreached") or []
+    if "alignment" not in teacher.record:
+        return None
+    readers = {s: p.reader for s, p in plans.items()}
+    found = coverage.unreached_in_transcripts(unreached, readers, teacher.vocab)
+    total = sum(len(teacher.vocab.units(t)) for r in readers.values() if r.transcribed for t in r.transcripts)
+    coverage.check_unreached(found, total, str(corpus.dir), cfg.allow_unreached, log)
+    dropped = coverage.dropped_mass(teacher, first.reader, first.order, device)
+    coverage.check_dropped(dropped, cfg.max_dropped_mass, log)
+    return {"unreached_in_transcripts": found, **({"dropped_mass": dropped} if dropped else {})}
 
 
 def _check(cfg: DumpConfig, corpus: Corpus, model, vocab, name: str) -> list[int]:

@@ -26,6 +26,7 @@ frames at the end are dropped, missing ones repeat the last frame, and a differe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -49,7 +50,8 @@ class VocabularyMap:
     """teacher class -> student class (or dropped), and the log-prob transform it implies."""
 
     def __init__(self, teacher_tokens, teacher_blank: int, student: Vocabulary, word_delimiter: Optional[str] = None,
-                 special: tuple = (), mapping_file: Optional[str] = None, where: str = "teacher"):
+                 special: tuple = (), mapping_file: Optional[str] = None, where: str = "teacher",
+                 student_vocab_file: Optional[str] = None):
         self.student = student
         explicit = _read_mapping(mapping_file, where) if mapping_file else {}
         unknown = sorted(set(explicit) - set(teacher_tokens))
@@ -88,14 +90,18 @@ class VocabularyMap:
             else:
                 missing.append(tok)
         if missing:
+            source = (f" ({student_vocab_file}: `data import` builds it from the transcripts it imports, where these "
+                      f"do not occur)" if student_vocab_file else "")
             raise OfflineKDError(f"{where}: the teacher's tokens {', '.join(map(repr, missing[:8]))}"
                                  f"{f' (and {len(missing) - 8} more)' if len(missing) > 8 else ''} have no counterpart "
-                                 f"in the student's vocabulary; map them (or null to drop them) in a vocabulary_map "
-                                 f"file (docs/teachers.md)")
+                                 f"in the student's vocabulary{source}; import the corpus again with `--vocab FILE` "
+                                 f"listing them (e.g. the teacher's tokens), or map them (or null to drop them) in a "
+                                 f"vocabulary_map file (docs/teachers.md)")
         self.target = target
         self.counts = how
         reached = {t for t in target if t is not None}
         self.unreached = [student.tokens[i] for i in range(len(student)) if i not in reached]
+        self.dropped = [i for i, t in enumerate(target) if t is None]       # teacher classes mapped to nothing
         self.identity = target == list(range(len(student))) and len(teacher_tokens) == len(student)
         self.permutation = sorted(reached) == list(range(len(student))) and len(reached) == len(target)
         self.mapping_file = mapping_file
@@ -114,6 +120,11 @@ class VocabularyMap:
                 "counts": {k: v for k, v in self.counts.items() if v},
                 "unreached": self.unreached, "mapping_file": self.mapping_file,
                 "sha256": hashlib.sha256(json.dumps(pairs).encode()).hexdigest(), "pairs": pairs}
+
+    def dropped_mass(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """(..., V_teacher) log-probs -> (...,) the probability on the classes this map drops."""
+        idx = torch.tensor(self.dropped, dtype=torch.long, device=log_probs.device)
+        return log_probs.double().index_select(-1, idx).exp().sum(-1)
 
     def apply(self, log_probs: torch.Tensor) -> torch.Tensor:
         """(..., V_teacher) log-probs -> (..., V_student)."""
@@ -282,6 +293,7 @@ class AlignedTeacher(nn.Module):
         self.input_kind = getattr(inner, "input_kind", "features")
         self._record = record
         self._input_dim = int(input_dim)        # a waveform teacher's: the dimension of the features it lines up with
+        self._measured: Optional[list] = None
 
     @property
     def input_dim(self) -> int:
@@ -319,7 +331,20 @@ class AlignedTeacher(nn.Module):
         frames = lengths if num_frames is None else num_frames
         target = -(-frames.to(out_len.device, torch.int64) // self._subsampling)
         lp, out_len, hidden = self.frames.apply(lp, out_len.to(torch.int64), hidden, target)
+        if self._measured is not None:              # (T', B): each utterance's valid frames
+            mass = self.vmap.dropped_mass(lp)
+            self._measured += [mass[: int(n), b].cpu() for b, n in enumerate(out_len.tolist())]
         return self.vmap.apply(lp), out_len, hidden
+
+    @contextlib.contextmanager
+    def measuring_dropped(self):
+        """Within: every forward appends each utterance's per-frame dropped probability (VocabularyMap.dropped_mass)
+        to the list yielded."""
+        self._measured = []
+        try:
+            yield self._measured
+        finally:
+            self._measured = None
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, num_frames: Optional[torch.Tensor] = None):
         lp, out_len, _ = self.forward_with_hidden_states(x, lengths, None, num_frames=num_frames)

@@ -154,7 +154,8 @@ def load_teacher(spec: TeacherSpec, device, vocab: Optional[Vocabulary] = None, 
     if vocab is None:
         raise OfflineKDError(f"{where}: a teacher from an {record.get('adapter')} needs the corpus's vocabulary to "
                              f"map its tokens onto")
-    vmap = VocabularyMap(tokens, blank, vocab, delimiter, special, opts.get("vocabulary_map"), where)
+    vmap = VocabularyMap(tokens, blank, vocab, delimiter, special, opts.get("vocabulary_map"), where,
+                         str(Path(corpus.dir) / "vocab.txt") if corpus is not None else None)
     frames, unit, own = _frames(inner, subsampling, frontend, opts, where)
     if vmap.identity and frames.identity and not reads_waveform(inner):
         return LoadedTeacher(inner, vocab, record, dev, name)
