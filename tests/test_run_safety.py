@@ -123,3 +123,27 @@ def test_a_dump_killed_while_storing_its_fitted_state_reruns(tiny_teacher, tiny_
     zarr.open_group(str(tmp_path / "foreign.zarr"), mode="w").create_array("x", shape=(2,), dtype="float32")
     with pytest.raises(OfflineKDError, match="not an offline-kd cache"):       # anything else is still refused
         dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, tmp_path / "foreign.zarr", splits=["dev"]), **QUIET)
+
+
+def test_an_interrupted_cache_read_leaves_zarrs_loop_idle():
+    """Ctrl-C while a cache read waits on zarr's event loop: the read's tasks are cancelled before the interrupt
+    goes on, so zarr's exit handler (which closes the loop after 0.2 s) does not find it busy and fail with
+    'Cannot close a running event loop' (issue #47). zarr's own sync() leaves them running."""
+    import asyncio
+    import os
+    import signal
+    import threading
+    from zarr.core.sync import _get_loop
+    from offline_kd.cache import reader
+
+    async def slow_read():
+        await asyncio.gather(*(asyncio.sleep(30) for _ in range(4)))
+
+    async def pending():
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    loop = _get_loop()
+    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        reader._zarr_sync(slow_read())
+    assert asyncio.run_coroutine_threadsafe(pending(), loop).result(timeout=5) == []

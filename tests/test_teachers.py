@@ -61,6 +61,27 @@ def test_entry_point_teacher_verifies_and_distils_online(tiny_corpus, own_teache
     assert (tmp_path / "run" / "checkpoint_best.pt").is_file()
 
 
+def test_verify_with_the_teacher_on_a_damaged_cache_reports_no_traceback(tiny_corpus, own_teacher, tmp_path):
+    """One offset chunk deleted: the structural check reports it, the live teacher is not compared (it would read
+    garbage: a tensor size mismatch traceback before), one exit code."""
+    import shutil
+    out = tmp_path / "c.zarr"
+    dump_teacher.run(dump_cfg(own_teacher, tiny_corpus, out), **QUIET)
+    shutil.rmtree(out / "train" / "offset" / "c")
+    res = CliRunner().invoke(main, ["cache", "verify", str(out), "--teacher", json.dumps(own_teacher), "--corpus",
+                                    str(tiny_corpus), "--sample", "4"])
+    assert res.exit_code != 0 and res.exception is None or isinstance(res.exception, SystemExit), res.output
+    assert "Traceback" not in res.output and "the live teacher is not compared" in res.output, res.output
+
+
+def test_a_device_torch_knows_but_cannot_use_is_a_one_line_error():
+    from offline_kd.training.inference import resolve_device
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has mps")
+    with pytest.raises(OfflineKDError, match="device 'mps' is not usable here"):
+        resolve_device("mps")
+
+
 class _Bad(torch.nn.Module):
     """A teacher that breaks one rule at a time."""
 

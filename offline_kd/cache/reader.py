@@ -8,6 +8,7 @@ positions lo..hi-1 with one contiguous read per stored array (a length-sorted ba
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 
 import numpy as np
@@ -23,10 +24,27 @@ from offline_kd.cache.progress import split_progress
 from offline_kd.cache.layout import decode_hashes, decode_ids, field_arrays, open_group, read_meta, utterance_checksum
 from offline_kd.errors import OfflineKDError
 
-try:                      # zarr's own bridge from sync code to its event loop (what Array.__getitem__ uses)
-    from zarr.core.sync import sync as _zarr_sync
+try:                      # zarr's event loop (the one Array.__getitem__ runs its reads on)
+    from zarr.core.sync import _get_loop as _zarr_loop
 except ImportError:       # pragma: no cover - another zarr 3 layout: read the arrays one after another
-    _zarr_sync = None
+    _zarr_loop = None
+
+
+def _zarr_sync(coro):
+    """Run `coro` on zarr's event loop and wait for it. An interrupt (Ctrl-C) or exit while waiting cancels the
+    read's tasks and waits for them briefly: zarr's exit handler closes its loop after 0.2 s, and a loop still
+    busy with a large read fails there with 'RuntimeError: Cannot close a running event loop' (issue #47)."""
+    loop = _zarr_loop()
+    fut = asyncio.run_coroutine_threadsafe(coro, loop)
+    try:
+        return fut.result()
+    except BaseException:
+        fut.cancel()            # cancels the gather and each array's chunk tasks
+        try:                    # the loop has run the cancellations once it runs this
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(timeout=5)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            pass
+        raise
 
 
 def build_codecs(codecs: dict, root: zarr.Group):
@@ -99,7 +117,7 @@ class CacheSplit:
         The arrays are fetched concurrently on zarr's event loop (one round trip, not one per array)."""
         a, b = int(self.offsets[lo]), int(self.offsets[hi])
         arrays = self._arr()
-        if _zarr_sync is None:
+        if _zarr_loop is None:
             results = []
             for arr in arrays.values():
                 try:

@@ -27,9 +27,16 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise OfflineKDError(f"device '{name}' requested but CUDA is not available")
     try:
-        return torch.device(name)
+        dev = torch.device(name)
     except RuntimeError:
         raise OfflineKDError(f"unknown device '{name}'") from None
+    if dev.type != "cpu":
+        try:                        # a device type this torch knows but cannot use here (mps on Linux, xpu, ...)
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError) as exc:
+            raise OfflineKDError(f"device '{name}' is not usable here ({' '.join(str(exc).split())[:160]})") \
+                from None
+    return dev
 
 
 def sorted_batches(reader: SplitReader, indices: np.ndarray, batch_size: Optional[int],
