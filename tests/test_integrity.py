@@ -206,3 +206,26 @@ def test_a_truncated_object_is_a_one_line_error_in_verify_and_train_student(f16_
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert len(errors) == 1 and "array log_probs: cannot read frames" in errors[0], res.output
     assert not (tmp_path / "run").exists()        # a failed start leaves no half-made run directory behind
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_deleted_hidden_shard_stops_training_with_one_line_in_a_real_process(f16_cache, tiny_corpus, tmp_path,
+                                                                               workers):
+    """As a user runs it (a process of its own, so that what happens at exit shows): one hidden-state shard deleted,
+    train-student prints the one-line checksum error on stderr and nothing else that looks like an error (issue
+    #47: a traceback was printed beside it; the batch prefetch thread's read is now finished before the exit)."""
+    import subprocess
+    import sys
+    from dataclasses import asdict
+    from helpers import write_yaml
+    objects = sorted(f for f in (f16_cache / "train" / "hidden_3" / "c").rglob("*") if f.is_file())
+    objects[len(objects) // 2].unlink()
+    cfg = asdict(_distill_cfg(tiny_corpus, f16_cache, tmp_path / "run"))
+    cfg["data"]["num_workers"] = workers
+    y = write_yaml(tmp_path / "s.yaml", cfg)
+    res = subprocess.run([sys.executable, "-m", "offline_kd", "train-student", "--config", str(y)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr + res.stdout and "Exception" not in res.stderr, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "do not match the checksum the dump wrote" in errors[0], res.stderr

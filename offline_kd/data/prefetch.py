@@ -27,20 +27,23 @@ def prefetch(iterable: Iterable, depth: int) -> Iterator:
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def hand_over(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work():
         try:
             for item in iterable:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand_over(item):
                     return
-            q.put(_END)
+            hand_over(_END)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            q.put(_Failure(exc))
+            hand_over(_Failure(exc))
 
     thread = threading.Thread(target=work, name="batch-prefetch", daemon=True)
     thread.start()
@@ -53,4 +56,8 @@ def prefetch(iterable: Iterable, depth: int) -> Iterator:
                 raise item.exc
             yield item
     finally:
+        # the consumer is done (or failed): let the batch being read finish before the caller goes on, so that no
+        # cache read is in flight on zarr's event loop when the process exits (zarr's exit handler would fail on
+        # a busy loop, and print a traceback beside the one-line error that stopped training)
         stop.set()
+        thread.join(timeout=30)
