@@ -53,3 +53,30 @@ def test_without_patience_every_epoch_runs(tiny_corpus, tmp_path, monkeypatch):
 def test_a_bad_patience_is_a_one_line_error(tiny_corpus, tmp_path, value):
     with pytest.raises(OfflineKDError, match="train.patience"):
         build_dataclass(ExperimentConfig, experiment_dict(tiny_corpus, tmp_path / "run", patience=value))
+
+
+def test_wer_ties_go_to_the_lower_cer_then_the_later_epoch(tiny_corpus, tmp_path, monkeypatch):
+    """A small run at 100% WER: the best checkpoint is the epoch of the lowest CER, the later of equals (issue #45
+    item 5: ties went to the earliest epoch); patience counts strict improvements only."""
+    it = iter([(100.0, 90.0), (100.0, 80.0), (100.0, 80.0), (100.0, 85.0)])
+
+    def fake(*args, **kwargs):
+        wer, cer = next(it)
+        return {"wer": wer, "cer": cer, "num_utterances": 1}
+    monkeypatch.setattr(trainer_module, "evaluate_greedy", fake)
+    train.run(build_dataclass(ExperimentConfig, experiment_dict(tiny_corpus, tmp_path / "run", epochs=4)), **QUIET)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint_best.pt")["epoch"] == 3
+    assert [r.get("evals_since_best") for r in epochs_of(tmp_path / "run") if r["event"] == "epoch"] == [0, 0, 1, 2]
+
+
+def test_a_warmup_longer_than_the_patience_window_is_warned_about(tiny_corpus, tmp_path, monkeypatch, capsys):
+    scripted_wer(monkeypatch, [50, 40])
+    d = experiment_dict(tiny_corpus, tmp_path / "run", epochs=2, patience=1, warmup_steps=500)
+    train.run(build_dataclass(ExperimentConfig, d), **QUIET)
+    err = capsys.readouterr().err
+    assert "warning: train.warmup_steps (500) outlasts the early-stopping window (train.patience 1" in err, err
+    assert "lower train.warmup_steps (e.g. " in err
+    scripted_wer(monkeypatch, [50, 40])
+    d = experiment_dict(tiny_corpus, tmp_path / "run2", epochs=2, patience=1, warmup_steps=1)
+    train.run(build_dataclass(ExperimentConfig, d), **QUIET)
+    assert "outlasts" not in capsys.readouterr().err

@@ -90,6 +90,7 @@ def verify_cache(path: str, storage_options: dict | None = None, log=print) -> d
         problems.append("cache is incomplete (rerun the same dump-teacher command to finish it)")
     st = structural_check(cache, log)
     res["utterances_checked"] = st["utterances_checked"]
+    res["data_problems"] = len(st["problems"])         # per-frame bytes and offsets (the seal's findings apart)
     problems += st["problems"]
     if res["complete"]:
         fields = [p for p, *_ in field_arrays(cache.lp_codec, cache.hidden_codecs)]

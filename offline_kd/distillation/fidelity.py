@@ -106,9 +106,9 @@ def verify_with_teacher(path: str, teacher: str | None = None, sample: int = 32,
             raise OfflineKDError(f"{path}: the cache's metadata is not covered by an intact seal ("
                                  f"{'incomplete' if not res['complete'] else 'problems found' if res['problems'] else 'unsealed'}"
                                  f"), so its corpus path is not followed: give the corpus with --corpus")
-        damaged = [p for p in res["problems"] if not p.startswith("cache is incomplete")]
-        if damaged:             # its offsets or bytes are wrong: a comparison with the teacher would read garbage
-            res["fidelity_skipped"] = f"the cache has {len(damaged)} problem(s); the live teacher is not compared"
+        if res["data_problems"]:    # its offsets or bytes are wrong: a comparison with the teacher reads garbage
+            res["fidelity_skipped"] = (f"{res['data_problems']} problem(s) in the stored frames; the live teacher "
+                                       f"is not compared")
             log(f"{path}: {res['fidelity_skipped']}")
             return res
         cache = TeacherCache(path, storage_options, require_complete=False, verify_reads=False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import os
 import shutil
 import time
@@ -189,7 +190,9 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, cfg.train, steps_per_epoch * cfg.train.epochs)
         self.trainable = params
         self.start_epoch, self.step, self.best_wer = 1, 0, float("inf")
+        self.best_cer = float("inf")     # breaks ties of the dev WER (then the later epoch wins)
         self.since_best = 0          # dev evaluations in a row without a new best (train.patience)
+        self.steps_per_epoch = steps_per_epoch
         self.tb = None
 
     # ----------------------------------------------------------------------------------------- checkpoints
@@ -203,7 +206,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "epoch": epoch, "step": self.step, "best_wer": self.best_wer, "evals_since_best": self.since_best,
+            "epoch": epoch, "step": self.step, "best_wer": self.best_wer, "best_cer": self.best_cer,
+            "evals_since_best": self.since_best,
             "dev": {k: v for k, v in (dev or {}).items() if k in ("wer", "cer", "num_utterances")},
             "rng": rng_state(),
             "config": asdict(self.cfg),
@@ -223,6 +227,7 @@ class Trainer:
         set_rng_state(ckpt["rng"])
         self.start_epoch, self.step, self.best_wer = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_wer"]
         self.since_best = int(ckpt.get("evals_since_best", 0))
+        self.best_cer = float(ckpt.get("best_cer", float("inf")))      # (older checkpoints: unknown)
 
     # ------------------------------------------------------------------------------------------------ logs
     def _truncate_metrics(self) -> None:
@@ -295,6 +300,13 @@ class Trainer:
                            "train_batches": len(self.sampler)})
         summary = {}
         patience = cfg.train.patience
+        window = (patience or 0) * cfg.train.eval_every * self.steps_per_epoch
+        if self.is_main and patience and cfg.train.warmup_steps > window:
+            tqdm.write(f"warning: train.warmup_steps ({cfg.train.warmup_steps}) outlasts the early-stopping window "
+                       f"(train.patience {patience} x eval_every {cfg.train.eval_every} epoch(s) x "
+                       f"{self.steps_per_epoch} steps = {window} steps): the run may stop while the learning rate is "
+                       f"still warming up; lower train.warmup_steps (e.g. {max(window // 2, 1)}) or raise "
+                       f"train.patience", file=sys.stderr)
         for epoch in range(self.start_epoch, cfg.train.epochs + 1):
             if patience and self.since_best >= patience:      # (a resumed run that had already stopped)
                 break
@@ -376,11 +388,14 @@ class Trainer:
             if self.world_size > 1:     # every rank tracks the best WER (and waits for rank 0's evaluation)
                 dev = distributed.broadcast(dev, distributed.env_from_os())
             record.update({"dev_wer": dev["wer"], "dev_cer": dev["cer"]})
+        # the best epoch: the lowest dev WER, ties broken by the CER, then by the later epoch (a run at 100% WER
+        # keeps its latest epoch of the lowest CER, not its first); patience counts strict improvements only
+        score, best = (dev["wer"], dev["cer"]) if dev is not None else None, (self.best_wer, self.best_cer)
         if dev is not None:
-            self.since_best = 0 if dev["wer"] < self.best_wer else self.since_best + 1
+            self.since_best = 0 if score < best else self.since_best + 1
             record["evals_since_best"] = self.since_best
-        if dev is not None and dev["wer"] < self.best_wer:
-            self.best_wer = dev["wer"]
+        if dev is not None and score <= best:
+            self.best_wer, self.best_cer = score
             record["best"] = True
             if self.is_main:
                 save_checkpoint(self.out / "checkpoint_best.pt", self._state(epoch, dev))
