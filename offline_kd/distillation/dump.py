@@ -224,12 +224,11 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
 def _coverage(cfg: DumpConfig, corpus: Corpus, teacher, plans: dict, first, device, log) -> dict | None:
     """A mapped teacher's coverage of the student (teachers/coverage.py), refused before anything is written where
     it would teach the wrong thing; -> what the cache's metadata records, None for a teacher used as it is."""
-    unreached = ((teacher.record.get("alignment") or {}).get("vocabulary") or {}).get("unreached") or []
     if "alignment" not in teacher.record:
         return None
-    readers = {s: p.reader for s, p in plans.items()}
-    found = coverage.unreached_in_transcripts(unreached, readers, teacher.vocab)
-    total = sum(len(teacher.vocab.units(t)) for r in readers.values() if r.transcribed for t in r.transcripts)
+    unreached = teacher.record["alignment"]["vocabulary"].get("unreached") or []
+    found, total = coverage.unreached_in_transcripts(unreached, {s: p.reader for s, p in plans.items()},
+                                                     teacher.vocab)
     coverage.check_unreached(found, total, str(corpus.dir), cfg.allow_unreached, log)
     dropped = coverage.dropped_mass(teacher, first.reader, first.order, device)
     coverage.check_dropped(dropped, cfg.max_dropped_mass, log)

@@ -33,16 +33,16 @@ from offline_kd.teachers.alignment import AlignedTeacher
 SAMPLE_UTTERANCES = 32
 
 
-def unreached_in_transcripts(unreached: list[str], readers: dict, vocab) -> dict[str, int]:
-    """{student token no teacher class reaches: its count in the transcripts of `readers` ({split: reader})} for
-    the tokens that occur (the blank never does)."""
+def unreached_in_transcripts(unreached: list[str], readers: dict, vocab) -> tuple[dict[str, int], int]:
+    """-> ({student token no teacher class reaches: its count in the transcripts of `readers` ({split: reader})}
+    for the tokens that occur (the blank never does), the transcripts' token count)."""
     if not unreached:
-        return {}
+        return {}, 0
     counts: Counter = Counter()
     for reader in readers.values():
         for t in reader.transcripts if reader.transcribed else []:
             counts.update(vocab.units(t))
-    return {tok: counts[tok] for tok in unreached if counts.get(tok)}
+    return {tok: counts[tok] for tok in unreached if counts.get(tok)}, sum(counts.values())
 
 
 def check_unreached(found: dict[str, int], total_units: int, corpus: str, allow: bool, log) -> None:
