@@ -127,3 +127,22 @@ def test_encode_on_a_torch_device_matches_encode(field, name, i, spec):
             assert close.max() <= (1 if name in ("lowrank",) or k.startswith("/tail_") else 0), k
             assert (close == 0).mean() > 0.99, k
     np.testing.assert_allclose(fitted.decode(got), fitted.decode(want), rtol=1e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("tail", ["uniform", "prior"])
+def test_gather_of_a_token_in_the_tail_ignores_the_unused_slots(tail):
+    """Frames whose coverage is reached before k keep fewer tokens; the unused slots hold index 0 and -inf. The blank
+    (class 0) in the tail of such a frame is the tail's value, not an unused slot's -inf (a mutant comparing the
+    slot with `<= count` survived the suite before this test)."""
+    v, k = 8, 4
+    x = np.full((6, v), np.log(0.001 / (v - 1)), dtype=np.float32)
+    x[:, 5] = np.log(0.999)                               # one token holds the coverage: count = 1 < k
+    codec = codec_from_spec("log_probs", {"name": "topk", "num_classes": v, "k": k, "coverage": 0.99,
+                                          "tail": tail})
+    codec = codec.fit(x) if codec.fit_required else codec
+    enc = codec.encode(x)
+    assert (np.asarray(enc["/count"]) == 1).all()
+    blank = np.zeros(len(x), dtype=np.int64)
+    got = codec.gather(enc, blank)
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got, codec.decode(enc)[:, 0])
