@@ -145,8 +145,16 @@ def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, untra
               show_default=True, help="Manifest kind (auto: from the file name and its first row).")
 @click.option("--vocab", type=click.Path(dir_okay=False), default=None,
               help="Vocabulary file (token per line, <blank> first); built from the transcripts if omitted.")
-@click.option("--tokenizer", type=click.Choice(["char", "word"]), default="char", show_default=True,
-              help="How transcripts are split into tokens.")
+@click.option("--tokenizer", type=click.Choice(["char", "word", "bpe"]), default="char", show_default=True,
+              help="How transcripts are split into tokens (bpe: sentencepiece sub-words, with --bpe-model or "
+                   "--bpe-vocab-size).")
+@click.option("--bpe-model", type=click.Path(dir_okay=False), default=None,
+              help="bpe: a sentencepiece model (.model, as NeMo and icefall ship them); its pieces are the vocabulary.")
+@click.option("--bpe-vocab-size", type=click.IntRange(min=2), default=None,
+              help="bpe: learn a sentencepiece BPE model of this many pieces from the 'train' split's transcripts.")
+@click.option("--vocab-from-teacher", type=click.Path(exists=False), default=None,
+              help="Take the teacher's own vocabulary (an offline-kd checkpoint, or a Hugging Face CTC model "
+                   "directory): then the teacher's classes map one to one onto the student's.")
 @click.option("--word-separator", default="|", show_default=True, help="Word-separator token (char tokenizer).")
 @click.option("--normalize", type=click.Choice(["none", "lower", "upper"]), default="none", show_default=True,
               help="Transcripts: fold case (lower, or upper for a teacher with upper-case letters), remove "
@@ -176,7 +184,8 @@ def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, untra
               help="Audio: leave out unusable rows and list them in OUT/import_skipped.tsv instead of failing.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Audio: progress bar.")
 @_friendly
-def data_import(manifests, out, split_names, fmt, vocab, tokenizer, word_separator, normalize, sample_rate,
+def data_import(manifests, out, split_names, fmt, vocab, tokenizer, bpe_model, bpe_vocab_size, vocab_from_teacher,
+                word_separator, normalize, sample_rate,
                 no_resample, num_mel_bins, frame_length_ms, frame_shift_ms, dither, fbank_preset, snip_edges, low_freq,
                 high_freq, cmvn, cmvn_split, keep_audio, jobs, skip_invalid, progress):
     """Build a corpus from audio files (Kaldi fbank) or per-utterance .npy features, and a manifest."""
@@ -186,11 +195,16 @@ def data_import(manifests, out, split_names, fmt, vocab, tokenizer, word_separat
     from offline_kd.data.importer import import_manifest
     from offline_kd.data.manifests import detect_format
     kind = fmt if fmt != "auto" else (detect_format(Path(manifests[0])) if Path(manifests[0]).is_file() else "list")
+    teacher_vocab = None
+    if vocab_from_teacher:
+        from offline_kd.teachers.vocabulary import teacher_vocabulary
+        teacher_vocab = teacher_vocabulary(vocab_from_teacher)
+    vocab_opts = dict(bpe_model=bpe_model, bpe_vocab_size=bpe_vocab_size, teacher_vocab=teacher_vocab)
     if kind == "features":
         if len(manifests) > 1 or len(split_names) > 1:
             raise OfflineKDError("a .npy feature manifest is imported alone: one --manifest, at most one --split")
         import_manifest(manifests[0], out, split_names[0] if split_names else None, vocab, tokenizer,
-                        word_separator, log=_log, normalize=normalize)
+                        word_separator, log=_log, normalize=normalize, **vocab_opts)
         return
     options = AudioImportOptions(
         fbank=FbankOptions(**{**FBANK_PRESETS[fbank_preset], **{k: v for k, v in (
@@ -199,7 +213,8 @@ def data_import(manifests, out, split_names, fmt, vocab, tokenizer, word_separat
             frame_shift_ms=frame_shift_ms, dither=dither),
         cmvn=cmvn, cmvn_split=cmvn_split, keep_audio=keep_audio, resample=not no_resample,
         skip_invalid=skip_invalid, jobs=jobs, progress=progress, normalize=normalize)
-    import_audio(list(manifests), list(split_names), out, fmt, vocab, tokenizer, word_separator, options, log=_log)
+    import_audio(list(manifests), list(split_names), out, fmt, vocab, tokenizer, word_separator, options, log=_log,
+                 **vocab_opts)
 
 
 @data.command("validate")

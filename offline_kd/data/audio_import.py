@@ -36,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from offline_kd.data.audio import AudioError, load
+from offline_kd.data.bpe import choose_vocab
 from offline_kd.data.corpus import SplitWriter, write_corpus_meta
 from offline_kd.data.importer import build_vocab
 from offline_kd.data.text import MODES as TEXT_MODES, normalize as normalize_text, rules as text_rules
@@ -137,15 +138,20 @@ def compute_chunk(task: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------------- the driver
 def import_audio(manifests: list[str], splits: list[str], out: str, fmt: str, vocab_path: Optional[str],
-                 tokenizer: str, word_separator: str, options: AudioImportOptions, log=print) -> dict:
+                 tokenizer: str, word_separator: str, options: AudioImportOptions, log=print,
+                 bpe_model: Optional[str] = None, bpe_vocab_size: Optional[int] = None,
+                 teacher_vocab: Optional[Vocabulary] = None) -> dict:
     options.check()
     outdir = Path(out)
     if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
         raise OfflineKDError(f"{outdir} exists and is not empty; import into a new directory")
     rows = [r if r.text is None else replace(r, text=normalize_text(r.text, options.normalize) or None)
             for r in read_manifests(manifests, splits, fmt)]
-    sep = word_separator if tokenizer == "char" else None
-    vocab = Vocabulary.load(vocab_path, tokenizer, sep) if vocab_path else None
+    texts: dict[str, list[str]] = {}
+    for r in rows:
+        if r.text is not None:
+            texts.setdefault(r.split, []).append(r.text)
+    vocab = choose_vocab(texts, vocab_path, tokenizer, word_separator, bpe_model, bpe_vocab_size, teacher_vocab)
     bad = check_rows(rows, vocab, options.skip_invalid)
     stats = [_stat(r.audio.path) for r in rows]
     for i, st in enumerate(stats):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from offline_kd.data.bpe import choose_vocab
 from offline_kd.data.corpus import SplitWriter, write_corpus_meta
 from offline_kd.data.text import MODES as TEXT_MODES, normalize as normalize_text, rules as text_rules
 from offline_kd.data.vocab import BLANK, Vocabulary
@@ -86,7 +87,8 @@ def build_vocab(texts: list[str], tokenizer: str, word_separator: str) -> Vocabu
 
 
 def import_manifest(manifest: str, out: str, split_name: str | None, vocab_path: str | None, tokenizer: str,
-                    word_separator: str, log=print, normalize: str = "none") -> dict:
+                    word_separator: str, log=print, normalize: str = "none", bpe_model: str | None = None,
+                    bpe_vocab_size: int | None = None, teacher_vocab: Vocabulary | None = None) -> dict:
     mpath = Path(manifest)
     if not mpath.is_file():
         raise OfflineKDError(f"manifest not found: {mpath}")
@@ -94,14 +96,20 @@ def import_manifest(manifest: str, out: str, split_name: str | None, vocab_path:
         raise OfflineKDError(f"--normalize must be one of {', '.join(TEXT_MODES)}, got {normalize!r}")
     rows = {s: [(u, f, None if t is None else normalize_text(t, normalize) or None) for u, f, t in r]
             for s, r in read_manifest(mpath, split_name).items()}
-    sep = word_separator if tokenizer == "char" else None
-    if vocab_path:
-        vocab = Vocabulary.load(vocab_path, tokenizer, sep)
-    else:
+    vocab = choose_vocab({s: [t for _, _, t in r if t is not None] for s, r in rows.items()}, vocab_path, tokenizer,
+                         word_separator, bpe_model, bpe_vocab_size, teacher_vocab)
+    if vocab is None:
         texts = [t for r in rows.values() for _, _, t in r if t is not None]
         if not texts:
             raise OfflineKDError(f"{mpath}: no row has a transcript, so there is no vocabulary to build; give --vocab")
         vocab = build_vocab(texts, tokenizer, word_separator)
+    for split, items in rows.items():
+        for uid, _, text in items:
+            unknown = sorted(set(vocab.unknown_units(text))) if text is not None else []
+            if unknown:
+                raise OfflineKDError(f"{mpath.name}: utterance {uid} (split '{split}'): {len(unknown)} unit(s) not in "
+                                     f"the vocabulary: {' '.join(map(repr, unknown[:5]))} (--normalize folds case "
+                                     f"and removes punctuation)")
     outdir = Path(out)
     if outdir.exists() and any(outdir.iterdir()):
         raise OfflineKDError(f"{outdir} exists and is not empty; import into a new directory")

@@ -71,8 +71,9 @@ class BeamSearchDecoder:
     Args:
         tokens: the V vocabulary entries, index-aligned with the log-probs' last axis;
             tokens[0] is the CTC blank.
-        tokenizer: "char" (one character per token, words separated by `word_separator`)
-            or "word" (every non-blank token is a whole word, e.g. "w0042").
+        tokenizer: "char" (one character per token, words separated by `word_separator`),
+            "word" (every non-blank token is a whole word, e.g. "w0042") or "bpe" (sentencepiece pieces; one
+            that starts a word begins with "▁", which is pyctcdecode's own BPE mode).
         word_separator: the char-vocabulary token between words (e.g. "|"); ignored for "word".
         lm_path: KenLM model, ARPA text or KenLM binary; None decodes without an LM.
         alpha: LM weight. beta: word insertion bonus (added per word; only used with an LM).
@@ -88,8 +89,8 @@ class BeamSearchDecoder:
                  beam_width: int = 32, unigrams: list[str] | None = None, num_processes: int = 1):
         from pyctcdecode import build_ctcdecoder
 
-        if tokenizer not in ("char", "word"):
-            raise ValueError(f"tokenizer must be 'char' or 'word', got {tokenizer!r}")
+        if tokenizer not in ("char", "word", "bpe"):
+            raise ValueError(f"tokenizer must be 'char', 'word' or 'bpe', got {tokenizer!r}")
         if len(tokens) < 2:
             raise ValueError(f"need the blank plus at least one token, got {len(tokens)} tokens")
         if lm_path is not None and not os.path.isfile(lm_path):
@@ -104,6 +105,9 @@ class BeamSearchDecoder:
         if tokenizer == "char":
             # "" is pyctcdecode's blank; " " its word boundary.
             labels = [""] + [" " if t == word_separator else t for t in tokens[1:]]
+        elif tokenizer == "bpe":
+            # pieces as they are: pyctcdecode's BPE mode starts a word at "▁" (and reads "<unk>" as its unknown)
+            labels = [""] + list(tokens[1:])
         else:
             # "▁w0042" makes pyctcdecode's BPE mode start a new word at every token.
             labels = [""] + [_BPE + t for t in tokens[1:]]

@@ -104,6 +104,8 @@ def tokens_txt(vocab) -> str:
             sym = BLANK_SYMBOL
         elif vocab.tokenizer == "char":
             sym = WORD_START if t == vocab.word_separator else t
+        elif vocab.tokenizer == "bpe":
+            sym = t                                  # sentencepiece pieces, "▁" starting a word, as sherpa-onnx reads
         else:
             sym = WORD_START + t
         if not sym or any(c.isspace() for c in sym):

@@ -42,7 +42,7 @@ def greedy_words(best_path: np.ndarray, vocab: Vocabulary, frame_seconds: float)
     words: list[Word] = []
     current, start, end = [], 0, 0
     for token, first, last in token_runs(best_path) + [(None, 0, 0)]:
-        boundary = token is None or vocab.tokenizer == "word" or vocab.tokens[token] == vocab.word_separator
+        boundary = token is None or vocab.starts_word(token)
         if boundary and current:
             words.append(Word(vocab.decode(current), start * frame_seconds, end * frame_seconds))
             current = []

@@ -82,6 +82,39 @@ def preprocessing(d: Path, where: str) -> dict:
     return _json(d / "preprocessor_config.json", where, False)
 
 
+def hf_vocabulary(d: Path, config: dict, where: str) -> tuple[tuple, int, str, tuple]:
+    """(tokens in id order, the blank's id (the pad token), the word delimiter, the special tokens) of a Hugging Face CTC
+    directory's vocab.json and tokenizer files."""
+    vocab = _json(d / "vocab.json", where)
+    if vocab and all(isinstance(v, dict) for v in vocab.values()):
+        raise OfflineKDError(f"{where}: {d}/vocab.json holds one vocabulary per language; keep one")
+    by_id = {}
+    for tok, i in vocab.items():
+        if not isinstance(i, int) or i in by_id:
+            raise OfflineKDError(f"{where}: {d}/vocab.json must map tokens to distinct integer ids")
+        by_id[i] = tok
+    tok_cfg = {**_json(d / "special_tokens_map.json", where, False), **_json(d / "tokenizer_config.json", where,
+                                                                             False)}
+    n = int(config.get("vocab_size", len(by_id)))
+    for i, t in (tok_cfg.get("added_tokens_decoder") or {}).items():     # tokens added beyond vocab.json
+        if str(i).isdigit() and int(i) < n:                               # (those past the CTC head: unused)
+            by_id.setdefault(int(i), _token(t))
+    if sorted(by_id) != list(range(n)):
+        raise OfflineKDError(f"{where}: {d}/vocab.json has ids {min(by_id, default=0)}..{max(by_id, default=-1)} "
+                             f"({len(by_id)} tokens) but the model's CTC head has {n} classes")
+    tokens = tuple(by_id[i] for i in range(n))
+    pad = config.get("pad_token_id")
+    if pad is None and _token(tok_cfg.get("pad_token")) in vocab:
+        pad = vocab[_token(tok_cfg.get("pad_token"))]
+    if pad is None or not 0 <= int(pad) < n:
+        raise OfflineKDError(f"{where}: {d} names no pad token (the CTC blank): set pad_token_id in config.json")
+    blank = int(pad)
+    delimiter = _token(tok_cfg.get("word_delimiter_token")) or "|"
+    special = tuple(t for t in (_token(tok_cfg.get(k)) for k in ("bos_token", "eos_token", "unk_token"))
+                    if t and t in tokens) or tuple(t for t in ("<s>", "</s>", "<unk>") if t in tokens)
+    return tokens, blank, delimiter, special
+
+
 def directory_sha256(d: Path, files: list[Path]) -> str:
     """sha256 over the files that define the teacher (config, vocabulary, weights), by name and content."""
     h = hashlib.sha256()
@@ -113,34 +146,7 @@ class HFTeacher(nn.Module):
             raise OfflineKDError(f"{where}: {d} holds a {kind!r} model; supported: "
                                  f"{', '.join(f'{k} ({v})' for k, v in SUPPORTED.items())}")
         files = weight_files(d, where)
-        vocab = _json(d / "vocab.json", where)
-        if vocab and all(isinstance(v, dict) for v in vocab.values()):
-            raise OfflineKDError(f"{where}: {d}/vocab.json holds one vocabulary per language; keep one")
-        by_id = {}
-        for tok, i in vocab.items():
-            if not isinstance(i, int) or i in by_id:
-                raise OfflineKDError(f"{where}: {d}/vocab.json must map tokens to distinct integer ids")
-            by_id[i] = tok
-        tok_cfg = {**_json(d / "special_tokens_map.json", where, False), **_json(d / "tokenizer_config.json", where,
-                                                                                 False)}
-        n = int(config.get("vocab_size", len(by_id)))
-        for i, t in (tok_cfg.get("added_tokens_decoder") or {}).items():     # tokens added beyond vocab.json
-            if str(i).isdigit() and int(i) < n:                               # (those past the CTC head: unused)
-                by_id.setdefault(int(i), _token(t))
-        if sorted(by_id) != list(range(n)):
-            raise OfflineKDError(f"{where}: {d}/vocab.json has ids {min(by_id, default=0)}..{max(by_id, default=-1)} "
-                                 f"({len(by_id)} tokens) but the model's CTC head has {n} classes")
-        self._tokens = tuple(by_id[i] for i in range(n))
-        pad = config.get("pad_token_id")
-        if pad is None and _token(tok_cfg.get("pad_token")) in vocab:
-            pad = vocab[_token(tok_cfg.get("pad_token"))]
-        if pad is None or not 0 <= int(pad) < n:
-            raise OfflineKDError(f"{where}: {d} names no pad token (the CTC blank): set pad_token_id in config.json")
-        self._blank = int(pad)
-        self.word_delimiter = _token(tok_cfg.get("word_delimiter_token")) or "|"
-        self.special = tuple(t for t in (_token(tok_cfg.get(k)) for k in ("bos_token", "eos_token", "unk_token"))
-                             if t and t in self._tokens) or tuple(t for t in ("<s>", "</s>", "<unk>")
-                                                                  if t in self._tokens)
+        self._tokens, self._blank, self.word_delimiter, self.special = hf_vocabulary(d, config, where)
         pre = preprocessing(d, where)
         self.sample_rate = int(pre.get("sampling_rate", 16000))
         self.do_normalize = bool(pre.get("do_normalize", True))
