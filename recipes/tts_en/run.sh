@@ -6,6 +6,9 @@
 #   NUM_UNTRANSCRIBED=3000 recipes/tts_en/run.sh   add 3,000 untranscribed utterances for the distilled student
 #   NUM_TEACHER_TRAIN=6000 ...                      add 6,000 transcribed utterances that only the teacher trains on
 #                                                   (the demo's setting: a teacher that knows more than its student)
+#   BPE_VOCAB_SIZE=128 recipes/tts_en/run.sh        sub-words: a sentencepiece BPE model of 128 pieces learnt from
+#                                                   the training transcripts; teacher and students predict pieces
+#                                                   (data/tts_en_bpe128, runs/tts_en_bpe128; same audio and 4-gram)
 #
 # Steps: 1. synthesize speech + NeMo manifests (prepare.py)  2. `offline-kd data import` (fbank) + validate
 #        3. 4-gram KenLM from training-partition text (lmplz, build_binary)  4. teacher
@@ -34,7 +37,15 @@ else
          --num-teacher-train "${NUM_TEACHER_TRAIN:-2000}")
   TEACHER=() STUDENT=() TUNE=()
 fi
-DATA="${DATA:-data/$NAME}"
+BASE_DATA="${DATA:-data/$NAME}"    # the synthesized audio and the word 4-gram, whatever the tokenizer
+DATA="$BASE_DATA"
+TOKENIZER=(--tokenizer char --word-separator "|")
+if [ -n "${BPE_VOCAB_SIZE:-}" ]; then
+  NAME="${NAME}_bpe$BPE_VOCAB_SIZE" DATA="${BASE_DATA}_bpe$BPE_VOCAB_SIZE"
+  TOKENIZER=(--tokenizer bpe --bpe-vocab-size "$BPE_VOCAB_SIZE")
+  CLASSES=(--set "model.num_classes=$(( BPE_VOCAB_SIZE + 1 ))")     # the pieces and the blank
+  TEACHER+=("${CLASSES[@]}") STUDENT+=("${CLASSES[@]}")
+fi
 RUNS="${RUNS:-runs/$NAME}"
 CACHE="${CACHE:-cache/${NAME}_teacher.zarr}"
 START=$(date +%s)
@@ -43,25 +54,26 @@ for tool in espeak-ng bible lmplz build_binary; do
 done
 
 # 1-2. corpus
-python "$HERE/prepare.py" --out "$DATA/raw" "${SIZES[@]}"
+python "$HERE/prepare.py" --out "$BASE_DATA/raw" "${SIZES[@]}"
 if [ -f "$DATA/corpus/corpus.json" ] && ! grep -q '"frontend"' "$DATA/corpus/corpus.json"; then
   echo "run.sh: error: $DATA/corpus was made by an older recipe (numpy log-mel features); delete $DATA and $RUNS" >&2
   exit 2
 fi
 if [ ! -f "$DATA/corpus/corpus.json" ]; then
   MANIFESTS=()
-  for m in "$DATA"/raw/*.json; do s=$(basename "$m" .json); MANIFESTS+=(--manifest "$m" --split "$s"); done
+  for m in "$BASE_DATA"/raw/*.json; do s=$(basename "$m" .json); MANIFESTS+=(--manifest "$m" --split "$s"); done
   # Kaldi fbank (80 bins, 25 ms / 10 ms) at 16 kHz (espeak-ng's 22.05 kHz resampled), each utterance normalised
-  $OKD data import "${MANIFESTS[@]}" --out "$DATA/corpus" --tokenizer char --word-separator "|" \
+  $OKD data import "${MANIFESTS[@]}" --out "$DATA/corpus" "${TOKENIZER[@]}" \
     --cmvn utterance --jobs "$(nproc 2>/dev/null || echo 2)"
 fi
 $OKD data validate --corpus "$DATA/corpus"
 
 # 3. language model: training-partition text only (no dev/test sentence)
-if [ ! -f "$DATA/lm/4gram.bin" ]; then
-  mkdir -p "$DATA/lm"
-  lmplz -o 4 --discount_fallback -S 20% -T "$DATA/lm" < "$DATA/raw/lm_text.txt" > "$DATA/lm/4gram.arpa" 2> "$DATA/lm/lmplz.log"
-  build_binary "$DATA/lm/4gram.arpa" "$DATA/lm/4gram.bin" > "$DATA/lm/build_binary.log" 2>&1
+LM="$BASE_DATA/lm"
+if [ ! -f "$LM/4gram.bin" ]; then
+  mkdir -p "$LM"
+  lmplz -o 4 --discount_fallback -S 20% -T "$LM" < "$BASE_DATA/raw/lm_text.txt" > "$LM/4gram.arpa" 2> "$LM/lmplz.log"
+  build_binary "$LM/4gram.arpa" "$LM/4gram.bin" > "$LM/build_binary.log" 2>&1
 fi
 
 # 4-6. teacher, baseline, dump, distilled student
@@ -93,9 +105,9 @@ fi
 LM_TARGETS=()
 if [ -f "$DATA/corpus/untranscribed.h5" ]; then
   [ -f "$RUNS/teacher/tune_lm.json" ] || $OKD tune-lm --checkpoint "$RUNS/teacher/checkpoint_best.pt" \
-    --corpus "$DATA/corpus" --lm "$DATA/lm/4gram.bin" "${TUNE[@]}" --out "$RUNS/teacher/tune_lm.json"
+    --corpus "$DATA/corpus" --lm "$LM/4gram.bin" "${TUNE[@]}" --out "$RUNS/teacher/tune_lm.json"
   read -r ALPHA BETA < <(python -c "import json; r = json.load(open('$RUNS/teacher/tune_lm.json'))['test']; print(r['alpha'], r['beta'])")
-  LM_TARGETS=(--set "dump.lm_targets={lm: $DATA/lm/4gram.bin, splits: [untranscribed], nbest: 4, alpha: $ALPHA, beta: $BETA}")
+  LM_TARGETS=(--set "dump.lm_targets={lm: $LM/4gram.bin, splits: [untranscribed], nbest: 4, alpha: $ALPHA, beta: $BETA}")
 fi
 $OKD dump-teacher --config "$HERE/configs/dump.yaml" --set "dump.teacher=$RUNS/teacher/checkpoint_best.pt" \
   --set "dump.corpus=$DATA/corpus" --set "dump.output=$CACHE" --set "dump.splits=$SPLITS" "${LM_TARGETS[@]}"
@@ -108,5 +120,5 @@ unset OMP_NUM_THREADS
 
 # 7. comparison on test: greedy, and beam + LM with alpha/beta tuned on dev for each model
 $OKD report "$RUNS/teacher" "$RUNS/baseline" "$RUNS/distilled" --out "$RUNS/report" --split test \
-  --lm "$DATA/lm/4gram.bin" --tune-split dev "${TUNE[@]}"
+  --lm "$LM/4gram.bin" --tune-split dev "${TUNE[@]}"
 echo "tts_en: done in $(( ($(date +%s) - START) / 60 )) min $(( ($(date +%s) - START) % 60 )) s; report: $RUNS/report/report.md" >&2
