@@ -156,6 +156,10 @@ def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, untra
               help="Take the teacher's own vocabulary (an offline-kd checkpoint, or a Hugging Face CTC model "
                    "directory): then the teacher's classes map one to one onto the student's.")
 @click.option("--word-separator", default="|", show_default=True, help="Word-separator token (char tokenizer).")
+@click.option("--like", "like", type=click.Path(file_okay=False), default=None,
+              help="Audio: import as this (training) corpus was: its fbank settings, its CMVN with its own "
+                   "statistics, its vocabulary and transcript normalisation, so that its models read the same "
+                   "features (the front-end options below are then not used).")
 @click.option("--normalize", type=click.Choice(["none", "lower", "upper"]), default="none", show_default=True,
               help="Transcripts: fold case (lower, or upper for a teacher with upper-case letters), remove "
                    "punctuation but apostrophes inside words, collapse whitespace; recorded in corpus.json.")
@@ -185,24 +189,26 @@ def data_synth(out, seed, num_train, num_dev, num_test, num_untranscribed, untra
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Audio: progress bar.")
 @_friendly
 def data_import(manifests, out, split_names, fmt, vocab, tokenizer, bpe_model, bpe_vocab_size, vocab_from_teacher,
-                word_separator, normalize, sample_rate,
+                word_separator, like, normalize, sample_rate,
                 no_resample, num_mel_bins, frame_length_ms, frame_shift_ms, dither, fbank_preset, snip_edges, low_freq,
                 high_freq, cmvn, cmvn_split, keep_audio, jobs, skip_invalid, progress):
     """Build a corpus from audio files (Kaldi fbank) or per-utterance .npy features, and a manifest."""
     from pathlib import Path
-    from offline_kd.data.audio_import import AudioImportOptions, import_audio
+    from offline_kd.data.audio_import import AudioImportOptions, import_audio, like_corpus
     from offline_kd.data.frontend import FBANK_PRESETS, FbankOptions
     from offline_kd.data.importer import import_manifest
     from offline_kd.data.manifests import detect_format
     kind = fmt if fmt != "auto" else (detect_format(Path(manifests[0])) if Path(manifests[0]).is_file() else "list")
-    teacher_vocab = None
+    given_vocab = None
     if vocab_from_teacher:
         from offline_kd.teachers.vocabulary import teacher_vocabulary
-        teacher_vocab = teacher_vocabulary(vocab_from_teacher)
-    vocab_opts = dict(bpe_model=bpe_model, bpe_vocab_size=bpe_vocab_size, teacher_vocab=teacher_vocab)
+        given_vocab = teacher_vocabulary(vocab_from_teacher)
+    vocab_opts = dict(bpe_model=bpe_model, bpe_vocab_size=bpe_vocab_size, given_vocab=given_vocab)
     if kind == "features":
         if len(manifests) > 1 or len(split_names) > 1:
             raise OfflineKDError("a .npy feature manifest is imported alone: one --manifest, at most one --split")
+        if like:
+            raise OfflineKDError("--like copies an audio front end: a .npy feature manifest has none")
         import_manifest(manifests[0], out, split_names[0] if split_names else None, vocab, tokenizer,
                         word_separator, log=_log, normalize=normalize, **vocab_opts)
         return
@@ -213,6 +219,10 @@ def data_import(manifests, out, split_names, fmt, vocab, tokenizer, bpe_model, b
             frame_shift_ms=frame_shift_ms, dither=dither),
         cmvn=cmvn, cmvn_split=cmvn_split, keep_audio=keep_audio, resample=not no_resample,
         skip_invalid=skip_invalid, jobs=jobs, progress=progress, normalize=normalize)
+    if like:
+        if vocab_from_teacher:
+            raise OfflineKDError("--like takes the corpus's vocabulary: leave out --vocab-from-teacher")
+        options, vocab_opts["given_vocab"] = like_corpus(like, options)
     import_audio(list(manifests), list(split_names), out, fmt, vocab, tokenizer, word_separator, options, log=_log,
                  **vocab_opts)
 

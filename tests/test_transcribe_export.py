@@ -332,3 +332,39 @@ def test_beam_search_equals_evaluate_beam(lhotse_model, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
     assert {r["id"]: r["text"] for r in rows} == expected
     assert all(" ".join(w["word"] for w in r["words"]) == r["text"] for r in rows)
+
+
+def test_evaluation_refuses_audio_imported_with_another_front_end_and_like_imports_it_right(lhotse_model, tmp_path):
+    """#45 item 4: the dev audio imported again as a 'test' split: with other front-end options (kaldi preset, no
+    CMVN) `evaluate` refuses, naming what differs and `--like`; imported `--like` the training corpus, it reads the
+    training corpus's features bit for bit, so its hypotheses are the dev split's."""
+    corpus, ckpt = lhotse_model
+    rows = [json.loads(line) for line in (corpus.parent / "m.json").read_text().splitlines()]
+    manifest = tmp_path / "new.json"
+    manifest.write_text("".join(json.dumps({**r, "audio_filepath": str(corpus.parent / r["audio_filepath"]),
+                                            "split": "test"}) + "\n" for r in rows if r["split"] == "dev"))
+    code, out = cli("data", "import", "--manifest", manifest, "--out", tmp_path / "other", "--no-progress")
+    assert code == 0, out
+    code, out = cli("evaluate", "--checkpoint", ckpt, "--corpus", tmp_path / "other", "--split", "test")
+    assert code != 0 and "vocabulary" in out and "--vocab-from-teacher" in out and "--like" in out   # dev's letters
+    shutil.rmtree(tmp_path / "other")
+    code, out = cli("data", "import", "--manifest", manifest, "--out", tmp_path / "other", "--no-progress",
+                    "--vocab-from-teacher", ckpt)
+    assert code == 0, out
+    code, out = cli("evaluate", "--checkpoint", ckpt, "--corpus", tmp_path / "other", "--split", "test")
+    assert code != 0 and "front end differs" in out and "cmvn global vs none" in out and "--like" in out
+    assert "Traceback" not in out
+    code, out = cli("data", "import", "--manifest", manifest, "--out", tmp_path / "like", "--like", corpus,
+                    "--no-progress")
+    assert code == 0, out
+    want = Corpus(corpus).split("dev")
+    got = Corpus(tmp_path / "like").split("test")
+    assert sorted(got.utterance_ids) == sorted(want.utterance_ids)
+    for i, uid in enumerate(got.utterance_ids):
+        np.testing.assert_array_equal(got.features(i), want.features(want.index[uid]))
+    code, out = cli("evaluate", "--checkpoint", ckpt, "--corpus", tmp_path / "like", "--split", "test",
+                    "--hypotheses", tmp_path / "hyp.jsonl", "--json")
+    assert code == 0, out
+    lines = (tmp_path / "hyp.jsonl").read_text().splitlines()
+    hyps = {r["utterance_id"]: r["hypothesis"] for r in map(json.loads, lines)}
+    assert hyps == dev_hypotheses(ckpt, tmp_path)

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from offline_kd.data.audio import AudioError, load
 from offline_kd.data.bpe import choose_vocab
-from offline_kd.data.corpus import SplitWriter, write_corpus_meta
+from offline_kd.data.corpus import Corpus, SplitWriter, write_corpus_meta
 from offline_kd.data.importer import build_vocab
 from offline_kd.data.text import MODES as TEXT_MODES, normalize as normalize_text, rules as text_rules
 from offline_kd.data.frontend import CMVN_KINDS, Fbank, FbankOptions, GlobalStats, apply_global, normalise_utterance
@@ -63,6 +63,7 @@ class AudioImportOptions:
     jobs: int = 1
     progress: bool = True
     normalize: str = "none"          # transcripts: none | lower | upper (data/text.py)
+    cmvn_stats: Optional[dict] = None  # global CMVN taken as it is from another corpus (`--like`): its cmvn record
 
     def check(self) -> None:
         self.fbank.check()
@@ -75,6 +76,22 @@ class AudioImportOptions:
         if self.fbank.dither:
             print("warning: --dither > 0 makes features random: a resumed import will not reproduce them",
                   file=sys.stderr)
+
+
+def like_corpus(directory: str, options: AudioImportOptions) -> tuple[AudioImportOptions, Vocabulary]:
+    """`data import --like CORPUS`: new audio imported as CORPUS was, so that a model trained on it reads the same
+    features: its fbank settings, its normalisation (global CMVN with CORPUS's own statistics, not new ones), its
+    vocabulary and its transcript normalisation."""
+    c = Corpus(directory)
+    record = c.meta.get("frontend")
+    if record is None:
+        raise OfflineKDError(f"--like {c.dir}: a corpus of precomputed features has no audio front end to copy")
+    cmvn = record.get("cmvn") or {"kind": "none"}
+    normalize = (c.meta.get("text_normalization") or {}).get("mode", "none")
+    opts = replace(options, fbank=FbankOptions.from_record(record, f"--like {c.dir}"), cmvn=cmvn["kind"],
+                   cmvn_stats={**cmvn, "from": str(c.dir)} if cmvn["kind"] == "global" else None,
+                   normalize=normalize)
+    return opts, c.vocab
 
 
 def _row_key(r: AudioRow) -> list:
@@ -140,7 +157,7 @@ def compute_chunk(task: dict) -> dict:
 def import_audio(manifests: list[str], splits: list[str], out: str, fmt: str, vocab_path: Optional[str],
                  tokenizer: str, word_separator: str, options: AudioImportOptions, log=print,
                  bpe_model: Optional[str] = None, bpe_vocab_size: Optional[int] = None,
-                 teacher_vocab: Optional[Vocabulary] = None) -> dict:
+                 given_vocab: Optional[Vocabulary] = None) -> dict:
     options.check()
     outdir = Path(out)
     if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
@@ -151,7 +168,7 @@ def import_audio(manifests: list[str], splits: list[str], out: str, fmt: str, vo
     for r in rows:
         if r.text is not None:
             texts.setdefault(r.split, []).append(r.text)
-    vocab = choose_vocab(texts, vocab_path, tokenizer, word_separator, bpe_model, bpe_vocab_size, teacher_vocab)
+    vocab = choose_vocab(texts, vocab_path, tokenizer, word_separator, bpe_model, bpe_vocab_size, given_vocab)
     bad = check_rows(rows, vocab, options.skip_invalid)
     stats = [_stat(r.audio.path) for r in rows]
     for i, st in enumerate(stats):
@@ -161,7 +178,7 @@ def import_audio(manifests: list[str], splits: list[str], out: str, fmt: str, vo
         i = min(bad)
         more = f" (and {len(bad) - 1} more rows; --skip-invalid leaves them out)" if len(bad) > 1 else ""
         raise OfflineKDError(f"{rows[i].where}: utterance {rows[i].uid} ({rows[i].audio.path}): {bad[i]}{more}")
-    if options.cmvn == "global" and options.cmvn_split not in {r.split for r in rows}:
+    if options.cmvn == "global" and options.cmvn_stats is None and options.cmvn_split not in {r.split for r in rows}:
         raise OfflineKDError(f"--cmvn global takes its statistics from split '{options.cmvn_split}', which no "
                              f"manifest row has (splits: {', '.join(sorted({r.split for r in rows}))}); give "
                              f"--cmvn-split")
@@ -346,7 +363,11 @@ def _assemble(plan: list[_Chunk], rows: list[AudioRow], bad: dict, options: Audi
     fb = options.fbank
     frontend = fb.to_dict()
     mean = std = None
-    if options.cmvn == "global":
+    if options.cmvn == "global" and options.cmvn_stats is not None:
+        frontend["cmvn"] = dict(options.cmvn_stats)
+        mean = np.asarray(frontend["cmvn"]["mean"], dtype=np.float32)
+        std = np.asarray(frontend["cmvn"]["std"], dtype=np.float32)
+    elif options.cmvn == "global":
         stats = GlobalStats(fb.num_mel_bins)
         for c in plan:
             if c.split == options.cmvn_split:

@@ -43,14 +43,14 @@ def train_bpe(train_texts: list[str], all_texts: list[str], vocab_size: int) -> 
 
 def choose_vocab(texts_by_split: dict[str, list[str]], vocab_path: str | None, tokenizer: str,
                  word_separator: str, bpe_model: str | None = None, bpe_vocab_size: int | None = None,
-                 teacher_vocab: Vocabulary | None = None) -> Vocabulary | None:
+                 given_vocab: Vocabulary | None = None) -> Vocabulary | None:
     """The vocabulary the import options name, or None where it is built from the transcripts (char, word).
-    `teacher_vocab` is what `--vocab-from-teacher` read (teachers/vocabulary.py)."""
-    if teacher_vocab is not None:
+    `given_vocab` is what `--vocab-from-teacher` (teachers/vocabulary.py) or `--like` read."""
+    if given_vocab is not None:
         if vocab_path or bpe_model or bpe_vocab_size:
-            raise OfflineKDError("--vocab-from-teacher takes the teacher's vocabulary: leave out --vocab, "
+            raise OfflineKDError("--vocab-from-teacher and --like take their vocabulary: leave out --vocab, "
                                  "--bpe-model and --bpe-vocab-size")
-        return teacher_vocab
+        return given_vocab
     if tokenizer != "bpe":
         if bpe_model or bpe_vocab_size:
             raise OfflineKDError("--bpe-model and --bpe-vocab-size go with --tokenizer bpe")

@@ -162,6 +162,21 @@ def apply_global(feats: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nda
     return ((feats - mean) / std).astype(np.float32)
 
 
+def frontend_differences(a: dict, b: dict) -> list[str]:
+    """How two front-end records (corpus.json's or a checkpoint's `frontend`) compute different features: the fbank
+    options and the normalisation, with global CMVN's statistics; where they were taken from (split, frame count,
+    library version) is left aside. Empty: the same features for the same audio."""
+    fa, fb = FbankOptions.from_record(a), FbankOptions.from_record(b)
+    out = [f"{k} {getattr(fa, k)!r} vs {getattr(fb, k)!r}" for k in asdict(fa) if getattr(fa, k) != getattr(fb, k)]
+    ca, cb = a.get("cmvn") or {"kind": "none"}, b.get("cmvn") or {"kind": "none"}
+    if ca.get("kind") != cb.get("kind"):
+        out.append(f"cmvn {ca.get('kind')} vs {cb.get('kind')}")
+    elif ca.get("kind") == "global" and (ca.get("mean") != cb.get("mean") or ca.get("std") != cb.get("std")):
+        out.append(f"global cmvn statistics (of split {ca.get('split')!r}, {ca.get('frames')} frames vs "
+                   f"{cb.get('split')!r}, {cb.get('frames')} frames)")
+    return out
+
+
 class FrontEnd:
     """A recorded front end applied to new audio: filterbank, then the recorded normalisation.
 

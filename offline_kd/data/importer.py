@@ -88,7 +88,7 @@ def build_vocab(texts: list[str], tokenizer: str, word_separator: str) -> Vocabu
 
 def import_manifest(manifest: str, out: str, split_name: str | None, vocab_path: str | None, tokenizer: str,
                     word_separator: str, log=print, normalize: str = "none", bpe_model: str | None = None,
-                    bpe_vocab_size: int | None = None, teacher_vocab: Vocabulary | None = None) -> dict:
+                    bpe_vocab_size: int | None = None, given_vocab: Vocabulary | None = None) -> dict:
     mpath = Path(manifest)
     if not mpath.is_file():
         raise OfflineKDError(f"manifest not found: {mpath}")
@@ -97,7 +97,7 @@ def import_manifest(manifest: str, out: str, split_name: str | None, vocab_path:
     rows = {s: [(u, f, None if t is None else normalize_text(t, normalize) or None) for u, f, t in r]
             for s, r in read_manifest(mpath, split_name).items()}
     vocab = choose_vocab({s: [t for _, _, t in r if t is not None] for s, r in rows.items()}, vocab_path, tokenizer,
-                         word_separator, bpe_model, bpe_vocab_size, teacher_vocab)
+                         word_separator, bpe_model, bpe_vocab_size, given_vocab)
     if vocab is None:
         texts = [t for r in rows.values() for _, _, t in r if t is not None]
         if not texts:

@@ -22,7 +22,7 @@ import torch
 
 from offline_kd.data.audio import AudioError
 from offline_kd.data.corpus import Corpus
-from offline_kd.data.frontend import FrontEnd
+from offline_kd.data.frontend import FrontEnd, frontend_differences
 from offline_kd.data.targets import collapse_best_path
 from offline_kd.data.vocab import Vocabulary
 from offline_kd.decoding.beam import BeamSearchDecoder
@@ -245,9 +245,10 @@ def load_model(checkpoint: str | Path, *, device: str = "cpu", corpus: Optional[
             raise OfflineKDError(f"--corpus {c.dir}: its vocabulary differs from the checkpoint's ({checkpoint})")
         if record is None:
             record, source = c.meta.get("frontend"), f"corpus {c.dir}"
-        elif c.meta.get("frontend") not in (None, record):
+        elif c.meta.get("frontend") is not None and (diffs := frontend_differences(record, c.meta["frontend"])):
             raise OfflineKDError(f"--corpus {c.dir}: its front end differs from the one {checkpoint} was trained on "
-                                 f"(compare corpus.json's 'frontend' with the checkpoint's)")
+                                 f"({'; '.join(diffs[:4])}, the checkpoint's first); import its audio with "
+                                 f"`data import --like TRAINING_CORPUS`")
     if record is None and corpus is None:
         trained_on = (ckpt.get("config") or {}).get("data", {}).get("corpus")
         if trained_on and (Path(trained_on) / "corpus.json").is_file():

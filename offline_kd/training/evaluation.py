@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from offline_kd.data.corpus import Corpus
+from offline_kd.data.frontend import frontend_differences
 from offline_kd.errors import OfflineKDError
 from offline_kd.models.interface import count_parameters, model_size_mb
 from offline_kd.data.splits import open_split
@@ -13,6 +14,20 @@ from offline_kd.training.checkpoint import model_from_checkpoint
 from offline_kd.training.inference import evaluate_greedy, resolve_device
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.decoding.beam import BeamSearchDecoder
+
+
+def check_frontend(trained: dict | None, corpus: Corpus, checkpoint) -> None:
+    """Refuse a corpus whose audio front end computes other features than the one the model was trained on (a
+    checkpoint or a corpus of precomputed features has none to compare)."""
+    here = corpus.meta.get("frontend")
+    if trained is None or here is None:
+        return
+    diffs = frontend_differences(trained, here)
+    if diffs:
+        raise OfflineKDError(f"{corpus.dir}: its front end differs from the one {checkpoint} was trained on "
+                             f"({'; '.join(diffs[:4])}, the checkpoint's first): its WER would measure the mismatch; "
+                             f"import the audio again with `data import --like TRAINING_CORPUS` (the training "
+                             f"corpus's fbank settings and CMVN statistics)")
 
 
 def run(checkpoint: str, split: str, *, corpus_dir: str | None = None, device: str = "auto", batch_size: int = 32,
@@ -28,7 +43,10 @@ def run(checkpoint: str, split: str, *, corpus_dir: str | None = None, device: s
         raise OfflineKDError("--corpus is required: the checkpoint does not name its corpus")
     corpus = Corpus(corpus_dir)
     if corpus.vocab.tokens != vocab.tokens:
-        raise OfflineKDError(f"the vocabulary of {corpus.dir} differs from the checkpoint's ({checkpoint})")
+        raise OfflineKDError(f"the vocabulary of {corpus.dir} differs from the checkpoint's ({checkpoint}): "
+                             f"import the audio again with `data import --like TRAINING_CORPUS` (or "
+                             f"`--vocab-from-teacher {checkpoint}`)")
+    check_frontend(ckpt.get("frontend"), corpus, checkpoint)
     reader, idx = open_split(corpus, split, model, skip_invalid, log)
     want_beam = decoder == "beam"
     greedy = evaluate_greedy(model, reader, idx, vocab, dev, batch_size, keep_log_probs=want_beam)
