@@ -21,7 +21,8 @@ def open_split(corpus: Corpus, split: str, model, skip_invalid: bool,
     """A split validated for `model` (a ModelConfig, or a CTCModel: what is read is its input_dim and
     subsampling)."""
     reader = corpus.split(split)
-    valid = validate_split(reader, corpus.vocab, model.input_dim, model.subsampling, skip_invalid, log=log)
+    valid = validate_split(reader, corpus.vocab, model.input_dim, model.subsampling, skip_invalid, log=log,
+                           dim_key=getattr(model, "input_dim_key", "model.input_dim"))
     return reader, valid
 
 

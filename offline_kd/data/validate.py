@@ -24,7 +24,8 @@ def output_frames(num_frames, subsampling: int):
 
 
 def validate_split(reader: SplitReader, vocab: Vocabulary, feature_dim: int, subsampling: int,
-                   skip_invalid: bool = False, log=print, check_hashes: bool = False) -> np.ndarray:
+                   skip_invalid: bool = False, log=print, check_hashes: bool = False,
+                   dim_key: str = "model.input_dim") -> np.ndarray:
     """Return the indices of valid utterances.
 
     Checks: feature dimension, zero-length utterances, NaN/Inf features, tokens not in the vocabulary, transcripts
@@ -37,7 +38,7 @@ def validate_split(reader: SplitReader, vocab: Vocabulary, feature_dim: int, sub
     name = reader.path.name
     if reader.feature_dim != feature_dim:
         raise OfflineKDError(f"{name}: feature dim is {reader.feature_dim}, the model expects {feature_dim} "
-                             f"(model.input_dim)")
+                             f"({dim_key})")
     problems: dict[str, list[str]] = defaultdict(list)
     nonfinite = reader.nonfinite
     if nonfinite is None:   # a file written by hand without the per-utterance count: scan it

@@ -300,6 +300,10 @@ class AlignedTeacher(nn.Module):
         return self._input_dim
 
     @property
+    def input_dim_key(self) -> str:
+        return getattr(self.inner, "input_dim_key", "the teacher's input_dim")
+
+    @property
     def num_classes(self) -> int:
         return len(self.vmap.student)
 

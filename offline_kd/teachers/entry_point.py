@@ -13,6 +13,19 @@
 
 and optionally `word_delimiter` (its word-separator token) and `special_tokens` (tokens to drop), which the
 vocabulary alignment reads (teachers/alignment.py).
+
+A teacher that reads audio (NeMo, SpeechBrain, a Hugging Face model of one's own) declares `input_kind: waveform`,
+in the spec (`{entry_point: ..., input_kind: waveform, sample_rate: 16000}`) or as attributes of what it returns.
+It then needs no `input_dim` or `subsampling` but
+
+    sample_rate          the rate it reads (the corpus's kept audio must be at it: `data import --keep-audio
+                         --sample-rate N`)
+    frame_shift_samples  samples per output frame (320: 20 ms at 16 kHz)
+    forward_with_hidden_states(audio (B, N) float32 in [-1, 1), zero-padded, lengths (B,) samples, layers)
+                  -> (log_probs (T', B, V), output lengths (B,), {layer: (B, T', width)})
+
+and optionally `output_lengths(samples (B,) int64) -> frames (B,)`, with which every utterance's frame count is
+checked before anything is written. Its frames are brought to the student's as a Hugging Face teacher's are.
 """
 
 from __future__ import annotations
@@ -25,6 +38,9 @@ from torch import nn
 from offline_kd.errors import OfflineKDError, TeacherForwardError
 
 REQUIRED = ("tokens", "blank", "input_dim", "subsampling", "layer_dims", "forward_with_hidden_states", "state_dict")
+REQUIRED_WAVEFORM = ("tokens", "blank", "sample_rate", "frame_shift_samples", "layer_dims",
+                     "forward_with_hidden_states", "state_dict")
+INPUT_KINDS = ("features", "waveform")
 
 
 def call_entry_point(spec: dict, where: str):
@@ -54,10 +70,17 @@ class EntryPointTeacher(nn.Module):
 
     def __init__(self, obj, spec: dict, where: str):
         super().__init__()
-        missing = [m for m in REQUIRED if not hasattr(obj, m)]
+        self.input_kind = str(spec.get("input_kind") or getattr(obj, "input_kind", "features"))
+        if self.input_kind not in INPUT_KINDS:
+            raise OfflineKDError(f"{where}: input_kind must be one of {', '.join(INPUT_KINDS)}, got "
+                                 f"{self.input_kind!r}")
+        waveform = self.input_kind == "waveform"
+        required = REQUIRED_WAVEFORM if waveform else REQUIRED
+        missing = [m for m in required if not hasattr(obj, m) and not (m == "sample_rate" and spec.get(m))]
         if missing:
             raise OfflineKDError(f"{where}: what {spec['entry_point']} returned lacks {', '.join(missing)} (a "
-                                 f"teacher needs {', '.join(REQUIRED)}; docs/teachers.md)")
+                                 f"teacher that reads {'audio' if waveform else 'features'} needs "
+                                 f"{', '.join(required)}; docs/teachers.md)")
         self.where, self.spec = where, spec
         if isinstance(obj, nn.Module):
             self.inner = obj                          # a submodule: .to(device) and .eval() reach it
@@ -72,7 +95,15 @@ class EntryPointTeacher(nn.Module):
         self._blank = int(obj.blank)
         if not 0 <= self._blank < len(tokens):
             raise OfflineKDError(f"{where}: blank {self._blank} is not a class of its {len(tokens)} tokens")
-        self._input_dim, self._subsampling = int(obj.input_dim), int(obj.subsampling)
+        if waveform:
+            self._input_dim, self._subsampling = None, None
+            self.sample_rate = int(spec.get("sample_rate") or obj.sample_rate)
+            self.frame_shift_samples = int(obj.frame_shift_samples)
+            if self.sample_rate <= 0 or self.frame_shift_samples <= 0:
+                raise OfflineKDError(f"{where}: sample_rate and frame_shift_samples must be > 0, got "
+                                     f"{self.sample_rate} and {self.frame_shift_samples}")
+        else:
+            self._input_dim, self._subsampling = int(obj.input_dim), int(obj.subsampling)
         dims = obj.layer_dims()
         if not isinstance(dims, dict) or not dims or not all(int(k) >= 1 and int(v) >= 1 for k, v in dims.items()):
             raise OfflineKDError(f"{where}: layer_dims() must be a non-empty {{layer >= 1: width >= 1}}, got {dims!r}")
@@ -88,8 +119,17 @@ class EntryPointTeacher(nn.Module):
         return self._tokens
 
     @property
-    def input_dim(self) -> int:
-        return self._input_dim
+    def input_dim(self):
+        return self._input_dim          # None for a teacher that reads waveforms
+
+    #: what validation names when the corpus's features are not what the teacher reads
+    input_dim_key = "the teacher's input_dim"
+
+    @property
+    def output_lengths(self):
+        """The teacher's own `output_lengths(samples)` (a waveform teacher's, if it has one), else None."""
+        fn = getattr(self._obj, "output_lengths", None)
+        return (lambda n: fn(n).to(torch.int64)) if callable(fn) else None
 
     @property
     def num_classes(self) -> int:
@@ -140,15 +180,19 @@ class EntryPointTeacher(nn.Module):
                                  f"hidden), got {type(out).__name__}")
         lp, out_len, hidden = out
         b = x.shape[0]
-        t_out = -(-int(lengths.max()) // self._subsampling) if b else 0
+        if self.input_kind == "waveform":
+            expect, how = self._waveform_lengths(lengths, out_len, b)
+        else:
+            expect = -(-lengths.to(torch.int64) // self._subsampling)
+            how = f"ceil(lengths / {self._subsampling})"
+        t_out = int(expect.max()) if b else 0
         if not isinstance(lp, torch.Tensor) or lp.dim() != 3 or lp.shape[1] != b or lp.shape[2] != self.num_classes \
                 or lp.shape[0] < t_out:
             raise OfflineKDError(f"{self.where}: log_probs must be (T', {b}, {self.num_classes}) with T' >= {t_out}, "
                                  f"got {tuple(lp.shape) if isinstance(lp, torch.Tensor) else type(lp).__name__}")
-        expect = -(-lengths.to(torch.int64) // self._subsampling)
         if not isinstance(out_len, torch.Tensor) or out_len.shape != (b,) or not torch.equal(
                 out_len.to(expect.device, torch.int64), expect):
-            raise OfflineKDError(f"{self.where}: output lengths must be ceil(lengths / {self._subsampling}) = "
+            raise OfflineKDError(f"{self.where}: output lengths must be {how} = "
                                  f"{expect.tolist()[:4]}..., got "
                                  f"{out_len.tolist()[:4] if isinstance(out_len, torch.Tensor) else out_len}")
         if not isinstance(hidden, dict) or sorted(hidden) != layers:
@@ -163,6 +207,17 @@ class EntryPointTeacher(nn.Module):
             if not torch.isfinite(valid).all():
                 raise OfflineKDError(f"{self.where}: the teacher's {name} are not finite (NaN or Inf)")
         return lp, out_len, hidden
+
+    def _waveform_lengths(self, samples: torch.Tensor, out_len, b: int):
+        """(the output lengths a waveform teacher must return, how they are computed): its own
+        `output_lengths(samples)` where it has one, else what it returned (checked for shape only)."""
+        fn = self.output_lengths
+        if fn is not None:
+            return fn(samples.to(torch.int64)).to(torch.int64), "its output_lengths(samples)"
+        if not isinstance(out_len, torch.Tensor) or out_len.shape != (b,):
+            raise OfflineKDError(f"{self.where}: forward_with_hidden_states must return output lengths of shape "
+                                 f"({b},), got {out_len!r}"[:300])
+        return out_len.to(torch.int64), "(B,) frame counts"
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
         lp, out_len, _ = self.forward_with_hidden_states(x, lengths, None)

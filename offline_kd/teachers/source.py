@@ -46,6 +46,7 @@ from offline_kd.training.checkpoint import checkpoint_dev, file_sha256, model_fr
 TeacherSpec = Union[str, dict]
 SOURCES = ("checkpoint", "entry_point", "huggingface")
 OPTIONS = ("vocabulary_map", "hidden_pooling", "max_length_mismatch")
+ENTRY_POINT_OPTIONS = ("input_kind", "sample_rate")     # an entry point's: what it reads (entry_point.py)
 
 
 @dataclass
@@ -76,11 +77,12 @@ def parse_teacher(value: Any, where: str = "dump.teacher") -> TeacherSpec:
         raise OfflineKDError(f"{where} must be a checkpoint path or a mapping ({', '.join(SOURCES)}), got "
                              f"{type(value).__name__}")
     sources = [k for k in SOURCES if k in value]
-    unknown = sorted(set(value) - set(SOURCES) - set(OPTIONS) - {"args"})
+    unknown = sorted(set(value) - set(SOURCES) - set(OPTIONS) - {"args"} - set(ENTRY_POINT_OPTIONS))
     if unknown or len(sources) != 1:
         raise OfflineKDError(f"{where}: a teacher mapping names one of {', '.join(SOURCES)}"
-                             f"{' (got ' + ', '.join(sources) + ')' if len(sources) > 1 else ''}, with args for an "
-                             f"entry point and the options {', '.join(OPTIONS)}"
+                             f"{' (got ' + ', '.join(sources) + ')' if len(sources) > 1 else ''}, with args, "
+                             f"{' and '.join(ENTRY_POINT_OPTIONS)} for an entry point and the options "
+                             f"{', '.join(OPTIONS)}"
                              f"{'; unknown: ' + ', '.join(unknown) if unknown else ''}")
     out = {k: value[k] for k in OPTIONS if value.get(k) is not None}
     if "vocabulary_map" in out and (not isinstance(out["vocabulary_map"], str) or not out["vocabulary_map"]):
@@ -97,9 +99,19 @@ def parse_teacher(value: Any, where: str = "dump.teacher") -> TeacherSpec:
             raise OfflineKDError(f"{where}.entry_point must be 'module.path:function', got {ep!r}")
         if not isinstance(args, dict):
             raise OfflineKDError(f"{where}.args must be a mapping of keyword arguments, got {type(args).__name__}")
-        return {"entry_point": ep, "args": args, **out}
+        kind, rate = value.get("input_kind"), value.get("sample_rate")
+        if kind is not None and kind not in ("features", "waveform"):
+            raise OfflineKDError(f"{where}.input_kind must be features or waveform, got {kind!r}")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0):
+            raise OfflineKDError(f"{where}.sample_rate must be a positive integer (Hz), got {rate!r}")
+        extra = {k: value[k] for k in ENTRY_POINT_OPTIONS if value.get(k) is not None}
+        return {"entry_point": ep, "args": args, **extra, **out}
     if "args" in value:
         raise OfflineKDError(f"{where}.args: only an entry_point takes args")
+    wrong = [k for k in ENTRY_POINT_OPTIONS if k in value]
+    if wrong:
+        raise OfflineKDError(f"{where}.{wrong[0]}: only an entry_point takes it (a {sources[0]} teacher declares "
+                             f"what it reads itself)")
     src = sources[0]
     if not isinstance(value[src], str) or not value[src]:
         raise OfflineKDError(f"{where}.{src} must be a path")
@@ -143,7 +155,8 @@ def load_teacher(spec: TeacherSpec, device, vocab: Optional[Vocabulary] = None, 
         inner = EntryPointTeacher(call_entry_point(spec, where), spec, where).to(device).eval()
         tokens, blank, delimiter, special = inner.tokens, inner.blank, inner.word_delimiter, inner.special
         record = {"path": f"entry_point:{spec['entry_point']}", "sha256": spec_sha256(spec),
-                  "adapter": "entry_point", "entry_point": spec["entry_point"], "args": spec["args"]}
+                  "adapter": "entry_point", "entry_point": spec["entry_point"], "args": spec["args"],
+                  **{k: spec[k] for k in ENTRY_POINT_OPTIONS if k in spec}}
         name = teacher_name(spec)
     else:
         inner = HFTeacher(spec["huggingface"], where).to(device).eval()
@@ -199,7 +212,7 @@ def check_frames(teacher: LoadedTeacher, reader, indices) -> None:
     """A waveform teacher's frame count for every utterance, from its sample count, against the student's: an
     utterance the length rule cannot reconcile is named before anything is written."""
     model = teacher.model
-    if not reads_waveform(model) or not hasattr(model.inner, "output_lengths"):
+    if not reads_waveform(model) or getattr(model.inner, "output_lengths", None) is None:
         return
     if not reader.has_audio:
         reader.audio(0)            # the one-line error: the split keeps no audio
