@@ -265,8 +265,8 @@ def train(config_path, resume, overrides):
               help="Distillation YAML (with a 'distill' section).")
 @click.option("--resume", is_flag=True, help="Continue the run in train.output_dir from checkpoint_last.pt.")
 @click.option("--online-teacher", default=None,
-              help="Compute the targets from this live teacher (a checkpoint, or an entry point as inline YAML) "
-                   "instead of the cache (for comparison).")
+              help="Compute the targets from this live teacher (a checkpoint, or an entry point or Hugging Face "
+                   "model as inline YAML: '{huggingface: DIR}') instead of the cache (for comparison).")
 @set_option
 @_friendly
 def train_student(config_path, resume, online_teacher, overrides):
@@ -284,7 +284,13 @@ def train_student(config_path, resume, online_teacher, overrides):
 @set_option
 @_friendly
 def dump_teacher(config_path, overwrite, overrides):
-    """Run the teacher once over the corpus and write its outputs to a Zarr v3 cache (resumable)."""
+    """Run the teacher once over the corpus and write its outputs to a Zarr v3 cache (resumable; a sealed cache
+    gains the splits dump.splits adds, the teacher running on those only).
+
+    dump.teacher is a checkpoint path, {checkpoint: PATH}, {entry_point: "pkg.mod:load", args: {...}} (with
+    input_kind: waveform for a teacher that reads audio) or {huggingface: DIR} (a Wav2Vec2/HuBERT/WavLM CTC
+    directory, or a model id such as facebook/wav2vec2-base-960h from the local Hugging Face cache; nothing is
+    downloaded). On the command line: --set 'dump.teacher={huggingface: facebook/wav2vec2-base-960h}'."""
     from offline_kd.config import DumpRootConfig, load_config
     from offline_kd.commands import dump_teacher as command
     cfg = load_config(config_path, DumpRootConfig, list(overrides))
@@ -505,8 +511,10 @@ def cache_info(path, as_json):
 @cache.command("verify")
 @click.argument("path")
 @click.option("--teacher", default=None,
-              help="Teacher checkpoint, or an entry point as inline YAML ('{entry_point: pkg.mod:load, args: "
-                   "{...}}'): recompute a sample and compare with the cache.")
+              help="Teacher: a checkpoint, an entry point ('{entry_point: pkg.mod:load, args: {...}}') or a Hugging "
+                   "Face model ('{huggingface: DIR or owner/name from the local HF cache}'), as inline YAML; "
+                   "default: the vocabulary_map and alignment options the cache recorded. Recompute a sample and "
+                   "compare with the cache.")
 @click.option("--sample", default=32, show_default=True, help="Utterances per split to recompute.")
 @click.option("--device", default="auto", show_default=True, help="Device for the teacher.")
 @click.option("--corpus", type=click.Path(file_okay=False), default=None,

@@ -145,3 +145,21 @@ def test_teacher_tokens_the_corpus_never_saw_name_its_vocab_file_and_both_ways_o
     assert code != 0 and "the teacher's tokens 'Q', 'Z' have no counterpart" in line, out
     assert f"{corpus}/vocab.txt: `data import` builds it from the transcripts" in line
     assert "`--vocab FILE`" in line and "vocabulary_map" in line
+
+
+def test_verify_reuses_the_vocabulary_map_the_cache_recorded(tmp_path, monkeypatch):
+    """`cache verify --teacher` without the mapping options takes those the cache was dumped with; where the map
+    file is gone, the mapping the cache records, pair for pair."""
+    corpus = features_corpus(tmp_path / "upper", "upper")
+    tokens = UPPER + ["Q"]
+    (tmp_path / "map.yaml").write_text('"Q": null\n')
+    code, out, cache = dump(tmp_path, monkeypatch, corpus, tokens, vocabulary_map=str(tmp_path / "map.yaml"),
+                            max_dropped_mass=1.0)
+    assert code == 0, out
+    teacher = json.dumps({"entry_point": "upper_teacher:load", "args": {"tokens": tokens}})
+    for gone in (False, True):
+        if gone:
+            (tmp_path / "map.yaml").unlink()
+        res = CliRunner().invoke(main, ["cache", "verify", str(cache), "--teacher", teacher, "--sample", "4"])
+        assert res.exit_code == 0, res.output
+        assert "using the vocabulary_map the cache was dumped with" in res.output

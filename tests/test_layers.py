@@ -25,7 +25,7 @@ RANK["__init__"] = 0
 #: third-party imports that may sit inside a function: optional extras, or heavy modules only some paths need
 OPTIONAL = ("pyctcdecode", "kenlm", "matplotlib", "torch.utils.tensorboard", "torch.nn.parallel", "lhotse",
             "transformers", "s3fs", "tensorstore", "multiprocessing", "onnx", "onnxruntime", "sherpa_onnx",
-            "sentencepiece")
+            "sentencepiece", "huggingface_hub")
 
 
 def _modules():

@@ -137,6 +137,27 @@ class CacheMeta:
         d = {**self.dump_config, "lm_targets": (old.get("dump_config") or {}).get("lm_targets")}
         return dataclasses.replace(self, dump_config=d).identity(plans) == old.get("identity_sha256")
 
+    def added_splits(self, old: dict, plans: dict) -> list[str]:
+        """The splits this dump adds to the cache whose stored metadata is `old`, where it is that cache's dump
+        with more splits and nothing else changed (teacher, corpus, settings and every cached split's utterances
+        the same; `dump.lm_targets` the same but for the new splits it may name); else []."""
+        have = list(old.get("splits") or [])
+        added = [s for s in plans if s not in have]
+        if not have or not added or any(s not in plans for s in have):
+            return []
+        old_cfg = old.get("dump_config") or {}
+        new_lm, old_lm = self.dump_config.get("lm_targets"), old_cfg.get("lm_targets")
+        if (new_lm is None) != (old_lm is None):
+            return []
+        if new_lm is not None:
+            rest = lambda d: {k: v for k, v in d.items() if k != "splits"}  # noqa: E731
+            if rest(new_lm) != rest(old_lm) or [s for s in new_lm["splits"] if s in old_cfg.get("splits", [])] \
+                    != list(old_lm["splits"]):
+                return []
+        d = {**self.dump_config, "splits": old_cfg.get("splits"), "lm_targets": old_lm}
+        same = dataclasses.replace(self, dump_config=d).identity({s: plans[s] for s in have})
+        return added if same == old.get("identity_sha256") else []
+
     def with_identity(self, plans: dict) -> "CacheMeta":
         return dataclasses.replace(self, identity_sha256=self.identity(plans))
 

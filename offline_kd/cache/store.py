@@ -72,11 +72,15 @@ def prepare_store(cfg: DumpConfig, meta: CacheMeta, plans: dict[str, SplitPlan],
         elif not overwrite and meta.differs_only_in_lm_targets(old, plans):
             resume = True
             _redo_lm_targets(root, old, meta, list(plans), cfg.output, log)
+        elif not overwrite and (added := meta.added_splits(old, plans)):
+            resume = True
+            _extend(root, old, meta, added, cfg.output, log)
         elif not overwrite:
             raise OfflineKDError(
                 f"{cfg.output} holds a cache from another teacher, corpus or dump config "
-                f"(teacher {old.get('teacher', {}).get('sha256', '?')[:12]}, created {old.get('created', '?')}); "
-                f"use --overwrite to replace it or choose another dump.output")
+                f"(teacher {old.get('teacher', {}).get('sha256', '?')[:12]}, created {old.get('created', '?')}; its "
+                f"splits {', '.join(old.get('splits') or [])}{_what_differs(old, meta)}); use --overwrite to replace "
+                f"it or choose another dump.output")
     elif root is not None and not set(root.keys()) <= set(FITTED_STATE_GROUPS) and not overwrite:
         raise OfflineKDError(f"{cfg.output} exists and is not an offline-kd cache; use --overwrite or another path")
     if not resume:
@@ -113,6 +117,34 @@ def _redo_lm_targets(root: zarr.Group, old: dict, meta: CacheMeta, splits: list[
             drop_lm_targets(root[name])
     log(f"{output}: only the LM N-best settings (dump.lm_targets) differ from the cached dump's; "
         f"keeping the cached frames and redoing the N-best")
+
+
+def _what_differs(old: dict, meta: CacheMeta) -> str:
+    """A hint at why a cache is not this dump's (the first of teacher, vocabulary, corpus, settings that differs)."""
+    if (old.get("teacher") or {}).get("weights_sha256") != meta.teacher.get("weights_sha256"):
+        return "; the teacher's weights differ"
+    if old.get("vocab_sha256") != meta.vocab_sha256:
+        return "; the vocabulary differs"
+    a, b = old.get("dump_config") or {}, meta.dump_config
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in ("teacher", "output", "progress",
+                                                                                        "num_workers", "device")]
+    if keys:
+        return f"; dump settings differ: {', '.join(keys[:5])}"
+    return "; the corpus's utterances or features differ"
+
+
+def _extend(root: zarr.Group, old: dict, meta: CacheMeta, added: list[str], output: str, log) -> None:
+    """A sealed (or unfinished) cache of this dump but for the splits it lacks: take this dump's metadata (its
+    identity, splits and settings; the stored codecs and creation time kept), marked incomplete and unsealed in one
+    attribute write, so a reader refuses it from here on and a dump killed after it resumes; the new splits are
+    then created beside the cached ones, which stay as they are, and the dump's last stage seals it again."""
+    new = {**meta.to_dict(), "codecs": old.get("codecs", meta.codecs), "created": old.get("created"),
+           "complete": False}
+    new.pop("completed", None)
+    attrs = {k: v for k, v in root.attrs.asdict().items() if k != integrity.INTEGRITY_KEY}
+    root.attrs.put({**attrs, META_KEY: new})
+    log(f"{output}: adding split(s) {', '.join(added)}: the cached splits stay as they are, the teacher runs on "
+        f"the new ones only, then the cache is sealed again")
 
 
 def needed_batches(p: SplitPlan, mine: np.ndarray, shard_frames: int) -> list[tuple[int, list[int]]]:

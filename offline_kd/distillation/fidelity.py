@@ -5,9 +5,12 @@ agreement, hidden-state relative squared error, and the greedy WER of cached vs 
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.cache.verify import TEMPERATURES, verify_cache
@@ -20,7 +23,7 @@ from offline_kd.errors import OfflineKDError, TeacherForwardError
 from offline_kd.data.dataset import utterance_batch
 from offline_kd.models.interface import forward_batch
 from offline_kd.models.numerics import exact_numerics, with_precision
-from offline_kd.teachers.source import load_teacher
+from offline_kd.teachers.source import OPTIONS, load_teacher, parse_teacher
 from offline_kd.training.inference import resolve_device
 
 
@@ -31,13 +34,40 @@ def kl_per_frame(live: np.ndarray, cached: np.ndarray, temperature: float) -> np
     return (p.exp() * (p - q)).sum(-1).clamp_min(0).numpy()
 
 
+def with_recorded_options(spec, cache: TeacherCache, tmp: str, log=print):
+    """`--teacher` with the alignment options (vocabulary_map, hidden_pooling, max_length_mismatch) it leaves out
+    taken from the cache's dump.teacher; a vocabulary_map file that is gone is written again (into `tmp`) from the
+    mapping the cache records, pair for pair."""
+    spec = parse_teacher(spec, "--teacher")
+    try:
+        recorded = parse_teacher(cache.meta.dump_config.get("teacher"), "the cache's dump.teacher")
+    except OfflineKDError:
+        return spec
+    given = {} if isinstance(spec, str) else spec
+    missing = {k: recorded[k] for k in OPTIONS if isinstance(recorded, dict) and k in recorded and k not in given}
+    if not missing:
+        return spec
+    if "vocabulary_map" in missing and not Path(missing["vocabulary_map"]).is_file():
+        pairs = ((cache.meta.teacher.get("alignment") or {}).get("vocabulary") or {}).get("pairs")
+        if not pairs:
+            raise OfflineKDError(f"--teacher: the cache was dumped with vocabulary_map {missing['vocabulary_map']}, "
+                                 f"which is gone, and records no mapping; give --teacher's vocabulary_map")
+        path = Path(tmp) / "recorded_vocabulary_map.yaml"
+        path.write_text(yaml.safe_dump({t: s for t, s in pairs}, allow_unicode=True))
+        missing["vocabulary_map"] = str(path)
+    log(f"--teacher: using the {', '.join(missing)} the cache was dumped with")
+    return {**({"checkpoint": spec} if isinstance(spec, str) else spec), **missing}
+
+
 @torch.no_grad()
 def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, log=print,
              corpus_dir: str | None = None) -> dict:
     dev = resolve_device(device)
     corpus = Corpus(corpus_dir or cache.meta.corpus)
-    teacher = load_teacher(teacher_path, dev, Vocabulary.from_dict(cache.meta.vocab), where="--teacher",
-                           subsampling=cache.meta.subsampling, corpus=corpus)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = with_recorded_options(teacher_path, cache, tmp, log)
+        teacher = load_teacher(spec, dev, Vocabulary.from_dict(cache.meta.vocab), where="--teacher",
+                               subsampling=cache.meta.subsampling, corpus=corpus)
     if teacher.record["sha256"] != cache.meta.teacher["sha256"]:
         log(f"warning: {teacher.name} is not the teacher the cache was made from (sha256 differs)")
     mine, cached = teacher.record.get("alignment") or {}, cache.meta.teacher.get("alignment") or {}

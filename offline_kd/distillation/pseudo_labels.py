@@ -56,6 +56,8 @@ def write_lm_targets(cache_path: str, storage_options: dict, splits: list[str], 
     cache = TeacherCache(cache_path, storage_options, require_complete=False, verify_reads=False)
     for name in splits:
         split = cache.split(name)
+        if split.has_lm_nbest:          # stored by the dump this one extends (a changed setting drops them first)
+            continue
         arrays = decode_split(split, vocab, cfg, log)
         g = open_group(cache_path, "r+", storage_options)[name]     # (the reader's root is read-only)
         store_lm_targets(g, arrays, cfg.nbest)

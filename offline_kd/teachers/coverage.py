@@ -92,6 +92,8 @@ def check_dropped(report: dict | None, limit: float, log) -> None:
     if report["mean"] > limit:
         raise OfflineKDError(f"dump.teacher: {text}, above dump.max_dropped_mass ({100 * limit:g}%): the student "
                              f"would learn from a renormalised sliver of the teacher. Take the teacher's own "
-                             f"vocabulary (a sub-word corpus) or map its tokens in a vocabulary_map; "
+                             f"vocabulary (import the corpus again with `data import --vocab-from-teacher TEACHER`, or "
+                             f"--tokenizer bpe --bpe-model for its sentencepiece model) or map its tokens in a "
+                             f"vocabulary_map; "
                              f"dump.max_dropped_mass: 1.0 dumps anyway")
     log(f"teacher coverage: {text}")

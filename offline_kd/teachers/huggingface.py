@@ -8,6 +8,10 @@ delimiter, special tokens) and `processor_config.json` (transformers 5) or `prep
 rate, per-utterance normalisation). Nothing is downloaded: everything is read from the directory, with
 `trust_remote_code` off.
 
+A model id instead of a directory (`{huggingface: facebook/wav2vec2-base-960h}`, optionally `@REVISION`) is looked up
+in the local Hugging Face cache (`HF_HUB_CACHE`, else `HF_HOME/hub`, else ~/.cache/huggingface/hub) as
+`HF_HUB_OFFLINE=1` would: the snapshot a `huggingface-cli download` (or an earlier `from_pretrained`) left there.
+
 What the teacher gives: log-probs from the CTC head (log-softmax in float32), the hidden states of transformer
 layers 1..num_hidden_layers as `output_hidden_states` numbers them (layer 0, the embeddings, is not offered), blank
 = the model's pad token, one frame per product of the conv strides in samples (320: 20 ms at 16 kHz). The input is
@@ -22,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -82,6 +87,40 @@ def preprocessing(d: Path, where: str) -> dict:
     return _json(d / "preprocessor_config.json", where, False)
 
 
+def _hub_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def resolve_model_dir(value: str, where: str = "dump.teacher") -> Path:
+    """A local directory as it is; a model id (`owner/name[@revision]`) from the local Hugging Face cache, never
+    downloaded. A one-line error says where it looked."""
+    d = Path(value)
+    if d.is_dir():
+        return d
+    repo, _, revision = value.partition("@")
+    looks_like_id = repo.count("/") <= 1 and not repo.startswith((".", "/", "~")) and all(repo.split("/"))
+    if not looks_like_id:
+        raise OfflineKDError(f"{where}.huggingface: directory not found: {d}")
+    cache = _hub_cache()
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:
+        raise OfflineKDError(f"{where}.huggingface: {value} is not a directory, and reading a model id from the "
+                             f"Hugging Face cache needs transformers: pip install 'offline-kd[hf]'") from None
+    try:
+        return Path(snapshot_download(repo, revision=revision or None, cache_dir=str(cache), local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
+        kind = type(exc).__name__
+        raise OfflineKDError(f"{where}.huggingface: {value} is neither a local directory nor a model in the local "
+                             f"Hugging Face cache (looked in {cache / ('models--' + repo.replace('/', '--'))}; "
+                             f"{kind}); nothing is downloaded: run `huggingface-cli download {repo}` where there is "
+                             f"a network (set HF_HUB_CACHE to where it went), or give the model's directory") from None
+
+
 def hf_vocabulary(d: Path, config: dict, where: str) -> tuple[tuple, int, str, tuple]:
     """(tokens in id order, the blank's id (the pad token), the word delimiter, the special tokens) of a Hugging Face CTC
     directory's vocab.json and tokenizer files."""
@@ -137,9 +176,7 @@ class HFTeacher(nn.Module):
 
     def __init__(self, directory: str, where: str = "dump.teacher"):
         super().__init__()
-        d = Path(directory)
-        if not d.is_dir():
-            raise OfflineKDError(f"{where}.huggingface: directory not found: {d}")
+        d = resolve_model_dir(directory, where)
         config = _json(d / "config.json", where)
         kind = config.get("model_type")
         if kind not in SUPPORTED:

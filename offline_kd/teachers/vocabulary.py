@@ -2,7 +2,7 @@
 class has a student class of the same name and the vocabulary alignment drops nothing.
 
   - an offline-kd checkpoint (.pt): its vocabulary as it is (char, word or bpe with its sentencepiece model);
-  - a Hugging Face CTC directory: vocab.json's tokens in id order, the pad token (the CTC blank) first as
+  - a Hugging Face CTC directory (or a model id in the local Hugging Face cache): vocab.json's tokens in id order, the pad token (the CTC blank) first as
     `<blank>`, the special tokens (`<s>`, `</s>`, `<unk>`) left out. A character vocabulary (wav2vec2-base-960h:
     upper-case letters, `'`, the word delimiter `|`) becomes a char vocabulary with the delimiter as the word
     separator; a sub-word one (pieces starting with `▁`) needs the directory's sentencepiece model
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from offline_kd.data.vocab import BLANK, WORD_START, Vocabulary
 from offline_kd.errors import OfflineKDError
-from offline_kd.teachers.huggingface import hf_vocabulary
+from offline_kd.teachers.huggingface import hf_vocabulary, resolve_model_dir
 from offline_kd.training.checkpoint import model_from_checkpoint
 
 SP_MODEL_NAMES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "bpe.model")
@@ -25,11 +25,9 @@ SP_MODEL_NAMES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model", 
 
 def teacher_vocabulary(source: str, where: str = "--vocab-from-teacher") -> Vocabulary:
     p = Path(source)
-    if p.is_dir():
-        return _huggingface(p, where)
     if p.is_file():
         return model_from_checkpoint(p)[1]
-    raise OfflineKDError(f"{where}: {p} is neither a checkpoint file nor a Hugging Face model directory")
+    return _huggingface(resolve_model_dir(source, where), where)
 
 
 def _huggingface(d: Path, where: str) -> Vocabulary:
