@@ -6,6 +6,7 @@ every wrong directory or setting is a one-line error with nothing written."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -280,3 +281,31 @@ def test_verify_with_other_alignment_options_is_a_one_line_error(audio_corpus, t
     assert TeacherCache(str(out)).meta.layers == {"1": 32}
     res = CliRunner().invoke(main, ["cache", "verify", str(out), "--teacher", json.dumps({"huggingface": str(d)})])
     assert res.exit_code != 0 and "differs from the one" in res.output and "Traceback" not in res.output, res.output
+
+
+def test_a_model_id_comes_from_the_local_hugging_face_cache_and_nothing_is_downloaded(audio_corpus, tmp_path,
+                                                                                      monkeypatch):
+    """#45 item 10: `{huggingface: owner/name}` is the snapshot in HF_HUB_CACHE (the layout `huggingface-cli
+    download` leaves); the cache equals the one dumped from the directory itself; an id not there is one line
+    saying where it looked."""
+    import shutil
+    hub = tmp_path / "hub"
+    snap = hub / "models--acme--tiny-w2v" / "snapshots" / ("0" * 40)
+    save_tiny(tmp_path / "src", "wav2vec2")
+    shutil.copytree(tmp_path / "src", snap)
+    (hub / "models--acme--tiny-w2v" / "refs").mkdir(parents=True)
+    (hub / "models--acme--tiny-w2v" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    by_id = tmp_path / "by_id.zarr"
+    cfg = hf_cfg(tmp_path / "src", audio_corpus, by_id)
+    dump_teacher.run(dataclasses.replace(cfg, teacher={"huggingface": "acme/tiny-w2v"}), **QUIET)
+    by_dir = tmp_path / "by_dir.zarr"
+    dump_teacher.run(hf_cfg(tmp_path / "src", audio_corpus, by_dir), **QUIET)
+    a, b = TeacherCache(str(by_id)), TeacherCache(str(by_dir))
+    assert a.meta.teacher["sha256"] == b.meta.teacher["sha256"]
+    np.testing.assert_array_equal(a.split("train").read(0)["log_probs"], b.split("train").read(0)["log_probs"])
+    with pytest.raises(OfflineKDError, match="models--acme--not-there.*nothing is downloaded"):
+        dump_teacher.run(dataclasses.replace(cfg, teacher={"huggingface": "acme/not-there"},
+                                             output=str(tmp_path / "none.zarr")), **QUIET)
+    assert not (tmp_path / "none.zarr").exists()
