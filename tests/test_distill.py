@@ -90,9 +90,12 @@ def test_end_to_end_dump_train_student_evaluate(f32_cache, tiny_corpus, tmp_path
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"model": {"num_classes": 12}}, "num_classes"),
-    ({"model": {"subsampling": 1}}, "subsamples"),
-    ({"distill": {"layer_mapping": {1: 2}}}, "teacher layer 2 is not in the cache"),
+    ({"model": {"num_classes": 12}}, "set model.num_classes=9"),
+    ({"model": {"subsampling": 1}}, "set model.subsampling=2, or dump a cache at the student's rate "
+                                    "(dump.subsampling=1)"),
+    ({"distill": {"layer_mapping": {1: 2}}}, "teacher layer 2 is not in the cache (cached layers: [1, 3]); map the "
+                                             "student's layers onto cached ones, e.g. distill.layer_mapping={1: 1}, or "
+                                             "set distill.gamma=0"),
     ({"distill": {"layer_mapping": {5: 1}}}, "student layer 5 out of range"),
     ({"augment": {"speed_perturb": [0.9, 1.1]}}, "cached teacher targets would no longer line up"),
     ({"data": {"train_split": "dev"}}, "split 'dev' is not in the cache"),

@@ -13,7 +13,7 @@ from offline_kd.errors import OfflineKDError
 def check_vocab_matches_model(corpus: Corpus, model: ModelConfig) -> None:
     if len(corpus.vocab) != model.num_classes:
         raise OfflineKDError(f"model.num_classes is {model.num_classes} but the vocabulary of {corpus.dir} has "
-                             f"{len(corpus.vocab)} tokens (blank included)")
+                             f"{len(corpus.vocab)} tokens (blank included): set model.num_classes={len(corpus.vocab)}")
 
 
 def open_split(corpus: Corpus, split: str, model, skip_invalid: bool,

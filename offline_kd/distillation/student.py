@@ -57,7 +57,8 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
         for t in mapping.values():
             if t not in teacher_dims:
                 raise OfflineKDError(f"distill.layer_mapping: teacher layer {t} is not one of the teacher's layers "
-                                     f"({', '.join(map(str, sorted(teacher_dims)))})")
+                                     f"({', '.join(map(str, sorted(teacher_dims)))}); map the student's layers "
+                                     f"onto those, or set distill.gamma=0 (no feature term)")
         log(f"online distillation from {loaded.name} (the cache is not used)")
     else:
         cache = TeacherCache(d.cache, d.storage_options, verify_reads=d.verify_reads)
