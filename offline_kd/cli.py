@@ -531,5 +531,28 @@ def cache_verify(path, teacher, sample, device, corpus, as_json):
         sys.exit(1)
 
 
+# ------------------------------------------------------------------------------------------- shipped configs
+@main.group("config")
+def config_group():
+    """The configs that ship with offline-kd: any --config takes their name (e.g. --config demo/distill)."""
+
+
+@config_group.command("list")
+def config_list():
+    """Name and file of every shipped config."""
+    from offline_kd.config import shipped_configs
+    for name, path in shipped_configs().items():
+        click.echo(f"{name}\t{path}")
+
+
+@config_group.command("show")
+@click.argument("name")
+@_friendly
+def config_show(name):
+    """Print a shipped config (copy it to change it: offline-kd config show demo/distill > mine.yaml)."""
+    from offline_kd.config import resolve_config_path
+    click.echo(resolve_config_path(name).read_text(), nl=False)
+
+
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ constant, got 'cosin'`), by the loader and by the dataclass itself when built di
 from __future__ import annotations
 
 import dataclasses
+import sys
 import functools
 import types
 import typing
@@ -601,10 +602,40 @@ def set_dotted(data: dict, keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
-def read_yaml(path: str | Path) -> dict:
+def shipped_config_dirs() -> list[Path]:
+    """Where the configs that ship with offline-kd are: the repository's configs/ beside the package (a clone, an
+    editable install), and <prefix>/share/offline-kd/configs (a wheel installs them there, setup.cfg data_files)."""
+    here = Path(__file__).resolve().parents[1] / "configs"
+    dirs = [here, Path(sys.prefix) / "share" / "offline-kd" / "configs"]
+    return [d for d in dirs if d.is_dir()]
+
+
+def shipped_configs() -> dict[str, Path]:
+    """{name: file} of the shipped configs, the name being the path under configs/ without .yaml
+    ("teacher_config", "demo/distill"); the first directory of `shipped_config_dirs` wins."""
+    out: dict[str, Path] = {}
+    for d in shipped_config_dirs():
+        for f in sorted(d.rglob("*.yaml")):
+            out.setdefault(f.relative_to(d).with_suffix("").as_posix(), f)
+    return out
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file as given, else the shipped config of that name (`--config demo/distill`, with or without
+    .yaml or a leading configs/), so that a pip-installed offline-kd finds the configs it ships."""
     p = Path(path)
-    if not p.is_file():
-        raise OfflineKDError(f"config file not found: {p}")
+    if p.is_file():
+        return p
+    name = p.as_posix().removeprefix("configs/").removesuffix(".yaml")
+    found = shipped_configs().get(name)
+    if found is None:
+        raise OfflineKDError(f"config file not found: {p} (nor a shipped config of that name: `offline-kd config "
+                             f"list` lists them)")
+    return found
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = resolve_config_path(path)
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -243,3 +245,47 @@ def test_the_commands_validate_before_anything_else(tmp_path):
                                                                          "augment.speed_perturb=[1.1]"]),
                           log=lambda *_: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_shipped_configs_are_found_by_name_and_shown(tmp_path, monkeypatch):
+    """#45: the configs a user needs ship with the package: `--config NAME` finds them wherever it runs from,
+    `config list` / `config show` print them."""
+    from click.testing import CliRunner
+    from offline_kd.cli import main
+    from offline_kd.config import ExperimentConfig, load_config, resolve_config_path
+    repo = Path(__file__).resolve().parents[1] / "configs"
+    monkeypatch.chdir(tmp_path)                       # no configs/ here: only the shipped ones can be found
+    for name in ("demo/distill", "demo/distill.yaml", "configs/demo/distill.yaml"):
+        assert resolve_config_path(name).read_text() == (repo / "demo" / "distill.yaml").read_text()
+    assert load_config("teacher_config", ExperimentConfig).model.num_layers >= 1
+    res = CliRunner().invoke(main, ["config", "list"])
+    names = [line.split("\t")[0] for line in res.output.splitlines()]
+    assert res.exit_code == 0 and {"teacher_config", "dump_config", "demo/distill"} <= set(names)
+    res = CliRunner().invoke(main, ["config", "show", "demo/distill"])
+    assert res.exit_code == 0 and res.output == (repo / "demo" / "distill.yaml").read_text()
+    res = CliRunner().invoke(main, ["config", "show", "no/such"])
+    assert res.exit_code != 0 and "config list" in res.output and "Traceback" not in res.output
+
+
+def test_a_built_wheel_carries_the_configs(tmp_path):
+    """setup.cfg's data_files put every shipped config into the wheel (installed under <prefix>/share/offline-kd)."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    repo = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"                  # a copy: the build leaves build/ and egg-info behind it
+    shutil.copytree(repo / "offline_kd", src / "offline_kd", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(repo / "configs", src / "configs")
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(repo / name, src / name)
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                          str(tmp_path), str(src)], capture_output=True, text=True)
+    if res.returncode != 0 and "No module named" in res.stderr:
+        pytest.skip(f"cannot build a wheel here: {res.stderr.strip().splitlines()[-1]}")
+    assert res.returncode == 0, res.stderr
+    wheel = next(tmp_path.glob("offline_kd-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(p.relative_to(repo / "configs").as_posix() for p in (repo / "configs").rglob("*.yaml"))
+    inside = sorted(n.split("/share/offline-kd/configs/", 1)[1] for n in names if "/share/offline-kd/configs/" in n)
+    assert inside == shipped
