@@ -367,6 +367,7 @@ class DumpConfig:
     # A teacher at another frame rate is pooled or repeated onto it (docs/teachers.md "Alignment")
     subsampling: Optional[int] = None
     corpus: str = "data/demo"
+    # a name ending in "?" is cached where the corpus has that split ("untranscribed?"), left out where it has not
     splits: list = field(default_factory=lambda: ["train", "dev"])
     layers: list = field(default_factory=lambda: [2, 4])
     output: str = "cache/teacher.zarr"
@@ -404,14 +405,16 @@ class DumpConfig:
                                              or self.subsampling < 1):
             raise OfflineKDError(f"dump.subsampling must be an integer >= 1 or null, got {self.subsampling!r}")
         parse_views(self.views, "dump.views")
+        if not all(isinstance(x, str) and x.rstrip("?") for x in self.splits):
+            raise OfflineKDError(f"dump.splits must be a list of split names, got {self.splits!r}")
         if self.lm_targets is not None:
-            check_lm_targets(self.lm_targets, list(self.splits))
+            check_lm_targets(self.lm_targets, split_names(self.splits))
         if self.views and not self.view_splits:
             raise OfflineKDError("dump.views: name the splits to cache through them in dump.view_splits "
                                  "(e.g. [train, untranscribed]; dev stays as it is)")
         if self.view_splits and not self.views:
             raise OfflineKDError("dump.view_splits: give the views themselves in dump.views")
-        outside = [s for s in self.view_splits if s not in self.splits]
+        outside = [s for s in self.view_splits if s not in split_names(self.splits)]
         if outside:
             raise OfflineKDError(f"dump.view_splits: {outside} not in dump.splits {list(self.splits)}")
         _at_least("dump", self, batch_size=1, max_frames_per_batch=1, chunk_frames=1, shard_chunks=1,
@@ -713,6 +716,23 @@ def parse_views(raw, where: str) -> tuple[ViewSpec, ...]:
             ints[k] = x
         out.append(ViewSpec(float(speed), **ints))
     return tuple(out)
+
+
+def split_names(splits: list) -> list[str]:
+    """dump.splits without the "?" that marks a split cached only where the corpus has it."""
+    return [s.rstrip("?") for s in splits]
+
+
+def present_splits(cfg: "DumpConfig", have) -> "DumpConfig":
+    """`cfg` with its optional splits ("untranscribed?") resolved against the corpus's splits `have`: those it has
+    kept (without the "?"), the others left out, of dump.splits, dump.lm_targets.splits and dump.view_splits."""
+    keep = [s.rstrip("?") for s in cfg.splits if not s.endswith("?") or s[:-1] in have]
+    lm = cfg.lm_targets
+    if lm is not None:
+        lm_splits = [s for s in lm.splits if s in keep]
+        lm = dataclasses.replace(lm, splits=lm_splits) if lm_splits else None
+    return dataclasses.replace(cfg, splits=keep, lm_targets=lm,
+                               view_splits=[s for s in cfg.view_splits if s in keep])
 
 
 # --------------------------------------------------------------------- dump.lm_targets (checked with the dump)

@@ -69,3 +69,18 @@ def test_a_cache_that_differs_in_more_than_its_splits_is_refused_naming_it(tiny_
     dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, cache, splits=["train"]), **QUIET)
     with pytest.raises(OfflineKDError, match="dump settings differ: layers"):
         dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, cache, splits=["train", "dev"], layers=[1]), **QUIET)
+
+
+def test_an_optional_split_is_cached_where_the_corpus_has_it(tiny_teacher, tiny_corpus, tmp_path):
+    """dump.splits [train, "untranscribed?", dev] (the shipped dump configs'): cached where the corpus has the
+    split, left out (with its dump.lm_targets) where it has not."""
+    from offline_kd.config import DumpConfig, build_dataclass, present_splits
+    cache = tmp_path / "c.zarr"
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, cache, splits=["train", "untranscribed?", "dev"]), **QUIET)
+    c = TeacherCache(str(cache))
+    assert c.splits == ["train", "untranscribed", "dev"] and c.meta.dump_config["splits"] == c.splits
+    cfg = build_dataclass(DumpConfig, {"splits": ["train", "untranscribed?", "dev"],
+                                       "lm_targets": {"lm": "x.arpa", "splits": ["untranscribed"]}})
+    without = present_splits(cfg, ["train", "dev", "test"])
+    assert without.splits == ["train", "dev"] and without.lm_targets is None
+    assert present_splits(cfg, ["train", "untranscribed", "dev"]).lm_targets.splits == ["untranscribed"]

@@ -337,6 +337,9 @@ class Corpus:
         self.feature_dim = int(self.meta["feature_dim"])
         self.vocab = Vocabulary.load(self.dir / "vocab.txt", self.meta["tokenizer"], self.meta.get("word_separator"))
 
+    def split_names(self) -> list[str]:
+        return sorted(p.stem for p in self.dir.glob("*.h5"))
+
     def split(self, name: str) -> SplitReader:
         path = self.dir / f"{name}.h5"
         if not path.is_file():

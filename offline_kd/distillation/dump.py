@@ -29,7 +29,7 @@ from offline_kd.cache.store import finalize, needed_batches, prepare_store
 from offline_kd.cache.reader import build_codecs
 from offline_kd.cache.progress import shard_frame_count, shards_done
 from offline_kd.cache.writer import DeviceEncoder, SplitWriter
-from offline_kd.config import CodecConfig, DumpConfig  # noqa: F401
+from offline_kd.config import CodecConfig, DumpConfig, present_splits  # noqa: F401
 from offline_kd.data.corpus import Corpus
 from offline_kd.data.validate import output_frames
 from offline_kd.data.views import ViewReader, parse_views, split_of, valid_in_views, view_name
@@ -164,6 +164,7 @@ def run(cfg: DumpConfig, overwrite: bool = False, log=print) -> dict:
 def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     """plan -> fit -> prepare -> loop -> finalise."""
     corpus = Corpus(cfg.corpus)
+    cfg = present_splits(cfg, corpus.split_names())
     teacher = load_teacher(cfg.teacher, device, corpus.vocab, subsampling=cfg.subsampling,
                            corpus=corpus)
     model, vocab = teacher.model, teacher.vocab
