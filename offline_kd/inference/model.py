@@ -242,7 +242,9 @@ def load_model(checkpoint: str | Path, *, device: str = "cpu", corpus: Optional[
     if corpus is not None:
         c = Corpus(corpus)
         if c.vocab.tokens != vocab.tokens:
-            raise OfflineKDError(f"--corpus {c.dir}: its vocabulary differs from the checkpoint's ({checkpoint})")
+            raise OfflineKDError(f"--corpus {c.dir}: its vocabulary differs from the checkpoint's ({checkpoint}); "
+                                 f"import its audio with `data import --like TRAINING_CORPUS` (or --vocab-from-teacher "
+                                 f"{checkpoint})")
         if record is None:
             record, source = c.meta.get("frontend"), f"corpus {c.dir}"
         elif c.meta.get("frontend") is not None and (diffs := frontend_differences(record, c.meta["frontend"])):
