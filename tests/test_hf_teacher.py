@@ -279,7 +279,11 @@ def test_verify_with_other_alignment_options_is_a_one_line_error(audio_corpus, t
                               splits=["train"], layers=[1], subsampling=4, skip_invalid=True,
                               max_dropped_mass=1.0), **QUIET)
     assert TeacherCache(str(out)).meta.layers == {"1": 32}
+    # left out: the options the cache was dumped with (#45); given otherwise: refused
     res = CliRunner().invoke(main, ["cache", "verify", str(out), "--teacher", json.dumps({"huggingface": str(d)})])
+    assert res.exit_code == 0 and "using the hidden_pooling the cache was dumped with" in res.output, res.output
+    res = CliRunner().invoke(main, ["cache", "verify", str(out), "--teacher",
+                                    json.dumps({"huggingface": str(d), "hidden_pooling": "mean"})])
     assert res.exit_code != 0 and "differs from the one" in res.output and "Traceback" not in res.output, res.output
 
 
