@@ -90,3 +90,50 @@ def test_a_teachers_alignment_and_an_hf_directory_enter_the_identity():
     assert hf1.identity({}) != hf2.identity({}) and hf1.identity({}) != plain.identity({})
     assert with_teacher(sha256="other").identity({}) == plain.identity({})
     assert with_teacher(adapter="entry_point", sha256="d1").identity({}) == plain.identity({})
+
+
+class _Plan:
+    def __init__(self, ids):
+        self.utterance_ids, self.hashes = ids, [f"h{u}" for u in ids]
+
+
+def _cached(splits: dict, lm: dict | None = None) -> tuple[CacheMeta, dict]:
+    """(the meta of a dump of `splits` {name: ids}, the metadata stored for it)."""
+    dump = {**_meta().dump_config, "splits": list(splits), **({"lm_targets": lm} if lm else {})}
+    m = dataclasses.replace(_meta(), dump_config=dump, splits=list(splits))
+    plans = {s: _Plan(ids) for s, ids in splits.items()}
+    return m, {**m.with_identity(plans).to_dict(), "splits": list(splits)}
+
+
+def test_added_splits_are_those_a_dump_adds_to_an_otherwise_identical_cache():
+    """#45 item 9: a dump of more splits than a cache of the same teacher, corpus and settings extends it; any other
+    change (a cached split's utterances, a setting, the teacher, a split removed, nothing added) does not."""
+    _, old = _cached({"train": ["a", "b"], "dev": ["c"]})
+    new, _ = _cached({"train": ["a", "b"], "dev": ["c"], "untranscribed": ["x"]})
+    plans = {"train": _Plan(["a", "b"]), "dev": _Plan(["c"]), "untranscribed": _Plan(["x"])}
+    assert new.added_splits(old, plans) == ["untranscribed"]
+    assert new.added_splits(old, {"train": _Plan(["a", "b"]), "dev": _Plan(["c"])}) == []          # nothing added
+    assert new.added_splits(old, {**plans, "train": _Plan(["a", "z"])}) == []                     # utterances differ
+    assert new.added_splits(old, {"train": _Plan(["a", "b"]), "untranscribed": _Plan(["x"])}) == []   # dev dropped
+    other = dataclasses.replace(new, dump_config={**new.dump_config, "layers": [2]})
+    assert other.added_splits(old, plans) == []                                                   # a setting differs
+    teacher = dataclasses.replace(new, teacher={**new.teacher, "weights_sha256": "w2"})
+    assert teacher.added_splits(old, plans) == []                                                 # another teacher
+    assert new.added_splits({**old, "splits": []}, plans) == []
+
+
+def test_added_splits_with_lm_targets_may_name_only_the_new_splits_anew():
+    lm = {"lm": "4gram.bin", "nbest": 4, "splits": ["dev"]}
+    _, old = _cached({"train": ["a"], "dev": ["c"]}, lm)
+    plans = {"train": _Plan(["a"]), "dev": _Plan(["c"]), "untranscribed": _Plan(["x"])}
+
+    def dump(lm_targets):
+        m, _ = _cached({"train": ["a"], "dev": ["c"], "untranscribed": ["x"]}, lm_targets)
+        return m
+    assert dump({**lm, "splits": ["dev", "untranscribed"]}).added_splits(old, plans) == ["untranscribed"]
+    assert dump(lm).added_splits(old, plans) == ["untranscribed"]
+    assert dump({**lm, "splits": ["untranscribed"]}).added_splits(old, plans) == []    # dev's N-best dropped
+    assert dump({**lm, "nbest": 2, "splits": ["dev", "untranscribed"]}).added_splits(old, plans) == []
+    assert dump(None).added_splits(old, plans) == []
+    _, plain = _cached({"train": ["a"], "dev": ["c"]})
+    assert dump(lm).added_splits(plain, plans) == []
