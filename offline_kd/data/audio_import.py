@@ -350,6 +350,31 @@ def _compute_chunks(plan: list[_Chunk], rows: list[AudioRow], options: AudioImpo
 
 
 
+def _frontend_record(plan: list[_Chunk], options: AudioImportOptions) -> tuple[dict, Optional[np.ndarray],
+                                                                               Optional[np.ndarray]]:
+    """(corpus.json's `frontend`, global CMVN mean, std): the statistics `--like` took from another corpus, or those
+    of the chunks of --cmvn-split; no statistics for none or utterance CMVN."""
+    frontend = options.fbank.to_dict()
+    if options.cmvn == "global" and options.cmvn_stats is not None:
+        frontend["cmvn"] = dict(options.cmvn_stats)
+        return (frontend, np.asarray(frontend["cmvn"]["mean"], dtype=np.float32),
+                np.asarray(frontend["cmvn"]["std"], dtype=np.float32))
+    if options.cmvn != "global":
+        frontend["cmvn"] = {"kind": options.cmvn}
+        return frontend, None, None
+    stats = GlobalStats(options.fbank.num_mel_bins)
+    for c in plan:
+        if c.split == options.cmvn_split:
+            with np.load(c.path, allow_pickle=False) as z:
+                stats.add(int(z["frames"].sum()), z["sum"], z["sumsq"])
+    if stats.n == 0:
+        raise OfflineKDError(f"--cmvn global: split '{options.cmvn_split}' has no valid utterance")
+    mean, std = stats.mean_std()
+    frontend["cmvn"] = {"kind": "global", "split": options.cmvn_split, "frames": stats.n,
+                        "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+    return frontend, mean, std
+
+
 def _assemble(plan: list[_Chunk], rows: list[AudioRow], bad: dict, options: AudioImportOptions,
               vocab: Optional[Vocabulary], tokenizer: str, word_separator: str, work: Path, manifests: list[str],
               log) -> tuple[dict, int]:
@@ -361,25 +386,7 @@ def _assemble(plan: list[_Chunk], rows: list[AudioRow], bad: dict, options: Audi
                 if why:
                     reasons[i] = why
     fb = options.fbank
-    frontend = fb.to_dict()
-    mean = std = None
-    if options.cmvn == "global" and options.cmvn_stats is not None:
-        frontend["cmvn"] = dict(options.cmvn_stats)
-        mean = np.asarray(frontend["cmvn"]["mean"], dtype=np.float32)
-        std = np.asarray(frontend["cmvn"]["std"], dtype=np.float32)
-    elif options.cmvn == "global":
-        stats = GlobalStats(fb.num_mel_bins)
-        for c in plan:
-            if c.split == options.cmvn_split:
-                with np.load(c.path, allow_pickle=False) as z:
-                    stats.add(int(z["frames"].sum()), z["sum"], z["sumsq"])
-        if stats.n == 0:
-            raise OfflineKDError(f"--cmvn global: split '{options.cmvn_split}' has no valid utterance")
-        mean, std = stats.mean_std()
-        frontend["cmvn"] = {"kind": "global", "split": options.cmvn_split, "frames": stats.n,
-                            "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
-    else:
-        frontend["cmvn"] = {"kind": options.cmvn}
+    frontend, mean, std = _frontend_record(plan, options)
     ok = [i for i in range(len(rows)) if i not in reasons]
     if vocab is None:
         texts = [rows[i].text for i in ok if rows[i].text is not None]
