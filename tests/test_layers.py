@@ -3,7 +3,7 @@ order, no offline_kd import hidden inside a function (a cycle in disguise), outs
 
 The order (README, "Layout"), lowest first; a module may import its own package and any lower layer:
 
-    errors, locking < config < data < decoding < models < cache < losses < training < inference < teachers
+    errors, locking, atomic < config < data < decoding < models < cache < losses < training < inference < teachers
     < distillation < commands < api < cli
 
 `offline_kd/__init__.py` re-exports `api` lazily (PEP 562 `__getattr__`), so `import offline_kd` stays light.
@@ -16,9 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "offline_kd"
 
-LAYERS = ["errors", "locking", "config", "data", "decoding", "models", "cache", "losses", "training", "inference",
+LAYERS = ["errors", "locking", "atomic", "config", "data", "decoding", "models", "cache", "losses", "training", "inference",
           "teachers", "distillation", "commands", "api", "cli"]
-RANK = {name: (0 if name in ("errors", "locking") else i) for i, name in enumerate(LAYERS)}
+RANK = {name: (0 if name in ("errors", "locking", "atomic") else i) for i, name in enumerate(LAYERS)}
 RANK["__main__"] = RANK["cli"]
 RANK["__init__"] = 0
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from offline_kd.atomic import atomic_directory
 from offline_kd.data.bpe import choose_vocab
 from offline_kd.data.corpus import SplitWriter, write_corpus_meta
 from offline_kd.data.text import MODES as TEXT_MODES, normalize as normalize_text, rules as text_rules
@@ -114,17 +115,8 @@ def import_manifest(manifest: str, out: str, split_name: str | None, vocab_path:
     if outdir.exists() and any(outdir.iterdir()):
         raise OfflineKDError(f"{outdir} exists and is not empty; import into a new directory")
     _remove_stale_imports(outdir, log)
-    tmp = outdir.with_name(f".{outdir.name}.importing-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(outdir, outdir.with_name(f".{outdir.name}.importing-{os.getpid()}")) as tmp:
         counts = _write_splits(rows, tmp, vocab, mpath, text_rules(normalize))
-        if outdir.exists():
-            outdir.rmdir()
-        os.replace(tmp, outdir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for split, n in counts.items():
         log(f"wrote {outdir / (split + '.h5')}: {n} utterances")
     return counts

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch import nn
 
 from offline_kd import __version__
 from offline_kd.data.corpus import Corpus
+from offline_kd.atomic import atomic_directory
 from offline_kd.data.frontend import FBANK_PRESETS, FbankOptions
 from offline_kd.errors import OfflineKDError
 from offline_kd.inference.model import SpeechModel, load_model
@@ -229,24 +229,14 @@ def export_model(checkpoint: str, out_dir: str, *, fmt: str = "onnx", int8: bool
     feats, source = check_features(m, corpus)
     with torch.no_grad():       # PyTorch's side: the transcribe path (normalisation in numpy, the model's forward)
         ours = m.forward_features([_normalised(m, f) for f in feats])
-    work = out.with_name(f".{out.name}.exporting")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     res = ExportResult(str(out))
-    try:
+    with atomic_directory(out, out.with_name(f".{out.name}.exporting")) as work:
         if fmt == "onnx":
             _write_onnx(m, graph, work, res, int8, feats, ours, source)
         else:
             _write_torchscript(m, graph, work, res, feats, ours, source)
         (work / "tokens.txt").write_text(tokens_txt(m.vocab), encoding="utf-8")
         (work / "frontend.json").write_text(json.dumps(_frontend_record(m), indent=2) + "\n")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            out.rmdir()
-        os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     res.files = {k: str(out / Path(v).name) for k, v in res.files.items()}
     res.files["tokens"] = str(out / "tokens.txt")
     res.sizes = {k: os.path.getsize(v) for k, v in res.files.items()}
