@@ -26,6 +26,7 @@ from offline_kd.decoding.beam import BeamSearchDecoder  # noqa: E402
 from offline_kd.errors import OfflineKDError  # noqa: E402
 from offline_kd.inference.export import tokens_txt  # noqa: E402
 from offline_kd.inference.timing import greedy_words  # noqa: E402
+from test_first_hour import TEACHER as LINEAR_TEACHER  # noqa: E402
 
 TEXTS = ["She found a small box, after lunch.", "Don't stop! We know it.", "A big red fox ran off.",
          "Lunch was a small affair; we left.", "It's the box of the fox?", "Small talk, big box.",
@@ -192,31 +193,7 @@ def test_greedy_word_times_and_sherpa_tokens_for_pieces():
 
 
 # ------------------------------------------------------------------------------------ a NeMo-style BPE teacher
-TEACHER = '''
-import torch
-
-class T(torch.nn.Module):
-    """NeMo's convention: the pieces in the sentencepiece model's order, the blank last."""
-    def __init__(self, pieces):
-        super().__init__()
-        self.tokens = list(pieces) + ["<blank>"]
-        g = torch.Generator().manual_seed(0)
-        self.lin = torch.nn.Linear(16, len(self.tokens))
-        with torch.no_grad():
-            self.lin.weight.copy_(torch.randn(len(self.tokens), 16, generator=g) * 0.3)
-            self.lin.bias.zero_()
-        self.blank, self.input_dim, self.subsampling = len(pieces), 16, 2
-
-    def layer_dims(self):
-        return {1: len(self.tokens)}
-
-    def forward_with_hidden_states(self, x, lengths, layers=None):
-        y = self.lin(x[:, ::2])
-        return y.log_softmax(-1).transpose(0, 1), (lengths + 1) // 2, {L: y for L in (layers or [])}
-
-def load(pieces):
-    return T(pieces)
-'''
+# NeMo's convention: the pieces in the sentencepiece model's order, the blank last (test_first_hour's linear teacher)
 
 
 @pytest.mark.slow
@@ -229,11 +206,12 @@ def test_a_nemo_style_bpe_teacher_distils_into_a_bpe_student_with_no_token_dropp
     words = sorted({w for t in Corpus(c).split("train").transcripts for w in t.split()})
     arpa = write_unigram_arpa(tmp_path / "lm.arpa", words, ("the", "box"))
     pieces = list(Vocabulary.from_bpe_model(model).tokens[1:])
-    (tmp_path / "nemo_teacher.py").write_text(TEACHER)
+    (tmp_path / "nemo_teacher.py").write_text(LINEAR_TEACHER)
     monkeypatch.syspath_prepend(str(tmp_path))
     cache = tmp_path / "cache.zarr"
     cfg = write_yaml(tmp_path / "d.yaml", {"dump": {
-        "teacher": {"entry_point": "nemo_teacher:load", "args": {"pieces": pieces}}, "corpus": str(c),
+        "teacher": {"entry_point": "nemo_teacher:load", "args": {"tokens": pieces + ["<blank>"], "blank": len(pieces)}},
+        "corpus": str(c),
         "output": str(cache), "splits": ["train", "untranscribed", "dev"], "layers": [1], "batch_size": 8,
         "progress": False, "device": "cpu", "max_dropped_mass": 1.0,
         "lm_targets": {"lm": str(arpa), "splits": ["untranscribed"], "nbest": 2, "beam_width": 8}}})

@@ -44,14 +44,14 @@ TEACHER = '''
 import torch
 
 class T(torch.nn.Module):
-    def __init__(self, tokens):
+    def __init__(self, tokens, blank=0):
         super().__init__()
         g = torch.Generator().manual_seed(0)
         self.lin = torch.nn.Linear(16, len(tokens))
         with torch.no_grad():
             self.lin.weight.copy_(torch.randn(len(tokens), 16, generator=g) * 0.3)
             self.lin.bias.zero_()
-        self.tokens, self.blank, self.input_dim, self.subsampling = tokens, 0, 16, 2
+        self.tokens, self.blank, self.input_dim, self.subsampling = tokens, blank, 16, 2
         self.word_delimiter = "|"
 
     def layer_dims(self):
@@ -61,8 +61,8 @@ class T(torch.nn.Module):
         y = self.lin(x[:, ::2])
         return y.log_softmax(-1).transpose(0, 1), (lengths + 1) // 2, {L: y for L in (layers or [])}
 
-def load(tokens):
-    return T(tokens)
+def load(tokens, blank=0):
+    return T(tokens, blank)
 '''
 
 

@@ -128,7 +128,7 @@ def test_a_features_teacher_of_another_input_dim_is_named_as_the_teachers(tmp_pa
     from test_first_hour import TEACHER as FEATURES_TEACHER, UPPER, features_corpus
     corpus = features_corpus(tmp_path / "c", "upper")
     (tmp_path / "dim40_teacher.py").write_text(FEATURES_TEACHER.replace(
-        "self.input_dim, self.subsampling = tokens, 0, 16, 2", "self.input_dim, self.subsampling = tokens, 0, 40, 2"))
+        "self.input_dim, self.subsampling = tokens, blank, 16, 2", "self.input_dim, self.subsampling = tokens, blank, 40, 2"))
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = write_yaml(tmp_path / "d.yaml", {"dump": {
         "teacher": {"entry_point": "dim40_teacher:load", "args": {"tokens": UPPER}}, "corpus": str(corpus),
