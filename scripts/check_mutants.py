@@ -36,12 +36,13 @@ class Mutant:
 
 
 MUTANTS = [
-    Mutant("feature_term_weighted_by_seq_weight", "offline_kd/losses/kd.py",
-           'total = total + gamma * terms["feature"]', 'total = total + seq_weight * terms["feature"]',
+    Mutant("feature_term_weighted_by_seq_weight", "offline_kd/losses/terms.py",
+           "(CodebookCE if codebook else FeatureMSE)(gamma, layer_mapping)",
+           "(CodebookCE if codebook else FeatureMSE)(seq_weight, layer_mapping)",
            ("tests/test_hybrid_loss_values.py",)),
-    Mutant("seq_term_on_reference_labels", "offline_kd/losses/kd.py",
-           'terms["seq"] = ctc_loss(student_log_probs, teacher_tokens, lengths, teacher_token_lengths)',
-           'terms["seq"] = ctc_loss(student_log_probs, labels, lengths, label_lengths)',
+    Mutant("seq_term_on_reference_labels", "offline_kd/losses/terms.py",
+           "return ctc_loss(i.log_probs, i.teacher_tokens, i.lengths, i.teacher_token_lengths)",
+           "return ctc_loss(i.log_probs, i.labels, i.lengths, i.label_lengths)",
            ("tests/test_hybrid_loss_values.py",)),
     Mutant("soft_kl_divided_by_batch_size", "offline_kd/losses/kd.py",
            "return (values * mask).sum() / mask.sum() * temperature ** 2",

@@ -11,7 +11,8 @@ import torch
 
 from offline_kd.config import DistillConfig, build_dataclass
 from offline_kd.errors import OfflineKDError
-from offline_kd.losses.kd import collapsed_kd_loss, hybrid_loss, selected_kd_loss, soft_kd_loss, spike_frames
+from offline_kd.losses.kd import collapsed_kd_loss, selected_kd_loss, soft_kd_loss, spike_frames
+from offline_kd.losses.terms import hybrid_loss
 
 
 def _peaky(argmax_rows: list[list[int]], V=6, peak=4.0, seed=0) -> torch.Tensor:
@@ -87,14 +88,14 @@ def test_bad_options_are_one_line_errors(change, message):
 def test_kd_start_epoch_trains_on_ctc_alone_before_it():
     from offline_kd.data.targets import TeacherTargets
     from offline_kd.losses.kd import ctc_loss
-    from offline_kd.losses.modules import DistillationLoss
+    from offline_kd.losses.modules import StudentLoss
     from offline_kd.models.augment import SpecAugment
     from offline_kd.config import AugmentConfig, ModelConfig
     from offline_kd.models.bilstm import BiLSTMCTC
     torch.manual_seed(0)
     model = BiLSTMCTC(ModelConfig(input_dim=4, hidden_dim=8, num_layers=2, num_classes=6))
     d = build_dataclass(DistillConfig, {"kd_start_epoch": 3, "layer_mapping": {1: 1}, "seq_weight": 0.2})
-    loss_fn = DistillationLoss(d, model.hidden_size, {1: 16}, SpecAugment(AugmentConfig(), False),
+    loss_fn = StudentLoss(d, model.hidden_size, {1: 16}, SpecAugment(AugmentConfig(), False),
                                torch.device("cpu"))
     x = torch.randn(2, 8, 4)
     lengths = torch.tensor([8, 6])

@@ -17,7 +17,8 @@ from offline_kd.commands import dump_teacher, train_student
 from offline_kd.config import ExperimentConfig, build_dataclass
 from offline_kd.data.corpus import Corpus
 from offline_kd.errors import OfflineKDError
-from offline_kd.losses.kd import ctc_loss, hybrid_loss, weighted_ctc_loss
+from offline_kd.losses.kd import ctc_loss, weighted_ctc_loss
+from offline_kd.losses.terms import hybrid_loss
 
 # the values each setting takes (every value DistillConfig accepts for the choice-valued keys)
 FACTORS = {"pseudo_labels": ("greedy", "lm"), "kd_start_epoch": (1, 2), "kl_frames": ("all", "spikes"),

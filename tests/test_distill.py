@@ -42,7 +42,7 @@ def test_offline_equals_online_with_float32_cache(options, f32_cache, tiny_teach
     from offline_kd.cache.reader import TeacherCache
     from offline_kd.data.corpus import Corpus
     from offline_kd.models.bilstm import build_model
-    from offline_kd.losses.modules import DistillationLoss
+    from offline_kd.losses.modules import StudentLoss
     from offline_kd.models.augment import SpecAugment
     from offline_kd.training.checkpoint import model_from_checkpoint
     corpus = Corpus(tiny_corpus)
@@ -54,7 +54,7 @@ def test_offline_equals_online_with_float32_cache(options, f32_cache, tiny_teach
     for targets, live in ((split, None), (None, teacher)):
         torch.manual_seed(0)
         model = build_model(off.model)
-        loss_fn = DistillationLoss(off.distill, model.hidden_size, {1: 64, 3: 64}, SpecAugment(off.augment, False),
+        loss_fn = StudentLoss(off.distill, model.hidden_size, {1: 64, 3: 64}, SpecAugment(off.augment, False),
                                    torch.device("cpu"), live)
         proj = loss_fn.projections
         batch = DistillBatchDataset(reader, corpus.vocab, targets, layers={1, 3})[ids]

@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from offline_kd.losses.kd import hybrid_loss, soft_kd_loss
+from offline_kd.losses.kd import soft_kd_loss
+from offline_kd.losses.terms import hybrid_loss
 
 ALPHA, BETA, GAMMA, SEQ, T = 0.7, 0.2, 0.1, 0.3, 2.5
 

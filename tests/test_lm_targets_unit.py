@@ -109,7 +109,8 @@ def test_decode_split_bad_lm_is_a_one_line_error(tmp_path):
 
 def test_hybrid_loss_uses_the_weighted_ctc_of_the_nbest():
     import torch
-    from offline_kd.losses.kd import hybrid_loss, weighted_ctc_loss
+    from offline_kd.losses.kd import weighted_ctc_loss
+    from offline_kd.losses.terms import hybrid_loss
     torch.manual_seed(0)
     lp, teacher = torch.randn(10, 2, 5).log_softmax(-1), torch.randn(10, 2, 5).log_softmax(-1)
     lengths = torch.tensor([10, 8])

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from offline_kd.losses.kd import (ctc_loss, feature_matching_loss, hybrid_loss, masked_mse, soft_kd_loss,
-                                  temperature_at)
+from offline_kd.losses.kd import ctc_loss, feature_matching_loss, masked_mse, soft_kd_loss, temperature_at
+from offline_kd.losses.terms import hybrid_loss
 
 
 def _lp(probs):

@@ -145,7 +145,7 @@ def test_untranscribed_utterances_train_on_the_teachers_best(u_cache, tiny_corpu
     from offline_kd.cache.reader import TeacherCache
     from offline_kd.data.distill_dataset import DistillBatchDataset
     from offline_kd.losses.kd import ctc_loss
-    from offline_kd.losses.modules import DistillationLoss
+    from offline_kd.losses.modules import StudentLoss
     from offline_kd.models.augment import SpecAugment
     from offline_kd.models.bilstm import build_model
     cfg = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, u_cache, "unused", alpha=0.0, gamma=0.0,
@@ -159,7 +159,7 @@ def test_untranscribed_utterances_train_on_the_teachers_best(u_cache, tiny_corpu
     assert batch["utterance_ids"][1:] == [corpus.split("untranscribed").utterance_ids[i] for i in (4, 5, 34)]
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    loss_fn = DistillationLoss(cfg.distill, model.hidden_size, {}, SpecAugment(cfg.augment, False),
+    loss_fn = StudentLoss(cfg.distill, model.hidden_size, {}, SpecAugment(cfg.augment, False),
                                torch.device("cpu"))
     _, terms = loss_fn(model, batch, epoch=1)
     lp, out_len = model(batch["features"], batch["feature_lengths"])

@@ -19,7 +19,7 @@ from offline_kd.data.sampler import SortedRunBatchSampler
 from offline_kd.data.views import (ByView, ViewBatchSampler, ViewReader, max_view_lengths, parse_views,
                                    split_of, valid_in_views, view_name)
 from offline_kd.errors import OfflineKDError
-from offline_kd.losses.modules import DistillationLoss
+from offline_kd.losses.modules import StudentLoss
 from offline_kd.models.augment import SpecAugment
 from offline_kd.models.bilstm import build_model
 from offline_kd.models.interface import count_parameters, reads_waveform
@@ -112,8 +112,8 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
             raise OfflineKDError(f"distill.init_checkpoint {d.init_checkpoint}: its model config differs from 'model'")
         model.load_state_dict(ckpt["model_state_dict"])
     on_device = not online_teacher and (d.decode_on == "device" or d.decode_on == "auto" and device.type == "cuda")
-    loss_fn = DistillationLoss(d, model.layer_dims(), teacher_dims, augment, device, teacher,
-                               decoder=TargetDecoder(cache) if on_device else None, quantizers=quantizers)
+    loss_fn = StudentLoss(d, model.layer_dims(), teacher_dims, augment, device, teacher,
+                          decoder=TargetDecoder(cache) if on_device else None, quantizers=quantizers)
     projections = loss_fn.projections
     log(f"student: {cfg.model.num_layers} x BiLSTM({cfg.model.hidden_dim}), {count_parameters(model):,} parameters "
         f"(+{count_parameters(projections):,} in projection heads, not exported); layer mapping {mapping}")

@@ -1,4 +1,5 @@
-"""The seed's hybrid distillation loss, as small pure functions (tensors in, tensors out, no I/O).
+"""The hybrid distillation loss's terms, as small pure functions (tensors in, tensors out, no I/O); their weighted
+sum is `losses/terms.py`.
 
 Shapes: log-probs are time-major `(T, B, V)` as the model returns them; hidden states are `(B, T, H)`;
 `lengths (B,)` count valid frames. Every term is computed in float32, masks padding and averages over valid
@@ -163,63 +164,3 @@ def temperature_at(epoch: int, schedule: list) -> float:
         if epoch >= first:
             temp = float(value)
     return temp
-
-
-def hybrid_loss(student_log_probs: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
-                label_lengths: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float,
-                alpha: float, beta: float, gamma: float,
-                projected_student: dict[int, torch.Tensor] | None = None,
-                teacher_hidden: dict[int, torch.Tensor] | None = None,
-                layer_mapping: dict[int, int] | None = None,
-                seq_weight: float = 0.0, teacher_tokens: torch.Tensor | None = None,
-                teacher_token_lengths: torch.Tensor | None = None, kl_frames: str = "all", spike_context: int = 2,
-                kl_target: str = "full", ctc_owner: torch.Tensor | None = None,
-                ctc_weights: torch.Tensor | None = None, kl_utterance_weights: torch.Tensor | None = None,
-                ctc_utterance_weights: torch.Tensor | None = None,
-                teacher_codes: dict[int, torch.Tensor] | None = None):
-    """alpha * soft KD + beta * CTC + gamma * feature MSE (+ seq_weight * CTC on the teacher's 1-best).
-
-    The soft term is `soft_kd_loss` by default; `kl_frames="spikes"` restricts it to frames within `spike_context`
-    of a teacher spike (`selected_kd_loss`), `kl_target="collapsed"` compares (blank, token, rest) collapses
-    (`collapsed_kd_loss`). With `ctc_owner` / `ctc_weights` the CTC term is `weighted_ctc_loss` (labels hold several
-    weighted targets per utterance: an LM N-best). `kl_utterance_weights` / `ctc_utterance_weights` (B,) scale each
-    utterance's share of the soft and CTC terms (untranscribed utterances: their own weights and confidence); None
-    leaves every utterance at 1 (and the terms exactly as without them). With `teacher_codes` ({teacher layer:
-    (B, T, N) codebook indexes}) the feature term is `codebook_loss` of the heads' logits (`projected_student`)
-    instead of the MSE.
-
-    Returns (total, {"soft": ..., "ctc": ..., "feature": ..., "seq": ..., "total": ...}) with detached terms.
-    A term whose weight is 0 is not computed.
-    """
-    terms: dict[str, torch.Tensor] = {}
-    total = student_log_probs.new_zeros((), dtype=torch.float32)
-    if alpha:
-        w = kl_utterance_weights
-        if kl_target == "collapsed":
-            terms["soft"] = collapsed_kd_loss(student_log_probs, teacher_log_probs, lengths, temperature, w)
-        elif kl_frames == "spikes":
-            terms["soft"] = selected_kd_loss(student_log_probs, teacher_log_probs, lengths, temperature,
-                                             spike_context, w)
-        else:
-            terms["soft"] = soft_kd_loss(student_log_probs, teacher_log_probs, lengths, temperature, w)
-        total = total + alpha * terms["soft"]
-    if beta:
-        if ctc_utterance_weights is not None:          # per-utterance weights: the weighted CTC, one entry each
-            if ctc_owner is None:
-                ctc_owner = torch.arange(len(lengths), device=lengths.device)
-                ctc_weights = ctc_utterance_weights
-            else:
-                ctc_weights = ctc_weights * ctc_utterance_weights[ctc_owner]
-        terms["ctc"] = (ctc_loss(student_log_probs, labels, lengths, label_lengths) if ctc_owner is None else
-                        weighted_ctc_loss(student_log_probs, labels, lengths, label_lengths, ctc_owner, ctc_weights))
-        total = total + beta * terms["ctc"]
-    if gamma and layer_mapping:
-        terms["feature"] = (feature_matching_loss(projected_student, teacher_hidden, layer_mapping, lengths)
-                            if teacher_codes is None else
-                            codebook_loss(projected_student, teacher_codes, layer_mapping, lengths))
-        total = total + gamma * terms["feature"]
-    if seq_weight:
-        terms["seq"] = ctc_loss(student_log_probs, teacher_tokens, lengths, teacher_token_lengths)
-        total = total + seq_weight * terms["seq"]
-    terms["total"] = total
-    return total, {k: v.detach() for k, v in terms.items()}

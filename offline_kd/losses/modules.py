@@ -1,6 +1,7 @@
-"""The losses the Trainer calls, as objects built from the config: `CTCLoss` (train) and `DistillationLoss`
-(train-student). Both follow `LossFn`; the tensor math stays in the pure functions of `losses/kd.py`. A new
-distillation term goes into `DistillationLoss.__call__` (and its function into kd.py) and nowhere else.
+"""The losses the Trainer calls, built from the config: `CTCLoss` (train) and `StudentLoss` (train-student). Both
+follow `LossFn`. `StudentLoss` finds the batch's teacher targets (cached, encoded, or a live teacher's), its CTC
+targets and per-utterance weights, and sums the recipe's terms (`losses/terms.py`) with `DistillationLoss`. A new
+term is a `LossTerm` in terms.py, added to the list `StudentLoss.terms` builds.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from torch import nn
 from offline_kd.config import DistillConfig
 from offline_kd.data.targets import EncodedTargets, TeacherTargets
 from offline_kd.errors import InternalError, OfflineKDError
-from offline_kd.losses.kd import ctc_loss, hybrid_loss, temperature_at, utterance_confidence
+from offline_kd.losses.kd import ctc_loss, temperature_at, utterance_confidence
+from offline_kd.losses.terms import CTCTerm, DistillationLoss, LossInputs, hybrid_terms
 from offline_kd.models.interface import forward_batch
 from offline_kd.models.projection import FeatureProjections
 from offline_kd.models.numerics import exact_numerics
@@ -56,10 +58,11 @@ class CTCLoss:
         raise InternalError("CTCLoss has no trainable modules to wrap (internal error)")
 
 
-class DistillationLoss:
-    """The seed's hybrid loss from `DistillConfig`: alpha * T^2 KL + beta * CTC + gamma * feature MSE (or, with
-    feature_loss codebook, the codebook cross-entropy) (+ seq_weight * CTC on the teacher's 1-best); on untranscribed utterances the CTC term's target is the teacher's
-    1-best. Owns the feature projections (`trainable`). Targets come from
+class StudentLoss:
+    """The hybrid loss of `DistillConfig`: alpha * T^2 KL + beta * CTC + gamma * feature MSE (or, with feature_loss
+    codebook, the codebook cross-entropy) (+ seq_weight * CTC on the teacher's 1-best), as `DistillationLoss` of
+    `hybrid_terms`; before distill.kd_start_epoch, the CTC term alone. On untranscribed utterances the CTC term's
+    target is the teacher's 1-best (or LM N-best). Owns the feature projections (`trainable`). Targets come from
     the batch (`batch["teacher"]`, read from the cache) or, with `teacher`, from a live teacher that sees the same
     un-augmented input the dump saw."""
 
@@ -78,6 +81,9 @@ class DistillationLoss:
         self.trainable: nn.Module = self.projections
         self._project: nn.Module = self.projections
         self.augment, self.device, self.teacher = augment, device, teacher
+        self.loss = DistillationLoss(hybrid_terms(d.alpha, d.beta, d.gamma, self.mapping, d.seq_weight, d.kl_frames,
+                                                  d.spike_context, d.kl_target, codebook=bool(self.quantizers)))
+        self.warmup = DistillationLoss([CTCTerm(1.0)])     # epochs before distill.kd_start_epoch
 
     def wrap_trainable(self, wrap):
         self._project = wrap(self.projections)
@@ -121,19 +127,16 @@ class DistillationLoss:
         else:
             labels, label_lengths = t.hard_labels(*refs)
         kl_w, ctc_w = self.utterance_weights(batch.get("labelled"), t)
+        inputs = LossInputs(log_probs, out_len, t.log_probs, temperature_at(epoch, d.temperature_schedule), labels,
+                            label_lengths, ctc_owner=owner, ctc_weights=weights, ctc_utterance_weights=ctc_w)
         if epoch < d.kd_start_epoch:          # CTC warm-up: the student leaves the blank plateau on the labels
-            # hybrid_loss with the CTC term alone (0 + 1 * ctc: the CTC loss itself, terms ctc and total)
-            return hybrid_loss(log_probs, out_len, labels, label_lengths, t.log_probs,
-                               temperature_at(epoch, d.temperature_schedule), alpha=0.0, beta=1.0, gamma=0.0,
-                               seq_weight=0.0, ctc_owner=owner, ctc_weights=weights, ctc_utterance_weights=ctc_w)
-        return hybrid_loss(log_probs, out_len, labels, label_lengths,
-                           t.log_probs, temperature_at(epoch, d.temperature_schedule), d.alpha, d.beta, d.gamma,
-                           projected_student=self._project(hidden) if self.mapping else None,
-                           teacher_hidden=t.hidden, layer_mapping=self.mapping, seq_weight=d.seq_weight,
-                           teacher_tokens=t.tokens, teacher_token_lengths=t.token_lengths, kl_frames=d.kl_frames,
-                           spike_context=d.spike_context, kl_target=d.kl_target, ctc_owner=owner,
-                           ctc_weights=weights, kl_utterance_weights=kl_w, ctc_utterance_weights=ctc_w,
-                           teacher_codes=self.teacher_codes(t.hidden) if self.quantizers and d.gamma else None)
+            return self.warmup.compute(inputs)
+        inputs.kl_utterance_weights = kl_w
+        inputs.teacher_tokens, inputs.teacher_token_lengths = t.tokens, t.token_lengths
+        if self.mapping:
+            inputs.projected, inputs.teacher_hidden = self._project(hidden), t.hidden
+            inputs.teacher_codes = self.teacher_codes(t.hidden) if self.quantizers else None
+        return self.loss.compute(inputs)
 
     def teacher_codes(self, hidden: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """{teacher layer: (B, T, D)} values (a live teacher's, or a codebook cache's reconstruction, which
