@@ -1,8 +1,9 @@
 """Reading a teacher cache: opened read-only, refused unless complete, codecs rebuilt from the cache itself.
 
-`TeacherCache(path).split(name)` gives a `CacheSplit`; `read_range(lo, hi)` decodes the utterances at dump-order
-positions lo..hi-1 with one contiguous read per stored array (a length-sorted batch is such a range), and
-`read(position)` a single utterance.
+`TeacherCache(path).split(name)` gives a `CacheSplit`; `targets(utt_id)` is one utterance's `TeacherFrames`, joined
+by id (what a user's own dataset calls); `read_range(lo, hi)` decodes the utterances at dump-order positions
+lo..hi-1 with one contiguous read per stored array (a length-sorted batch is such a range, what the trainer's
+dataset reads), and `read(position)` a single utterance.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from offline_kd.cache.lm_targets import NBest
 from offline_kd.cache.meta import CacheMeta
 from offline_kd.cache.progress import split_progress
 from offline_kd.cache.layout import decode_hashes, decode_ids, field_arrays, open_group, read_meta, utterance_checksum
+from offline_kd.data.targets import TeacherFrames
 from offline_kd.errors import OfflineKDError
 
 try:                      # zarr's event loop (the one Array.__getitem__ runs its reads on)
@@ -178,12 +180,30 @@ class CacheSplit:
         out = []
         for p in range(lo, hi):
             a, b = int(self.offsets[p]) - base, int(self.offsets[p + 1]) - base
-            out.append({"log_probs": dec["log_probs"][a:b], "best_path": dec["best_path"][a:b],
-                        "hidden": {L: h[a:b] for L, h in dec["hidden"].items() if layers is None or L in layers}})
+            out.append({k: ({L: h[a:b] for L, h in v.items()} if k == "hidden" else v[a:b]) for k, v in dec.items()})
         return out
 
     def read(self, position: int) -> dict:
         return self.read_range(position, position + 1)[0]
+
+    def targets(self, utterance_id: str, layers=None, num_frames: int | None = None) -> TeacherFrames:
+        """The cached teacher outputs of `utterance_id` (the hidden layers in `layers`, all with None). With
+        `num_frames` (the student's output frames for it), a different frame count is a one-line error."""
+        p = self.position.get(utterance_id)
+        if p is None:
+            raise OfflineKDError(f"{self.cache.path}: utterance '{utterance_id}' is not in split '{self.name}' of the "
+                                 f"cache ({len(self)} utterances; dump the corpus it comes from)")
+        d = self.read(p)
+        n = len(d["best_path"])
+        if num_frames is not None and int(num_frames) != n:
+            raise OfflineKDError(f"{self.cache.path}: utterance '{utterance_id}': the cache holds {n} teacher frames, "
+                                 f"the student gives {int(num_frames)} (the cache's subsampling is "
+                                 f"{self.cache.meta.subsampling}: dump it at the student's rate, dump.subsampling)")
+        conf = self.confidence
+        return TeacherFrames(utterance_id, d["log_probs"], d["best_path"], d["hidden"], self.cache.meta.subsampling,
+                             None if conf is None else float(conf[p]),
+                             self.lm_nbest(p) if self.has_lm_nbest else None,
+                             {k: v for k, v in d.items() if k not in ("log_probs", "best_path", "hidden")})
 
 
 class TargetDecoder:

@@ -1,9 +1,11 @@
-"""The teacher's targets for a batch, as the distillation loss consumes them, whatever their source (a cache
-read by `DistillBatchDataset`, or a live teacher)."""
+"""The teacher's targets: one utterance's (`TeacherFrames`, what `CacheSplit.targets(utt_id)` returns) and a
+batch's, as the distillation loss consumes them (`TeacherTargets`), whatever their source (a cache read by
+`DistillBatchDataset`, `collate_frames` of a user's own batch, or a live teacher)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -21,6 +23,51 @@ def collapse_best_path(path: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class TeacherFrames:
+    """One utterance's cached teacher outputs (numpy, float32 values): `log_probs` (T, V) at temperature 1, blank 0,
+    `best_path` (T,) the frame argmax, `hidden` {teacher layer: (T, H)}. T = the input frames / `subsampling`
+    (rounded as the student's model rounds). `confidence`: the mean posterior of its 1-best's tokens (None where the
+    cache stores none); `nbest`: the LM N-best [(token ids, weight)] where the dump decoded one. `fields`: any
+    further per-frame field of the cache (registered in offline_kd.cache.fields), by name."""
+    utterance_id: str
+    log_probs: np.ndarray
+    best_path: np.ndarray
+    hidden: dict
+    subsampling: int = 1
+    confidence: Optional[float] = None
+    nbest: Optional[list] = None
+    fields: dict = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.best_path)
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """The teacher's greedy 1-best token ids (repeats collapsed, blanks removed)."""
+        return collapse_best_path(self.best_path)
+
+
+def collate_frames(frames: list, device=None) -> "TeacherTargets":
+    """`TeacherFrames` of a batch -> `TeacherTargets`: log-probs padded time-major (T, B, V), `lengths` (B,), hidden
+    {layer: (B, T, H)}, the 1-best tokens concatenated, N-best where every utterance has one, and every further
+    per-frame field padded (B, T, ...) in `fields`. `TeacherTargets.mask()` is the (B, T) valid-frame mask."""
+    if not frames:
+        raise ValueError("collate_frames: no TeacherFrames to collate")
+    pad = lambda xs: torch.nn.utils.rnn.pad_sequence([torch.from_numpy(np.asarray(x)) for x in xs],  # noqa: E731
+                                                     batch_first=True)
+    layers = sorted(set.intersection(*(set(f.hidden) for f in frames)))
+    nbest = [f.nbest for f in frames]
+    out = TeacherTargets.from_best_paths(
+        pad([f.log_probs for f in frames]).transpose(0, 1),
+        torch.tensor([f.num_frames for f in frames], dtype=torch.long),
+        {L: pad([f.hidden[L] for f in frames]) for L in layers}, [f.best_path for f in frames],
+        nbest=nbest if all(n is not None for n in nbest) else None,
+        fields={k: pad([f.fields[k] for f in frames]) for k in frames[0].fields})
+    return out.to(device) if device is not None else out
+
+
+@dataclass
 class TeacherTargets:
     log_probs: torch.Tensor             # (T', B, V) temperature-1 log-probs, time-major like the model's output
     lengths: torch.Tensor               # (B,) teacher frames per utterance
@@ -29,15 +76,23 @@ class TeacherTargets:
     token_lengths: torch.Tensor         # (B,)
     # per utterance, the cached LM N-best [(token ids, weight), ...] (untranscribed ones; None otherwise), or None
     nbest: list | None = None
+    fields: dict = field(default_factory=dict)     # further per-frame fields {name: (B, T', ...)}
+
+    def mask(self) -> torch.Tensor:
+        """(B, T') bool, True on each utterance's valid frames."""
+        dev = self.log_probs.device
+        return torch.arange(self.log_probs.shape[0], device=dev)[None, :] < self.lengths.to(dev)[:, None]
 
     def pin_memory(self) -> "TeacherTargets":
         """Page-locked copies of the dense targets (the DataLoader calls this with pin_memory on CUDA)."""
         return TeacherTargets(self.log_probs.pin_memory(), self.lengths, {L: h.pin_memory() for L, h in self.hidden.items()},
-                              self.tokens, self.token_lengths, self.nbest)
+                              self.tokens, self.token_lengths, self.nbest,
+                              {k: v.pin_memory() for k, v in self.fields.items()})
 
     def to(self, device) -> "TeacherTargets":
         return TeacherTargets(self.log_probs.to(device), self.lengths, {L: h.to(device) for L, h in self.hidden.items()},
-                              self.tokens.to(device), self.token_lengths.to(device), self.nbest)
+                              self.tokens.to(device), self.token_lengths.to(device), self.nbest,
+                              {k: v.to(device) for k, v in self.fields.items()})
 
     def nbest_labels(self, labels: torch.Tensor, label_lengths: torch.Tensor, labelled: torch.Tensor | None):
         """The CTC targets with the cached LM N-best for the untranscribed utterances: (labels, label_lengths,
@@ -75,8 +130,9 @@ class TeacherTargets:
 
     @classmethod
     def from_best_paths(cls, log_probs: torch.Tensor, lengths: torch.Tensor, hidden: dict[int, torch.Tensor],
-                        best_paths: list[np.ndarray], nbest: list | None = None) -> "TeacherTargets":
-        return cls(log_probs, lengths, hidden, *best_tokens(best_paths), nbest=nbest)
+                        best_paths: list[np.ndarray], nbest: list | None = None,
+                        fields: dict | None = None) -> "TeacherTargets":
+        return cls(log_probs, lengths, hidden, *best_tokens(best_paths), nbest=nbest, fields=fields or {})
 
 
 def best_tokens(best_paths: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

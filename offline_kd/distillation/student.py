@@ -7,9 +7,13 @@ every training utterance present with the same feature hash and frame count, eve
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+import torch
+from torch import nn
 
 from offline_kd.distillation.compat import check_cache
 from offline_kd.cache.reader import TargetDecoder, TeacherCache
@@ -22,62 +26,153 @@ from offline_kd.errors import OfflineKDError
 from offline_kd.losses.modules import StudentLoss
 from offline_kd.models.augment import SpecAugment
 from offline_kd.models.bilstm import build_model
-from offline_kd.models.interface import count_parameters, reads_waveform
+from offline_kd.models.interface import count_parameters, describe_model, reads_waveform
 from offline_kd.data.splits import open_split, open_train_dev, train_splits
 from offline_kd.training.checkpoint import checkpoint_dev, load_checkpoint, seed_everything, weights_sha256
 from offline_kd.teachers.source import check_frames, load_teacher
 from offline_kd.training.trainer import Trainer, inference_meta
 
 
+@dataclass
+class StudentRun:
+    """Everything a train-student run trains with, assembled and checked (`build_student_run`): the student, its
+    loss (`StudentLoss`), the batch dataset and sampler over the cached targets, the dev split, and what the
+    checkpoints record. `fit(run)` trains it; another trainer can take the pieces."""
+    cfg: ExperimentConfig
+    model: nn.Module
+    loss: StudentLoss
+    dataset: object                  # DistillBatchDataset (or ByView of them): whole batches by index lists
+    sampler: object                  # yields each epoch's batches of dataset indices (`set_epoch(e)` first)
+    lengths: np.ndarray              # input frames of every dataset index
+    indices: np.ndarray              # the dataset indices trained on
+    vocab: object
+    dev_reader: object
+    dev_indices: Optional[np.ndarray]
+    meta: dict                       # what checkpoints record beside the model (front end, cache identity, heads)
+    reference: Optional[dict]        # the teacher's dev figures printed beside the student's
+    env: object
+    device: torch.device
+
+    def batch_ids(self, epoch: int = 1) -> list[list[str]]:
+        """The utterance ids of each batch of `epoch`, in training order (this rank's)."""
+        self.sampler.set_epoch(epoch)
+        ids = [u for p in _first(self.dataset).parts for u in p.reader.utterance_ids]
+        return [[ids[int(i)] for i in (b[1] if isinstance(b, tuple) else b)] for b in self.sampler]
+
+
+def _first(dataset):
+    return dataset.datasets[0] if hasattr(dataset, "datasets") else dataset
+
+
+@dataclass
+class _Targets:
+    """Where the targets come from: a live teacher (`--online-teacher`) or the cache."""
+    teacher: Optional[nn.Module]
+    cache: Optional[TeacherCache]
+    dims: dict
+    dev: Optional[dict]
+
+
 def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | None, env, device, log) -> dict:
-    """One process's part of a train-student run (under torchrun: this rank's): the cache checked against the
-    corpus and the student, the views and untranscribed splits resolved, the targets assembled, the trainer run."""
+    """One process's part of a train-student run (under torchrun: this rank's)."""
+    return fit(build_student_run(cfg, env, device, log, online_teacher=online_teacher, resume=resume), resume)
+
+
+def fit(run: StudentRun, resume: bool = False) -> dict:
+    """Train `run` with offline-kd's Trainer in train.output_dir -> {output_dir, best_dev_wer}."""
+    cfg = run.cfg
+    trainer = Trainer(cfg, run.model, run.vocab, run.dataset, run.lengths, run.indices, run.dev_reader,
+                      run.dev_indices, run.loss, run.device, extra_meta=run.meta, sampler=run.sampler,
+                      rank=run.env.rank, world_size=run.env.world_size, dev_reference=run.reference)
+    trainer.fit(resume=resume)
+    return {"output_dir": cfg.train.output_dir, "best_dev_wer": trainer.best_wer}
+
+
+def build_student_run(cfg: ExperimentConfig, env, device, log=print, online_teacher: str | None = None,
+                      resume: bool = False) -> StudentRun:
+    """The cache checked against the corpus and the student, the views and untranscribed splits resolved, the
+    targets assembled: a `StudentRun` ready to `fit`."""
     d = cfg.distill
     augment = SpecAugment(cfg.augment, allow_frame_change=False)
     corpus, (train_reader, train_idx), (dev_reader, dev_idx) = open_train_dev(cfg.data, cfg.model, log)
     mapping = {int(s): int(t) for s, t in d.layer_mapping.items()} if d.gamma else {}
-
     extra = _open_untranscribed(cfg, corpus, log)   # [(name, reader, valid indices)]
-
-    teacher, cache, teacher_dims = None, None, {}
-    if online_teacher:
-        loaded = load_teacher(online_teacher, device, corpus.vocab, where="--online-teacher",
-                              subsampling=cfg.model.subsampling, corpus=corpus)
-        teacher, t_vocab = loaded.model, loaded.vocab
-        if loaded.input_kind == "waveform" and (d.views or augment.active):
-            raise OfflineKDError("--online-teacher: this teacher reads waveforms and cannot see the student's views "
-                                 "or SpecAugment masks (they act on features); leave distill.views and the "
-                                 "augment masks out")
-        for reader, idx in [(train_reader, train_idx)] + [(r, i) for _, r, i in extra]:
-            check_frames(loaded, reader, idx)         # a waveform teacher: every utterance kept and reconcilable
-        if t_vocab.sha256 != corpus.vocab.sha256:
-            raise OfflineKDError(f"--online-teacher {loaded.name}: vocabulary differs from {corpus.dir}'s")
-        teacher_dims = teacher.layer_dims()
-        teacher_dev = loaded.dev
-        for t in mapping.values():
-            if t not in teacher_dims:
-                raise OfflineKDError(f"distill.layer_mapping: teacher layer {t} is not one of the teacher's layers "
-                                     f"({', '.join(map(str, sorted(teacher_dims)))}); map the student's layers "
-                                     f"onto those, or set distill.gamma=0 (no feature term)")
-        log(f"online distillation from {loaded.name} (the cache is not used)")
-    else:
-        cache = TeacherCache(d.cache, d.storage_options, verify_reads=d.verify_reads)
-        teacher_dims = cache.layer_dims
-        if d.verify_reads:      # features read against their hashes, as the targets are against their checksums
-            for reader in [train_reader] + [r for _, r, _ in extra]:
-                reader.verify_reads()
-        teacher_dev = cache.meta.teacher_dev
-    quantizers = (_codebooks(d, cache, teacher_dims, mapping, log, teacher) if d.feature_loss == "codebook"
-                  else None)
-    views, view_seed, viewed = _views(cfg, cache, [name for name, _, _ in extra], log)
-    if views and augment.active:
-        raise OfflineKDError(VIEWS_EXCLUDE_MASKS)
-
-    # per view (or once, without views): the training split and the untranscribed ones as the student sees them,
-    # with the cached targets of that view; an utterance must be valid in every view
+    src = _targets_source(cfg, online_teacher, corpus, augment, mapping, [(train_reader, train_idx)] +
+                          [(r, i) for _, r, i in extra], device, log)
     names = [train_splits(cfg.data)[0]] + [name for name, _, _ in extra]
     bases = [(train_reader, train_idx)] + [(r, idx) for _, r, idx in extra]
-    seen = []            # [view][part] -> (reader, cached split name)
+    views, view_seed, viewed, seen, valids, splits = _seen_splits(cfg, src.cache, names, bases, corpus, augment,
+                                                                  mapping, log)
+    if d.pseudo_labels == "lm":
+        _check_lm_pseudo_labels(cfg, online_teacher, [sp[1:] for sp in splits], names[1:])
+    reference = _teacher_reference(src.dev, cfg, log)
+    model = _student_model(cfg, device)
+    on_device = not online_teacher and (d.decode_on == "device" or d.decode_on == "auto" and device.type == "cuda")
+    quantizers = (_codebooks(d, src.cache, src.dims, mapping, log, src.teacher) if d.feature_loss == "codebook"
+                  else None)
+    loss_fn = StudentLoss(d, model.layer_dims(), src.dims, augment, device, src.teacher,
+                          decoder=TargetDecoder(src.cache) if on_device else None, quantizers=quantizers)
+    log(f"student: {describe_model(model)}, {count_parameters(model):,} parameters "
+        f"(+{count_parameters(loss_fn.projections):,} in projection heads, not exported); layer mapping {mapping}")
+    datasets = [DistillBatchDataset(parts[0][0], corpus.vocab, sp[0], layers=set(mapping.values()),
+                                    untranscribed=[(r, es) for (r, _), es in zip(parts[1:], sp[1:])],
+                                    encoded=on_device, lm_nbest=d.pseudo_labels == "lm",
+                                    with_audio=src.teacher is not None and reads_waveform(src.teacher))
+                for parts, sp in zip(seen, splits)]
+    if not online_teacher:
+        log(f"cached targets decoded on {device if on_device else 'the host'} (distill.decode_on {d.decode_on})")
+    lengths, indices, sampler = _sampler(cfg, env, datasets, views, bases, valids, names, log)
+    meta = {**inference_meta(corpus), "distillation": {
+        "cache": None if online_teacher else d.cache, "online_teacher": online_teacher,
+        "cache_identity": None if online_teacher else src.cache.meta.identity_sha256,
+        "projections": {"layer_mapping": mapping, "teacher_dims": src.dims, "feature_loss": d.feature_loss},
+        "views": {"views": [v.to_dict() for v in views], "splits": viewed, "seed": view_seed}}}
+    if resume:
+        _check_resume(cfg, meta["distillation"], online_teacher)
+    return StudentRun(cfg, model, loss_fn, datasets[0] if not views else ByView(datasets), sampler, lengths,
+                      indices, corpus.vocab, dev_reader, dev_idx, meta, reference, env, device)
+
+
+def _targets_source(cfg, online_teacher, corpus, augment, mapping, parts, device, log) -> _Targets:
+    """The live teacher of --online-teacher, checked against the corpus and the student, or the cache (its seal
+    checked at open; the corpus features read against their hashes with distill.verify_reads)."""
+    d = cfg.distill
+    if not online_teacher:
+        cache = TeacherCache(d.cache, d.storage_options, verify_reads=d.verify_reads)
+        if d.verify_reads:      # features read against their hashes, as the targets are against their checksums
+            for reader, _ in parts:
+                reader.verify_reads()
+        return _Targets(None, cache, cache.layer_dims, cache.meta.teacher_dev)
+    loaded = load_teacher(online_teacher, device, corpus.vocab, where="--online-teacher",
+                          subsampling=cfg.model.subsampling, corpus=corpus)
+    if loaded.input_kind == "waveform" and (d.views or augment.active):
+        raise OfflineKDError("--online-teacher: this teacher reads waveforms and cannot see the student's views "
+                             "or SpecAugment masks (they act on features); leave distill.views and the "
+                             "augment masks out")
+    for reader, idx in parts:
+        check_frames(loaded, reader, idx)         # a waveform teacher: every utterance kept and reconcilable
+    if loaded.vocab.sha256 != corpus.vocab.sha256:
+        raise OfflineKDError(f"--online-teacher {loaded.name}: vocabulary differs from {corpus.dir}'s")
+    dims = loaded.model.layer_dims()
+    for t in mapping.values():
+        if t not in dims:
+            raise OfflineKDError(f"distill.layer_mapping: teacher layer {t} is not one of the teacher's layers "
+                                 f"({', '.join(map(str, sorted(dims)))}); map the student's layers "
+                                 f"onto those, or set distill.gamma=0 (no feature term)")
+    log(f"online distillation from {loaded.name} (the cache is not used)")
+    return _Targets(loaded.model, None, dims, loaded.dev)
+
+
+def _seen_splits(cfg, cache, names, bases, corpus, augment, mapping, log):
+    """Per view (or once, without views): the training split and the untranscribed ones as the student sees them,
+    with the cached split of that view, checked against the cache; an utterance must be valid in every view, and
+    with distill.min_confidence confident enough. -> (views, view seed, viewed splits, seen [view][part] ->
+    (reader, cached split name), valid indices per part, cached splits [view][part])."""
+    d = cfg.distill
+    views, view_seed, viewed = _views(cfg, cache, names[1:], log)
+    if views and augment.active:
+        raise OfflineKDError(VIEWS_EXCLUDE_MASKS)
+    seen = []
     for k in (range(len(views)) if views else [None]):
         seen.append([(ViewReader(r, views[k], view_seed, k) if k is not None and n in viewed else r,
                       view_name(n, k) if k is not None and n in viewed else n) for n, (r, _) in zip(names, bases)])
@@ -93,17 +188,17 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
         log(f"cache {d.cache}: {len(split)} utterances, {split.num_frames} frames, "
             f"log_probs {cache.meta.codec_names()[0]}, hidden {cache.meta.codec_names()[1]}"
             + (f"; {len(views)} views of {', '.join(viewed)}" if views else ""))
-    if cache is not None:
         for j in range(1, len(names)):
             _report_confidence(splits[0][j], seen[0][j][0], valids[j], names[j], d, log)
     if d.min_confidence is not None:
         valids = valids[:1] + [_confident(d.min_confidence, [sp[j] for sp in splits], seen[0][j][0], names[j], v,
-                                          online_teacher, log) for j, v in enumerate(valids) if j >= 1]
-    train_idx, extra = valids[0], [(n, r, v) for (n, r, _), v in zip(extra, valids[1:])]
-    if d.pseudo_labels == "lm":
-        _check_lm_pseudo_labels(cfg, online_teacher, [sp[1:] for sp in splits], names[1:])
+                                          cache is None, log) for j, v in enumerate(valids) if j >= 1]
+    return views, view_seed, viewed, seen, valids, splits
 
-    reference = _teacher_reference(teacher_dev, cfg, log)
+
+def _student_model(cfg: ExperimentConfig, device) -> nn.Module:
+    """The student, seeded with train.seed (or distill.init_checkpoint's weights)."""
+    d = cfg.distill
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model).to(device)
     if d.init_checkpoint:
@@ -111,25 +206,17 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
         if build_dataclass(ModelConfig, ckpt["model_config"]) != cfg.model:
             raise OfflineKDError(f"distill.init_checkpoint {d.init_checkpoint}: its model config differs from 'model'")
         model.load_state_dict(ckpt["model_state_dict"])
-    on_device = not online_teacher and (d.decode_on == "device" or d.decode_on == "auto" and device.type == "cuda")
-    loss_fn = StudentLoss(d, model.layer_dims(), teacher_dims, augment, device, teacher,
-                          decoder=TargetDecoder(cache) if on_device else None, quantizers=quantizers)
-    projections = loss_fn.projections
-    log(f"student: {cfg.model.num_layers} x BiLSTM({cfg.model.hidden_dim}), {count_parameters(model):,} parameters "
-        f"(+{count_parameters(projections):,} in projection heads, not exported); layer mapping {mapping}")
+    return model
 
-    datasets = [DistillBatchDataset(parts[0][0], corpus.vocab, sp[0], layers=set(mapping.values()),
-                                    untranscribed=[(r, es) for (r, _), es in zip(parts[1:], sp[1:])],
-                                    encoded=on_device, lm_nbest=d.pseudo_labels == "lm",
-                                    with_audio=teacher is not None and reads_waveform(teacher))
-                for parts, sp in zip(seen, splits)]
-    dataset = datasets[0] if not views else ByView(datasets)
+
+def _sampler(cfg, env, datasets, views, bases, valids, names, log):
+    """-> (input frames per dataset index, the indices trained on, the batch sampler): transcribed utterances
+    and, each epoch, distill.untranscribed_fraction of the untranscribed ones, in sorted runs of the cache."""
+    d = cfg.distill
+    train_idx, extra = valids[0], valids[1:]
     lengths = datasets[0].lengths if not views else max_view_lengths(
         np.concatenate([r.lengths for r, _ in bases]), views)
-    if not online_teacher:
-        log(f"cached targets decoded on {device if on_device else 'the host'} (distill.decode_on {d.decode_on})")
-    indices = np.concatenate([train_idx] + [off + idx for off, (_, _, idx) in zip(datasets[0].part_offsets[1:],
-                                                                               extra)])
+    indices = np.concatenate([train_idx] + [off + idx for off, idx in zip(datasets[0].part_offsets[1:], extra)])
     sampled = np.arange(len(indices)) >= len(train_idx)
     sampler = SortedRunBatchSampler(lengths, indices, cfg.data.batch_size,
                                     cfg.data.max_frames_per_batch, seed=cfg.train.seed, rank=env.rank,
@@ -139,33 +226,29 @@ def train_student(cfg: ExperimentConfig, resume: bool, online_teacher: str | Non
         sampler = ViewBatchSampler(sampler, len(views), cfg.train.seed)
     if extra:
         n_extra = int(round(d.untranscribed_fraction * int(sampled.sum())))
-        log(f"untranscribed: {', '.join(name for name, _, _ in extra)}, {int(sampled.sum())} utterances; "
+        log(f"untranscribed: {', '.join(names[1:])}, {int(sampled.sum())} utterances; "
             f"{n_extra} per epoch beside {len(train_idx)} transcribed ones, trained on the teacher's "
             + ("LM N-best" if d.pseudo_labels == "lm" else "1-best"))
-    meta = {**inference_meta(corpus), "distillation": {"cache": None if online_teacher else d.cache, "online_teacher": online_teacher,
-                             "cache_identity": None if online_teacher else cache.meta.identity_sha256,
-                             "projections": {"layer_mapping": mapping, "teacher_dims": teacher_dims,
-                                             "feature_loss": d.feature_loss},
-                             "views": {"views": [v.to_dict() for v in views], "splits": viewed, "seed": view_seed}}}
+    return lengths, indices, sampler
+
+
+def _check_resume(cfg: ExperimentConfig, now: dict, online_teacher) -> None:
+    """A resumed run's checkpoint must come from the same cache (identity), feature loss and views."""
     last = Path(cfg.train.output_dir) / "checkpoint_last.pt"
-    if resume and last.is_file():
-        before = load_checkpoint(last).get("distillation", {})
-        if before.get("cache_identity") != meta["distillation"]["cache_identity"]:
-            raise OfflineKDError(f"--resume: {last} was trained from another cache or teacher than "
-                                 f"{'--online-teacher' if online_teacher else d.cache} (identity differs); "
-                                 f"start a new run instead")
-        was = before.get("projections", {}).get("feature_loss", "mse")
-        if was != d.feature_loss:
-            raise OfflineKDError(f"--resume: {last} was trained with distill.feature_loss {was}, not "
-                                 f"{d.feature_loss} (its heads differ); start a new run instead")
-        if before.get("views", meta["distillation"]["views"]) != meta["distillation"]["views"]:
-            raise OfflineKDError(f"--resume: {last} was trained with other views ({before.get('views')}); "
-                                 f"start a new run instead")
-    trainer = Trainer(cfg, model, corpus.vocab, dataset, lengths, indices, dev_reader, dev_idx,
-                      loss_fn, device, extra_meta=meta, sampler=sampler, rank=env.rank,
-                      world_size=env.world_size, dev_reference=reference)
-    trainer.fit(resume=resume)
-    return {"output_dir": cfg.train.output_dir, "best_dev_wer": trainer.best_wer}
+    if not last.is_file():
+        return
+    before = load_checkpoint(last).get("distillation", {})
+    if before.get("cache_identity") != now["cache_identity"]:
+        raise OfflineKDError(f"--resume: {last} was trained from another cache or teacher than "
+                             f"{'--online-teacher' if online_teacher else cfg.distill.cache} (identity differs); "
+                             f"start a new run instead")
+    was = before.get("projections", {}).get("feature_loss", "mse")
+    if was != cfg.distill.feature_loss:
+        raise OfflineKDError(f"--resume: {last} was trained with distill.feature_loss {was}, not "
+                             f"{cfg.distill.feature_loss} (its heads differ); start a new run instead")
+    if before.get("views", now["views"]) != now["views"]:
+        raise OfflineKDError(f"--resume: {last} was trained with other views ({before.get('views')}); "
+                             f"start a new run instead")
 
 
 def _views(cfg: ExperimentConfig, cache, untranscribed: list[str], log) -> tuple[tuple, int, list[str]]:
@@ -230,7 +313,7 @@ def _report_confidence(cached, reader, valid: np.ndarray, name: str, d, log) -> 
 def _confident(threshold: float, cached: list, reader, name: str, valid: np.ndarray, online_teacher, log):
     """The utterances of an untranscribed split whose teacher confidence (stored by the dump; with views, the
     mean over them) reaches `threshold`; the share kept is logged."""
-    if online_teacher or any(c is None for c in cached):
+    if online_teacher or any(c is None for c in cached):     # (online_teacher: True where no cache is read)
         raise OfflineKDError("distill.min_confidence reads the teacher confidence a cache stores; with "
                              "--online-teacher leave it out")
     if any(c.confidence is None for c in cached):

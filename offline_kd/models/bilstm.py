@@ -99,6 +99,9 @@ class BiLSTMCTC(nn.Module):
     def describe(self) -> dict:
         return asdict(self.config)
 
+    def summary(self) -> str:
+        return f"{self.config.num_layers} x BiLSTM({self.config.hidden_dim})"
+
     def subsample(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, H) -> (B, ceil(T/s), H), mean over the valid frames of each group of s."""
         s = self.config.subsampling

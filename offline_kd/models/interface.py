@@ -120,3 +120,11 @@ def count_parameters(model: nn.Module) -> int:
 def model_size_mb(model: nn.Module) -> float:
     """float32 weight bytes in MB (10^6)."""
     return sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+
+
+def describe_model(model) -> str:
+    """A short description for logs: the model's own `summary()` if it has one, else its type and depth."""
+    summary = getattr(model, "summary", None)
+    if callable(summary):
+        return summary()
+    return f"{getattr(model, 'model_type', type(model).__name__)}, {getattr(model, 'num_layers', '?')} layers"
