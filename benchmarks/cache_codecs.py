@@ -31,8 +31,8 @@ from offline_kd.config import DumpConfig, ExperimentConfig, build_dataclass
 from offline_kd.data.corpus import Corpus
 from offline_kd.data.sampler import SortedRunBatchSampler
 from offline_kd.commands import dump_teacher
-from offline_kd.training.inference import resolve_device
-from offline_kd.training.checkpoint import load_checkpoint
+from offline_kd.runtime.loaders import resolve_device
+from offline_kd.models.checkpoint import load_checkpoint
 
 COMBOS = {
     "float32": {"log_probs": "float32", "hidden": "float32"},

@@ -24,8 +24,8 @@ from _common import Timer, command_line, machine, median, write_section
 from offline_kd.config import DumpConfig, build_dataclass
 from offline_kd.data.corpus import Corpus
 from offline_kd.commands import dump_teacher
-from offline_kd.training.checkpoint import model_from_checkpoint
-from offline_kd.training.inference import iterate_outputs, loader_for, resolve_device, sorted_batches
+from offline_kd.models.checkpoint import model_from_checkpoint
+from offline_kd.runtime.loaders import iterate_outputs, loader_for, resolve_device, sorted_batches
 
 
 def main():

@@ -113,7 +113,7 @@ def main():
     from offline_kd.commands import dump_teacher
     from offline_kd.config import DumpConfig, build_dataclass
     from offline_kd.data.corpus import Corpus
-    from offline_kd.training.inference import sorted_batches
+    from offline_kd.runtime.loaders import sorted_batches
     tmp = Path(tempfile.mkdtemp(prefix="hf_teacher_"))
     try:
         if args.manifest is None:

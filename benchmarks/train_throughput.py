@@ -28,8 +28,8 @@ from offline_kd.losses.kd import ctc_loss
 from offline_kd.models.augment import SpecAugment
 from offline_kd.models.bilstm import build_model
 from offline_kd.losses.modules import DistillationLoss
-from offline_kd.training.checkpoint import model_from_checkpoint
-from offline_kd.training.inference import resolve_device
+from offline_kd.models.checkpoint import model_from_checkpoint
+from offline_kd.runtime.loaders import resolve_device
 
 
 def run_mode(mode, cfg, reader, vocab, batches, device, cache_split=None, teacher=None, teacher_dims=None):

@@ -1,0 +1,1 @@
+"""What runs a model outside training: torch.distributed set-up, device resolution, batched inference loaders."""
