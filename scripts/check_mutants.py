@@ -52,7 +52,7 @@ MUTANTS = [
            "mine = np.asarray([s for s in blocks[env.rank] if not done[s]], dtype=np.int64)",
            "mine = np.asarray([s for s in blocks[env.rank]], dtype=np.int64)",
            ("tests/test_resume.py",)),
-    Mutant("rng_state_not_restored", "offline_kd/training/checkpoint.py",
+    Mutant("rng_state_not_restored", "offline_kd/models/checkpoint.py",
            "def set_rng_state(state: dict) -> None:\n",
            "def set_rng_state(state: dict) -> None:\n    return\n",
            ("tests/test_resume.py",)),
@@ -104,7 +104,7 @@ MUTANTS = [
            "view_name(n, 0) if k is not None and n in viewed else n) for n, (r, _) in zip(names, bases)])",
            ("tests/test_views.py::test_offline_equals_online_with_views",)),
     # safe by default (#29 items 1-3)
-    Mutant("checkpoint_loaded_with_pickle", "offline_kd/training/checkpoint.py",
+    Mutant("checkpoint_loaded_with_pickle", "offline_kd/models/checkpoint.py",
            "ckpt = torch.load(path, map_location=map_location, weights_only=True)",
            "ckpt = torch.load(path, map_location=map_location, weights_only=False)",
            ("tests/test_safety.py::test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing",)),

@@ -141,7 +141,7 @@ def test_a_20ms_teacher_for_a_40ms_student_from_the_cache_and_live(tiny_teacher,
 def test_a_permuted_teacher_makes_the_native_cache_bit_for_bit(tiny_teacher, tiny_corpus, tmp_path, monkeypatch):
     (tmp_path / "permuted_teacher.py").write_text('''
 import torch
-from offline_kd.training.checkpoint import model_from_checkpoint
+from offline_kd.models.checkpoint import model_from_checkpoint
 
 
 class Permuted(torch.nn.Module):

@@ -20,8 +20,8 @@ from offline_kd.data.corpus import Corpus, SplitReader, SplitWriter
 from offline_kd.errors import OfflineKDError
 from offline_kd.models.bilstm import BiLSTMCTC
 from offline_kd.commands import dump_teacher
-from offline_kd.training.checkpoint import model_from_checkpoint, save_checkpoint
-from offline_kd.training.inference import iterate_outputs, loader_for, sorted_batches
+from offline_kd.models.checkpoint import model_from_checkpoint, save_checkpoint
+from offline_kd.runtime.loaders import iterate_outputs, loader_for, sorted_batches
 
 
 def test_float32_cache_equals_live_teacher_exactly(tiny_teacher, tiny_corpus, tmp_path):

@@ -31,7 +31,7 @@ def _live(tmp_path, teacher, corpus):
     """The live teacher's log-probs and layer-3 states per utterance, saved to .npz by a subprocess."""
     script = f"""
 import numpy as np, torch
-from offline_kd.training.checkpoint import model_from_checkpoint
+from offline_kd.models.checkpoint import model_from_checkpoint
 from offline_kd.data.corpus import Corpus
 m, _, _ = model_from_checkpoint({str(teacher)!r})
 r = Corpus({str(corpus)!r}).split("dev")

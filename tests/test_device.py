@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from offline_kd.errors import OfflineKDError
-from offline_kd.training.distributed import DistEnv, select_device
+from offline_kd.runtime.distributed import DistEnv, select_device
 
 SINGLE, RANK3 = DistEnv(), DistEnv(rank=3, world_size=4, local_rank=3)
 

@@ -44,7 +44,7 @@ def test_offline_equals_online_with_float32_cache(options, f32_cache, tiny_teach
     from offline_kd.models.bilstm import build_model
     from offline_kd.losses.modules import StudentLoss
     from offline_kd.models.augment import SpecAugment
-    from offline_kd.training.checkpoint import model_from_checkpoint
+    from offline_kd.models.checkpoint import model_from_checkpoint
     corpus = Corpus(tiny_corpus)
     reader = corpus.split("train")
     split = TeacherCache(str(f32_cache)).split("train")
@@ -135,7 +135,7 @@ def test_incomplete_cache_is_refused(f32_cache, tiny_corpus, tmp_path):
 
 def test_train_student_never_reads_the_teacher_checkpoint(f32_cache, tiny_teacher, tiny_corpus, tmp_path,
                                                           monkeypatch):
-    import offline_kd.training.checkpoint as ck
+    import offline_kd.models.checkpoint as ck
     orig = ck.load_checkpoint
 
     def guarded(path, *a, **k):
@@ -174,7 +174,7 @@ def test_a_distilled_student_learns_the_tiny_corpus(f32_cache, tiny_corpus, tmp_
     student untrained (about 8% vs 88% dev WER when written)."""
     from offline_kd.config import ModelConfig
     from offline_kd.models.bilstm import BiLSTMCTC
-    from offline_kd.training.checkpoint import save_checkpoint
+    from offline_kd.models.checkpoint import save_checkpoint
     d = student_dict(tiny_corpus, f32_cache, tmp_path / "run", epochs=8, temperature_schedule=[[1, 1.0]],
                      alpha=0.5, beta=0.5, seq_weight=0.0)
     d["data"]["batch_size"] = 4

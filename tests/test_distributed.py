@@ -22,7 +22,7 @@ from offline_kd.config import ExperimentConfig, ModelConfig, build_dataclass
 from offline_kd.data.corpus import Corpus
 from offline_kd.models.bilstm import BiLSTMCTC
 from offline_kd.commands import dump_teacher, train, train_student
-from offline_kd.training.checkpoint import load_checkpoint, save_checkpoint
+from offline_kd.models.checkpoint import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.slow   # end to end, several seconds each
 

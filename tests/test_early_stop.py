@@ -12,7 +12,7 @@ from offline_kd.commands import train
 from offline_kd.config import ExperimentConfig, build_dataclass
 from offline_kd.errors import OfflineKDError
 from offline_kd.training import trainer as trainer_module
-from offline_kd.training.checkpoint import load_checkpoint
+from offline_kd.models.checkpoint import load_checkpoint
 
 
 def scripted_wer(monkeypatch, wers):

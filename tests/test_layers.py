@@ -1,10 +1,13 @@
 """The package's layers, read from its imports (AST): no cycle between packages, no import against the declared
 order, no offline_kd import hidden inside a function (a cycle in disguise), outside cli.py.
 
-The order (README, "Layout"), lowest first; a module may import its own package and any lower layer:
+The order (docs/architecture.md), lowest first; a module may import its own package and any lower layer:
 
-    errors, locking, atomic < config < data < decoding < models < cache < losses < training < inference < teachers
-    < distillation < commands < api < cli
+    errors, locking, atomic < config < data < decoding < models < runtime < cache < losses < training < inference
+    < teachers < distillation < commands < api < cli
+
+`runtime` (torch.distributed set-up, devices, batched inference loaders) and checkpoint loading (models/) sit below
+training, so the dump and the teacher sources never import `training`.
 
 `offline_kd/__init__.py` re-exports `api` lazily (PEP 562 `__getattr__`), so `import offline_kd` stays light.
 """
@@ -16,8 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "offline_kd"
 
-LAYERS = ["errors", "locking", "atomic", "config", "data", "decoding", "models", "cache", "losses", "training", "inference",
-          "teachers", "distillation", "commands", "api", "cli"]
+LAYERS = ["errors", "locking", "atomic", "config", "data", "decoding", "models", "runtime", "cache", "losses", "training",
+          "inference", "teachers", "distillation", "commands", "api", "cli"]
 RANK = {name: (0 if name in ("errors", "locking", "atomic") else i) for i, name in enumerate(LAYERS)}
 RANK["__main__"] = RANK["cli"]
 RANK["__init__"] = 0
@@ -121,3 +124,11 @@ def test_the_checker_sees_a_wrong_import(tmp_path, monkeypatch):
             assert "data/x.py" in str(exc)
         else:
             raise AssertionError(f"{check.__name__} accepted a wrong import")
+
+
+def test_the_dump_and_the_teacher_sources_do_not_import_training():
+    """Running a teacher is not training: teachers/ and the dump take checkpoints from models/ and loaders,
+    devices and torch.distributed from runtime/."""
+    wrong = [f"{rel}:{line} imports {module}" for rel, line, here, module, there in _cross_layer_imports()
+             if there == "training" and (here == "teachers" or str(rel).startswith("distillation/dump"))]
+    assert not wrong, "\n".join(wrong)

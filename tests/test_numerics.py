@@ -190,7 +190,7 @@ def test_every_teacher_forward_pass_runs_in_exact_numerics(tiny_teacher, tiny_co
     from helpers import dump_cfg, student_dict
     import offline_kd.distillation.fidelity as verify
     import offline_kd.losses.modules as modules
-    import offline_kd.training.inference as inference
+    import offline_kd.runtime.loaders as inference
     from offline_kd.cache.reader import TeacherCache
     from offline_kd.commands import dump_teacher, train_student
     entered = {"dump": 0, "verify": 0, "online": 0}

@@ -240,7 +240,7 @@ def test_release_outputs_are_the_releases_bytes():
 
 @pytest.mark.parametrize("name", CACHES)
 def test_student_trains_to_the_same_weights(name, tmp_path):
-    from offline_kd.training.checkpoint import load_checkpoint
+    from offline_kd.models.checkpoint import load_checkpoint
     exp = EXPECTED["caches"][name]
     cfg = with_int_keys(exp["student_config"])
     cfg["train"]["output_dir"] = str(tmp_path / "student")
@@ -274,7 +274,7 @@ def test_student_trains_to_the_same_weights(name, tmp_path):
 
 
 def test_old_teacher_checkpoint_loads_and_evaluates(tmp_path):
-    from offline_kd.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from offline_kd.models.checkpoint import load_checkpoint, model_from_checkpoint
     ckpt = load_checkpoint("teacher.pt")
     assert isinstance(ckpt["rng"]["numpy"][1], np.ndarray)     # the old way: the numpy RNG state as an array
     model, vocab, _ = model_from_checkpoint("teacher.pt")

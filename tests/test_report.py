@@ -71,8 +71,8 @@ def test_speed_column_is_the_isolated_measurement(four_runs, tmp_path, monkeypat
 def test_decode_speed_measures_a_fixed_workload(tiny_teacher, tiny_corpus):
     import numpy as np
     from offline_kd.data.corpus import Corpus
-    from offline_kd.training.checkpoint import model_from_checkpoint
-    from offline_kd.training.inference import decode_speed
+    from offline_kd.models.checkpoint import model_from_checkpoint
+    from offline_kd.runtime.loaders import decode_speed
     import torch
     model, vocab, _ = model_from_checkpoint(tiny_teacher)
     reader = Corpus(tiny_corpus).split("dev")

@@ -25,7 +25,7 @@ from offline_kd.cli import main
 from offline_kd.commands import dump_teacher, train_student
 from offline_kd.config import ExperimentConfig, build_dataclass
 from offline_kd.errors import OfflineKDError
-from offline_kd.training.checkpoint import load_checkpoint, model_from_checkpoint, rng_state, set_rng_state
+from offline_kd.models.checkpoint import load_checkpoint, model_from_checkpoint, rng_state, set_rng_state
 
 
 def _one_line_failure(res) -> None:

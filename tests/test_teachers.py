@@ -75,7 +75,7 @@ def test_verify_with_the_teacher_on_a_damaged_cache_reports_no_traceback(tiny_co
 
 
 def test_a_device_torch_knows_but_cannot_use_is_a_one_line_error():
-    from offline_kd.training.inference import resolve_device
+    from offline_kd.runtime.loaders import resolve_device
     if torch.backends.mps.is_available():
         pytest.skip("this machine has mps")
     with pytest.raises(OfflineKDError, match="device 'mps' is not usable here"):

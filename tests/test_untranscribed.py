@@ -249,7 +249,7 @@ def test_train_student_says_before_training_when_the_teacher_is_too_close_to_the
     """#31: with distill.compare_baseline, a teacher less than USEFUL_GAP (5) dev points better than the CTC-only
     baseline is warned about before training (the robustness study measured no reliable gain there)."""
     from offline_kd.distillation.student import USEFUL_GAP, _teacher_reference
-    from offline_kd.training.checkpoint import checkpoint_dev, load_checkpoint
+    from offline_kd.models.checkpoint import checkpoint_dev, load_checkpoint
     base = checkpoint_dev(load_checkpoint(tiny_teacher))
     teacher_dev = {"wer": base["wer"] - better_by, "cer": 1.0, "epoch": 3, "corpus": str(tiny_corpus), "split": "dev"}
     cfg = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, tmp_path / "c.zarr", tmp_path / "s",

@@ -19,7 +19,7 @@ from offline_kd.data.corpus import Corpus
 from offline_kd.data.views import (ViewBatchSampler, ViewReader, ViewSpec, apply_view, parse_views, split_of,
                                    stretch, view_name)
 from offline_kd.errors import OfflineKDError
-from offline_kd.training.checkpoint import model_from_checkpoint
+from offline_kd.models.checkpoint import model_from_checkpoint
 from offline_kd.models.numerics import exact_numerics
 
 VIEWS = [{"speed": 0.9}, {"speed": 1.0, "time_masks": 2, "time_mask_width": 4, "freq_masks": 1,

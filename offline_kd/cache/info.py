@@ -69,6 +69,7 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
         "ratio_to_float32": target_per_frame / float32_per_frame, "splits": splits,
         "views": meta.views, "frontend": meta.extra.get("frontend"),
         "teacher_adapter": meta.teacher.get("adapter", "checkpoint"),
+        "teacher_name": meta.teacher.get("name"),
         "teacher_alignment": meta.teacher.get("alignment"),
         "teacher_coverage": meta.extra.get("teacher_coverage"),
         "codebook_relative_error": codebook_error,
@@ -76,11 +77,8 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
 
 
 def _teacher_source(info: dict) -> str:
-    if info.get("teacher_adapter") == "entry_point":
-        return f"entry point {info['teacher_path'].split(':', 1)[1]} (args in the cache's metadata)"
-    if info.get("teacher_adapter") == "huggingface":
-        return f"Hugging Face model {info['teacher_path']}"
-    return f"checkpoint {info['teacher_path']}"
+    """How the teacher's source names itself in its record (the dump's teacher source writes it)."""
+    return info.get("teacher_name") or f"teacher {info['teacher_path']}"
 
 
 def _alignment(a: dict) -> list[str]:

@@ -121,7 +121,7 @@ class CacheMeta:
             keys["frontend"] = self.extra["frontend"]
         if self.teacher.get("alignment"):            # a teacher mapped onto the student's vocabulary and frames
             keys["alignment"] = self.teacher["alignment"]
-        if self.teacher.get("adapter") == "huggingface":    # its config and preprocessing, beyond the weights
+        if self.teacher.get("sha256_in_identity"):   # e.g. a Hugging Face model's config and preprocessing
             keys["teacher_sha256"] = self.teacher["sha256"]
         h.update(json.dumps([self.teacher["weights_sha256"], self.vocab_sha256, self.device_type, keys],
                             sort_keys=True).encode())

@@ -12,8 +12,8 @@ from offline_kd.models.bilstm import build_model
 from offline_kd.models.interface import count_parameters
 from offline_kd.models.augment import SpecAugment
 from offline_kd.data.splits import open_train_dev, quiet
-from offline_kd.training.checkpoint import seed_everything
-from offline_kd.training import distributed
+from offline_kd.models.checkpoint import seed_everything
+from offline_kd.runtime import distributed
 from offline_kd.training.trainer import Trainer, inference_meta
 
 

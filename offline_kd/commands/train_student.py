@@ -6,7 +6,7 @@ from __future__ import annotations
 from offline_kd.config import ExperimentConfig, validate_experiment
 from offline_kd.data.splits import quiet
 from offline_kd.distillation.student import train_student
-from offline_kd.training import distributed
+from offline_kd.runtime import distributed
 
 
 def run(cfg: ExperimentConfig, resume: bool = False, online_teacher: str | None = None, log=print) -> dict:

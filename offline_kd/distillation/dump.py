@@ -38,9 +38,9 @@ from offline_kd.teachers.source import check_frames, load_teacher, probe
 from offline_kd.distillation.pseudo_labels import check_lm_loads, write_lm_targets
 from offline_kd.errors import OfflineKDError, TeacherForwardError
 from offline_kd.data.splits import open_split, quiet
-from offline_kd.training import distributed
-from offline_kd.training.checkpoint import weights_sha256
-from offline_kd.training.inference import iterate_outputs, loader_for, resolve_num_workers, sorted_batches
+from offline_kd.runtime import distributed
+from offline_kd.models.checkpoint import weights_sha256
+from offline_kd.runtime.loaders import iterate_outputs, loader_for, resolve_num_workers, sorted_batches
 from offline_kd.models.interface import reads_waveform
 from offline_kd.models.numerics import with_precision
 

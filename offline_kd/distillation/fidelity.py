@@ -24,7 +24,7 @@ from offline_kd.data.dataset import utterance_batch
 from offline_kd.models.interface import forward_batch
 from offline_kd.models.numerics import exact_numerics, with_precision
 from offline_kd.teachers.source import OPTIONS, load_teacher, parse_teacher
-from offline_kd.training.inference import resolve_device
+from offline_kd.runtime.loaders import resolve_device
 
 
 def kl_per_frame(live: np.ndarray, cached: np.ndarray, temperature: float) -> np.ndarray:

@@ -30,8 +30,8 @@ from offline_kd.errors import OfflineKDError
 from offline_kd.inference.audio_input import AudioLike, Utterance, from_inputs, read_samples
 from offline_kd.inference.timing import Word, greedy_words
 from offline_kd.models.interface import CTCModel
-from offline_kd.training.checkpoint import model_from_checkpoint
-from offline_kd.training.inference import resolve_device
+from offline_kd.models.checkpoint import model_from_checkpoint
+from offline_kd.runtime.loaders import resolve_device
 
 #: default batch: at most this many seconds of audio (or utterances), padded to the longest
 BATCH_SECONDS = 240.0

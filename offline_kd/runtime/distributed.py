@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from offline_kd.errors import OfflineKDError
-from offline_kd.training.inference import resolve_device
+from offline_kd.runtime.loaders import resolve_device
 
 
 @dataclass(frozen=True)

@@ -41,12 +41,71 @@ from offline_kd.models.interface import forward_batch, reads_waveform
 from offline_kd.teachers.alignment import AlignedTeacher, FrameAlignment, LengthMismatch, VocabularyMap
 from offline_kd.teachers.entry_point import EntryPointTeacher, call_entry_point
 from offline_kd.teachers.huggingface import HFTeacher
-from offline_kd.training.checkpoint import checkpoint_dev, file_sha256, model_from_checkpoint
+from offline_kd.models.checkpoint import checkpoint_dev, file_sha256, model_from_checkpoint
 
 TeacherSpec = Union[str, dict]
-SOURCES = ("checkpoint", "entry_point", "huggingface")
+SOURCES = ("checkpoint", "entry_point", "huggingface")     # the keys of `_SOURCES`, in registration order
 OPTIONS = ("vocabulary_map", "hidden_pooling", "max_length_mismatch")
 ENTRY_POINT_OPTIONS = ("input_kind", "sample_rate")     # an entry point's: what it reads (entry_point.py)
+
+
+@dataclass
+class Source:
+    """What a teacher source loads: the model as it is (its own tokens and frames), its tokens, blank, word
+    delimiter and special tokens, the record the cache keeps (`name`: how `cache info` names it;
+    `sha256_in_identity`: its file hash beyond the weights is part of the cache's identity), its dev figures and,
+    for an offline-kd checkpoint, its own `Vocabulary`."""
+    inner: nn.Module
+    tokens: tuple
+    blank: int
+    delimiter: Optional[str]
+    special: tuple
+    record: dict
+    name: str
+    dev: Optional[dict] = None
+    own_vocab: Optional[Vocabulary] = None
+
+
+_SOURCES: dict = {}
+
+
+def register_source(key: str):
+    """Register `fn(spec, device, where) -> Source` for teacher specs with `key` (`{key: ...}`), as models and
+    codecs register; the first registered (checkpoint) is also what a bare path means."""
+    def deco(fn):
+        _SOURCES[key] = fn
+        return fn
+    return deco
+
+
+@register_source("checkpoint")
+def _checkpoint(spec, device, where: str) -> Source:
+    path = spec if isinstance(spec, str) else spec["checkpoint"]
+    if not Path(path).is_file():
+        raise OfflineKDError(f"{where}: teacher checkpoint not found: {path}")
+    inner, own_vocab, ckpt = model_from_checkpoint(path, device)
+    return Source(inner, own_vocab.tokens, 0, own_vocab.word_separator, (),
+                  {"path": str(path), "sha256": file_sha256(path), "name": f"checkpoint {path}"}, str(path),
+                  checkpoint_dev(ckpt), own_vocab)
+
+
+@register_source("entry_point")
+def _entry_point(spec, device, where: str) -> Source:
+    inner = EntryPointTeacher(call_entry_point(spec, where), spec, where).to(device).eval()
+    record = {"path": f"entry_point:{spec['entry_point']}", "sha256": spec_sha256(spec),
+              "adapter": "entry_point", "entry_point": spec["entry_point"], "args": spec["args"],
+              "name": f"entry point {spec['entry_point']} (args in the cache's metadata)",
+              **{k: spec[k] for k in ENTRY_POINT_OPTIONS if k in spec}}
+    return Source(inner, inner.tokens, inner.blank, inner.word_delimiter, inner.special, record, teacher_name(spec))
+
+
+@register_source("huggingface")
+def _huggingface(spec, device, where: str) -> Source:
+    inner = HFTeacher(spec["huggingface"], where).to(device).eval()
+    record = {"path": str(spec["huggingface"]), "sha256": inner.sha256, "adapter": "huggingface",
+              "huggingface_model_type": inner.kind, "name": f"Hugging Face model {spec['huggingface']}",
+              "sha256_in_identity": True}
+    return Source(inner, inner.tokens, inner.blank, inner.word_delimiter, inner.special, record, teacher_name(spec))
 
 
 @dataclass
@@ -141,31 +200,14 @@ def load_teacher(spec: TeacherSpec, device, vocab: Optional[Vocabulary] = None, 
     frontend = corpus.meta.get("frontend") if corpus is not None else None
     spec = parse_teacher(spec, where)
     opts = {} if isinstance(spec, str) else {k: spec[k] for k in OPTIONS if k in spec}
-    dev = None
-    if isinstance(spec, str) or "checkpoint" in spec:
-        path = spec if isinstance(spec, str) else spec["checkpoint"]
-        if not Path(path).is_file():
-            raise OfflineKDError(f"{where}: teacher checkpoint not found: {path}")
-        inner, own_vocab, ckpt = model_from_checkpoint(path, device)
-        tokens, blank, delimiter, special = own_vocab.tokens, 0, own_vocab.word_separator, ()
-        record, dev, name = {"path": str(path), "sha256": file_sha256(path)}, checkpoint_dev(ckpt), str(path)
-        if vocab is None or vocab.tokens == own_vocab.tokens:
-            vocab = own_vocab          # as before alignment existed: the cache records the checkpoint's vocabulary
-    elif "entry_point" in spec:
-        inner = EntryPointTeacher(call_entry_point(spec, where), spec, where).to(device).eval()
-        tokens, blank, delimiter, special = inner.tokens, inner.blank, inner.word_delimiter, inner.special
-        record = {"path": f"entry_point:{spec['entry_point']}", "sha256": spec_sha256(spec),
-                  "adapter": "entry_point", "entry_point": spec["entry_point"], "args": spec["args"],
-                  **{k: spec[k] for k in ENTRY_POINT_OPTIONS if k in spec}}
-        name = teacher_name(spec)
-    else:
-        inner = HFTeacher(spec["huggingface"], where).to(device).eval()
-        tokens, blank, delimiter, special = inner.tokens, inner.blank, inner.word_delimiter, inner.special
-        record = {"path": str(spec["huggingface"]), "sha256": inner.sha256, "adapter": "huggingface",
-                  "huggingface_model_type": inner.kind}
-        name = teacher_name(spec)
+    kind = "checkpoint" if isinstance(spec, str) else next(k for k in _SOURCES if k in spec)
+    src = _SOURCES[kind](spec, device, where)
+    inner, record, dev, name = src.inner, src.record, src.dev, src.name
+    tokens, blank, delimiter, special = src.tokens, src.blank, src.delimiter, src.special
+    if src.own_vocab is not None and (vocab is None or vocab.tokens == src.own_vocab.tokens):
+        vocab = src.own_vocab          # as before alignment existed: the cache records the checkpoint's vocabulary
     if vocab is None:
-        raise OfflineKDError(f"{where}: a teacher from an {record.get('adapter')} needs the corpus's vocabulary to "
+        raise OfflineKDError(f"{where}: a teacher from an {kind} needs the corpus's vocabulary to "
                              f"map its tokens onto")
     vmap = VocabularyMap(tokens, blank, vocab, delimiter, special, opts.get("vocabulary_map"), where,
                          str(Path(corpus.dir) / "vocab.txt") if corpus is not None else None)

@@ -18,7 +18,7 @@ from pathlib import Path
 from offline_kd.data.vocab import BLANK, WORD_START, Vocabulary
 from offline_kd.errors import OfflineKDError
 from offline_kd.teachers.huggingface import hf_vocabulary, resolve_model_dir
-from offline_kd.training.checkpoint import model_from_checkpoint
+from offline_kd.models.checkpoint import model_from_checkpoint
 
 SP_MODEL_NAMES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "bpe.model")
 

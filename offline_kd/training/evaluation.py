@@ -10,8 +10,8 @@ from offline_kd.data.frontend import frontend_differences
 from offline_kd.errors import OfflineKDError
 from offline_kd.models.interface import count_parameters, model_size_mb
 from offline_kd.data.splits import open_split
-from offline_kd.training.checkpoint import model_from_checkpoint
-from offline_kd.training.inference import evaluate_greedy, resolve_device
+from offline_kd.models.checkpoint import model_from_checkpoint
+from offline_kd.runtime.loaders import evaluate_greedy, resolve_device
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.decoding.beam import BeamSearchDecoder
 

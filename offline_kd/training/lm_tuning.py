@@ -15,8 +15,8 @@ from offline_kd.data.corpus import Corpus
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError
 from offline_kd.data.splits import open_split
-from offline_kd.training.checkpoint import model_from_checkpoint
-from offline_kd.training.inference import evaluate_greedy, resolve_device
+from offline_kd.models.checkpoint import model_from_checkpoint
+from offline_kd.runtime.loaders import evaluate_greedy, resolve_device
 from offline_kd.decoding.beam import BeamSearchDecoder
 
 

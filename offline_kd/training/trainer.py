@@ -43,10 +43,10 @@ from offline_kd.errors import OfflineKDError
 from offline_kd.locking import run_dir_lock
 from offline_kd.losses.modules import LossFn
 from offline_kd.models.interface import CTCModel, count_parameters
-from offline_kd.training import distributed
-from offline_kd.training.checkpoint import (load_checkpoint, rng_state, save_checkpoint, seed_everything,
+from offline_kd.runtime import distributed
+from offline_kd.models.checkpoint import (load_checkpoint, rng_state, save_checkpoint, seed_everything,
                                             set_rng_state)
-from offline_kd.training.inference import evaluate_greedy, resolve_num_workers, worker_context
+from offline_kd.runtime.loaders import evaluate_greedy, resolve_num_workers, worker_context
 from offline_kd.models.numerics import grad_scaler, with_precision
 
 
