@@ -17,12 +17,26 @@ def _info(**kw) -> dict:
     return {**base, **kw}
 
 
+def _legacy_name(teacher: dict) -> str:
+    from types import SimpleNamespace
+    from offline_kd.cache.meta import CacheMeta
+    return CacheMeta.teacher_name.fget(SimpleNamespace(teacher=teacher))
+
+
+def test_the_teacher_is_named_by_its_record_and_older_records_by_their_path():
+    assert _legacy_name({"path": "runs/t.pt", "name": "checkpoint runs/t.pt"}) == "checkpoint runs/t.pt"
+    assert _legacy_name({"path": "runs/t.pt"}) == "checkpoint runs/t.pt"
+    assert _legacy_name({"path": "entry_point:m.t:load", "adapter": "entry_point"}) == \
+        "entry point m.t:load (args in the cache's metadata)"
+    assert _legacy_name({"path": "models/w2v", "adapter": "huggingface"}) == "Hugging Face model models/w2v"
+
+
 def test_the_teacher_source_and_the_front_end_are_printed():
-    plain = format_info(_info()).splitlines()
+    plain = format_info(_info(teacher_name=_legacy_name({"path": "runs/t.pt"}))).splitlines()
     assert "  teacher: checkpoint runs/t.pt" in plain and not any("front end" in x for x in plain)
     fe = {"kind": "kaldi-fbank", "num_mel_bins": 80, "frame_length_ms": 25.0, "frame_shift_ms": 10.0,
           "sample_rate": 16000, "cmvn": {"kind": "global"}}
-    lines = format_info(_info(teacher_adapter="entry_point", teacher_path="entry_point:m.t:load",
+    lines = format_info(_info(teacher_name=_legacy_name({"path": "entry_point:m.t:load"}),
                               frontend=fe)).splitlines()
     assert "  teacher: entry point m.t:load (args in the cache's metadata)" in lines
     i = lines.index("  corpus front end: kaldi-fbank 80 bins, 25.0 / 10.0 ms at 16000 Hz, cmvn global")

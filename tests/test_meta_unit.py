@@ -86,8 +86,13 @@ def test_a_teachers_alignment_and_an_hf_directory_enter_the_identity():
     b = with_teacher(alignment={"vocabulary": {"sha256": "y"}, "frames": {"pool": 1}})
     c = with_teacher(alignment={"vocabulary": {"sha256": "x"}, "frames": {"pool": 2}})
     assert len({plain.identity({}), a.identity({}), b.identity({}), c.identity({})}) == 4
-    hf1, hf2 = with_teacher(adapter="huggingface", sha256="d1"), with_teacher(adapter="huggingface", sha256="d2")
+    hf1 = with_teacher(adapter="huggingface", sha256="d1", sha256_in_identity=True)
+    hf2 = with_teacher(adapter="huggingface", sha256="d2", sha256_in_identity=True)
     assert hf1.identity({}) != hf2.identity({}) and hf1.identity({}) != plain.identity({})
+    # a Hugging Face cache stored before sources said so themselves reads with the flag its source now sets
+    old = CacheMeta.from_dict({**hf1.to_dict(), "teacher": {k: v for k, v in hf1.teacher.items()
+                                                             if k != "sha256_in_identity"}})
+    assert old.identity({}) == hf1.identity({})
     assert with_teacher(sha256="other").identity({}) == plain.identity({})
     assert with_teacher(adapter="entry_point", sha256="d1").identity({}) == plain.identity({})
 

@@ -49,7 +49,7 @@ def test_each_run_keeps_its_colour_in_every_panel(four_runs):
 
 
 def test_speed_column_is_the_isolated_measurement(four_runs, tmp_path, monkeypatch):
-    from offline_kd.training import inference
+    from offline_kd.runtime import loaders as inference
     calls = []
 
     def fake_speed(model, reader, indices, vocab, device, batch_size=32, repeats=5, max_frames=20000):

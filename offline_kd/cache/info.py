@@ -69,7 +69,7 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
         "ratio_to_float32": target_per_frame / float32_per_frame, "splits": splits,
         "views": meta.views, "frontend": meta.extra.get("frontend"),
         "teacher_adapter": meta.teacher.get("adapter", "checkpoint"),
-        "teacher_name": meta.teacher.get("name"),
+        "teacher_name": meta.teacher_name,
         "teacher_alignment": meta.teacher.get("alignment"),
         "teacher_coverage": meta.extra.get("teacher_coverage"),
         "codebook_relative_error": codebook_error,

@@ -76,6 +76,8 @@ class CacheMeta:
             raise OfflineKDError(f"{where}: cache metadata lacks {', '.join(missing)} (not written by offline-kd, "
                                  f"or damaged)")
         _check_names(d, where)
+        if d["teacher"].get("adapter") == "huggingface" and "sha256_in_identity" not in d["teacher"]:
+            d = {**d, "teacher": {**d["teacher"], "sha256_in_identity": True}}     # (stored before sources said so)
         return cls(**{k: v for k, v in d.items() if k in names}, extra={k: v for k, v in d.items() if k not in names})
 
     def to_dict(self) -> dict:
@@ -86,6 +88,18 @@ class CacheMeta:
     @property
     def layer_dims(self) -> dict[int, int]:
         return {int(k): int(v) for k, v in self.layers.items()}
+
+    @property
+    def teacher_name(self) -> str:
+        """How the teacher's source named it in the record (`cache info`); caches dumped before sources named
+        themselves are named from their record's path (an entry point's starts with `entry_point:`)."""
+        t = self.teacher
+        if t.get("name"):
+            return t["name"]
+        kind, _, rest = str(t.get("path")).partition(":")
+        if kind == "entry_point" and rest:
+            return f"entry point {rest} (args in the cache's metadata)"
+        return f"{t.get('adapter', 'checkpoint').replace('huggingface', 'Hugging Face model')} {t.get('path')}"
 
     @property
     def teacher_dev(self) -> Optional[dict]:

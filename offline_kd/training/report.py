@@ -17,7 +17,7 @@ from offline_kd.training import evaluation as evaluate
 from offline_kd.data.corpus import Corpus
 from offline_kd.data.splits import open_split
 from offline_kd.models.checkpoint import model_from_checkpoint
-from offline_kd.training import inference
+from offline_kd.runtime import loaders as inference
 from offline_kd.training import lm_tuning as tune_lm
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sys
 import os
 import shutil
 import time
@@ -48,6 +47,7 @@ from offline_kd.models.checkpoint import (load_checkpoint, rng_state, save_check
                                             set_rng_state)
 from offline_kd.runtime.loaders import evaluate_greedy, resolve_num_workers, worker_context
 from offline_kd.models.numerics import grad_scaler, with_precision
+from offline_kd.training.callbacks import EarlyStopping, MetricsLog, ReferenceComparison, TensorBoardLog
 
 
 class _WithHidden(nn.Module):
@@ -151,9 +151,6 @@ class Trainer:
         self.extra = extra = loss_fn.trainable
         self.loss_fn = loss_fn
         self.dev_reader, self.dev_indices = dev_reader, dev_indices
-        # {"name": ..., "wer": ..., "cer": ...}: figures printed beside each dev evaluation (the teacher's), with a
-        # warning the first time this model's dev WER passes them
-        self.dev_reference, self._passed_reference = dev_reference, False
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         self.out = Path(cfg.train.output_dir)
@@ -193,7 +190,9 @@ class Trainer:
         self.best_cer = float("inf")     # breaks ties of the dev WER (then the later epoch wins)
         self.since_best = 0          # dev evaluations in a row without a new best (train.patience)
         self.steps_per_epoch = steps_per_epoch
-        self.tb = None
+        # dev_reference {"name", "wer", "cer"}: figures printed beside each dev evaluation (the teacher's)
+        self.callbacks = ([MetricsLog(self.out), TensorBoardLog(self.out)] if self.is_main else []) + [
+            ReferenceComparison(dev_reference), EarlyStopping(cfg.train.patience, self.is_main)]
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def _state(self, epoch: int, dev: Optional[dict]) -> dict:
@@ -249,14 +248,16 @@ class Trainer:
         tmp.write_text("".join(x + "\n" for x in keep))
         os.replace(tmp, path)
 
-    def _log(self, record: dict, scalars: Optional[dict] = None) -> None:
+    def log_record(self, record: dict, scalars: Optional[dict] = None) -> None:
+        """A record for metrics.jsonl (and its scalars for TensorBoard), through the callbacks; rank 0 only."""
         if not self.is_main:
             return
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None and scalars:
-            for k, v in scalars.items():
-                self.tb.add_scalar(k, v, self.step)
+        for cb in self.callbacks:
+            cb.log(record, scalars)
+
+    def _close_callbacks(self) -> None:
+        for cb in self.callbacks:
+            cb.close()
 
     # ------------------------------------------------------------------------------------------------- fit
     def fit(self, resume: bool = False) -> dict:
@@ -268,15 +269,25 @@ class Trainer:
                 return self._fit(resume)
             except BaseException:
                 if created and not (self.out / "checkpoint_last.pt").exists():
-                    if self.tb is not None:
-                        self.tb.close()
+                    self._close_callbacks()
                     shutil.rmtree(self.out, ignore_errors=True)
                 raise
 
     def _fit(self, resume: bool) -> dict:
-        cfg = self.cfg
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+        self._start(resume)
+        summary = {}
+        for epoch in range(self.start_epoch, self.cfg.train.epochs + 1):
+            if any(cb.should_stop(self) for cb in self.callbacks):     # (a resumed run that had already stopped)
+                break
+            summary = self._epoch(epoch)
+        self._close_callbacks()
+        return summary
+
+    def _start(self, resume: bool) -> None:
+        """Resume from checkpoint_last.pt (or refuse to overwrite one), save the resolved config, start the
+        callbacks."""
         last = self.out / "checkpoint_last.pt"
         if resume:
             if not last.is_file():
@@ -288,45 +299,44 @@ class Trainer:
             if last.is_file():
                 raise OfflineKDError(f"{self.out} already holds a run (checkpoint_last.pt); "
                                      f"use --resume to continue it or choose another train.output_dir")
-            seed_everything(cfg.train.seed)
-            if self.is_main:
-                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+            seed_everything(self.cfg.train.seed)
         if self.is_main:
-            save_config(cfg, self.out / "config.yaml")
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(self.out / "tensorboard"))
-            if not resume:
-                self._log({"event": "start", "num_parameters": count_parameters(self.model),
-                           "train_batches": len(self.sampler)})
-        summary = {}
-        patience = cfg.train.patience
-        window = (patience or 0) * cfg.train.eval_every * self.steps_per_epoch
-        if self.is_main and patience and cfg.train.warmup_steps > window:
-            tqdm.write(f"warning: train.warmup_steps ({cfg.train.warmup_steps}) outlasts the early-stopping window "
-                       f"(train.patience {patience} x eval_every {cfg.train.eval_every} epoch(s) x "
-                       f"{self.steps_per_epoch} steps = {window} steps): the run may stop while the learning rate is "
-                       f"still warming up; lower train.warmup_steps (e.g. {max(window // 2, 1)}) or raise "
-                       f"train.patience", file=sys.stderr)
-        for epoch in range(self.start_epoch, cfg.train.epochs + 1):
-            if patience and self.since_best >= patience:      # (a resumed run that had already stopped)
-                break
-            summary = self._epoch(epoch)
-            if patience and self.since_best >= patience and epoch < cfg.train.epochs:
-                self._log({"event": "early_stop", "epoch": epoch, "best_wer": self.best_wer, "patience": patience})
-                if self.is_main:
-                    tqdm.write(f"early stop after epoch {epoch} of at most {cfg.train.epochs}: {patience} dev "
-                               f"evaluation(s) without a new best (best dev WER {self.best_wer:.2f}%)")
-        if self.tb is not None:
-            self.tb.close()
-        return summary
+            save_config(self.cfg, self.out / "config.yaml")
+        for cb in self.callbacks:
+            cb.on_fit_start(self, resume)
+        if self.is_main and not resume:
+            self.log_record({"event": "start", "num_parameters": count_parameters(self.model),
+                             "train_batches": len(self.sampler)})
 
     def _epoch(self, epoch: int) -> dict:
+        """One epoch: the steps, the dev evaluation (every train.eval_every epochs and the last), the best and
+        last checkpoints, the record and the callbacks. -> the epoch's record."""
+        record = self._train_steps(epoch)
+        dev = self._evaluate(epoch)
+        if dev is not None:
+            record.update({"dev_wer": dev["wer"], "dev_cer": dev["cer"]})
+        self._track_best(epoch, dev, record)
+        self.log_record(record, {"epoch/" + k: v for k, v in record.items()
+                                 if isinstance(v, (int, float)) and k not in ("event", "best")})
+        if self.is_main:
+            save_checkpoint(self.out / "checkpoint_last.pt", self._state(epoch, dev))
+            msg = f"epoch {epoch}: loss {record.get('train_total', float('nan')):.4f}"
+            if dev is not None:
+                msg += f", dev WER {dev['wer']:.2f}% CER {dev['cer']:.2f}%"
+                msg += "".join(cb.epoch_message(dev) for cb in self.callbacks)
+            tqdm.write(msg + f", {record['frames_per_second']:.0f} frames/s")
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, epoch, dev)
+        return record
+
+    def _train_steps(self, epoch: int) -> dict:
+        """The epoch's batches, optimizer steps every train.accumulation_steps; -> the epoch's record (mean terms,
+        speed, the loss's per-epoch scalars)."""
         cfg = self.cfg
         self.sampler.set_epoch(epoch)
         self.model.train()
         if self.extra is not None:
             self.extra.train()
-        accum = cfg.train.accumulation_steps
         sums: dict[str, float] = {}
         n_batches, frames = 0, 0
         start = time.perf_counter()
@@ -334,89 +344,90 @@ class Trainer:
         bar = tqdm(batches, total=len(self.sampler), desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch",
                    disable=not (cfg.train.progress and self.is_main), dynamic_ncols=True, leave=False)
         self.optimizer.zero_grad(set_to_none=True)
-        num_batches = len(self.sampler)
         for i, batch in enumerate(bar):
-            stepping = (i + 1) % accum == 0 or i + 1 == num_batches
-            with contextlib.ExitStack() as stack:
-                if not stepping:     # DDP: all-reduce gradients only on the last micro-batch of a step
-                    for m in self.ddp_modules:
-                        stack.enter_context(m.no_sync())
-                loss, terms = self.loss_fn(self.forward_model, batch, epoch)
-                if not torch.isfinite(loss):
-                    raise OfflineKDError(f"epoch {epoch}: non-finite loss on batch with utterances "
-                                         f"{', '.join(batch['utterance_ids'][:4])}")
-                group = min(accum, num_batches - (i // accum) * accum)   # the last group of an epoch may be short
-                scaled = loss / group
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            loss, terms = self._micro_batch(i, batch, epoch)
             n_batches += 1
             frames += int(batch["feature_lengths"].sum())
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            if stepping:
-                if self.scaler is not None:
-                    self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.train.grad_clip)
-                if self.scaler is not None:   # skips the step when fp16 gradients overflowed
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                if self.step % cfg.train.log_every == 0:
-                    scalars = {f"train/{k}": float(v) for k, v in terms.items()}
-                    scalars["train/lr"] = self.scheduler.get_last_lr()[0]
-                    scalars["train/grad_norm"] = float(grad_norm)
-                    for k, v in self.extra_scalars(epoch).items():
-                        scalars[k] = v
-                    self._log({"event": "step", "epoch": epoch, "step": self.step, **scalars}, scalars)
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{float(terms.get('total', loss)):.3f}",
                             fps=f"{frames * self.world_size / max(elapsed, 1e-9):.0f}")
         elapsed = time.perf_counter() - start
-        record = {"event": "epoch", "epoch": epoch, "step": self.step, "seconds": elapsed,
-                  "frames_per_second": frames * self.world_size / max(elapsed, 1e-9),
-                  **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()},
-                  **{k.split("/", 1)[1]: v for k, v in self.extra_scalars(epoch).items()}}
+        return {"event": "epoch", "epoch": epoch, "step": self.step, "seconds": elapsed,
+                "frames_per_second": frames * self.world_size / max(elapsed, 1e-9),
+                **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()},
+                **{k.split("/", 1)[1]: v for k, v in self.extra_scalars(epoch).items()}}
+
+    def _micro_batch(self, i: int, batch: dict, epoch: int):
+        """Forward and backward of the epoch's batch i (its share of an accumulated step), and the optimizer step
+        on the last micro-batch of a step. -> (loss, {term: value})."""
+        accum, num_batches = self.cfg.train.accumulation_steps, len(self.sampler)
+        stepping = (i + 1) % accum == 0 or i + 1 == num_batches
+        with contextlib.ExitStack() as stack:
+            if not stepping:     # DDP: all-reduce gradients only on the last micro-batch of a step
+                for m in self.ddp_modules:
+                    stack.enter_context(m.no_sync())
+            loss, terms = self.loss_fn(self.forward_model, batch, epoch)
+            if not torch.isfinite(loss):
+                raise OfflineKDError(f"epoch {epoch}: non-finite loss on batch with utterances "
+                                     f"{', '.join(batch['utterance_ids'][:4])}")
+            group = min(accum, num_batches - (i // accum) * accum)   # the last group of an epoch may be short
+            scaled = loss / group
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        if stepping:
+            self._optimizer_step(epoch, terms)
+        return loss, terms
+
+    def _optimizer_step(self, epoch: int, terms: dict) -> None:
+        """Clip, step (through the fp16 scaler when there is one), schedule; log every train.log_every steps."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.train.grad_clip)
+        if self.scaler is not None:   # skips the step when fp16 gradients overflowed
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.step % self.cfg.train.log_every == 0:
+            scalars = {f"train/{k}": float(v) for k, v in terms.items()}
+            scalars["train/lr"] = self.scheduler.get_last_lr()[0]
+            scalars["train/grad_norm"] = float(grad_norm)
+            scalars.update(self.extra_scalars(epoch))
+            self.log_record({"event": "step", "epoch": epoch, "step": self.step, **scalars}, scalars)
+
+    def _evaluate(self, epoch: int) -> Optional[dict]:
+        """Greedy dev WER/CER on rank 0 every train.eval_every epochs and on the last (broadcast to every rank);
+        None on other epochs or without a dev split."""
+        cfg = self.cfg
+        if self.dev_reader is None or not (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs):
+            return None
         dev = None
-        if self.dev_reader is not None and (epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs):
-            if self.is_main:
-                full = evaluate_greedy(self.model, self.dev_reader, self.dev_indices, self.vocab, self.device,
-                                       batch_size=max(cfg.data.batch_size, 1))
-                dev = {k: full[k] for k in ("wer", "cer", "num_utterances")}
-            if self.world_size > 1:     # every rank tracks the best WER (and waits for rank 0's evaluation)
-                dev = distributed.broadcast(dev, distributed.env_from_os())
-            record.update({"dev_wer": dev["wer"], "dev_cer": dev["cer"]})
-        # the best epoch: the lowest dev WER, ties broken by the CER, then by the later epoch (a run at 100% WER
-        # keeps its latest epoch of the lowest CER, not its first); patience counts strict improvements only
-        score, best = (dev["wer"], dev["cer"]) if dev is not None else None, (self.best_wer, self.best_cer)
-        if dev is not None:
-            self.since_best = 0 if score < best else self.since_best + 1
-            record["evals_since_best"] = self.since_best
-        if dev is not None and score <= best:
+        if self.is_main:
+            full = evaluate_greedy(self.model, self.dev_reader, self.dev_indices, self.vocab, self.device,
+                                   batch_size=max(cfg.data.batch_size, 1))
+            dev = {k: full[k] for k in ("wer", "cer", "num_utterances")}
+        if self.world_size > 1:     # every rank tracks the best WER (and waits for rank 0's evaluation)
+            dev = distributed.broadcast(dev, distributed.env_from_os())
+        return dev
+
+    def _track_best(self, epoch: int, dev: Optional[dict], record: dict) -> None:
+        """The best epoch: the lowest dev WER, ties broken by the CER, then by the later epoch (a run at 100% WER
+        keeps its latest epoch of the lowest CER, not its first); patience counts strict improvements only. A new
+        best writes checkpoint_best.pt."""
+        if dev is None:
+            return
+        score, best = (dev["wer"], dev["cer"]), (self.best_wer, self.best_cer)
+        self.since_best = 0 if score < best else self.since_best + 1
+        record["evals_since_best"] = self.since_best
+        if score <= best:
             self.best_wer, self.best_cer = score
             record["best"] = True
             if self.is_main:
                 save_checkpoint(self.out / "checkpoint_best.pt", self._state(epoch, dev))
-        self._log(record, {"epoch/" + k: v for k, v in record.items()
-                           if isinstance(v, (int, float)) and k not in ("event", "best")})
-        if self.is_main:
-            save_checkpoint(self.out / "checkpoint_last.pt", self._state(epoch, dev))
-            msg = f"epoch {epoch}: loss {record.get('train_total', float('nan')):.4f}"
-            ref = self.dev_reference
-            if dev is not None:
-                msg += f", dev WER {dev['wer']:.2f}% CER {dev['cer']:.2f}%"
-                if ref:
-                    msg += f" ({ref['name']} {ref['wer']:.2f}% / {ref['cer']:.2f}%)"
-            msg += f", {record['frames_per_second']:.0f} frames/s"
-            tqdm.write(msg)
-            if ref and dev is not None and dev["wer"] < ref["wer"] and not self._passed_reference:
-                self._passed_reference = True
-                tqdm.write(f"warning: dev WER {dev['wer']:.2f}% has passed the {ref['name']}'s {ref['wer']:.2f}%: "
-                           f"a distilled student converges towards its teacher, so the teacher now holds it back "
-                           f"(train the teacher longer, or lower the distillation weights)")
-        return record
 
     def extra_scalars(self, epoch: int) -> dict:
         """The loss's per-epoch scalars such as the KD temperature (prefixed 'train/')."""
