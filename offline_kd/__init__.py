@@ -9,7 +9,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_API = ("CacheSplit", "CodebookCE", "CollapsedKL", "CTCTerm", "DistillationLoss", "DumpResult", "Evaluation",
+_API = ("CacheSplit", "Corpus", "CodebookCE", "CollapsedKL", "CTCTerm", "DistillationLoss", "DumpResult", "Evaluation",
         "ExportResult", "FeatureMSE", "LossInputs", "LossTerm", "SequenceCTC", "SoftKL", "SpeechModel", "SpikeKL",
         "StudentRun", "TeacherCache", "TeacherFrames", "TeacherTargets", "TrainResult", "Transcript", "Word",
         "build_student_run", "collate_frames", "dump_teacher", "evaluate", "export_model", "fit", "load_model",

@@ -31,6 +31,7 @@ from offline_kd.commands import train as _train_command
 from offline_kd.commands import train_student as _student_command
 from offline_kd.config import (DumpConfig, DumpRootConfig, ExperimentConfig, apply_overrides, build_dataclass,
                                load_config, to_dict)
+from offline_kd.data.corpus import Corpus
 from offline_kd.data.targets import TeacherFrames, TeacherTargets, collate_frames
 from offline_kd.distillation.student import StudentRun, build_student_run, fit
 from offline_kd.errors import OfflineKDError
@@ -42,7 +43,7 @@ from offline_kd.losses.terms import (CodebookCE, CollapsedKL, CTCTerm, Distillat
 from offline_kd.runtime import distributed
 from offline_kd.training import evaluation as _evaluation
 
-__all__ = ["CacheSplit", "CodebookCE", "CollapsedKL", "CTCTerm", "DistillationLoss", "DumpResult", "Evaluation",
+__all__ = ["CacheSplit", "Corpus", "CodebookCE", "CollapsedKL", "CTCTerm", "DistillationLoss", "DumpResult", "Evaluation",
            "ExportResult", "FeatureMSE", "LossInputs", "LossTerm", "SequenceCTC", "SoftKL", "SpeechModel", "SpikeKL",
            "StudentRun", "TeacherCache", "TeacherFrames", "TeacherTargets", "TrainResult", "Transcript", "Word",
            "build_student_run", "collate_frames", "dump_teacher", "evaluate", "export_model", "fit", "load_model",

@@ -193,7 +193,7 @@ class CacheSplit:
         if p is None:
             raise OfflineKDError(f"{self.cache.path}: utterance '{utterance_id}' is not in split '{self.name}' of the "
                                  f"cache ({len(self)} utterances; dump the corpus it comes from)")
-        d = self.read(p)
+        d = self.read_range(p, p + 1, layers)[0]
         n = len(d["best_path"])
         if num_frames is not None and int(num_frames) != n:
             raise OfflineKDError(f"{self.cache.path}: utterance '{utterance_id}': the cache holds {n} teacher frames, "
