@@ -128,18 +128,18 @@ def test_metrics_after_a_mid_epoch_kill_and_resume_are_one_history(tiny_corpus, 
     train.run(full, **QUIET)
     steps_per_epoch = sum(1 for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
                           if json.loads(line)["event"] == "step") // 2
-    orig = tr.Trainer._log
+    orig = tr.Trainer.log_record
 
     def log_then_kill(self, record, scalars=None):
         orig(self, record, scalars)
         if record.get("event") == "step" and record["step"] == steps_per_epoch + 3:   # 3 steps into epoch 2
             raise Killed()
-    tr.Trainer._log = log_then_kill
+    tr.Trainer.log_record = log_then_kill
     try:
         with pytest.raises(Killed):
             train.run(cfg, **QUIET)
     finally:
-        tr.Trainer._log = orig
+        tr.Trainer.log_record = orig
     train.run(cfg, resume=True, **QUIET)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if r["event"] == "step"]
