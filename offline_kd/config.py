@@ -398,9 +398,14 @@ class DumpConfig:
     # its vocabulary map drops above max_dropped_mass (measured on a sample before anything is written)
     allow_unreached: bool = False
     max_dropped_mass: float = 0.05
+    # further per-frame fields computed from the teacher's log-probs, by the names they were registered under
+    # (offline_kd.cache.fields.register_field; docs/extending.md)
+    fields: list = field(default_factory=list)
 
     def __post_init__(self):
         _check_choices(self)
+        if not all(isinstance(x, str) and x for x in self.fields):
+            raise OfflineKDError(f"dump.fields must be a list of registered field names, got {self.fields!r}")
         if self.subsampling is not None and (isinstance(self.subsampling, bool) or not isinstance(self.subsampling, int)
                                              or self.subsampling < 1):
             raise OfflineKDError(f"dump.subsampling must be an integer >= 1 or null, got {self.subsampling!r}")

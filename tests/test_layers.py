@@ -132,3 +132,11 @@ def test_the_dump_and_the_teacher_sources_do_not_import_training():
     wrong = [f"{rel}:{line} imports {module}" for rel, line, here, module, there in _cross_layer_imports()
              if there == "training" and (here == "teachers" or str(rel).startswith("distillation/dump"))]
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_function_is_under_60_lines():
+    """One function, one idea: a hub that grows past 59 lines is split (the builder of train-student included)."""
+    long = [f"{rel}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for rel, tree in _modules() for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 >= 60]
+    assert not long, "\n".join(long)

@@ -5,15 +5,24 @@ log-prob codec) and the hidden states of each cached layer L (`hidden_{L}`, thro
 writes one or more arrays, each named by a suffix ("" or "/values", "/indices", ...): the array path is the field
 name + the suffix. Everything that builds, parses or groups those paths (the layout, the writers on the host and
 on the device, the reader, the device decoder, `cache info`, the seal, the dump's fitted state) goes through
-`FieldTable`, so a new per-frame field is one entry here (docs/extending.md).
+`FieldTable`.
+
+Further per-frame fields computed from the teacher's log-probs (a per-frame entropy, say) are `FrameField`s: one
+`register_field(FrameField(name, compute, dtype))` call, and a dump with `dump.fields: [name]` stores them (the
+metadata records each one's name, dtype and shape, so any reader decodes them without the function). The writer,
+checksums, seal, `cache verify`, reader, `targets(utt_id).fields`, `collate_frames`, the training batches
+(`TeacherTargets.fields`) and the loss terms (`LossInputs.teacher_fields`) carry them (docs/extending.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
+import torch
+
+from offline_kd.errors import OfflineKDError
 
 BEST_PATH = "best_path"
 LOG_PROBS = "log_probs"
@@ -30,17 +39,61 @@ def is_field_name(name: str) -> bool:
 
 
 @dataclass(frozen=True)
+class FrameField:
+    """A per-frame field computed at dump time from the teacher's (F, V) float32 log-probs: `compute` returns
+    (F, *shape) values, stored as `dtype` without a codec."""
+    name: str
+    compute: Callable[[np.ndarray], np.ndarray]
+    dtype: str = "float32"
+    shape: tuple = ()
+
+    def spec(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+FRAME_FIELDS: dict[str, FrameField] = {}
+RESERVED = (BEST_PATH, LOG_PROBS, "hidden", "offset", "checksum", "utterance_id", "input_frames", "feature_sha256",
+            "confidence", "lm_nbest")
+
+
+def register_field(field: FrameField) -> FrameField:
+    """Make `field` available to `dump.fields` (a name that is not a split's own array, nor `hidden_*`)."""
+    if field.name in RESERVED or field.name.startswith(HIDDEN_PREFIX) or field.name.startswith("_") \
+            or not field.name.replace("_", "").isalnum():
+        raise ValueError(f"register_field: {field.name!r} is not a free field name")
+    FRAME_FIELDS[field.name] = field
+    return field
+
+
+def frame_field_specs(names: list, where: str = "dump.fields") -> list[dict]:
+    """The specs ([{name, dtype, shape}]) of the registered fields `names`; an unknown name is a one-line error."""
+    unknown = [n for n in names if n not in FRAME_FIELDS]
+    if unknown:
+        raise OfflineKDError(f"{where}: {', '.join(map(repr, unknown))} is not a registered per-frame field "
+                             f"(registered: {', '.join(sorted(FRAME_FIELDS)) or 'none'}; register_field in "
+                             f"offline_kd.cache.fields, imported before the dump)")
+    return [FRAME_FIELDS[n].spec() for n in names]
+
+
+def extra_field_specs(codecs: dict) -> list[dict]:
+    """The further per-frame fields a cache's metadata (`codecs["fields"]`) records: [{name, dtype, shape}]."""
+    return list((codecs or {}).get("fields") or [])
+
+
+@dataclass(frozen=True)
 class Field:
-    """One per-frame field: its name (the stem of its array paths), its codec (None: stored as it is, int32) and
-    the teacher layer it holds (hidden states only)."""
+    """One per-frame field: its name (the stem of its array paths), its codec (None: stored as it is, `dtype`
+    with per-frame `shape`) and the teacher layer it holds (hidden states only)."""
     name: str
     codec: Any = None
     layer: Optional[int] = None
+    dtype: str = "int32"
+    shape: tuple = ()
 
     def arrays(self) -> list[tuple[str, tuple, str, bool]]:
         """(path, per-frame shape, dtype, stored component-major) of each array of this field."""
         if self.codec is None:
-            return [(self.name, (), "int32", False)]
+            return [(self.name, tuple(self.shape), self.dtype, False)]
         return [(self.name + a.suffix, a.shape, a.dtype, a.transpose) for a in self.codec.arrays()]
 
     def owns(self, path: str) -> bool:
@@ -56,12 +109,25 @@ class Field:
 
 
 class FieldTable:
-    """The per-frame fields of a cache: best_path, log_probs (its codec), hidden_{L} per cached layer (theirs)."""
+    """The per-frame fields of a cache: best_path, log_probs (its codec), hidden_{L} per cached layer (theirs), and
+    the further fields `extra` ([{name, dtype, shape}], as the metadata records them)."""
 
-    def __init__(self, log_prob_codec, hidden_codecs: dict):
+    def __init__(self, log_prob_codec, hidden_codecs: dict, extra=()):
         self.log_probs = Field(LOG_PROBS, log_prob_codec)
         self.hidden = {int(L): Field(hidden_field(L), c, int(L)) for L, c in sorted(hidden_codecs.items())}
-        self.fields = [Field(BEST_PATH), self.log_probs, *self.hidden.values()]
+        self.extra = [Field(e["name"], None, None, e["dtype"], tuple(e["shape"])) for e in extra]
+        self.fields = [Field(BEST_PATH), self.log_probs, *self.hidden.values(), *self.extra]
+
+    def _computed(self, log_probs: np.ndarray) -> dict:
+        """{name: (F, ...) values} of the further fields, computed from (F, V) log-probs by their registered
+        functions."""
+        out = {}
+        for f in self.extra:
+            if f.name not in FRAME_FIELDS:
+                raise OfflineKDError(f"cache field '{f.name}': no function computes it in this process (register it "
+                                     f"with offline_kd.cache.fields.register_field before the dump)")
+            out[f.name] = np.asarray(FRAME_FIELDS[f.name].compute(log_probs)).astype(f.dtype)
+        return out
 
     # ------------------------------------------------------------------------------------------- paths
     def arrays(self) -> list[tuple[str, tuple, str, bool]]:
@@ -86,15 +152,17 @@ class FieldTable:
         enc.update(self.log_probs.join(self.log_probs.codec.encode(log_probs)))
         for L, f in self.hidden.items():
             enc.update(f.join(f.codec.encode(hidden[L])))
+        enc.update(self._computed(np.asarray(log_probs, dtype=np.float32)))
         return enc
 
     def decode(self, arrays: dict, layers=None) -> dict:
         """{path: codes} -> {"log_probs": (F, V), "best_path": (F,), "hidden": {L: (F, H)}} (float32), the hidden
-        layers in `layers` only (all with None)."""
+        layers in `layers` only (all with None), and each further field by its name."""
         return {"log_probs": self.log_probs.codec.decode(self.log_probs.part(arrays)),
                 "best_path": arrays[BEST_PATH],
                 "hidden": {L: f.codec.decode(f.part(arrays)) for L, f in self.hidden.items()
-                           if layers is None or L in layers}}
+                           if layers is None or L in layers},
+                **{f.name: arrays[f.name] for f in self.extra}}
 
     # ---------------------------------------------------------------------------------- on the device
     def device_states(self, device) -> dict:
@@ -107,11 +175,14 @@ class FieldTable:
         codes.update(self.log_probs.join(self.log_probs.codec.encode_torch(log_probs, states[LOG_PROBS])))
         for L, f in self.hidden.items():
             codes.update(f.join(f.codec.encode_torch(hidden[L], states[f.name])))
+        if self.extra:          # computed on the host by their numpy functions
+            codes.update({k: torch.from_numpy(v).to(log_probs.device)
+                          for k, v in self._computed(log_probs.float().cpu().numpy()).items()})
         return codes
 
     def decode_torch(self, codes: dict, states: dict) -> tuple:
         """{path: codes on a device} -> (log-probs (F, V), {L: (F, H)}) float32, hidden layers whose codes are
-        present."""
+        present (the further fields travel as they are stored: `codes[name]`)."""
         lp = self.log_probs.codec.decode_torch(self.log_probs.part(codes), states[LOG_PROBS])
         hidden = {}
         for L, f in self.hidden.items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from offline_kd.cache.confidence import read as read_confidence, summary as confidence_summary
-from offline_kd.cache.fields import is_field_name
+from offline_kd.cache.fields import extra_field_specs, is_field_name
 from offline_kd.cache.layout import open_group, read_meta
 from offline_kd.cache.meta import CacheMeta
 from offline_kd.cache.progress import split_progress
@@ -47,7 +47,8 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
             totals[k] = totals.get(k, 0) + b
     per_frame = {k: b / max(total_frames, 1) for k, b in totals.items()}
     # targets = what the loss consumes: log-probs + hidden states (+ the 1-best path); index arrays are overhead
-    target_keys = [k for k in totals if is_field_name(k)]
+    extra = {e["name"] for e in extra_field_specs(meta.codecs)}       # further per-frame fields (dump.fields)
+    target_keys = [k for k in totals if is_field_name(k) or k in extra]
     target_per_frame = sum(per_frame[k] for k in target_keys)
     all_bytes = sum(totals.values()) + sum(_stored_bytes(a) for _, a in root.members(max_depth=None)
                                            if _.split("/")[0] in FITTED_STATE_GROUPS and hasattr(a, "nbytes_stored"))

@@ -183,9 +183,10 @@ class CacheMeta:
                  teacher_sha256: str, weights_sha256: str, tool_version: str,
                  teacher_dev: Optional[dict] = None, splits: Optional[list] = None,
                  frontend: Optional[dict] = None, teacher_record: Optional[dict] = None,
-                 coverage: Optional[dict] = None) -> "CacheMeta":
+                 coverage: Optional[dict] = None, extra_fields: Optional[list] = None) -> "CacheMeta":
         """`teacher_record`: where the teacher came from (path, and for an entry point its adapter, entry point and
-        args); without it, `cfg.teacher` is the checkpoint's path."""
+        args); without it, `cfg.teacher` is the checkpoint's path. `extra_fields`: the further per-frame fields'
+        specs ([{name, dtype, shape}])."""
         layer_dims = {L: c.dim for L, c in hidden_codecs.items()}
         return cls(
             format_version=FORMAT_VERSION, tool_version=tool_version, complete=False, created=_now(),
@@ -199,10 +200,12 @@ class CacheMeta:
             subsampling=model.subsampling, num_classes=model.num_classes,
             layers={str(L): d for L, d in layer_dims.items()},
             codecs={"log_probs": lp_codec.to_dict(), "hidden": {str(L): c.to_dict() for L, c in hidden_codecs.items()},
-                    "compressor": cfg.codecs.compressor, "level": cfg.codecs.level},
+                    "compressor": cfg.codecs.compressor, "level": cfg.codecs.level,
+                    **({"fields": extra_fields} if extra_fields else {})},
             chunk_frames=cfg.chunk_frames, shard_frames=cfg.chunk_frames * cfg.shard_chunks,
             splits=list(splits if splits is not None else cfg.splits), device_type=device_type,
             dump_config={k: v for k, v in asdict(cfg).items()
-                         if k != "storage_options" and not (k == "subsampling" and v is None)},
+                         if k != "storage_options" and not (k == "subsampling" and v is None)
+                         and not (k == "fields" and not v)},
             extra={**({"frontend": frontend} if frontend else {}),
                    **({"teacher_coverage": coverage} if coverage else {})})

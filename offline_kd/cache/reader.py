@@ -18,11 +18,11 @@ import zarr
 from offline_kd.cache import integrity
 from offline_kd.cache.codecs import codec_from_spec, load_state
 from offline_kd.cache.confidence import read as read_confidence
-from offline_kd.cache.fields import LOG_PROBS, FieldTable, hidden_field
+from offline_kd.cache.fields import LOG_PROBS, FieldTable, extra_field_specs, hidden_field
 from offline_kd.cache.lm_targets import NBest
 from offline_kd.cache.meta import CacheMeta
 from offline_kd.cache.progress import split_progress
-from offline_kd.cache.layout import decode_hashes, decode_ids, field_arrays, open_group, read_meta, utterance_checksum
+from offline_kd.cache.layout import decode_hashes, decode_ids, open_group, read_meta, utterance_checksum
 from offline_kd.data.targets import TeacherFrames
 from offline_kd.errors import OfflineKDError
 
@@ -35,7 +35,7 @@ except ImportError:       # pragma: no cover - another zarr 3 layout: read the a
 def _zarr_sync(coro):
     """Run `coro` on zarr's event loop and wait for it. An interrupt (Ctrl-C) or exit while waiting cancels the
     read's tasks and waits for them briefly: zarr's exit handler closes its loop after 0.2 s, and a loop still
-    busy with a large read fails there with 'RuntimeError: Cannot close a running event loop' (issue #47)."""
+    busy with a large read fails there with 'RuntimeError: Cannot close a running event loop'."""
     loop = _zarr_loop()
     fut = asyncio.run_coroutine_threadsafe(coro, loop)
     try:
@@ -222,8 +222,10 @@ class TargetDecoder:
         return self._state[key]
 
     def decode_torch(self, codes: dict, device) -> tuple:
-        """{path: codes on `device`} -> log-probs (F, V) and {layer: (F, H)} float32 on `device`."""
-        return self.fields.decode_torch(codes, self._on(device))
+        """{path: codes on `device`} -> log-probs (F, V) and {layer: (F, H)} float32 on `device`, and the further
+        fields {name: (F, ...)} as stored."""
+        lp, hidden = self.fields.decode_torch(codes, self._on(device))
+        return lp, hidden, {f.name: codes[f.name] for f in self.fields.extra if f.name in codes}
 
 
 class TeacherCache:
@@ -240,7 +242,7 @@ class TeacherCache:
             raise OfflineKDError(f"{self.path}: the cache is incomplete (utterances written per split: {done}); "
                                  f"rerun the same `offline-kd dump-teacher` command to finish it")
         self.lp_codec, self.hidden_codecs = build_codecs(self.meta.codecs, self.root)
-        self.fields = FieldTable(self.lp_codec, self.hidden_codecs)
+        self.fields = FieldTable(self.lp_codec, self.hidden_codecs, extra_field_specs(self.meta.codecs))
         self.layers = sorted(self.hidden_codecs)
         self.layer_dims = self.meta.layer_dims
         if verify_reads and self.meta.complete:
@@ -249,8 +251,7 @@ class TeacherCache:
     def _check_seal(self) -> None:
         """The sealed digests of the metadata and of every array that is not per-frame (ids, offsets, fitted codec
         state, ...): what shapes decoding is checked once at open; per-frame data is checked on every read."""
-        fields = [p for p, *_ in field_arrays(self.lp_codec, self.hidden_codecs)]
-        problems, _ = integrity.check(self.root, self.splits, fields)
+        problems, _ = integrity.check(self.root, self.splits, self.fields.paths())
         if problems:
             raise OfflineKDError(f"{self.path}: the cache was changed after its dump: {'; '.join(problems[:3])}"
                                  f"{' ...' if len(problems) > 3 else ''} (`offline-kd cache verify` lists all; "

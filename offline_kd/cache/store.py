@@ -12,8 +12,8 @@ import numpy as np
 import zarr
 
 from offline_kd.cache import confidence, integrity
-from offline_kd.cache.fields import FieldTable
-from offline_kd.cache.layout import META_KEY, field_arrays, open_group
+from offline_kd.cache.fields import FieldTable, extra_field_specs
+from offline_kd.cache.layout import META_KEY, open_group
 from offline_kd.cache.lm_targets import drop_lm_targets
 from offline_kd.cache.meta import CacheMeta
 from offline_kd.cache.plan import SplitPlan
@@ -92,7 +92,7 @@ def prepare_store(cfg: DumpConfig, meta: CacheMeta, plans: dict[str, SplitPlan],
             a[:] = arr
         root.attrs.update({META_KEY: meta.to_dict()})
     codecs = build_codecs(meta.codecs, root)     # with any fitted state stored above
-    fields = field_arrays(codecs[0], codecs[1])
+    fields = FieldTable(codecs[0], codecs[1], extra_field_specs(meta.codecs)).arrays()
     for split in plans:
         if resume and split in root and root[split].attrs.get("created"):
             continue                               # (a split killed while being created is made again)
@@ -168,12 +168,13 @@ def finalize(root: zarr.Group, splits: list[str], lp_codec, hidden_codecs: dict,
     for split in splits:
         if not root[split].attrs.get("complete"):
             finalize_split(root[split])
-    fields = FieldTable(lp_codec, hidden_codecs)
+    extra = extra_field_specs(root.attrs[META_KEY]["codecs"])
+    fields = FieldTable(lp_codec, hidden_codecs, extra)
     for split in splits:          # the teacher's confidence in its 1-best, per utterance (cache/confidence.py)
         g = root[split]
         confidence.store(g, confidence.compute(g, fields, g["offset"][:].astype(np.int64)))
     if before_seal is not None:
         before_seal()
     meta = CacheMeta.from_dict(dict(root.attrs[META_KEY])).completed_now().to_dict()
-    seal = integrity.seal(root, meta, list(splits), [p for p, *_ in field_arrays(lp_codec, hidden_codecs)])
+    seal = integrity.seal(root, meta, list(splits), fields.paths())
     root.attrs.update({META_KEY: meta, integrity.INTEGRITY_KEY: seal})

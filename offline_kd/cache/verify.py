@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from offline_kd.cache import integrity
-from offline_kd.cache.layout import field_arrays, utterance_checksum
+from offline_kd.cache.layout import utterance_checksum
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.cache.progress import shard_starts, shards_done, whole_utterances
 from offline_kd.data.validate import output_frames
@@ -93,7 +93,7 @@ def verify_cache(path: str, storage_options: dict | None = None, log=print) -> d
     res["data_problems"] = len(st["problems"])         # per-frame bytes and offsets (the seal's findings apart)
     problems += st["problems"]
     if res["complete"]:
-        fields = [p for p, *_ in field_arrays(cache.lp_codec, cache.hidden_codecs)]
+        fields = cache.fields.paths()
         sealed_problems, res["sealed"] = integrity.check(cache.root, cache.splits, fields)
         problems += sealed_problems
     res["problems"] = problems

@@ -98,8 +98,8 @@ class DeviceEncoder:
     every utterance, the codecs' `encode_torch` with their fitted state on the device, and only the codes copied
     to the host, cast to the dtypes the cache declares."""
 
-    def __init__(self, lp_codec, hidden_codecs: dict, device):
-        self.fields = FieldTable(lp_codec, hidden_codecs)
+    def __init__(self, lp_codec, hidden_codecs: dict, device, extra=()):
+        self.fields = FieldTable(lp_codec, hidden_codecs, extra)
         self.state = self.fields.device_states(device)
         self.dtypes = {p: np.dtype(dt) for p, _, dt, _ in self.fields.arrays()}
 
@@ -119,10 +119,10 @@ class SplitWriter:
     that touch none of the targets may be left out."""
 
     def __init__(self, group: zarr.Group, log_prob_codec, hidden_codecs: dict, shard_frames: int,
-                 targets: list[int], queue_size: int = 4):
+                 targets: list[int], queue_size: int = 4, extra=()):
         self.g = group
         self.lp_codec, self.hidden_codecs = log_prob_codec, hidden_codecs
-        self.fields = FieldTable(log_prob_codec, hidden_codecs)
+        self.fields = FieldTable(log_prob_codec, hidden_codecs, extra)
         self.paths = self.fields.paths()
         self.arrays = {p: group[p] for p in self.paths}
         self.done_flags, self.checksum_rows = group["_progress/shard_done"], group["_progress/checksums"]

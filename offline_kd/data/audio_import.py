@@ -375,6 +375,40 @@ def _frontend_record(plan: list[_Chunk], options: AudioImportOptions) -> tuple[d
     return frontend, mean, std
 
 
+def _write_split(corpus: Path, split: str, chunks: list, rows: list, reasons: dict, options: AudioImportOptions,
+                 mean, std) -> int:
+    """One split's HDF5 file from its stored chunks (global CMVN applied), one chunk in memory at a time; a split
+    whose every row is invalid is an error. -> utterances written."""
+    fb = options.fbank
+    transcribed = rows[chunks[0].rows[0]].text is not None
+    writer = SplitWriter(corpus / f"{split}.h5", fb.num_mel_bins, transcribed=transcribed,
+                         audio_sample_rate=fb.sample_rate if options.keep_audio else None)
+    n = 0
+    try:
+        for c in chunks:
+            with np.load(c.path, allow_pickle=False) as z:
+                feats, frames = z["features"], z["frames"]
+                if mean is not None:
+                    feats = apply_global(feats, mean, std)
+                audio, samples = (z["audio"], z["samples"]) if options.keep_audio else (None, None)
+                kept = [i for i, why in zip(c.rows, z["reasons"].tolist()) if not why]
+            fo = np.concatenate([[0], np.cumsum(frames)])
+            ao = np.concatenate([[0], np.cumsum(samples)]) if samples is not None else None
+            for k, i in enumerate(kept):
+                writer.add(rows[i].uid, feats[fo[k]:fo[k + 1]], rows[i].text or "",
+                           audio[ao[k]:ao[k + 1]] if ao is not None else None)
+                n += 1
+        if n == 0:
+            first = min(i for i in reasons if rows[i].split == split)
+            raise OfflineKDError(f"split '{split}': every row is invalid (first: {rows[first].where}: "
+                                 f"{reasons[first]})")
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return n
+
+
 def _assemble(plan: list[_Chunk], rows: list[AudioRow], bad: dict, options: AudioImportOptions,
               vocab: Optional[Vocabulary], tokenizer: str, word_separator: str, work: Path, manifests: list[str],
               log) -> tuple[dict, int]:
@@ -402,33 +436,7 @@ def _assemble(plan: list[_Chunk], rows: list[AudioRow], bad: dict, options: Audi
     for c in plan:
         by_split.setdefault(c.split, []).append(c)
     for split, chunks in by_split.items():
-        transcribed = rows[chunks[0].rows[0]].text is not None
-        writer = SplitWriter(corpus / f"{split}.h5", fb.num_mel_bins, transcribed=transcribed,
-                             audio_sample_rate=fb.sample_rate if options.keep_audio else None)
-        n = 0
-        try:
-            for c in chunks:
-                with np.load(c.path, allow_pickle=False) as z:
-                    feats, frames = z["features"], z["frames"]
-                    if mean is not None:
-                        feats = apply_global(feats, mean, std)
-                    audio, samples = (z["audio"], z["samples"]) if options.keep_audio else (None, None)
-                    kept = [i for i, why in zip(c.rows, z["reasons"].tolist()) if not why]
-                fo = np.concatenate([[0], np.cumsum(frames)])
-                ao = np.concatenate([[0], np.cumsum(samples)]) if samples is not None else None
-                for k, i in enumerate(kept):
-                    writer.add(rows[i].uid, feats[fo[k]:fo[k + 1]], rows[i].text or "",
-                               audio[ao[k]:ao[k + 1]] if ao is not None else None)
-                    n += 1
-            if n == 0:
-                first = min(i for i in reasons if rows[i].split == split)
-                raise OfflineKDError(f"split '{split}': every row is invalid (first: {rows[first].where}: "
-                                     f"{reasons[first]})")
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-        counts[split] = n
+        counts[split] = _write_split(corpus, split, chunks, rows, reasons, options, mean, std)
     manifest_names = ", ".join(Path(m).name for m in manifests)
     write_corpus_meta(corpus, vocab, fb.num_mel_bins, source=f"offline-kd data import {manifest_names}",
                       frontend=frontend, audio={"sample_rate": fb.sample_rate, "kept": options.keep_audio},

@@ -29,6 +29,9 @@ from offline_kd.data.targets import EncodedTargets, TeacherTargets, best_tokens,
 from offline_kd.data.vocab import Vocabulary
 
 
+CORE = ("log_probs", "best_path", "hidden")     # a decoded utterance's own keys; any other is a further field
+
+
 class _Part:
     def __init__(self, reader: SplitReader, vocab: Vocabulary, targets, offset: int, with_audio: bool = False):
         self.reader, self.targets, self.offset = reader, targets, offset
@@ -107,5 +110,6 @@ class DistillBatchDataset(torch.utils.data.Dataset):
             pad_time([torch.from_numpy(c["log_probs"]) for c in cached]).transpose(0, 1),
             torch.tensor([len(c["log_probs"]) for c in cached], dtype=torch.long),
             {L: pad_time([torch.from_numpy(c["hidden"][L]) for c in cached]) for L in sorted(self.layers)},
-            [c["best_path"] for c in cached], nbest=nbest)
+            [c["best_path"] for c in cached], nbest=nbest,
+            fields={k: pad_time([torch.from_numpy(c[k]) for c in cached]) for k in cached[0] if k not in CORE})
         return batch

@@ -1,6 +1,6 @@
 """A deterministic synthetic speech-like corpus: the built-in demo data.
 
-Geometry follows the seed by default: 512-dim features, 1,228 word units + blank. How it is made:
+Geometry follows the reference recipe by default: 512-dim features, 1,228 word units + blank. How it is made:
 
 * Each word unit is spelled with 3 "phones" from a shared inventory (default 48), so units share parts and the
   model must learn phones *and* their order (a frame classifier alone cannot do it).

@@ -168,8 +168,9 @@ class EncodedTargets:
 
     def decode(self, decoder, device) -> TeacherTargets:
         codes = {k: v.to(device, non_blocking=True) for k, v in self.codes.items()}
-        log_probs, hidden = decoder.decode_torch(codes, device)
+        log_probs, hidden, fields = decoder.decode_torch(codes, device)
         sizes = self.lengths.tolist()
         pad = lambda x: torch.nn.utils.rnn.pad_sequence(torch.split(x, sizes), batch_first=True)  # noqa: E731
         return TeacherTargets(pad(log_probs).transpose(0, 1), self.lengths, {L: pad(h) for L, h in hidden.items()},
-                              self.tokens.to(device), self.token_lengths.to(device), self.nbest)
+                              self.tokens.to(device), self.token_lengths.to(device), self.nbest,
+                              {k: pad(v) for k, v in fields.items()})

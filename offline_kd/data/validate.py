@@ -23,6 +23,36 @@ def output_frames(num_frames, subsampling: int):
     return (num_frames + subsampling - 1) // subsampling
 
 
+def _problems(reader: SplitReader, i: int, vocab: Vocabulary, subsampling: int, nonfinite: bool, changed: bool,
+              changed_audio: bool) -> list[tuple[str, str]]:
+    """[(problem, utterance label)] of utterance i (empty: valid)."""
+    utt = reader.utterance_ids[i]
+    out = []
+    if changed:
+        out.append(("features differ from their stored feature_sha256 (changed after the corpus was written)", utt))
+    if changed_audio:
+        out.append(("kept audio differs from its stored audio_sha256 (changed after the corpus was written)", utt))
+    if reader.lengths[i] == 0:
+        out.append(("zero-length features", utt))
+    if nonfinite:
+        out.append(("NaN/Inf in features", utt))
+    if not reader.transcribed:   # teacher targets only: nothing to check against the model's output length
+        return out
+    text = reader.transcripts[i]
+    unknown = vocab.unknown_units(text)
+    if unknown:
+        out.append((f"tokens not in the vocabulary (e.g. {unknown[0]!r})", utt))
+    elif not text.strip():
+        out.append(("empty transcript", utt))
+    elif reader.lengths[i] > 0:
+        need = ctc_min_frames(vocab.encode(text))
+        have = output_frames(int(reader.lengths[i]), subsampling)
+        if need > have:
+            out.append(("transcript longer than the model's output frames (CTC cannot align it)",
+                        f"{utt} ({need} > {have})"))
+    return out
+
+
 def validate_split(reader: SplitReader, vocab: Vocabulary, feature_dim: int, subsampling: int,
                    skip_invalid: bool = False, log=print, check_hashes: bool = False,
                    dim_key: str = "model.input_dim") -> np.ndarray:
@@ -47,39 +77,10 @@ def validate_split(reader: SplitReader, vocab: Vocabulary, feature_dim: int, sub
     changed_audio = set(reader.changed_audio()) if check_hashes and getattr(reader, "has_audio", False) else set()
     valid = []
     for i, utt in enumerate(reader.utterance_ids):
-        bad = False
-        if i in changed:
-            problems["features differ from their stored feature_sha256 (changed after the corpus was written)"
-                     ].append(utt)
-            bad = True
-        if i in changed_audio:
-            problems["kept audio differs from its stored audio_sha256 (changed after the corpus was written)"
-                     ].append(utt)
-            bad = True
-        if reader.lengths[i] == 0:
-            problems["zero-length features"].append(utt)
-            bad = True
-        if nonfinite[i] > 0:
-            problems["NaN/Inf in features"].append(utt)
-            bad = True
-        text = reader.transcripts[i]
-        unknown = vocab.unknown_units(text)
-        if not reader.transcribed:   # teacher targets only: nothing to check against the model's output length
-            pass
-        elif unknown:
-            problems[f"tokens not in the vocabulary (e.g. {unknown[0]!r})"].append(utt)
-            bad = True
-        elif not text.strip():
-            problems["empty transcript"].append(utt)
-            bad = True
-        elif reader.lengths[i] > 0:
-            need = ctc_min_frames(vocab.encode(text))
-            have = output_frames(int(reader.lengths[i]), subsampling)
-            if need > have:
-                problems["transcript longer than the model's output frames (CTC cannot align it)"].append(
-                    f"{utt} ({need} > {have})")
-                bad = True
-        if not bad:
+        found = _problems(reader, i, vocab, subsampling, nonfinite[i] > 0, i in changed, i in changed_audio)
+        for what, label in found:
+            problems[what].append(label)
+        if not found:
             valid.append(i)
     if problems:
         n_bad = len(reader) - len(valid)
@@ -87,7 +88,7 @@ def validate_split(reader: SplitReader, vocab: Vocabulary, feature_dim: int, sub
                  for what, ids in problems.items()]
         if not skip_invalid:
             raise OfflineKDError(f"{name}: {n_bad} invalid utterance(s): " + "; ".join(parts)
-                                 + " (use --skip-invalid to skip them)")
+                                 + " (data.skip_invalid, --skip-invalid on the command line, skips them)")
         log(f"{name}: skipping {n_bad} invalid utterance(s): " + "; ".join(parts))
     if not valid:
         raise OfflineKDError(f"{name}: no valid utterances")

@@ -92,6 +92,37 @@ def _error(proc: subprocess.CompletedProcess) -> str:
     return lines[-1][:300] if lines else f"exit code {proc.returncode}"
 
 
+def _train_record(rdir: Path) -> dict:
+    """The best epoch and the mean training speed of a finished run, from its metrics.jsonl."""
+    records = [json.loads(line) for line in (rdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    epochs = [r for r in records if r.get("event") == "epoch"]
+    best = [e for e in epochs if e.get("best")]
+    fps = [e["frames_per_second"] for e in epochs if "frames_per_second" in e]
+    return {"best_epoch": best[-1]["epoch"] if best else None,
+            "train_frames_per_second": round(sum(fps) / len(fps), 1) if fps else None}
+
+
+def _evaluate_splits(row: dict, ckpt: Path, spec: AblationConfig, env: dict | None) -> str | None:
+    """`offline-kd evaluate` of `ckpt` on each of spec.evaluate (greedy, and beam + LM with spec.lm), into `row`;
+    -> the first error, or None."""
+    for split in spec.evaluate:
+        ev = ["evaluate", "--checkpoint", str(ckpt), "--split", split, "--json"]
+        if spec.lm:
+            ev += ["--decoder", "beam", "--lm", spec.lm, "--alpha", str(spec.lm_alpha), "--beta", str(spec.lm_beta),
+                   "--compare-greedy"]
+        proc = subprocess.run(_cli(*ev), capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            return f"evaluate {split}: {_error(proc)}"
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        if spec.lm:
+            row[f"{split}_wer"], row[f"{split}_cer"] = res["greedy_wer"], res["greedy_cer"]
+            row[f"{split}_beam_wer"], row[f"{split}_beam_cer"] = res["wer"], res["cer"]
+        else:
+            row[f"{split}_wer"], row[f"{split}_cer"] = res["wer"], res["cer"]
+        row["num_parameters"] = res["num_parameters"]
+    return None
+
+
 def run_one(run: dict, base: dict, spec: AblationConfig, outdir: Path, log, env: dict | None = None) -> dict:
     rdir = outdir / run["name"]
     done = rdir / "result.json"
@@ -125,30 +156,13 @@ def run_one(run: dict, base: dict, spec: AblationConfig, outdir: Path, log, env:
         log(f"[{run['name']}] failed: {row['error']}")
         return row
     row["train_seconds"] = round(time.time() - start, 1)
-    records = [json.loads(line) for line in (rdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    epochs = [r for r in records if r.get("event") == "epoch"]
-    best = [e for e in epochs if e.get("best")]
-    row["best_epoch"] = best[-1]["epoch"] if best else None
-    fps = [e["frames_per_second"] for e in epochs if "frames_per_second" in e]
-    row["train_frames_per_second"] = round(sum(fps) / len(fps), 1) if fps else None
+    row.update(_train_record(rdir))
     ckpt = rdir / ("checkpoint_best.pt" if (rdir / "checkpoint_best.pt").is_file() else "checkpoint_last.pt")
-    for split in spec.evaluate:
-        ev = ["evaluate", "--checkpoint", str(ckpt), "--split", split, "--json"]
-        if spec.lm:
-            ev += ["--decoder", "beam", "--lm", spec.lm, "--alpha", str(spec.lm_alpha), "--beta", str(spec.lm_beta),
-                   "--compare-greedy"]
-        proc = subprocess.run(_cli(*ev), capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            row["error"] = f"evaluate {split}: {_error(proc)}"
-            log(f"[{run['name']}] failed: {row['error']}")
-            return row
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
-        if spec.lm:
-            row[f"{split}_wer"], row[f"{split}_cer"] = res["greedy_wer"], res["greedy_cer"]
-            row[f"{split}_beam_wer"], row[f"{split}_beam_cer"] = res["wer"], res["cer"]
-        else:
-            row[f"{split}_wer"], row[f"{split}_cer"] = res["wer"], res["cer"]
-        row["num_parameters"] = res["num_parameters"]
+    error = _evaluate_splits(row, ckpt, spec, env)
+    if error:
+        row["error"] = error
+        log(f"[{run['name']}] failed: {row['error']}")
+        return row
     row["status"] = "ok"
     done.write_text(json.dumps(row, indent=2) + "\n")
     log(f"[{run['name']}] done: " + ", ".join(f"{k} {row[k]:.2f}" for k in row if k.endswith("_wer")))

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from offline_kd import __version__
 from offline_kd.cache.codecs import codec_from_spec, state_arrays
-from offline_kd.cache.fields import LOG_PROBS, hidden_field
+from offline_kd.cache.fields import LOG_PROBS, frame_field_specs, hidden_field
 from offline_kd.cache.layout import META_KEY, open_group
 from offline_kd.cache.meta import CacheMeta
 from offline_kd.cache.plan import SplitPlan
@@ -187,11 +187,10 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     meta = CacheMeta.for_dump(cfg, model, vocab, str(corpus.dir), lp_codec, hidden_codecs, device.type,
                               teacher.record["sha256"], weights_sha256(model), __version__,
                               teacher.dev, splits=list(plans), frontend=corpus.meta.get("frontend"),
-                              teacher_record=teacher.record, coverage=coverage).with_identity(plans)
-    kept: dict = {}       # the teacher's outputs on the fit sample's batches (the first split's first ones)
-    timing = {"fit_seconds": 0.0}
-    fit = lambda: _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log, kept,  # noqa: E731
-                             timing)
+                              teacher_record=teacher.record, coverage=coverage,
+                              extra_fields=frame_field_specs(cfg.fields)).with_identity(plans)
+    kept, timing = {}, {"fit_seconds": 0.0}   # kept: the teacher's outputs on the fit sample's batches
+    fit = lambda: _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log, kept, timing)  # noqa
     state = distributed.run_on_main(lambda: prepare_store(cfg, meta, plans, fit, overwrite, log), env)
     if state["complete"]:
         log(f"{cfg.output}: already complete, nothing to do")
@@ -277,9 +276,11 @@ def _dump_split(cfg: DumpConfig, g, p: dict, model, vocab, layers, lp_codec, hid
                disable=not (cfg.progress and env.is_main), dynamic_ncols=True)
     start, n_utts = time.perf_counter(), 0
     # on any error the writer stops; the whole shards written so far stay flagged and a rerun resumes after them
-    encoder = DeviceEncoder(lp_codec, hidden_codecs, device) if (
+    extra = frame_field_specs(cfg.fields)
+    encoder = DeviceEncoder(lp_codec, hidden_codecs, device, extra) if (
         cfg.encode_on == "device" or cfg.encode_on == "auto" and device.type == "cuda") else None
-    with bar, SplitWriter(g, lp_codec, hidden_codecs, shard_frames, mine.tolist(), cfg.writer_queue) as writer:
+    with bar, SplitWriter(g, lp_codec, hidden_codecs, shard_frames, mine.tolist(), cfg.writer_queue,
+                          extra) as writer:
         workers = resolve_num_workers(cfg.num_workers, device, env.world_size)
         kept = kept or {}
         outputs_iter = iterate_outputs(model, loader_for(reader, vocab, [b for q, b in todo if q not in kept],

@@ -59,11 +59,9 @@ def with_recorded_options(spec, cache: TeacherCache, tmp: str, log=print):
     return {**({"checkpoint": spec} if isinstance(spec, str) else spec), **missing}
 
 
-@torch.no_grad()
-def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, log=print,
-             corpus_dir: str | None = None) -> dict:
-    dev = resolve_device(device)
-    corpus = Corpus(corpus_dir or cache.meta.corpus)
+def _checked_teacher(cache: TeacherCache, teacher_path: str, dev, corpus, log):
+    """The teacher, loaded as the dump loaded it (its recorded options), checked against the cache: the same
+    alignment, the cached layers' widths."""
     with tempfile.TemporaryDirectory() as tmp:
         spec = with_recorded_options(teacher_path, cache, tmp, log)
         teacher = load_teacher(spec, dev, Vocabulary.from_dict(cache.meta.vocab), where="--teacher",
@@ -80,9 +78,32 @@ def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, l
     if wrong:
         raise OfflineKDError(f"--teacher {teacher.name}: layer {wrong[0]} is {dims.get(wrong[0])} wide, the cache's "
                              f"{cache.layer_dims[wrong[0]]}")
-    model, vocab = teacher.model, teacher.vocab
+    return teacher
+
+
+def _live(model, reader, u: str, waveform: bool, dev, layers):
+    """The teacher's log-probs (T, V) and hidden states {L: (T, H)} on utterance `u`, recomputed exactly."""
+    if u not in reader.index:
+        raise OfflineKDError(f"utterance {u} of the cache is not in {reader.path}")
+    batch = utterance_batch(reader, reader.index[u], waveform)
+    try:
+        with exact_numerics():
+            lp, out_len, hidden = forward_batch(model, batch, dev, layers)
+    except TeacherForwardError as exc:
+        raise TeacherForwardError(f"{exc} on utterance {u}") from None
+    return lp[:, 0].float().cpu().numpy(), {L: hidden[L][0].float().cpu().numpy() for L in layers}
+
+
+@torch.no_grad()
+def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, log=print,
+             corpus_dir: str | None = None) -> dict:
+    dev = resolve_device(device)
+    corpus = Corpus(corpus_dir or cache.meta.corpus)
+    teacher = _checked_teacher(cache, teacher_path, dev, corpus, log)
+    vocab = teacher.vocab
     # the teacher recomputed in the precision the dump used (older caches: float32)
-    model = with_precision(model, cache.meta.dump_config.get("precision", "fp32"), dev, "the cache's dump.precision")
+    model = with_precision(teacher.model, cache.meta.dump_config.get("precision", "fp32"), dev,
+                           "the cache's dump.precision")
     layers = cache.layers
     kls = {t: [] for t in TEMPERATURES}
     agree, frames, herr_num, herr_den = 0, 0, {L: 0.0 for L in layers}, {L: 0.0 for L in layers}
@@ -92,26 +113,15 @@ def fidelity(cache: TeacherCache, teacher_path: str, sample: int, device: str, l
         reader = corpus_reader(corpus, s, cache.meta.views)      # a view's split: the corpus seen through it
         positions = np.linspace(0, len(split) - 1, num=min(sample, len(split))).round().astype(int)
         for p in sorted(set(positions.tolist())):
-            u = split.utterance_ids[p]
-            if u not in reader.index:
-                raise OfflineKDError(f"utterance {u} of the cache is not in {reader.path}")
-            i = reader.index[u]
-            batch = utterance_batch(reader, i, teacher.input_kind == "waveform")
-            try:
-                with exact_numerics():
-                    lp, out_len, hidden = forward_batch(model, batch, dev, layers)
-            except TeacherForwardError as exc:
-                raise TeacherForwardError(f"{exc} on utterance {u}") from None
-            live = lp[:, 0].float().cpu().numpy()
+            live, hidden = _live(model, reader, split.utterance_ids[p], teacher.input_kind == "waveform", dev, layers)
             cached = split.read(p)
             for t in TEMPERATURES:
                 kls[t].append(kl_per_frame(live, cached["log_probs"], t))
             agree += int((live.argmax(-1) == cached["log_probs"].argmax(-1)).sum())
             frames += live.shape[0]
             for L in layers:
-                h = hidden[L][0].float().cpu().numpy()
-                herr_num[L] += float(((h - cached["hidden"][L]) ** 2).sum())
-                herr_den[L] += float((h ** 2).sum())
+                herr_num[L] += float(((hidden[L] - cached["hidden"][L]) ** 2).sum())
+                herr_den[L] += float((hidden[L] ** 2).sum())
             hyps.append(vocab.decode(collapse_best_path(cached["best_path"]).tolist()))
             refs.append(vocab.decode(collapse_best_path(live.argmax(-1)).tolist()))
     out = {"frames_compared": frames, "top1_agreement": agree / max(frames, 1),

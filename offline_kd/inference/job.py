@@ -94,6 +94,38 @@ def corpus_utterances(reader: SplitReader, frame_seconds: float) -> list[Utteran
                                     reader.transcripts if reader.transcribed else [""] * len(reader))]
 
 
+def _feature_batches(model: SpeechModel, utterances, plan, reader, jobs: int):
+    """The features of each planned batch: read from a corpus split, computed by `jobs` worker processes, or here."""
+    if reader is not None:
+        return ([reader.features(i) for i in idx] for idx in plan)
+    if jobs > 1:
+        return _pooled_features(model, utterances, plan, jobs)
+    model.require_frontend()
+    return (model.batch_features(utterances, idx) for idx in plan)
+
+
+def _timed(batches, seconds: dict):
+    """`batches`, adding the time spent waiting for each to seconds["features"] (all of it with one job)."""
+    it = iter(batches)
+    while True:
+        t = time.perf_counter()
+        try:
+            b = next(it)
+        except StopIteration:
+            return
+        seconds["features"] += time.perf_counter() - t
+        yield b
+
+
+def _scored(utterances, results: dict, transcripts: list):
+    """WER/CER against the references, when every transcribed utterance has one; else None."""
+    refs = [(utterances[i].reference, results[i].text) for i in sorted(results) if utterances[i].reference]
+    if not refs or len(refs) != len(transcripts):
+        return None
+    rates = error_rates([r for r, _ in refs], [h for _, h in refs])
+    return {"wer": rates["wer"], "cer": rates["cer"], "num_utterances": len(refs)}
+
+
 def run_job(model: SpeechModel, utterances: Sequence[Utterance], *, decoder: Optional[BeamSearchDecoder] = None,
             jobs: int = 1, skip_invalid: bool = False, progress: bool = True, reader: Optional[SplitReader] = None,
             batch_seconds: float = BATCH_SECONDS, batch_size: int = BATCH_UTTERANCES) -> JobResult:
@@ -104,25 +136,7 @@ def run_job(model: SpeechModel, utterances: Sequence[Utterance], *, decoder: Opt
     seconds = {"features": 0.0, "model": 0.0, "search": 0.0}
     start = time.perf_counter()
     total = sum(u.duration for u in utterances)
-    if reader is not None:
-        feature_batches = ([reader.features(i) for i in idx] for idx in plan)
-    elif jobs > 1:
-        feature_batches = _pooled_features(model, utterances, plan, jobs)
-    else:
-        model.require_frontend()
-        feature_batches = (model.batch_features(utterances, idx) for idx in plan)
-
-    def timed(batches):          # the time spent waiting for features (all of it with one job)
-        it = iter(batches)
-        while True:
-            t = time.perf_counter()
-            try:
-                b = next(it)
-            except StopIteration:
-                return
-            seconds["features"] += time.perf_counter() - t
-            yield b
-
+    feature_batches = _feature_batches(model, utterances, plan, reader, jobs)
     results: dict[int, Transcript] = {}
     failed: list[Failed] = []
     position = {id(u): i for i, u in enumerate(utterances)}
@@ -132,7 +146,7 @@ def run_job(model: SpeechModel, utterances: Sequence[Utterance], *, decoder: Opt
     done = 0.0
     with bar:
         runs = model.run(utterances, skip_invalid=skip_invalid, batch_seconds=batch_seconds, batch_size=batch_size,
-                         feature_batches=timed(feature_batches))
+                         feature_batches=_timed(feature_batches, seconds))
         while True:
             t = time.perf_counter()
             res = next(runs, None)
@@ -150,13 +164,8 @@ def run_job(model: SpeechModel, utterances: Sequence[Utterance], *, decoder: Opt
             bar.set_postfix_str(f"{done / 3600:.3f} h")
     seconds["model"] -= seconds["features"]        # run() pulls the features inside the model's time
     transcripts = [results[i] for i in sorted(results)]
-    refs = [(utterances[i].reference, results[i].text) for i in sorted(results) if utterances[i].reference]
-    wer = None
-    if refs and len(refs) == len(transcripts):
-        rates = error_rates([r for r, _ in refs], [h for _, h in refs])
-        wer = {"wer": rates["wer"], "cer": rates["cer"], "num_utterances": len(refs)}
     return JobResult(transcripts, failed, sum(t.duration for t in transcripts), time.perf_counter() - start,
-                     seconds, wer)
+                     seconds, _scored(utterances, results, transcripts))
 
 
 def write_output(result: JobResult, out: Optional[str], fmt: str, echo) -> None:

@@ -128,7 +128,8 @@ class StudentLoss:
             labels, label_lengths = t.hard_labels(*refs)
         kl_w, ctc_w = self.utterance_weights(batch.get("labelled"), t)
         inputs = LossInputs(log_probs, out_len, t.log_probs, temperature_at(epoch, d.temperature_schedule), labels,
-                            label_lengths, ctc_owner=owner, ctc_weights=weights, ctc_utterance_weights=ctc_w)
+                            label_lengths, ctc_owner=owner, ctc_weights=weights, ctc_utterance_weights=ctc_w,
+                            teacher_fields=t.fields)
         if epoch < d.kd_start_epoch:          # CTC warm-up: the student leaves the blank plateau on the labels
             return self.warmup.compute(inputs)
         inputs.kl_utterance_weights = kl_w

@@ -41,6 +41,7 @@ class LossInputs:
     ctc_weights: Optional[torch.Tensor] = None           # (E,) ... with weight ctc_weights[e]
     kl_utterance_weights: Optional[torch.Tensor] = None  # (B,) per-utterance weights of the KL term
     ctc_utterance_weights: Optional[torch.Tensor] = None  # (B,) per-utterance weights of the CTC term
+    teacher_fields: Optional[dict] = None                # the cache's further per-frame fields {name: (B, T', ...)}
 
 
 class LossTerm(nn.Module):
@@ -157,7 +158,8 @@ class DistillationLoss(nn.Module):
         `extra` sets the other `LossInputs` fields (projected, teacher_codes, weights)."""
         return self.compute(LossInputs(log_probs, lengths, teacher.log_probs, temperature, labels, label_lengths,
                                        teacher_hidden=teacher.hidden, teacher_tokens=teacher.tokens,
-                                       teacher_token_lengths=teacher.token_lengths, **extra))
+                                       teacher_token_lengths=teacher.token_lengths,
+                                       teacher_fields=teacher.fields, **extra))
 
 
 def kl_term(weight: float, frames: str = "all", target: str = "full", spike_context: int = 2) -> LossTerm:

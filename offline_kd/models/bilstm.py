@@ -1,4 +1,4 @@
-"""The seed's BiLSTM CTC model.
+"""The BiLSTM CTC model (the reference recipe's teacher and student).
 
     features (B, T, D) -> Linear(D, H) -> 2x subsampling (mask-aware mean of frame pairs)
       -> N x [bidirectional LSTM(H per direction) -> dropout] -> Linear(2H, V) -> log_softmax

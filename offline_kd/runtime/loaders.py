@@ -55,8 +55,7 @@ def worker_context():
 
 def resolve_num_workers(value, device: torch.device, world_size: int = 1, cpu_count: Optional[int] = None) -> int:
     """`data.num_workers`: an integer as given; auto: 0 on a CPU, else min(6, this process's share of the cores
-    - 1), at least 1 (issue #14, measured on an H200: 6 workers took a student on a float16 cache from 0.52x to
-    0.98x of the CTC-only student's speed)."""
+    - 1), at least 1 (the measurement behind the 6: docs/usage.md, GPU numerics)."""
     if value != "auto":
         return int(value)
     if device.type != "cuda":

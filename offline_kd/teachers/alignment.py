@@ -46,6 +46,45 @@ HIDDEN_POOLING = ("mean", "stack")
 
 
 # ---------------------------------------------------------------------------------------------------- vocabulary
+def _map_tokens(teacher_tokens, teacher_blank: int, student: Vocabulary, word_delimiter, special: tuple,
+                explicit: dict, where: str):
+    """Each teacher token's student class (None: dropped), by the first rule that applies: the explicit map, the
+    blank, the same token, the word delimiter, the same token case-folded (one student token only), a special
+    token (dropped). -> (targets, {rule: count}, the tokens no rule maps)."""
+    s_index = {t: i for i, t in enumerate(student.tokens)}
+    folded: dict[str, list[int]] = {}
+    for i, t in enumerate(student.tokens):
+        folded.setdefault(t.casefold(), []).append(i)
+    target, how, missing = [], {"blank": 0, "same": 0, "delimiter": 0, "case_folded": 0, "explicit": 0,
+                                "dropped": 0}, []
+    for i, tok in enumerate(teacher_tokens):
+        if tok in explicit:
+            dest = explicit[tok]
+            if dest is not None and dest not in s_index:
+                raise OfflineKDError(f"{where}.vocabulary_map: {tok!r} -> {dest!r}, which is not a token of the "
+                                     f"student's vocabulary")
+            target.append(None if dest is None else s_index[dest])
+            how["explicit" if dest is not None else "dropped"] += 1
+        elif i == teacher_blank:
+            target.append(0)
+            how["blank"] += 1
+        elif tok in s_index and s_index[tok] != 0:
+            target.append(s_index[tok])
+            how["same"] += 1
+        elif word_delimiter is not None and tok == word_delimiter and student.word_separator is not None:
+            target.append(s_index[student.word_separator])
+            how["delimiter"] += 1
+        elif len(folded.get(tok.casefold(), [])) == 1 and folded[tok.casefold()][0] != 0:
+            target.append(folded[tok.casefold()][0])
+            how["case_folded"] += 1
+        elif tok in special:
+            target.append(None)
+            how["dropped"] += 1
+        else:
+            missing.append(tok)
+    return target, how, missing
+
+
 class VocabularyMap:
     """teacher class -> student class (or dropped), and the log-prob transform it implies."""
 
@@ -58,37 +97,8 @@ class VocabularyMap:
         if unknown:
             raise OfflineKDError(f"{where}.vocabulary_map: {', '.join(map(repr, unknown[:5]))} "
                                  f"{'is' if len(unknown) == 1 else 'are'} not among the teacher's tokens")
-        s_index = {t: i for i, t in enumerate(student.tokens)}
-        folded: dict[str, list[int]] = {}
-        for i, t in enumerate(student.tokens):
-            folded.setdefault(t.casefold(), []).append(i)
-        target, how, missing = [], {"blank": 0, "same": 0, "delimiter": 0, "case_folded": 0, "explicit": 0,
-                                    "dropped": 0}, []
-        for i, tok in enumerate(teacher_tokens):
-            if tok in explicit:
-                dest = explicit[tok]
-                if dest is not None and dest not in s_index:
-                    raise OfflineKDError(f"{where}.vocabulary_map: {tok!r} -> {dest!r}, which is not a token of the "
-                                         f"student's vocabulary")
-                target.append(None if dest is None else s_index[dest])
-                how["explicit" if dest is not None else "dropped"] += 1
-            elif i == teacher_blank:
-                target.append(0)
-                how["blank"] += 1
-            elif tok in s_index and s_index[tok] != 0:
-                target.append(s_index[tok])
-                how["same"] += 1
-            elif word_delimiter is not None and tok == word_delimiter and student.word_separator is not None:
-                target.append(s_index[student.word_separator])
-                how["delimiter"] += 1
-            elif len(folded.get(tok.casefold(), [])) == 1 and folded[tok.casefold()][0] != 0:
-                target.append(folded[tok.casefold()][0])
-                how["case_folded"] += 1
-            elif tok in special:
-                target.append(None)
-                how["dropped"] += 1
-            else:
-                missing.append(tok)
+        target, how, missing = _map_tokens(teacher_tokens, teacher_blank, student, word_delimiter, special,
+                                           explicit, where)
         if missing:
             source = (f" ({student_vocab_file}: `data import` builds it from the transcripts it imports, where these "
                       f"do not occur)" if student_vocab_file else "")

@@ -1,4 +1,4 @@
-"""How much of the student a mapped teacher covers, checked before a dump writes anything (issue #45).
+"""How much of the student a mapped teacher covers, checked before a dump writes anything.
 
 Two ways a teacher mapped onto the student's vocabulary (teachers/alignment.py) teaches the wrong thing without an
 error:

@@ -44,7 +44,6 @@ from offline_kd.teachers.huggingface import HFTeacher
 from offline_kd.models.checkpoint import checkpoint_dev, file_sha256, model_from_checkpoint
 
 TeacherSpec = Union[str, dict]
-SOURCES = ("checkpoint", "entry_point", "huggingface")     # the keys of `_SOURCES`, in registration order
 OPTIONS = ("vocabulary_map", "hidden_pooling", "max_length_mismatch")
 ENTRY_POINT_OPTIONS = ("input_kind", "sample_rate")     # an entry point's: what it reads (entry_point.py)
 
@@ -128,6 +127,7 @@ def parse_teacher(value: Any, where: str = "dump.teacher") -> TeacherSpec:
             value = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             raise OfflineKDError(f"{where}: not a YAML mapping ({' '.join(str(exc).split())[:200]})") from None
+    SOURCES = tuple(_SOURCES)        # the registered sources' keys
     if isinstance(value, str):
         if not value:
             raise OfflineKDError(f"{where} is empty: give a checkpoint path or {{entry_point: module:function}}")

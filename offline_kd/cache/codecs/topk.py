@@ -157,7 +157,7 @@ class TopKLogProbs(CodecBase):
         """decode(a)[f, tokens[f]], bit for bit, without the dense decode where every token is kept (its value is
         stored exactly; the teacher's 1-best always is). Where a token lies in the tail, the whole block is decoded
         as decode() decodes it: a matmul over a subset of the rows may take another BLAS kernel and differ in the
-        last bit (issue #47), so the tail is never decoded on a subset."""
+        last bit, so the tail is never decoded on a subset."""
         values, indices, count, _ = self.decode_sparse(a)
         tokens = np.asarray(tokens, np.int64)
         hit = (indices == tokens[:, None]) & (np.arange(self.k)[None, :] < count[:, None])
