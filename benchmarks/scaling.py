@@ -33,7 +33,7 @@ from offline_kd.data.distill_dataset import DistillBatchDataset
 from offline_kd.data.prefetch import prefetch
 from offline_kd.data.sampler import SortedRunBatchSampler
 from offline_kd.models.augment import SpecAugment
-from offline_kd.models.bilstm import build_model
+from offline_kd.models.interface import build_model
 from offline_kd.losses.modules import DistillationLoss
 
 

@@ -26,7 +26,7 @@ from offline_kd.data.distill_dataset import DistillBatchDataset
 from offline_kd.data.sampler import SortedRunBatchSampler
 from offline_kd.losses.kd import ctc_loss
 from offline_kd.models.augment import SpecAugment
-from offline_kd.models.bilstm import build_model
+from offline_kd.models.interface import build_model
 from offline_kd.losses.modules import DistillationLoss
 from offline_kd.models.checkpoint import model_from_checkpoint
 from offline_kd.runtime.loaders import resolve_device

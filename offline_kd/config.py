@@ -99,18 +99,38 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The model: `type` picks the architecture (docs/usage.md, "Models"); the keys below `subsampling` are the
+    Conformer's own (null: its default) and are refused for another type."""
     SECTION: ClassVar[str] = "model"
+    type: Literal["bilstm", "conformer"] = "bilstm"
     input_dim: int = 512
-    hidden_dim: int = 256               # LSTM units per direction
-    num_layers: int = 4
+    hidden_dim: int = 256               # bilstm: LSTM units per direction; conformer: the model width d
+    num_layers: int = 4                 # LSTM layers, or Conformer blocks
     num_classes: int = 1229             # including the CTC blank (id 0)
     dropout: float = 0.3
-    subsampling: int = 2
+    subsampling: int = 2                # input frames per output frame (conformer: 1, 2, 4, 6 or 8)
+    num_heads: Optional[int] = None     # conformer: attention heads (4)
+    ffn_mult: Optional[int] = None      # conformer: feed-forward width / hidden_dim (4)
+    conv_kernel: Optional[int] = None   # conformer: depthwise convolution kernel, odd (15)
+    subsampling_channels: Optional[int] = None   # conformer: channels of the subsampling convolutions (64)
 
     def __post_init__(self):
+        _check_choices(self)
         _at_least("model", self, input_dim=1, hidden_dim=1, num_layers=1, num_classes=2, subsampling=1)
         if not 0.0 <= self.dropout < 1.0:
             raise OfflineKDError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        own = ("num_heads", "ffn_mult", "conv_kernel", "subsampling_channels")
+        if self.type != "conformer":
+            given = [k for k in own if getattr(self, k) is not None]
+            if given:
+                raise OfflineKDError(f"model.{given[0]} is a setting of model.type conformer; model.type "
+                                     f"{self.type} takes input_dim, hidden_dim, num_layers, num_classes, dropout, "
+                                     f"subsampling")
+        for k in own:
+            if getattr(self, k) is not None and getattr(self, k) < 1:
+                raise OfflineKDError(f"model.{k} must be >= 1, got {getattr(self, k)}")
+        if self.conv_kernel is not None and self.conv_kernel % 2 == 0:
+            raise OfflineKDError(f"model.conv_kernel must be odd, got {self.conv_kernel}")
 
 
 @dataclass(frozen=True)

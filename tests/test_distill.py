@@ -41,7 +41,7 @@ def test_offline_equals_online_with_float32_cache(options, f32_cache, tiny_teach
     from offline_kd.data.distill_dataset import DistillBatchDataset
     from offline_kd.cache.reader import TeacherCache
     from offline_kd.data.corpus import Corpus
-    from offline_kd.models.bilstm import build_model
+    from offline_kd.models.interface import build_model
     from offline_kd.losses.modules import StudentLoss
     from offline_kd.models.augment import SpecAugment
     from offline_kd.models.checkpoint import model_from_checkpoint

@@ -232,7 +232,7 @@ class _InOrder:
 def _trainer(tmp_path, batches: list[dict], **train):
     from offline_kd.data.vocab import Vocabulary
     from offline_kd.losses.modules import CTCLoss
-    from offline_kd.models.bilstm import build_model
+    from offline_kd.models.interface import build_model
     from offline_kd.training.trainer import Trainer
     cfg = build_dataclass(ExperimentConfig, {
         "data": {"corpus": str(tmp_path), "batch_size": 2, "prefetch_batches": 0, "num_workers": 0},
@@ -283,7 +283,7 @@ def test_accumulated_gradient_equals_the_gradient_of_the_concatenated_batch(tmp_
     """accumulation_steps 3 over micro-batches of 2 utterances: the step's gradient is that of one batch of the 6
     (the CTC loss is a mean over utterances); the epoch's short last group (1 micro-batch) is not scaled down."""
     from offline_kd.data.dataset import collate
-    from offline_kd.models.bilstm import build_model
+    from offline_kd.models.interface import build_model
     items = _items(8, seed=1)
     batches = [collate(items[i:i + 2]) for i in range(0, 8, 2)]
     trainer, loss_fn, seen = _trainer(tmp_path, batches, accumulation_steps=3)

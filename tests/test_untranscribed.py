@@ -147,7 +147,7 @@ def test_untranscribed_utterances_train_on_the_teachers_best(u_cache, tiny_corpu
     from offline_kd.losses.kd import ctc_loss
     from offline_kd.losses.modules import StudentLoss
     from offline_kd.models.augment import SpecAugment
-    from offline_kd.models.bilstm import build_model
+    from offline_kd.models.interface import build_model
     cfg = build_dataclass(ExperimentConfig, student_dict(tiny_corpus, u_cache, "unused", alpha=0.0, gamma=0.0,
                                                          seq_weight=0.0, beta=1.0))
     corpus, cache = Corpus(tiny_corpus), TeacherCache(str(u_cache))

@@ -8,8 +8,7 @@ from offline_kd.data.sampler import BucketBatchSampler
 from offline_kd.data.views import (CollatedByView, ViewBatchSampler, ViewReader, max_view_lengths, parse_views,
                                    valid_in_views)
 from offline_kd.losses.modules import CTCLoss
-from offline_kd.models.bilstm import build_model
-from offline_kd.models.interface import count_parameters
+from offline_kd.models.interface import build_model, count_parameters, describe_model
 from offline_kd.models.augment import SpecAugment
 from offline_kd.data.splits import open_train_dev, quiet
 from offline_kd.models.checkpoint import seed_everything
@@ -27,7 +26,7 @@ def _run(cfg: ExperimentConfig, resume: bool, env, device, log) -> dict:
     corpus, (train_reader, train_idx), (dev_reader, dev_idx) = open_train_dev(cfg.data, cfg.model, log)
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model).to(device)
-    log(f"model: {cfg.model.num_layers} x BiLSTM({cfg.model.hidden_dim}), {count_parameters(model):,} parameters; "
+    log(f"model: {describe_model(model)}, {count_parameters(model):,} parameters; "
         f"train {len(train_idx)} utterances, dev {0 if dev_idx is None else len(dev_idx)}; device {device}")
     augment = SpecAugment(cfg.augment, allow_frame_change=True)
 

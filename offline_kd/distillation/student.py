@@ -25,8 +25,7 @@ from offline_kd.data.views import (ByView, ViewBatchSampler, ViewReader, max_vie
 from offline_kd.errors import OfflineKDError
 from offline_kd.losses.modules import StudentLoss
 from offline_kd.models.augment import SpecAugment
-from offline_kd.models.bilstm import build_model
-from offline_kd.models.interface import count_parameters, describe_model, reads_waveform
+from offline_kd.models.interface import build_model, count_parameters, describe_model, reads_waveform
 from offline_kd.data.splits import open_split, open_train_dev, train_splits
 from offline_kd.models.checkpoint import checkpoint_dev, load_checkpoint, seed_everything, weights_sha256
 from offline_kd.teachers.source import check_frames, load_teacher

@@ -22,11 +22,15 @@ from offline_kd.data.validate import output_frames
 from offline_kd.errors import OfflineKDError
 from offline_kd.models.interface import count_parameters, model_size_mb, register_model
 
-__all__ = ["BiLSTMCTC", "build_model", "count_parameters", "model_size_mb", "output_lengths"]
+__all__ = ["BiLSTMCTC", "count_parameters", "model_size_mb", "output_lengths"]
 
 
 def output_lengths(lengths: torch.Tensor, subsampling: int) -> torch.Tensor:
     return output_frames(lengths, subsampling)
+
+
+#: the ModelConfig keys a BiLSTM reads (its description: what checkpoints have always recorded)
+KEYS = ("input_dim", "hidden_dim", "num_layers", "num_classes", "dropout", "subsampling")
 
 
 @register_model("bilstm")
@@ -60,7 +64,7 @@ class BiLSTMCTC(nn.Module):
     @classmethod
     def from_description(cls, description: dict, where: str = "model_config") -> "BiLSTMCTC":
         try:
-            return cls(build_dataclass(ModelConfig, description, where))
+            return cls(build_dataclass(ModelConfig, {**description, "type": "bilstm"}, where))
         except OfflineKDError:
             raise
         except Exception as exc:  # noqa: BLE001 - values of the wrong kind that the typed loader let through
@@ -97,7 +101,7 @@ class BiLSTMCTC(nn.Module):
         return {layer: self.hidden_size for layer in range(1, self.config.num_layers + 1)}
 
     def describe(self) -> dict:
-        return asdict(self.config)
+        return {k: v for k, v in asdict(self.config).items() if k in KEYS}
 
     def summary(self) -> str:
         return f"{self.config.num_layers} x BiLSTM({self.config.hidden_dim})"
@@ -194,6 +198,3 @@ class ExportableBiLSTM(nn.Module):
             y = torch.cat([a, self._reverse_within(b, out_len)], dim=2)
         return self.output_proj(y).log_softmax(-1), out_len
 
-
-def build_model(config: ModelConfig) -> BiLSTMCTC:
-    return BiLSTMCTC(config)

@@ -66,6 +66,7 @@ class CTCModel(Protocol):
 
 #: model type name -> callable(description dict, where) -> model
 _REGISTRY: dict[str, Callable[[dict, str], nn.Module]] = {}
+_CLASSES: dict[str, type] = {}
 
 
 def register_model(name: str):
@@ -76,8 +77,16 @@ def register_model(name: str):
             raise ValueError(f"model type {name!r} registered twice")
         cls.model_type = name
         _REGISTRY[name] = cls.from_description
+        _CLASSES[name] = cls
         return cls
     return deco
+
+
+def build_model(config) -> nn.Module:
+    """The model `config` (a ModelConfig) describes, of the type `config.type` names, freshly initialised."""
+    if config.type not in _CLASSES:
+        raise OfflineKDError(f"model.type: unknown model type {config.type!r} (known: {', '.join(model_types())})")
+    return _CLASSES[config.type](config)
 
 
 def model_types() -> list[str]:

@@ -1,0 +1,99 @@
+"""The contract every registered model type keeps (models/interface.py): shapes, output lengths ceil(T / s), hidden
+states per layer, outputs independent of padding and batch-mates, save and reload through a checkpoint, and the
+export a type offers. A new type joins by adding its tiny config to TYPES."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from offline_kd.config import ModelConfig
+from offline_kd.errors import OfflineKDError
+from offline_kd.models.checkpoint import model_from_checkpoint, save_checkpoint
+from offline_kd.models.interface import build_model, model_types
+
+TYPES = {
+    "bilstm": dict(type="bilstm", input_dim=8, hidden_dim=6, num_layers=3, num_classes=5, dropout=0.0),
+    "conformer": dict(type="conformer", input_dim=8, hidden_dim=16, num_layers=3, num_classes=5, dropout=0.0,
+                      subsampling=4, num_heads=2, conv_kernel=5, subsampling_channels=4),
+}
+
+
+def test_every_registered_type_is_covered():
+    assert sorted(TYPES) == model_types()
+
+
+def _model(kind, **kw):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(**{**TYPES[kind], **kw})).eval()
+
+
+@pytest.mark.parametrize("kind", sorted(TYPES))
+def test_shapes_lengths_and_hidden_states(kind):
+    m = _model(kind)
+    s, x, lengths = m.subsampling, torch.randn(3, 23, 8), torch.tensor([23, 17, 5])
+    lp, out_len, hidden = m.forward_with_hidden_states(x, lengths, [1, m.num_layers])
+    assert out_len.tolist() == [(int(n) + s - 1) // s for n in lengths]
+    assert lp.shape == (int(out_len.max()), 3, 5)
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(lp.shape[:2]))
+    assert set(hidden) == {1, m.num_layers} and set(m.layer_dims()) == set(range(1, m.num_layers + 1))
+    for L, h in hidden.items():
+        assert h.shape == (3, lp.shape[0], m.layer_dims()[L])
+    lp2, out2 = m(x, lengths)
+    torch.testing.assert_close(lp, lp2)
+    assert m.blank == 0 and m.input_dim == 8 and m.num_classes == 5
+    with pytest.raises(ValueError, match="out of range"):
+        m.forward_with_hidden_states(x, lengths, [m.num_layers + 1])
+
+
+@pytest.mark.parametrize("kind", sorted(TYPES))
+def test_an_utterance_gives_the_same_outputs_alone_and_batched(kind):
+    m = _model(kind)
+    x = torch.randn(1, 13, 8)
+    lp_alone, n_alone, h_alone = m.forward_with_hidden_states(x, torch.tensor([13]), [2])
+    padded = torch.cat([x, 5 * torch.randn(1, 8, 8)], 1)                 # garbage in the padding
+    batch = torch.cat([torch.randn(1, 21, 8), padded, torch.randn(1, 21, 8)], 0)
+    lp_b, n_b, h_b = m.forward_with_hidden_states(batch, torch.tensor([21, 13, 17]), [2])
+    t = int(n_alone[0])
+    assert int(n_b[1]) == t
+    torch.testing.assert_close(lp_b[:t, 1], lp_alone[:, 0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(h_b[2][1, :t], h_alone[2][0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", sorted(TYPES))
+def test_a_checkpoint_rebuilds_it(kind, tmp_path):
+    from offline_kd.data.vocab import Vocabulary
+    m = _model(kind)
+    vocab = Vocabulary(["<blank>", "a", "b", "c", "|"], "char", "|")
+    save_checkpoint(tmp_path / "m.pt", {"model_type": m.model_type, "model_config": m.describe(),
+                                         "model_state_dict": m.state_dict(), "vocab": vocab.to_dict()})
+    back, _, _ = model_from_checkpoint(tmp_path / "m.pt")
+    x, lengths = torch.randn(2, 11, 8), torch.tensor([11, 9])
+    assert type(back) is type(m) and back.describe() == m.describe()
+    torch.testing.assert_close(back.eval()(x, lengths)[0], m(x, lengths)[0])
+
+
+@pytest.mark.parametrize("kind", sorted(TYPES))
+def test_it_traces_for_export(kind):
+    m = _model(kind)
+    graph = m.exportable().eval()
+    x, lengths = torch.randn(2, 19, 8), torch.tensor([19, 12])
+    traced = torch.jit.trace(graph, (x, lengths), check_trace=False)
+    x2, l2 = torch.randn(3, 27, 8), torch.tensor([27, 20, 9])         # other shapes than the trace's
+    lp, n = traced(x2, l2)
+    want, n_want = m(x2, l2)
+    assert n.tolist() == n_want.tolist()
+    for b, k in enumerate(n.tolist()):
+        torch.testing.assert_close(lp[b, :k], want[:k, b], atol=1e-4, rtol=1e-4)
+
+
+def test_settings_of_another_type_are_refused_with_the_allowed_keys():
+    with pytest.raises(OfflineKDError, match="model.num_heads is a setting of model.type conformer; model.type "
+                                             "bilstm takes input_dim, hidden_dim"):
+        ModelConfig(type="bilstm", num_heads=4)
+    with pytest.raises(OfflineKDError, match="model.type must be"):
+        ModelConfig(type="transformer")
+    with pytest.raises(OfflineKDError, match="subsamples by"):
+        build_model(ModelConfig(**{**TYPES["conformer"], "subsampling": 3}))
+    with pytest.raises(OfflineKDError, match="multiple of 2 x model.num_heads"):
+        build_model(ModelConfig(**{**TYPES["conformer"], "num_heads": 3}))
