@@ -176,10 +176,14 @@ class TrainConfig:
     output_dir: str = "runs/model"
     log_every: int = 10                 # optimizer steps between scalar logs
     progress: bool = True
+    # checkpoint averaging: at the end, checkpoint_avg.pt holds the mean of the weights of the last `average` epochs
+    # (average_of: last) or of the `average` epochs with the best dev WER (average_of: best); 0: off
+    average: int = 0
+    average_of: Literal["last", "best"] = "last"
 
     def __post_init__(self):
         _check_choices(self)
-        _at_least("train", self, epochs=1, accumulation_steps=1, eval_every=1, log_every=1, warmup_steps=0)
+        _at_least("train", self, epochs=1, accumulation_steps=1, eval_every=1, log_every=1, warmup_steps=0, average=0)
         if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
                                           or self.patience < 1):
             raise OfflineKDError(f"train.patience must be an integer >= 1 or null, got {self.patience!r}")

@@ -4,10 +4,11 @@
   - `TensorBoardLog`: the same scalars in train.output_dir/tensorboard;
   - `EarlyStopping`: train.patience dev evaluations without a new best end the run;
   - `ReferenceComparison`: the teacher's dev figures printed beside the student's, and a warning once the student
-    has passed them.
+    has passed them;
+  - `CheckpointAveraging`: train.average > 0: the mean of the last (or best) N epochs' weights, checkpoint_avg.pt.
 
 A callback implements any of `on_fit_start(trainer, resumed)`, `log(record, scalars)`, `epoch_message(dev)`,
-`on_epoch_end(trainer, epoch, dev)`, `should_stop(trainer)` and `close()`.
+`on_epoch_end(trainer, epoch, dev)`, `should_stop(trainer)`, `on_fit_end(trainer)` and `close()`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class Callback:
 
     def should_stop(self, trainer) -> bool:
         return False
+
+    def on_fit_end(self, trainer) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -124,3 +128,43 @@ class ReferenceComparison(Callback):
             tqdm.write(f"warning: dev WER {dev['wer']:.2f}% has passed the {ref['name']}'s {ref['wer']:.2f}%: "
                        f"a distilled student converges towards its teacher, so the teacher now holds it back "
                        f"(train the teacher longer, or lower the distillation weights)")
+
+
+class CheckpointAveraging(Callback):
+    """train.average N: each epoch's weights are kept (rank 0, `average/epoch-E.pt`, weights only) while they are
+    among the last N (average_of last) or the N of lowest dev WER, ties to the later epoch (average_of best: epochs
+    with a dev evaluation only); at the end `checkpoint_avg.pt` holds their mean (icefall's model averaging),
+    evaluated on dev and logged as an `average` record. A resumed run finds the kept weights on disk."""
+
+    def __init__(self, n: int, of: str, out: Path, is_main: bool):
+        self.n, self.of, self.dir, self.is_main = n, of, Path(out) / "average", is_main
+
+    def _kept(self) -> list[dict]:
+        path = self.dir / "kept.json"
+        return json.loads(path.read_text()) if path.is_file() else []
+
+    def on_epoch_end(self, trainer, epoch, dev):
+        if not self.is_main or (self.of == "best" and dev is None):
+            return
+        import torch
+        self.dir.mkdir(parents=True, exist_ok=True)
+        kept = [k for k in self._kept() if k["epoch"] < epoch]          # (a resumed epoch replaces its own)
+        kept.append({"epoch": epoch, "wer": None if dev is None else dev["wer"]})
+        if self.of == "best":
+            kept.sort(key=lambda k: (k["wer"], -k["epoch"]))
+        else:
+            kept.sort(key=lambda k: -k["epoch"])
+        torch.save(trainer.model.state_dict(), self.dir / f"epoch-{epoch}.pt")
+        for k in kept[self.n:]:
+            (self.dir / f"epoch-{k['epoch']}.pt").unlink(missing_ok=True)
+        tmp = self.dir / "kept.json.partial"
+        tmp.write_text(json.dumps(kept[:self.n]))
+        tmp.replace(self.dir / "kept.json")
+
+    def on_fit_end(self, trainer) -> None:
+        if not self.is_main:
+            return
+        kept = sorted(k["epoch"] for k in self._kept())
+        if not kept:
+            return
+        trainer.write_average(kept, [self.dir / f"epoch-{e}.pt" for e in kept])

@@ -18,6 +18,7 @@ checkpoints; every rank resumes from the same checkpoint_last.pt.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -47,7 +48,8 @@ from offline_kd.models.checkpoint import (load_checkpoint, rng_state, save_check
                                             set_rng_state)
 from offline_kd.runtime.loaders import evaluate_greedy, resolve_num_workers, worker_context
 from offline_kd.models.numerics import grad_scaler, with_precision
-from offline_kd.training.callbacks import EarlyStopping, MetricsLog, ReferenceComparison, TensorBoardLog
+from offline_kd.training.callbacks import (CheckpointAveraging, EarlyStopping, MetricsLog, ReferenceComparison,
+                                          TensorBoardLog)
 
 
 class _WithHidden(nn.Module):
@@ -193,6 +195,8 @@ class Trainer:
         # dev_reference {"name", "wer", "cer"}: figures printed beside each dev evaluation (the teacher's)
         self.callbacks = ([MetricsLog(self.out), TensorBoardLog(self.out)] if self.is_main else []) + [
             ReferenceComparison(dev_reference), EarlyStopping(cfg.train.patience, self.is_main)]
+        if cfg.train.average:
+            self.callbacks.append(CheckpointAveraging(cfg.train.average, cfg.train.average_of, self.out, self.is_main))
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def _state(self, epoch: int, dev: Optional[dict]) -> dict:
@@ -282,6 +286,8 @@ class Trainer:
             if any(cb.should_stop(self) for cb in self.callbacks):     # (a resumed run that had already stopped)
                 break
             summary = self._epoch(epoch)
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
         self._close_callbacks()
         return summary
 
@@ -428,6 +434,29 @@ class Trainer:
             record["best"] = True
             if self.is_main:
                 save_checkpoint(self.out / "checkpoint_best.pt", self._state(epoch, dev))
+
+    def write_average(self, epochs: list[int], paths: list[Path]) -> dict:
+        """checkpoint_avg.pt: the mean of the weights in `paths` (floating tensors averaged in float64, the rest
+        taken from the last), the final record otherwise, evaluated on dev and logged. -> its dev figures."""
+        states = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
+        avg = {k: (torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v)
+               for k, v in states[-1].items()}
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(avg)
+        dev = None
+        if self.dev_reader is not None:
+            full = evaluate_greedy(model, self.dev_reader, self.dev_indices, self.vocab, self.device,
+                                   batch_size=max(self.cfg.data.batch_size, 1))
+            dev = {k: full[k] for k in ("wer", "cer", "num_utterances")}
+        state = self._state(epochs[-1], dev)
+        state.update({"model_state_dict": avg, "averaged_epochs": epochs})
+        save_checkpoint(self.out / "checkpoint_avg.pt", state)
+        self.log_record({"event": "average", "epochs": epochs, "of": self.cfg.train.average_of,
+                         **({"dev_wer": dev["wer"], "dev_cer": dev["cer"]} if dev else {})})
+        tqdm.write(f"checkpoint_avg.pt: the mean of epochs {', '.join(map(str, epochs))}"
+                   + (f", dev WER {dev['wer']:.2f}% CER {dev['cer']:.2f}% (best epoch {self.best_wer:.2f}%)"
+                      if dev else ""))
+        return dev
 
     def extra_scalars(self, epoch: int) -> dict:
         """The loss's per-epoch scalars such as the KD temperature (prefixed 'train/')."""
