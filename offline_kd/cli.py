@@ -14,7 +14,7 @@ import warnings
 import click
 
 from offline_kd import __version__
-from offline_kd.errors import OfflineKDError, user_message
+from offline_kd.errors import OfflineKDError, as_flags, user_message
 
 
 def _friendly(fn):
@@ -24,7 +24,7 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except OfflineKDError as exc:
-            raise click.ClickException(user_message(exc)) from None
+            raise click.ClickException(as_flags(user_message(exc))) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -32,7 +32,7 @@ def _friendly(fn):
 
 
 def _log(msg: str) -> None:
-    click.echo(msg, err=True)
+    click.echo(as_flags(msg), err=True)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -1,8 +1,22 @@
 """The one exception type for user mistakes.
 
 Library code raises `OfflineKDError` with the offending key, file or utterance id in the message; the CLI turns it
-into a one-line click error and a non-zero exit. Library code never imports click.
+into a one-line click error and a non-zero exit. Library code never imports click. A message names a function's
+argument as `arg("resume")` (`resume` in backquotes); only cli.py turns that into the flag (`--resume`).
 """
+
+
+def arg(name: str) -> str:
+    """How a library message names an argument of the call that failed: `name`, in backquotes (cli.py shows the
+    command-line flag in its place, `as_flags`)."""
+    return f"`{name}`"
+
+
+def as_flags(message: str, names=("resume", "online_teacher", "overwrite", "teacher", "lm", "decoder")) -> str:
+    """A library message as the command line shows it: each `name` of an argument becomes its flag, `--name`."""
+    for n in names:
+        message = message.replace(f"`{n}`", "--" + n.replace("_", "-"))
+    return message
 
 
 class OfflineKDError(Exception):

@@ -131,7 +131,7 @@ def test_bad_settings_are_one_line_errors(tiny_corpus, u_cache, tmp_path, distil
 def test_min_confidence_needs_a_cache(u_cache, tiny_teacher, tiny_corpus, tmp_path):
     d = student_dict(tiny_corpus, u_cache, tmp_path / "r", epochs=1, untranscribed_splits=["untranscribed"],
                      min_confidence=0.5)
-    with pytest.raises(OfflineKDError, match="with --online-teacher leave it out"):
+    with pytest.raises(OfflineKDError, match="with `online_teacher` leave it out"):
         train_student.run(build_dataclass(ExperimentConfig, d), online_teacher=str(tiny_teacher), **QUIET)
 
 

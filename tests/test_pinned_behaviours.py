@@ -420,3 +420,19 @@ def test_first_epoch_holds_the_stated_number_of_untranscribed_utterances(tiny_co
     fresh = sampler()
     fresh.set_epoch(1)
     assert sorted(used) == sorted(i for b in fresh for i in b)    # epoch 1's draw, whatever was asked before
+
+
+def test_library_messages_name_arguments_and_the_command_line_shows_flags(tiny_corpus, tmp_path):
+    """A library error names the argument (`resume`); the CLI shows the flag (--resume) in its place."""
+    from click.testing import CliRunner
+    from offline_kd.cli import main
+    from offline_kd.commands import train
+    from offline_kd.config import ExperimentConfig, build_dataclass
+    from offline_kd.errors import OfflineKDError, as_flags
+    from helpers import experiment_dict, write_yaml
+    d = experiment_dict(tiny_corpus, tmp_path / "nothing", epochs=1)
+    with pytest.raises(OfflineKDError, match=r"^`resume`: no checkpoint at "):
+        train.run(build_dataclass(ExperimentConfig, d), resume=True, log=lambda *_: None)
+    res = CliRunner().invoke(main, ["train", "--config", str(write_yaml(tmp_path / "c.yaml", d)), "--resume"])
+    assert res.exit_code == 1 and "--resume: no checkpoint at" in res.output and "`" not in res.output
+    assert as_flags("`online_teacher` and `lm`") == "--online-teacher and --lm"

@@ -72,7 +72,7 @@ def test_resume_with_a_changed_setting_is_refused_by_name(one_epoch_run, tiny_co
     for section, kv in change.items():
         d.setdefault(section, {}).update(kv)
     before = (one_epoch_run / "config.yaml").read_text()
-    with pytest.raises(OfflineKDError, match=rf"--resume: the config differs .*\({named}\); a resumed run may "
+    with pytest.raises(OfflineKDError, match=rf"`resume`: the config differs .*\({named}\); a resumed run may "
                                              rf"change only train.epochs"):
         train.run(build_dataclass(ExperimentConfig, d), resume=True, **QUIET)
     assert (one_epoch_run / "config.yaml").read_text() == before

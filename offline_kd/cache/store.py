@@ -20,7 +20,7 @@ from offline_kd.cache.plan import SplitPlan
 from offline_kd.cache.reader import build_codecs
 from offline_kd.cache.writer import create_split, finalize_split
 from offline_kd.config import DumpConfig
-from offline_kd.errors import OfflineKDError
+from offline_kd.errors import OfflineKDError, arg
 
 
 # what a dump stores before its metadata (the fitted codec state): a group holding only these and no metadata is
@@ -42,7 +42,7 @@ def refuse_foreign_directory(output: str, overwrite: bool) -> None:
             return      # an empty group, or one with fitted state only: what a dump stopped before its metadata left
         if not meta.is_file() or META_KEY not in node.get("attributes", {}):
             raise OfflineKDError(f"{output} is a non-empty directory that is not an offline-kd cache; "
-                                 f"choose another dump.output (it is never replaced, not even with --overwrite)")
+                                 f"choose another dump.output (it is never replaced, not even with {arg('overwrite')})")
 
 
 def _exists(output: str, storage_options: dict | None) -> bool:
@@ -79,10 +79,10 @@ def prepare_store(cfg: DumpConfig, meta: CacheMeta, plans: dict[str, SplitPlan],
             raise OfflineKDError(
                 f"{cfg.output} holds a cache from another teacher, corpus or dump config "
                 f"(teacher {old.get('teacher', {}).get('sha256', '?')[:12]}, created {old.get('created', '?')}; its "
-                f"splits {', '.join(old.get('splits') or [])}{_what_differs(old, meta)}); use --overwrite to replace "
+                f"splits {', '.join(old.get('splits') or [])}{_what_differs(old, meta)}); use {arg('overwrite')} to replace "
                 f"it or choose another dump.output")
     elif root is not None and not set(root.keys()) <= set(FITTED_STATE_GROUPS) and not overwrite:
-        raise OfflineKDError(f"{cfg.output} exists and is not an offline-kd cache; use --overwrite or another path")
+        raise OfflineKDError(f"{cfg.output} exists and is not an offline-kd cache; use {arg('overwrite')} or another path")
     if not resume:
         # fit before anything is replaced: a fit that fails must not have wiped the old cache
         fitted = fit_state()

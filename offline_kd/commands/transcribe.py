@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from offline_kd.data.corpus import Corpus
-from offline_kd.errors import OfflineKDError
+from offline_kd.errors import OfflineKDError, arg
 from offline_kd.inference.audio_input import from_manifests, from_paths
 from offline_kd.inference.job import JobResult, corpus_utterances, run_job
 from offline_kd.inference.model import load_model
@@ -16,7 +16,7 @@ def run(checkpoint: str, audio: list[str], *, manifests: list[str] = (), corpus:
         alpha: Optional[float] = None, beta: Optional[float] = None, beam_width: int = 32, jobs: int = 1,
         skip_invalid: bool = False, progress: bool = True, batch_seconds: float = 240.0, log=print) -> JobResult:
     if lm is not None and decoder != "beam":
-        raise OfflineKDError("--lm is used by beam search only: add --decoder beam")
+        raise OfflineKDError(f"{arg('lm')} is used by beam search only: add {arg('decoder')} beam")
     if jobs < 1:
         raise OfflineKDError(f"--jobs must be >= 1, got {jobs}")
     if split is not None and corpus is None:

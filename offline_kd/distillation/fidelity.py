@@ -19,7 +19,7 @@ from offline_kd.data.targets import collapse_best_path
 from offline_kd.data.views import corpus_reader
 from offline_kd.data.vocab import Vocabulary
 from offline_kd.decoding.metrics import error_rates
-from offline_kd.errors import OfflineKDError, TeacherForwardError
+from offline_kd.errors import OfflineKDError, TeacherForwardError, arg
 from offline_kd.data.dataset import utterance_batch
 from offline_kd.models.interface import forward_batch
 from offline_kd.models.numerics import exact_numerics, with_precision
@@ -38,7 +38,7 @@ def with_recorded_options(spec, cache: TeacherCache, tmp: str, log=print):
     """`--teacher` with the alignment options (vocabulary_map, hidden_pooling, max_length_mismatch) it leaves out
     taken from the cache's dump.teacher; a vocabulary_map file that is gone is written again (into `tmp`) from the
     mapping the cache records, pair for pair."""
-    spec = parse_teacher(spec, "--teacher")
+    spec = parse_teacher(spec, arg("teacher"))
     try:
         recorded = parse_teacher(cache.meta.dump_config.get("teacher"), "the cache's dump.teacher")
     except OfflineKDError:
@@ -50,12 +50,12 @@ def with_recorded_options(spec, cache: TeacherCache, tmp: str, log=print):
     if "vocabulary_map" in missing and not Path(missing["vocabulary_map"]).is_file():
         pairs = ((cache.meta.teacher.get("alignment") or {}).get("vocabulary") or {}).get("pairs")
         if not pairs:
-            raise OfflineKDError(f"--teacher: the cache was dumped with vocabulary_map {missing['vocabulary_map']}, "
-                                 f"which is gone, and records no mapping; give --teacher's vocabulary_map")
+            raise OfflineKDError(f"{arg('teacher')}: the cache was dumped with vocabulary_map {missing['vocabulary_map']}, "
+                                 f"which is gone, and records no mapping; give {arg('teacher')}'s vocabulary_map")
         path = Path(tmp) / "recorded_vocabulary_map.yaml"
         path.write_text(yaml.safe_dump({t: s for t, s in pairs}, allow_unicode=True))
         missing["vocabulary_map"] = str(path)
-    log(f"--teacher: using the {', '.join(missing)} the cache was dumped with")
+    log(f"{arg('teacher')}: using the {', '.join(missing)} the cache was dumped with")
     return {**({"checkpoint": spec} if isinstance(spec, str) else spec), **missing}
 
 
@@ -64,19 +64,19 @@ def _checked_teacher(cache: TeacherCache, teacher_path: str, dev, corpus, log):
     alignment, the cached layers' widths."""
     with tempfile.TemporaryDirectory() as tmp:
         spec = with_recorded_options(teacher_path, cache, tmp, log)
-        teacher = load_teacher(spec, dev, Vocabulary.from_dict(cache.meta.vocab), where="--teacher",
+        teacher = load_teacher(spec, dev, Vocabulary.from_dict(cache.meta.vocab), where=arg("teacher"),
                                subsampling=cache.meta.subsampling, corpus=corpus)
     if teacher.record["sha256"] != cache.meta.teacher["sha256"]:
         log(f"warning: {teacher.name} is not the teacher the cache was made from (sha256 differs)")
     mine, cached = teacher.record.get("alignment") or {}, cache.meta.teacher.get("alignment") or {}
     if (mine.get("vocabulary") or {}).get("sha256") != (cached.get("vocabulary") or {}).get("sha256") \
             or mine.get("frames") != cached.get("frames"):
-        raise OfflineKDError(f"--teacher {teacher.name}: its alignment to the student (vocabulary mapping, frames) "
+        raise OfflineKDError(f"{arg('teacher')} {teacher.name}: its alignment to the student (vocabulary mapping, frames) "
                              f"differs from the one {cache.path} was dumped with; give the same teacher options")
     dims = teacher.model.layer_dims()
     wrong = [L for L in cache.layers if dims.get(L) != cache.layer_dims[L]]
     if wrong:
-        raise OfflineKDError(f"--teacher {teacher.name}: layer {wrong[0]} is {dims.get(wrong[0])} wide, the cache's "
+        raise OfflineKDError(f"{arg('teacher')} {teacher.name}: layer {wrong[0]} is {dims.get(wrong[0])} wide, the cache's "
                              f"{cache.layer_dims[wrong[0]]}")
     return teacher
 

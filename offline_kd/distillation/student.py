@@ -22,7 +22,7 @@ from offline_kd.data.distill_dataset import DistillBatchDataset
 from offline_kd.data.sampler import SortedRunBatchSampler
 from offline_kd.data.views import (ByView, ViewBatchSampler, ViewReader, max_view_lengths, parse_views,
                                    split_of, valid_in_views, view_name)
-from offline_kd.errors import OfflineKDError
+from offline_kd.errors import OfflineKDError, arg
 from offline_kd.losses.modules import StudentLoss
 from offline_kd.models.augment import SpecAugment
 from offline_kd.models.interface import build_model, count_parameters, describe_model, reads_waveform
@@ -142,16 +142,16 @@ def _targets_source(cfg, online_teacher, corpus, augment, mapping, parts, device
             for reader, _ in parts:
                 reader.verify_reads()
         return _Targets(None, cache, cache.layer_dims, cache.meta.teacher_dev)
-    loaded = load_teacher(online_teacher, device, corpus.vocab, where="--online-teacher",
+    loaded = load_teacher(online_teacher, device, corpus.vocab, where=arg("online_teacher"),
                           subsampling=cfg.model.subsampling, corpus=corpus)
     if loaded.input_kind == "waveform" and (d.views or augment.active):
-        raise OfflineKDError("--online-teacher: this teacher reads waveforms and cannot see the student's views "
+        raise OfflineKDError(f"{arg('online_teacher')}: this teacher reads waveforms and cannot see the student's views "
                              "or SpecAugment masks (they act on features); leave distill.views and the "
                              "augment masks out")
     for reader, idx in parts:
         check_frames(loaded, reader, idx)         # a waveform teacher: every utterance kept and reconcilable
     if loaded.vocab.sha256 != corpus.vocab.sha256:
-        raise OfflineKDError(f"--online-teacher {loaded.name}: vocabulary differs from {corpus.dir}'s")
+        raise OfflineKDError(f"{arg('online_teacher')} {loaded.name}: vocabulary differs from {corpus.dir}'s")
     dims = loaded.model.layer_dims()
     for t in mapping.values():
         if t not in dims:
@@ -238,15 +238,15 @@ def _check_resume(cfg: ExperimentConfig, now: dict, online_teacher) -> None:
         return
     before = load_checkpoint(last).get("distillation", {})
     if before.get("cache_identity") != now["cache_identity"]:
-        raise OfflineKDError(f"--resume: {last} was trained from another cache or teacher than "
-                             f"{'--online-teacher' if online_teacher else cfg.distill.cache} (identity differs); "
+        raise OfflineKDError(f"{arg('resume')}: {last} was trained from another cache or teacher than "
+                             f"{arg('online_teacher') if online_teacher else cfg.distill.cache} (identity differs); "
                              f"start a new run instead")
     was = before.get("projections", {}).get("feature_loss", "mse")
     if was != cfg.distill.feature_loss:
-        raise OfflineKDError(f"--resume: {last} was trained with distill.feature_loss {was}, not "
+        raise OfflineKDError(f"{arg('resume')}: {last} was trained with distill.feature_loss {was}, not "
                              f"{cfg.distill.feature_loss} (its heads differ); start a new run instead")
     if before.get("views", now["views"]) != now["views"]:
-        raise OfflineKDError(f"--resume: {last} was trained with other views ({before.get('views')}); "
+        raise OfflineKDError(f"{arg('resume')}: {last} was trained with other views ({before.get('views')}); "
                              f"start a new run instead")
 
 
@@ -278,7 +278,7 @@ def _check_lm_pseudo_labels(cfg: ExperimentConfig, online_teacher, untranscribed
     """distill.pseudo_labels lm needs a cache whose untranscribed splits (every view) hold an LM N-best."""
     if online_teacher:
         raise OfflineKDError("distill.pseudo_labels: lm reads the LM N-best stored in a cache (dump.lm_targets); "
-                             "with --online-teacher use greedy")
+                             f"with {arg('online_teacher')} use greedy")
     if not names:
         raise OfflineKDError("distill.pseudo_labels: lm applies to untranscribed audio; give "
                              "distill.untranscribed_splits (or use greedy)")
@@ -314,7 +314,7 @@ def _confident(threshold: float, cached: list, reader, name: str, valid: np.ndar
     mean over them) reaches `threshold`; the share kept is logged."""
     if online_teacher or any(c is None for c in cached):     # (online_teacher: True where no cache is read)
         raise OfflineKDError("distill.min_confidence reads the teacher confidence a cache stores; with "
-                             "--online-teacher leave it out")
+                             f"{arg('online_teacher')} leave it out")
     if any(c.confidence is None for c in cached):
         raise OfflineKDError(f"distill.min_confidence: the cache's split '{cached[0].name}' stores no teacher "
                              f"confidence (dumped before offline-kd stored it): dump it again")
@@ -344,7 +344,7 @@ def _codebooks(d, cache, teacher_dims: dict, mapping: dict, log, teacher=None) -
         raise OfflineKDError("distill.feature_loss codebook needs distill.gamma > 0 and a distill.layer_mapping")
     source = cache if cache is not None else TeacherCache(d.cache, d.storage_options, verify_reads=d.verify_reads)
     if teacher is not None and source.meta.teacher.get("weights_sha256") != weights_sha256(teacher):
-        raise OfflineKDError(f"distill.feature_loss codebook with --online-teacher: the codebooks of {d.cache} were "
+        raise OfflineKDError(f"distill.feature_loss codebook with {arg('online_teacher')}: the codebooks of {d.cache} were "
                              f"fitted on another teacher's states (its weights differ); dump this teacher with the "
                              f"codebook codec first")
     out = {}

@@ -26,7 +26,7 @@ from offline_kd.data.frontend import FrontEnd, frontend_differences
 from offline_kd.data.targets import collapse_best_path
 from offline_kd.data.vocab import Vocabulary
 from offline_kd.decoding.beam import BeamSearchDecoder
-from offline_kd.errors import OfflineKDError
+from offline_kd.errors import OfflineKDError, arg
 from offline_kd.inference.audio_input import AudioLike, Utterance, from_inputs, read_samples
 from offline_kd.inference.timing import Word, greedy_words
 from offline_kd.models.interface import CTCModel
@@ -205,7 +205,7 @@ class SpeechModel:
             return BeamSearchDecoder(list(self.vocab.tokens), self.vocab.tokenizer, self.vocab.word_separator,
                                      lm_path=lm, alpha=a, beta=b, beam_width=beam_width, num_processes=num_processes)
         except ValueError as exc:
-            raise OfflineKDError(f"--lm: {exc}") from None
+            raise OfflineKDError(f"{arg('lm')}: {exc}") from None
 
 
 def utterance_features(fe: FrontEnd, utt: Utterance) -> np.ndarray:

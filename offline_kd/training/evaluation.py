@@ -7,7 +7,7 @@ from pathlib import Path
 
 from offline_kd.data.corpus import Corpus
 from offline_kd.data.frontend import frontend_differences
-from offline_kd.errors import OfflineKDError
+from offline_kd.errors import OfflineKDError, arg
 from offline_kd.models.interface import count_parameters, model_size_mb
 from offline_kd.data.splits import open_split
 from offline_kd.models.checkpoint import model_from_checkpoint
@@ -35,7 +35,7 @@ def run(checkpoint: str, split: str, *, corpus_dir: str | None = None, device: s
         beta: float = 1.0, beam_width: int = 32, compare_greedy: bool = False, num_processes: int = 1,
         log=print) -> dict:
     if lm is not None and decoder != "beam":
-        raise OfflineKDError("--lm is used by beam search only: add --decoder beam")
+        raise OfflineKDError(f"{arg('lm')} is used by beam search only: add {arg('decoder')} beam")
     dev = resolve_device(device)
     model, vocab, ckpt = model_from_checkpoint(checkpoint, dev)
     corpus_dir = corpus_dir or ckpt.get("config", {}).get("data", {}).get("corpus")
@@ -59,7 +59,7 @@ def run(checkpoint: str, split: str, *, corpus_dir: str | None = None, device: s
     }
     if want_beam:
         if lm is not None and not Path(lm).is_file():
-            raise OfflineKDError(f"--lm: language model file not found: {lm}")
+            raise OfflineKDError(f"{arg('lm')}: language model file not found: {lm}")
         try:
             beam_dec = BeamSearchDecoder(list(vocab.tokens), vocab.tokenizer, vocab.word_separator, lm_path=lm,
                                          alpha=alpha, beta=beta, beam_width=beam_width, num_processes=num_processes)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from offline_kd.data.corpus import Corpus
 from offline_kd.decoding.metrics import error_rates
-from offline_kd.errors import OfflineKDError
+from offline_kd.errors import OfflineKDError, arg
 from offline_kd.data.splits import open_split
 from offline_kd.models.checkpoint import model_from_checkpoint
 from offline_kd.runtime.loaders import evaluate_greedy, resolve_device
@@ -22,7 +22,7 @@ from offline_kd.decoding.beam import BeamSearchDecoder
 
 def _decoder(vocab, lm, beam_width, num_processes):
     if not Path(lm).is_file():
-        raise OfflineKDError(f"--lm: language model file not found: {lm}")
+        raise OfflineKDError(f"{arg('lm')}: language model file not found: {lm}")
     try:
         return BeamSearchDecoder(list(vocab.tokens), vocab.tokenizer, vocab.word_separator, lm_path=lm,
                                  beam_width=beam_width, num_processes=num_processes)

@@ -39,7 +39,7 @@ from offline_kd.data.corpus import SplitReader
 from offline_kd.data.prefetch import prefetch
 from offline_kd.data.sampler import BucketBatchSampler
 from offline_kd.data.vocab import Vocabulary
-from offline_kd.errors import OfflineKDError
+from offline_kd.errors import OfflineKDError, arg
 from offline_kd.locking import run_dir_lock
 from offline_kd.losses.modules import LossFn
 from offline_kd.models.interface import CTCModel, count_parameters
@@ -131,7 +131,7 @@ def check_resume_config(saved: Optional[dict], now: dict, path: Path) -> None:
     changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in RESUME_SAFE]
     if changed:
         shown = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:6])
-        raise OfflineKDError(f"--resume: the config differs from the one {path} was trained with ({shown}"
+        raise OfflineKDError(f"{arg('resume')}: the config differs from the one {path} was trained with ({shown}"
                              f"{' ...' if len(changed) > 6 else ''}); a resumed run may change only "
                              f"{', '.join(RESUME_SAFE)}; start a new run (another train.output_dir) for the rest")
 
@@ -297,14 +297,14 @@ class Trainer:
         last = self.out / "checkpoint_last.pt"
         if resume:
             if not last.is_file():
-                raise OfflineKDError(f"--resume: no checkpoint at {last}")
+                raise OfflineKDError(f"{arg('resume')}: no checkpoint at {last}")
             self.resume(last)
             if self.is_main:
                 self._truncate_metrics()
         else:
             if last.is_file():
                 raise OfflineKDError(f"{self.out} already holds a run (checkpoint_last.pt); "
-                                     f"use --resume to continue it or choose another train.output_dir")
+                                     f"use {arg('resume')} to continue it or choose another train.output_dir")
             seed_everything(self.cfg.train.seed)
         if self.is_main:
             save_config(self.cfg, self.out / "config.yaml")
