@@ -1,6 +1,7 @@
-"""`model.type: conformer` through the whole workflow on the tiny corpus: a Conformer teacher trained and dumped, a
-Conformer student distilled from a BiLSTM teacher's cache (types differ), the frame rates reconciled by
-dump.subsampling or refused with the setting that fixes them, and the student exported to ONNX."""
+"""`model.type: conformer` through the whole workflow on the tiny corpus, each pair of types: a Conformer teacher
+trained and dumped, with a Conformer student and a BiLSTM student from it; a Conformer student from a BiLSTM
+teacher's cache; the frame rates reconciled by dump.subsampling or refused with the setting that fixes them; the
+student exported to ONNX."""
 
 from __future__ import annotations
 
@@ -35,6 +36,16 @@ def test_a_conformer_teacher_trains_dumps_and_is_rebuilt(tiny_corpus, tmp_path):
                                  skip_invalid=True), **QUIET)
     from offline_kd import TeacherCache
     assert TeacherCache(str(out)).meta.subsampling == 4
+    # a Conformer student of it at its rate, and a 2x BiLSTM student from the same teacher dumped at 2x (each
+    # teacher frame repeated)
+    train_student.run(_student(tiny_corpus, out, tmp_path / "cc", 4, gamma=0.1, layer_mapping={1: 1, 2: 2}), **QUIET)
+    at2 = tmp_path / "c2.zarr"
+    dump_teacher.run(dump_cfg(tmp_path / "t" / "checkpoint_last.pt", tiny_corpus, at2, layers=[1, 2], subsampling=2,
+                              skip_invalid=True), **QUIET)
+    assert TeacherCache(str(at2)).meta.subsampling == 2
+    d = student_dict(tiny_corpus, at2, tmp_path / "cb", epochs=1, layer_mapping={1: 1, 2: 2})
+    train_student.run(build_dataclass(ExperimentConfig, d), **QUIET)
+    assert model_from_checkpoint(tmp_path / "cb" / "checkpoint_last.pt")[0].model_type == "bilstm"
 
 
 def test_a_conformer_student_distils_from_a_bilstm_cache_at_its_rate(tiny_teacher, tiny_corpus, f32_cache, tmp_path):
