@@ -5,8 +5,8 @@
 
 Each model (4 layers unless num_layers is given, 2x subsampling unless given) runs on the same random batch of
 `--batch` utterances of `--frames` frames: a train step (forward, CTC loss, backward, AdamW step) and an inference
-forward (no_grad, eval mode), each timed `--runs` times after one warm-up; the table gives medians and the ratio to
-the first model's, measured side by side in one process.
+forward (no_grad, eval mode), timed `--runs` times in turn with the other models after one warm-up; the table gives
+medians and the ratio to the first model's, measured side by side in one process.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def parse(spec: str, args) -> tuple[str, ModelConfig]:
     return spec, ModelConfig(**kw)
 
 
-def timings(model, x, lengths, labels, label_lengths, runs: int) -> tuple[float, float]:
+def step_fns(model, x, lengths, labels, label_lengths):
+    """(a train step, an inference forward) of `model` on the batch."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step():
@@ -44,16 +45,21 @@ def timings(model, x, lengths, labels, label_lengths, runs: int) -> tuple[float,
         model.eval()
         with torch.no_grad():
             model(x, lengths)
-    out = []
-    for fn in (step, infer):
-        fn()                                     # warm-up
-        times = []
-        for _ in range(runs):
+    return step, infer
+
+
+def interleaved(fns: list, runs: int) -> list[float]:
+    """The median time of each of `fns`, timed in turn (model 1, model 2, ..., then again) after one warm-up each,
+    so that a change of the machine's load reaches every model alike."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(runs):
+        for k, fn in enumerate(fns):
             with Timer() as t:
                 fn()
-            times.append(t.seconds)
-        out.append(median(times))
-    return out[0], out[1]
+            times[k].append(t.seconds)
+    return [median(ts) for ts in times]
 
 
 def main():
@@ -72,22 +78,21 @@ def main():
     lengths = torch.linspace(args.frames // 2, args.frames, args.batch).long().flip(0)
     label_lengths = torch.full((args.batch,), 20)
     labels = torch.randint(1, args.classes, (int(label_lengths.sum()),))
-    rows = []
-    for spec in args.model:
-        name, cfg = parse(spec, args)
-        model = build_model(cfg)
-        rows.append((name, model.summary(), count_parameters(model), *timings(model, x, lengths, labels,
-                                                                            label_lengths, args.runs)))
-        print(rows[-1], flush=True)
+    models = [build_model(parse(spec, args)[1]) for spec in args.model]
+    fns = [step_fns(m, x, lengths, labels, label_lengths) for m in models]
+    train_t = interleaved([f[0] for f in fns], args.runs)
+    infer_t = interleaved([f[1] for f in fns], args.runs)
+    rows = [(m.summary(), count_parameters(m), a, b) for m, a, b in zip(models, train_t, infer_t)]
+    print(rows, flush=True)
     ref = rows[0]
     lines = [f"## {args.title}", "", f"`{command_line()}`", "", f"Machine: {machine()}. A batch of {args.batch} "
              f"utterances of {args.frames // 2}..{args.frames} frames ({args.input_dim}-dim, {args.classes} classes); "
              f"medians of {args.runs} runs after a warm-up; ratio = the reference's time / this model's (above 1: "
              f"faster).", "",
              "| model | parameters | train step (s) | ratio | inference (s) | ratio |", "|---|---|---|---|---|---|"]
-    for name, summary, params, train, infer in rows:
-        lines.append(f"| {summary} | {params:,} | {train:.3f} | {ref[3] / train:.2f}x | {infer:.3f} | "
-                     f"{ref[4] / infer:.2f}x |")
+    for summary, params, train, infer in rows:
+        lines.append(f"| {summary} | {params:,} | {train:.3f} | {ref[2] / train:.2f}x | {infer:.3f} | "
+                     f"{ref[3] / infer:.2f}x |")
     write_section(args.section, "\n".join(lines))
 
 
