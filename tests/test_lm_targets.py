@@ -118,7 +118,7 @@ def test_lm_pseudo_label_errors(lm_cache, tiny_teacher, tiny_corpus, arpa, tmp_p
         train_student.run(_no_lm_cache_cfg(tiny_teacher, tiny_corpus, tmp_path), **QUIET)
     with pytest.raises(OfflineKDError, match="untranscribed_splits"):
         train_student.run(cfg(lm_cache, pseudo_labels="lm"), **QUIET)
-    with pytest.raises(OfflineKDError, match="online-teacher"):
+    with pytest.raises(OfflineKDError, match="`online_teacher`"):
         train_student.run(cfg(lm_cache, pseudo_labels="lm", untranscribed_splits=["untranscribed"]),
                           online_teacher=str(tiny_teacher), **QUIET)
     with pytest.raises(OfflineKDError, match="pseudo_labels must be greedy or lm"):

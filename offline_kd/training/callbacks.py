@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import torch
 from tqdm import tqdm
 
 
@@ -146,7 +147,6 @@ class CheckpointAveraging(Callback):
     def on_epoch_end(self, trainer, epoch, dev):
         if not self.is_main or (self.of == "best" and dev is None):
             return
-        import torch
         self.dir.mkdir(parents=True, exist_ok=True)
         kept = [k for k in self._kept() if k["epoch"] < epoch]          # (a resumed epoch replaces its own)
         kept.append({"epoch": epoch, "wer": None if dev is None else dev["wer"]})
