@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, Packed
 from offline_kd.config import ModelConfig, build_dataclass
 from offline_kd.data.validate import output_frames
 from offline_kd.errors import OfflineKDError
-from offline_kd.models.interface import count_parameters, model_size_mb, register_model
+from offline_kd.models.interface import FromConfig, count_parameters, model_size_mb, register_model
 
 __all__ = ["BiLSTMCTC", "count_parameters", "model_size_mb", "output_lengths"]
 
@@ -34,7 +34,7 @@ KEYS = ("input_dim", "hidden_dim", "num_layers", "num_classes", "dropout", "subs
 
 
 @register_model("bilstm")
-class BiLSTMCTC(nn.Module):
+class BiLSTMCTC(FromConfig, nn.Module):
     """A `CTCModel` (models/interface.py): every layer's hidden states are 2H wide; the blank is class 0."""
 
     def __init__(self, config: ModelConfig):
@@ -76,26 +76,6 @@ class BiLSTMCTC(nn.Module):
     def hidden_size(self) -> int:
         """Dimension of every cached/returned hidden state (2H: both directions)."""
         return 2 * self.config.hidden_dim
-
-    @property
-    def input_dim(self) -> int:
-        return self.config.input_dim
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def blank(self) -> int:
-        return 0
-
-    @property
-    def subsampling(self) -> int:
-        return self.config.subsampling
-
-    @property
-    def num_layers(self) -> int:
-        return self.config.num_layers
 
     def layer_dims(self) -> dict[int, int]:
         return {layer: self.hidden_size for layer in range(1, self.config.num_layers + 1)}

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from offline_kd.config import ModelConfig, build_dataclass
 from offline_kd.data.validate import output_frames
 from offline_kd.errors import OfflineKDError
-from offline_kd.models.interface import register_model
+from offline_kd.models.interface import FromConfig, register_model
 
 #: subsampling factor -> the strides of its Conv2d stages
 STAGES = {1: (), 2: (2,), 4: (2, 2), 6: (2, 3), 8: (2, 2, 2)}
@@ -132,7 +132,7 @@ class ConformerBlock(nn.Module):
 
 
 @register_model("conformer")
-class ConformerCTC(nn.Module):
+class ConformerCTC(FromConfig, nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         c = self.config = replace(config, **{k: getattr(config, k) or v for k, v in DEFAULTS.items()})
@@ -153,26 +153,6 @@ class ConformerCTC(nn.Module):
         return cls(build_dataclass(ModelConfig, {**description, "type": "conformer"}, where))
 
     # --------------------------------------------------------------------------------------- the protocol
-    @property
-    def input_dim(self) -> int:
-        return self.config.input_dim
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def blank(self) -> int:
-        return 0
-
-    @property
-    def subsampling(self) -> int:
-        return self.config.subsampling
-
-    @property
-    def num_layers(self) -> int:
-        return self.config.num_layers
-
     def layer_dims(self) -> dict[int, int]:
         return {i: self.config.hidden_dim for i in range(1, self.config.num_layers + 1)}
 

@@ -64,6 +64,31 @@ class CTCModel(Protocol):
                                    ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]: ...
 
 
+class FromConfig:
+    """The protocol's plain properties of a model built from a `ModelConfig` (`self.config`); the blank is class 0.
+    Mixed into each registered type before `nn.Module`."""
+
+    @property
+    def input_dim(self) -> int:
+        return self.config.input_dim
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def blank(self) -> int:
+        return 0
+
+    @property
+    def subsampling(self) -> int:
+        return self.config.subsampling
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+
 #: model type name -> callable(description dict, where) -> model
 _REGISTRY: dict[str, Callable[[dict, str], nn.Module]] = {}
 _CLASSES: dict[str, type] = {}
