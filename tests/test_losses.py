@@ -89,3 +89,63 @@ def test_temperature_schedule_default():
     assert temperature_at(70, sched) == 3.5
     assert temperature_at(71, sched) == 3.0
     assert temperature_at(100, sched) == 3.0
+
+
+def _batch():
+    torch.manual_seed(3)
+    s = torch.randn(12, 3, 6).log_softmax(-1)
+    t = (torch.randn(12, 3, 6) * 3).log_softmax(-1)
+    return s, t, torch.tensor([12, 9, 7]), torch.tensor([1, 2, 3, 4, 5, 1]), torch.tensor([2, 3, 1])
+
+
+def test_the_terms_defaults_are_the_documented_ones():
+    from offline_kd.losses.terms import (CodebookCE, CollapsedKL, CTCTerm, FeatureMSE, SequenceCTC, SoftKL, SpikeKL,
+                                         kl_term, hybrid_terms)
+    assert SoftKL().weight == 1.0 and CTCTerm().weight == 1.0 and SpikeKL().context == 2
+    assert type(kl_term(1.0)) is SoftKL and type(kl_term(1.0, target="collapsed")) is CollapsedKL
+    assert type(kl_term(1.0, "spikes")) is SpikeKL and kl_term(1.0, "spikes").context == 2
+    terms = hybrid_terms(0.7, 0.2, 0.1, {1: 1})
+    assert [type(x) for x in terms] == [SoftKL, CTCTerm, FeatureMSE, SequenceCTC] and terms[-1].weight == 0
+    assert type(hybrid_terms(0.7, 0.2, 0.1, {1: 1}, codebook=True)[2]) is CodebookCE
+    s, t, lengths, labels, ll = _batch()
+    for kw in ({"kl_frames": "all", "kl_target": "full"}, {"kl_frames": "spikes"}):
+        explicit = dict(kw, spike_context=2) if kw.get("kl_frames") == "spikes" else kw
+        assert torch.equal(hybrid_loss(s, lengths, labels, ll, t, 2.0, 0.7, 0.2, 0.0, **kw)[0],
+                           hybrid_loss(s, lengths, labels, ll, t, 2.0, 0.7, 0.2, 0.0, **explicit)[0])
+    assert torch.equal(hybrid_loss(s, lengths, labels, ll, t, 2.0, 0.7, 0.2, 0.0)[0],
+                       hybrid_loss(s, lengths, labels, ll, t, 2.0, 0.7, 0.2, 0.0, kl_frames="all", kl_target="full")[0])
+    assert hybrid_loss(s, lengths, labels, ll, t, 2.0, 0.7, 0.2, 0.0)[0].dtype == torch.float32
+
+
+def test_per_utterance_weights_reach_every_kl_term_and_the_ctc_term():
+    from offline_kd.losses.kd import collapsed_kd_loss, selected_kd_loss, weighted_ctc_loss
+    from offline_kd.losses.terms import CollapsedKL, CTCTerm, LossInputs, SoftKL, SpikeKL
+    s, t, lengths, labels, ll = _batch()
+    w = torch.tensor([1.0, 0.0, 1.0])
+    funcs = {SoftKL: lambda w: soft_kd_loss(s, t, lengths, 2.0, w),
+             SpikeKL: lambda w: selected_kd_loss(s, t, lengths, 2.0, 2, w),
+             CollapsedKL: lambda w: collapsed_kd_loss(s, t, lengths, 2.0, w)}
+    for cls, fn in funcs.items():
+        got = cls()(LossInputs(s, lengths, t, 2.0, kl_utterance_weights=w))
+        assert torch.equal(got, fn(w)) and not torch.equal(got, fn(None)), cls.__name__
+        assert torch.equal(hybrid_loss(s, lengths, labels, ll, t, 2.0, 1.0, 0.0, 0.0, kl_utterance_weights=w,
+                                       kl_frames="spikes" if cls is SpikeKL else "all",
+                                       kl_target="collapsed" if cls is CollapsedKL else "full")[0], fn(w))
+    arange = torch.arange(3)
+    got = CTCTerm()(LossInputs(s, lengths, t, labels=labels, label_lengths=ll, ctc_utterance_weights=w))
+    assert torch.equal(got, weighted_ctc_loss(s, labels, lengths, ll, arange, w))
+    assert torch.equal(hybrid_loss(s, lengths, labels, ll, t, 2.0, 0.0, 1.0, 0.0, ctc_utterance_weights=w)[0], got)
+    entry = torch.tensor([0.5, 1.0, 2.0])
+    got = CTCTerm()(LossInputs(s, lengths, t, labels=labels, label_lengths=ll, ctc_owner=arange, ctc_weights=entry,
+                               ctc_utterance_weights=w))
+    assert torch.equal(got, weighted_ctc_loss(s, labels, lengths, ll, arange, entry * w))
+
+
+def test_the_hybrid_loss_passes_codebook_indexes_to_the_codebook_term():
+    from offline_kd.losses.kd import codebook_loss
+    s, t, lengths, labels, ll = _batch()
+    logits = {1: torch.randn(3, 12, 2 * 4)}
+    codes = {1: torch.randint(0, 4, (3, 12, 2))}
+    total, terms = hybrid_loss(s, lengths, labels, ll, t, 2.0, 0.0, 0.0, 1.0, logits, {1: torch.randn(3, 12, 5)},
+                               {1: 1}, teacher_codes=codes)
+    assert torch.equal(terms["feature"], codebook_loss(logits, codes, {1: 1}, lengths))
