@@ -101,13 +101,20 @@ def _batch():
 def test_the_terms_defaults_are_the_documented_ones():
     from offline_kd.losses.terms import (CodebookCE, CollapsedKL, CTCTerm, FeatureMSE, SequenceCTC, SoftKL, SpikeKL,
                                          kl_term, hybrid_terms)
-    assert SoftKL().weight == 1.0 and CTCTerm().weight == 1.0 and SpikeKL().context == 2
+    assert SoftKL().weight == CTCTerm().weight == SpikeKL().weight == 1.0 and SpikeKL().context == 2
     assert type(kl_term(1.0)) is SoftKL and type(kl_term(1.0, target="collapsed")) is CollapsedKL
     assert type(kl_term(1.0, "spikes")) is SpikeKL and kl_term(1.0, "spikes").context == 2
+    assert hybrid_terms(0.7, 0.2, 0.1, None, kl_frames="spikes")[0].context == 2
     terms = hybrid_terms(0.7, 0.2, 0.1, {1: 1})
     assert [type(x) for x in terms] == [SoftKL, CTCTerm, FeatureMSE, SequenceCTC] and terms[-1].weight == 0
     assert type(hybrid_terms(0.7, 0.2, 0.1, {1: 1}, codebook=True)[2]) is CodebookCE
     s, t, lengths, labels, ll = _batch()
+    t = t.clone()
+    t[:, :, 0] += 8.0 * (torch.arange(12) % 6 != 0).float()[:, None]     # mostly blank: spikes every 6th frame
+    assert not torch.equal(hybrid_loss(s, lengths, labels, ll, t, 2.0, 1.0, 0.0, 0.0, kl_frames="spikes",
+                                       spike_context=2)[0],
+                           hybrid_loss(s, lengths, labels, ll, t, 2.0, 1.0, 0.0, 0.0, kl_frames="spikes",
+                                       spike_context=3)[0])          # (so that the default context is seen)
     for kw in ({"kl_frames": "all", "kl_target": "full"}, {"kl_frames": "spikes"}):
         explicit = dict(kw, spike_context=2) if kw.get("kl_frames") == "spikes" else kw
         assert torch.equal(hybrid_loss(s, lengths, labels, ll, t, 2.0, 0.7, 0.2, 0.0, **kw)[0],
