@@ -80,3 +80,37 @@ def test_the_device_path_equals_the_host_path():
         np.testing.assert_allclose(hid_dev[L].numpy(), dec["hidden"][L], rtol=1e-5, atol=1e-5)
     only = table.select(host, layers={3})
     assert sorted(table.decode_torch({p: torch.from_numpy(np.asarray(a)) for p, a in only.items()}, states)[1]) == [3]
+
+
+def test_a_registered_frame_field_is_computed_stored_and_decoded_on_the_host_and_the_device():
+    import pytest
+    from offline_kd.cache.fields import FRAME_FIELDS, FrameField, frame_field_specs, register_field
+    from offline_kd.errors import OfflineKDError
+    top = FrameField("top_test", lambda lp: np.stack([lp.max(-1), lp.min(-1)], -1), "float16", (2,))
+    register_field(top)
+    try:
+        for bad in ("best_path", "hidden_3", "_x", "a-b", "offset"):
+            with pytest.raises(ValueError, match="not a free field name"):
+                register_field(FrameField(bad, np.abs))
+        with pytest.raises(OfflineKDError, match="dump.fields: 'nope' is not a registered per-frame field"):
+            frame_field_specs(["top_test", "nope"])
+        specs = frame_field_specs(["top_test"])
+        assert specs == [{"name": "top_test", "dtype": "float16", "shape": [2]}]
+        base, lp_codec, hidden = _table()
+        table = FieldTable(lp_codec, hidden, specs)
+        assert table.arrays() == base.arrays() + [("top_test", (2,), "float16", False)]
+        assert table.select({"top_test": 1, "hidden_1": 2, "hidden_3": 3}, layers=[1]) == {"top_test": 1, "hidden_1": 2}
+        lp, best, hid = _outputs()
+        enc = table.encode(lp, best, hid)
+        want = np.stack([lp.max(-1), lp.min(-1)], -1).astype(np.float16)
+        assert enc["top_test"].dtype == np.float16 and np.array_equal(enc["top_test"], want)
+        assert np.array_equal(table.decode(enc)["top_test"], want)
+        states = table.device_states("cpu")
+        codes = table.encode_torch(torch.from_numpy(lp), {L: torch.from_numpy(h) for L, h in hid.items()}, states)
+        assert np.array_equal(codes["top_test"].numpy(), want)
+        del FRAME_FIELDS["top_test"]                  # a process that did not register it can still read it
+        assert np.array_equal(table.decode(enc)["top_test"], want)
+        with pytest.raises(OfflineKDError, match="cache field 'top_test': no function computes it"):
+            table.encode(lp, best, hid)
+    finally:
+        FRAME_FIELDS.pop("top_test", None)
