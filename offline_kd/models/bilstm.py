@@ -105,10 +105,7 @@ class BiLSTMCTC(FromConfig, nn.Module):
     def forward_with_hidden_states(self, x: torch.Tensor, lengths: torch.Tensor,
                                    return_layer_indices: Optional[Iterable[int]] = None):
         """x (B, T, D), lengths (B,) -> log_probs (T', B, V), output_lengths (B,), {layer: (B, T', 2H)}."""
-        wanted = set(return_layer_indices or [])
-        bad = [i for i in wanted if not 1 <= i <= self.config.num_layers]
-        if bad:
-            raise ValueError(f"layer indices {bad} out of range 1..{self.config.num_layers}")
+        wanted = self.wanted_layers(return_layer_indices)
         y, out_len = self.subsample(self.input_proj(x), lengths)
         t_out = y.shape[1]
         packed = pack_padded_sequence(y, out_len.cpu(), batch_first=True, enforce_sorted=False)
@@ -122,11 +119,6 @@ class BiLSTMCTC(FromConfig, nn.Module):
         y = pad_packed_sequence(packed, batch_first=True, total_length=t_out)[0]
         log_probs = self.output_proj(y).log_softmax(-1).transpose(0, 1)
         return log_probs, out_len, hidden
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
-        """x (B, T, D), lengths (B,) -> log_probs (T', B, V), output_lengths (B,)."""
-        log_probs, out_len, _ = self.forward_with_hidden_states(x, lengths, None)
-        return log_probs, out_len
 
 
     def exportable(self) -> nn.Module:

@@ -166,10 +166,7 @@ class ConformerCTC(FromConfig, nn.Module):
     def forward_with_hidden_states(self, x: torch.Tensor, lengths: torch.Tensor,
                                    return_layer_indices: Optional[Iterable[int]] = None):
         """x (B, T, D), lengths (B,) -> log_probs (T', B, V), output_lengths (B,), {block: (B, T', d)}."""
-        wanted = set(return_layer_indices or [])
-        bad = [i for i in wanted if not 1 <= i <= self.config.num_layers]
-        if bad:
-            raise ValueError(f"layer indices {bad} out of range 1..{self.config.num_layers}")
+        wanted = self.wanted_layers(return_layer_indices)
         y, out_len = self.subsample(x, lengths)
         y = self.drop(y)
         mask = _mask(out_len, y.shape[1])
@@ -179,11 +176,6 @@ class ConformerCTC(FromConfig, nn.Module):
             if i in wanted:
                 hidden[i] = y
         return self.output_proj(y).log_softmax(-1).transpose(0, 1), out_len, hidden
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
-        """x (B, T, D), lengths (B,) -> log_probs (T', B, V), output_lengths (B,)."""
-        log_probs, out_len, _ = self.forward_with_hidden_states(x, lengths, None)
-        return log_probs, out_len
 
     def exportable(self) -> nn.Module:
         """The same function for tracing (ONNX, TorchScript): (B, T', V) log-probs, batch first."""

@@ -65,8 +65,22 @@ class CTCModel(Protocol):
 
 
 class FromConfig:
-    """The protocol's plain properties of a model built from a `ModelConfig` (`self.config`); the blank is class 0.
+    """What every model built from a `ModelConfig` (`self.config`) shares: the protocol's plain properties (the blank
+    is class 0), the check of requested layers, and `forward` as `forward_with_hidden_states` without hidden states.
     Mixed into each registered type before `nn.Module`."""
+
+    def wanted_layers(self, indices: Optional[Iterable[int]]) -> set:
+        """The requested 1-based layers, each checked against num_layers (ValueError outside)."""
+        wanted = set(indices or [])
+        bad = [i for i in wanted if not 1 <= i <= self.config.num_layers]
+        if bad:
+            raise ValueError(f"layer indices {bad} out of range 1..{self.config.num_layers}")
+        return wanted
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+        """x (B, T, D), lengths (B,) -> log_probs (T', B, V), output_lengths (B,)."""
+        log_probs, out_len, _ = self.forward_with_hidden_states(x, lengths, None)
+        return log_probs, out_len
 
     @property
     def input_dim(self) -> int:
