@@ -108,7 +108,7 @@ class ModelConfig:
     num_layers: int = 4                 # LSTM layers, or Conformer blocks
     num_classes: int = 1229             # including the CTC blank (id 0)
     dropout: float = 0.3
-    subsampling: int = 2                # input frames per output frame (conformer: 1, 2, 4, 6 or 8)
+    subsampling: int = 2                # input frames per output frame (conformer: 1, 2, 3, 4, 6 or 8)
     num_heads: Optional[int] = None     # conformer: attention heads (4)
     ffn_mult: Optional[int] = None      # conformer: feed-forward width / hidden_dim (4)
     conv_kernel: Optional[int] = None   # conformer: depthwise convolution kernel, odd (15)

@@ -94,6 +94,6 @@ def test_settings_of_another_type_are_refused_with_the_allowed_keys():
     with pytest.raises(OfflineKDError, match="model.type must be"):
         ModelConfig(type="transformer")
     with pytest.raises(OfflineKDError, match="subsamples by"):
-        build_model(ModelConfig(**{**TYPES["conformer"], "subsampling": 3}))
+        build_model(ModelConfig(**{**TYPES["conformer"], "subsampling": 5}))
     with pytest.raises(OfflineKDError, match="multiple of 2 x model.num_heads"):
         build_model(ModelConfig(**{**TYPES["conformer"], "num_heads": 3}))

@@ -1,6 +1,6 @@
 """Conformer-CTC (Gulati et al. 2020, "Conformer: Convolution-augmented Transformer for Speech Recognition").
 
-    features (B, T, D) -> convolutional subsampling (2x, 4x, 6x or 8x) -> Linear(., d)
+    features (B, T, D) -> convolutional subsampling (2x, 3x, 4x, 6x or 8x) -> Linear(., d)
       -> N x block -> Linear(d, V) -> log_softmax
     block: x + 1/2 FFN(x) -> x + MHSA(x) -> x + Conv(x) -> x + 1/2 FFN(x) -> LayerNorm
     FFN:   LayerNorm -> Linear(d, m d) -> SiLU -> Dropout -> Linear(m d, d) -> Dropout
@@ -37,7 +37,7 @@ from offline_kd.errors import OfflineKDError
 from offline_kd.models.interface import FromConfig, register_model
 
 #: subsampling factor -> the strides of its Conv2d stages
-STAGES = {1: (), 2: (2,), 4: (2, 2), 6: (2, 3), 8: (2, 2, 2)}
+STAGES = {1: (), 2: (2,), 3: (3,), 4: (2, 2), 6: (2, 3), 8: (2, 2, 2)}
 #: the Conformer's own settings (ModelConfig keys) and their defaults
 DEFAULTS = {"num_heads": 4, "ffn_mult": 4, "conv_kernel": 15, "subsampling_channels": 64}
 #: the ModelConfig keys a Conformer reads
