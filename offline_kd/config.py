@@ -97,40 +97,56 @@ class DataConfig:
             raise OfflineKDError(f"data.num_workers must be auto or an integer >= 0, got {self.num_workers!r}")
 
 
+#: each model type's own ModelConfig keys (null: the type's default), refused for the other types
+MODEL_TYPE_KEYS = {"bilstm": (), "conformer": ("num_heads", "ffn_mult", "conv_kernel", "subsampling_channels"),
+                   "hf": ("num_heads", "ffn_mult", "hf_family", "hf_config", "init_from")}
+#: model types that read the corpus's kept waveform rather than its features
+WAVEFORM_TYPES = ("hf",)
+_COMMON_MODEL_KEYS = ("input_dim", "hidden_dim", "num_layers", "num_classes", "dropout", "subsampling")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The model: `type` picks the architecture (docs/usage.md, "Models"); the keys below `subsampling` are the
-    Conformer's own (null: its default) and are refused for another type."""
+    """The model: `type` picks the architecture (docs/usage.md, "Models"); the keys below `subsampling` belong to
+    some types only (MODEL_TYPE_KEYS; null: the type's default) and are refused for the others."""
     SECTION: ClassVar[str] = "model"
-    type: Literal["bilstm", "conformer"] = "bilstm"
-    input_dim: int = 512
-    hidden_dim: int = 256               # bilstm: LSTM units per direction; conformer: the model width d
-    num_layers: int = 4                 # LSTM layers, or Conformer blocks
+    type: Literal["bilstm", "conformer", "hf"] = "bilstm"
+    input_dim: int = 512                # feature dimension (hf: of the features its frames line up with)
+    hidden_dim: int = 256               # bilstm: LSTM units per direction; conformer, hf: the model width d
+    num_layers: int = 4                 # LSTM layers, Conformer blocks or transformer layers
     num_classes: int = 1229             # including the CTC blank (id 0)
     dropout: float = 0.3
-    subsampling: int = 2                # input frames per output frame (conformer: 1, 2, 3, 4, 6 or 8)
-    num_heads: Optional[int] = None     # conformer: attention heads (4)
-    ffn_mult: Optional[int] = None      # conformer: feed-forward width / hidden_dim (4)
+    subsampling: int = 2                # input frames per output frame (conformer: 1, 2, 3, 4, 6 or 8; hf: 2)
+    num_heads: Optional[int] = None     # conformer, hf: attention heads (4)
+    ffn_mult: Optional[int] = None      # conformer, hf: feed-forward width / hidden_dim (4)
     conv_kernel: Optional[int] = None   # conformer: depthwise convolution kernel, odd (15)
     subsampling_channels: Optional[int] = None   # conformer: channels of the subsampling convolutions (64)
+    hf_family: Optional[Literal["wav2vec2", "hubert", "wavlm"]] = None   # hf: the transformers model (wav2vec2)
+    hf_config: Optional[dict] = None    # hf: further transformers config keys (e.g. conv_dim, mask_time_prob)
+    init_from: Optional[str] = None     # hf: a Hugging Face CTC directory whose feature encoder and first layers
+    #                                     initialise the student (DistilHuBERT's recipe)
 
     def __post_init__(self):
         _check_choices(self)
         _at_least("model", self, input_dim=1, hidden_dim=1, num_layers=1, num_classes=2, subsampling=1)
         if not 0.0 <= self.dropout < 1.0:
             raise OfflineKDError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        own = ("num_heads", "ffn_mult", "conv_kernel", "subsampling_channels")
-        if self.type != "conformer":
-            given = [k for k in own if getattr(self, k) is not None]
-            if given:
-                raise OfflineKDError(f"model.{given[0]} is a setting of model.type conformer; model.type "
-                                     f"{self.type} takes input_dim, hidden_dim, num_layers, num_classes, dropout, "
-                                     f"subsampling")
-        for k in own:
+        mine = MODEL_TYPE_KEYS[self.type]
+        for k in dict.fromkeys(k for keys in MODEL_TYPE_KEYS.values() for k in keys):
+            if k not in mine and getattr(self, k) is not None:
+                owners = " and ".join(t for t, keys in MODEL_TYPE_KEYS.items() if k in keys)
+                raise OfflineKDError(f"model.{k} is a setting of model.type {owners}; model.type {self.type} takes "
+                                     f"{', '.join(_COMMON_MODEL_KEYS + mine)}")
+        for k in ("num_heads", "ffn_mult", "conv_kernel", "subsampling_channels"):
             if getattr(self, k) is not None and getattr(self, k) < 1:
                 raise OfflineKDError(f"model.{k} must be >= 1, got {getattr(self, k)}")
         if self.conv_kernel is not None and self.conv_kernel % 2 == 0:
             raise OfflineKDError(f"model.conv_kernel must be odd, got {self.conv_kernel}")
+        if self.hf_family is not None and self.hf_family not in ("wav2vec2", "hubert", "wavlm"):
+            raise OfflineKDError(f"model.hf_family must be wav2vec2, hubert or wavlm, got {self.hf_family!r}")
+        if self.hf_config is not None and not isinstance(self.hf_config, dict):
+            raise OfflineKDError(f"model.hf_config must be a mapping of transformers config keys, got "
+                                 f"{type(self.hf_config).__name__}")
 
 
 @dataclass(frozen=True)

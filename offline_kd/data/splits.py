@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from offline_kd.config import DataConfig, ModelConfig
+from offline_kd.config import WAVEFORM_TYPES, DataConfig, ModelConfig
 from offline_kd.data.corpus import ConcatSplitReader, Corpus, SplitReader
 from offline_kd.data.validate import validate_split
 from offline_kd.errors import OfflineKDError
@@ -21,6 +21,9 @@ def open_split(corpus: Corpus, split: str, model, skip_invalid: bool,
     """A split validated for `model` (a ModelConfig, or a CTCModel: what is read is its input_dim and
     subsampling)."""
     reader = corpus.split(split)
+    if getattr(model, "type", None) in WAVEFORM_TYPES and not reader.has_audio:
+        raise OfflineKDError(f"{reader.path}: model.type {model.type} reads waveforms and split '{split}' keeps no "
+                             f"audio; import the corpus with `data import --keep-audio`")
     valid = validate_split(reader, corpus.vocab, model.input_dim, model.subsampling, skip_invalid, log=log,
                            dim_key=getattr(model, "input_dim_key", "model.input_dim"))
     return reader, valid

@@ -106,6 +106,9 @@ def build_student_run(cfg: ExperimentConfig, env, device, log=print, online_teac
         _check_lm_pseudo_labels(cfg, online_teacher, [sp[1:] for sp in splits], names[1:])
     reference = _teacher_reference(src.dev, cfg, log)
     model = _student_model(cfg, device)
+    if reads_waveform(model) and views:
+        raise OfflineKDError(f"distill.cache {d.cache}: its views act on features; model.type {cfg.model.type} reads "
+                             f"waveforms: train it from a cache without views")
     on_device = not online_teacher and (d.decode_on == "device" or d.decode_on == "auto" and device.type == "cuda")
     quantizers = (_codebooks(d, src.cache, src.dims, mapping, log, src.teacher) if d.feature_loss == "codebook"
                   else None)
@@ -116,7 +119,7 @@ def build_student_run(cfg: ExperimentConfig, env, device, log=print, online_teac
     datasets = [DistillBatchDataset(parts[0][0], corpus.vocab, sp[0], layers=set(mapping.values()),
                                     untranscribed=[(r, es) for (r, _), es in zip(parts[1:], sp[1:])],
                                     encoded=on_device, lm_nbest=d.pseudo_labels == "lm",
-                                    with_audio=src.teacher is not None and reads_waveform(src.teacher))
+                                    with_audio=reads_waveform(model) or src.teacher is not None and reads_waveform(src.teacher))
                 for parts, sp in zip(seen, splits)]
     if not online_teacher:
         log(f"cached targets decoded on {device if on_device else 'the host'} (distill.decode_on {d.decode_on})")

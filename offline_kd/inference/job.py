@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from offline_kd.data.audio import AudioError
@@ -29,6 +30,7 @@ from offline_kd.errors import OfflineKDError
 from offline_kd.inference.audio_input import Utterance
 from offline_kd.inference.model import (BATCH_SECONDS, BATCH_UTTERANCES, Failed, SpeechModel, Transcript,
                                         batches_of, utterance_features)
+from offline_kd.models.interface import reads_waveform
 
 
 @dataclass
@@ -55,13 +57,14 @@ class JobResult:
         return out
 
 
-def features_of(record: dict, utterances: list[Utterance]) -> list:
-    """Per utterance its features, or the AudioError that stopped them (runs in a worker process)."""
+def features_of(record: dict, utterances: list[Utterance], waveform: bool = False) -> list:
+    """Per utterance its features (with `waveform` its samples), or the AudioError that stopped them (runs in a
+    worker process)."""
     fe = FrontEnd(record)
     out = []
     for u in utterances:
         try:
-            out.append(utterance_features(fe, u))
+            out.append(utterance_features(fe, u, waveform))
         except AudioError as exc:
             out.append(AudioError(str(exc)))
     return out
@@ -70,20 +73,20 @@ def features_of(record: dict, utterances: list[Utterance]) -> list:
 def _pooled_features(model: SpeechModel, utterances: Sequence[Utterance], plan: list[list[int]],
                      jobs: int) -> Iterator[list]:
     """Each batch's features from `jobs` spawned workers, up to 2 x jobs batches ahead, in plan order."""
-    record = model.require_frontend().record
+    record, waveform = model.require_frontend().record, reads_waveform(model.model)
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         pending = []
         queue = iter(plan)
         for idx in queue:
-            pending.append(pool.submit(features_of, record, [utterances[i] for i in idx]))
+            pending.append(pool.submit(features_of, record, [utterances[i] for i in idx], waveform))
             if len(pending) >= 2 * jobs:
                 break
         while pending:
             fut = pending.pop(0)
             nxt = next(queue, None)
             if nxt is not None:
-                pending.append(pool.submit(features_of, record, [utterances[i] for i in nxt]))
+                pending.append(pool.submit(features_of, record, [utterances[i] for i in nxt], waveform))
             yield fut.result()
 
 
@@ -96,6 +99,8 @@ def corpus_utterances(reader: SplitReader, frame_seconds: float) -> list[Utteran
 
 def _feature_batches(model: SpeechModel, utterances, plan, reader, jobs: int):
     """The features of each planned batch: read from a corpus split, computed by `jobs` worker processes, or here."""
+    if reader is not None and reads_waveform(model.model):      # its kept audio (data import --keep-audio)
+        return ([reader.audio(i).astype(np.float32) / 32768.0 for i in idx] for idx in plan)
     if reader is not None:
         return ([reader.features(i) for i in idx] for idx in plan)
     if jobs > 1:

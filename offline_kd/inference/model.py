@@ -29,7 +29,7 @@ from offline_kd.decoding.beam import BeamSearchDecoder
 from offline_kd.errors import OfflineKDError, arg
 from offline_kd.inference.audio_input import AudioLike, Utterance, from_inputs, read_samples
 from offline_kd.inference.timing import Word, greedy_words
-from offline_kd.models.interface import CTCModel
+from offline_kd.models.interface import CTCModel, reads_waveform
 from offline_kd.models.checkpoint import model_from_checkpoint
 from offline_kd.runtime.loaders import resolve_device
 
@@ -106,14 +106,16 @@ class SpeechModel:
 
     # -------------------------------------------------------------------------------------------- features
     def features(self, utt: Utterance) -> np.ndarray:
-        """(frames, feature_dim) float32 of one utterance, exactly as `data import` computes them."""
-        return utterance_features(self.require_frontend(), utt)
+        """(frames, feature_dim) float32 of one utterance, exactly as `data import` computes them; for a model that
+        reads waveforms (`model.type: hf`) its samples (N,) in [-1, 1) at the front end's rate, as `data import
+        --keep-audio` keeps them."""
+        return utterance_features(self.require_frontend(), utt, reads_waveform(self.model))
 
     @torch.no_grad()
     def forward_features(self, features: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per utterance its log-probs (T', V) float32 for (T, D) feature arrays given as one batch."""
         lengths = torch.tensor([f.shape[0] for f in features], dtype=torch.long)
-        x = torch.zeros(len(features), int(lengths.max()), self.model.input_dim)
+        x = torch.zeros(len(features), int(lengths.max()), *features[0].shape[1:])
         for i, f in enumerate(features):
             x[i, :f.shape[0]] = torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32))
         self.model.eval()
@@ -208,13 +210,15 @@ class SpeechModel:
             raise OfflineKDError(f"{arg('lm')}: {exc}") from None
 
 
-def utterance_features(fe: FrontEnd, utt: Utterance) -> np.ndarray:
-    """The front end's features of one utterance; AudioError for audio it cannot use (as `data import` refuses)."""
+def utterance_features(fe: FrontEnd, utt: Utterance, waveform: bool = False) -> np.ndarray:
+    """The front end's features of one utterance, or with `waveform` its samples (N,) float32 in [-1, 1) at the
+    front end's rate (what a model that reads waveforms takes); AudioError for audio it cannot use (as `data
+    import` refuses)."""
     samples = read_samples(utt, fe.sample_rate)
     if samples.size < fe.options.frame_length:
         raise AudioError(f"{samples.size} samples at {fe.sample_rate} Hz: shorter than one frame "
                          f"({fe.options.frame_length_ms:g} ms)")
-    return fe.features(samples)
+    return samples.astype(np.float32) / 32768.0 if waveform else fe.features(samples)
 
 
 def batches_of(utterances: Sequence[Utterance], batch_seconds: float = BATCH_SECONDS,

@@ -16,7 +16,7 @@ from offline_kd.data.targets import EncodedTargets, TeacherTargets
 from offline_kd.errors import InternalError, OfflineKDError
 from offline_kd.losses.kd import ctc_loss, temperature_at, utterance_confidence
 from offline_kd.losses.terms import CTCTerm, DistillationLoss, LossInputs, hybrid_terms
-from offline_kd.models.interface import forward_batch
+from offline_kd.models.interface import forward_batch, reads_waveform, waveform_forward
 from offline_kd.models.projection import FeatureProjections
 from offline_kd.models.numerics import exact_numerics
 
@@ -46,8 +46,11 @@ class CTCLoss:
         self.augment, self.device = augment, device
 
     def __call__(self, model, batch, epoch):
-        x = self.augment(batch["features"].to(self.device), batch["feature_lengths"])
-        log_probs, out_len = model(x, batch["feature_lengths"].to(self.device))
+        if reads_waveform(model):       # the input is not features: no SpecAugment (transformers masks its own)
+            log_probs, out_len, _ = waveform_forward(model, batch, self.device)
+        else:
+            x = self.augment(batch["features"].to(self.device), batch["feature_lengths"])
+            log_probs, out_len = model(x, batch["feature_lengths"].to(self.device))
         loss = ctc_loss(log_probs, batch["labels"].to(self.device), out_len, batch["label_lengths"].to(self.device))
         return loss, {"ctc": loss.detach(), "total": loss.detach()}
 
@@ -112,8 +115,11 @@ class StudentLoss:
             t = batch["teacher"].decode(self.decoder, self.device)
         else:
             t = batch["teacher"].to(self.device)
-        log_probs, out_len, hidden = model.forward_with_hidden_states(self.augment(x, lengths), lengths,
-                                                                      sorted(self.mapping))
+        if reads_waveform(model):
+            log_probs, out_len, hidden = waveform_forward(model, batch, self.device, sorted(self.mapping))
+        else:
+            log_probs, out_len, hidden = model.forward_with_hidden_states(self.augment(x, lengths), lengths,
+                                                                          sorted(self.mapping))
         if not torch.equal(out_len.cpu(), t.lengths.cpu()):
             bad = [u for u, a, b in zip(batch["utterance_ids"], out_len.tolist(), t.lengths.tolist()) if a != b]
             raise OfflineKDError(f"student and cached teacher frame counts differ for {', '.join(bad[:4])}")

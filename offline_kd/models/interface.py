@@ -28,8 +28,10 @@ class CTCModel(Protocol):
     """A CTC acoustic model (an `nn.Module`).
 
     Shapes: features (B, T, D); log_probs (T', B, V), log-softmax at temperature 1; output_lengths (B,);
-    hidden states {layer: (B, T', width)} for 1-based layer indices. A teacher that reads waveforms says so with
-    `input_kind = "waveform"` and is called through `forward_batch` (teachers/alignment.py's AlignedTeacher).
+    hidden states {layer: (B, T', width)} for 1-based layer indices. A model that reads waveforms (a teacher such as
+    teachers/alignment.py's AlignedTeacher, or the `hf` student) says so with `input_kind = "waveform"`: it is
+    called with samples (B, N), their counts, and `num_frames`, the feature frames its outputs line up with
+    (`forward_batch`, `waveform_forward`), and is fed the corpus's kept audio.
     """
 
     model_type: str            # its name in the registry
@@ -142,18 +144,24 @@ def build_from_description(model_type: str, description: dict, where: str = "mod
 
 
 def reads_waveform(model) -> bool:
-    """Whether `model` is a teacher that reads waveforms (`input_kind` "waveform") rather than features."""
+    """Whether `model` (a teacher or a student) reads waveforms (`input_kind` "waveform") rather than features."""
     return getattr(model, "input_kind", "features") == "waveform"
 
 
 def forward_batch(model, batch: dict, device: torch.device, layers=None):
-    """`model.forward_with_hidden_states` on a collated batch: its features, or, for a teacher that reads waveforms
+    """`model.forward_with_hidden_states` on a collated batch: its features, or, for a model that reads waveforms
     (`input_kind` "waveform"), its samples with the feature frame counts its outputs must line up with."""
     if reads_waveform(model):
-        return model.forward_with_hidden_states(batch["audio"].to(device), batch["audio_lengths"].to(device), layers,
-                                                num_frames=batch["feature_lengths"].to(device))
+        return waveform_forward(model, batch, device, layers)
     return model.forward_with_hidden_states(batch["features"].to(device, non_blocking=True),
                                             batch["feature_lengths"].to(device), layers)
+
+
+def waveform_forward(model, batch: dict, device: torch.device, layers=None):
+    """A model that reads waveforms on a training batch: its samples, and as `num_frames` the feature frame counts
+    its outputs line up with (the cached targets' frames)."""
+    return model.forward_with_hidden_states(batch["audio"].to(device), batch["audio_lengths"].to(device), layers,
+                                            num_frames=batch["feature_lengths"].to(device))
 
 
 def model_identity(model: CTCModel) -> dict:

@@ -17,7 +17,7 @@ from offline_kd.data.vocab import Vocabulary
 from offline_kd.decoding.greedy import greedy_ids
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError, TeacherForwardError
-from offline_kd.models.interface import forward_batch
+from offline_kd.models.interface import forward_batch, reads_waveform
 from offline_kd.models.numerics import exact_numerics
 
 
@@ -103,8 +103,8 @@ def evaluate_greedy(model, reader: SplitReader, indices: np.ndarray, vocab: Voca
     refs, hyps, ids, all_lp = [], [], [], []
     frames = 0
     start = time.perf_counter()
-    for batch, log_probs, out_len, _ in iterate_outputs(model, loader_for(reader, vocab, batches, num_workers),
-                                                        device):
+    for batch, log_probs, out_len, _ in iterate_outputs(
+            model, loader_for(reader, vocab, batches, num_workers, with_audio=reads_waveform(model)), device):
         for b, seq in enumerate(greedy_ids(log_probs, out_len)):
             i = batch["indices"][b]
             refs.append(reader.transcripts[i])
@@ -139,13 +139,13 @@ def decode_speed(model, reader: SplitReader, indices: np.ndarray, vocab: Vocabul
         frames += int(reader.lengths[b].sum())
         if frames >= max_frames:
             break
-    data = [(batch["features"].to(device), batch["feature_lengths"].to(device))
-            for batch in loader_for(reader, vocab, batches)]
+    data = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            for batch in loader_for(reader, vocab, batches, with_audio=reads_waveform(model))]
 
     def one_pass() -> float:
         start = time.perf_counter()
-        for x, lengths in data:
-            log_probs, out_len = model(x, lengths)
+        for batch in data:
+            log_probs, out_len, _ = forward_batch(model, batch, device)
             greedy_ids(log_probs, out_len)
         if device.type == "cuda":
             torch.cuda.synchronize()

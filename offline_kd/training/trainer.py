@@ -59,8 +59,8 @@ class _WithHidden(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x, lengths, layers=None):
-        return self.model.forward_with_hidden_states(x, lengths, layers)
+    def forward(self, x, lengths, layers=None, **kwargs):
+        return self.model.forward_with_hidden_states(x, lengths, layers, **kwargs)
 
 
 class _DDPModel:
@@ -73,8 +73,8 @@ class _DDPModel:
         log_probs, out_len, _ = self.ddp(x, lengths, None)
         return log_probs, out_len
 
-    def forward_with_hidden_states(self, x, lengths, return_layer_indices=None):
-        return self.ddp(x, lengths, list(return_layer_indices or []))
+    def forward_with_hidden_states(self, x, lengths, return_layer_indices=None, **kwargs):
+        return self.ddp(x, lengths, list(return_layer_indices or []), **kwargs)
 
     def __getattr__(self, name):
         return getattr(self.model, name)

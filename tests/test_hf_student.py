@@ -1,0 +1,158 @@
+"""The wav2vec2-family student (`model.type: hf`, models/hf.py): it reads the corpus's kept audio, its frames line
+up with a cache dumped at 2x, it trains CTC-only (`train`) and from a cache (`train-student`, hidden-state terms
+included), a checkpoint rebuilds it without the directory it was initialised from, it transcribes a WAV file, and
+`init_from` copies a Hugging Face teacher's feature encoder and first layers. Tiny models, nothing downloaded."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from helpers import QUIET, dump_cfg, step_records
+from offline_kd.cli import main
+from offline_kd.commands import dump_teacher, train, train_student
+from offline_kd.config import ExperimentConfig, ModelConfig, build_dataclass
+from offline_kd.data.corpus import Corpus
+from offline_kd.errors import OfflineKDError
+from offline_kd.models.checkpoint import model_from_checkpoint
+from offline_kd.models.interface import build_model
+from test_audio_import import nemo_corpus, run
+from test_hf_teacher import save_tiny
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = {"conv_dim": [8] * 7, "num_conv_pos_embeddings": 8, "num_conv_pos_embedding_groups": 2,
+         "mask_time_prob": 0.0}
+STUDENT = {"type": "hf", "input_dim": 80, "hidden_dim": 16, "num_layers": 2, "num_classes": 4, "dropout": 0.0,
+           "num_heads": 2, "hf_config": SMALL}
+
+
+@pytest.fixture(scope="module")
+def audio_corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hf_student")
+    m = nemo_corpus(d, n=10)
+    code, out = run("--manifest", m, "--out", d / "corpus", "--keep-audio", "--cmvn", "utterance")
+    assert code == 0, out
+    return d / "corpus"
+
+
+@pytest.fixture(scope="module")
+def hf_cache(audio_corpus, tmp_path_factory):
+    """A tiny Hugging Face teacher's cache of the corpus (2x: 20 ms frames, as the student's)."""
+    d = tmp_path_factory.mktemp("teacher")
+    teacher = save_tiny(d / "hubert", "hubert")
+    out = d / "c.zarr"
+    dump_teacher.run(dump_cfg({"huggingface": str(teacher)}, audio_corpus, out, layers=[1, 2], max_dropped_mass=1.0,
+                              splits=["train", "dev"]), **QUIET)
+    return teacher, out
+
+
+def experiment(corpus, out, model=None, **distill) -> ExperimentConfig:
+    d = {"data": {"corpus": str(corpus), "batch_size": 4, "num_buckets": 1},
+         "model": {**STUDENT, **(model or {})},
+         "train": {"epochs": 2, "lr": 0.003, "output_dir": str(out), "progress": False, "log_every": 1, "seed": 0}}
+    if distill:
+        d["distill"] = distill
+    return build_dataclass(ExperimentConfig, d)
+
+
+def test_its_frames_line_up_with_the_features_at_2x(audio_corpus):
+    split = Corpus(audio_corpus).split("train")
+    m = build_model(ModelConfig(**STUDENT)).eval()
+    for i in range(len(split)):
+        n = len(split.audio(i))
+        assert int(m.output_lengths(torch.tensor([n]))) == -(-int(split.lengths[i]) // 2)
+
+
+def test_train_and_train_student_from_the_cache(audio_corpus, hf_cache, tmp_path):
+    teacher, cache = hf_cache
+    train.run(experiment(audio_corpus, tmp_path / "ctc"), **QUIET)
+    assert (tmp_path / "ctc" / "checkpoint_best.pt").is_file()
+    cfg = experiment(audio_corpus, tmp_path / "kd", cache=str(cache), alpha=0.5, beta=0.5, gamma=0.2,
+                     layer_mapping={1: 1, 2: 2}, temperature_schedule=[[1, 1.0]])
+    train_student.run(cfg, **QUIET)
+    steps = step_records(tmp_path / "kd")
+    assert steps and all(np.isfinite(s["train/feature"]) and s["train/feature"] > 0 for s in steps)
+    model, vocab, _ = model_from_checkpoint(tmp_path / "kd" / "checkpoint_best.pt")
+    assert model.model_type == "hf" and model.config.init_from is None and model.summary().startswith("wav2vec2")
+    again = build_model(ModelConfig(**model.describe()))          # the description alone rebuilds it
+    assert again.describe() == model.describe()
+
+
+def test_it_transcribes_a_wav_file(audio_corpus, tmp_path):
+    from offline_kd.api import load_model
+    train.run(experiment(audio_corpus, tmp_path / "ctc"), **QUIET)
+    speech = load_model(tmp_path / "ctc" / "checkpoint_best.pt")
+    wav = audio_corpus.parent / "wav" / "u0.wav"
+    split = Corpus(audio_corpus).split("train")
+    got = speech.log_probs([str(wav)])[0]
+    assert got.shape == (-(-int(split.lengths[0]) // 2), 4)
+    kept = speech.log_probs([split.audio(0)], sample_rate=16000)[0]       # the kept int16 samples: the same input
+    np.testing.assert_allclose(got, kept, atol=1e-5)
+    # the CLI: a WAV file, a folder with two jobs, and a corpus split (its kept audio) give the same texts
+    texts = {}
+    for name, args in (("file", [wav]), ("jobs", [wav, "--jobs", "2"]),
+                       ("split", ["--corpus", audio_corpus, "--split", "train"])):
+        res = CliRunner().invoke(main, ["transcribe", str(tmp_path / "ctc" / "checkpoint_best.pt"), *map(str, args),
+                                        "--format", "jsonl", "--no-progress"])
+        assert res.exit_code == 0, res.output
+        texts[name] = {r["id"]: r["text"] for r in map(json.loads, [ln for ln in res.output.splitlines()
+                                                                           if ln.startswith("{")])}
+    assert texts["file"] == texts["jobs"] and set(texts["file"].values()) <= set(texts["split"].values())
+    assert texts["split"]["u0"] == speech.transcribe([str(wav)])[0]
+
+
+def test_init_from_copies_the_teachers_encoder_and_first_layers(tmp_path):
+    teacher = save_tiny(tmp_path / "w", "hubert")
+    m = build_model(ModelConfig(type="hf", input_dim=80, hidden_dim=16, num_layers=1, num_classes=4, dropout=0.0,
+                                init_from=str(teacher)))
+    t = transformers.HubertForCTC.from_pretrained(str(teacher)).eval()
+    mine = m.encoder.state_dict()
+    for name, value in t.hubert.state_dict().items():
+        if name.startswith("encoder.layers.1."):
+            assert name not in mine
+        elif name in mine:
+            torch.testing.assert_close(mine[name], value)
+    assert m.copied > 0 and m.config.hf_family == "hubert" and m.config.num_heads == 2
+    assert "init_from" not in m.describe() and m.describe()["hf_config"]["hidden_size"] == 16
+    with pytest.raises(OfflineKDError, match="model.hidden_dim: 32 differs from model.init_from's"):
+        build_model(ModelConfig(type="hf", hidden_dim=32, num_layers=1, num_classes=4, init_from=str(teacher)))
+    with pytest.raises(OfflineKDError, match="has only 2 layers to copy"):
+        build_model(ModelConfig(type="hf", hidden_dim=16, num_layers=3, num_classes=4, init_from=str(teacher)))
+
+
+def test_mistakes_are_one_line_errors(audio_corpus, tmp_path):
+    features_only = tmp_path / "features_only"
+    assert run("--manifest", audio_corpus.parent / "manifest.json", "--out", features_only)[0] == 0
+    with pytest.raises(OfflineKDError, match="reads waveforms and split 'train' keeps no audio; import the corpus "
+                                             "with `data import --keep-audio`"):
+        train.run(experiment(features_only, tmp_path / "x"), **QUIET)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(OfflineKDError, match="model.hf_config.hidden_size: 8 contradicts"):
+        build_model(ModelConfig(**{**STUDENT, "hf_config": {**SMALL, "hidden_size": 8}}))
+    with pytest.raises(OfflineKDError, match="model.subsampling 3: an utterance of"):
+        m = build_model(ModelConfig(**{**STUDENT, "subsampling": 3})).eval()
+        m.forward_with_hidden_states(torch.zeros(1, 16000), torch.tensor([16000]), None,
+                                     num_frames=torch.tensor([98]))
+    with pytest.raises(OfflineKDError, match="model.init_from is a setting of model.type hf"):
+        ModelConfig(type="bilstm", init_from="x")
+    json.dumps(build_model(ModelConfig(**STUDENT)).describe())       # a description is plain JSON
+
+
+def test_a_group_norm_encoder_runs_one_utterance_at_a_time_outside_training():
+    """wav2vec2-base's feature encoder normalises over time: evaluated batched it would see its batch-mates'
+    padding, so outside training each utterance runs alone and its outputs do not depend on the batch."""
+    m = build_model(ModelConfig(**{**STUDENT, "hf_config": {**SMALL, "feat_extract_norm": "group",
+                                                             "do_stable_layer_norm": False}})).eval()
+    assert not m.batched
+    g = torch.Generator().manual_seed(0)
+    a, b = 0.1 * torch.randn(1, 4000, generator=g), 0.1 * torch.randn(1, 9000, generator=g)
+    alone = m(a, torch.tensor([4000]))[0]
+    batch = torch.zeros(2, 9000)
+    batch[0, :4000], batch[1] = a[0], b[0]
+    both, n = m(batch, torch.tensor([4000, 9000]))
+    torch.testing.assert_close(both[: int(n[0]), 0], alone[:, 0])
