@@ -102,6 +102,7 @@ MODEL_TYPE_KEYS = {"bilstm": (), "conformer": ("num_heads", "ffn_mult", "conv_ke
                    "hf": ("num_heads", "ffn_mult", "hf_family", "hf_config", "init_from")}
 #: model types that read the corpus's kept waveform rather than its features
 WAVEFORM_TYPES = ("hf",)
+WAVEFORM_RATE = 16000           # the rate of the audio they read
 _COMMON_MODEL_KEYS = ("input_dim", "hidden_dim", "num_layers", "num_classes", "dropout", "subsampling")
 
 

@@ -156,3 +156,24 @@ def test_a_group_norm_encoder_runs_one_utterance_at_a_time_outside_training():
     batch[0, :4000], batch[1] = a[0], b[0]
     both, n = m(batch, torch.tensor([4000, 9000]))
     torch.testing.assert_close(both[: int(n[0]), 0], alone[:, 0])
+
+
+def test_an_hf_checkpoint_is_evaluated_and_serves_as_a_teacher(audio_corpus, tmp_path):
+    """`evaluate` reads the kept audio of the split it scores; `dump-teacher` takes an hf checkpoint as any teacher
+    (it reads waveforms: its frames are lined up with the features as a Hugging Face teacher's are)."""
+    train.run(experiment(audio_corpus, tmp_path / "t"), **QUIET)
+    ckpt = tmp_path / "t" / "checkpoint_best.pt"
+    res = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(ckpt), "--corpus", str(audio_corpus),
+                                    "--split", "dev", "--json"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "c.zarr"
+    dump_teacher.run(dump_cfg(str(ckpt), audio_corpus, out, layers=[1, 2], splits=["train"]), **QUIET)
+    from offline_kd.cache.reader import TeacherCache
+    split = TeacherCache(str(out)).split("train")
+    reader = Corpus(audio_corpus).split("train")
+    model, _, _ = model_from_checkpoint(ckpt)
+    u = split.utterance_ids[0]
+    i = reader.index[u]
+    lp = model.eval()(torch.from_numpy(reader.audio(i)[None].astype(np.float32) / 32768.0),
+                      torch.tensor([len(reader.audio(i))]))[0][:, 0].detach().numpy()
+    np.testing.assert_allclose(split.read(split.position[u])["log_probs"], lp, atol=2e-3)

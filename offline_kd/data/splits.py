@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from offline_kd.config import WAVEFORM_TYPES, DataConfig, ModelConfig
+from offline_kd.config import WAVEFORM_RATE, WAVEFORM_TYPES, DataConfig, ModelConfig
 from offline_kd.data.corpus import ConcatSplitReader, Corpus, SplitReader
 from offline_kd.data.validate import validate_split
 from offline_kd.errors import OfflineKDError
@@ -24,6 +24,10 @@ def open_split(corpus: Corpus, split: str, model, skip_invalid: bool,
     if getattr(model, "type", None) in WAVEFORM_TYPES and not reader.has_audio:
         raise OfflineKDError(f"{reader.path}: model.type {model.type} reads waveforms and split '{split}' keeps no "
                              f"audio; import the corpus with `data import --keep-audio`")
+    if getattr(model, "type", None) in WAVEFORM_TYPES and reader.audio_sample_rate != WAVEFORM_RATE:
+        raise OfflineKDError(f"{reader.path}: model.type {model.type} reads {WAVEFORM_RATE} Hz audio and split "
+                             f"'{split}' keeps {reader.audio_sample_rate} Hz; import the audio again with "
+                             f"`data import --keep-audio --sample-rate {WAVEFORM_RATE}`")
     valid = validate_split(reader, corpus.vocab, model.input_dim, model.subsampling, skip_invalid, log=log,
                            dim_key=getattr(model, "input_dim_key", "model.input_dim"))
     return reader, valid

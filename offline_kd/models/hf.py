@@ -35,7 +35,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from offline_kd.config import ModelConfig, build_dataclass
+from offline_kd.config import WAVEFORM_RATE, ModelConfig, build_dataclass
 from offline_kd.errors import OfflineKDError
 from offline_kd.models.hf_directory import _json, weight_files
 from offline_kd.models.interface import FromConfig, register_model
@@ -111,6 +111,7 @@ def resolve(c: ModelConfig) -> tuple[ModelConfig, dict]:
 @register_model("hf")
 class HFStudent(FromConfig, nn.Module):
     input_kind = "waveform"
+    sample_rate = WAVEFORM_RATE       # the wav2vec2 family's; the corpus's kept audio must be at it
 
     def __init__(self, config: ModelConfig):
         super().__init__()
