@@ -77,6 +77,12 @@ def test_train_and_train_student_from_the_cache(audio_corpus, hf_cache, tmp_path
     train_student.run(cfg, **QUIET)
     steps = step_records(tmp_path / "kd")
     assert steps and all(np.isfinite(s["train/feature"]) and s["train/feature"] > 0 for s in steps)
+    # a 40 ms cache of the same teacher is refused for the 20 ms student, naming the dump that fits it
+    at4 = tmp_path / "at4.zarr"
+    dump_teacher.run(dump_cfg({"huggingface": str(teacher)}, audio_corpus, at4, layers=[1, 2], max_dropped_mass=1.0,
+                              splits=["train", "dev"], subsampling=4), **QUIET)
+    with pytest.raises(OfflineKDError, match=r"dump a cache at the student's rate \(dump.subsampling=2\)"):
+        train_student.run(experiment(audio_corpus, tmp_path / "kd4", cache=str(at4)), **QUIET)
     model, vocab, _ = model_from_checkpoint(tmp_path / "kd" / "checkpoint_best.pt")
     assert model.model_type == "hf" and model.config.init_from is None and model.summary().startswith("wav2vec2")
     again = build_model(ModelConfig(**model.describe()))          # the description alone rebuilds it
