@@ -63,14 +63,16 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def config_mismatch(config: str, out: Path, seed: int, sets: list[str]) -> list[str]:
     """The keys on which the run in `out` (its saved, resolved config.yaml) differs from what `config` with `sets`
     asks now: a finished run is reused by its directory, so a changed default must not pass for it. Keys the saved
-    config lacks (options added since) are not compared; nor is what only places or shows the run."""
+    config lacks (options added since) are not compared; nor is what only places or shows the run, nor checkpoint
+    averaging (train.average, average_of: it adds checkpoint_avg.pt and changes no other checkpoint)."""
     saved = out / "config.yaml"
     if not saved.is_file():
         return []
     want = _flat(to_dict(load_config(config, ExperimentConfig, [f"train.output_dir={out}", f"train.seed={seed}",
                                                                     *sets])))
     have = _flat(yaml.safe_load(saved.read_text()))
-    skip = {"train.output_dir", "train.progress", "train.device", "data.num_workers"}
+    skip = {"train.output_dir", "train.progress", "train.device", "data.num_workers", "train.average",
+            "train.average_of"}
     return [f"{k}: {have[k]!r} there, {want[k]!r} asked" for k in sorted(have.keys() & want.keys())
             if k not in skip and str(have[k]) != str(want[k])
             and not (k == "distill.cache" and same_targets(have[k], want[k]))]

@@ -92,7 +92,7 @@ def main():
         t_params = save_model(tmp / "w2v")
         dump = {"dump": {"teacher": {"huggingface": str(tmp / "w2v")}, "corpus": str(tmp / "corpus"),
                          "output": str(tmp / "cache.zarr"), "splits": ["train", "dev"], "layers": LAYERS,
-                         "batch_size": 8, "progress": False, "device": "cpu",
+                         "batch_size": 8, "progress": False, "device": "cpu", "max_dropped_mass": 1.0,
                          "codecs": {"log_probs": "float16", "hidden": "float16"}}}
         import yaml
         (tmp / "dump.yaml").write_text(yaml.safe_dump(dump))

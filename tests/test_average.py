@@ -55,3 +55,15 @@ def test_a_killed_and_resumed_run_writes_the_same_average(tiny_corpus, tmp_path)
     a, b = load_checkpoint(full / "checkpoint_avg.pt"), load_checkpoint(cut / "checkpoint_avg.pt")
     assert a["averaged_epochs"] == b["averaged_epochs"]
     assert all(torch.equal(a["model_state_dict"][k], b["model_state_dict"][k]) for k in a["model_state_dict"])
+
+
+def test_averaging_may_be_switched_on_when_a_run_is_resumed(tiny_corpus, tmp_path):
+    """train.average changes nothing the run has computed: a resumed run may turn it on, and averages the epochs
+    it keeps from then on; the weights it trains are those of the run without it."""
+    plain, late = tmp_path / "plain", tmp_path / "late"
+    train.run(_cfg(tiny_corpus, plain), **QUIET)
+    killed_after(train.run, _cfg(tiny_corpus, late), 2)
+    train.run(_cfg(tiny_corpus, late, average=2), resume=True, **QUIET)
+    assert load_checkpoint(late / "checkpoint_avg.pt")["averaged_epochs"] == [3, 4]
+    a, b = load_checkpoint(plain / "checkpoint_last.pt"), load_checkpoint(late / "checkpoint_last.pt")
+    assert all(torch.equal(a["model_state_dict"][k], b["model_state_dict"][k]) for k in a["model_state_dict"])
