@@ -402,8 +402,9 @@ class LMTargetsConfig:
 class DumpConfig:
     SECTION: ClassVar[str] = "dump"
     # a checkpoint path, {entry_point: "module:function", args: {...}} (a teacher in your own code), or
-    # {huggingface: DIR} (a local transformers CTC model), with alignment options (docs/teachers.md)
-    teacher: Union[str, dict] = "runs/teacher/checkpoint_best.pt"
+    # {huggingface: DIR} (a local transformers CTC model), with alignment options (docs/teachers.md); or several
+    # as one: [A, B, ...] or {ensemble: [A, B, ...], weights: uniform | dev_wer | [w, ...]} (teachers/ensemble.py)
+    teacher: Union[str, dict, list] = "runs/teacher/checkpoint_best.pt"
     # the student's subsampling (input frames per output frame) the targets are cached at; null: the teacher's own.
     # A teacher at another frame rate is pooled or repeated onto it (docs/teachers.md "Alignment")
     subsampling: Optional[int] = None

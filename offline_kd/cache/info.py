@@ -73,8 +73,17 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
         "teacher_name": meta.teacher_name,
         "teacher_alignment": meta.teacher.get("alignment"),
         "teacher_coverage": meta.extra.get("teacher_coverage"),
+        "teacher_members": _members(meta.teacher),
         "codebook_relative_error": codebook_error,
     }
+
+
+def _members(teacher: dict) -> list | None:
+    """An ensemble's members: [{name, weight, dev}], None for a single teacher."""
+    if teacher.get("adapter") != "ensemble":
+        return None
+    return [{"name": m.get("name", m["path"]), "weight": w, "dev": m.get("dev")}
+            for m, w in zip(teacher["members"], teacher["weights"])]
 
 
 def _teacher_source(info: dict) -> str:
@@ -135,6 +144,10 @@ def format_info(info: dict) -> str:
                          + ", ".join(f"layer {L} {e:.4f}" for L, e in sorted(info["codebook_relative_error"].items())))
     if info.get("teacher_alignment"):
         lines[2:2] = _alignment(info["teacher_alignment"]) + _coverage(info.get("teacher_coverage") or {})
+    for k, m in reversed(list(enumerate(info.get("teacher_members") or [], start=1))):
+        cov = ((info.get("teacher_coverage") or {}).get("members") or [None] * k)[k - 1] or {}
+        dev = f", dev WER {m['dev']['wer']:.2f}%" if (m.get("dev") or {}).get("wer") is not None else ""
+        lines[2:2] = [f"  teacher {k}: {m['name']}, weight {m['weight']:.3f}{dev}"] + _coverage(cov)
     fe = info.get("frontend")
     if fe:
         lines.insert(-1, f"  corpus front end: {fe.get('kind')} {fe.get('num_mel_bins')} bins, "

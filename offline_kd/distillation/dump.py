@@ -223,7 +223,11 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
 
 def _coverage(cfg: DumpConfig, corpus: Corpus, teacher, plans: dict, first, device, log) -> dict | None:
     """A mapped teacher's coverage of the student (teachers/coverage.py), refused before anything is written where
-    it would teach the wrong thing; -> what the cache's metadata records, None for a teacher used as it is."""
+    it would teach the wrong thing; -> what the cache's metadata records, None for a teacher used as it is. An
+    ensemble's members are checked one by one."""
+    if teacher.members:
+        found = [_coverage(cfg, corpus, m, plans, first, device, log) for m in teacher.members]
+        return {"members": found} if any(found) else None
     if "alignment" not in teacher.record:
         return None
     unreached = teacher.record["alignment"]["vocabulary"].get("unreached") or []

@@ -150,7 +150,10 @@ def reads_waveform(model) -> bool:
 
 def forward_batch(model, batch: dict, device: torch.device, layers=None):
     """`model.forward_with_hidden_states` on a collated batch: its features, or, for a model that reads waveforms
-    (`input_kind` "waveform"), its samples with the feature frame counts its outputs must line up with."""
+    (`input_kind` "waveform"), its samples with the feature frame counts its outputs must line up with. A model
+    with a `forward_batch` of its own (an ensemble of teachers of both kinds) takes the batch itself."""
+    if callable(getattr(model, "forward_batch", None)):
+        return model.forward_batch(batch, device, layers)
     if reads_waveform(model):
         return waveform_forward(model, batch, device, layers)
     return model.forward_with_hidden_states(batch["features"].to(device, non_blocking=True),

@@ -39,11 +39,12 @@ from offline_kd.data.vocab import Vocabulary
 from offline_kd.errors import OfflineKDError, TeacherForwardError
 from offline_kd.models.interface import forward_batch, reads_waveform
 from offline_kd.teachers.alignment import AlignedTeacher, FrameAlignment, LengthMismatch, VocabularyMap
+from offline_kd.teachers.ensemble import EnsembleTeacher, ensemble_record, resolve_weights
 from offline_kd.teachers.entry_point import EntryPointTeacher, call_entry_point
 from offline_kd.teachers.huggingface import HFTeacher
 from offline_kd.models.checkpoint import checkpoint_dev, file_sha256, model_from_checkpoint
 
-TeacherSpec = Union[str, dict]
+TeacherSpec = Union[str, dict, list]
 OPTIONS = ("vocabulary_map", "hidden_pooling", "max_length_mismatch")
 ENTRY_POINT_OPTIONS = ("input_kind", "sample_rate")     # an entry point's: what it reads (entry_point.py)
 
@@ -114,6 +115,7 @@ class LoadedTeacher:
     record: dict              # what the cache's metadata records about where the teacher came from
     dev: Optional[dict]       # its own dev figures, when its checkpoint recorded them
     name: str                 # for messages
+    members: tuple = ()       # an ensemble's members, each a LoadedTeacher (teachers/ensemble.py)
 
     @property
     def input_kind(self) -> str:
@@ -121,12 +123,15 @@ class LoadedTeacher:
 
 
 def parse_teacher(value: Any, where: str = "dump.teacher") -> TeacherSpec:
-    """A checkpoint path, or a mapping naming one source (given as a mapping, or as inline YAML text)."""
-    if isinstance(value, str) and value.lstrip().startswith("{"):
+    """A checkpoint path, or a mapping naming one source (given as a mapping, or as inline YAML text), or several
+    teachers as one: a list of those, or {ensemble: [...], weights: ...} (teachers/ensemble.py)."""
+    if isinstance(value, str) and value.lstrip().startswith(("{", "[")):
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             raise OfflineKDError(f"{where}: not a YAML mapping ({' '.join(str(exc).split())[:200]})") from None
+    if isinstance(value, list) or isinstance(value, dict) and "ensemble" in value:
+        return _parse_ensemble(value, where)
     SOURCES = tuple(_SOURCES)        # the registered sources' keys
     if isinstance(value, str):
         if not value:
@@ -179,7 +184,23 @@ def parse_teacher(value: Any, where: str = "dump.teacher") -> TeacherSpec:
     return {src: value[src], **out}
 
 
+def _parse_ensemble(value, where: str) -> dict:
+    members = value if isinstance(value, list) else value["ensemble"]
+    extra = sorted(set(value) - {"ensemble", "weights"}) if isinstance(value, dict) else []
+    if extra:
+        raise OfflineKDError(f"{where}: an ensemble mapping takes ensemble (the list of teachers) and weights; "
+                             f"unknown: {', '.join(extra)}")
+    if not isinstance(members, list) or len(members) < 2:
+        raise OfflineKDError(f"{where}: an ensemble lists at least two teachers, got {members!r}")
+    if any(isinstance(m, list) or isinstance(m, dict) and "ensemble" in m for m in members):
+        raise OfflineKDError(f"{where}: an ensemble's teachers are single teachers, not ensembles")
+    weights = value.get("weights", "uniform") if isinstance(value, dict) else "uniform"
+    return {"ensemble": [parse_teacher(m, f"{where}[{i}]") for i, m in enumerate(members)], "weights": weights}
+
+
 def teacher_name(spec: TeacherSpec) -> str:
+    if isinstance(spec, dict) and "ensemble" in spec:
+        return f"ensemble of {len(spec['ensemble'])} teachers"
     if isinstance(spec, str):
         return spec
     if "entry_point" in spec:
@@ -199,6 +220,8 @@ def load_teacher(spec: TeacherSpec, device, vocab: Optional[Vocabulary] = None, 
     record) and their dimension."""
     frontend = corpus.meta.get("frontend") if corpus is not None else None
     spec = parse_teacher(spec, where)
+    if isinstance(spec, dict) and "ensemble" in spec:
+        return _load_ensemble(spec, device, vocab, where, subsampling, corpus)
     opts = {} if isinstance(spec, str) else {k: spec[k] for k in OPTIONS if k in spec}
     kind = "checkpoint" if isinstance(spec, str) else next(k for k in _SOURCES if k in spec)
     src = _SOURCES[kind](spec, device, where)
@@ -221,6 +244,21 @@ def load_teacher(spec: TeacherSpec, device, vocab: Optional[Vocabulary] = None, 
     model = AlignedTeacher(inner, vmap, frames, subsampling or own, describe,
                            getattr(inner, "input_dim", None) or (corpus.feature_dim if corpus is not None else 0))
     return LoadedTeacher(model, vocab, {**record, "alignment": alignment}, dev, name)
+
+
+def _load_ensemble(spec: dict, device, vocab, where: str, subsampling, corpus) -> LoadedTeacher:
+    """Every member loaded as a single teacher onto the first's vocabulary and frame rate (or the student's, where
+    given), combined by `EnsembleTeacher`."""
+    members = []
+    for i, m in enumerate(spec["ensemble"]):
+        t = load_teacher(m, device, vocab, f"{where}[{i}]", subsampling, corpus)
+        if not members:
+            vocab, subsampling = t.vocab, subsampling or int(t.model.subsampling)
+        members.append(t)
+    weights = resolve_weights(spec["weights"], members)
+    model = EnsembleTeacher([t.model for t in members], weights, where).to(device).eval()
+    return LoadedTeacher(model, vocab, ensemble_record(members, weights, spec["weights"]), None,
+                         f"ensemble of {len(members)} teachers", tuple(members))
 
 
 def _frames(inner, subsampling: Optional[int], frontend: Optional[dict], opts: dict, where: str):
@@ -252,9 +290,11 @@ def _frames(inner, subsampling: Optional[int], frontend: Optional[dict], opts: d
 
 def check_frames(teacher: LoadedTeacher, reader, indices) -> None:
     """A waveform teacher's frame count for every utterance, from its sample count, against the student's: an
-    utterance the length rule cannot reconcile is named before anything is written."""
+    utterance the length rule cannot reconcile is named before anything is written (each member of an ensemble)."""
+    for member in teacher.members:
+        check_frames(member, reader, indices)
     model = teacher.model
-    if not reads_waveform(model) or getattr(model.inner, "output_lengths", None) is None:
+    if not reads_waveform(model) or getattr(getattr(model, "inner", None), "output_lengths", None) is None:
         return
     if not reader.has_audio:
         reader.audio(0)            # the one-line error: the split keeps no audio
@@ -272,7 +312,7 @@ def check_frames(teacher: LoadedTeacher, reader, indices) -> None:
 def probe(teacher: LoadedTeacher, reader, index: int, layers: list[int], device) -> None:
     """One forward on one utterance before anything is written: a teacher from an entry point that returns the
     wrong shapes, lengths or non-finite values fails here (its wrapper checks every forward), not in a cache."""
-    if not isinstance(teacher.model, (EntryPointTeacher, AlignedTeacher)):
+    if not isinstance(teacher.model, (EntryPointTeacher, AlignedTeacher, EnsembleTeacher)):
         return
     try:
         forward_batch(teacher.model, utterance_batch(reader, index, teacher.input_kind == "waveform"), device, layers)
