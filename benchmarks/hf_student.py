@@ -31,6 +31,15 @@ import numpy as np
 from _common import Timer, command_line, machine, write_section
 from hf_teacher import offline_kd, save_model
 
+
+def run_logged(*args) -> str:
+    """offline-kd with its log (stdout and stderr) returned; a failure stops the benchmark with its tail."""
+    import subprocess
+    p = subprocess.run([sys.executable, "-m", "offline_kd", *map(str, args)], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"offline-kd {' '.join(map(str, args))} failed:\n{p.stdout[-1500:]}{p.stderr[-1500:]}")
+    return p.stdout + p.stderr
+
 LAYERS = [4, 8]
 
 
@@ -63,12 +72,12 @@ def student(tmp: Path, name: str, model: dict, mapping: dict, epochs: int, vocab
                        "layer_mapping": mapping, "temperature_schedule": [[1, 1.0]]}}
     (tmp / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     with Timer() as t:
-        out = offline_kd("train-student", "--config", tmp / f"{name}.yaml")
-    params = next((ln.split(", ")[-1] for ln in out.splitlines() if ln.startswith("student:")), "")
+        out = run_logged("train-student", "--config", tmp / f"{name}.yaml")
     eps = epochs_of(tmp / name)
+    line = next((ln for ln in out.splitlines() if ln.startswith("student:")), "student: ?")
     return {"wall": t.seconds, "epoch_seconds": [e["seconds"] for e in eps],
             "frames_per_second": [e["frames_per_second"] for e in eps], "dev_wer": eps[-1]["dev_wer"],
-            "log": params, "student_line": next((ln for ln in out.splitlines() if ln.startswith("student:")), "")}
+            "student_line": line.removeprefix("student: ").split("; layer mapping")[0]}
 
 
 def main():
@@ -78,6 +87,7 @@ def main():
     ap.add_argument("--vocab", default="data/tts_en/corpus/vocab.txt")
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--note", default="the machine otherwise idle", help="what else ran on the machine meanwhile")
     args = ap.parse_args()
     from offline_kd.data.corpus import Corpus
     tmp = Path(tempfile.mkdtemp(prefix="hf_student_"))
@@ -120,14 +130,15 @@ def main():
             "| step | wall time (s) | figure |", "|---|---|---|",
             f"| `dump-teacher` (model load, one utterance per forward: group norm, cache written) | {t_dump.seconds:.1f} "
             f"| {seconds / t_dump.seconds:.2f} s of train audio per second (train + dev dumped) |",
-            f"| hf student: {hf['student_line'].removeprefix('student: ')} | {hf['wall']:.1f} | "
+            f"| hf student: {hf['student_line']} | {hf['wall']:.1f} | "
             f"{np.median(hf['epoch_seconds']):.1f} s/epoch, {np.median(hf['frames_per_second']):.0f} feature "
             f"frames/s; dev WER {hf['dev_wer']:.1f}% after {args.epochs} epoch(s) |",
-            f"| BiLSTM student (tts_en's, 3 x 96): {bl['student_line'].removeprefix('student: ')} | {bl['wall']:.1f} | "
+            f"| BiLSTM student (tts_en's): {bl['student_line']} | {bl['wall']:.1f} | "
             f"{np.median(bl['epoch_seconds']):.1f} s/epoch, {np.median(bl['frames_per_second']):.0f} feature "
             f"frames/s; dev WER {bl['dev_wer']:.1f}% |",
             f"\nThe hf student's epoch takes **{ratio:.1f}x** the BiLSTM's (one run each, one after another, on the "
-            f"same cache and batches of 8; wall times include start-up and the dev evaluation). Its size is the "
+            f"same cache and batches of 8; wall times include start-up and the dev evaluation; {args.note}). Its "
+            f"size is the "
             f"teacher's width (768) with 2 of its 12 layers and its whole convolutional feature encoder, as "
             f"DistilHuBERT's; a smaller one sets `hidden_dim`, `hf_config.conv_dim` and no `init_from`.",
         ]
