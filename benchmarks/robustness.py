@@ -38,7 +38,7 @@ GOAL_GAP, GOAL_GAIN = 5.0, 1.5
 
 
 class Prepared:
-    """The study's `prepare` steps, each run once (after the step its `after` names), by whichever job needs it
+    """The study's `prepare` steps, each run once (after the step or steps its `after` names), by whichever job needs it
     first; a job needing a step that is done does not wait, one needing a step that failed fails at once."""
 
     def __init__(self, steps: dict):
@@ -50,8 +50,9 @@ class Prepared:
         if name in self.failed:
             raise SystemExit(f"robustness: prepare {name} failed before: {self.failed[name]}")
         step = self.steps[name]
-        if step.get("after"):
-            self.need(step["after"])
+        after = step.get("after") or []
+        for first in [after] if isinstance(after, str) else after:      # one step's name, or a list
+            self.need(first)
         with self.locks[name]:
             if name in self.done:
                 return
@@ -212,9 +213,15 @@ def main():
         cache = next((s.split("=", 1)[1] for s in st.get("sets", []) if s.startswith("distill.cache=")),
                      dcfg["distill"]["cache"])
         info = json.loads(efficacy.cli("cache", "info", cache, "--json").stdout)
-        teacher = Path(info["teacher_path"])
-        t_out = Path(st["out"]) / "teacher_eval.json"     # efficacy.py's, else one beside the teacher
-        t = efficacy.evaluate(teacher, corpus, *lm_of(st), t_out if t_out.is_file() else None)
+        if info.get("teacher_adapter") == "ensemble":     # several teachers: the row shows the best member on dev
+            meta = json.loads(efficacy.cli("cache", "info", cache, "--json").stdout)
+            members = [Path(m["name"].removeprefix("checkpoint ")) for m in meta["teacher_members"]]
+            evals = [efficacy.evaluate(m, corpus, *lm_of(st)) for m in members]
+            teacher, t = min(zip(members, evals), key=lambda x: x[1]["dev"])
+        else:
+            teacher = Path(info["teacher_path"])
+            t_out = Path(st["out"]) / "teacher_eval.json"     # efficacy.py's, else one beside the teacher
+            t = efficacy.evaluate(teacher, corpus, *lm_of(st), t_out if t_out.is_file() else None)
         conf = info["splits"].get("untranscribed", {}).get("confidence") if st.get("untranscribed", True) else None
         # what train-student says before training with distill.compare_baseline set to the baseline's seed-0 run
         said = teacher_verdict(info["teacher_dev"], {"wer": base_dev(st, seeds[0])}) or "no warning"
