@@ -27,7 +27,7 @@ RANK["__init__"] = 0
 
 #: third-party imports that may sit inside a function: optional extras, or heavy modules only some paths need
 OPTIONAL = ("pyctcdecode", "kenlm", "matplotlib", "torch.utils.tensorboard", "torch.nn.parallel", "lhotse",
-            "transformers", "s3fs", "tensorstore", "multiprocessing", "onnx", "onnxruntime", "sherpa_onnx",
+            "transformers", "safetensors", "s3fs", "tensorstore", "multiprocessing", "onnx", "onnxruntime", "sherpa_onnx",
             "sentencepiece", "huggingface_hub")
 
 

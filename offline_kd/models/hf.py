@@ -37,7 +37,7 @@ from torch import nn
 
 from offline_kd.config import WAVEFORM_RATE, ModelConfig, build_dataclass
 from offline_kd.errors import OfflineKDError
-from offline_kd.models.hf_directory import _json, weight_files
+from offline_kd.models.hf_directory import _json, resolve_model_dir, weight_files
 from offline_kd.models.interface import FromConfig, register_model
 
 #: hf_family -> (transformers config class, base model class, the prefix of its weights inside a *ForCTC model)
@@ -59,7 +59,6 @@ def _transformers():
 
 
 def _teacher_config(directory: str) -> tuple[Path, dict]:
-    from offline_kd.models.hf_directory import resolve_model_dir
     d = resolve_model_dir(directory, "model.init_from")
     config = _json(d / "config.json", "model.init_from")
     if config.get("model_type") not in FAMILIES:

@@ -158,18 +158,7 @@ def parse_teacher(value: Any, where: str = "dump.teacher") -> TeacherSpec:
     if "hidden_pooling" in out and out["hidden_pooling"] not in ("mean", "stack"):
         raise OfflineKDError(f"{where}.hidden_pooling must be mean or stack, got {out['hidden_pooling']!r}")
     if "entry_point" in value:
-        ep, args = value["entry_point"], value.get("args") or {}
-        if not isinstance(ep, str) or ep.count(":") != 1 or not all(ep.split(":")):
-            raise OfflineKDError(f"{where}.entry_point must be 'module.path:function', got {ep!r}")
-        if not isinstance(args, dict):
-            raise OfflineKDError(f"{where}.args must be a mapping of keyword arguments, got {type(args).__name__}")
-        kind, rate = value.get("input_kind"), value.get("sample_rate")
-        if kind is not None and kind not in ("features", "waveform"):
-            raise OfflineKDError(f"{where}.input_kind must be features or waveform, got {kind!r}")
-        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0):
-            raise OfflineKDError(f"{where}.sample_rate must be a positive integer (Hz), got {rate!r}")
-        extra = {k: value[k] for k in ENTRY_POINT_OPTIONS if value.get(k) is not None}
-        return {"entry_point": ep, "args": args, **extra, **out}
+        return _parse_entry_point(value, out, where)
     if "args" in value:
         raise OfflineKDError(f"{where}.args: only an entry_point takes args")
     wrong = [k for k in ENTRY_POINT_OPTIONS if k in value]
@@ -182,6 +171,21 @@ def parse_teacher(value: Any, where: str = "dump.teacher") -> TeacherSpec:
     if src == "checkpoint" and not out:
         return value[src]
     return {src: value[src], **out}
+
+
+def _parse_entry_point(value: dict, out: dict, where: str) -> dict:
+    ep, args = value["entry_point"], value.get("args") or {}
+    if not isinstance(ep, str) or ep.count(":") != 1 or not all(ep.split(":")):
+        raise OfflineKDError(f"{where}.entry_point must be 'module.path:function', got {ep!r}")
+    if not isinstance(args, dict):
+        raise OfflineKDError(f"{where}.args must be a mapping of keyword arguments, got {type(args).__name__}")
+    kind, rate = value.get("input_kind"), value.get("sample_rate")
+    if kind is not None and kind not in ("features", "waveform"):
+        raise OfflineKDError(f"{where}.input_kind must be features or waveform, got {kind!r}")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0):
+        raise OfflineKDError(f"{where}.sample_rate must be a positive integer (Hz), got {rate!r}")
+    extra = {k: value[k] for k in ENTRY_POINT_OPTIONS if value.get(k) is not None}
+    return {"entry_point": ep, "args": args, **extra, **out}
 
 
 def _parse_ensemble(value, where: str) -> dict:
