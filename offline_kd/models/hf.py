@@ -45,6 +45,9 @@ FAMILIES = {"wav2vec2": ("Wav2Vec2Config", "Wav2Vec2Model", "wav2vec2."),
             "hubert": ("HubertConfig", "HubertModel", "hubert."),
             "wavlm": ("WavLMConfig", "WavLMModel", "wavlm.")}
 DEFAULTS = {"num_heads": 4, "ffn_mult": 4}
+#: transformers config keys a checkpoint does not keep (bookkeeping and the unused classification labels)
+UNSTORED = ("architectures", "transformers_version", "model_type", "torch_dtype", "dtype", "id2label", "label2id",
+            "_name_or_path")
 KEYS = ("type", "input_dim", "hidden_dim", "num_layers", "num_classes", "dropout", "subsampling", "num_heads",
         "ffn_mult", "hf_family", "hf_config")
 
@@ -124,8 +127,7 @@ class HFStudent(FromConfig, nn.Module):
             raise OfflineKDError(f"model.hf_config: transformers refuses it ({type(exc).__name__}: "
                                  f"{' '.join(str(exc).split())[:200]})") from None
         self.config = replace(c, init_from=None, hf_config={k: v for k, v in self.hf_config.to_dict().items()
-                                                            if k not in ("architectures", "transformers_version",
-                                                                         "model_type", "torch_dtype", "dtype")})
+                                                            if k not in UNSTORED})
         self.batched = self.hf_config.feat_extract_norm == "layer"
         self.drop = nn.Dropout(c.dropout)
         self.output_proj = nn.Linear(c.hidden_dim, c.num_classes)
