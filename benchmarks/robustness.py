@@ -113,6 +113,17 @@ def num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
+def closed(rs: list, base: list, t: dict) -> str:
+    """The share of the teacher's lead over the CTC-only student that the recipe's students close, greedy / with
+    the LM, of the seeds' means."""
+    def one(key: str) -> str:
+        if any(r.get(key) is None for r in rs + base) or t.get(key) is None:
+            return "n/a"
+        b, r = statistics.mean(x[key] for x in base), statistics.mean(x[key] for x in rs)
+        return "n/a" if b - t[key] <= 0 else f"{100 * (b - r) / (b - t[key]):.0f}%"
+    return f"{one('test')} / {one('beam')}"
+
+
 def fmt(mean: float, se: float) -> str:
     return f"{mean:+.2f} ± {se:.2f}"
 
@@ -269,7 +280,7 @@ def main():
                         + (f"{conf['p50']:.3f}" if i == 0 and conf else "") + " | "
                         + f"{recipes[recipe]['label']}{same} | "
                         + f"{statistics.mean(r['test'] for r in rs):.2f} / {num(mean_or_none([r['beam'] for r in rs]))} | "
-                        + f"{fmt(*dg)} | {fmt(*db) if db else 'n/a'} |{vs_ref} {goal} |")
+                        + f"{fmt(*dg)} | {fmt(*db) if db else 'n/a'} | {closed(rs, base, t)} |{vs_ref} {goal} |")
     for f in facts:
         print(json.dumps(f), flush=True)
     for k, r in results.items():
@@ -277,7 +288,7 @@ def main():
 
     head = ("| setting | teacher test WER greedy / beam + LM | CTC-only student greedy / beam + LM (mean) | "
             "teacher confidence on the untranscribed split (median, every cached utterance) | recipe | student greedy / beam + LM (mean) | "
-            "greedy vs baseline (paired, ± SE) | beam + LM vs baseline | "
+            "greedy vs baseline (paired, ± SE) | beam + LM vs baseline | gap closed, greedy / LM | "
             + (f"greedy / beam + LM vs {recipes[ref]['label']} (paired) | " if ref else "") + "goal |")
     lines = [f"## {args.title}\n", f"`{command_line()}`\n",
              f"Machine: {machine()}; {jobs} training run(s) at a time with {threads} thread(s) each. Study "
@@ -285,7 +296,9 @@ def main():
              f"search: width 32, LM `{lm}` (a setting may name its own), alpha in {{{alphas}}} and beta in "
              f"{{{betas}}} chosen on dev for every model. Differences: the recipe's WER minus the baseline's, paired by seed, mean ± standard error. "
              f"Goal: where the teacher's test WER is at least {GOAL_GAP:g} points below the baseline's, mean + 2 SE "
-             f"<= -{GOAL_GAIN:g} greedy and with the LM; the goal column gives the larger of the two bounds.\n",
+             f"<= -{GOAL_GAIN:g} greedy and with the LM; the goal column gives the larger of the two bounds. Gap "
+             f"closed: (CTC-only WER - distilled WER) / (CTC-only WER - teacher WER), of the means (n/a where the "
+             f"teacher is not better than the CTC-only student).\n",
              "Settings:\n"]
     def own_lm(st):     # a setting's own LM and grid, where it has one
         got = lm_of(st)
