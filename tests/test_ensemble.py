@@ -122,3 +122,20 @@ def test_a_wrong_ensemble_is_a_one_line_error_and_writes_nothing(members, tiny_c
         dump_teacher.run(ensemble_cfg(teacher, tiny_corpus, tmp_path / "x.zarr"), **QUIET)
     assert expect in str(err.value) and "\n" not in str(err.value), str(err.value)
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_the_identity_covers_each_members_alignment_and_the_precision_applies(members, tiny_corpus, tmp_path):
+    """Another dump.subsampling aligns every member onto another rate: another identity, never a resume of the
+    old cache. dump.precision runs every member under autocast as it runs one teacher."""
+    spec = [str(m) for m in members[:2]]
+    ids = []
+    for name, kw in (("a", {}), ("b", {"subsampling": 4})):
+        dump_teacher.run(ensemble_cfg(spec, tiny_corpus, tmp_path / f"{name}.zarr", splits=["train"],
+                                      skip_invalid=True, **kw), **QUIET)
+        ids.append(TeacherCache(str(tmp_path / f"{name}.zarr")).meta.identity_sha256)
+    assert ids[0] != ids[1]
+    dump_teacher.run(ensemble_cfg(spec, tiny_corpus, tmp_path / "bf16.zarr", splits=["train"], precision="bf16"),
+                     **QUIET)
+    a, b = arrays(tmp_path / "a.zarr"), arrays(tmp_path / "bf16.zarr")
+    diff = max(float(np.abs(a[u]["log_probs"] - b[u]["log_probs"]).max()) for u in a)
+    assert 0 < diff < 0.5, diff

@@ -108,8 +108,12 @@ def test_it_transcribes_a_wav_file(audio_corpus, tmp_path):
         assert res.exit_code == 0, res.output
         texts[name] = {r["id"]: r["text"] for r in map(json.loads, [ln for ln in res.output.splitlines()
                                                                            if ln.startswith("{")])}
-    assert texts["file"] == texts["jobs"] and set(texts["file"].values()) <= set(texts["split"].values())
-    assert texts["split"]["u0"] == speech.transcribe([str(wav)])[0]
+    assert texts["file"] == texts["jobs"] and texts["split"]["u0"] == speech.transcribe([str(wav)])[0]
+    # a corpus split is transcribed from its kept samples, which are the WAV file's
+    from offline_kd.inference.job import _feature_batches
+    (batch,) = list(_feature_batches(speech, [None], [[0]], split, 1))
+    np.testing.assert_array_equal(batch[0], split.audio(0).astype(np.float32) / 32768.0)
+    np.testing.assert_allclose(speech.forward_features(batch)[0], got, atol=1e-5)
 
 
 def test_init_from_copies_the_teachers_encoder_and_first_layers(tmp_path):
@@ -117,15 +121,18 @@ def test_init_from_copies_the_teachers_encoder_and_first_layers(tmp_path):
     m = build_model(ModelConfig(type="hf", input_dim=80, hidden_dim=16, num_layers=1, num_classes=4, dropout=0.0,
                                 init_from=str(teacher)))
     t = transformers.HubertForCTC.from_pretrained(str(teacher)).eval()
-    mine = m.encoder.state_dict()
-    for name, value in t.hubert.state_dict().items():
-        if name.startswith("encoder.layers.1."):
-            assert name not in mine
-        elif name in mine:
-            torch.testing.assert_close(mine[name], value)
-    assert m.copied > 0 and m.config.hf_family == "hubert" and m.config.num_heads == 2
+    mine, theirs = m.encoder.state_dict(), t.hubert.state_dict()
+    want = {k for k in theirs if k in mine}          # everything but layer 1 (the student has one layer)
+    assert not any(k.startswith("encoder.layers.1.") for k in want)
+    assert set(m.copied_names) == want and any("pos_conv_embed" in k for k in want)
+    assert {k.split(".")[0] for k in want} >= {"feature_extractor", "feature_projection", "encoder"}
+    for name in want:
+        torch.testing.assert_close(mine[name], theirs[name])
+    assert m.copied == len(want) and m.config.hf_family == "hubert" and m.config.num_heads == 2
     assert "init_from" not in m.describe() and m.describe()["hf_config"]["hidden_size"] == 16
-    with pytest.raises(OfflineKDError, match="model.hidden_dim: 32 differs from model.init_from's"):
+    with pytest.raises(OfflineKDError, match="model.hidden_dim: 32 differs from model.init_from's hidden size "
+                                             r"\(16 in .*\); the student keeps the teacher's width: set "
+                                             "model.hidden_dim=16"):
         build_model(ModelConfig(type="hf", hidden_dim=32, num_layers=1, num_classes=4, init_from=str(teacher)))
     with pytest.raises(OfflineKDError, match="has only 2 layers to copy"):
         build_model(ModelConfig(type="hf", hidden_dim=16, num_layers=3, num_classes=4, init_from=str(teacher)))
@@ -183,3 +190,60 @@ def test_an_hf_checkpoint_is_evaluated_and_serves_as_a_teacher(audio_corpus, tmp
     lp = model.eval()(torch.from_numpy(reader.audio(i)[None].astype(np.float32) / 32768.0),
                       torch.tensor([len(reader.audio(i))]))[0][:, 0].detach().numpy()
     np.testing.assert_allclose(split.read(split.position[u])["log_probs"], lp, atol=2e-3)
+
+
+def test_init_from_reads_weights_saved_with_the_old_weight_norm_names(tmp_path):
+    """Checkpoints on the Hub often keep the positional convolution as weight_g / weight_v (weight normalisation's
+    old names); they are copied as this transformers version's parametrization. A directory whose feature encoder
+    does not fit the student is refused, naming the first tensor it lacks."""
+    from safetensors.torch import load_file, save_file
+    teacher = save_tiny(tmp_path / "w", "hubert")
+    f = teacher / "model.safetensors"
+    old = {k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1",
+                                                                             "weight_v"): v
+           for k, v in load_file(str(f)).items()}
+    assert any(k.endswith("weight_g") for k in old)
+    save_file(old, str(f))
+    m = build_model(ModelConfig(type="hf", input_dim=80, hidden_dim=16, num_layers=2, num_classes=4, dropout=0.0,
+                                init_from=str(teacher)))
+    got = m.encoder.state_dict()
+    for k, v in old.items():
+        if k.endswith(("weight_g", "weight_v")):
+            name = k.removeprefix("hubert.").replace("weight_g", "parametrizations.weight.original0").replace(
+                "weight_v", "parametrizations.weight.original1")
+            torch.testing.assert_close(got[name], v)
+    with pytest.raises(OfflineKDError, match="tensors to copy have no counterpart of the same name and shape"):
+        build_model(ModelConfig(type="hf", input_dim=80, hidden_dim=16, num_layers=2, num_classes=4,
+                                init_from=str(teacher), hf_config={"conv_dim": [4] * 7}))
+
+
+def test_feature_augmentation_and_unknown_transformers_keys_are_refused(audio_corpus, tmp_path):
+    cfg = experiment(audio_corpus, tmp_path / "a")
+    cfg = build_dataclass(ExperimentConfig, {**_as_dict(cfg), "augment": {"time_masks": 2}})
+    with pytest.raises(OfflineKDError, match="augment.time_masks acts on features; model.type hf reads waveforms"):
+        train.run(cfg, **QUIET)
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(OfflineKDError, match="model.hf_config.mask_time_prop: not a key of transformers' "
+                                             "Wav2Vec2Config"):
+        build_model(ModelConfig(**{**STUDENT, "hf_config": {**SMALL, "mask_time_prop": 0.1}}))
+    with pytest.raises(OfflineKDError, match="model.hf_config.layerdrop: the student keeps every layer"):
+        build_model(ModelConfig(**{**STUDENT, "hf_config": {**SMALL, "layerdrop": 0.1}}))
+
+
+def test_distill_init_checkpoint_takes_an_hf_checkpoint(audio_corpus, hf_cache, tmp_path):
+    """distill.init_checkpoint compares the models as built (an hf checkpoint holds the resolved transformers
+    config, the run's config does not)."""
+    _, cache = hf_cache
+    train.run(experiment(audio_corpus, tmp_path / "ctc"), **QUIET)
+    cfg = experiment(audio_corpus, tmp_path / "kd", cache=str(cache), alpha=0.5, beta=0.5, gamma=0.0,
+                     init_checkpoint=str(tmp_path / "ctc" / "checkpoint_best.pt"), temperature_schedule=[[1, 1.0]])
+    train_student.run(cfg, **QUIET)
+    with pytest.raises(OfflineKDError, match="its model config differs from 'model'"):
+        train_student.run(experiment(audio_corpus, tmp_path / "kd2", model={"num_heads": 4}, cache=str(cache),
+                                     gamma=0.0, init_checkpoint=str(tmp_path / "ctc" / "checkpoint_best.pt")),
+                          **QUIET)
+
+
+def _as_dict(cfg) -> dict:
+    from dataclasses import asdict
+    return {k: v for k, v in asdict(cfg).items()}

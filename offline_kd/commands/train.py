@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from offline_kd.config import ExperimentConfig, validate_experiment
 from offline_kd.data.dataset import SpeechDataset, collate
-from offline_kd.errors import OfflineKDError
 from offline_kd.data.sampler import BucketBatchSampler
 from offline_kd.data.views import (CollatedByView, ViewBatchSampler, ViewReader, max_view_lengths, parse_views,
                                    valid_in_views)
 from offline_kd.losses.modules import CTCLoss
 from offline_kd.models.interface import build_model, count_parameters, describe_model, reads_waveform
-from offline_kd.models.augment import SpecAugment
+from offline_kd.models.augment import SpecAugment, refuse_feature_augment
 from offline_kd.data.splits import open_train_dev, quiet
 from offline_kd.models.checkpoint import seed_everything
 from offline_kd.runtime import distributed
@@ -33,8 +32,7 @@ def _run(cfg: ExperimentConfig, resume: bool, env, device, log) -> dict:
 
     loss_fn = CTCLoss(augment, device)
     dataset, lengths, sampler = SpeechDataset(train_reader, corpus.vocab, reads_waveform(model)), train_reader.lengths, None
-    if cfg.augment.speed_perturb and reads_waveform(model):
-        raise OfflineKDError(f"augment.speed_perturb acts on features; model.type {cfg.model.type} reads waveforms")
+    refuse_feature_augment(model, cfg)
     if cfg.augment.speed_perturb:        # each batch stretched by one of the speeds, drawn from (seed, epoch, batch)
         views = parse_views(list(cfg.augment.speed_perturb), "augment.speed_perturb")
         readers = [ViewReader(train_reader, v, cfg.train.seed, k) for k, v in enumerate(views)]

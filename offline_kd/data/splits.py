@@ -21,16 +21,28 @@ def open_split(corpus: Corpus, split: str, model, skip_invalid: bool,
     """A split validated for `model` (a ModelConfig, or a CTCModel: what is read is its input_dim and
     subsampling)."""
     reader = corpus.split(split)
-    if getattr(model, "type", None) in WAVEFORM_TYPES and not reader.has_audio:
-        raise OfflineKDError(f"{reader.path}: model.type {model.type} reads waveforms and split '{split}' keeps no "
-                             f"audio; import the corpus with `data import --keep-audio`")
-    if getattr(model, "type", None) in WAVEFORM_TYPES and reader.audio_sample_rate != WAVEFORM_RATE:
-        raise OfflineKDError(f"{reader.path}: model.type {model.type} reads {WAVEFORM_RATE} Hz audio and split "
-                             f"'{split}' keeps {reader.audio_sample_rate} Hz; import the audio again with "
-                             f"`data import --keep-audio --sample-rate {WAVEFORM_RATE}`")
+    _check_audio(reader, split, model)
     valid = validate_split(reader, corpus.vocab, model.input_dim, model.subsampling, skip_invalid, log=log,
                            dim_key=getattr(model, "input_dim_key", "model.input_dim"))
     return reader, valid
+
+
+def _check_audio(reader: SplitReader, split: str, model) -> None:
+    """A model that reads waveforms (a ModelConfig of such a type, or a model whose `input_kind` says so) needs
+    the split's kept audio, at the rate it reads (where it names one)."""
+    kind = getattr(model, "type", None)
+    config_type = kind if isinstance(kind, str) else None
+    if config_type not in WAVEFORM_TYPES and getattr(model, "input_kind", "features") != "waveform":
+        return
+    what = f"model.type {config_type}" if config_type else f"the model ({getattr(model, 'model_type', 'waveform')})"
+    if not reader.has_audio:
+        raise OfflineKDError(f"{reader.path}: {what} reads waveforms and split '{split}' keeps no audio; import the "
+                             f"corpus with `data import --keep-audio`")
+    rate = WAVEFORM_RATE if config_type else getattr(model, "sample_rate", None)
+    if rate is not None and reader.audio_sample_rate != rate:
+        raise OfflineKDError(f"{reader.path}: {what} reads {rate} Hz audio and split '{split}' keeps "
+                             f"{reader.audio_sample_rate} Hz; import the audio again with `data import --keep-audio "
+                             f"--sample-rate {rate}`")
 
 
 def train_splits(data: DataConfig) -> list[str]:

@@ -25,6 +25,7 @@ from offline_kd.data.views import (ByView, ViewBatchSampler, ViewReader, max_vie
 from offline_kd.errors import OfflineKDError, arg
 from offline_kd.losses.modules import StudentLoss
 from offline_kd.models.augment import SpecAugment
+from offline_kd.models.augment import refuse_feature_augment
 from offline_kd.models.interface import build_model, count_parameters, describe_model, reads_waveform
 from offline_kd.data.splits import open_split, open_train_dev, train_splits
 from offline_kd.models.checkpoint import checkpoint_dev, load_checkpoint, seed_everything, weights_sha256
@@ -106,6 +107,7 @@ def build_student_run(cfg: ExperimentConfig, env, device, log=print, online_teac
         _check_lm_pseudo_labels(cfg, online_teacher, [sp[1:] for sp in splits], names[1:])
     reference = _teacher_reference(src.dev, cfg, log)
     model = _student_model(cfg, device)
+    refuse_feature_augment(model, cfg)
     if reads_waveform(model) and views:
         raise OfflineKDError(f"distill.cache {d.cache}: its views act on features; model.type {cfg.model.type} reads "
                              f"waveforms: train it from a cache without views")
@@ -205,7 +207,10 @@ def _student_model(cfg: ExperimentConfig, device) -> nn.Module:
     model = build_model(cfg.model).to(device)
     if d.init_checkpoint:
         ckpt = load_checkpoint(d.init_checkpoint)
-        if build_dataclass(ModelConfig, ckpt["model_config"]) != cfg.model:
+        # compared as built: a type's defaults and an hf student's resolved transformers config filled in
+        mine = build_dataclass(ModelConfig, {**model.describe(), "type": model.model_type})
+        theirs = build_dataclass(ModelConfig, {**ckpt["model_config"], "type": ckpt.get("model_type", "bilstm")})
+        if mine != theirs:
             raise OfflineKDError(f"distill.init_checkpoint {d.init_checkpoint}: its model config differs from 'model'")
         model.load_state_dict(ckpt["model_state_dict"])
     return model

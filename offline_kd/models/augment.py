@@ -43,3 +43,16 @@ class SpecAugment:
                 t0 = int(torch.randint(0, max(1, n - w), ()))
                 x[i, t0:t0 + w, :] = 0
         return x
+
+
+def refuse_feature_augment(model, cfg) -> None:
+    """A model that reads waveforms (`input_kind` "waveform") sees no features: SpecAugment and speed perturbation
+    of `augment` would silently do nothing, so they are refused with what masks its frames instead."""
+    if getattr(model, "input_kind", "features") != "waveform":
+        return
+    a = cfg.augment
+    used = [k for k in ("time_masks", "freq_masks", "speed_perturb") if getattr(a, k)]
+    if used:
+        raise OfflineKDError(f"augment.{used[0]} acts on features; model.type {cfg.model.type} reads waveforms: set "
+                             f"augment.{used[0]} to 0 (or null) and mask its frames with "
+                             f"model.hf_config.mask_time_prob")

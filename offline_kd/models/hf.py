@@ -20,10 +20,10 @@ Settings (ModelConfig): `hidden_dim` (hidden_size), `num_layers` (num_hidden_lay
 on its batch-mates; with group normalisation (wav2vec2-base) it runs one utterance at a time outside training.
 
 `init_from: DIR` (a Hugging Face CTC directory, as for a teacher) takes the teacher's architecture (its family,
-width, heads, feed-forward and feature encoder) with `num_layers` transformer layers, and copies its feature
-encoder, feature projection, positional convolution and first `num_layers` layers (DistilHuBERT's initialisation);
-the CTC head is new (the student's vocabulary). A checkpoint stores the resolved transformers config, so it
-rebuilds without the directory.
+heads, feed-forward and feature encoder; `hidden_dim` must be its width) with `num_layers` transformer layers, and
+copies its feature encoder, feature projection, positional convolution and first `num_layers` layers
+(DistilHuBERT's initialisation), every one of them or a one-line error; the CTC head is new (the student's
+vocabulary). A checkpoint stores the resolved transformers config, so it rebuilds without the directory.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ FAMILIES = {"wav2vec2": ("Wav2Vec2Config", "Wav2Vec2Model", "wav2vec2."),
             "hubert": ("HubertConfig", "HubertModel", "hubert."),
             "wavlm": ("WavLMConfig", "WavLMModel", "wavlm.")}
 DEFAULTS = {"num_heads": 4, "ffn_mult": 4}
+#: what init_from copies besides the first num_layers transformer layers (all of it must be found)
+COPIED = ("feature_extractor.", "feature_projection.", "encoder.pos_conv_embed.")
 #: transformers config keys a checkpoint does not keep (bookkeeping and the unused classification labels)
 UNSTORED = ("architectures", "transformers_version", "model_type", "torch_dtype", "dtype", "id2label", "label2id",
             "_name_or_path")
@@ -80,16 +82,21 @@ def resolve(c: ModelConfig) -> tuple[ModelConfig, dict]:
         family = teacher["model_type"]
         t = getattr(_transformers(), FAMILIES[family][0])(**{k: v for k, v in teacher.items() if k != "model_type"})
         width, heads, inner = int(t.hidden_size), int(t.num_attention_heads), int(t.intermediate_size)
-        for key, mine, theirs in (("hidden_dim", c.hidden_dim, width), ("num_heads", c.num_heads, heads),
+        if c.hidden_dim != width:
+            raise OfflineKDError(f"model.hidden_dim: {c.hidden_dim} differs from model.init_from's hidden size "
+                                 f"({width} in {d}); the student keeps the teacher's width: set "
+                                 f"model.hidden_dim={width}")
+        for key, mine, theirs in (("num_heads", c.num_heads, heads),
                                   ("ffn_mult", c.ffn_mult and c.ffn_mult * c.hidden_dim, inner)):
             if mine is not None and mine != theirs:
                 raise OfflineKDError(f"model.{key}: {mine} differs from model.init_from's ({theirs} in {d}); the "
-                                     f"student keeps the teacher's width: leave it out or set it to match")
+                                     f"student keeps the teacher's shape: leave it out or set it to match")
         if c.num_layers > int(t.num_hidden_layers):
             raise OfflineKDError(f"model.num_layers {c.num_layers}: model.init_from {d} has only "
                                  f"{t.num_hidden_layers} layers to copy")
         base = {k: v for k, v in t.to_dict().items() if k not in ("architectures", "model_type", "transformers_version")}
         c = replace(c, num_heads=heads)
+    _check_keys(given, family or "wav2vec2")
     heads = c.num_heads or DEFAULTS["num_heads"]
     inner = (c.ffn_mult * c.hidden_dim if c.ffn_mult else given.get("intermediate_size")
              or base.get("intermediate_size") or DEFAULTS["ffn_mult"] * c.hidden_dim)
@@ -108,6 +115,19 @@ def resolve(c: ModelConfig) -> tuple[ModelConfig, dict]:
                                          "feat_proj_dropout", "final_dropout")}
     return c, {"feat_extract_norm": "layer", "do_stable_layer_norm": True, **base, **dropouts, **given, **own,
                "layerdrop": 0.0}
+
+
+def _check_keys(given: dict, family: str) -> None:
+    """hf_config keys the transformers config does not know would be stored and do nothing: refused, as is a
+    layerdrop (a dropped layer's hidden states would be missing from the feature terms)."""
+    cls = getattr(_transformers(), FAMILIES[family][0])
+    known = set(cls().to_dict()) - set(UNSTORED)
+    unknown = sorted(k for k in given if k not in known)
+    if unknown:
+        raise OfflineKDError(f"model.hf_config.{unknown[0]}: not a key of transformers' {cls.__name__}")
+    if given.get("layerdrop", 0.0):
+        raise OfflineKDError("model.hf_config.layerdrop: the student keeps every layer (the feature terms read "
+                             "their hidden states); leave it out")
 
 
 @register_model("hf")
@@ -143,13 +163,18 @@ class HFStudent(FromConfig, nn.Module):
         copied = {}
         for f in weight_files(d, "model.init_from"):
             for k, v in load_file(str(f)).items():
-                name = k[len(prefix):] if k.startswith(prefix) else None
+                name = _current_name(k[len(prefix):]) if k.startswith(prefix) else None
                 if name in mine and mine[name].shape == v.shape:
                     copied[name] = v
-        if not copied:
-            raise OfflineKDError(f"model.init_from: no weight of {d} fits the student (expected names starting "
-                                 f"with {prefix!r})")
+        wanted = [k for k in mine if k.startswith(COPIED) or any(k.startswith(f"encoder.layers.{i}.")
+                                                                 for i in range(self.config.num_layers))]
+        missing = [k for k in wanted if k not in copied]
+        if missing:
+            raise OfflineKDError(f"model.init_from: {len(missing)} of the student's {len(wanted)} tensors to copy have "
+                                 f"no counterpart of the same name and shape in {d} (first: {missing[0]}); its "
+                                 f"hf_config must keep the teacher's feature encoder")
         self.encoder.load_state_dict(copied, strict=False)
+        self.copied_names = sorted(copied)
         return len(copied)
 
     @classmethod
@@ -229,6 +254,16 @@ class HFStudent(FromConfig, nn.Module):
     def exportable(self) -> nn.Module:
         raise OfflineKDError("model.type hf: export (ONNX, sherpa-onnx) is not offered for the waveform student "
                              "yet; transcribe with `offline-kd transcribe`")
+
+
+def _current_name(name: str) -> str:
+    """A weight's name as this transformers version has it: checkpoints saved with weight normalisation's old
+    names (the positional convolution's weight_g / weight_v) load as its parametrization's."""
+    for old, new in ((".weight_g", ".parametrizations.weight.original0"),
+                     (".weight_v", ".parametrizations.weight.original1")):
+        if name.endswith(old):
+            return name[: -len(old)] + new
+    return name
 
 
 def normalise(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

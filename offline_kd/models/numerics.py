@@ -65,7 +65,15 @@ class AutocastModel:
                                                                                **kwargs)
         return log_probs.float(), out_len, {k: h.float() for k, h in hidden.items()}
 
+    def _forward_batch(self, batch: dict, device, layers=None):
+        """A model with a `forward_batch` of its own (an ensemble of teachers) under autocast, outputs in float32."""
+        with self._autocast():
+            log_probs, out_len, hidden = self.model.forward_batch(batch, device, layers)
+        return log_probs.float(), out_len, {k: h.float() for k, h in hidden.items()}
+
     def __getattr__(self, name):
+        if name == "forward_batch" and callable(getattr(self.model, "forward_batch", None)):
+            return self._forward_batch          # (only a model with one has one)
         return getattr(self.model, name)
 
 

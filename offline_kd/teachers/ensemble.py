@@ -38,8 +38,13 @@ class EnsembleTeacher(nn.Module):
 
     model_type = "ensemble"
 
-    def __init__(self, members: Sequence[nn.Module], weights: Sequence[float], where: str = "dump.teacher"):
+    def __init__(self, members: Sequence[nn.Module], weights: Sequence[float], where: str = "dump.teacher",
+                 feature_dim: Optional[int] = None):
         super().__init__()
+        for i, m in enumerate(members):     # every member that reads features reads the corpus's
+            if feature_dim is not None and not reads_waveform(m) and int(m.input_dim) != int(feature_dim):
+                raise OfflineKDError(f"{where}[{i}] reads {m.input_dim}-dim features and the corpus has "
+                                     f"{feature_dim}-dim ones")
         self.members = nn.ModuleList(members)
         rates = {int(m.subsampling) for m in members}
         classes = {int(m.num_classes) for m in members}
@@ -64,6 +69,10 @@ class EnsembleTeacher(nn.Module):
     @property
     def input_dim(self) -> int:
         return self.first.input_dim
+
+    @property
+    def input_dim_key(self) -> str:
+        return "dump.teacher[0]'s input_dim"
 
     @property
     def num_classes(self) -> int:
@@ -122,10 +131,14 @@ def resolve_weights(spec, members: list, where: str = "dump.teacher.weights") ->
     if spec in (None, "uniform"):
         raw = [1.0] * n
     elif spec == "dev_wer":
-        missing = [m.name for m in members if not (m.dev or {}).get("wer")]
+        missing = [m.name for m in members if (m.dev or {}).get("wer") is None]
         if missing:
             raise OfflineKDError(f"{where}: dev_wer needs every teacher's recorded dev WER; {missing[0]} records "
                                  f"none (give the weights as a list instead)")
+        perfect = [m.name for m in members if float(m.dev["wer"]) <= 0]
+        if perfect:
+            raise OfflineKDError(f"{where}: dev_wer weighs each teacher by 1 / its dev WER, and {perfect[0]} records "
+                                 f"0%; give the weights as a list instead")
         raw = [1.0 / float(m.dev["wer"]) for m in members]
     elif isinstance(spec, (list, tuple)):
         if len(spec) != n or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
@@ -143,7 +156,9 @@ def ensemble_record(members: list, weights: list[float], spec) -> dict:
     """What the cache records: every member's record, the weights, how they are combined; its sha256 (part of the
     cache's identity) covers them all."""
     recs = [{**m.record, **({"dev": m.dev} if m.dev else {})} for m in members]
-    sha = hashlib.sha256(json.dumps([[r["sha256"] for r in recs], weights, COMBINE]).encode()).hexdigest()
+    # every member's whole record: its file hash and its alignment (vocabulary map, pooling, frame rate), so that a
+    # changed member option or dump.subsampling is another dump, as it is for one teacher
+    sha = hashlib.sha256(json.dumps([recs, weights, COMBINE], sort_keys=True, default=str).encode()).hexdigest()
     names = "; ".join(r.get("name", r["path"]) for r in recs)
     return {"path": "ensemble: " + ", ".join(r["path"] for r in recs), "sha256": sha, "adapter": "ensemble",
             "members": recs, "weights": weights, "weights_from": spec if isinstance(spec, str) else "list",

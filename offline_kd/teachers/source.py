@@ -260,7 +260,8 @@ def _load_ensemble(spec: dict, device, vocab, where: str, subsampling, corpus) -
             vocab, subsampling = t.vocab, subsampling or int(t.model.subsampling)
         members.append(t)
     weights = resolve_weights(spec["weights"], members)
-    model = EnsembleTeacher([t.model for t in members], weights, where).to(device).eval()
+    model = EnsembleTeacher([t.model for t in members], weights, where,
+                            corpus.feature_dim if corpus is not None else None).to(device).eval()
     return LoadedTeacher(model, vocab, ensemble_record(members, weights, spec["weights"]), None,
                          f"ensemble of {len(members)} teachers", tuple(members))
 

@@ -103,10 +103,11 @@ def make_scheduler(optimizer, cfg, total_steps: int):
 
 
 #: settings a --resume may change: they extend or observe a run without changing what it has computed so far
-#: (checkpoint averaging adds checkpoint_avg.pt from the epochs kept from then on)
+#: (train.average: checkpoint_avg.pt from the epochs kept from then on; average_of may not change, since the kept
+#: epochs were chosen by it)
 RESUME_SAFE = ("train.epochs", "train.progress", "train.log_every", "train.device", "data.num_workers",
                "distill.verify_reads", "distill.storage_options", "distill.cache", "distill.compare_baseline",
-               "distill.decode_on", "train.average", "train.average_of")
+               "distill.decode_on", "train.average")
 
 
 def _flatten(d, prefix=""):
