@@ -145,6 +145,11 @@ def test_mistakes_are_one_line_errors(audio_corpus, tmp_path):
                                              "with `data import --keep-audio`"):
         train.run(experiment(features_only, tmp_path / "x"), **QUIET)
     assert not (tmp_path / "x").exists()
+    with pytest.raises(OfflineKDError, match="model.subsampling 3: the model's frames are 320 samples and the "
+                                             "corpus's feature frames 160, so its frames are 2 feature frames; set "
+                                             "model.subsampling=2"):
+        train.run(experiment(audio_corpus, tmp_path / "s3", model={"subsampling": 3}), **QUIET)
+    assert not (tmp_path / "s3").exists()
     with pytest.raises(OfflineKDError, match="model.hf_config.hidden_size: 8 contradicts"):
         build_model(ModelConfig(**{**STUDENT, "hf_config": {**SMALL, "hidden_size": 8}}))
     with pytest.raises(OfflineKDError, match="model.subsampling 3: an utterance of"):

@@ -8,7 +8,8 @@ from offline_kd.data.sampler import BucketBatchSampler
 from offline_kd.data.views import (CollatedByView, ViewBatchSampler, ViewReader, max_view_lengths, parse_views,
                                    valid_in_views)
 from offline_kd.losses.modules import CTCLoss
-from offline_kd.models.interface import build_model, count_parameters, describe_model, reads_waveform
+from offline_kd.models.interface import (build_model, check_waveform_frames, count_parameters, describe_model,
+                                        reads_waveform)
 from offline_kd.models.augment import SpecAugment, refuse_feature_augment
 from offline_kd.data.splits import open_train_dev, quiet
 from offline_kd.models.checkpoint import seed_everything
@@ -33,6 +34,7 @@ def _run(cfg: ExperimentConfig, resume: bool, env, device, log) -> dict:
     loss_fn = CTCLoss(augment, device)
     dataset, lengths, sampler = SpeechDataset(train_reader, corpus.vocab, reads_waveform(model)), train_reader.lengths, None
     refuse_feature_augment(model, cfg)
+    check_waveform_frames(model, corpus.meta.get("frontend"))
     if cfg.augment.speed_perturb:        # each batch stretched by one of the speeds, drawn from (seed, epoch, batch)
         views = parse_views(list(cfg.augment.speed_perturb), "augment.speed_perturb")
         readers = [ViewReader(train_reader, v, cfg.train.seed, k) for k, v in enumerate(views)]

@@ -26,7 +26,8 @@ from offline_kd.errors import OfflineKDError, arg
 from offline_kd.losses.modules import StudentLoss
 from offline_kd.models.augment import SpecAugment
 from offline_kd.models.augment import refuse_feature_augment
-from offline_kd.models.interface import build_model, count_parameters, describe_model, reads_waveform
+from offline_kd.models.interface import (build_model, check_waveform_frames, count_parameters, describe_model,
+                                        reads_waveform)
 from offline_kd.data.splits import open_split, open_train_dev, train_splits
 from offline_kd.models.checkpoint import checkpoint_dev, load_checkpoint, seed_everything, weights_sha256
 from offline_kd.teachers.source import check_frames, load_teacher
@@ -108,6 +109,7 @@ def build_student_run(cfg: ExperimentConfig, env, device, log=print, online_teac
     reference = _teacher_reference(src.dev, cfg, log)
     model = _student_model(cfg, device)
     refuse_feature_augment(model, cfg)
+    check_waveform_frames(model, corpus.meta.get("frontend"))
     if reads_waveform(model) and views:
         raise OfflineKDError(f"distill.cache {d.cache}: its views act on features; model.type {cfg.model.type} reads "
                              f"waveforms: train it from a cache without views")

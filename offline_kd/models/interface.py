@@ -160,6 +160,22 @@ def forward_batch(model, batch: dict, device: torch.device, layers=None):
                                             batch["feature_lengths"].to(device), layers)
 
 
+def check_waveform_frames(model, frontend: Optional[dict]) -> None:
+    """A model that reads waveforms and says its frame shift in samples (`frame_shift_samples`) against the
+    corpus's feature frames (its front-end record): its frames line up with the features only when the shift is
+    `subsampling` feature hops; refused before anything is written otherwise."""
+    shift = getattr(model, "frame_shift_samples", None)
+    if not reads_waveform(model) or shift is None or not frontend or "frame_shift_ms" not in frontend:
+        return
+    hop = int(frontend["sample_rate"]) * float(frontend["frame_shift_ms"]) / 1000
+    if abs(shift - hop * model.subsampling) > 1e-6:
+        fits = shift / hop
+        raise OfflineKDError(f"model.subsampling {model.subsampling}: the model's frames are {shift} samples and the "
+                             f"corpus's feature frames {hop:g}, so its frames are {fits:g} feature frames"
+                             + (f"; set model.subsampling={int(fits)}" if fits == int(fits) else
+                                "; no integer subsampling lines them up (change its conv_stride)"))
+
+
 def waveform_forward(model, batch: dict, device: torch.device, layers=None):
     """A model that reads waveforms on a training batch: its samples, and as `num_frames` the feature frame counts
     its outputs line up with (the cached targets' frames)."""
