@@ -10,7 +10,6 @@ so an utterance's outputs do not depend on how much padding its batch has.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Iterable, Optional
 
 import torch
@@ -35,6 +34,7 @@ KEYS = ("input_dim", "hidden_dim", "num_layers", "num_classes", "dropout", "subs
 
 @register_model("bilstm")
 class BiLSTMCTC(FromConfig, nn.Module):
+    KEYS = KEYS
     """A `CTCModel` (models/interface.py): every layer's hidden states are 2H wide; the blank is class 0."""
 
     def __init__(self, config: ModelConfig):
@@ -73,15 +73,11 @@ class BiLSTMCTC(FromConfig, nn.Module):
 
     # ------------------------------------------------------------------------------------------ CTCModel
     @property
-    def hidden_size(self) -> int:
+    def layer_width(self) -> int:
         """Dimension of every cached/returned hidden state (2H: both directions)."""
         return 2 * self.config.hidden_dim
 
-    def layer_dims(self) -> dict[int, int]:
-        return {layer: self.hidden_size for layer in range(1, self.config.num_layers + 1)}
-
-    def describe(self) -> dict:
-        return {k: v for k, v in asdict(self.config).items() if k in KEYS}
+    hidden_size = layer_width
 
     def summary(self) -> str:
         return f"{self.config.num_layers} x BiLSTM({self.config.hidden_dim})"

@@ -24,7 +24,7 @@ ceil(T / s) frames: the project's one output-length rule (`data.validate.output_
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Iterable, Optional
 
 import torch
@@ -133,6 +133,7 @@ class ConformerBlock(nn.Module):
 
 @register_model("conformer")
 class ConformerCTC(FromConfig, nn.Module):
+    KEYS = KEYS
     def __init__(self, config: ModelConfig):
         super().__init__()
         c = self.config = replace(config, **{k: getattr(config, k) or v for k, v in DEFAULTS.items()})
@@ -153,12 +154,6 @@ class ConformerCTC(FromConfig, nn.Module):
         return cls(build_dataclass(ModelConfig, {**description, "type": "conformer"}, where))
 
     # --------------------------------------------------------------------------------------- the protocol
-    def layer_dims(self) -> dict[int, int]:
-        return {i: self.config.hidden_dim for i in range(1, self.config.num_layers + 1)}
-
-    def describe(self) -> dict:
-        return {k: v for k, v in asdict(self.config).items() if k in KEYS}
-
     def summary(self) -> str:
         c = self.config
         return f"{c.num_layers} x Conformer(d={c.hidden_dim}, {c.num_heads} heads, {c.subsampling}x)"

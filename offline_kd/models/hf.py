@@ -28,7 +28,7 @@ vocabulary). A checkpoint stores the resolved transformers config, so it rebuild
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -132,6 +132,7 @@ def _check_keys(given: dict, family: str) -> None:
 
 @register_model("hf")
 class HFStudent(FromConfig, nn.Module):
+    KEYS = KEYS
     input_kind = "waveform"
     sample_rate = WAVEFORM_RATE       # the wav2vec2 family's; the corpus's kept audio must be at it
 
@@ -182,12 +183,6 @@ class HFStudent(FromConfig, nn.Module):
         return cls(build_dataclass(ModelConfig, {**description, "type": "hf"}, where))
 
     # --------------------------------------------------------------------------------------- the protocol
-    def layer_dims(self) -> dict[int, int]:
-        return {i: self.config.hidden_dim for i in range(1, self.config.num_layers + 1)}
-
-    def describe(self) -> dict:
-        return {k: v for k, v in asdict(self.config).items() if k in KEYS}
-
     def summary(self) -> str:
         c = self.config
         return (f"{c.hf_family} student, {c.num_layers} x transformer(d={c.hidden_dim}, {c.num_heads} heads), "

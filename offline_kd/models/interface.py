@@ -13,6 +13,7 @@ decorated with `@register_model("name")` and imported by `models/__init__.py` (d
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Callable, Iterable, Optional, Protocol, runtime_checkable
 
 import torch
@@ -70,6 +71,20 @@ class FromConfig:
     """What every model built from a `ModelConfig` (`self.config`) shares: the protocol's plain properties (the blank
     is class 0), the check of requested layers, and `forward` as `forward_with_hidden_states` without hidden states.
     Mixed into each registered type before `nn.Module`."""
+
+    #: the ModelConfig keys that describe the type (a checkpoint's model_config)
+    KEYS: tuple = ()
+
+    @property
+    def layer_width(self) -> int:
+        """The width of every layer's hidden states (the model width; a BiLSTM's: both directions)."""
+        return self.config.hidden_dim
+
+    def layer_dims(self) -> dict[int, int]:
+        return {i: self.layer_width for i in range(1, self.config.num_layers + 1)}
+
+    def describe(self) -> dict:
+        return {k: v for k, v in asdict(self.config).items() if k in self.KEYS}
 
     def wanted_layers(self, indices: Optional[Iterable[int]]) -> set:
         """The requested 1-based layers, each checked against num_layers (ValueError outside)."""
