@@ -43,3 +43,22 @@ def test_the_teacher_source_and_the_front_end_are_printed():
     assert lines[i + 1].startswith("  1 utterances, 2 frames")
     no_cmvn = format_info(_info(frontend={**fe, "cmvn": None}))
     assert "cmvn none" in no_cmvn
+
+
+def test_an_ensembles_members_are_listed_with_weight_dev_wer_and_coverage():
+    from offline_kd.cache.info import _members
+    assert _members({"adapter": "checkpoint", "path": "t.pt"}) is None
+    teacher = {"adapter": "ensemble", "weights": [0.25, 0.75],
+               "members": [{"path": "a.pt", "name": "checkpoint a.pt", "dev": {"wer": 4.125}}, {"path": "b.pt"}]}
+    members = _members(teacher)
+    assert members == [{"name": "checkpoint a.pt", "weight": 0.25, "dev": {"wer": 4.125}},
+                       {"name": "b.pt", "weight": 0.75, "dev": None}]
+    cov = {"members": [None, {"dropped_mass": {"mean": 0.01, "utterances": 3, "worst": 0.02,
+                                               "worst_utterance": "u1"}}]}
+    lines = format_info(_info(teacher_name="ensemble of 2 teachers", teacher_members=members,
+                              teacher_coverage=cov)).splitlines()
+    i = lines.index("  teacher: ensemble of 2 teachers")
+    assert lines[2:5] == ["  teacher 1: checkpoint a.pt, weight 0.250, dev WER 4.12%",
+                          "  teacher 2: b.pt, weight 0.750",
+                          "  teacher probability on dropped classes: mean 1.00% over 3 utterances, worst 2.00% (u1)"]
+    assert i == 1 and lines[5].startswith("  teacher sha256")
