@@ -94,7 +94,7 @@ def resolve(c: ModelConfig) -> tuple[ModelConfig, dict]:
         if c.num_layers > int(t.num_hidden_layers):
             raise OfflineKDError(f"model.num_layers {c.num_layers}: model.init_from {d} has only "
                                  f"{t.num_hidden_layers} layers to copy")
-        base = {k: v for k, v in t.to_dict().items() if k not in ("architectures", "model_type", "transformers_version")}
+        base = {k: v for k, v in t.to_dict().items() if k not in UNSTORED}
         c = replace(c, num_heads=heads)
     _check_keys(given, family or "wav2vec2")
     heads = c.num_heads or DEFAULTS["num_heads"]
