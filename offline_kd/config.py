@@ -61,6 +61,7 @@ def _choice_fields(cls: type) -> tuple:
 
 Precision = Literal["fp32", "bf16", "fp16"]     # fp16 needs CUDA
 Where = Literal["auto", "host", "device"]       # where codecs run: auto = device on a GPU, host on a CPU
+LM_LABELS = ("lm", "lm_1best")                  # distill.pseudo_labels that read the LM N-best a cache stores
 
 
 # ----------------------------------------------------------------------------------------------------- sections
@@ -247,9 +248,11 @@ class DistillConfig:
     # with --online-teacher these are the views, of the training and untranscribed splits, both models see
     views: list = field(default_factory=list)
     view_seed: int = 0
-    # the CTC target of untranscribed utterances: greedy (the teacher's greedy 1-best) or lm (its N-best from a beam
-    # search with an n-gram LM, stored at dump time by dump.lm_targets, each hypothesis weighted by its posterior)
-    pseudo_labels: Literal["greedy", "lm"] = "greedy"
+    # the CTC target of untranscribed utterances: greedy (the teacher's greedy 1-best), lm (its N-best from a beam
+    # search with an n-gram LM, stored at dump time by dump.lm_targets, each hypothesis weighted by its posterior) or
+    # lm_1best (the best of that N-best alone, weight 1). With an LM's labels, confidence_weighting weighs each
+    # utterance by the teacher's confidence times the LM 1-best's posterior among the N (docs/usage.md)
+    pseudo_labels: Literal["greedy", "lm", "lm_1best"] = "greedy"
     # untranscribed utterances whose teacher confidence (the mean posterior of its 1-best's tokens, stored by the
     # dump; cache/confidence.py) is below this are left out (null: all are kept); the share kept is logged
     min_confidence: Optional[float] = None

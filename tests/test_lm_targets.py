@@ -70,6 +70,35 @@ def test_nbest_labels_keep_references_and_expand_untranscribed_utterances():
     plain = TeacherTargets(t.log_probs, t.lengths, {}, t.tokens, t.token_lengths)
     out = plain.nbest_labels(torch.tensor([1, 2, 9]), torch.tensor([3, 0]), torch.tensor([True, False]))
     assert out[0].tolist() == [1, 2, 9, 1] and out[2] is None
+    # lm_1best: the first hypothesis alone, at weight 1
+    labels, ll, owner, w = t.nbest_labels(torch.tensor([1, 2, 9]), torch.tensor([3, 0]), torch.tensor([True, False]),
+                                          top=1)
+    assert labels.tolist() == [1, 2, 9, 2, 2] and ll.tolist() == [3, 2] and owner.tolist() == [0, 1]
+    assert w.tolist() == [1.0, 1.0]
+
+
+def test_lm_confidence_is_the_lm_1best_posterior_and_1_elsewhere():
+    from offline_kd.data.targets import lm_confidence
+    got = lm_confidence([None, [(np.array([2]), 0.7), (np.array([4]), 0.3)], []], 3)
+    assert got.tolist() == pytest.approx([1.0, 0.7, 1.0])
+    assert lm_confidence(None, 2).tolist() == [1.0, 1.0]
+
+
+def test_confidence_weighting_with_lm_labels_scales_by_the_lm_1best_posterior():
+    from offline_kd.config import DistillConfig
+    from offline_kd.losses.kd import utterance_confidence
+    from offline_kd.losses.modules import StudentLoss
+    torch.manual_seed(0)
+    lp = torch.randn(6, 2, 5).log_softmax(-1)
+    t = TeacherTargets(lp, torch.tensor([6, 5]), {}, torch.tensor([3, 3]), torch.tensor([1, 1]),
+                       nbest=[None, [(np.array([2]), 0.6), (np.array([4]), 0.4)]])
+    labelled = torch.tensor([True, False])
+    conf = utterance_confidence(lp, t.lengths)
+    for labels, factor in (("greedy", 1.0), ("lm", 0.6), ("lm_1best", 0.6)):
+        d = DistillConfig(confidence_weighting=True, pseudo_labels=labels, gamma=0.0)
+        loss = StudentLoss(d, {}, {}, None, torch.device("cpu"))
+        _, ctc_w = loss.utterance_weights(labelled, t)
+        assert ctc_w.tolist() == pytest.approx([1.0, float(conf[1]) * factor])
 
 
 def test_dump_stores_the_lm_nbest_of_the_cached_log_probs(lm_cache, tiny_corpus, arpa):
@@ -107,8 +136,9 @@ def test_student_on_lm_pseudo_labels_trains_on_them(lm_cache, tiny_corpus, tmp_p
         d = student_dict(tiny_corpus, lm_cache, tmp_path / out, untranscribed_splits=["untranscribed"], **kw)
         train_student.run(build_dataclass(ExperimentConfig, d), **QUIET)
         return [r["train/ctc"] for r in step_records(tmp_path / out)]
-    lm, greedy = run("lm", pseudo_labels="lm"), run("greedy")
-    assert len(lm) == len(greedy) > 5 and all(np.isfinite(lm)) and lm != greedy
+    lm, greedy, one = run("lm", pseudo_labels="lm"), run("greedy"), run("one", pseudo_labels="lm_1best")
+    assert len(lm) == len(greedy) == len(one) > 5 and all(np.isfinite(lm)) and all(np.isfinite(one))
+    assert lm != greedy and one != greedy and one != lm
 
 
 def test_lm_pseudo_label_errors(lm_cache, tiny_teacher, tiny_corpus, arpa, tmp_path):
@@ -121,7 +151,7 @@ def test_lm_pseudo_label_errors(lm_cache, tiny_teacher, tiny_corpus, arpa, tmp_p
     with pytest.raises(OfflineKDError, match="`online_teacher`"):
         train_student.run(cfg(lm_cache, pseudo_labels="lm", untranscribed_splits=["untranscribed"]),
                           online_teacher=str(tiny_teacher), **QUIET)
-    with pytest.raises(OfflineKDError, match="pseudo_labels must be greedy or lm"):
+    with pytest.raises(OfflineKDError, match="pseudo_labels must be greedy, lm or lm_1best"):
         cfg(lm_cache, pseudo_labels="beam")
     base = {"splits": ["train", "untranscribed"]}
     for lm, msg in (({**LM, "lm": ""}, "lm_targets.lm"), ({**LM, "lm": "x", "splits": ["dev"]}, "not in dump.splits"),

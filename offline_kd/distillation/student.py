@@ -17,7 +17,7 @@ from torch import nn
 
 from offline_kd.distillation.compat import check_cache
 from offline_kd.cache.reader import TargetDecoder, TeacherCache
-from offline_kd.config import VIEWS_EXCLUDE_MASKS, ExperimentConfig, ModelConfig, build_dataclass
+from offline_kd.config import LM_LABELS, VIEWS_EXCLUDE_MASKS, ExperimentConfig, ModelConfig, build_dataclass
 from offline_kd.data.distill_dataset import DistillBatchDataset
 from offline_kd.data.sampler import SortedRunBatchSampler
 from offline_kd.data.views import (ByView, ViewBatchSampler, ViewReader, max_view_lengths, parse_views,
@@ -104,7 +104,7 @@ def build_student_run(cfg: ExperimentConfig, env, device, log=print, online_teac
     bases = [(train_reader, train_idx)] + [(r, idx) for _, r, idx in extra]
     views, view_seed, viewed, seen, valids, splits = _seen_splits(cfg, src.cache, names, bases, corpus, augment,
                                                                   mapping, log)
-    if d.pseudo_labels == "lm":
+    if d.pseudo_labels in LM_LABELS:
         _check_lm_pseudo_labels(cfg, online_teacher, [sp[1:] for sp in splits], names[1:])
     reference = _teacher_reference(src.dev, cfg, log)
     model = _student_model(cfg, device)
@@ -122,7 +122,7 @@ def build_student_run(cfg: ExperimentConfig, env, device, log=print, online_teac
         f"(+{count_parameters(loss_fn.projections):,} in projection heads, not exported); layer mapping {mapping}")
     datasets = [DistillBatchDataset(parts[0][0], corpus.vocab, sp[0], layers=set(mapping.values()),
                                     untranscribed=[(r, es) for (r, _), es in zip(parts[1:], sp[1:])],
-                                    encoded=on_device, lm_nbest=d.pseudo_labels == "lm",
+                                    encoded=on_device, lm_nbest=d.pseudo_labels in LM_LABELS,
                                     with_audio=reads_waveform(model) or src.teacher is not None and reads_waveform(src.teacher))
                 for parts, sp in zip(seen, splits)]
     if not online_teacher:
@@ -237,7 +237,7 @@ def _sampler(cfg, env, datasets, views, bases, valids, names, log):
         n_extra = int(round(d.untranscribed_fraction * int(sampled.sum())))
         log(f"untranscribed: {', '.join(names[1:])}, {int(sampled.sum())} utterances; "
             f"{n_extra} per epoch beside {len(train_idx)} transcribed ones, trained on the teacher's "
-            + ("LM N-best" if d.pseudo_labels == "lm" else "1-best"))
+            + {"lm": "LM N-best", "lm_1best": "LM 1-best"}.get(d.pseudo_labels, "greedy 1-best"))
     return lengths, indices, sampler
 
 
@@ -285,17 +285,18 @@ def _views(cfg: ExperimentConfig, cache, untranscribed: list[str], log) -> tuple
 
 
 def _check_lm_pseudo_labels(cfg: ExperimentConfig, online_teacher, untranscribed: list[list], names: list[str]):
-    """distill.pseudo_labels lm needs a cache whose untranscribed splits (every view) hold an LM N-best."""
+    """distill.pseudo_labels lm / lm_1best needs a cache whose untranscribed splits (every view) hold an LM N-best."""
+    which = cfg.distill.pseudo_labels
     if online_teacher:
-        raise OfflineKDError("distill.pseudo_labels: lm reads the LM N-best stored in a cache (dump.lm_targets); "
-                             f"with {arg('online_teacher')} use greedy")
+        raise OfflineKDError(f"distill.pseudo_labels: {which} reads the LM N-best stored in a cache "
+                             f"(dump.lm_targets); with {arg('online_teacher')} use greedy")
     if not names:
-        raise OfflineKDError("distill.pseudo_labels: lm applies to untranscribed audio; give "
+        raise OfflineKDError(f"distill.pseudo_labels: {which} applies to untranscribed audio; give "
                              "distill.untranscribed_splits (or use greedy)")
     for per_view in untranscribed:
         for split in per_view:
             if not split.has_lm_nbest:
-                raise OfflineKDError(f"distill.pseudo_labels: lm, but split '{split.name}' of {cfg.distill.cache} "
+                raise OfflineKDError(f"distill.pseudo_labels: {which}, but split '{split.name}' of {cfg.distill.cache} "
                                      f"has no LM N-best; dump it with dump.lm_targets (splits: "
                                      f"[{split_of(split.name)[0]}])")
 

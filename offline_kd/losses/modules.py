@@ -11,8 +11,8 @@ from typing import Callable, Optional, Protocol
 import torch
 from torch import nn
 
-from offline_kd.config import DistillConfig
-from offline_kd.data.targets import EncodedTargets, TeacherTargets
+from offline_kd.config import LM_LABELS, DistillConfig
+from offline_kd.data.targets import EncodedTargets, TeacherTargets, lm_confidence
 from offline_kd.errors import InternalError, OfflineKDError
 from offline_kd.losses.kd import ctc_loss, temperature_at, utterance_confidence
 from offline_kd.losses.terms import CTCTerm, DistillationLoss, LossInputs, hybrid_terms
@@ -125,11 +125,12 @@ class StudentLoss:
             raise OfflineKDError(f"student and cached teacher frame counts differ for {', '.join(bad[:4])}")
         d = self.d
         # untranscribed utterances (batch["labelled"] False) take the teacher's greedy 1-best as their CTC target, or
-        # with pseudo_labels lm its cached LM N-best, each hypothesis weighted by its posterior
+        # with pseudo_labels lm its cached LM N-best, each hypothesis weighted by its posterior (lm_1best: the best)
         refs = (batch["labels"].to(self.device), batch["label_lengths"].to(self.device), batch.get("labelled"))
         owner = weights = None
-        if d.pseudo_labels == "lm":
-            labels, label_lengths, owner, weights = t.nbest_labels(*refs)
+        if d.pseudo_labels in LM_LABELS:
+            labels, label_lengths, owner, weights = t.nbest_labels(*refs, top=1 if d.pseudo_labels == "lm_1best"
+                                                                   else None)
         else:
             labels, label_lengths = t.hard_labels(*refs)
         kl_w, ctc_w = self.utterance_weights(batch.get("labelled"), t)
@@ -157,7 +158,8 @@ class StudentLoss:
     def utterance_weights(self, labelled, t: TeacherTargets):
         """(KL, CTC) per-utterance weights (B,) for the batch, or None where every utterance weighs 1: on
         untranscribed utterances distill.untranscribed_alpha / alpha and untranscribed_beta / beta, the CTC one
-        times the teacher's confidence with distill.confidence_weighting."""
+        times the teacher's confidence with distill.confidence_weighting (with an LM's pseudo-labels, times the LM
+        1-best's posterior among the stored N: `lm_confidence`)."""
         d = self.d
         if labelled is None or bool(labelled.all()) or not (
                 d.untranscribed_alpha is not None or d.untranscribed_beta is not None or d.confidence_weighting):
@@ -172,6 +174,9 @@ class StudentLoss:
         ctc_w = on_untranscribed(d.untranscribed_beta / d.beta) if d.untranscribed_beta is not None and d.beta \
             else None
         if d.confidence_weighting:
-            conf = on_untranscribed(utterance_confidence(t.log_probs, t.lengths).to(self.device))
+            conf = utterance_confidence(t.log_probs, t.lengths).to(self.device)
+            if d.pseudo_labels in LM_LABELS:
+                conf = conf * lm_confidence(t.nbest, len(conf)).to(self.device)
+            conf = on_untranscribed(conf)
             ctc_w = conf if ctc_w is None else ctc_w * conf
         return kl_w, ctc_w
