@@ -33,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from _common import command_line, machine, write_section
+from patience import keeps_best
 from offline_kd.config import ExperimentConfig, load_config, to_dict
 
 ENV = {}   # environment overrides for the training processes (OMP_NUM_THREADS with --jobs)
@@ -64,7 +65,8 @@ def config_mismatch(config: str, out: Path, seed: int, sets: list[str]) -> list[
     """The keys on which the run in `out` (its saved, resolved config.yaml) differs from what `config` with `sets`
     asks now: a finished run is reused by its directory, so a changed default must not pass for it. Keys the saved
     config lacks (options added since) are not compared; nor is what only places or shows the run, nor checkpoint
-    averaging (train.average, average_of: it adds checkpoint_avg.pt and changes no other checkpoint)."""
+    averaging (train.average, average_of: it adds checkpoint_avg.pt and changes no other checkpoint), nor a
+    train.patience that would have stopped the run no earlier than its best checkpoint (benchmarks/patience.py)."""
     saved = out / "config.yaml"
     if not saved.is_file():
         return []
@@ -73,6 +75,9 @@ def config_mismatch(config: str, out: Path, seed: int, sets: list[str]) -> list[
     have = _flat(yaml.safe_load(saved.read_text()))
     skip = {"train.output_dir", "train.progress", "train.device", "data.num_workers", "train.average",
             "train.average_of"}
+    if str(have.get("train.epochs")) == str(want["train.epochs"]) and keeps_best(
+            out, want["train.patience"], want["train.epochs"], whole=bool(want.get("train.average"))):
+        skip.add("train.patience")     # a patience that would have ended the run with the same best checkpoint
     return [f"{k}: {have[k]!r} there, {want[k]!r} asked" for k in sorted(have.keys() & want.keys())
             if k not in skip and str(have[k]) != str(want[k])
             and not (k == "distill.cache" and same_targets(have[k], want[k]))]

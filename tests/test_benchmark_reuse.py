@@ -34,3 +34,35 @@ def test_a_run_is_reused_only_with_the_config_it_was_trained_with(tmp_path):
     with pytest.raises(SystemExit, match="trained with another config"):
         efficacy.train("train-student", CONFIG, out, 0, ["distill.alpha=0.5"])
     assert efficacy.train("train-student", CONFIG, out, 0, []) == out / "checkpoint_best.pt"
+
+
+def _curve(out, wers, epochs_run=None):
+    """metrics.jsonl of a run whose dev WER per epoch is `wers` (evals_since_best as the trainer counts it)."""
+    import json
+    best, since, lines = float("inf"), 0, []
+    for e, w in enumerate(wers[:epochs_run or len(wers)], 1):
+        since = 0 if w < best else since + 1
+        best = min(best, w)
+        lines.append(json.dumps({"event": "epoch", "epoch": e, "dev_wer": w, "evals_since_best": since}))
+    (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_a_patience_that_keeps_the_best_checkpoint_reuses_the_run_and_one_that_cuts_it_does_not(tmp_path):
+    import patience
+    out = _run(tmp_path, [])                      # configs/demo/distill.yaml: 30 epochs, no patience
+    # best at epoch 20 after a wait of 3; flat to the end
+    wers = [50 - e for e in range(10)] + [41, 41, 41] + [39 - e * 0.1 for e in range(7)] + [40] * 10
+    _curve(out, wers)
+    ev = patience.evaluations(out)
+    assert patience.best_epoch(ev) == 20 and patience.longest_wait(ev) == 3
+    assert patience.stop_epoch(ev, 4, 30) == 24 and patience.stop_epoch(ev, 3, 30) == 13
+    assert patience.keeps_best(out, 4, 30) and not patience.keeps_best(out, 3, 30)
+    assert not patience.keeps_best(out, 4, 30, whole=True) and patience.keeps_best(out, 11, 30, whole=True)
+    assert efficacy.config_mismatch(CONFIG, out, 0, ["train.patience=4"]) == []
+    assert efficacy.config_mismatch(CONFIG, out, 0, ["train.patience=3"]) == ["train.patience: None there, 3 asked"]
+    # with checkpoint averaging the whole run must be the same
+    assert efficacy.config_mismatch(CONFIG, out, 0, ["train.patience=4", "train.average=5"]) == [
+        "train.patience: None there, 4 asked"]
+    # a run its own patience stopped at epoch 24: a larger patience would have trained on, so it is not reused
+    _curve(out, wers, epochs_run=24)
+    assert patience.keeps_best(out, 4, 30) and not patience.keeps_best(out, 6, 30)
