@@ -252,3 +252,32 @@ def test_distill_init_checkpoint_takes_an_hf_checkpoint(audio_corpus, hf_cache, 
 def _as_dict(cfg) -> dict:
     from dataclasses import asdict
     return {k: v for k, v in asdict(cfg).items()}
+
+
+@pytest.mark.parametrize("norm", ["layer", "group"])
+def test_it_exports_to_onnx_and_torchscript_checked_against_pytorch(audio_corpus, tmp_path, norm):
+    """The export reads samples in [-1, 1) (the graph normalises them as the model does); onnxruntime's log-probs
+    match PyTorch's on the corpus's kept audio. A group-norm encoder's graph takes one utterance at a time."""
+    import onnxruntime as ort
+    from offline_kd.api import load_model
+    from offline_kd.inference.export import export_model
+    hf = {**SMALL, "feat_extract_norm": norm, "do_stable_layer_norm": norm == "layer"}
+    train.run(experiment(audio_corpus, tmp_path / "m", model={"hf_config": hf}), **QUIET)
+    ckpt = tmp_path / "m" / "checkpoint_best.pt"
+    res = export_model(str(ckpt), str(tmp_path / "onnx"), int8=True, log=lambda *_: None)
+    assert res.check["fp32"]["max_abs_diff"] < 1e-3 and res.check["source"].endswith("(audio)")
+    assert set(res.files) == {"onnx", "int8", "tokens"} and not res.sherpa
+    assert not (tmp_path / "onnx" / "sherpa-onnx.json").exists()
+    assert json.loads((tmp_path / "onnx" / "frontend.json").read_text())["input"].startswith("samples (N, S)")
+    # a WAV file through onnxruntime gives transcribe's log-probs
+    wav = audio_corpus.parent / "wav" / "u0.wav"
+    speech = load_model(ckpt)
+    want = speech.log_probs([str(wav)])[0]
+    samples = Corpus(audio_corpus).split("train").audio(0).astype(np.float32) / 32768.0     # the WAV's samples
+    sess = ort.InferenceSession(res.files["onnx"], providers=["CPUExecutionProvider"])
+    lp, n = sess.run(None, {"samples": samples[None], "samples_lens": np.array([len(samples)], dtype=np.int64)})
+    np.testing.assert_allclose(lp[0, :int(n[0])], want, atol=1e-3)
+    batch_axis = sess.get_inputs()[0].shape[0]
+    assert (batch_axis == 1) == (norm == "group")
+    ts = export_model(str(ckpt), str(tmp_path / "ts"), fmt="torchscript", log=lambda *_: None)
+    assert ts.check["torchscript"]["max_abs_diff"] < 1e-3

@@ -5,6 +5,11 @@ The graph: x (N, T, C) filterbank frames as the model's front end computes them,
 x_lens (N,) int64 -> the recorded normalisation (global CMVN as constants, or per utterance over its valid
 frames) -> the model -> log_probs (N, T', V), log_probs_len (N,). Dynamic batch and time axes.
 
+A model that reads waveforms (`model.type: hf`) takes samples (N, S) float32 in [-1, 1) at 16 kHz and samples_lens
+(N,) int64 instead (the graph normalises each utterance's samples as the model does). sherpa-onnx has no model kind
+that reads raw samples: such an export is for onnxruntime (or TorchScript). A group-norm feature encoder (wav2vec2-
+base's) normalises over the whole input, so its graph has a fixed batch of one utterance (N = 1).
+
 That is the input and output convention of sherpa-onnx's zipformer-CTC model kind (`sherpa-onnx-offline
 --zipformer-ctc-model=model.onnx --tokens=tokens.txt`, `OfflineRecognizer.from_zipformer_ctc`): it computes Kaldi
 fbank with kaldi-native-fbank, pads with log(1e-10), passes the lengths, and takes the CTC output as log-probs.
@@ -37,6 +42,7 @@ from offline_kd.atomic import atomic_directory
 from offline_kd.data.frontend import FBANK_PRESETS, FbankOptions
 from offline_kd.errors import OfflineKDError
 from offline_kd.inference.model import SpeechModel, load_model
+from offline_kd.models.interface import reads_waveform
 
 #: max |log-prob| difference allowed between onnxruntime (fp32) and PyTorch on valid frames: float32 rounding of
 #: another kernel order through a few layers of matrix products and LSTM steps is ~1e-5; 1e-3 leaves room for
@@ -76,11 +82,14 @@ class ExportGraph(nn.Module):
         super().__init__()
         fe = speech_model.frontend
         self.normalize = FeatureNormalization(fe.cmvn_kind, fe.mean, fe.std) if fe is not None \
-            else FeatureNormalization("none")
+            and not reads_waveform(speech_model.model) else FeatureNormalization("none")
         exportable = getattr(speech_model.model, "exportable", None)
         if exportable is None:
             raise OfflineKDError(f"model type {speech_model.model.model_type!r} cannot be exported (no exportable())")
         self.model = exportable()
+        self.waveform = reads_waveform(speech_model.model)
+        self.one_at_a_time = bool(getattr(self.model, "one_at_a_time", False))
+        self.input_names = ["samples", "samples_lens"] if self.waveform else ["x", "x_lens"]
 
     def forward(self, x: torch.Tensor, x_lens: torch.Tensor):
         return self.model(self.normalize(x, x_lens), x_lens)
@@ -131,23 +140,28 @@ def sherpa_compatibility(options: Optional[FbankOptions]) -> tuple[list[str], di
     return why, config
 
 
-def _trace_inputs(dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _trace_inputs(graph: ExportGraph, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
+    if graph.waveform:       # 1 s and 0.6 s of noise (one utterance for a graph of one)
+        n = 1 if graph.one_at_a_time else 2
+        return 0.1 * torch.randn(n, 16000, generator=g), torch.tensor([16000, 9600][:n], dtype=torch.long)
     return torch.randn(2, 50, dim, generator=g), torch.tensor([50, 31], dtype=torch.long)
 
 
 def _export_onnx(graph: ExportGraph, dim: int, path: Path, metadata: dict) -> None:
     import onnx
-    x, lens = _trace_inputs(dim)
+    x, lens = _trace_inputs(graph, dim)
+    a, b = graph.input_names
+    batch = {} if graph.one_at_a_time else {0: "N"}
     tmp = path.with_name(path.name + ".partial")
     # torch warns that an LSTM traced at batch 2 may fail at other batch sizes when its initial states are baked
     # in: ours are not (ONNX's LSTM defaults them to zeros for any batch; tests run batches of 1 to 30)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
-        torch.onnx.export(graph, (x, lens), str(tmp), input_names=["x", "x_lens"],
+        torch.onnx.export(graph, (x, lens), str(tmp), input_names=[a, b],
                           output_names=["log_probs", "log_probs_len"], opset_version=OPSET, dynamo=False,
-                          dynamic_axes={"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, "log_probs": {0: "N", 1: "T_out"},
-                                        "log_probs_len": {0: "N"}})
+                          dynamic_axes={a: {**batch, 1: "T"}, b: batch, "log_probs": {**batch, 1: "T_out"},
+                                        "log_probs_len": batch})
     m = onnx.load(str(tmp))
     for k, v in metadata.items():
         entry = m.metadata_props.add()
@@ -163,18 +177,29 @@ def _quantize(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _onnx_log_probs(path: Path, feats: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """log-probs (T', V) of each utterance from onnxruntime, one batch padded as sherpa-onnx pads."""
+def _onnx_log_probs(path: Path, feats: Sequence[np.ndarray], graph: Optional[ExportGraph] = None) -> list[np.ndarray]:
+    """log-probs (T', V) of each utterance from onnxruntime, one batch padded as sherpa-onnx pads (samples, for the
+    `graph` of a model that reads them: with zeros; a graph of one utterance: one at a time)."""
+    waveform, one = (graph.waveform, graph.one_at_a_time) if graph is not None else (False, False)
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    out = []
+    for group in ([[f] for f in feats] if one else [list(feats)]):
+        x, lens = _padded(group, 0.0 if waveform else np.log(1e-10))
+        lp, lp_len = sess.run(None, dict(zip(["samples", "samples_lens"] if waveform else ["x", "x_lens"], (x, lens))))
+        out += [lp[b, :n] for b, n in enumerate(lp_len.tolist())]
+    return out
+
+
+def _padded(feats: Sequence[np.ndarray], value: float) -> tuple[np.ndarray, np.ndarray]:
+    """(N, T, ...) float32 padded with `value`, (N,) int64 lengths."""
     lens = np.array([f.shape[0] for f in feats], dtype=np.int64)
-    x = np.full((len(feats), int(lens.max()), feats[0].shape[1]), np.log(1e-10), dtype=np.float32)
+    x = np.full((len(feats), int(lens.max()), *feats[0].shape[1:]), value, dtype=np.float32)
     for i, f in enumerate(feats):
         x[i, :f.shape[0]] = f
-    lp, lp_len = sess.run(None, {"x": x, "x_lens": lens})
-    return [lp[b, :n] for b, n in enumerate(lp_len.tolist())]
+    return x, lens
 
 
 def _compare(name: str, ours: list[np.ndarray], theirs: list[np.ndarray], tolerance: Optional[float]) -> dict:
@@ -194,8 +219,11 @@ def _compare(name: str, ours: list[np.ndarray], theirs: list[np.ndarray], tolera
 
 def check_features(m: SpeechModel, corpus: Optional[str], n: int = 4) -> tuple[list[np.ndarray], str]:
     """A few utterances' raw (unnormalised) features for the export check: from the front end on a corpus's
-    kept audio, or the corpus's features for a model of precomputed features, else seeded random frames."""
+    kept audio, or the corpus's features for a model of precomputed features, else seeded random frames. For a
+    model that reads waveforms: the kept audio's samples in [-1, 1), else seeded noise."""
     c = corpus or ((m.checkpoint_config or {}).get("data", {}) or {}).get("corpus")
+    if reads_waveform(m.model):
+        return _check_samples(c, n)
     if c and (Path(c) / "corpus.json").is_file():
         corp = Corpus(c)
         for split in ("dev", "test", "train"):
@@ -213,6 +241,18 @@ def check_features(m: SpeechModel, corpus: Optional[str], n: int = 4) -> tuple[l
     return [g.standard_normal((t, dim)).astype(np.float32) + shift for t in (400, 257, 120, 33)], "random frames"
 
 
+def _check_samples(corpus: Optional[str], n: int) -> tuple[list[np.ndarray], str]:
+    if corpus and (Path(corpus) / "corpus.json").is_file():
+        corp = Corpus(corpus)
+        for split in ("dev", "test", "train"):
+            if (corp.dir / f"{split}.h5").is_file() and corp.split(split).has_audio:
+                r = corp.split(split)
+                return ([r.audio(i).astype(np.float32) / 32768.0 for i in range(min(n, len(r)))],
+                        f"{corp.dir}/{split}.h5 (audio)")
+    g = np.random.default_rng(0)
+    return [(0.1 * g.standard_normal(s)).astype(np.float32) for s in (24000, 16000, 9000, 4000)], "random samples"
+
+
 def export_model(checkpoint: str, out_dir: str, *, fmt: str = "onnx", int8: bool = False,
                  corpus: Optional[str] = None, log=print) -> ExportResult:
     """Export a checkpoint into `out_dir` (created; must not hold an earlier export): ONNX (+ int8) with
@@ -228,7 +268,7 @@ def export_model(checkpoint: str, out_dir: str, *, fmt: str = "onnx", int8: bool
     graph = ExportGraph(m).eval()
     feats, source = check_features(m, corpus)
     with torch.no_grad():       # PyTorch's side: the transcribe path (normalisation in numpy, the model's forward)
-        ours = m.forward_features([_normalised(m, f) for f in feats])
+        ours = m.forward_features([f if graph.waveform else _normalised(m, f) for f in feats])
     res = ExportResult(str(out))
     with atomic_directory(out, out.with_name(f".{out.name}.exporting")) as work:
         if fmt == "onnx":
@@ -237,6 +277,9 @@ def export_model(checkpoint: str, out_dir: str, *, fmt: str = "onnx", int8: bool
             _write_torchscript(m, graph, work, res, feats, ours, source)
         (work / "tokens.txt").write_text(tokens_txt(m.vocab), encoding="utf-8")
         (work / "frontend.json").write_text(json.dumps(_frontend_record(m), indent=2) + "\n")
+    if graph.waveform and fmt == "onnx":
+        log("sherpa-onnx: none of its model kinds reads raw samples; run model.onnx with onnxruntime (its input: "
+            "frontend.json)")
     res.files = {k: str(out / Path(v).name) for k, v in res.files.items()}
     res.files["tokens"] = str(out / "tokens.txt")
     res.sizes = {k: os.path.getsize(v) for k, v in res.files.items()}
@@ -249,29 +292,35 @@ def _normalised(m: SpeechModel, raw: np.ndarray) -> np.ndarray:
 
 def _frontend_record(m: SpeechModel) -> dict:
     return {"frontend": m.frontend.record if m.frontend is not None else None,
-            "input": "x (N, T, C): filterbank frames before normalisation (the graph normalises), x_lens (N,) int64",
+            "input": (f"samples (N, S) float32 in [-1, 1) at {m.sample_rate} Hz (the graph normalises each "
+                      f"utterance), samples_lens (N,) int64"
+                      + ("; N = 1 (a group-norm feature encoder)" if getattr(m.model, "batched", True) is False
+                         else "") if reads_waveform(m.model) else
+                      "x (N, T, C): filterbank frames before normalisation (the graph normalises), x_lens (N,) int64"),
             "output": "log_probs (N, T', V) log-softmax, blank 0; log_probs_len (N,)",
             "subsampling_factor": m.model.subsampling, "frame_seconds": m.frame_seconds}
 
 
 def _write_onnx(m: SpeechModel, graph: ExportGraph, work: Path, res: ExportResult, int8: bool, feats, ours,
                 source: str) -> None:
-    why, config = sherpa_compatibility(m.frontend.options if m.frontend is not None else None)
     meta = {"offline_kd_version": __version__, "offline_kd_model": m.model.model_type,
             "vocab_size": str(len(m.vocab)), "subsampling_factor": str(m.model.subsampling),
             "frontend": m.frontend.record if m.frontend is not None else "precomputed features",
-            "comment": "CTC log-probs; input: fbank frames before normalisation (the graph normalises)"}
+            "comment": "CTC log-probs; input: " + _frontend_record(m)["input"]}
     onnx_path = work / "model.onnx"
     _export_onnx(graph, m.model.input_dim, onnx_path, meta)
     res.files["onnx"] = str(onnx_path)
-    res.check["fp32"] = {**_compare("fp32", ours, _onnx_log_probs(onnx_path, feats), ONNX_TOLERANCE),
+    res.check["fp32"] = {**_compare("fp32", ours, _onnx_log_probs(onnx_path, feats, graph), ONNX_TOLERANCE),
                          "tolerance": ONNX_TOLERANCE}
     if int8:
         q = work / "model.int8.onnx"
         _quantize(onnx_path, q)
         res.files["int8"] = str(q)
-        res.check["int8"] = _compare("int8", ours, _onnx_log_probs(q, feats), None)
+        res.check["int8"] = _compare("int8", ours, _onnx_log_probs(q, feats, graph), None)
     res.check["utterances"], res.check["source"] = len(feats), source
+    if graph.waveform:          # no sherpa-onnx model kind reads raw samples
+        return
+    why, config = sherpa_compatibility(m.frontend.options if m.frontend is not None else None)
     args = f"--sample-rate={config.get('sampling_rate', 16000)} --feat-dim={m.model.input_dim}"
     if config and (config["low_freq"], config["high_freq"]) != (20.0, -400.0):
         args += f" --low-freq={config['low_freq']:g} --high-freq={config['high_freq']:g}"
@@ -283,19 +332,18 @@ def _write_onnx(m: SpeechModel, graph: ExportGraph, work: Path, res: ExportResul
 
 def _write_torchscript(m: SpeechModel, graph: ExportGraph, work: Path, res: ExportResult, feats, ours,
                        source: str) -> None:
-    x, lens = _trace_inputs(m.model.input_dim)
+    x, lens = _trace_inputs(graph, m.model.input_dim)
     with torch.no_grad():
         traced = torch.jit.trace(graph, (x, lens))
     path = work / "model.pt"
     traced.save(str(path))
     loaded = torch.jit.load(str(path))
-    lens = torch.tensor([f.shape[0] for f in feats])
-    xb = torch.zeros(len(feats), int(lens.max()), m.model.input_dim)
-    for i, f in enumerate(feats):
-        xb[i, :f.shape[0]] = torch.from_numpy(f)
-    with torch.no_grad():
-        lp, lp_len = loaded(xb, lens)
-    theirs = [lp[b, :n].numpy() for b, n in enumerate(lp_len.tolist())]
+    theirs = []
+    for group in ([[f] for f in feats] if graph.one_at_a_time else [list(feats)]):
+        xb, lens = _padded(group, 0.0)
+        with torch.no_grad():
+            lp, lp_len = loaded(torch.from_numpy(xb), torch.from_numpy(lens))
+        theirs += [lp[b, :n].numpy() for b, n in enumerate(lp_len.tolist())]
     res.files["torchscript"] = str(path)
     res.check["torchscript"] = {**_compare("torchscript", ours, theirs, ONNX_TOLERANCE), "tolerance": ONNX_TOLERANCE}
     res.check["utterances"], res.check["source"] = len(feats), source

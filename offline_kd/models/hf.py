@@ -247,8 +247,25 @@ class HFStudent(FromConfig, nn.Module):
         return target, pick
 
     def exportable(self) -> nn.Module:
-        raise OfflineKDError("model.type hf: export (ONNX, sherpa-onnx) is not offered for the waveform student "
-                             "yet; transcribe with `offline-kd transcribe`")
+        """The function for tracing (ONNX, TorchScript): samples (N, S) in [-1, 1), samples_lens (N,) ->
+        log_probs (N, T', V), log_probs_len (N,). A group-norm feature encoder normalises over the whole input,
+        so its graph takes one utterance at a time (N = 1, `one_at_a_time`)."""
+        return _WaveformGraph(self)
+
+
+class _WaveformGraph(nn.Module):
+    def __init__(self, model: HFStudent):
+        super().__init__()
+        self.model = model
+        self.one_at_a_time = not model.batched
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+        m = self.model
+        x = normalise(x.float(), lengths)
+        mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).long() if m.batched else None
+        states, _ = m._run(x, mask, [])
+        out_len = m.output_lengths(lengths).clamp_max(states.shape[1])
+        return m.output_proj(states).log_softmax(-1), out_len
 
 
 def _current_name(name: str) -> str:
