@@ -73,6 +73,8 @@ def config_mismatch(config: str, out: Path, seed: int, sets: list[str]) -> list[
     want = _flat(to_dict(load_config(config, ExperimentConfig, [f"train.output_dir={out}", f"train.seed={seed}",
                                                                     *sets])))
     have = _flat(yaml.safe_load(saved.read_text()))
+    if want.get("distill.pseudo_labels") == "auto":     # what train-student resolves it to, as its saved config has it
+        want["distill.pseudo_labels"] = auto_labels(want.get("distill.cache"), want.get("distill.untranscribed_splits"))
     skip = {"train.output_dir", "train.progress", "train.device", "data.num_workers", "train.average",
             "train.average_of"}
     if str(have.get("train.epochs")) == str(want["train.epochs"]) and keeps_best(
@@ -81,6 +83,16 @@ def config_mismatch(config: str, out: Path, seed: int, sets: list[str]) -> list[
     return [f"{k}: {have[k]!r} there, {want[k]!r} asked" for k in sorted(have.keys() & want.keys())
             if k not in skip and str(have[k]) != str(want[k])
             and not (k == "distill.cache" and same_targets(have[k], want[k]))]
+
+
+def auto_labels(cache: str | None, splits: list | None) -> str:
+    """distill.pseudo_labels auto as train-student resolves it for this cache and untranscribed splits."""
+    from offline_kd.cache.reader import TeacherCache
+    from offline_kd.distillation.student import auto_pseudo_labels
+    if not cache or not splits or not Path(cache, "zarr.json").is_file():
+        return "greedy"
+    c = TeacherCache(cache)
+    return auto_pseudo_labels([c.split(n) if n in c.splits else None for n in splits])
 
 
 def same_targets(a: str, b: str) -> bool:

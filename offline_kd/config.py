@@ -62,6 +62,7 @@ def _choice_fields(cls: type) -> tuple:
 Precision = Literal["fp32", "bf16", "fp16"]     # fp16 needs CUDA
 Where = Literal["auto", "host", "device"]       # where codecs run: auto = device on a GPU, host on a CPU
 LM_LABELS = ("lm", "lm_1best")                  # distill.pseudo_labels that read the LM N-best a cache stores
+AUTO_LM_LABELS = "lm_1best"     # what distill.pseudo_labels auto trains on where there is an LM N-best (docs/efficacy.md)
 
 
 # ----------------------------------------------------------------------------------------------------- sections
@@ -252,7 +253,9 @@ class DistillConfig:
     # search with an n-gram LM, stored at dump time by dump.lm_targets, each hypothesis weighted by its posterior) or
     # lm_1best (the best of that N-best alone, weight 1). With an LM's labels, confidence_weighting weighs each
     # utterance by the teacher's confidence times the LM 1-best's posterior among the N (docs/usage.md)
-    pseudo_labels: Literal["greedy", "lm", "lm_1best"] = "greedy"
+    # auto: the LM's labels (AUTO_LM_LABELS) where the cache holds an LM N-best of every untranscribed split, else
+    # greedy; the run's saved config records the choice
+    pseudo_labels: Literal["auto", "greedy", "lm", "lm_1best"] = "greedy"
     # untranscribed utterances whose teacher confidence (the mean posterior of its 1-best's tokens, stored by the
     # dump; cache/confidence.py) is below this are left out (null: all are kept); the share kept is logged
     min_confidence: Optional[float] = None

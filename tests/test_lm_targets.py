@@ -15,7 +15,7 @@ from offline_kd.cache.reader import TeacherCache
 from offline_kd.cli import main
 from offline_kd.commands import dump_teacher, train_student
 from offline_kd.distillation import dump as dump_module
-from offline_kd.config import DumpConfig, ExperimentConfig, build_dataclass
+from offline_kd.config import AUTO_LM_LABELS, DumpConfig, ExperimentConfig, build_dataclass
 from offline_kd.data.corpus import Corpus
 from offline_kd.data.targets import TeacherTargets
 from offline_kd.decoding.beam import BeamSearchDecoder
@@ -136,9 +136,23 @@ def test_student_on_lm_pseudo_labels_trains_on_them(lm_cache, tiny_corpus, tmp_p
         d = student_dict(tiny_corpus, lm_cache, tmp_path / out, untranscribed_splits=["untranscribed"], **kw)
         train_student.run(build_dataclass(ExperimentConfig, d), **QUIET)
         return [r["train/ctc"] for r in step_records(tmp_path / out)]
-    lm, greedy, one = run("lm", pseudo_labels="lm"), run("greedy"), run("one", pseudo_labels="lm_1best")
+    lm, greedy, one = run("lm", pseudo_labels="lm"), run("greedy", pseudo_labels="greedy"), run(
+        "one", pseudo_labels="lm_1best")
     assert len(lm) == len(greedy) == len(one) > 5 and all(np.isfinite(lm)) and all(np.isfinite(one))
     assert lm != greedy and one != greedy and one != lm
+    # auto: the LM's labels where the cache has them, recorded in the run's config
+    assert run("auto", pseudo_labels="auto") == {"lm": lm, "lm_1best": one}[AUTO_LM_LABELS]
+    assert f"pseudo_labels: {AUTO_LM_LABELS}" in (tmp_path / "auto" / "config.yaml").read_text()
+
+
+def test_auto_pseudo_labels_are_greedy_without_an_lm_nbest(tiny_teacher, tiny_corpus, tmp_path):
+    from dataclasses import replace
+    cfg = _no_lm_cache_cfg(tiny_teacher, tiny_corpus, tmp_path)
+    cfg = replace(cfg, distill=replace(cfg.distill, pseudo_labels="auto"), train=replace(cfg.train, epochs=1))
+    lines = []
+    train_student.run(cfg, log=lines.append)
+    assert any("distill.pseudo_labels auto: greedy (no LM N-best" in str(x) for x in lines)
+    assert "pseudo_labels: greedy" in (tmp_path / "y" / "config.yaml").read_text()
 
 
 def test_lm_pseudo_label_errors(lm_cache, tiny_teacher, tiny_corpus, arpa, tmp_path):
@@ -151,7 +165,7 @@ def test_lm_pseudo_label_errors(lm_cache, tiny_teacher, tiny_corpus, arpa, tmp_p
     with pytest.raises(OfflineKDError, match="`online_teacher`"):
         train_student.run(cfg(lm_cache, pseudo_labels="lm", untranscribed_splits=["untranscribed"]),
                           online_teacher=str(tiny_teacher), **QUIET)
-    with pytest.raises(OfflineKDError, match="pseudo_labels must be greedy, lm or lm_1best"):
+    with pytest.raises(OfflineKDError, match="pseudo_labels must be auto, greedy, lm or lm_1best"):
         cfg(lm_cache, pseudo_labels="beam")
     base = {"splits": ["train", "untranscribed"]}
     for lm, msg in (({**LM, "lm": ""}, "lm_targets.lm"), ({**LM, "lm": "x", "splits": ["dev"]}, "not in dump.splits"),

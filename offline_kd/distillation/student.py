@@ -7,7 +7,7 @@ every training utterance present with the same feature hash and frame count, eve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +17,7 @@ from torch import nn
 
 from offline_kd.distillation.compat import check_cache
 from offline_kd.cache.reader import TargetDecoder, TeacherCache
-from offline_kd.config import LM_LABELS, VIEWS_EXCLUDE_MASKS, ExperimentConfig, ModelConfig, build_dataclass
+from offline_kd.config import AUTO_LM_LABELS, LM_LABELS, VIEWS_EXCLUDE_MASKS, ExperimentConfig, ModelConfig, build_dataclass
 from offline_kd.data.distill_dataset import DistillBatchDataset
 from offline_kd.data.sampler import SortedRunBatchSampler
 from offline_kd.data.views import (ByView, ViewBatchSampler, ViewReader, max_view_lengths, parse_views,
@@ -104,6 +104,12 @@ def build_student_run(cfg: ExperimentConfig, env, device, log=print, online_teac
     bases = [(train_reader, train_idx)] + [(r, idx) for _, r, idx in extra]
     views, view_seed, viewed, seen, valids, splits = _seen_splits(cfg, src.cache, names, bases, corpus, augment,
                                                                   mapping, log)
+    if d.pseudo_labels == "auto":     # the LM's labels where the cache has them: the run's config records which
+        chosen = auto_pseudo_labels([s for sp in splits for s in sp[1:]], online_teacher)
+        log(f"distill.pseudo_labels auto: {chosen} (" + ("the cache holds an LM N-best of the untranscribed audio)"
+            if chosen != "greedy" else "no LM N-best of the untranscribed audio in the cache)"))
+        cfg = replace(cfg, distill=replace(d, pseudo_labels=chosen))
+        d = cfg.distill
     if d.pseudo_labels in LM_LABELS:
         _check_lm_pseudo_labels(cfg, online_teacher, [sp[1:] for sp in splits], names[1:])
     reference = _teacher_reference(src.dev, cfg, log)
@@ -282,6 +288,13 @@ def _views(cfg: ExperimentConfig, cache, untranscribed: list[str], log) -> tuple
     log(f"views: {len(stored)} per utterance ({', '.join(_describe(v) for v in stored)}) of {', '.join(viewed)}; "
         f"each batch is given one view and the teacher targets computed on it")
     return stored, cv["seed"], viewed
+
+
+def auto_pseudo_labels(untranscribed: list, online_teacher=None) -> str:
+    """What distill.pseudo_labels auto trains on, given the cached untranscribed splits (every view): the LM's
+    labels (AUTO_LM_LABELS) where each holds an LM N-best, else greedy (also with a live teacher, or no such split)."""
+    lm = bool(untranscribed) and not online_teacher and all(s is not None and s.has_lm_nbest for s in untranscribed)
+    return AUTO_LM_LABELS if lm else "greedy"
 
 
 def _check_lm_pseudo_labels(cfg: ExperimentConfig, online_teacher, untranscribed: list[list], names: list[str]):
