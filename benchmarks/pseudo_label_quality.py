@@ -3,7 +3,8 @@ LM 1-best (dump.lm_targets) against the true text, which a synthesized corpus kn
 split (a JSONL with "id" and "text" per utterance, e.g. recipes/tts_en's raw/utterances.jsonl). With the teacher
 confidence the dump stores per utterance (cache/confidence.py): how it tracks the 1-best's true error (calibration:
 mean confidence against the 1-best's character accuracy per confidence decile) and the WER of the share
-`distill.min_confidence` would keep at each threshold.
+`distill.min_confidence` would keep at each threshold. With an LM N-best too: which confidence ranks the LM 1-best's
+true error best (the teacher's, the LM 1-best's posterior among the N, their product).
 
     python benchmarks/pseudo_label_quality.py --cache cache/tts_en_teacher.zarr --split untranscribed \
         --truth data/tts_en/raw/utterances.jsonl
@@ -43,7 +44,7 @@ def main():
     weights = None
     if split.has_lm_nbest:
         nbest = [split.lm_nbest(p) for p in range(len(split))]
-        rows.append(("teacher + LM, 1-best of the stored N-best (distill.pseudo_labels: lm)",
+        rows.append(("teacher + LM, 1-best of the stored N-best (distill.pseudo_labels: lm_1best; lm: all N)",
                      [vocab.decode(h[0][0].tolist()) if h else "" for h in nbest]))
         weights = np.array([h[0][1] if h else 0.0 for h in nbest])
     lines = [f"## Pseudo-label quality: {args.split} of `{args.cache}`\n", f"`{command_line()}`\n",
@@ -58,7 +59,32 @@ def main():
                      f"mean {weights.mean():.2f}.")
     if split.confidence is not None:
         lines += _confidence_rows(split.confidence, refs, greedy)
+    if split.confidence is not None and weights is not None:
+        lines += _lm_confidence_rows(np.asarray(split.confidence), weights, refs, greedy, rows[1][1])
     write_section(args.section, "\n".join(lines))
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64)
+
+
+def _lm_confidence_rows(conf: np.ndarray, top: np.ndarray, refs: list, greedy: list, lm1: list) -> list:
+    """Which per-utterance confidence ranks the LM 1-best's true error best: the teacher's (fitted to its greedy
+    1-best), the LM 1-best's posterior among the N, and their product (what distill.confidence_weighting uses with an
+    LM's pseudo-labels)."""
+    acc_lm = np.array([max(0.0, 100.0 - error_rates([r], [h])["cer"]) / 100 for r, h in zip(refs, lm1)])
+    acc_g = np.array([max(0.0, 100.0 - error_rates([r], [h])["cer"]) / 100 for r, h in zip(refs, greedy)])
+    out = ["\nWhich confidence fits the LM 1-best? Correlation over utterances with its character accuracy (1 - CER), "
+           "Pearson / Spearman (ranks), and with the greedy 1-best's for comparison:\n",
+           "| confidence | LM 1-best: Pearson | LM 1-best: Spearman | greedy 1-best: Pearson | median |",
+           "|---|---|---|---|---|"]
+    for name, c in (("teacher confidence (mean posterior of the greedy tokens)", conf),
+                    ("LM 1-best's posterior among the N", top),
+                    ("their product (confidence_weighting with distill.pseudo_labels lm / lm_1best)", conf * top)):
+        out.append(f"| {name} | {np.corrcoef(c, acc_lm)[0, 1]:.3f} | "
+                   f"{np.corrcoef(_ranks(c), _ranks(acc_lm))[0, 1]:.3f} | {np.corrcoef(c, acc_g)[0, 1]:.3f} | "
+                   f"{np.median(c):.3f} |")
+    return out
 
 
 def _confidence_rows(conf: np.ndarray, refs: list, hyps: list) -> list:
