@@ -74,7 +74,8 @@ def config_mismatch(config: str, out: Path, seed: int, sets: list[str]) -> list[
                                                                     *sets])))
     have = _flat(yaml.safe_load(saved.read_text()))
     if want.get("distill.pseudo_labels") == "auto":     # what train-student resolves it to, as its saved config has it
-        want["distill.pseudo_labels"] = auto_labels(want.get("distill.cache"), want.get("distill.untranscribed_splits"))
+        want["distill.pseudo_labels"] = auto_labels(want.get("distill.cache"), want.get("distill.untranscribed_splits"),
+                                                    want.get("distill.storage_options") or None)
     skip = {"train.output_dir", "train.progress", "train.device", "data.num_workers", "train.average",
             "train.average_of"}
     if str(have.get("train.epochs")) == str(want["train.epochs"]) and keeps_best(
@@ -85,14 +86,23 @@ def config_mismatch(config: str, out: Path, seed: int, sets: list[str]) -> list[
             and not (k == "distill.cache" and same_targets(have[k], want[k]))]
 
 
-def auto_labels(cache: str | None, splits: list | None) -> str:
-    """distill.pseudo_labels auto as train-student resolves it for this cache and untranscribed splits."""
+def auto_labels(cache: str | None, splits: list | None, storage_options: dict | None = None) -> str:
+    """distill.pseudo_labels auto as train-student resolves it for this cache and untranscribed splits (each of
+    their views where the cache has views of them)."""
     from offline_kd.cache.reader import TeacherCache
+    from offline_kd.data.views import view_name
     from offline_kd.distillation.student import auto_pseudo_labels
-    if not cache or not splits or not Path(cache, "zarr.json").is_file():
+    if not cache or not splits:
         return "greedy"
-    c = TeacherCache(cache)
-    return auto_pseudo_labels([c.split(n) if n in c.splits else None for n in splits])
+    try:
+        c = TeacherCache(cache, storage_options, require_complete=False, verify_reads=False)
+    except Exception:              # no cache there (yet): train-student would refuse it before resolving anything
+        return "greedy"
+    views = c.meta.views or {}
+    k = len(views.get("views") or [])
+    names = [m for n in splits for m in ([view_name(n, i) for i in range(k)]
+                                         if k and n in (views.get("splits") or []) else [n])]
+    return auto_pseudo_labels([c.split(n) if n in c.splits else None for n in names])
 
 
 def same_targets(a: str, b: str) -> bool:

@@ -2,7 +2,7 @@
 earlier on a flat dev curve (`train.patience`). Does that patience keep the figures of the runs the docs quote? A
 run stops after `patience` dev evaluations in a row without a new best; its figures are those of its best-dev
 checkpoint, so they stand wherever the stop would have come at or after that checkpoint's epoch. From each run's
-metrics.jsonl (`evals_since_best` per evaluation): its best epoch, the longest run of evaluations without a new best
+metrics.jsonl (dev WER and CER per evaluation, counted as the trainer counts them): its best epoch, the longest run of evaluations without a new best
 before it (the smallest patience that keeps it is one more), where the config's patience would have stopped it
 and the epochs that saves.
 
@@ -24,12 +24,37 @@ import yaml
 
 
 def evaluations(run: Path) -> list[dict]:
-    """The run's dev evaluations (epoch records with a dev WER), in order; [] where it has none."""
+    """The run's dev evaluations in order, each {epoch, wer, cer, since_best, best}, counted as the trainer counts
+    them (`Trainer._track_best`: the best is the lowest (WER, CER), a tie a new best too, written to
+    checkpoint_best.pt; patience counts strict improvements only); [] where it has none."""
     f = run / "metrics.jsonl"
     if not f.is_file():
         return []
     recs = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return [r for r in recs if r.get("event") == "epoch" and "dev_wer" in r]
+    out, best, since = [], (float("inf"), float("inf")), 0
+    for r in recs:
+        if r.get("event") != "epoch" or "dev_wer" not in r:
+            continue
+        score = (r["dev_wer"], r.get("dev_cer", 0.0))
+        since = 0 if score < best else since + 1
+        out.append({"epoch": r["epoch"], "since_best": since, "best": score <= best})
+        best = min(best, score)
+    return out
+
+
+def budget(run: Path) -> int:
+    """The run's train.epochs, from its saved config."""
+    return int(yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"])
+
+
+def finished(run: Path) -> bool:
+    """A run that ran its budget or was stopped by its patience (not one still training or killed)."""
+    f = run / "metrics.jsonl"
+    if not f.is_file() or not (run / "config.yaml").is_file():
+        return False
+    ev = evaluations(run)
+    stopped = any(json.loads(line).get("event") == "early_stop" for line in f.read_text().splitlines() if line.strip())
+    return bool(ev) and (ev[-1]["epoch"] >= budget(run) or stopped)
 
 
 def stop_epoch(evals: list[dict], patience: int | None, epochs: int) -> int | None:
@@ -37,26 +62,19 @@ def stop_epoch(evals: list[dict], patience: int | None, epochs: int) -> int | No
     first), as training's EarlyStopping decides it."""
     if not patience:
         return None
-    return next((r["epoch"] for r in evals if r["evals_since_best"] >= patience and r["epoch"] < epochs), None)
-
-
-def finished(run: Path, epochs: int) -> bool:
-    """A run that ran its budget or was stopped by its patience (not one still training or killed)."""
-    f = run / "metrics.jsonl"
-    recs = [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.is_file() else []
-    ev = [r for r in recs if r.get("event") == "epoch" and "dev_wer" in r]
-    return bool(ev) and (ev[-1]["epoch"] >= epochs or any(r.get("event") == "early_stop" for r in recs))
+    return next((r["epoch"] for r in evals if r["since_best"] >= patience and r["epoch"] < epochs), None)
 
 
 def best_epoch(evals: list[dict]) -> int:
-    """The epoch of the run's best-dev checkpoint (its last new best)."""
-    return max(r["epoch"] for r in evals if r["evals_since_best"] == 0)
+    """The epoch of the run's best-dev checkpoint (the last evaluation that was a best, ties included)."""
+    return max(r["epoch"] for r in evals if r["best"])
 
 
 def longest_wait(evals: list[dict]) -> int:
-    """The most evaluations in a row without a new best before the best epoch."""
+    """The most evaluations in a row without a strict improvement before the best epoch: a patience above it never
+    stops the run before its best checkpoint is written."""
     b = best_epoch(evals)
-    return max([r["evals_since_best"] for r in evals if r["epoch"] <= b] or [0])
+    return max([r["since_best"] for r in evals if r["epoch"] < b] or [0])
 
 
 def keeps_best(run: Path, patience: int | None, epochs: int, *, whole: bool = False) -> bool:
@@ -79,27 +97,28 @@ def main():
     ap.add_argument("--section", default="patience")
     args = ap.parse_args()
     from _common import command_line, write_section
+    from offline_kd.config import ExperimentConfig, load_config
     study = yaml.safe_load(open(args.study))
     lines = ["## Patience budgets: do the shipped configs' train.patience keep the quoted runs?\n",
              f"`{command_line()}`\n",
-             "Each config's maximum budget (train.epochs) and patience (train.patience, dev evaluations without a new "
+             "Each config's patience (train.patience, dev evaluations without a new "
              "best), against the finished runs the docs quote that were made from it (seeds, overrides such as "
-             "model.type). Best: the epoch of the run's best-dev checkpoint; wait: the longest run of evaluations "
+             "model.type; epochs: the run's budget, train.epochs). Best: the epoch of the run's best-dev checkpoint; wait: the longest run of evaluations "
              "without a new best before it (patience must exceed it); stop: where the patience ends the run (— : "
              "it runs the whole budget). Saved: epochs not trained. A row whose best checkpoint the patience would "
              "change is marked **changes**.\n",
-             "| config | epochs | patience | run | best | wait | stop | saved | best kept |", "|---|---|---|---|---|---|---|---|---|"]
+             "| config | patience | run | epochs (its budget) | best | wait | stop | saved | best kept |",
+             "|---|---|---|---|---|---|---|---|---|"]
     bad, totals = [], [0, 0]
     for entry in study["configs"]:
-        cfg = yaml.safe_load(open(entry["config"]))["train"]
-        epochs, patience = cfg["epochs"], cfg.get("patience")
+        patience = load_config(entry["config"], ExperimentConfig).train.patience
         runs = [Path(p) for pattern in entry["runs"] for p in sorted(glob.glob(pattern))]
-        runs = [r for r in runs if finished(r, epochs)]
+        runs = [r for r in runs if finished(r)]
         if not runs:
             raise SystemExit(f"patience: {entry['config']}: no finished run matches {entry['runs']}")
         need = 1 + max(longest_wait(evaluations(r)) for r in runs)
         for i, run in enumerate(runs):
-            ev = evaluations(run)
+            ev, epochs = evaluations(run), budget(run)
             stop = stop_epoch(ev, patience, epochs)
             kept = keeps_best(run, patience, epochs)
             saved = ev[-1]["epoch"] - stop if stop else 0
@@ -107,10 +126,10 @@ def main():
             totals[1] += ev[-1]["epoch"]
             if not kept:
                 bad.append(f"{entry['config']}: {run}")
-            lines.append(f"| {entry['config'] if i == 0 else ''} | {epochs if i == 0 else ''} | "
-                         f"{(patience or 'none') if i == 0 else ''} | {run} | {best_epoch(ev)} | {longest_wait(ev)} | "
-                         f"{stop or '—'} | {saved} | {'yes' if kept else '**changes**'} |")
-        lines.append(f"| | | | smallest patience that keeps every run above: {need} | | | | | |")
+            lines.append(f"| {entry['config'] if i == 0 else ''} | {(patience or 'none') if i == 0 else ''} | "
+                         f"{run} | {epochs} | {best_epoch(ev)} | {longest_wait(ev)} | {stop or '—'} | {saved} | "
+                         f"{'yes' if kept else '**changes**'} |")
+        lines.append(f"| | | smallest patience that keeps every run above: {need} | | | | | | |")
     lines.append(f"\nIn all, the patience would have saved {totals[0]} of {totals[1]} epochs trained "
                  f"({100 * totals[0] / max(totals[1], 1):.0f}%); "
                  + ("every best checkpoint, and so every figure, is kept." if not bad else

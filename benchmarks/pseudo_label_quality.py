@@ -65,7 +65,14 @@ def main():
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
-    return np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64)
+    """Ranks with ties given their mean rank (Spearman's correlation is Pearson's of these)."""
+    x = np.asarray(x)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(len(x))
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]
 
 
 def _lm_confidence_rows(conf: np.ndarray, top: np.ndarray, refs: list, greedy: list, lm1: list) -> list:

@@ -37,19 +37,16 @@ def test_a_run_is_reused_only_with_the_config_it_was_trained_with(tmp_path):
 
 
 def _curve(out, wers, epochs_run=None):
-    """metrics.jsonl of a run whose dev WER per epoch is `wers` (evals_since_best as the trainer counts it)."""
+    """metrics.jsonl of a run whose dev WER (and CER, the same) per epoch is `wers`."""
     import json
-    best, since, lines = float("inf"), 0, []
-    for e, w in enumerate(wers[:epochs_run or len(wers)], 1):
-        since = 0 if w < best else since + 1
-        best = min(best, w)
-        lines.append(json.dumps({"event": "epoch", "epoch": e, "dev_wer": w, "evals_since_best": since}))
+    lines = [json.dumps({"event": "epoch", "epoch": e, "dev_wer": w, "dev_cer": w})
+             for e, w in enumerate(wers[:epochs_run or len(wers)], 1)]
     (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
 
 def test_a_patience_that_keeps_the_best_checkpoint_reuses_the_run_and_one_that_cuts_it_does_not(tmp_path):
     import patience
-    out = _run(tmp_path, [])                      # configs/demo/distill.yaml: 30 epochs, no patience
+    out = _run(tmp_path, ["train.patience=null"])          # configs/demo/distill.yaml: 30 epochs; no patience
     # best at epoch 20 after a wait of 3; flat to the end
     wers = [50 - e for e in range(10)] + [41, 41, 41] + [39 - e * 0.1 for e in range(7)] + [40] * 10
     _curve(out, wers)
@@ -66,3 +63,9 @@ def test_a_patience_that_keeps_the_best_checkpoint_reuses_the_run_and_one_that_c
     # a run its own patience stopped at epoch 24: a larger patience would have trained on, so it is not reused
     _curve(out, wers, epochs_run=24)
     assert patience.keeps_best(out, 4, 30) and not patience.keeps_best(out, 6, 30)
+    # ties: the trainer keeps the last tied epoch's checkpoint but counts only strict improvements, so a patience
+    # that stops within the ties changes the checkpoint
+    _curve(out, [50 - e for e in range(10)] + [41] * 5 + [45] * 15)
+    ev = patience.evaluations(out)
+    assert patience.best_epoch(ev) == 15 and patience.longest_wait(ev) == 4
+    assert not patience.keeps_best(out, 3, 30) and patience.keeps_best(out, 5, 30)

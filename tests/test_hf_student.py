@@ -277,7 +277,13 @@ def test_it_exports_to_onnx_and_torchscript_checked_against_pytorch(audio_corpus
     sess = ort.InferenceSession(res.files["onnx"], providers=["CPUExecutionProvider"])
     lp, n = sess.run(None, {"samples": samples[None], "samples_lens": np.array([len(samples)], dtype=np.int64)})
     np.testing.assert_allclose(lp[0, :int(n[0])], want, atol=1e-3)
+    padded = np.concatenate([samples, np.zeros(5000, dtype=np.float32)])[None]     # padding changes nothing
+    lp, n = sess.run(None, {"samples": padded, "samples_lens": np.array([len(samples)], dtype=np.int64)})
+    np.testing.assert_allclose(lp[0, :int(n[0])], want, atol=1e-3)
     batch_axis = sess.get_inputs()[0].shape[0]
     assert (batch_axis == 1) == (norm == "group")
     ts = export_model(str(ckpt), str(tmp_path / "ts"), fmt="torchscript", log=lambda *_: None)
     assert ts.check["torchscript"]["max_abs_diff"] < 1e-3
+    module = torch.jit.load(ts.files["torchscript"])
+    lp, n = module(torch.from_numpy(padded), torch.tensor([len(samples)]))
+    np.testing.assert_allclose(lp[0, :int(n[0])].detach().numpy(), want, atol=1e-3)

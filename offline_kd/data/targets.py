@@ -182,7 +182,7 @@ def lm_confidence(nbest: list | None, batch: int) -> torch.Tensor:
     """(B,) the posterior of each utterance's LM 1-best among its stored N-best (1 where it has none: a transcribed
     utterance, or no N-best): the factor by which distill.confidence_weighting scales the teacher's confidence when
     the pseudo-labels are the LM's. On tts_en's untranscribed audio the product ranks the LM 1-best's true character
-    accuracy better than the teacher's confidence alone (Spearman 0.56 against 0.42: docs/benchmarks.md, "Pseudo-label
+    accuracy better than the teacher's confidence alone (Spearman 0.58 against 0.42: docs/benchmarks.md, "Pseudo-label
     quality of the tts_en teacher")."""
     if nbest is None:
         return torch.ones(batch)

@@ -105,9 +105,13 @@ def build_student_run(cfg: ExperimentConfig, env, device, log=print, online_teac
     views, view_seed, viewed, seen, valids, splits = _seen_splits(cfg, src.cache, names, bases, corpus, augment,
                                                                   mapping, log)
     if d.pseudo_labels == "auto":     # the LM's labels where the cache has them: the run's config records which
-        chosen = auto_pseudo_labels([s for sp in splits for s in sp[1:]], online_teacher)
-        log(f"distill.pseudo_labels auto: {chosen} (" + ("the cache holds an LM N-best of the untranscribed audio)"
-            if chosen != "greedy" else "no LM N-best of the untranscribed audio in the cache)"))
+        cached = [s for sp in splits for s in sp[1:]]
+        chosen = auto_pseudo_labels(cached, online_teacher)
+        lacking = next((s.name for s in cached if s is not None and not s.has_lm_nbest), None)
+        log(f"distill.pseudo_labels auto: {chosen} (" + (
+            "the cache holds an LM N-best of the untranscribed audio)" if chosen != "greedy" else
+            "no untranscribed audio)" if not cached else "a live teacher)" if online_teacher else
+            f"split '{lacking}' of the cache has no LM N-best: dump.lm_targets stores one)"))
         cfg = replace(cfg, distill=replace(d, pseudo_labels=chosen))
         d = cfg.distill
     if d.pseudo_labels in LM_LABELS:

@@ -71,6 +71,9 @@ class StudentLoss:
 
     def __init__(self, d: DistillConfig, student_dim: int, teacher_dims: dict[int, int], augment,
                  device: torch.device, teacher: Optional[nn.Module] = None, decoder=None, quantizers=None):
+        if d.pseudo_labels == "auto":
+            raise OfflineKDError("distill.pseudo_labels auto is resolved against the cache by train-student "
+                                 "(auto_pseudo_labels); give the loss greedy, lm or lm_1best")
         self.d = d
         self.decoder = decoder        # TargetDecoder: batches of stored codes (EncodedTargets) are decoded on device
         self.mapping = {int(s): int(t) for s, t in d.layer_mapping.items()} if d.gamma else {}

@@ -261,6 +261,8 @@ class _WaveformGraph(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
         m = self.model
+        if self.one_at_a_time:      # group norm sees every sample it is given: the utterance's own samples only
+            x = x[:, :lengths[0]]
         x = normalise(x.float(), lengths)
         mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).long() if m.batched else None
         states, _ = m._run(x, mask, [])
