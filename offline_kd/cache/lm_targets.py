@@ -1,6 +1,7 @@
 """LM-rescored pseudo-labels: the teacher's N best hypotheses from a beam search with an n-gram LM, stored per
 utterance at dump time (`dump.lm_targets`) so that the student's CTC term on untranscribed audio can learn what the
-teacher says *with the LM* (distilling the LM into the student's greedy output; `distill.pseudo_labels: lm`).
+teacher says *with the LM* (distilling the LM into the student's greedy output; `distill.pseudo_labels: lm`,
+`lm_1best` or `auto`).
 
 The beam search (offline_kd.distillation.pseudo_labels) reads the cached log-probs (after the dump wrote them,
 before the cache is sealed), so it costs no teacher pass. This module is the storage: per split decoded (views:

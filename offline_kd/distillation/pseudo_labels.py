@@ -1,6 +1,7 @@
 """LM-rescored pseudo-labels at dump time (`dump.lm_targets`): a pyctcdecode + KenLM beam search over the cached
 log-probs gives each utterance's N best hypotheses, stored by `offline_kd.cache.lm_targets` (the format is
-described there) and trained on with `distill.pseudo_labels: lm`."""
+described there) and trained on with `distill.pseudo_labels: lm` (all N, by posterior), `lm_1best` (the best alone) or
+`auto` (the LM's labels wherever a cache holds them)."""
 
 from __future__ import annotations
 
