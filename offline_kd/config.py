@@ -255,7 +255,7 @@ class DistillConfig:
     # utterance by the teacher's confidence times the LM 1-best's posterior among the N (docs/usage.md)
     # auto: the LM's labels (AUTO_LM_LABELS) where the cache holds an LM N-best of every untranscribed split, else
     # greedy; the run's saved config records the choice
-    pseudo_labels: Literal["auto", "greedy", "lm", "lm_1best"] = "greedy"
+    pseudo_labels: Literal["auto", "greedy", "lm", "lm_1best"] = "auto"
     # untranscribed utterances whose teacher confidence (the mean posterior of its 1-best's tokens, stored by the
     # dump; cache/confidence.py) is below this are left out (null: all are kept); the share kept is logged
     min_confidence: Optional[float] = None

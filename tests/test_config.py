@@ -145,7 +145,7 @@ def test_ablation_config_is_a_dataclass_with_key_paths_in_errors(tmp_path):
     ("experiment", "distill.kl_frames", "some", "all or spikes"),
     ("experiment", "distill.kl_target", "half", "full or collapsed"),
     ("experiment", "distill.decode_on", "gpu", "auto, host or device"),
-    ("experiment", "distill.pseudo_labels", "beam", "greedy or lm"),
+    ("experiment", "distill.pseudo_labels", "beam", "auto, greedy, lm or lm_1best"),
     ("dump", "dump.precision", "fp64", "one of fp32, bf16, fp16"),
     ("dump", "dump.encode_on", "cpu", "auto, host or device"),
     ("dump", "dump.codecs.compressor", "lz4", "zstd, blosc or none"),
