@@ -11,7 +11,7 @@ from typing import Callable, Optional, Protocol
 import torch
 from torch import nn
 
-from offline_kd.config import LM_LABELS, DistillConfig
+from offline_kd.config import AUTO_LM_LABELS, LM_LABELS, DistillConfig
 from offline_kd.data.targets import EncodedTargets, TeacherTargets, lm_confidence
 from offline_kd.errors import InternalError, OfflineKDError
 from offline_kd.losses.kd import ctc_loss, temperature_at, utterance_confidence
@@ -71,9 +71,6 @@ class StudentLoss:
 
     def __init__(self, d: DistillConfig, student_dim: int, teacher_dims: dict[int, int], augment,
                  device: torch.device, teacher: Optional[nn.Module] = None, decoder=None, quantizers=None):
-        if d.pseudo_labels == "auto":
-            raise OfflineKDError("distill.pseudo_labels auto is resolved against the cache by train-student "
-                                 "(auto_pseudo_labels); give the loss greedy, lm or lm_1best")
         self.d = d
         self.decoder = decoder        # TargetDecoder: batches of stored codes (EncodedTargets) are decoded on device
         self.mapping = {int(s): int(t) for s, t in d.layer_mapping.items()} if d.gamma else {}
@@ -131,9 +128,9 @@ class StudentLoss:
         # with pseudo_labels lm its cached LM N-best, each hypothesis weighted by its posterior (lm_1best: the best)
         refs = (batch["labels"].to(self.device), batch["label_lengths"].to(self.device), batch.get("labelled"))
         owner = weights = None
-        if d.pseudo_labels in LM_LABELS:
-            labels, label_lengths, owner, weights = t.nbest_labels(*refs, top=1 if d.pseudo_labels == "lm_1best"
-                                                                   else None)
+        which = self.pseudo_labels(t)
+        if which in LM_LABELS:
+            labels, label_lengths, owner, weights = t.nbest_labels(*refs, top=1 if which == "lm_1best" else None)
         else:
             labels, label_lengths = t.hard_labels(*refs)
         kl_w, ctc_w = self.utterance_weights(batch.get("labelled"), t)
@@ -158,6 +155,13 @@ class StudentLoss:
             out[t] = q.codes_torch(h.reshape(-1, h.shape[-1]), self._q_state[t]).view(*h.shape[:2], -1)
         return out
 
+    def pseudo_labels(self, t: TeacherTargets) -> str:
+        """distill.pseudo_labels for this batch: train-student resolves auto against the cache beforehand; a loss
+        used on its own takes the LM's labels (AUTO_LM_LABELS) where the batch's targets carry an N-best."""
+        if self.d.pseudo_labels != "auto":
+            return self.d.pseudo_labels
+        return AUTO_LM_LABELS if t.nbest is not None else "greedy"
+
     def utterance_weights(self, labelled, t: TeacherTargets):
         """(KL, CTC) per-utterance weights (B,) for the batch, or None where every utterance weighs 1: on
         untranscribed utterances distill.untranscribed_alpha / alpha and untranscribed_beta / beta, the CTC one
@@ -178,7 +182,7 @@ class StudentLoss:
             else None
         if d.confidence_weighting:
             conf = utterance_confidence(t.log_probs, t.lengths).to(self.device)
-            if d.pseudo_labels in LM_LABELS:
+            if self.pseudo_labels(t) in LM_LABELS:
                 conf = conf * lm_confidence(t.nbest, len(conf)).to(self.device)
             conf = on_untranscribed(conf)
             ctc_w = conf if ctc_w is None else ctc_w * conf
