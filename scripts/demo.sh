@@ -7,8 +7,9 @@
 #   2. a 3-gram LM on the LM text (when KenLM's lmplz is installed)
 #   3. train the teacher (its 2,400 transcribed utterances) and, side by side, the CTC-only student baseline (the
 #      student's 600)
-#   5. dump the teacher once into a Zarr v3 cache (transcribed, untranscribed, dev)  6. verify the cache
-#   7. distil the student from the cache (transcribed + untranscribed)
+#   5. dump the teacher once into a Zarr v3 cache (transcribed, untranscribed, dev; with the LM, the untranscribed
+#      audio's LM 4-best too)  6. verify the cache
+#   7. distil the student from the cache (transcribed + untranscribed, the latter on the LM 1-best where there is one)
 #   8. evaluate all three on the test split, greedy and beam + LM, and print the table (runs/demo/report/report.md)
 #   9. transcribe the test split with the distilled student's checkpoint (runs/demo/test_transcripts.jsonl)
 # Idempotent: finished steps are skipped, interrupted training resumes (delete runs/demo, cache/demo_teacher.zarr
@@ -52,7 +53,16 @@ train train configs/demo/teacher.yaml runs/demo/teacher
 wait "$BASELINE" || { echo "demo.sh: error: the baseline failed, see runs/demo/baseline.log" >&2; exit 1; }
 trap - EXIT
 tail -n 1 runs/demo/baseline.log
-$OKD dump-teacher --config configs/demo/dump.yaml
+# with the LM: the untranscribed audio's LM 4-best at the teacher's alpha/beta tuned on dev (dump.lm_targets), which
+# the distilled student trains on (distill.pseudo_labels auto: the LM 1-best where the cache holds an N-best)
+LM_TARGETS=()
+if [ ${#LM[@]} -gt 0 ]; then
+  [ -f runs/demo/teacher/tune_lm.json ] || $OKD tune-lm --checkpoint runs/demo/teacher/checkpoint_best.pt \
+    --corpus data/demo --lm data/demo/lm.arpa --alphas 0.25,0.5,1 --betas 0,1,2 --out runs/demo/teacher/tune_lm.json
+  read -r ALPHA BETA < <(python -c "import json; r = json.load(open('runs/demo/teacher/tune_lm.json'))['test']; print(r['alpha'], r['beta'])")
+  LM_TARGETS=(--set "dump.lm_targets={lm: data/demo/lm.arpa, splits: [untranscribed], nbest: 4, alpha: $ALPHA, beta: $BETA}")
+fi
+$OKD dump-teacher --config configs/demo/dump.yaml "${LM_TARGETS[@]}"
 $OKD cache info cache/demo_teacher.zarr
 $OKD cache verify cache/demo_teacher.zarr --teacher runs/demo/teacher/checkpoint_best.pt --sample 16
 OMP_NUM_THREADS=1 train train-student configs/demo/distill.yaml runs/demo/distilled
