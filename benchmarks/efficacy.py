@@ -73,7 +73,7 @@ def config_mismatch(config: str, out: Path, seed: int, sets: list[str]) -> list[
     want = _flat(to_dict(load_config(config, ExperimentConfig, [f"train.output_dir={out}", f"train.seed={seed}",
                                                                     *sets])))
     have = _flat(yaml.safe_load(saved.read_text()))
-    if want.get("distill.pseudo_labels") == "auto":     # what train-student resolves it to, as its saved config has it
+    if want.get("distill.pseudo_labels") == "auto" != have.get("distill.pseudo_labels"):   # as train-student resolves it
         want["distill.pseudo_labels"] = auto_labels(want.get("distill.cache"), want.get("distill.untranscribed_splits"),
                                                     want.get("distill.storage_options") or None)
     skip = {"train.output_dir", "train.progress", "train.device", "data.num_workers", "train.average",

@@ -156,11 +156,7 @@ class StudentLoss:
         return out
 
     def pseudo_labels(self, t: TeacherTargets) -> str:
-        """distill.pseudo_labels for this batch: train-student resolves auto against the cache beforehand; a loss
-        used on its own takes the LM's labels (AUTO_LM_LABELS) where the batch's targets carry an N-best."""
-        if self.d.pseudo_labels != "auto":
-            return self.d.pseudo_labels
-        return AUTO_LM_LABELS if t.nbest is not None else "greedy"
+        return batch_pseudo_labels(self.d, t)
 
     def utterance_weights(self, labelled, t: TeacherTargets):
         """(KL, CTC) per-utterance weights (B,) for the batch, or None where every utterance weighs 1: on
@@ -182,8 +178,17 @@ class StudentLoss:
             else None
         if d.confidence_weighting:
             conf = utterance_confidence(t.log_probs, t.lengths).to(self.device)
-            if self.pseudo_labels(t) in LM_LABELS:
+            if batch_pseudo_labels(d, t) in LM_LABELS:
                 conf = conf * lm_confidence(t.nbest, len(conf)).to(self.device)
             conf = on_untranscribed(conf)
             ctc_w = conf if ctc_w is None else ctc_w * conf
         return kl_w, ctc_w
+
+
+def batch_pseudo_labels(d: DistillConfig, t) -> str:
+    """distill.pseudo_labels for a batch's targets `t`: train-student resolves auto against the cache beforehand; a
+    loss used on its own takes the LM's labels (AUTO_LM_LABELS) where the batch's targets carry an N-best."""
+    if d.pseudo_labels != "auto":
+        return d.pseudo_labels
+    return AUTO_LM_LABELS if getattr(t, "nbest", None) is not None else "greedy"
+
