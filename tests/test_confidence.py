@@ -135,29 +135,6 @@ def test_min_confidence_needs_a_cache(u_cache, tiny_teacher, tiny_corpus, tmp_pa
         train_student.run(build_dataclass(ExperimentConfig, d), online_teacher=str(tiny_teacher), **QUIET)
 
 
-def test_utterance_weights_of_a_batch():
-    """Labelled utterances weigh 1; untranscribed ones untranscribed_alpha / alpha on the KL and untranscribed_beta /
-    beta times their confidence on the CTC."""
-    from types import SimpleNamespace
-    from offline_kd.config import DistillConfig
-    from offline_kd.losses.modules import StudentLoss
-    lp = torch.log(torch.tensor([[[0.1, 0.9], [0.8, 0.2]], [[0.3, 0.7], [0.6, 0.4]]]))       # (T 2, B 2, V 2)
-    t = SimpleNamespace(log_probs=lp, lengths=torch.tensor([2, 2]))
-    labelled = torch.tensor([True, False])
-    conf_1 = (0.8 + 0.6) / 2          # utterance 1: both frames' argmax is blank, so the mean over all frames
-    d = DistillConfig(alpha=0.5, beta=1.0, untranscribed_alpha=1.0, untranscribed_beta=0.25, confidence_weighting=True)
-    kl_w, ctc_w = StudentLoss.utterance_weights(SimpleNamespace(d=d, device=torch.device("cpu")), labelled, t)
-    torch.testing.assert_close(kl_w, torch.tensor([1.0, 2.0]))
-    torch.testing.assert_close(ctc_w, torch.tensor([1.0, 0.25 * conf_1]))
-    only = DistillConfig(confidence_weighting=True)
-    kl_w, ctc_w = StudentLoss.utterance_weights(SimpleNamespace(d=only, device=torch.device("cpu")), labelled, t)
-    assert kl_w is None
-    torch.testing.assert_close(ctc_w, torch.tensor([1.0, conf_1]))
-    none = StudentLoss.utterance_weights(SimpleNamespace(d=DistillConfig(), device=torch.device("cpu")),
-                                              labelled, t)
-    assert none == (None, None)
-
-
 def test_utterance_weights_reach_every_kl_variant_and_the_nbest_ctc():
     from offline_kd.losses.kd import collapsed_kd_loss, selected_kd_loss, soft_kd_loss, weighted_ctc_loss
     torch.manual_seed(1)
