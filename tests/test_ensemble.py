@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import QUIET, dump_cfg, experiment_dict, offline_and_online_steps, student_dict
+from offline_kd.cache.confidence import MEMBERS, read as read_confidence
 from offline_kd.cache.reader import TeacherCache
 from offline_kd.cli import main
 from offline_kd.commands import dump_teacher, train
@@ -64,8 +65,27 @@ def test_the_cache_holds_the_mean_of_the_members_probabilities(members, tiny_cor
         np.testing.assert_array_equal(got["best_path"], got["log_probs"].argmax(-1))
         for L in (1, 3):                                        # the first member's hidden states
             np.testing.assert_array_equal(got["hidden"][L], singles[0][u]["hidden"][L])
+    # each member's confidence in the cached 1-best: per frame (member_probs) and per utterance (member_confidence)
+    split = TeacherCache(str(tmp_path / "e.zarr")).split("train")
+    members_conf = read_confidence(split.group, MEMBERS)
+    assert members_conf.shape == (len(ens), len(members))
+    for u, got in ens.items():
+        best = got["best_path"]
+        want = np.stack([np.exp(np.take_along_axis(s[u]["log_probs"], best[:, None], 1)[:, 0]) for s in singles], 1)
+        np.testing.assert_allclose(got["member_probs"].astype(np.float64), want, rtol=2e-3, atol=2e-4)
+        spoken = best != 0
+        np.testing.assert_allclose(members_conf[split.position[u]], (want[spoken] if spoken.any() else want).mean(0),
+                                   rtol=2e-3, atol=2e-4)
+    assert not np.allclose(members_conf[:, 0], members_conf[:, 2])       # the Conformer is not the first BiLSTM
+    # encoded where the teacher ran (dump.encode_on: device), the same bytes
+    dump_teacher.run(ensemble_cfg([str(m) for m in members], tiny_corpus, tmp_path / "d.zarr", splits=["train"],
+                                  encode_on="device"), **QUIET)
+    for u, got in arrays(tmp_path / "d.zarr").items():
+        np.testing.assert_array_equal(got["member_probs"], ens[u]["member_probs"])
     info = CliRunner().invoke(main, ["cache", "info", str(tmp_path / "e.zarr")])
     assert info.exit_code == 0, info.output
+    assert "each teacher's confidence in that 1-best, median " + " / ".join(
+        f"{m:.3f}" for m in np.median(members_conf, 0)) in info.output, info.output
     assert "teacher: ensemble of 3 teachers (weighted mean of the members' probabilities, weights 0.333, 0.333, " \
            "0.333)" in info.output, info.output
     for k, m in enumerate(members, start=1):

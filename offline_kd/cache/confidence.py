@@ -9,6 +9,12 @@ costs no teacher pass and is sealed with the rest of the cache (offline_kd.cache
 it existed has none (`read` gives None). `train-student` filters or weights untranscribed utterances by it
 (`distill.min_confidence`, `distill.confidence_weighting`); `cache info` prints its distribution;
 `benchmarks/pseudo_label_quality.py` shows how it tracks the 1-best's true error.
+
+An ensemble's cache (teachers/ensemble.py) also stores each member's confidence in the same 1-best,
+
+    {split}/member_confidence  float32 (U, N)  N: the ensemble's teachers, in `dump.teacher`'s order
+
+by the same rule, from the per-frame field `member_probs` (each member's posterior of the cached greedy token).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import numpy as np
 from offline_kd.cache.fields import BEST_PATH
 
 NAME = "confidence"
+MEMBERS = "member_confidence"
+MEMBER_PROBS = "member_probs"
 BLOCK_FRAMES = 1 << 17        # frames decoded at a time
 
 
@@ -45,34 +53,58 @@ def compute(group, fields, offsets: np.ndarray) -> np.ndarray:
     """Every utterance's confidence, from a written split's stored log-probs and best path (read in blocks)."""
     paths = [p for p, *_ in fields.log_probs.arrays()] + [BEST_PATH]
     arrays = {p: group[p] for p in paths}
-    n = len(offsets) - 1
-    out = np.zeros(n, dtype=np.float32)
-    lo = 0
-    while lo < n:
-        hi = lo + 1
-        while hi < n and offsets[hi + 1] - offsets[lo] <= BLOCK_FRAMES:
-            hi += 1
-        a, b = int(offsets[lo]), int(offsets[hi])
+    out = np.zeros(len(offsets) - 1, dtype=np.float32)
+    for lo, hi, a, b in _blocks(offsets):
         raw = {p: arr[a:b] for p, arr in arrays.items()}
         best = np.asarray(raw[BEST_PATH], np.int64)
         lp = fields.log_probs.codec.gather(fields.log_probs.part(raw), best)     # (F,): the 1-best's log-probs
         for i in range(lo, hi):
             s, e = int(offsets[i]) - a, int(offsets[i + 1]) - a
             out[i] = path_confidence(lp[s:e], best[s:e])
-        lo = hi
     return out
 
 
-def store(group, values: np.ndarray) -> None:
-    """Write (or rewrite: a dump finalised again after a kill) a split's confidences."""
-    if NAME in group:
-        del group[NAME]
-    arr = group.create_array(NAME, shape=values.shape, dtype="float32", chunks=(max(1, len(values)),))
+def _blocks(offsets: np.ndarray):
+    """(first utterance, end utterance, first frame, end frame) of consecutive utterances of at most BLOCK_FRAMES
+    frames together (at least one utterance each)."""
+    n, lo = len(offsets) - 1, 0
+    while lo < n:
+        hi = lo + 1
+        while hi < n and offsets[hi + 1] - offsets[lo] <= BLOCK_FRAMES:
+            hi += 1
+        yield lo, hi, int(offsets[lo]), int(offsets[hi])
+        lo = hi
+
+
+def compute_members(group, offsets: np.ndarray) -> Optional[np.ndarray]:
+    """(U, N) each ensemble member's confidence in every utterance's stored 1-best, from the split's
+    `member_probs` field; None for a cache of one teacher."""
+    if MEMBER_PROBS not in group:
+        return None
+    probs, best = group[MEMBER_PROBS], group[BEST_PATH]
+    out = np.zeros((len(offsets) - 1, probs.shape[1]), dtype=np.float32)
+    for lo, hi, a, b in _blocks(offsets):
+        p, bp = np.asarray(probs[a:b], np.float64), np.asarray(best[a:b])
+        for i in range(lo, hi):
+            s, e = int(offsets[i]) - a, int(offsets[i + 1]) - a
+            if e > s:
+                spoken = bp[s:e] != 0
+                out[i] = (p[s:e][spoken] if spoken.any() else p[s:e]).mean(0)
+    return out
+
+
+def store(group, values: np.ndarray, name: str = NAME) -> None:
+    """Write (or rewrite: a dump finalised again after a kill) a split's confidences (`name`: MEMBERS for the
+    members' (U, N))."""
+    if name in group:
+        del group[name]
+    arr = group.create_array(name, shape=values.shape, dtype="float32", chunks=(max(1, len(values)),)
+                             + tuple(values.shape[1:]))
     arr[...] = values.astype(np.float32)
 
 
-def read(group) -> Optional[np.ndarray]:
-    return group[NAME][...].astype(np.float32) if NAME in group else None
+def read(group, name: str = NAME) -> Optional[np.ndarray]:
+    return group[name][...].astype(np.float32) if name in group else None
 
 
 def summary(values: np.ndarray) -> dict:

@@ -53,7 +53,10 @@ class FrameField:
 
 FRAME_FIELDS: dict[str, FrameField] = {}
 RESERVED = (BEST_PATH, LOG_PROBS, "hidden", "offset", "checksum", "utterance_id", "input_frames", "feature_sha256",
-            "confidence", "lm_nbest")
+            "confidence", "lm_nbest", "member_probs", "member_confidence")
+#: further fields the teacher itself gives beside its hidden states (by name), rather than a registered function:
+#: an ensemble's `member_probs` (teachers/ensemble.py)
+PROVIDED = ("member_probs",)
 
 
 def register_field(field: FrameField) -> FrameField:
@@ -118,11 +121,16 @@ class FieldTable:
         self.extra = [Field(e["name"], None, None, e["dtype"], tuple(e["shape"])) for e in extra]
         self.fields = [Field(BEST_PATH), self.log_probs, *self.hidden.values(), *self.extra]
 
-    def _computed(self, log_probs: np.ndarray) -> dict:
-        """{name: (F, ...) values} of the further fields, computed from (F, V) log-probs by their registered
-        functions."""
+    def _computed(self, log_probs: np.ndarray, given: Optional[dict] = None) -> dict:
+        """{name: (F, ...) values} of the further fields: those the teacher gave (`given`, by name: PROVIDED),
+        the others computed from (F, V) log-probs by their registered functions."""
         out = {}
         for f in self.extra:
+            if f.name in PROVIDED:
+                if not given or f.name not in given:
+                    raise OfflineKDError(f"cache field '{f.name}': the teacher gave no values for it (internal error)")
+                out[f.name] = np.asarray(given[f.name]).astype(f.dtype)
+                continue
             if f.name not in FRAME_FIELDS:
                 raise OfflineKDError(f"cache field '{f.name}': no function computes it in this process (register it "
                                      f"with offline_kd.cache.fields.register_field before the dump)")
@@ -147,12 +155,13 @@ class FieldTable:
 
     # ------------------------------------------------------------------------------------ on the host
     def encode(self, log_probs: np.ndarray, best_path: np.ndarray, hidden: dict) -> dict:
-        """(F, V) log-probs, (F,) best path, {L: (F, H)} -> {path: (F, ...) codes}."""
+        """(F, V) log-probs, (F,) best path, {L: (F, H)} (and the PROVIDED fields by name) -> {path: (F, ...)
+        codes}."""
         enc = {BEST_PATH: np.asarray(best_path).astype(np.int32)}
         enc.update(self.log_probs.join(self.log_probs.codec.encode(log_probs)))
         for L, f in self.hidden.items():
             enc.update(f.join(f.codec.encode(hidden[L])))
-        enc.update(self._computed(np.asarray(log_probs, dtype=np.float32)))
+        enc.update(self._computed(np.asarray(log_probs, dtype=np.float32), hidden))
         return enc
 
     def decode(self, arrays: dict, layers=None) -> dict:
@@ -170,14 +179,16 @@ class FieldTable:
         return {f.name: f.codec.device_state(device) for f in self.fields if f.codec is not None}
 
     def encode_torch(self, log_probs, hidden: dict, states: dict) -> dict:
-        """(F, V) log-probs and {L: (F, H)} on a device -> {path: codes} on it (best_path: the argmax)."""
+        """(F, V) log-probs and {L: (F, H)} (and the PROVIDED fields by name) on a device -> {path: codes} on it
+        (best_path: the argmax)."""
         codes = {BEST_PATH: log_probs.argmax(-1)}
         codes.update(self.log_probs.join(self.log_probs.codec.encode_torch(log_probs, states[LOG_PROBS])))
         for L, f in self.hidden.items():
             codes.update(f.join(f.codec.encode_torch(hidden[L], states[f.name])))
         if self.extra:          # computed on the host by their numpy functions
+            given = {k: hidden[k].float().cpu().numpy() for k in PROVIDED if k in hidden}
             codes.update({k: torch.from_numpy(v).to(log_probs.device)
-                          for k, v in self._computed(log_probs.float().cpu().numpy()).items()})
+                          for k, v in self._computed(log_probs.float().cpu().numpy(), given).items()})
         return codes
 
     def decode_torch(self, codes: dict, states: dict) -> tuple:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from offline_kd.cache.confidence import read as read_confidence, summary as confidence_summary
-from offline_kd.cache.fields import extra_field_specs, is_field_name
+from offline_kd.cache.confidence import MEMBERS, read as read_confidence, summary as confidence_summary
+from offline_kd.cache.fields import PROVIDED, extra_field_specs, is_field_name
 from offline_kd.cache.layout import open_group, read_meta
 from offline_kd.cache.meta import CacheMeta
 from offline_kd.cache.progress import split_progress
@@ -43,11 +43,15 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
         conf = read_confidence(g)
         if conf is not None:
             splits[s]["confidence"] = confidence_summary(conf)
+        members = read_confidence(g, MEMBERS)        # an ensemble's: each member's confidence in the 1-best
+        if members is not None:
+            splits[s]["member_confidence"] = [confidence_summary(members[:, i]) for i in range(members.shape[1])]
         for k, b in fields.items():
             totals[k] = totals.get(k, 0) + b
     per_frame = {k: b / max(total_frames, 1) for k, b in totals.items()}
     # targets = what the loss consumes: log-probs + hidden states (+ the 1-best path); index arrays are overhead
-    extra = {e["name"] for e in extra_field_specs(meta.codecs)}       # further per-frame fields (dump.fields)
+    extra = {e["name"] for e in extra_field_specs(meta.codecs)        # further per-frame fields (dump.fields),
+             if e["name"] not in PROVIDED}                             # not an ensemble's member_probs (no loss reads it)
     target_keys = [k for k in totals if is_field_name(k) or k in extra]
     target_per_frame = sum(per_frame[k] for k in target_keys)
     all_bytes = sum(totals.values()) + sum(_stored_bytes(a) for _, a in root.members(max_depth=None)
@@ -158,7 +162,10 @@ def format_info(info: dict) -> str:
                      f"{'' if x['complete'] else ' (incomplete)'}"
                      + (f"; LM {x['lm_nbest']}-best of every utterance" if x.get("lm_nbest") else "")
                      + (f"; teacher confidence p10 {x['confidence']['p10']:.3f} median {x['confidence']['p50']:.3f} "
-                        f"p90 {x['confidence']['p90']:.3f}" if x.get("confidence") else ""))
+                        f"p90 {x['confidence']['p90']:.3f}" if x.get("confidence") else "")
+                     + ("; each teacher's confidence in that 1-best, median "
+                        + " / ".join(f"{m['p50']:.3f}" for m in x["member_confidence"])
+                        if x.get("member_confidence") else ""))
     views = info.get("views") or {}
     if views.get("views"):
         lines.append(f"  views of {', '.join(views['splits'])} (split@k), seed {views['seed']}: "

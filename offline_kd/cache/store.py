@@ -172,7 +172,11 @@ def finalize(root: zarr.Group, splits: list[str], lp_codec, hidden_codecs: dict,
     fields = FieldTable(lp_codec, hidden_codecs, extra)
     for split in splits:          # the teacher's confidence in its 1-best, per utterance (cache/confidence.py)
         g = root[split]
-        confidence.store(g, confidence.compute(g, fields, g["offset"][:].astype(np.int64)))
+        offsets = g["offset"][:].astype(np.int64)
+        confidence.store(g, confidence.compute(g, fields, offsets))
+        members = confidence.compute_members(g, offsets)       # an ensemble's: each member's, (U, N)
+        if members is not None:
+            confidence.store(g, members, confidence.MEMBERS)
     if before_seal is not None:
         before_seal()
     meta = CacheMeta.from_dict(dict(root.attrs[META_KEY])).completed_now().to_dict()

@@ -26,7 +26,7 @@ import torch
 import zarr
 from zarr.codecs import TransposeCodec
 
-from offline_kd.cache.fields import FieldTable
+from offline_kd.cache.fields import PROVIDED, FieldTable
 from offline_kd.cache.progress import shard_starts
 from offline_kd.cache.layout import compressors, encode_hashes, encode_ids, utterance_checksum
 from offline_kd.errors import InternalError, OfflineKDError
@@ -107,6 +107,8 @@ class DeviceEncoder:
         sizes = out_len.tolist()
         lp = torch.cat([log_probs[:t, b] for b, t in enumerate(sizes)]).float()       # (frames, V)
         hid = {L: torch.cat([hidden[L][b, :t] for b, t in enumerate(sizes)]).float() for L in self.fields.hidden}
+        hid.update({k: torch.cat([hidden[k][b, :t] for b, t in enumerate(sizes)]).float()    # an ensemble's
+                    for k in PROVIDED if k in hidden})                                       # member_probs
         codes = self.fields.encode_torch(lp, hid, self.state)
         enc = {k: v.cpu().numpy().astype(self.dtypes[k], copy=False) for k, v in codes.items()}
         return EncodedBatch([pos + b for b in range(len(sizes))], sizes, enc)
@@ -198,9 +200,11 @@ class SplitWriter:
 
     def _encode(self, outputs: list) -> tuple[dict, list[tuple[int, int, int]]]:
         """Encode a batch (consecutive plan positions) into {path: (F, ...)} and per-utterance frame spans."""
+        given = [k for k in PROVIDED if k in outputs[0][1]["hidden"]]      # an ensemble's member_probs
         enc = self.fields.encode(np.concatenate([o["log_probs"] for _, o in outputs]),
                                  np.concatenate([o["best_path"] for _, o in outputs]),
-                                 {L: np.concatenate([o["hidden"][L] for _, o in outputs]) for L in self.fields.hidden})
+                                 {L: np.concatenate([o["hidden"][L] for _, o in outputs])
+                                  for L in [*self.fields.hidden, *given]})
         spans, pos = [], 0
         for p, o in outputs:
             n = len(o["log_probs"])

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from offline_kd import __version__
 from offline_kd.cache.codecs import codec_from_spec, state_arrays
-from offline_kd.cache.fields import LOG_PROBS, frame_field_specs, hidden_field
+from offline_kd.cache.fields import LOG_PROBS, extra_field_specs, frame_field_specs, hidden_field
 from offline_kd.cache.layout import META_KEY, open_group
 from offline_kd.cache.meta import CacheMeta
 from offline_kd.cache.plan import SplitPlan
@@ -40,6 +40,7 @@ from offline_kd.errors import OfflineKDError, TeacherForwardError
 from offline_kd.data.splits import open_split, quiet
 from offline_kd.runtime import distributed
 from offline_kd.models.checkpoint import weights_sha256
+from offline_kd.teachers.ensemble import EnsembleTeacher, member_field_spec
 from offline_kd.runtime.loaders import iterate_outputs, loader_for, resolve_num_workers, sorted_batches
 from offline_kd.models.interface import reads_waveform
 from offline_kd.models.numerics import with_precision
@@ -188,7 +189,7 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
                               teacher.record["sha256"], weights_sha256(model), __version__,
                               teacher.dev, splits=list(plans), frontend=corpus.meta.get("frontend"),
                               teacher_record=teacher.record, coverage=coverage,
-                              extra_fields=frame_field_specs(cfg.fields)).with_identity(plans)
+                              extra_fields=_extra_fields(cfg, teacher.model)).with_identity(plans)
     kept, timing = {}, {"fit_seconds": 0.0}   # kept: the teacher's outputs on the fit sample's batches
     fit = lambda: _fit_state(model, vocab, plans, cfg, lp_codec, hidden_codecs, device, log, kept, timing)  # noqa
     state = distributed.run_on_main(lambda: prepare_store(cfg, meta, plans, fit, overwrite, log), env)
@@ -203,7 +204,8 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
     totals = {"frames": 0, "utterances": 0, "seconds": 0.0}
     for split in plans:
         for k, v in _dump_split(cfg, root[split], plans[split], model, vocab, layers, lp_codec, hidden_codecs,
-                                env, device, log, kept if split == first_name else None).items():
+                                env, device, log, kept if split == first_name else None,
+                                extra_field_specs(meta.codecs)).items():
             totals[k] += v
         kept = {}
     per_rank = distributed.all_gather(totals, env)    # also the barrier: every rank has finished writing
@@ -239,6 +241,13 @@ def _coverage(cfg: DumpConfig, corpus: Corpus, teacher, plans: dict, first, devi
     return {"unreached_in_transcripts": found, **({"dropped_mass": dropped} if dropped else {})}
 
 
+def _extra_fields(cfg: DumpConfig, model) -> list[dict]:
+    """The further per-frame fields of the cache: those `dump.fields` names, and an ensemble's `member_probs`
+    (`model`: the loaded teacher, before any precision wrapper)."""
+    return frame_field_specs(cfg.fields) + ([member_field_spec(len(model.members))]
+                                            if isinstance(model, EnsembleTeacher) else [])
+
+
 def _check(cfg: DumpConfig, corpus: Corpus, model, vocab, name: str) -> list[int]:
     """One-line errors for a dump that cannot work; -> the teacher layers to cache, sorted."""
     if corpus.vocab.tokens != vocab.tokens:
@@ -257,9 +266,10 @@ def _check(cfg: DumpConfig, corpus: Corpus, model, vocab, name: str) -> list[int
 
 
 def _dump_split(cfg: DumpConfig, g, p: dict, model, vocab, layers, lp_codec, hidden_codecs, env, device,
-                log, kept: dict | None = None) -> dict:
+                log, kept: dict | None = None, extra: list = ()) -> dict:
     """This rank's unfinished shards of one split: run the teacher over the batches that reach into them (those
-    in `kept`, the fit sample's, it ran on already) and hand the outputs to the background writer.
+    in `kept`, the fit sample's, it ran on already) and hand the outputs to the background writer (`extra`: the
+    cache's further per-frame fields, as its metadata records them).
     -> {frames, utterances, seconds} written here."""
     reader, shard_frames = p.reader, cfg.chunk_frames * cfg.shard_chunks
     none = {"frames": 0, "utterances": 0, "seconds": 0.0}
@@ -280,7 +290,6 @@ def _dump_split(cfg: DumpConfig, g, p: dict, model, vocab, layers, lp_codec, hid
                disable=not (cfg.progress and env.is_main), dynamic_ncols=True)
     start, n_utts = time.perf_counter(), 0
     # on any error the writer stops; the whole shards written so far stay flagged and a rerun resumes after them
-    extra = frame_field_specs(cfg.fields)
     encoder = DeviceEncoder(lp_codec, hidden_codecs, device, extra) if (
         cfg.encode_on == "device" or cfg.encode_on == "auto" and device.type == "cuda") else None
     with bar, SplitWriter(g, lp_codec, hidden_codecs, shard_frames, mine.tolist(), cfg.writer_queue,

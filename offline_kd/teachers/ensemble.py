@@ -13,7 +13,13 @@ where members disagree; the mean keeps their disagreement as uncertainty, which 
 the stored confidence should see). Weights (`weights`): `uniform` (1/N each), `dev_wer` (each
 member's weight proportional to 1 / its recorded dev WER: checkpoints record it; a member without one is refused),
 or a list of N non-negative numbers (normalised). Hidden states are the first member's (the layers `dump.layers`
-names are its layers). The cache records every member, the weights and the combination; its identity covers them,
+names are its layers).
+
+Each member's confidence is kept too: beside the hidden states the ensemble gives `MEMBER_PROBS`, (B, T', N) each
+member's posterior of the combined greedy token at every frame, which the dump stores as the per-frame field
+`member_probs` (float16) and reduces, before the seal, to `{split}/member_confidence` (U, N): each member's
+confidence in the cached 1-best, by the rule of the stored confidence (cache/confidence.py). `cache info` prints
+its median per member. The cache records every member, the weights and the combination; its identity covers them,
 so a changed list or weight never resumes an old dump.
 """
 
@@ -31,6 +37,13 @@ from offline_kd.errors import OfflineKDError
 from offline_kd.models.interface import forward_batch, reads_waveform
 
 COMBINE = "weighted mean of the members' probabilities"
+MEMBER_PROBS = "member_probs"      # the per-frame field (and the key beside the hidden layers) of each member's
+#                                    posterior of the combined greedy token
+
+
+def member_field_spec(n: int) -> dict:
+    """The per-frame field an ensemble of `n` teachers adds to its cache (cache/fields.py's {name, dtype, shape})."""
+    return {"name": MEMBER_PROBS, "dtype": "float16", "shape": [int(n)]}
 
 
 class EnsembleTeacher(nn.Module):
@@ -122,7 +135,10 @@ class EnsembleTeacher(nn.Module):
         lp = torch.stack([o[0][:t].float() for o in outs])                          # (N, T', B, V)
         w = self.log_weights.to(lp.device)[:, None, None, None]
         combined = torch.logsumexp(lp + w, dim=0)
-        return combined, lens[0], outs[0][2]
+        # each member's posterior of the combined greedy token, (B, T', N): the members' confidence in the 1-best
+        best = combined.argmax(-1)[None, ..., None].expand(lp.shape[0], -1, -1, 1)
+        member = torch.gather(lp, -1, best)[..., 0].exp().permute(2, 1, 0)
+        return combined, lens[0], {**outs[0][2], MEMBER_PROBS: member}
 
 
 def resolve_weights(spec, members: list, where: str = "dump.teacher.weights") -> list[float]:
