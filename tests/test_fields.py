@@ -4,10 +4,12 @@ and on a torch device equal the codecs' own, field by field."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from offline_kd.cache.codecs import codec_from_spec
 from offline_kd.cache.fields import FieldTable, hidden_field, is_field_name
+from offline_kd.errors import OfflineKDError
 
 
 def _table():
@@ -114,3 +116,22 @@ def test_a_registered_frame_field_is_computed_stored_and_decoded_on_the_host_and
             table.encode(lp, best, hid)
     finally:
         FRAME_FIELDS.pop("top_test", None)
+
+
+def test_a_field_the_teacher_provides_is_stored_as_given_on_the_host_and_the_device():
+    """An ensemble's member_probs comes beside the hidden states, not from a registered function; without it the
+    encode is an error, not a silent zero."""
+    _, lp_codec, hidden_codecs = _table()
+    fields = FieldTable(lp_codec, hidden_codecs, [{"name": "member_probs", "dtype": "float16", "shape": [3]}])
+    lp, best, hidden = _outputs()
+    given = np.random.default_rng(1).random((len(lp), 3)).astype(np.float32)
+    enc = fields.encode(lp, best, {**hidden, "member_probs": given})
+    assert enc["member_probs"].dtype == np.float16
+    np.testing.assert_array_equal(enc["member_probs"], given.astype(np.float16))
+    assert fields.decode(enc)["member_probs"] is enc["member_probs"]
+    codes = fields.encode_torch(torch.from_numpy(lp), {**{L: torch.from_numpy(h) for L, h in hidden.items()},
+                                                        "member_probs": torch.from_numpy(given)},
+                                fields.device_states(torch.device("cpu")))
+    np.testing.assert_array_equal(codes["member_probs"].numpy(), enc["member_probs"])
+    with pytest.raises(OfflineKDError, match="member_probs': the teacher gave no values"):
+        fields.encode(lp, best, hidden)
