@@ -18,6 +18,9 @@ def test_utterance_confidence_over_spoken_frames_or_all():
     lp0 = np.log(np.array([[0.9, 0.1], [0.7, 0.3]], np.float32))
     assert confidence.utterance_confidence(lp0, np.array([0, 0])) == pytest.approx(0.8)
     assert confidence.utterance_confidence(lp0[:0], np.array([], np.int64)) == 0.0
+    assert confidence.utterance_confidence(np.log(np.array([[0.3, 0.7]])), np.array([1])) == pytest.approx(0.7)
+    assert confidence.path_confidence(np.zeros(0), np.zeros(0, np.int64)) == 0.0       # an empty utterance
+    assert confidence.path_confidence(np.log([0.25]), np.array([2])) == pytest.approx(0.25)
 
 
 def test_compute_reads_every_utterance_in_blocks_and_store_rewrites(monkeypatch, tmp_path):
