@@ -119,19 +119,27 @@ def test_a_registered_frame_field_is_computed_stored_and_decoded_on_the_host_and
 
 
 def test_a_field_the_teacher_provides_is_stored_as_given_on_the_host_and_the_device():
-    """An ensemble's member_probs comes beside the hidden states, not from a registered function; without it the
-    encode is an error, not a silent zero."""
+    """An ensemble's member_probs comes beside the hidden states, not from a registered function (one listed after
+    it is still computed); without it the encode is an error, not a silent zero."""
+    from offline_kd.cache.fields import FRAME_FIELDS, FrameField, register_field
     _, lp_codec, hidden_codecs = _table()
-    fields = FieldTable(lp_codec, hidden_codecs, [{"name": "member_probs", "dtype": "float16", "shape": [3]}])
-    lp, best, hidden = _outputs()
-    given = np.random.default_rng(1).random((len(lp), 3)).astype(np.float32)
-    enc = fields.encode(lp, best, {**hidden, "member_probs": given})
-    assert enc["member_probs"].dtype == np.float16
-    np.testing.assert_array_equal(enc["member_probs"], given.astype(np.float16))
-    assert fields.decode(enc)["member_probs"] is enc["member_probs"]
-    codes = fields.encode_torch(torch.from_numpy(lp), {**{L: torch.from_numpy(h) for L, h in hidden.items()},
-                                                        "member_probs": torch.from_numpy(given)},
-                                fields.device_states(torch.device("cpu")))
-    np.testing.assert_array_equal(codes["member_probs"].numpy(), enc["member_probs"])
+    member = {"name": "member_probs", "dtype": "float16", "shape": [3]}
+    register_field(FrameField("peak_test", lambda lp: lp.max(-1), "float32"))
+    try:
+        fields = FieldTable(lp_codec, hidden_codecs, [member, {"name": "peak_test", "dtype": "float32", "shape": []}])
+        lp, best, hidden = _outputs()
+        given = np.random.default_rng(1).random((len(lp), 3)).astype(np.float32)
+        enc = fields.encode(lp, best, {**hidden, "member_probs": given})
+        np.testing.assert_array_equal(enc["peak_test"], lp.max(-1))
+        assert enc["member_probs"].dtype == np.float16
+        np.testing.assert_array_equal(enc["member_probs"], given.astype(np.float16))
+        assert fields.decode(enc)["member_probs"] is enc["member_probs"]
+        codes = fields.encode_torch(torch.from_numpy(lp), {**{L: torch.from_numpy(h) for L, h in hidden.items()},
+                                                            "member_probs": torch.from_numpy(given)},
+                                    fields.device_states(torch.device("cpu")))
+        for k in ("member_probs", "peak_test"):
+            np.testing.assert_array_equal(codes[k].numpy(), enc[k])
+    finally:
+        FRAME_FIELDS.pop("peak_test")
     with pytest.raises(OfflineKDError, match="member_probs': the teacher gave no values"):
-        fields.encode(lp, best, hidden)
+        FieldTable(lp_codec, hidden_codecs, [member]).encode(lp, best, hidden)
