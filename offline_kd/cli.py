@@ -438,7 +438,10 @@ def _floats(text: str) -> list[float]:
 
 
 @main.command("tune-lm")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Model checkpoint (.pt).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Model checkpoint (.pt).")
+@click.option("--cache", type=str, default=None,
+              help="Instead of a checkpoint: a teacher cache, whose cached dev log-probs are searched (any teacher "
+                   "the dump took, an ensemble included; no model runs, no test split).")
 @click.option("--lm", required=True, type=click.Path(dir_okay=False), help="KenLM model (.arpa or binary).")
 @click.option("--alphas", default="0,0.25,0.5,0.75,1.0,1.5", show_default=True, help="LM weights to try.")
 @click.option("--betas", default="0,0.5,1,2", show_default=True, help="Word insertion bonuses to try.")
@@ -450,12 +453,20 @@ def _floats(text: str) -> list[float]:
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the full result as JSON here.")
 @_friendly
-def tune_lm(checkpoint, lm, alphas, betas, dev_split, test_split, corpus, beam_width, num_processes, device, out):
+def tune_lm(checkpoint, cache, lm, alphas, betas, dev_split, test_split, corpus, beam_width, num_processes, device,
+            out):
     """Search the LM weight (alpha) and word bonus (beta) on dev; evaluate test with the best pair."""
     from offline_kd.commands import tune_lm as command
-    res = command.run(checkpoint, lm, _floats(alphas), _floats(betas), dev_split=dev_split,
-                      test_split=test_split or None, corpus_dir=corpus, beam_width=beam_width,
-                      num_processes=num_processes, device=device, out=out, log=_log)
+    if (checkpoint is None) == (cache is None):
+        raise OfflineKDError("tune-lm: give --checkpoint (a model) or --cache (a teacher cache), one of them")
+    if cache is not None:
+        res = command.run_on_cache(cache, lm, _floats(alphas), _floats(betas), dev_split=dev_split,
+                                   corpus_dir=corpus, beam_width=beam_width, num_processes=num_processes, out=out,
+                                   log=_log)
+    else:
+        res = command.run(checkpoint, lm, _floats(alphas), _floats(betas), dev_split=dev_split,
+                          test_split=test_split or None, corpus_dir=corpus, beam_width=beam_width,
+                          num_processes=num_processes, device=device, out=out, log=_log)
     best = res["best"]
     click.echo(f"best on {dev_split}: alpha {best['alpha']:g} beta {best['beta']:g} -> WER {best['wer']:.2f}% "
                f"(greedy {res['dev_greedy_wer']:.2f}%)")

@@ -5,8 +5,9 @@ import pytest
 
 from click.testing import CliRunner
 
-from helpers import student_dict, write_unigram_arpa, write_yaml
+from helpers import QUIET, dump_cfg, student_dict, write_unigram_arpa, write_yaml
 from offline_kd.cli import main
+from offline_kd.commands import dump_teacher
 
 
 
@@ -70,6 +71,19 @@ def test_tune_lm_and_beam_evaluate_with_a_real_kenlm_model(tiny_teacher, tiny_co
     assert res.exit_code == 0, res.output
     t = json.loads((tmp_path / "t.json").read_text())
     assert len(t["grid"]) == 4 and "test" in t and t["best"]["wer"] == min(g["wer"] for g in t["grid"])
+    # the same search on a float32 cache of the teacher's dev split: no model runs, the same grid
+    dump_teacher.run(dump_cfg(tiny_teacher, tiny_corpus, tmp_path / "c.zarr", splits=["dev"]), **QUIET)
+    res = runner.invoke(main, ["tune-lm", "--cache", str(tmp_path / "c.zarr"), "--lm", str(arpa), "--alphas", "0,0.5",
+                               "--betas", "0,1", "--beam-width", "8", "--out", str(tmp_path / "c.json")])
+    assert res.exit_code == 0, res.output
+    tc = json.loads((tmp_path / "c.json").read_text())
+    assert tc["grid"] == t["grid"] and tc["best"] == t["best"] and "test" not in tc
+    assert tc["dev_greedy_wer"] == pytest.approx(t["dev_greedy_wer"])
+    for args, msg in ((["--cache", str(tmp_path / "c.zarr"), "--dev-split", "train"], "holds no split 'train'"),
+                      ([], "give --checkpoint (a model) or --cache"),
+                      (["--cache", str(tmp_path / "c.zarr"), "--checkpoint", str(tiny_teacher)], "one of them")):
+        res = runner.invoke(main, ["tune-lm", "--lm", str(arpa), *args])
+        assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output, res.output
     res = runner.invoke(main, ["evaluate", "--checkpoint", str(tiny_teacher), "--decoder", "beam",
                                "--lm", str(tmp_path / "missing.arpa")])
     assert res.exit_code == 1 and "not found" in res.output
