@@ -98,6 +98,51 @@ def test_the_cache_holds_the_mean_of_the_members_probabilities(members, tiny_cor
     assert json.loads(res.output)["fidelity"]["top1_agreement"] == 1.0
 
 
+def test_the_dump_measures_the_ensemble_on_the_cached_dev_split_and_warns_below_its_best_member(
+        members, tiny_corpus, tmp_path, monkeypatch):
+    """An ensemble records no dev figures of its own: the dump measures its cached dev 1-best (greedy, against the
+    corpus), train-student and cache info use it, and a mean that decodes worse than its best member is named."""
+    from offline_kd.data.corpus import Corpus
+    from offline_kd.data.targets import collapse_best_path
+    from offline_kd.decoding.metrics import error_rates
+    from offline_kd.teachers import source
+    lines = []
+    dump_teacher.run(ensemble_cfg([str(m) for m in members], tiny_corpus, tmp_path / "e.zarr",
+                                  splits=["train", "dev"]), log=lines.append)
+    cache = TeacherCache(str(tmp_path / "e.zarr"))
+    dev = cache.split("dev")
+    reader = Corpus(tiny_corpus).split("dev")
+    text = dict(zip(reader.utterance_ids, reader.transcripts))
+    vocab = Corpus(tiny_corpus).vocab
+    want = error_rates([text[u] for u in dev.utterance_ids],
+                       [vocab.decode(collapse_best_path(dev.read(dev.position[u])["best_path"]).tolist())
+                        for u in dev.utterance_ids])
+    got = cache.meta.teacher_dev
+    assert got == cache.meta.teacher["cached_dev"] and "dev" not in cache.meta.teacher
+    assert got["wer"] == pytest.approx(want["wer"]) and got["cer"] == pytest.approx(want["cer"])
+    assert got["split"] == "dev" and got["utterances"] == len(dev.utterance_ids)
+    assert any(f"teacher greedy WER on the cached dev split: {got['wer']:.2f}%" in x for x in lines), lines
+    best = min(m["dev"]["wer"] for m in cache.meta.teacher["members"])
+    warned = [x for x in lines if "warning: the ensemble's greedy dev WER" in x]
+    assert bool(warned) == (got["wer"] > best), (got, best, lines)
+    info = CliRunner().invoke(main, ["cache", "info", str(tmp_path / "e.zarr")])
+    assert f"teacher dev WER {got['wer']:.2f}% CER {got['cer']:.2f}% (greedy, the cached 1-best of dev" in info.output
+    # the warning itself, with members whose recorded dev WER is better than the mean's
+    real = source._load_ensemble
+
+    def flattering(*a, **k):          # members that claim a dev WER of 0.01%
+        t = real(*a, **k)
+        for m in t.record["members"]:
+            m["dev"] = {**(m.get("dev") or {}), "wer": 0.01}
+        return t
+    monkeypatch.setattr(source, "_load_ensemble", flattering)
+    lines.clear()
+    dump_teacher.run(ensemble_cfg([str(m) for m in members[:2]], tiny_corpus, tmp_path / "w.zarr",
+                                  splits=["dev"]), log=lines.append)
+    assert any("warning: the ensemble's greedy dev WER" in x and "above its best member's 0.01% (teacher 1)" in x
+               for x in lines), lines
+
+
 def test_weights_from_the_members_dev_wer_and_an_identity_that_covers_them(members, tiny_corpus, tmp_path):
     spec = {"ensemble": [str(m) for m in members[:2]], "weights": "dev_wer"}
     dump_teacher.run(ensemble_cfg(spec, tiny_corpus, tmp_path / "w.zarr", splits=["train"]), **QUIET)

@@ -62,3 +62,14 @@ def test_an_ensembles_members_are_listed_with_weight_dev_wer_and_coverage():
                           "  teacher 2: b.pt, weight 0.750",
                           "  teacher probability on dropped classes: mean 1.00% over 3 utterances, worst 2.00% (u1)"]
     assert i == 1 and lines[5].startswith("  teacher sha256")
+
+
+def test_the_teacher_dev_line_names_where_its_figures_come_from():
+    from offline_kd.cache.info import _dev_line
+    ckpt = {"wer": 4.0, "cer": 2.0, "epoch": 7, "split": "dev", "corpus": "data/demo"}
+    cached = {"wer": 4.5, "cer": 2.5, "split": "dev", "corpus": "data/demo", "utterances": 150}
+    assert _dev_line(None, None) == "figures not recorded"
+    assert _dev_line(ckpt, None) == "WER 4.00% CER 2.00% (epoch 7, dev of data/demo)"
+    assert _dev_line(ckpt, cached) == ("WER 4.00% CER 2.00% (epoch 7, dev of data/demo); the cached dev split's "
+                                       "1-best: WER 4.50% CER 2.50%")
+    assert _dev_line(cached, cached) == "WER 4.50% CER 2.50% (greedy, the cached 1-best of dev of data/demo)"

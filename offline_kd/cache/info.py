@@ -64,6 +64,7 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
         "tool_version": meta.tool_version, "created": meta.created,
         "teacher_path": meta.teacher["path"], "teacher_sha256": meta.teacher["sha256"], "teacher_weights_sha256": meta.teacher["weights_sha256"],
         "teacher_model_config": meta.teacher["model_config"], "teacher_dev": meta.teacher_dev,
+        "teacher_cached_dev": meta.teacher.get("cached_dev"),
         "teacher_precision": meta.dump_config.get("precision", "fp32"), "device_type": meta.device_type,
         "vocab_sha256": meta.vocab_sha256,
         "identity_sha256": meta.identity_sha256, "num_classes": v, "layers": dims,
@@ -136,9 +137,7 @@ def format_info(info: dict) -> str:
         f"identity {info['identity_sha256'][:16]}",
         f"  classes {info['num_classes']}, layers {info['layers']}, subsampling {info['subsampling']}; teacher forward "
         f"{info.get('teacher_precision', 'fp32')} on {info.get('device_type', '?')}",
-        "  teacher dev " + (f"WER {info['teacher_dev']['wer']:.2f}% CER {info['teacher_dev']['cer']:.2f}% (epoch "
-                            f"{info['teacher_dev']['epoch']}, {info['teacher_dev']['split']} of "
-                            f"{info['teacher_dev']['corpus']})" if info.get("teacher_dev") else "figures not recorded"),
+        "  teacher dev " + _dev_line(info.get("teacher_dev"), info.get("teacher_cached_dev")),
         f"  codecs: log_probs {settings(c['log_probs'])}; hidden {{{hidden}}}; compressor {c['compressor']} "
         f"level {c['level']}",
         f"  {info['utterances']} utterances, {info['frames']} frames, {info['bytes_total'] / 1e6:.2f} MB on disk",
@@ -176,3 +175,18 @@ def format_info(info: dict) -> str:
     lines.append(f"  targets {info['target_bytes_per_frame']:.1f} B/frame = {100 * info['ratio_to_float32']:.2f}% of "
                  f"float32 ({info['float32_bytes_per_frame']} B/frame)")
     return "\n".join(lines)
+
+
+def _dev_line(dev: dict | None, cached: dict | None) -> str:
+    """The teacher's recorded dev figures (its checkpoint's, else the cache's own) and, where both exist and
+    differ in kind, the greedy figures of the cached dev split beside them."""
+    if not dev:
+        return "figures not recorded"
+    if dev == cached:
+        return (f"WER {dev['wer']:.2f}% CER {dev['cer']:.2f}% (greedy, the cached 1-best of {dev['split']} of "
+                f"{dev['corpus']})")
+    line = (f"WER {dev['wer']:.2f}% CER {dev['cer']:.2f}% (epoch {dev['epoch']}, {dev['split']} of "
+            f"{dev['corpus']})")
+    if cached:
+        line += f"; the cached {cached['split']} split's 1-best: WER {cached['wer']:.2f}% CER {cached['cer']:.2f}%"
+    return line

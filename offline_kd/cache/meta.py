@@ -103,9 +103,10 @@ class CacheMeta:
 
     @property
     def teacher_dev(self) -> Optional[dict]:
-        """The teacher checkpoint's own dev figures {wer, cer, epoch, corpus, split}, or None (not recorded: a
-        checkpoint without dev evaluation, or a cache written before they were stored)."""
-        return self.teacher.get("dev")
+        """The teacher checkpoint's own dev figures {wer, cer, epoch, corpus, split}; where it recorded none (a
+        teacher from an entry point, a Hugging Face directory, an ensemble), those of the cached dev split's 1-best
+        (`cached_dev`, cache/dev_figures.py: no epoch); None when neither is recorded."""
+        return self.teacher.get("dev") or self.teacher.get("cached_dev")
 
     @property
     def views(self) -> dict:

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from offline_kd import __version__
+from offline_kd.cache import dev_figures
 from offline_kd.cache.codecs import codec_from_spec, state_arrays
 from offline_kd.cache.fields import LOG_PROBS, extra_field_specs, frame_field_specs, hidden_field
 from offline_kd.cache.layout import META_KEY, open_group
@@ -210,9 +211,13 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
         kept = {}
     per_rank = distributed.all_gather(totals, env)    # also the barrier: every rank has finished writing
     lm_splits = [s for s in plans if cfg.lm_targets and split_of(s)[0] in cfg.lm_targets.splits]
-    lm = (lambda: write_lm_targets(cfg.output, cfg.storage_options, lm_splits, vocab, cfg.lm_targets, log)) \
-        if lm_splits else None
-    distributed.run_on_main(lambda: finalize(root, list(plans), lp_codec, hidden_codecs, before_seal=lm), env)
+
+    def before_seal():     # what is computed from the finished splits: the cached dev figures, the LM N-best
+        _cached_dev(root, plans, vocab, str(corpus.dir), teacher.model, log)
+        if lm_splits:
+            write_lm_targets(cfg.output, cfg.storage_options, lm_splits, vocab, cfg.lm_targets, log)
+    distributed.run_on_main(lambda: finalize(root, list(plans), lp_codec, hidden_codecs, before_seal=before_seal),
+                            env)
     out = {"cache": cfg.output, "resumed": state["resume"],
            "frames_written": sum(t["frames"] for t in per_rank),
            "utterances_written": sum(t["utterances"] for t in per_rank),
@@ -239,6 +244,32 @@ def _coverage(cfg: DumpConfig, corpus: Corpus, teacher, plans: dict, first, devi
     dropped = coverage.dropped_mass(teacher, first.reader, first.order, device)
     coverage.check_dropped(dropped, cfg.max_dropped_mass, log)
     return {"unreached_in_transcripts": found, **({"dropped_mass": dropped} if dropped else {})}
+
+
+def _cached_dev(root, plans: dict, vocab, corpus_dir: str, model, log) -> None:
+    """Store the greedy figures of the cached dev split's 1-best in the metadata (cache/dev_figures.py), and warn
+    when an ensemble decodes worse than its best member did on its own."""
+    if dev_figures.SPLIT not in plans or not any(t.strip() for t in plans[dev_figures.SPLIT].reader.transcripts):
+        return
+    reader = plans[dev_figures.SPLIT].reader
+    got = dev_figures.greedy_figures(root[dev_figures.SPLIT], vocab, dict(zip(reader.utterance_ids,
+                                                                              reader.transcripts)))
+    if got is None:
+        return
+    got.update({"split": dev_figures.SPLIT, "corpus": corpus_dir})
+    meta = dict(root.attrs[META_KEY])
+    meta["teacher"] = {**meta["teacher"], "cached_dev": got}
+    root.attrs.update({META_KEY: meta})
+    log(f"teacher greedy WER on the cached {dev_figures.SPLIT} split: {got['wer']:.2f}% (CER {got['cer']:.2f}%)")
+    members = [(i, float(m["dev"]["wer"])) for i, m in enumerate(meta["teacher"].get("members") or [], start=1)
+               if (m.get("dev") or {}).get("wer") is not None]
+    if isinstance(model, EnsembleTeacher) and members:
+        k, best = min(members, key=lambda x: x[1])
+        if got["wer"] > best:
+            log(f"warning: the ensemble's greedy dev WER {got['wer']:.2f}% is above its best member's {best:.2f}% "
+                f"(teacher {k}): where the members' CTC spikes fall on different frames, the mean of their "
+                f"posteriors blurs them (docs/teachers.md, 'Several teachers'); weights: dev_wer, or teacher {k} "
+                f"alone, may teach the student better")
 
 
 def _extra_fields(cfg: DumpConfig, model) -> list[dict]:

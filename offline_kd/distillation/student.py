@@ -444,8 +444,10 @@ def _teacher_reference(teacher_dev: dict | None, cfg: ExperimentConfig, log) -> 
         same = (Path(str(teacher_dev.get("corpus"))).resolve() == Path(cfg.data.corpus).resolve()
                 and teacher_dev.get("split") == cfg.data.dev_split)
         where = "" if same else f" (on {teacher_dev.get('corpus')}:{teacher_dev.get('split')}, not this dev split)"
+        when = f"epoch {teacher_dev['epoch']}" if teacher_dev.get("epoch") is not None else \
+            "greedy, measured on the cached dev split"
         log(f"teacher dev WER {teacher_dev['wer']:.2f}% CER {teacher_dev['cer']:.2f}% "
-            f"(epoch {teacher_dev.get('epoch')}){where}: a distilled student converges towards it")
+            f"({when}){where}: a distilled student converges towards it")
     base = cfg.distill.compare_baseline
     if base:
         path = Path(base) / "checkpoint_best.pt" if Path(base).is_dir() else Path(base)

@@ -50,8 +50,8 @@ def run_on_cache(cache: str, lm: str, alphas: list[float], betas: list[float], *
     """The grid on the cached log-probs of `dev_split` (decoded as a student reads them), scored against the
     transcripts of the corpus the cache was dumped from (or `corpus_dir`). -> {cache, lm, dev_split, dev_greedy_wer,
     grid, best}."""
+    from offline_kd.cache.dev_figures import greedy_figures
     from offline_kd.cache.reader import TeacherCache
-    from offline_kd.data.targets import collapse_best_path
     tc = TeacherCache(cache, storage_options=storage_options)
     if dev_split not in tc.splits:
         raise OfflineKDError(f"{arg('dev-split')}: {cache} holds no split {dev_split!r} (it holds "
@@ -67,13 +67,9 @@ def run_on_cache(cache: str, lm: str, alphas: list[float], betas: list[float], *
     if missing:
         raise OfflineKDError(f"{cache}: split {dev_split}, utterance {missing[0]} is not in {corpus.dir}'s "
                              f"{dev_split} split (give the corpus it was dumped from: --corpus)")
-    refs, lps, hyps = [], [], []
-    for u in split.utterance_ids:
-        frames = split.read(split.position[u])
-        refs.append(text[u])
-        lps.append(frames["log_probs"])
-        hyps.append(corpus.vocab.decode(collapse_best_path(frames["best_path"]).tolist()))
-    greedy = error_rates(refs, hyps)
+    refs = [text[u] for u in split.utterance_ids]
+    lps = [split.read(split.position[u])["log_probs"] for u in split.utterance_ids]
+    greedy = greedy_figures(split.group, corpus.vocab, text)
     decoder = _decoder(corpus.vocab, lm, beam_width, num_processes)
     grid, best = _grid(decoder, refs, lps, alphas, betas, log)
     result = {"cache": cache, "lm": lm, "dev_split": dev_split, "dev_greedy_wer": greedy["wer"], "grid": grid,
