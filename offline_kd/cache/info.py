@@ -40,12 +40,7 @@ def cache_info(path: str, storage_options: dict | None = None) -> dict:
                      "utterances_done": split_progress(g)[1] if g.attrs.get("created") else 0,
                      "complete": bool(g.attrs.get("complete")), "bytes": fields,
                      "lm_nbest": int(g.attrs.get("lm_nbest", 0))}
-        conf = read_confidence(g)
-        if conf is not None:
-            splits[s]["confidence"] = confidence_summary(conf)
-        members = read_confidence(g, MEMBERS)        # an ensemble's: each member's confidence in the 1-best
-        if members is not None:
-            splits[s]["member_confidence"] = [confidence_summary(members[:, i]) for i in range(members.shape[1])]
+        splits[s].update(_confidences(g))
         for k, b in fields.items():
             totals[k] = totals.get(k, 0) + b
     per_frame = {k: b / max(total_frames, 1) for k, b in totals.items()}
@@ -190,3 +185,15 @@ def _dev_line(dev: dict | None, cached: dict | None) -> str:
     if cached:
         line += f"; the cached {cached['split']} split's 1-best: WER {cached['wer']:.2f}% CER {cached['cer']:.2f}%"
     return line
+
+
+def _confidences(g) -> dict:
+    """A split's stored confidence quantiles, and an ensemble's for each member (in the 1-best), where present."""
+    out = {}
+    conf = read_confidence(g)
+    if conf is not None:
+        out["confidence"] = confidence_summary(conf)
+    members = read_confidence(g, MEMBERS)
+    if members is not None:
+        out["member_confidence"] = [confidence_summary(members[:, i]) for i in range(members.shape[1])]
+    return out

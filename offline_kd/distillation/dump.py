@@ -210,14 +210,8 @@ def _run(cfg: DumpConfig, overwrite: bool, env, device, log) -> dict:
             totals[k] += v
         kept = {}
     per_rank = distributed.all_gather(totals, env)    # also the barrier: every rank has finished writing
-    lm_splits = [s for s in plans if cfg.lm_targets and split_of(s)[0] in cfg.lm_targets.splits]
-
-    def before_seal():     # what is computed from the finished splits: the cached dev figures, the LM N-best
-        _cached_dev(root, plans, vocab, str(corpus.dir), teacher.model, log)
-        if lm_splits:
-            write_lm_targets(cfg.output, cfg.storage_options, lm_splits, vocab, cfg.lm_targets, log)
-    distributed.run_on_main(lambda: finalize(root, list(plans), lp_codec, hidden_codecs, before_seal=before_seal),
-                            env)
+    seal = _before_seal(cfg, root, plans, vocab, str(corpus.dir), teacher.model, log)
+    distributed.run_on_main(lambda: finalize(root, list(plans), lp_codec, hidden_codecs, before_seal=seal), env)
     out = {"cache": cfg.output, "resumed": state["resume"],
            "frames_written": sum(t["frames"] for t in per_rank),
            "utterances_written": sum(t["utterances"] for t in per_rank),
@@ -244,6 +238,17 @@ def _coverage(cfg: DumpConfig, corpus: Corpus, teacher, plans: dict, first, devi
     dropped = coverage.dropped_mass(teacher, first.reader, first.order, device)
     coverage.check_dropped(dropped, cfg.max_dropped_mass, log)
     return {"unreached_in_transcripts": found, **({"dropped_mass": dropped} if dropped else {})}
+
+
+def _before_seal(cfg: DumpConfig, root, plans: dict, vocab, corpus_dir: str, model, log):
+    """What is computed from the finished splits before the seal: the cached dev figures, the LM N-best."""
+    lm_splits = [s for s in plans if cfg.lm_targets and split_of(s)[0] in cfg.lm_targets.splits]
+
+    def run():
+        _cached_dev(root, plans, vocab, corpus_dir, model, log)
+        if lm_splits:
+            write_lm_targets(cfg.output, cfg.storage_options, lm_splits, vocab, cfg.lm_targets, log)
+    return run
 
 
 def _cached_dev(root, plans: dict, vocab, corpus_dir: str, model, log) -> None:

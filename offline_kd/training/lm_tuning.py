@@ -15,6 +15,8 @@ import itertools
 import json
 from pathlib import Path
 
+from offline_kd.cache.dev_figures import greedy_figures
+from offline_kd.cache.reader import TeacherCache
 from offline_kd.data.corpus import Corpus
 from offline_kd.decoding.metrics import error_rates
 from offline_kd.errors import OfflineKDError, arg
@@ -50,8 +52,6 @@ def run_on_cache(cache: str, lm: str, alphas: list[float], betas: list[float], *
     """The grid on the cached log-probs of `dev_split` (decoded as a student reads them), scored against the
     transcripts of the corpus the cache was dumped from (or `corpus_dir`). -> {cache, lm, dev_split, dev_greedy_wer,
     grid, best}."""
-    from offline_kd.cache.dev_figures import greedy_figures
-    from offline_kd.cache.reader import TeacherCache
     tc = TeacherCache(cache, storage_options=storage_options)
     if dev_split not in tc.splits:
         raise OfflineKDError(f"{arg('dev-split')}: {cache} holds no split {dev_split!r} (it holds "
