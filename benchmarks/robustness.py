@@ -140,9 +140,15 @@ def main():
     ap.add_argument("--title", default="Robustness: the recipes in settings nobody tuned them for (#31)")
     ap.add_argument("--jobs", type=int, help="trainings at once (default: the study's `jobs`)")
     ap.add_argument("--threads", type=int, help="threads of each (default: cores / jobs)")
+    ap.add_argument("--seeds", default="", help="comma-separated seeds: only those of the study's (default: all)")
     args = ap.parse_args()
     study = yaml.safe_load(open(args.study))
     seeds, jobs = study["seeds"], args.jobs or study.get("jobs", 1)
+    if args.seeds:
+        picked = [int(s) for s in args.seeds.split(",") if s]
+        if [s for s in picked if s not in seeds]:
+            raise SystemExit(f"robustness: --seeds {args.seeds}: the study's seeds are {seeds}")
+        seeds = picked
     threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
     efficacy.ENV["OMP_NUM_THREADS"] = str(threads)
     lm, alphas, betas = study.get("lm"), study.get("alphas", "0.25,0.5,1"), study.get("betas", "0,1,2")
