@@ -6,7 +6,8 @@ audio would buy this student; the distilled student's is what the teacher's labe
 
     python benchmarks/label_ceiling.py --corpus data/tts_en/corpus --truth data/tts_en/raw/utterances.jsonl \
         --config recipes/tts_en/configs/baseline.yaml --epochs 15 --out runs/ceiling/tts_en \
-        --baseline runs/efficacy_tts_en/baseline-lr0.005 --distilled runs/efficacy_tts_en/pseudo-lm-1best \
+        --baseline runs/efficacy_tts_en/baseline-lr0.005 \
+        --distilled "default recipe (LM 1-best labels)=runs/efficacy_tts_en/pseudo-lm-1best" \
         --teacher runs/tts_en/teacher/checkpoint_best.pt --lm data/tts_en/lm/4gram.bin --alphas 0.25,0.5,0.75,1
 
 * The true-text corpus is `--out`/corpus: links to every file of `--corpus` but the untranscribed split's, which is
@@ -125,7 +126,8 @@ def main():
     ap.add_argument("--sets", default="", help="further --set overrides, ';'-separated")
     ap.add_argument("--out", required=True)
     ap.add_argument("--baseline", required=True, help="the CTC-only runs' prefix (PREFIX-seedS)")
-    ap.add_argument("--distilled", required=True, help="the distilled runs' prefix")
+    ap.add_argument("--distilled", required=True, action="append",
+                    help="LABEL=PREFIX: distilled runs (PREFIX-seedS) and their row's label; repeatable")
     ap.add_argument("--teacher", required=True, help="the teacher's checkpoint")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--jobs", type=int, default=2)
@@ -145,7 +147,8 @@ def main():
         list(pool.map(lambda s: efficacy.train("train", args.config, out / f"true-text-seed{s}", s, sets), seeds))
     teacher = efficacy.evaluate(Path(args.teacher), args.corpus, args.lm, args.alphas, args.betas)
     rows = [("CTC-only, the transcribed split", figures([Path(f"{args.baseline}-seed{s}") for s in seeds], args)),
-            ("distilled (the recipe's runs)", figures([Path(f"{args.distilled}-seed{s}") for s in seeds], args)),
+            *[(f"distilled, {label}", figures([Path(f"{prefix}-seed{s}") for s in seeds], args))
+              for label, prefix in (d.split("=", 1) for d in args.distilled)],
             (f"CTC-only, the transcribed split and {args.split} with its true text",
              figures([out / f"true-text-seed{s}" for s in seeds], args))]
     body = (f"## {args.title}\n\n`{command_line()}`\n\nMachine: {machine()}; {args.jobs} training run(s) at a time. "
