@@ -70,6 +70,7 @@ def main():
     ap.add_argument("--frames", type=int, default=400)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--note", default="the machine otherwise idle", help="what else ran on the machine meanwhile")
     ap.add_argument("--section", default="model-speed")
     ap.add_argument("--title", default="Model types: train-step and inference speed against the BiLSTM")
     args = ap.parse_args()
@@ -88,7 +89,7 @@ def main():
     lines = [f"## {args.title}", "", f"`{command_line()}`", "", f"Machine: {machine()}. A batch of {args.batch} "
              f"utterances of {args.frames // 2}..{args.frames} frames ({args.input_dim}-dim, {args.classes} classes); "
              f"medians of {args.runs} runs after a warm-up; ratio = the reference's time / this model's (above 1: "
-             f"faster).", "",
+             f"faster); {args.note}.", "",
              "| model | parameters | train step (s) | ratio | inference (s) | ratio |", "|---|---|---|---|---|---|"]
     for summary, params, train, infer in rows:
         lines.append(f"| {summary} | {params:,} | {train:.3f} | {ref[2] / train:.2f}x | {infer:.3f} | "
