@@ -8,7 +8,7 @@ audio would buy this student; the distilled student's is what the teacher's labe
         --config recipes/tts_en/configs/baseline.yaml --epochs 15 --out runs/ceiling/tts_en \
         --baseline runs/efficacy_tts_en/baseline-lr0.005 \
         --distilled "default recipe (LM 1-best labels)=runs/efficacy_tts_en/pseudo-lm-1best" \
-        --teacher runs/tts_en/teacher/checkpoint_best.pt --lm data/tts_en/lm/4gram.bin --alphas 0.25,0.5,0.75,1
+        --teacher runs/tts_en/teacher/checkpoint_best.pt --lm data/tts_en/lm/4gram.bin --alphas 0.25,0.5,0.75,1 --jobs 1 --threads 1
 
 * The true-text corpus is `--out`/corpus: links to every file of `--corpus` but the untranscribed split's, which is
   copied with the text of `--truth` (JSONL of id and text), normalised as the corpus's import was; `--limit N`
@@ -66,6 +66,9 @@ def true_text_split(src: Path, dst: Path, truth: dict, mode: str, limit: int | N
 def true_text_corpus(corpus: Path, split: str, truth_file: Path, out: Path, limit: int | None) -> Path:
     """`out`/corpus: `corpus` with `split` transcribed by `truth_file` (made once)."""
     dst = out / "corpus"
+    for need in (corpus / f"{split}.h5", truth_file):
+        if not need.is_file():
+            raise SystemExit(f"label_ceiling: {need}: no such file (run from the repository root)")
     if (dst / f"{split}.h5").is_file():
         return dst
     dst.mkdir(parents=True, exist_ok=True)
@@ -131,6 +134,7 @@ def main():
     ap.add_argument("--teacher", required=True, help="the teacher's checkpoint")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--threads", type=int, help="threads of each training (default: cores / jobs)")
     ap.add_argument("--lm")
     ap.add_argument("--alphas", default="0.25,0.5,1")
     ap.add_argument("--betas", default="0,1,2")
@@ -139,7 +143,7 @@ def main():
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s]
     out = Path(args.out)
-    efficacy.ENV["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    efficacy.ENV["OMP_NUM_THREADS"] = str(args.threads or max(1, (os.cpu_count() or 1) // args.jobs))
     corpus = true_text_corpus(Path(args.corpus), args.split, Path(args.truth), out, args.limit)
     sets = [f"data.corpus={corpus}", f"data.train_split=[train,{args.split}]", f"train.epochs={args.epochs}",
             *[s for s in args.sets.split(";") if s]]
