@@ -75,16 +75,64 @@ def test_unmappable_tokens_are_named_and_a_mapping_file_resolves_them(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ frames
-def test_pooling_averages_probabilities_over_each_group_and_the_partial_last_one():
+def _path(tokens: str, blank: int = 0, v: int = 4, sure: float = 8.0) -> torch.Tensor:
+    """(T, 1, V) log-probs whose greedy path is `tokens` ("_" the blank, "a".."c" classes 1..3), each frame sure of it."""
+    ids = [blank if ch == "_" else "abc".index(ch) + 1 - (blank != 0) for ch in tokens]
+    x = torch.zeros(len(ids), 1, v)
+    x[torch.arange(len(ids)), 0, torch.tensor(ids)] = sure
+    return torch.log_softmax(x + torch.randn(x.shape, generator=torch.Generator().manual_seed(1)) * 0.1, -1)
+
+
+def _greedy(lp: torch.Tensor, n: int, blank: int = 0) -> str:
+    best, out, prev = lp[:n, 0].argmax(-1).tolist(), "", blank
+    for c in best:
+        if c != blank and c != prev:
+            out += "abc"[c - 1 + (blank != 0)]
+        prev = c
+    return out
+
+
+@pytest.mark.parametrize("path, k, want", [
+    ("a__b__c_", 2, "abc"),          # a spike in every group
+    ("ab____", 2, "ab"),             # two spikes in one group: the second takes the next frame
+    ("abc_________", 4, "abc"),      # three in one group of 4
+    ("a_a___", 2, "aa"),             # a repeat keeps a blank frame between
+    ("a__a", 2, "a"),                # no frame left for the repeat (2 student frames): dropped, not merged into junk
+    ("aa__bb__", 2, "ab"),           # a run of one class is one emission
+])
+def test_pooling_keeps_each_spike_of_the_teachers_path_where_the_student_rate_has_room(path, k, want):
+    f = FrameAlignment(Fraction(2), Fraction(2 * k))
+    lp = _path(path)
+    n = torch.tensor([len(path)])
+    out, m, _ = f.apply(lp, n, {}, -(-n // k))
+    assert _greedy(out, int(m[0])) == want
+    assert all(any(torch.equal(o, lp[t, 0]) for t in range(len(path))) for o in out[:, 0])     # teacher frames, whole
+
+
+def test_pooling_takes_each_emissions_most_confident_frame_and_each_other_groups_most_blank_one():
     f = FrameAlignment(Fraction(2), Fraction(4))          # teacher at 2 feature frames, student at 4: pool 2
-    lp, h = _lp((5, 2, 3)), torch.randn(2, 5, 4)
+    lp = _path("_aa___b_")
+    lp[2, 0] = torch.log_softmax(torch.tensor([0.0, 9.0, 0.0, 0.0]), -1)       # the run's surest frame
+    lp[4, 0] = torch.log_softmax(torch.tensor([3.0, 0.0, 0.0, 0.0]), -1)       # a less blank frame than 5
+    out, _, _ = f.apply(lp, torch.tensor([8]), {}, torch.tensor([4]))
+    assert torch.equal(out[0, 0], lp[2, 0]) and torch.equal(out[2, 0], lp[5, 0]) and torch.equal(out[3, 0], lp[6, 0])
+    # emission a (frames 1-2) is in group 0; group 1 (frames 2-3) has no emission of its own: its most blank frame
+    assert torch.equal(out[1, 0], lp[3, 0])
+    blank_last = FrameAlignment(Fraction(2), Fraction(4))                     # a teacher whose blank is its last class
+    lp3 = _path("a_b_", blank=3)
+    out, _, _ = blank_last.apply(lp3, torch.tensor([4]), {}, torch.tensor([2]), blank=3)
+    assert _greedy(out, 2, blank=3) == "ab"
+
+
+def test_pooling_over_a_batch_the_partial_last_group_and_the_hidden_states():
+    f = FrameAlignment(Fraction(2), Fraction(4))
+    lp, h = torch.cat([_path("a_b_c"), torch.cat([_path("_b_"), _lp((2, 1, 4))])], 1), torch.randn(2, 5, 4)
     lengths = torch.tensor([5, 3])
     out, n, hid = f.apply(lp, lengths, {1: h}, torch.tensor([3, 2]))
-    assert out.shape == (3, 2, 3) and n.tolist() == [3, 2]
-    p = lp.exp()
-    torch.testing.assert_close(out[0, 0].exp(), (p[0, 0] + p[1, 0]) / 2)
-    torch.testing.assert_close(out[2, 0].exp(), p[4, 0])                 # the partial group: its one frame
-    torch.testing.assert_close(out[1, 1].exp(), p[2, 1])                 # utterance 2 has 3 frames
+    assert out.shape == (3, 2, 4) and n.tolist() == [3, 2]
+    alone, _, _ = f.apply(lp[:3, 1:], lengths[1:], {}, torch.tensor([2]))
+    assert torch.equal(out[:2, 1], alone[:, 0])                            # the same with or without a longer batch-mate
+    assert torch.equal(out[2, 0], lp[4, 0]) and _greedy(out, 3) == "abc"  # the partial group: its one frame
     torch.testing.assert_close(hid[1][0, 1], (h[0, 2] + h[0, 3]) / 2)
     stacked = FrameAlignment(Fraction(2), Fraction(4), hidden="stack")
     _, _, hs = stacked.apply(lp, lengths, {1: h}, torch.tensor([3, 2]))
@@ -120,8 +168,8 @@ def test_a_20ms_teacher_for_a_40ms_student_from_the_cache_and_live(tiny_teacher,
     meta = TeacherCache(str(out)).meta
     assert meta.subsampling == 4 and meta.teacher["alignment"]["frames"]["pool"] == 2
     info = CliRunner().invoke(main, ["cache", "info", str(out)])
-    assert "frame alignment: teacher frame shift 2, student 4 feature frames: posteriors mean of probabilities" \
-        in info.output, info.output
+    assert "frame alignment: teacher frame shift 2, student 4 feature frames: posteriors each emission of the " \
+        "teacher's 1-best at its own frame" in " ".join(info.output.split()), info.output
     cfgs = []
     for name in ("off", "on"):
         d = student_dict(tiny_corpus, out, tmp_path / name, epochs=1)
