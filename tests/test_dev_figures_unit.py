@@ -28,3 +28,23 @@ def test_the_stored_1best_is_collapsed_decoded_and_scored_against_transcribed_ut
     assert greedy_figures(g, vocab, {"u1": "a b", "u2": "c c"})["wer"] == 0.0
     assert greedy_figures(g, vocab, {"u3": ""}) is None
     assert greedy_figures(g, vocab, {}) is None
+
+
+def test_the_dump_warns_when_the_cached_1best_is_clearly_worse_than_the_teacher_alone():
+    from offline_kd.cache.dev_figures import MARGIN_POINTS, MARGIN_SHARE, warnings
+
+    assert (MARGIN_POINTS, MARGIN_SHARE) == (2.0, 0.25)
+    one = {"dev": {"wer": 4.0}}
+    assert warnings(one, {"wer": 6.0}, ensemble=False) == []                # 4 + max(2, 1): within
+    said = warnings(one, {"wer": 6.01}, ensemble=False)
+    assert len(said) == 1 and "6.01% greedy WER where the teacher's checkpoint recorded 4.00%" in said[0]
+    assert "frame alignment" in said[0]
+    assert warnings({"dev": {"wer": 40.0}}, {"wer": 50.0}, ensemble=False) == []        # 40 + max(2, 10)
+    assert len(warnings({"dev": {"wer": 40.0}}, {"wer": 50.01}, ensemble=False)) == 1
+    assert warnings({}, {"wer": 90.0}, ensemble=False) == []                 # nothing recorded: nothing to compare
+    assert warnings({"dev": {}}, {"wer": 90.0}, ensemble=False) == []
+    members = {"members": [{"dev": {"wer": 5.0}}, {"dev": {"wer": 3.0}}, {}], "dev": {"wer": 1.0}}
+    assert warnings(members, {"wer": 3.0}, ensemble=True) == []              # no worse than the best member
+    said = warnings(members, {"wer": 3.01}, ensemble=True)
+    assert len(said) == 1 and "above its best member's 3.00% (teacher 2)" in said[0]
+    assert warnings({"members": [{}]}, {"wer": 50.0}, ensemble=True) == []

@@ -253,7 +253,7 @@ def _before_seal(cfg: DumpConfig, root, plans: dict, vocab, corpus_dir: str, mod
 
 def _cached_dev(root, plans: dict, vocab, corpus_dir: str, model, log) -> None:
     """Store the greedy figures of the cached dev split's 1-best in the metadata (cache/dev_figures.py), and warn
-    when an ensemble decodes worse than its best member did on its own."""
+    when they are clearly worse than the teacher's own (`dev_figures.warnings`)."""
     if dev_figures.SPLIT not in plans or not any(t.strip() for t in plans[dev_figures.SPLIT].reader.transcripts):
         return
     reader = plans[dev_figures.SPLIT].reader
@@ -266,15 +266,8 @@ def _cached_dev(root, plans: dict, vocab, corpus_dir: str, model, log) -> None:
     meta["teacher"] = {**meta["teacher"], "cached_dev": got}
     root.attrs.update({META_KEY: meta})
     log(f"teacher greedy WER on the cached {dev_figures.SPLIT} split: {got['wer']:.2f}% (CER {got['cer']:.2f}%)")
-    members = [(i, float(m["dev"]["wer"])) for i, m in enumerate(meta["teacher"].get("members") or [], start=1)
-               if (m.get("dev") or {}).get("wer") is not None]
-    if isinstance(model, EnsembleTeacher) and members:
-        k, best = min(members, key=lambda x: x[1])
-        if got["wer"] > best:
-            log(f"warning: the ensemble's greedy dev WER {got['wer']:.2f}% is above its best member's {best:.2f}% "
-                f"(teacher {k}): where the members' CTC spikes fall on different frames, the mean of their "
-                f"posteriors blurs them (docs/teachers.md, 'Several teachers'); weights: dev_wer, or teacher {k} "
-                f"alone, may teach the student better")
+    for line in dev_figures.warnings(meta["teacher"], got, isinstance(model, EnsembleTeacher)):
+        log(line)
 
 
 def _extra_fields(cfg: DumpConfig, model) -> list[dict]:
