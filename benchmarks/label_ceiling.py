@@ -155,7 +155,8 @@ def main():
               for label, prefix in (d.split("=", 1) for d in args.distilled)],
             (f"CTC-only, the transcribed split and {args.split} with its true text",
              figures([out / f"true-text-seed{s}" for s in seeds], args))]
-    body = (f"## {args.title}\n\n`{command_line()}`\n\nMachine: {machine()}; {args.jobs} training run(s) at a time. "
+    body = (f"## {args.title}\n\n`{command_line()}`\n\nMachine: {machine()}; {args.jobs} training run(s) at a time with "
+            f"{efficacy.ENV['OMP_NUM_THREADS']} thread(s) each. "
             f"Seeds {seeds}; test WER % of each run's best-dev checkpoint, beam + LM at alpha / beta tuned on dev; "
             f"differences paired by seed against the CTC-only student on the transcribed split alone; gap closed = "
             f"(CTC-only - model) / (CTC-only - teacher) of the seeds' means. The true-text student: `{args.config}` "
