@@ -267,7 +267,8 @@ def _spike_sources(lp: torch.Tensor, lengths: torch.Tensor, k: int, blank: int) 
     student frame takes its group's most blank frame. Frames past an utterance's end take its last frame."""
     b, t, _ = lp.shape
     groups = -(-t // k)
-    best, peak = lp.max(-1)[1].cpu(), lp.max(-1)[0].float().cpu()         # (B, T)
+    peak, best = lp.max(-1)
+    peak, best = peak.float().cpu(), best.cpu()                             # (B, T)
     pos = torch.arange(groups * k)[None, :]
     lengths = lengths.cpu().clamp(0, t)
     blank_lp = torch.full((b, groups * k), -math.inf)
