@@ -134,3 +134,9 @@ def test_the_whole_text_with_every_optional_part_and_without_them():
     assert bare[5:] == ["  codecs: log_probs float32; hidden {1: float32}; compressor zstd level 3",
                         "  1 utterances, 2 frames, 0.00 MB on disk", "  bytes per frame:",
                         "  targets 1.0 B/frame = 50.00% of float32 (2 B/frame)"]
+
+
+def test_an_ensemble_without_member_coverage_is_printed_without_it():
+    members = [{"name": "a.pt", "weight": 0.5, "dev": None}, {"name": "b.pt", "weight": 0.5, "dev": None}]
+    lines = format_info(_info(teacher_name="ensemble of 2 teachers", teacher_members=members)).splitlines()
+    assert lines[2:4] == ["  teacher 1: a.pt, weight 0.500", "  teacher 2: b.pt, weight 0.500"]
