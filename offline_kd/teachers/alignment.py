@@ -18,7 +18,8 @@ log-probs, bit for bit. The KL of train-student is computed over this mapped dis
 Frame rate (`FrameAlignment`). The teacher's frames are brought to the student's: with the student's frame shift k
 times the teacher's, k consecutive teacher frames become one (posteriors: each student frame takes one teacher
 frame's whole distribution, so that CTC's spikes survive, `_spike_sources`; hidden states averaged, or stacked into
-k times the width); with the teacher's k times the student's, each teacher frame is repeated k times. A ratio that is neither an integer nor its inverse is an error. Then the lengths are
+k times the width); with the teacher's k times the student's, each teacher frame is repeated k times. A ratio that
+is neither an integer nor its inverse is an error. Then the lengths are
 reconciled by one rule: the student's frame count is ceil(feature frames / student subsampling); extra teacher
 frames at the end are dropped, missing ones repeat the last frame, and a difference of more than
 `max_length_mismatch` frames (default 2) is an error.
@@ -302,7 +303,8 @@ def _emission_slots(best: list, peak: list, k: int, blank: int, slots: int) -> l
         if c == c_prev and g == g_prev + 1:                                  # a repeat: a blank frame between
             if g + 1 >= slots:
                 break
-            out.append((g, max(range(end_prev + 1, t), key=lambda f: peak[f] if best[f] == blank else -math.inf)))
+            # every frame between two emissions of one class is blank (another class would be an emission between)
+            out.append((g, max(range(end_prev + 1, t), key=lambda f: peak[f])))
             g += 1
         if g >= slots:
             break
