@@ -99,6 +99,8 @@ def _greedy(lp: torch.Tensor, n: int, blank: int = 0) -> str:
     ("a_a___", 2, "aa"),             # a repeat keeps a blank frame between
     ("a__a", 2, "a"),                # no frame left for the repeat (2 student frames): dropped, not merged into junk
     ("aa__bb__", 2, "ab"),           # a run of one class is one emission
+    ("aaaaaa_a__", 2, "aa"),         # a run filling whole groups, then a repeat in the next: a blank frame between
+    ("aaaaab_a", 2, "aba"),          # a run over whole groups, then another class in the group its end reaches
 ])
 def test_pooling_keeps_each_spike_of_the_teachers_path_where_the_student_rate_has_room(path, k, want):
     f = FrameAlignment(Fraction(2), Fraction(2 * k))

@@ -287,7 +287,8 @@ def _spike_sources(lp: torch.Tensor, lengths: torch.Tensor, k: int, blank: int) 
 
 def _emission_slots(best: list, peak: list, k: int, blank: int, slots: int) -> list:
     """[(student frame, teacher frame)] of one utterance's greedy path (`_spike_sources`): each emission's, and
-    between two emissions of the same class, the most blank teacher frame between them."""
+    between two emissions of the same class, the most blank teacher frame between them, counted from the last group
+    the first one's run fills."""
     out, g_prev, c_prev, end_prev = [], -1, None, -1
     t = 0
     while t < len(best):
@@ -309,7 +310,8 @@ def _emission_slots(best: list, peak: list, k: int, blank: int, slots: int) -> l
         if g >= slots:
             break
         out.append((g, frame))
-        g_prev, c_prev, end_prev, t = g, c, end, end + 1
+        # a run over whole groups after its own shows its class there too (their most blank frame is still the run's)
+        g_prev, c_prev, end_prev, t = max(g, (end + 1) // k - 1), c, end, end + 1
     return out
 
 
