@@ -14,7 +14,7 @@ import torch
 from offline_kd.config import ModelConfig
 from offline_kd.errors import OfflineKDError
 from offline_kd.models.checkpoint import model_from_checkpoint, save_checkpoint
-from offline_kd.models.interface import build_model, model_types, reads_waveform
+from offline_kd.models.interface import build_from_description, build_model, model_types, reads_waveform
 
 TYPES = {
     "bilstm": dict(type="bilstm", input_dim=8, hidden_dim=6, num_layers=3, num_classes=5, dropout=0.0),
@@ -128,6 +128,14 @@ def test_it_traces_for_export(kind):
     assert n.tolist() == n_want.tolist()
     for b, k in enumerate(n.tolist()):
         torch.testing.assert_close(lp[b, :k], want[:k, b], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif("hf" not in TYPES, reason="the hf extra (transformers) is not installed")
+def test_a_description_that_does_not_build_is_one_line_naming_where():
+    bad = {k: v for k, v in TYPES["hf"].items() if k != "type"} | {"hf_config": {"conv_dim": "abc"}}
+    with pytest.raises(OfflineKDError, match=r"^m\.pt: model_config does not build a hf model \(\w+") as e:
+        build_from_description("hf", bad, "m.pt: model_config")
+    assert "\n" not in str(e.value)
 
 
 def test_settings_of_another_type_are_refused_with_the_allowed_keys():

@@ -129,6 +129,10 @@ def test_a_wrong_checkpoint_is_a_one_line_error_in_every_command(edit, message, 
     _one_line_failure(res)
     assert "edited.pt" in res.output, res.output
     assert not (tmp_path / "d.zarr").exists()
+    student = student_dict(tiny_corpus, f32_cache, tmp_path / "s", epochs=1)
+    student["distill"]["init_checkpoint"] = str(path)                  # a student started from it
+    with pytest.raises(OfflineKDError, match=f"edited.pt: .*{message}"):
+        train_student.run(build_dataclass(ExperimentConfig, student), **QUIET)
 
 
 def _dump_yaml(teacher, corpus, tmp_path):

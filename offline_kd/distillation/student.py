@@ -29,7 +29,8 @@ from offline_kd.models.augment import refuse_feature_augment
 from offline_kd.models.interface import (build_model, check_waveform_frames, count_parameters, describe_model,
                                         reads_waveform)
 from offline_kd.data.splits import open_split, open_train_dev, train_splits
-from offline_kd.models.checkpoint import checkpoint_dev, load_checkpoint, seed_everything, weights_sha256
+from offline_kd.models.checkpoint import (checkpoint_dev, load_checkpoint, model_from_checkpoint, seed_everything,
+                                         weights_sha256)
 from offline_kd.teachers.source import check_frames, load_teacher
 from offline_kd.training.trainer import Trainer, inference_meta
 
@@ -218,13 +219,13 @@ def _student_model(cfg: ExperimentConfig, device) -> nn.Module:
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model).to(device)
     if d.init_checkpoint:
-        ckpt = load_checkpoint(d.init_checkpoint)
+        init, _, _ = model_from_checkpoint(d.init_checkpoint)       # its weights checked against its own config
         # compared as built: a type's defaults and an hf student's resolved transformers config filled in
         mine = build_dataclass(ModelConfig, {**model.describe(), "type": model.model_type})
-        theirs = build_dataclass(ModelConfig, {**ckpt["model_config"], "type": ckpt.get("model_type", "bilstm")})
+        theirs = build_dataclass(ModelConfig, {**init.describe(), "type": init.model_type})
         if mine != theirs:
             raise OfflineKDError(f"distill.init_checkpoint {d.init_checkpoint}: its model config differs from 'model'")
-        model.load_state_dict(ckpt["model_state_dict"])
+        model.load_state_dict(init.state_dict())
     return model
 
 

@@ -18,7 +18,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, Packed
 
 from offline_kd.config import ModelConfig, build_dataclass
 from offline_kd.data.validate import output_frames
-from offline_kd.errors import OfflineKDError
 from offline_kd.models.interface import FromConfig, count_parameters, model_size_mb, register_model
 
 __all__ = ["BiLSTMCTC", "count_parameters", "model_size_mb", "output_lengths"]
@@ -63,13 +62,7 @@ class BiLSTMCTC(FromConfig, nn.Module):
 
     @classmethod
     def from_description(cls, description: dict, where: str = "model_config") -> "BiLSTMCTC":
-        try:
-            return cls(build_dataclass(ModelConfig, {**description, "type": "bilstm"}, where))
-        except OfflineKDError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - values of the wrong kind that the typed loader let through
-            raise OfflineKDError(f"{where} does not build a model ({exc.__class__.__name__}: "
-                                 f"{(str(exc).splitlines() or [''])[0][:160]})") from None
+        return cls(build_dataclass(ModelConfig, {**description, "type": "bilstm"}, where))
 
     # ------------------------------------------------------------------------------------------ CTCModel
     @property

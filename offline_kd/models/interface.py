@@ -155,7 +155,13 @@ def build_from_description(model_type: str, description: dict, where: str = "mod
         raise OfflineKDError(f"{where}: unknown model type {model_type!r} (known: {', '.join(model_types())})")
     if not isinstance(description, dict):
         raise OfflineKDError(f"{where} is a {type(description).__name__}, not a mapping")
-    return _REGISTRY[model_type](description, where)
+    try:
+        return _REGISTRY[model_type](description, where)
+    except OfflineKDError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - values of the wrong kind that the typed loader let through
+        raise OfflineKDError(f"{where} does not build a {model_type} model ({exc.__class__.__name__}: "
+                             f"{(str(exc).splitlines() or [''])[0][:160]})") from None
 
 
 def reads_waveform(model) -> bool:
