@@ -265,6 +265,10 @@ class DistillConfig:
     # the labels are guesses; each must be 0 where alpha / beta is 0
     untranscribed_alpha: Optional[float] = None
     untranscribed_beta: Optional[float] = None
+    # > 0: the KL target of every utterance is the teacher's posteriors mixed with this weight with the CTC forced
+    # alignment of that utterance's CTC target (its transcript, or its pseudo-label: the LM's 1-best where the LM's
+    # labels are used) over those posteriors, so that KL and CTC teach the same words (losses/aligned.py)
+    kl_label_mix: float = 0.0
 
     def __post_init__(self):
         _check_choices(self)
@@ -295,6 +299,8 @@ class DistillConfig:
             raise OfflineKDError("distill.kl_target collapsed works on all frames; set distill.kl_frames: all")
         if self.spike_context < 0:
             raise OfflineKDError(f"distill.spike_context must be >= 0, got {self.spike_context}")
+        if not 0 <= self.kl_label_mix <= 1:
+            raise OfflineKDError(f"distill.kl_label_mix must be in [0, 1], got {self.kl_label_mix}")
         if not all(isinstance(x, str) and x for x in self.untranscribed_splits):
             raise OfflineKDError(f"distill.untranscribed_splits must be a list of split names, "
                                  f"got {self.untranscribed_splits!r}")

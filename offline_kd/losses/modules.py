@@ -14,6 +14,7 @@ from torch import nn
 from offline_kd.config import AUTO_LM_LABELS, LM_LABELS, DistillConfig
 from offline_kd.data.targets import EncodedTargets, TeacherTargets, lm_confidence
 from offline_kd.errors import InternalError, OfflineKDError
+from offline_kd.losses.aligned import label_aligned_targets
 from offline_kd.losses.kd import ctc_loss, temperature_at, utterance_confidence
 from offline_kd.losses.terms import CTCTerm, DistillationLoss, LossInputs, hybrid_terms
 from offline_kd.models.interface import forward_batch, reads_waveform, waveform_forward
@@ -134,7 +135,8 @@ class StudentLoss:
         else:
             labels, label_lengths = t.hard_labels(*refs)
         kl_w, ctc_w = self.utterance_weights(batch.get("labelled"), t)
-        inputs = LossInputs(log_probs, out_len, t.log_probs, temperature_at(epoch, d.temperature_schedule), labels,
+        teacher_lp = self.kl_teacher(t, refs, which, (labels, label_lengths, owner))
+        inputs = LossInputs(log_probs, out_len, teacher_lp, temperature_at(epoch, d.temperature_schedule), labels,
                             label_lengths, ctc_owner=owner, ctc_weights=weights, ctc_utterance_weights=ctc_w,
                             teacher_fields=t.fields)
         if epoch < d.kd_start_epoch:          # CTC warm-up: the student leaves the blank plateau on the labels
@@ -154,6 +156,16 @@ class StudentLoss:
             h = hidden[t]
             out[t] = q.codes_torch(h.reshape(-1, h.shape[-1]), self._q_state[t]).view(*h.shape[:2], -1)
         return out
+
+    def kl_teacher(self, t: TeacherTargets, refs: tuple, which: str, ctc_targets: tuple) -> torch.Tensor:
+        """The KL term's teacher log-probs: the teacher's, or with distill.kl_label_mix mixed with the forced
+        alignment of each utterance's one CTC target (an N-best's best hypothesis: pseudo_labels lm)."""
+        if not self.d.kl_label_mix:
+            return t.log_probs
+        labels, label_lengths, owner = ctc_targets
+        if owner is not None and len(owner) != len(t.lengths):
+            labels, label_lengths, _, _ = t.nbest_labels(*refs, top=1)
+        return label_aligned_targets(t.log_probs, t.lengths, labels, label_lengths, self.d.kl_label_mix)
 
     def pseudo_labels(self, t: TeacherTargets) -> str:
         return batch_pseudo_labels(self.d, t)
