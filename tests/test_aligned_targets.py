@@ -56,6 +56,17 @@ def test_a_batch_aligns_each_utterance_as_alone_and_a_label_too_long_is_flagged(
     assert path[1, 4:].tolist() == [0] * 5      # frames past its end: blank
 
 
+@pytest.mark.parametrize("frames, label", [([1, 2, 3], [1, 2, 3]), ([3], [3]), ([0, 2], [2]), ([4, 0, 4], [4, 4])])
+def test_a_label_that_fills_every_frame_starts_on_its_first_token_and_the_frames_past_the_end_stay_blank(frames, label):
+    """No blank between two different tokens, a path that starts on a token, one that ends on one; a longer
+    batch-mate pads the utterance."""
+    lp = torch.cat([_posteriors(frames + [0] * 3), _posteriors([0, 1, 0, 0, 2, 0], seed=4)[:len(frames) + 3]], 1)
+    path, ok = ctc_forced_path(lp, torch.tensor([len(frames), len(frames) + 3]),
+                               torch.tensor(label + [1, 2]), torch.tensor([len(label), 2]))
+    assert bool(ok[0]) and path[0, :len(frames)].tolist() == frames
+    assert path[0, len(frames):].tolist() == [0] * 3
+
+
 def test_the_mix_makes_the_label_the_argmax_keeps_the_rest_and_leaves_an_unalignable_utterance_alone():
     lp = torch.cat([_posteriors([0, 1, 0, 2, 0, 3]), _posteriors([0, 1, 0, 0, 0, 0], seed=2)], 1)
     labels, lengths = torch.tensor([1, 4, 3, 1, 1, 1, 1]), torch.tensor([3, 4])     # utterance 2: 4 repeats, 6 frames

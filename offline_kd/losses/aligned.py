@@ -24,10 +24,10 @@ import torch
 def _extended(labels: torch.Tensor, label_lengths: torch.Tensor, blank: int) -> torch.Tensor:
     """Concatenated labels -> (B, 2 L_max + 1) CTC states: blank, l1, blank, l2, ..., blank (padded with blanks)."""
     b = len(label_lengths)
-    l_max = int(label_lengths.max()) if b else 0
-    ext = torch.full((b, 2 * l_max + 1), blank, dtype=torch.long, device=labels.device)
+    l_max = max(label_lengths.tolist(), default=0)
+    ext = torch.full((b, 2 * l_max + 1), blank, device=labels.device)
     mask = torch.arange(l_max, device=labels.device)[None, :] < label_lengths[:, None]
-    padded = torch.full((b, l_max), blank, dtype=torch.long, device=labels.device)
+    padded = torch.full((b, l_max), blank, device=labels.device)
     padded[mask] = labels.long()
     ext[:, 1::2] = padded
     return ext
@@ -62,22 +62,24 @@ def ctc_forced_path(log_probs: torch.Tensor, lengths: torch.Tensor, labels: torc
                         alpha.gather(1, (last - 1).clamp_min(0)[:, None])[:, 0].masked_fill(last == 0, -math.inf)])
     score, which = ends.max(0)
     state = last - which
-    path = torch.full((b, t_max), blank, dtype=torch.long, device=dev)
+    path = torch.full((b, t_max), blank, device=dev)
     for t in range(t_max - 1, -1, -1):
         live = t < lengths
         path[:, t] = torch.where(live, ext.gather(1, state[:, None])[:, 0], path[:, t])
         state = torch.where(live, state - back[t].gather(1, state[:, None])[:, 0], state)
-    return path, torch.isfinite(score) & (lengths > 0)
+    return path, torch.isfinite(score)
 
 
 def label_aligned_targets(teacher_log_probs: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
-                          label_lengths: torch.Tensor, mix: float, blank: int = 0) -> torch.Tensor:
-    """(T, B, V) teacher log-probs -> log((1 - mix) p + mix onehot(path)), `path` the CTC forced alignment of each
-    utterance's label (`ctc_forced_path`); utterances whose label does not fit keep the teacher's log-probs."""
+                          label_lengths: torch.Tensor, mix: float) -> torch.Tensor:
+    """(T, B, V) teacher log-probs (blank: class 0, as every model's) -> log((1 - mix) p + mix onehot(path)), `path`
+    the CTC forced alignment of each utterance's label (`ctc_forced_path`); utterances whose label does not fit keep
+    the teacher's log-probs."""
     if mix <= 0:
         return teacher_log_probs
-    path, ok = ctc_forced_path(teacher_log_probs, lengths, labels, label_lengths, blank)
+    path, ok = ctc_forced_path(teacher_log_probs, lengths, labels, label_lengths)
+    index = path.transpose(0, 1)[..., None]                                   # (T, B, 1)
     p = teacher_log_probs.float().exp() * (1 - mix)
-    p.scatter_add_(2, path.transpose(0, 1)[..., None], torch.full_like(p[..., :1], mix))
+    p.scatter_add_(2, index, torch.full(index.shape, mix, device=p.device))
     mixed = p.clamp_min(torch.finfo(torch.float32).tiny).log()
     return torch.where(ok[None, :, None], mixed, teacher_log_probs.float())
